@@ -1,0 +1,290 @@
+//! The durable commit: how a message becomes nodes.
+//!
+//! 1. Stage: create `tmp/<unique>` (O_EXCL|O_NOFOLLOW, 0600) and stream the message in.
+//! 2. fdatasync the stage.
+//! 3. One hard link per recipient into tier 0, named `<time>-<id>-<to>-<from>`: one
+//!    inode, N names, no copy per recipient. `link` never replaces an existing name.
+//! 4. fsync tier 0 (grouped: concurrent commits in this process share one fsync).
+//! 5. Unlink the stage, append the usage line, and only then report success.
+//!
+//! A failure at any step removes what the commit made. A crash leaves only whole nodes
+//! (their data was fsynced before any name existed) and a stage that the next
+//! [`Spool::create`](crate::Spool::create) removes once it is old.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+use crate::name::{NODE_NAME_MAX, NodeName, is_valid_id};
+use crate::{Result, Spool, SpoolError, now};
+
+const STAGE_BUFFER: usize = 64 * 1024;
+
+/// A message being written to `tmp/`. Dropping it without [`Stage::commit`] removes it.
+#[derive(Debug)]
+pub struct Stage<'s> {
+    spool: &'s Spool,
+    id: String,
+    path: PathBuf,
+    file: Option<File>,
+    buf: Vec<u8>,
+    written: u64,
+}
+
+/// What a commit produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The message id in the node names.
+    pub id: String,
+    /// The nodes, one per recipient, in tier 0.
+    pub nodes: Vec<PathBuf>,
+    /// Message size in bytes.
+    pub size: u64,
+}
+
+impl Spool {
+    /// Check that every node of this envelope would have a legal name, before any byte
+    /// of the message is read: an address too long for NAME_MAX is refused up front.
+    pub fn check_envelope(&self, id: &str, from: &str, to: &[String]) -> Result<()> {
+        if !is_valid_id(id) {
+            return Err(SpoolError::InvalidId(id.to_owned()));
+        }
+        for rcpt in to {
+            // Ten digits of time: the length of every time until the year 2286.
+            let len = NodeName::new(9_999_999_999, id, rcpt, from)
+                .file_name()
+                .len();
+            if len > NODE_NAME_MAX {
+                let address = if len - from.len() > NODE_NAME_MAX {
+                    rcpt
+                } else {
+                    from
+                };
+                return Err(SpoolError::NameTooLong {
+                    address: address.to_owned(),
+                    len,
+                    max: NODE_NAME_MAX,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Start a commit for message `id` (see [`Spool::new_id`]).
+    pub fn stage(&self, id: &str) -> Result<Stage<'_>> {
+        if !is_valid_id(id) {
+            return Err(SpoolError::InvalidId(id.to_owned()));
+        }
+        let path = self.dir.join("tmp").join(self.new_id());
+        let file = self
+            .storage
+            .create_new(&path)
+            .map_err(|e| SpoolError::io("create", &path, e))?;
+        Ok(Stage {
+            spool: self,
+            id: id.to_owned(),
+            path,
+            file: Some(file),
+            buf: Vec::with_capacity(STAGE_BUFFER),
+            written: 0,
+        })
+    }
+}
+
+impl Stage<'_> {
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The message id the nodes will carry.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn flush_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let file = self.file.as_mut().expect("stage file open until commit");
+        let result = self.spool.storage.write(file, &self.buf);
+        self.buf.clear();
+        result
+    }
+
+    /// Make the message durable and visible as one node per recipient in tier 0.
+    ///
+    /// `from` is the envelope sender ("" for the null sender). If a node of the same
+    /// name already exists (only possible with an id taken from a `Received:` header),
+    /// nothing is replaced: the message gets a fresh id instead.
+    pub fn commit(mut self, from: &str, to: &[String]) -> Result<Committed> {
+        let result = self.try_commit(from, to);
+        if result.is_err() {
+            self.abort();
+        }
+        result
+    }
+
+    fn try_commit(&mut self, from: &str, to: &[String]) -> Result<Committed> {
+        let spool = self.spool;
+        self.flush_buf()
+            .map_err(|e| SpoolError::io("write", &self.path, e))?;
+        let file = self.file.take().expect("stage file open until commit");
+        spool
+            .storage
+            .sync_file(&file)
+            .map_err(|e| SpoolError::io("fsync", &self.path, e))?;
+        drop(file);
+
+        let tier0 = spool.tier_dir(0);
+        let mut nodes = Vec::with_capacity(to.len());
+        let mut renamed = false;
+        let time = now();
+        let mut i = 0;
+        while i < to.len() {
+            let node = tier0.join(NodeName::new(time, &self.id, &to[i], from).file_name());
+            match spool.storage.link(&self.path, &node) {
+                Ok(()) => {
+                    nodes.push(node);
+                    i += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !renamed => {
+                    // Undo this id's links and start over with an id of our own.
+                    tracing::info!(id = %self.id, "node name taken; committing under a new id");
+                    remove_all(spool, &mut nodes);
+                    self.id = spool.new_id();
+                    renamed = true;
+                    i = 0;
+                }
+                Err(e) => {
+                    remove_all(spool, &mut nodes);
+                    return Err(SpoolError::io("link", node, e));
+                }
+            }
+        }
+        let synced = spool.tier0_sync.sync(|dir| spool.storage.sync_dir(dir));
+        if let Err(e) = synced {
+            remove_all(spool, &mut nodes);
+            return Err(SpoolError::io("fsync", tier0, e));
+        }
+        if let Err(e) = spool.storage.remove(&self.path) {
+            remove_all(spool, &mut nodes);
+            return Err(SpoolError::io("remove", &self.path, e));
+        }
+        self.path.clear();
+        let size = self.written;
+        spool.log_usage(size, "Spool");
+        Ok(Committed {
+            id: self.id.clone(),
+            nodes,
+            size,
+        })
+    }
+
+    fn abort(&mut self) {
+        self.file = None;
+        if !self.path.as_os_str().is_empty() {
+            let _ = self.spool.storage.remove(&self.path);
+            self.path.clear();
+        }
+    }
+}
+
+/// Remove the node names a failed commit made. If that fails too, the state is what a
+/// crash leaves: every remaining name still points to a whole, fsynced message.
+fn remove_all(spool: &Spool, nodes: &mut Vec<PathBuf>) {
+    while let Some(node) = nodes.pop() {
+        if let Err(e) = spool.storage.remove(&node) {
+            tracing::error!(node = %node.display(), error = %e, "cannot undo a failed commit");
+        }
+    }
+}
+
+impl Write for Stage<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + data.len() > STAGE_BUFFER {
+            self.flush_buf()?;
+        }
+        if data.len() >= STAGE_BUFFER {
+            let file = self.file.as_mut().expect("stage file open until commit");
+            self.spool.storage.write(file, data)?;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        self.written += data.len() as u64;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_buf()
+    }
+}
+
+impl Drop for Stage<'_> {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Group commit for one directory's fsync: a caller is covered by any fsync that
+/// *started* after it asked, so N threads committing at once share a few fsyncs instead
+/// of paying N.
+#[derive(Debug)]
+pub(crate) struct GroupSync {
+    dir: PathBuf,
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    requested: u64,
+    completed: u64,
+    running: bool,
+    /// Set when the last fsync failed: every ticket it covered gets the error.
+    failed_through: u64,
+}
+
+impl GroupSync {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        GroupSync {
+            dir,
+            state: Mutex::new(SyncState::default()),
+            done: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn sync(&self, fsync: impl Fn(&Path) -> io::Result<()>) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.requested += 1;
+        let ticket = state.requested;
+        loop {
+            if state.completed >= ticket {
+                return if state.failed_through >= ticket {
+                    Err(io::Error::other("directory fsync failed"))
+                } else {
+                    Ok(())
+                };
+            }
+            if !state.running {
+                state.running = true;
+                let target = state.requested;
+                drop(state);
+                let result = fsync(&self.dir);
+                state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.running = false;
+                state.completed = target;
+                if result.is_err() {
+                    state.failed_through = target;
+                }
+                self.done.notify_all();
+                if state.failed_through >= ticket {
+                    return result;
+                }
+                continue;
+            }
+            state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Settings that shape a spool directory and how nodes age in it.
+//!
+//! Defaults are Mail::Spool 0.50's: seven tiers waiting 0 s, 30 min, 4 h, 8 h, 16 h, 24 h
+//! and 48 h (about four days in all), scanned with priorities 1, 3, 9, 25, 50, 100, 200
+//! on a 20 s tick.
+
+use std::time::Duration;
+
+/// How a spool is laid out and how its nodes age.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// Seconds a node waits in tier `i` before it is due (`dequeue_periods`).
+    pub periods: Vec<u64>,
+    /// A tier is scanned on a tick with probability `1 / priority[i]` (`dequeue_priority`).
+    pub priorities: Vec<u32>,
+    /// Longest time one delivery may hold a node lock (`max_connection_time`); a lock
+    /// older than this plus two seconds is stale and may be broken.
+    pub max_connection_time: Duration,
+    /// Override of the stale lock age (tests use short ones).
+    pub stale_lock_after: Option<Duration>,
+    /// Log `<time> <bytes> Spool|Sent` to `usage/raw` (`usage_log`).
+    pub usage_log: bool,
+    /// Leftovers in `tmp/` older than this are removed when the spool is opened for writing.
+    pub tmp_max_age: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            periods: vec![0, 1800, 14_400, 28_800, 57_600, 86_400, 172_800],
+            priorities: vec![1, 3, 9, 25, 50, 100, 200],
+            max_connection_time: Duration::from_secs(600),
+            stale_lock_after: None,
+            usage_log: true,
+            tmp_max_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl SpoolConfig {
+    /// Number of tiers (the length of `periods`).
+    pub fn tiers(&self) -> usize {
+        self.periods.len()
+    }
+
+    /// Seconds a node waits in `tier`; tiers past the configured ones use the last period.
+    pub fn period(&self, tier: usize) -> u64 {
+        self.periods
+            .get(tier)
+            .or(self.periods.last())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Age at which a node lock is stale.
+    pub fn stale_lock_age(&self) -> Duration {
+        self.stale_lock_after
+            .unwrap_or(self.max_connection_time + Duration::from_secs(2))
+    }
+
+    /// Check the settings make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.periods.is_empty() {
+            return Err("dequeue_periods must name at least one tier".into());
+        }
+        if self.periods.len() > 100 {
+            return Err("dequeue_periods names more than 100 tiers".into());
+        }
+        if self.priorities.len() != self.periods.len() {
+            return Err(format!(
+                "dequeue_priority has {} entries but dequeue_periods has {}",
+                self.priorities.len(),
+                self.periods.len()
+            ));
+        }
+        if self.priorities.contains(&0) {
+            return Err("dequeue_priority entries must be 1 or more".into());
+        }
+        Ok(())
+    }
+}

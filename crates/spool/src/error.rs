@@ -1,0 +1,90 @@
+//! Errors of the spool layer. Each says what was being done and to which path, so that a
+//! log line or a CLI message is enough to act on.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Something went wrong in the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A filesystem call failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What we were doing ("create", "link", "fsync", ...).
+        op: &'static str,
+        /// The path we were doing it to.
+        path: PathBuf,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
+    /// An address would make a node name longer than the filesystem allows.
+    #[error("address <{address}> is too long: its node name would be {len} bytes, over the {max}-byte limit")]
+    NameTooLong {
+        /// The offending address.
+        address: String,
+        /// The length the name would have.
+        len: usize,
+        /// The longest name allowed.
+        max: usize,
+    },
+    /// An id that cannot be part of a node name.
+    #[error("invalid message id {0:?}: use 1-64 characters of A-Z a-z 0-9 . _ + =")]
+    InvalidId(String),
+    /// A node is locked by another process.
+    #[error("node {node} is locked by {holder}")]
+    Locked {
+        /// The node's file name.
+        node: String,
+        /// Who holds the lock, as the lock file says.
+        holder: String,
+    },
+    /// No node has this id or name.
+    #[error("no queued node matches {0:?}")]
+    NotFound(String),
+    /// The spool directory does not exist.
+    #[error("spool directory {} does not exist", .0.display())]
+    Missing(PathBuf),
+    /// Settings that cannot work.
+    #[error("invalid spool settings: {0}")]
+    Config(String),
+}
+
+/// Result of spool operations.
+pub type Result<T, E = SpoolError> = std::result::Result<T, E>;
+
+impl SpoolError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        SpoolError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The underlying system error, if any.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            SpoolError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// The disk or quota is full: worth retrying later.
+    pub fn is_full(&self) -> bool {
+        self.io_error()
+            .and_then(io::Error::raw_os_error)
+            .is_some_and(|e| {
+                e == rustix::io::Errno::NOSPC.raw_os_error()
+                    || e == rustix::io::Errno::DQUOT.raw_os_error()
+            })
+    }
+
+    /// Permission denied or read-only filesystem: the spool cannot be written by us.
+    pub fn is_unwritable(&self) -> bool {
+        self.io_error().is_some_and(|e| {
+            e.kind() == io::ErrorKind::PermissionDenied
+                || e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error())
+        })
+    }
+}

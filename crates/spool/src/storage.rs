@@ -1,0 +1,177 @@
+//! The filesystem calls a commit makes, behind a trait so that tests (and the fault
+//! injection of the reliability suite) can fail or "crash" at any one of them.
+//!
+//! [`OsStorage`] is the real thing. Every file it creates is opened with
+//! `O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC` and mode 0600, so a commit never follows a
+//! planted symlink and never reuses an existing file.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The filesystem operations of a commit. Defaults are the real system calls.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Create a new file exclusively (0600, never through a symlink).
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        os::create_new(path)
+    }
+    /// Write all of `buf`.
+    fn write(&self, file: &mut File, buf: &[u8]) -> io::Result<()> {
+        file.write_all(buf)
+    }
+    /// Make the file's data durable.
+    fn sync_file(&self, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+    /// Add a hard link; fails if `to` exists (never replaces).
+    fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
+    }
+    /// Make a directory's entries durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        os::sync_dir(dir)
+    }
+    /// Remove a name.
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    /// Rename without ever replacing an existing name.
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        os::rename_noreplace(from, to)
+    }
+}
+
+/// The real filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsStorage;
+
+impl Storage for OsStorage {}
+
+/// Plain system calls shared by [`OsStorage`] and the rest of the crate.
+pub mod os {
+    use super::*;
+
+    /// `open(O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600)` for writing.
+    pub fn create_new(path: &Path) -> io::Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+    }
+
+    /// fsync a directory.
+    pub fn sync_dir(dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    /// `renameat2(RENAME_NOREPLACE)`, falling back to `link` + `unlink` where the
+    /// filesystem does not support the flag (NFS): both never replace an existing name.
+    pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+                std::fs::hard_link(from, to)?;
+                std::fs::remove_file(from)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Create a directory with mode 0700 if it is missing.
+    pub fn ensure_dir(path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// How an injected fault behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultMode {
+    /// Operation number `n` fails once; later ones work (an I/O error the code must
+    /// clean up after).
+    FailOnce,
+    /// Operation `n` and every one after it fail, as if the process died there: no
+    /// cleanup reaches the disk.
+    Crash,
+}
+
+/// A [`Storage`] that counts operations and fails at a chosen one, with a given error.
+#[derive(Debug)]
+pub struct FaultyStorage {
+    at: usize,
+    mode: FaultMode,
+    errno: i32,
+    state: Mutex<Vec<&'static str>>,
+}
+
+impl FaultyStorage {
+    /// Fail operation number `at` (0-based) in `mode` with `errno` (e.g. `ENOSPC`).
+    pub fn new(at: usize, mode: FaultMode, errno: i32) -> Self {
+        FaultyStorage {
+            at,
+            mode,
+            errno,
+            state: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The operations attempted so far, in order.
+    pub fn ops(&self) -> Vec<&'static str> {
+        self.state.lock().unwrap().clone()
+    }
+
+    fn step(&self, op: &'static str) -> io::Result<()> {
+        let mut ops = self.state.lock().unwrap();
+        let n = ops.len();
+        ops.push(op);
+        let fail = match self.mode {
+            FaultMode::FailOnce => n == self.at,
+            FaultMode::Crash => n >= self.at,
+        };
+        if fail {
+            Err(io::Error::from_raw_os_error(self.errno))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Storage for FaultyStorage {
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        self.step("create")?;
+        os::create_new(path)
+    }
+    fn write(&self, file: &mut File, buf: &[u8]) -> io::Result<()> {
+        self.step("write")?;
+        file.write_all(buf)
+    }
+    fn sync_file(&self, file: &File) -> io::Result<()> {
+        self.step("sync_file")?;
+        file.sync_data()
+    }
+    fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.step("link")?;
+        std::fs::hard_link(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.step("sync_dir")?;
+        os::sync_dir(dir)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.step("remove")?;
+        std::fs::remove_file(path)
+    }
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.step("rename")?;
+        os::rename_noreplace(from, to)
+    }
+}

@@ -1,0 +1,121 @@
+//! The usage log, `usage/raw`: one `"<unix time> <bytes> Spool|Sent"` line per message
+//! spooled or sent, as Mail::Spool 0.50 wrote it, and only when `usage/` exists.
+//!
+//! Lines are appended with one `write` on an `O_APPEND` descriptor, so concurrent writers
+//! (processes and hosts) never interleave inside a line on a local filesystem.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::{Result, Spool, SpoolError, now};
+
+/// Totals for one day (UTC).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DayUsage {
+    /// Messages spooled.
+    pub spooled: u64,
+    /// Bytes spooled.
+    pub spooled_bytes: u64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Bytes sent.
+    pub sent_bytes: u64,
+}
+
+impl Spool {
+    /// Append a usage line, if the usage log is on. A failure is logged, never fatal: the
+    /// message is already safe, and the log is statistics.
+    pub fn log_usage(&self, bytes: u64, kind: &str) {
+        if !self.usage {
+            return;
+        }
+        let path = self.dir.join("usage").join("raw");
+        let line = format!("{} {} {}\n", now(), bytes, kind);
+        let result = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "cannot append to the usage log");
+        }
+    }
+
+    /// Totals per day (days since the epoch, UTC) for the last `days` days, from
+    /// `usage/raw`. Lines that do not parse are skipped.
+    pub fn usage(&self, days: u64) -> Result<BTreeMap<u64, DayUsage>> {
+        let path = self.dir.join("usage").join("raw");
+        let mut out = BTreeMap::new();
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(SpoolError::io("read", path, e)),
+        };
+        let today = now() / 86_400;
+        let first = today.saturating_sub(days.saturating_sub(1));
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(|e| SpoolError::io("read", &path, e))?;
+            let mut words = line.split_whitespace();
+            let (Some(time), Some(bytes), Some(kind)) = (
+                words.next().and_then(|w| w.parse::<u64>().ok()),
+                words.next().and_then(|w| w.parse::<u64>().ok()),
+                words.next(),
+            ) else {
+                continue;
+            };
+            let day = time / 86_400;
+            if day < first {
+                continue;
+            }
+            let entry: &mut DayUsage = out.entry(day).or_default();
+            match kind {
+                "Spool" => {
+                    entry.spooled += 1;
+                    entry.spooled_bytes += bytes;
+                }
+                "Sent" => {
+                    entry.sent += 1;
+                    entry.sent_bytes += bytes;
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
+pub fn day_string(day: u64) -> String {
+    let (y, m, d) = civil_from_days(day as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(day_string(0), "1970-01-01");
+        assert_eq!(day_string(20_418), "2025-11-26");
+        assert_eq!(day_string(11_016), "2000-02-29");
+    }
+}
