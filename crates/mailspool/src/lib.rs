@@ -1,1 +1,49 @@
-//! placeholder
+//! mailspool: a mail spooler and sender, the successor of Perl's Mail::Spool 0.50.
+//!
+//! Embed it to hand off mail in a fraction of a millisecond, durably:
+//!
+//! ```no_run
+//! use mailspool::{Config, Mailspool, MessageSource, SendMail};
+//!
+//! let spool = Mailspool::open(Config::default())?;
+//! let msg = b"From: app@example.com\nTo: ops@example.org\nSubject: hi\n\nhello\n";
+//! let sent = spool.send_mail(SendMail::new(MessageSource::Bytes(msg)))?;
+//! println!("queued {} for {:?}", sent.id, sent.recipients);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Parts: `mailspool_spool` (the on-disk format), `mailspool_message` (intake parsing),
+//! and here the configuration, `send_mail`, and the `mailspool` command.
+
+pub mod config;
+pub mod send;
+pub mod sysexits;
+
+pub use config::{Config, ConfigError};
+pub use mailspool_spool::{Spool, SpoolConfig, SpoolError};
+pub use send::{Delivery, MessageSource, SendError, SendMail, Sent};
+
+/// A spool opened for intake, with its configuration.
+#[derive(Debug)]
+pub struct Mailspool {
+    config: Config,
+    spool: Spool,
+}
+
+impl Mailspool {
+    /// Open (creating if needed) the spool of `config` for writing.
+    pub fn open(config: Config) -> Result<Mailspool, SpoolError> {
+        let spool = Spool::create(&config.spool_dir, config.spool.clone())?;
+        Ok(Mailspool { config, spool })
+    }
+
+    /// Wrap a spool that is already open (e.g. with a fault-injecting storage layer).
+    pub fn with_spool(config: Config, spool: Spool) -> Mailspool {
+        Mailspool { config, spool }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}

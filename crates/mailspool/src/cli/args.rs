@@ -1,0 +1,155 @@
+//! The `mailspool` command line (clap).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const ABOUT: &str = "A mail spooler and sender: durable intake in the Mail::Spool 0.50 spool layout.";
+
+const AFTER_HELP: &str = "\
+The spool directory is --spool, else $MAILSPOOL_SPOOL, else dequeue_dir from the
+configuration, else /var/spool/mailspool (root) or $XDG_STATE_HOME/mailspool.
+The configuration is --config, else $MAILSPOOL_CONFIG, else
+~/.config/mailspool/mailspool.toml (not root), else /etc/mailspool/mailspool.toml.
+
+Invoked as `sendmail` (e.g. through a symlink) mailspool speaks the sendmail command
+line; invoked as `mailq` it lists the queue.
+
+Exit codes follow sysexits.h: 64 usage, 65 bad data, 66 no input, 73 cannot create,
+74 I/O error, 75 temporary failure (retry later), 77 permission, 78 configuration.";
+
+#[derive(Debug, Parser)]
+#[command(name = "mailspool", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Spool directory (overrides $MAILSPOOL_SPOOL and the configuration).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Configuration file (TOML, Mail::Spool 0.50 property names).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Say more (-v: what happened to each message; -vv: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Queue a message read from stdin (or --file); prints its id.
+    #[command(after_help = "Recipients come from the arguments; with none (or with -t) from the \
+To, Cc and Bcc headers. Bcc is removed from the stored message. The sender is -f, else the \
+From address, else you at this host. Exit 0 means the message is on disk.")]
+    Send(SendArgs),
+    /// List, inspect and change queued mail.
+    Queue {
+        #[command(subcommand)]
+        command: Option<QueueCommand>,
+    },
+    /// Messages and bytes spooled and sent per day, from usage/raw.
+    Usage {
+        /// Days to show, ending today.
+        #[arg(long, default_value_t = 7)]
+        days: u64,
+        /// One JSON object per day.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Also take recipients from the To, Cc and Bcc headers.
+    #[arg(short = 't')]
+    pub extract: bool,
+    /// A line with only "." does not end the message (also -oi).
+    #[arg(short = 'i')]
+    pub ignore_dots: bool,
+    /// Envelope sender; '' or '<>' is the null sender (no bounces).
+    #[arg(short = 'f', value_name = "FROM")]
+    pub from: Option<String>,
+    /// Full name of the sender, for a From header we add.
+    #[arg(short = 'F', value_name = "NAME")]
+    pub full_name: Option<String>,
+    /// Use this message id (1-64 of A-Z a-z 0-9 . _ + =).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Read the message from this file instead of stdin.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Recipient addresses.
+    #[arg(value_name = "RCPT")]
+    pub recipients: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// One line per queued node (default).
+    List(ListArgs),
+    /// Everything about the nodes of a message: envelope, times, lock, attempts, headers.
+    Show {
+        /// Message id (or one node's file name).
+        id: String,
+    },
+    /// Delete the nodes of messages.
+    Delete {
+        /// Message ids (or node file names).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Hold messages: they stay queued but are never delivered until released.
+    Hold {
+        /// Message ids (or node file names).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Release held messages back into their tiers.
+    Release {
+        /// Message ids (or node file names).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Make messages due now.
+    Retry {
+        /// Message ids (or node file names).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Counts by tier and by recipient domain.
+    Summary {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Default, Args)]
+pub struct ListArgs {
+    /// One JSON object per node: id, to, from, tier, queued_at, due_at, size, held, last_error.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this tier.
+    #[arg(long, value_name = "N")]
+    pub tier: Option<usize>,
+    /// Only recipients at this domain.
+    #[arg(long, value_name = "D")]
+    pub domain: Option<String>,
+}
+
+/// sendmail habits that clap cannot spell: `-oi` means `-i`. Only before `--`.
+pub fn normalise_sendmail_flags(args: Vec<OsString>) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut options = true;
+    for a in args {
+        if a == "--" {
+            options = false;
+        }
+        if options && a == "-oi" {
+            out.push(OsString::from("-i"));
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}

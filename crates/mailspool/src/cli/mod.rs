@@ -1,0 +1,126 @@
+//! Command-line front end: `mailspool <command>`, or the sendmail interface when
+//! invoked as `sendmail`, `mailq` or `newaliases`.
+
+mod args;
+mod queue;
+mod send;
+mod sendmail;
+mod usage;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use mailspool::{Config, sysexits};
+
+/// An error on its way to the user: a message and a sysexits code.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<mailspool::ConfigError> for Failure {
+    fn from(e: mailspool::ConfigError) -> Self {
+        Failure::new(sysexits::CONFIG, e.to_string())
+    }
+}
+
+impl From<mailspool::SpoolError> for Failure {
+    fn from(e: mailspool::SpoolError) -> Self {
+        Failure::new(mailspool::send::spool_exit_code(&e), e.to_string())
+    }
+}
+
+impl From<mailspool::SendError> for Failure {
+    fn from(e: mailspool::SendError) -> Self {
+        Failure::new(e.exit_code(), e.to_string())
+    }
+}
+
+pub type CliResult = Result<(), Failure>;
+
+/// Run the program and turn the outcome into an exit code.
+pub fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let prog = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("mailspool")
+        .to_owned();
+    let result = match prog.as_str() {
+        "sendmail" => sendmail::run(&prog, &args[1..]),
+        "mailq" => {
+            init_logging(0);
+            config(None, None).and_then(|c| queue::list(&c, &args::ListArgs::default()))
+        }
+        "newaliases" => {
+            println!("newaliases: mailspool does not use aliases; nothing to do");
+            Ok(())
+        }
+        _ => run_mailspool(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("{prog}: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run_mailspool(args: Vec<OsString>) -> CliResult {
+    let cli = match args::Cli::try_parse_from(args::normalise_sendmail_flags(args)) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { sysexits::USAGE } else { 0 };
+            let _ = e.print();
+            return if code == 0 {
+                Ok(())
+            } else {
+                Err(Failure::new(code, ""))
+            };
+        }
+    };
+    init_logging(cli.verbose);
+    let config = config(cli.config.as_deref(), cli.spool.as_deref())?;
+    match cli.command {
+        args::Command::Send(a) => send::run(&config, a),
+        args::Command::Queue { command } => queue::run(&config, command),
+        args::Command::Usage { days, json } => usage::run(&config, days, json),
+    }
+}
+
+/// Load the configuration (see `mailspool::config`).
+pub fn config(file: Option<&Path>, spool: Option<&Path>) -> Result<Config, Failure> {
+    Ok(Config::load(file, spool)?)
+}
+
+/// Logs go to stderr: warnings by default, `-v` for info, `-vv` for debug;
+/// `MAILSPOOL_LOG` (a tracing filter such as `debug`) overrides.
+pub fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("MAILSPOOL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

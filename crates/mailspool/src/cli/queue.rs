@@ -1,0 +1,336 @@
+//! `mailspool queue`: list, show, delete, hold, release, retry, summary.
+//!
+//! Works on any Mail::Spool 0.50 spool as well as ours: nothing is created by reading,
+//! names that do not parse are reported on stderr and skipped, and every change takes
+//! the node's `.NFSLock` first.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufWriter, Write};
+
+use mailspool::{Config, Spool, SpoolError, sysexits};
+use mailspool_spool::{NodeEntry, Scan, lock, usage::civil_from_days};
+
+use super::args::{ListArgs, QueueCommand};
+use super::{CliResult, Failure};
+
+pub fn run(config: &Config, command: Option<QueueCommand>) -> CliResult {
+    match command.unwrap_or(QueueCommand::List(ListArgs::default())) {
+        QueueCommand::List(a) => list(config, &a),
+        QueueCommand::Show { id } => show(config, &id),
+        QueueCommand::Delete { ids } => change(config, &ids, "deleted", |s, n| s.delete(n)),
+        QueueCommand::Hold { ids } => change(config, &ids, "held", |s, n| s.hold(n).map(drop)),
+        QueueCommand::Release { ids } => {
+            change(config, &ids, "released", |s, n| s.release(n).map(drop))
+        }
+        QueueCommand::Retry { ids } => {
+            change(config, &ids, "made due now", |s, n| s.retry_now(n).map(drop))
+        }
+        QueueCommand::Summary { json } => summary(config, json),
+    }
+}
+
+/// Open the spool for reading. `None` when it does not exist yet (an empty queue).
+fn open(config: &Config) -> Result<Option<Spool>, Failure> {
+    match Spool::open(&config.spool_dir, config.spool.clone()) {
+        Ok(s) => Ok(Some(s)),
+        Err(SpoolError::Missing(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn scan(spool: &Spool) -> Result<Scan, Failure> {
+    let scan = spool.scan()?;
+    for path in &scan.unparsable {
+        eprintln!(
+            "warning: {} is not a node name Mail::Spool can read; skipped",
+            path.display()
+        );
+    }
+    for n in scan.nodes.iter().filter(|n| n.rescued) {
+        eprintln!(
+            "warning: {} was written by Mail::Spool 0.50's fallback with a raw '-'; read as to <{}> from <{}>",
+            n.path.display(),
+            n.name.to,
+            n.name.from
+        );
+    }
+    Ok(scan)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC.
+pub fn fmt_time(unix: u64) -> String {
+    let (y, m, d) = civil_from_days((unix / 86_400) as i64);
+    let s = unix % 86_400;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn fmt_due(due: u64, now: u64) -> String {
+    if due <= now {
+        "now".to_owned()
+    } else {
+        let left = due - now;
+        match left {
+            0..=59 => format!("in {left}s"),
+            60..=3599 => format!("in {}m", left / 60),
+            _ => format!("in {}h{:02}m", left / 3600, left / 60 % 60),
+        }
+    }
+}
+
+fn node_size(n: &NodeEntry) -> u64 {
+    std::fs::metadata(&n.path).map(|m| m.len()).unwrap_or(0)
+}
+
+pub fn list(config: &Config, args: &ListArgs) -> CliResult {
+    let Some(spool) = open(config)? else {
+        if !args.json {
+            println!("Mail queue is empty");
+        }
+        return Ok(());
+    };
+    let scan = scan(&spool)?;
+    let domain = args.domain.as_deref().map(str::to_ascii_lowercase);
+    let side = spool.has_side_data();
+    let now = mailspool_spool::now();
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
+    let mut shown = 0usize;
+    let mut messages = HashSet::new();
+    for n in &scan.nodes {
+        if args.tier.is_some_and(|t| t != n.tier)
+            || domain.as_deref().is_some_and(|d| n.domain() != d)
+        {
+            continue;
+        }
+        shown += 1;
+        messages.insert(n.name.id.as_str());
+        let last_error = if side { spool.last_error(&n.name) } else { None };
+        let due = spool.due_at(n);
+        let r = if args.json {
+            let obj = serde_json::json!({
+                "id": n.name.id,
+                "to": n.name.to,
+                "from": n.name.from,
+                "tier": n.tier,
+                "queued_at": n.name.time,
+                "due_at": due,
+                "size": node_size(n),
+                "held": n.held,
+                "last_error": last_error,
+            });
+            writeln!(out, "{obj}")
+        } else {
+            if shown == 1 {
+                let _ = writeln!(
+                    out,
+                    "{:<26} {:>4} {:<19} {:<8} {:>9}  SENDER -> RECIPIENT",
+                    "ID", "TIER", "QUEUED (UTC)", "DUE", "SIZE"
+                );
+            }
+            let mut line = format!(
+                "{:<26} {:>4} {:<19} {:<8} {:>9}  <{}> -> <{}>",
+                n.name.id,
+                n.tier,
+                fmt_time(n.name.time),
+                if n.held { "held".to_owned() } else { fmt_due(due, now) },
+                node_size(n),
+                n.name.from,
+                n.name.to
+            );
+            if let Some(e) = last_error {
+                line.push_str(&format!("\n{:>30}({e})", ""));
+            }
+            writeln!(out, "{line}")
+        };
+        r.map_err(write_failed)?;
+    }
+    if !args.json {
+        let r = if shown == 0 {
+            writeln!(out, "Mail queue is empty")
+        } else {
+            writeln!(
+                out,
+                "-- {shown} node{} of {} message{}",
+                if shown == 1 { "" } else { "s" },
+                messages.len(),
+                if messages.len() == 1 { "" } else { "s" }
+            )
+        };
+        r.map_err(write_failed)?;
+    }
+    out.flush().map_err(write_failed)
+}
+
+fn write_failed(e: std::io::Error) -> Failure {
+    Failure::new(sysexits::IOERR, format!("cannot write the listing: {e}"))
+}
+
+fn show(config: &Config, id: &str) -> CliResult {
+    let spool = open(config)?.ok_or_else(|| Failure::from(SpoolError::NotFound(id.to_owned())))?;
+    let nodes = spool.find(id)?;
+    let now = mailspool_spool::now();
+    let stale = spool.config().stale_lock_age();
+    for n in &nodes {
+        let due = spool.due_at(n);
+        println!("node:      {}", n.path.display());
+        println!("id:        {}", n.name.id);
+        println!("from:      <{}>", n.name.from);
+        println!("to:        <{}>", n.name.to);
+        println!("tier:      {}", n.tier);
+        println!("queued at: {} UTC ({})", fmt_time(n.name.time), n.name.time);
+        println!("due at:    {} UTC ({}, {})", fmt_time(due), due, fmt_due(due, now));
+        println!("size:      {} bytes", node_size(n));
+        println!("held:      {}", if n.held { "yes" } else { "no" });
+        match lock::holder(&n.path, stale) {
+            Some(h) => println!("lock:      held by {h}"),
+            None => println!("lock:      none"),
+        }
+        if n.rescued {
+            println!("name:      written by Mail::Spool 0.50's fallback with a raw '-'");
+        }
+        let attempts = spool.attempts(&n.name);
+        for a in &attempts {
+            println!(
+                "attempt:   {} UTC {} {}",
+                fmt_time(a.time),
+                if a.host.is_empty() { "-" } else { &a.host },
+                a.reply
+            );
+        }
+        match spool.last_error(&n.name) {
+            Some(e) => println!("last error: {e}"),
+            None if attempts.is_empty() => println!("attempts:  none yet"),
+            None => {}
+        }
+        println!();
+    }
+    if let Some(first) = nodes.first() {
+        println!("headers:");
+        print_headers(first)?;
+    }
+    Ok(())
+}
+
+/// Print the header block of a node (at most 64 KiB of it).
+fn print_headers(n: &NodeEntry) -> CliResult {
+    use std::io::{BufRead, BufReader, Read};
+    let file = std::fs::File::open(&n.path)
+        .map_err(|e| Failure::new(sysexits::IOERR, format!("cannot read {}: {e}", n.path.display())))?;
+    let mut reader = BufReader::new(file.take(64 * 1024));
+    let mut line = Vec::new();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 || line == b"\n" || line == b"\r\n" {
+            break;
+        }
+        let _ = out.write_all(b"  ");
+        let _ = out.write_all(&line);
+    }
+    Ok(())
+}
+
+/// Apply `op` to every node of each id; report per id; the worst failure sets the exit
+/// code (a locked node is 75: try again; an unknown id is 66).
+fn change(
+    config: &Config,
+    ids: &[String],
+    verb: &str,
+    op: impl Fn(&Spool, &NodeEntry) -> Result<(), SpoolError>,
+) -> CliResult {
+    let spool = open(config)?.ok_or_else(|| {
+        Failure::new(
+            sysexits::NOINPUT,
+            format!("spool directory {} does not exist", config.spool_dir.display()),
+        )
+    })?;
+    let mut code = 0u8;
+    for id in ids {
+        let nodes = match spool.find(id) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("{e}");
+                code = code.max(sysexits::NOINPUT);
+                continue;
+            }
+        };
+        let mut done = 0;
+        for n in &nodes {
+            match op(&spool, n) {
+                Ok(()) => {
+                    done += 1;
+                    tracing::info!(id = %n.name.id, to = %n.name.to, "{verb}");
+                }
+                Err(e) => {
+                    eprintln!("{}: <{}>: {e}", n.name.id, n.name.to);
+                    code = code.max(mailspool::send::spool_exit_code(&e));
+                }
+            }
+        }
+        println!("{id}: {verb} {done} of {} node{}", nodes.len(), if nodes.len() == 1 { "" } else { "s" });
+    }
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Failure::new(code, ""))
+    }
+}
+
+fn summary(config: &Config, json: bool) -> CliResult {
+    let Some(spool) = open(config)? else {
+        println!("Mail queue is empty");
+        return Ok(());
+    };
+    let scan = scan(&spool)?;
+    let mut tiers: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    let mut domains: BTreeMap<String, usize> = BTreeMap::new();
+    let mut messages = HashSet::new();
+    for n in &scan.nodes {
+        let t = tiers.entry(n.tier).or_default();
+        if n.held {
+            t.1 += 1;
+        } else {
+            t.0 += 1;
+        }
+        *domains.entry(n.domain()).or_default() += 1;
+        messages.insert(n.name.id.as_str());
+    }
+    let mut by_domain: Vec<_> = domains.into_iter().collect();
+    by_domain.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    if json {
+        let obj = serde_json::json!({
+            "nodes": scan.nodes.len(),
+            "messages": messages.len(),
+            "held": scan.nodes.iter().filter(|n| n.held).count(),
+            "unparsable": scan.unparsable.len(),
+            "tiers": tiers.iter().map(|(t, (q, h))| serde_json::json!({"tier": t, "queued": q, "held": h})).collect::<Vec<_>>(),
+            "domains": by_domain.iter().map(|(d, c)| serde_json::json!({"domain": d, "nodes": c})).collect::<Vec<_>>(),
+        });
+        println!("{obj}");
+        return Ok(());
+    }
+    println!(
+        "{} node{} of {} message{} in {}",
+        scan.nodes.len(),
+        if scan.nodes.len() == 1 { "" } else { "s" },
+        messages.len(),
+        if messages.len() == 1 { "" } else { "s" },
+        spool.dir().display()
+    );
+    if !scan.unparsable.is_empty() {
+        println!("{} file(s) with names that do not parse (see warnings)", scan.unparsable.len());
+    }
+    println!("\n{:>4} {:>8} {:>6} {:>10}", "TIER", "QUEUED", "HELD", "WAIT");
+    for tier in 0..spool.config().tiers() {
+        let (q, h) = tiers.get(&tier).copied().unwrap_or_default();
+        println!("{tier:>4} {q:>8} {h:>6} {:>9}s", spool.config().period(tier));
+    }
+    if !by_domain.is_empty() {
+        println!("\n{:>8}  DOMAIN", "NODES");
+        for (d, c) in &by_domain {
+            println!("{c:>8}  {d}");
+        }
+    }
+    Ok(())
+}

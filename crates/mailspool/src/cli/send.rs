@@ -1,0 +1,55 @@
+//! `mailspool send`: queue one message from stdin or a file.
+
+use mailspool::{Config, Mailspool, MessageSource, SendMail, Sent};
+
+use super::args::SendArgs;
+use super::{CliResult, Failure};
+
+/// What a front end (mailspool send, sendmail) asks for.
+pub struct SendRequest {
+    pub args: SendArgs,
+    /// A `.` line ends the message unless -i/-oi (sendmail's rule, kept by `send` too).
+    pub dot_ends: bool,
+}
+
+pub fn run(config: &Config, args: SendArgs) -> CliResult {
+    let sent = queue_message(
+        config,
+        SendRequest {
+            args,
+            dot_ends: true,
+        },
+    )?;
+    println!("{}", sent.id);
+    Ok(())
+}
+
+/// Open the spool and queue the message; stdin unless a file is named.
+pub fn queue_message(config: &Config, req: SendRequest) -> Result<Sent, Failure> {
+    let a = req.args;
+    // Refuse arguments that look like options before touching the spool or stdin.
+    if let Some(bad) = a
+        .recipients
+        .iter()
+        .chain(a.from.iter())
+        .find(|r| r.trim_start().starts_with('-'))
+    {
+        return Err(Failure::new(
+            mailspool::sysexits::DATAERR,
+            format!("refusing address {bad:?}: addresses may not start with '-'"),
+        ));
+    }
+    let spool = Mailspool::open(config.clone())?;
+    let stdin = std::io::stdin();
+    let message = match a.file {
+        Some(path) => MessageSource::Path(path),
+        None => MessageSource::Reader(Box::new(stdin.lock())),
+    };
+    let mut mail = SendMail::new(message).to(a.recipients);
+    mail.extract_recipients = a.extract;
+    mail.from = a.from;
+    mail.full_name = a.full_name;
+    mail.id = a.id;
+    mail.dot_ends = req.dot_ends && !a.ignore_dots;
+    Ok(spool.send_mail(mail)?)
+}

@@ -1,0 +1,61 @@
+//! `mailspool usage`: messages and bytes spooled and sent per day, from usage/raw.
+
+use mailspool::{Config, Spool, SpoolError};
+use mailspool_spool::usage::day_string;
+
+use super::CliResult;
+
+pub fn run(config: &Config, days: u64, json: bool) -> CliResult {
+    let spool = match Spool::open(&config.spool_dir, config.spool.clone()) {
+        Ok(s) => s,
+        Err(SpoolError::Missing(_)) => {
+            println!("no usage recorded: {} does not exist", config.spool_dir.display());
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !spool.dir().join("usage").is_dir() && !json {
+        println!(
+            "usage logging is off: {} does not exist (usage_log = true creates it)",
+            spool.dir().join("usage").display()
+        );
+        return Ok(());
+    }
+    let table = spool.usage(days)?;
+    if json {
+        for (day, u) in &table {
+            let obj = serde_json::json!({
+                "date": day_string(*day),
+                "spooled": u.spooled, "spooled_bytes": u.spooled_bytes,
+                "sent": u.sent, "sent_bytes": u.sent_bytes,
+            });
+            println!("{obj}");
+        }
+        return Ok(());
+    }
+    println!("{:<10} {:>9} {:>14} {:>9} {:>14}", "DATE (UTC)", "SPOOLED", "BYTES", "SENT", "BYTES");
+    let mut total = mailspool_spool::usage::DayUsage::default();
+    for (day, u) in &table {
+        println!(
+            "{:<10} {:>9} {:>14} {:>9} {:>14}",
+            day_string(*day),
+            u.spooled,
+            u.spooled_bytes,
+            u.sent,
+            u.sent_bytes
+        );
+        total.spooled += u.spooled;
+        total.spooled_bytes += u.spooled_bytes;
+        total.sent += u.sent;
+        total.sent_bytes += u.sent_bytes;
+    }
+    println!(
+        "{:<10} {:>9} {:>14} {:>9} {:>14}",
+        format!("{days} days"),
+        total.spooled,
+        total.spooled_bytes,
+        total.sent,
+        total.sent_bytes
+    );
+    Ok(())
+}

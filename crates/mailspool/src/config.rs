@@ -1,0 +1,272 @@
+//! Configuration: a TOML file with Mail::Spool 0.50's property names, plus ours.
+//!
+//! ```toml
+//! dequeue_dir = "/var/spool/mailspool"    # the spool directory
+//! dequeue_periods = [0, 1800, 14400, 28800, 57600, 86400, 172800]
+//! dequeue_priority = [1, 3, 9, 25, 50, 100, 200]
+//! dequeue_timeout = 20                    # daemon tick, seconds
+//! max_dequeue_processes = 20              # deliveries at once
+//! max_connection_time = 600               # seconds; a lock older than this + 2 s is stale
+//! usage_log = true                        # write usage/raw
+//! max_message_size = 52428800             # bytes
+//! hostname = "mail.example.com"           # for Message-ID, default sender; default: this host
+//! ```
+//!
+//! The spool directory is, in order: `--spool`, `$MAILSPOOL_SPOOL`, `dequeue_dir`, then
+//! `/var/spool/mailspool` for root or `$XDG_STATE_HOME/mailspool` (default
+//! `~/.local/state/mailspool`) for anyone else.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use mailspool_spool::SpoolConfig;
+
+/// Default size limit of a message: 50 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
+/// Default limit of the header block: 1 MiB.
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 1024 * 1024;
+
+/// The configuration file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Spool directory.
+    pub dequeue_dir: Option<PathBuf>,
+    /// Seconds a node waits in each tier.
+    pub dequeue_periods: Option<Vec<u64>>,
+    /// Scan priority of each tier.
+    pub dequeue_priority: Option<Vec<u32>>,
+    /// Daemon tick in seconds.
+    pub dequeue_timeout: Option<u64>,
+    /// Deliveries at once.
+    pub max_dequeue_processes: Option<usize>,
+    /// Longest delivery, seconds.
+    pub max_connection_time: Option<u64>,
+    /// Write usage/raw.
+    pub usage_log: Option<bool>,
+    /// Message size limit in bytes.
+    pub max_message_size: Option<u64>,
+    /// Our host name.
+    pub hostname: Option<String>,
+}
+
+/// Everything mailspool needs to run, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Spool directory.
+    pub spool_dir: PathBuf,
+    /// Spool layout and aging.
+    pub spool: SpoolConfig,
+    /// Daemon tick.
+    pub dequeue_timeout: Duration,
+    /// Deliveries at once.
+    pub max_dequeue_processes: usize,
+    /// Message size limit in bytes.
+    pub max_message_size: u64,
+    /// Header block limit in bytes.
+    pub max_header_size: usize,
+    /// Our host name.
+    pub hostname: String,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read configuration {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file does not parse.
+    #[error("configuration {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the line and the key).
+        message: String,
+    },
+    /// Values that do not fit together.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            spool_dir: default_spool_dir(),
+            spool: SpoolConfig::default(),
+            dequeue_timeout: Duration::from_secs(20),
+            max_dequeue_processes: 20,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_header_size: DEFAULT_MAX_HEADER_SIZE,
+            hostname: default_hostname(),
+        }
+    }
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `/var/spool/mailspool` for root, else `$XDG_STATE_HOME/mailspool`.
+pub fn default_spool_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/spool/mailspool");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    state.join("mailspool")
+}
+
+/// This machine's name (the configured `hostname` wins).
+pub fn default_hostname() -> String {
+    let name = mailspool_spool::lock::hostname();
+    if name.is_empty() {
+        "localhost".to_owned()
+    } else {
+        name
+    }
+}
+
+/// Where we look for a configuration file when none is named: `$MAILSPOOL_CONFIG`, then
+/// `$XDG_CONFIG_HOME/mailspool/mailspool.toml` (not for root), then
+/// `/etc/mailspool/mailspool.toml`; the first that exists.
+pub fn find_config_file() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MAILSPOOL_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if !is_root() {
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+        if let Some(base) = base {
+            candidates.push(base.join("mailspool/mailspool.toml"));
+        }
+    }
+    candidates.push(PathBuf::from("/etc/mailspool/mailspool.toml"));
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+impl Config {
+    /// Read a configuration file and fill in defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Config::from_parts(file)
+    }
+
+    /// Fill in defaults for what the file leaves out.
+    pub fn from_parts(file: ConfigFile) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        let mut periods_set = false;
+        if let Some(d) = file.dequeue_dir {
+            c.spool_dir = d;
+        }
+        if let Some(p) = file.dequeue_periods {
+            c.spool.periods = p;
+            periods_set = true;
+        }
+        match file.dequeue_priority {
+            Some(p) => c.spool.priorities = p,
+            // Fewer or more tiers without priorities: scan the new ones like the last.
+            None if periods_set => {
+                let defaults = SpoolConfig::default().priorities;
+                c.spool.priorities = (0..c.spool.periods.len())
+                    .map(|i| *defaults.get(i).or(defaults.last()).unwrap_or(&1))
+                    .collect();
+            }
+            None => {}
+        }
+        if let Some(t) = file.dequeue_timeout {
+            if t == 0 {
+                return Err(ConfigError::Invalid("dequeue_timeout must be 1 or more".into()));
+            }
+            c.dequeue_timeout = Duration::from_secs(t);
+        }
+        if let Some(n) = file.max_dequeue_processes {
+            if n == 0 {
+                return Err(ConfigError::Invalid(
+                    "max_dequeue_processes must be 1 or more".into(),
+                ));
+            }
+            c.max_dequeue_processes = n;
+        }
+        if let Some(t) = file.max_connection_time {
+            c.spool.max_connection_time = Duration::from_secs(t);
+        }
+        if let Some(u) = file.usage_log {
+            c.spool.usage_log = u;
+        }
+        if let Some(m) = file.max_message_size {
+            c.max_message_size = m;
+        }
+        if let Some(h) = file.hostname {
+            if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '@') {
+                return Err(ConfigError::Invalid(format!("hostname {h:?} is not a host name")));
+            }
+            c.hostname = h;
+        }
+        c.spool.validate().map_err(ConfigError::Invalid)?;
+        Ok(c)
+    }
+
+    /// Load: the named file, or the first default file found, or built-in defaults; then
+    /// `$MAILSPOOL_SPOOL` and `spool` (from `--spool`) override the spool directory.
+    pub fn load(file: Option<&Path>, spool: Option<&Path>) -> Result<Config, ConfigError> {
+        let found = file.map(Path::to_path_buf).or_else(find_config_file);
+        let mut config = match found {
+            Some(path) => Config::from_file(&path)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = std::env::var_os("MAILSPOOL_SPOOL").filter(|d| !d.is_empty()) {
+            config.spool_dir = PathBuf::from(dir);
+        }
+        if let Some(dir) = spool {
+            config.spool_dir = dir.to_owned();
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_050_names_and_defaults() {
+        let file: ConfigFile = toml::from_str(
+            "dequeue_dir = \"/x\"\ndequeue_periods = [0, 60, 120]\nmax_connection_time = 30\nusage_log = false\n",
+        )
+        .unwrap();
+        let c = Config::from_parts(file).unwrap();
+        assert_eq!(c.spool_dir, PathBuf::from("/x"));
+        assert_eq!(c.spool.periods, [0, 60, 120]);
+        assert_eq!(c.spool.priorities, [1, 3, 9]);
+        assert_eq!(c.spool.stale_lock_age(), Duration::from_secs(32));
+        assert!(!c.spool.usage_log);
+        assert_eq!(c.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+    }
+
+    #[test]
+    fn refuses_typos_and_mismatches() {
+        assert!(toml::from_str::<ConfigFile>("dequeue_dri = \"/x\"").is_err());
+        let file: ConfigFile =
+            toml::from_str("dequeue_periods = [0, 60]\ndequeue_priority = [1]").unwrap();
+        assert!(Config::from_parts(file).is_err());
+    }
+}

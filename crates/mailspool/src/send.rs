@@ -1,0 +1,407 @@
+//! `send_mail`: hand a message to the spool.
+//!
+//! Mail::Spool 0.50's intake rules, made correct: recipients from To/Cc/Bcc when none
+//! are given (address lists parsed properly, duplicates dropped), the sender from From
+//! when none is given, Bcc removed, the id from the first `Received: ... id (x)` or a new
+//! unique one, Date/Message-ID/From added when missing. The message streams from its
+//! source into the spool's stage in fixed memory; only the header block is held.
+//! `Ok` means the nodes are on disk (see `mailspool_spool`'s commit).
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+
+use mailspool_message::{BodyCopier, IntakeError, address, header::dedup, read_head};
+use mailspool_spool::{Spool, SpoolError, name::is_valid_id};
+
+use crate::Mailspool;
+use crate::sysexits;
+
+/// When the message is delivered (Mail::Spool 0.50's modes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// Spool and return at once; the daemon delivers.
+    #[default]
+    Deferred,
+    /// Deliver before returning, and fail loudly (needs the delivery engine).
+    Interactive,
+    /// Try now, spool on failure (needs the delivery engine).
+    Background,
+}
+
+/// Where the message comes from.
+pub enum MessageSource<'a> {
+    /// Bytes in memory.
+    Bytes(&'a [u8]),
+    /// A reader (stdin, a socket…), read to its end.
+    Reader(Box<dyn Read + 'a>),
+    /// A file.
+    Path(PathBuf),
+}
+
+impl std::fmt::Debug for MessageSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MessageSource::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            MessageSource::Reader(_) => f.write_str("Reader"),
+            MessageSource::Path(p) => write!(f, "Path({})", p.display()),
+        }
+    }
+}
+
+/// A message to send, with its envelope options.
+#[derive(Debug)]
+pub struct SendMail<'a> {
+    /// Recipients given explicitly; when empty, they come from To/Cc/Bcc.
+    pub to: Vec<String>,
+    /// Also take recipients from To/Cc/Bcc when some are given (sendmail `-t`).
+    pub extract_recipients: bool,
+    /// Envelope sender; `""` or `"<>"` is the null sender. Default: the From address,
+    /// else the user running us at our host name.
+    pub from: Option<String>,
+    /// Full name for a From header we add (sendmail `-F`).
+    pub full_name: Option<String>,
+    /// Message id to use instead of one from `Received:` or a new one.
+    pub id: Option<String>,
+    /// Delivery mode.
+    pub delivery: Delivery,
+    /// A line holding only `.` ends the message (sendmail without `-i`).
+    pub dot_ends: bool,
+    /// The message: headers and body.
+    pub message: MessageSource<'a>,
+}
+
+impl<'a> SendMail<'a> {
+    /// A message with no explicit envelope: recipients and sender from its headers.
+    pub fn new(message: MessageSource<'a>) -> Self {
+        SendMail {
+            to: Vec::new(),
+            extract_recipients: false,
+            from: None,
+            full_name: None,
+            id: None,
+            delivery: Delivery::Deferred,
+            dot_ends: false,
+            message,
+        }
+    }
+
+    /// Set explicit recipients.
+    pub fn to<I: IntoIterator<Item = S>, S: Into<String>>(mut self, to: I) -> Self {
+        self.to = to.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Set the envelope sender.
+    pub fn from(mut self, from: impl Into<String>) -> Self {
+        self.from = Some(from.into());
+        self
+    }
+
+    /// Set the message id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+/// What was queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The message id (in every node name).
+    pub id: String,
+    /// The envelope sender ("" is the null sender).
+    pub from: String,
+    /// The recipients queued, one node each.
+    pub recipients: Vec<String>,
+    /// Size of the stored message in bytes.
+    pub size: u64,
+    /// The node files.
+    pub nodes: Vec<PathBuf>,
+}
+
+/// Why a message was not queued. Nothing of it is left in the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Neither the arguments nor the headers name a recipient.
+    #[error("no recipients: give addresses as arguments or in To/Cc/Bcc headers")]
+    NoRecipients,
+    /// The message file does not exist or cannot be opened.
+    #[error("cannot open {}: {source}", path.display())]
+    NoInput {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The message or an address is refused.
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+    /// The spool refused or failed.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The delivery mode needs the delivery engine.
+    #[error("delivery mode {0:?} is not available yet: only Deferred (spool and return) is")]
+    Unsupported(Delivery),
+}
+
+impl From<address::AddressError> for SendError {
+    fn from(e: address::AddressError) -> Self {
+        SendError::Intake(IntakeError::Address(e))
+    }
+}
+
+impl SendError {
+    /// The sysexits.h code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SendError::NoRecipients => sysexits::USAGE,
+            SendError::NoInput { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+                sysexits::NOPERM
+            }
+            SendError::NoInput { .. } => sysexits::NOINPUT,
+            SendError::Intake(IntakeError::Read(_)) => sysexits::IOERR,
+            SendError::Intake(IntakeError::Write(e)) => io_exit_code(e),
+            SendError::Intake(_) => sysexits::DATAERR,
+            SendError::Spool(e) => spool_exit_code(e),
+            SendError::Unsupported(_) => sysexits::UNAVAILABLE,
+        }
+    }
+}
+
+/// The sysexits.h code for a failed write: a full disk is temporary (75), an unwritable
+/// spool cannot be created in (73), anything else is an I/O error (74).
+pub fn io_exit_code(e: &io::Error) -> u8 {
+    let errno = e.raw_os_error();
+    if errno.is_some_and(|n| {
+        n == rustix::io::Errno::NOSPC.raw_os_error() || n == rustix::io::Errno::DQUOT.raw_os_error()
+    }) {
+        sysexits::TEMPFAIL
+    } else if e.kind() == io::ErrorKind::PermissionDenied
+        || errno == Some(rustix::io::Errno::ROFS.raw_os_error())
+    {
+        sysexits::CANTCREAT
+    } else {
+        sysexits::IOERR
+    }
+}
+
+/// The sysexits.h code for a spool error.
+pub fn spool_exit_code(e: &SpoolError) -> u8 {
+    match e {
+        SpoolError::NameTooLong { .. } | SpoolError::InvalidId(_) => sysexits::DATAERR,
+        SpoolError::Locked { .. } => sysexits::TEMPFAIL,
+        SpoolError::NotFound(_) | SpoolError::Missing(_) => sysexits::NOINPUT,
+        SpoolError::Config(_) => sysexits::CONFIG,
+        SpoolError::Io { source, .. } => io_exit_code(source),
+    }
+}
+
+impl Mailspool {
+    /// Queue a message: one node per recipient in tier 0. See the module comment.
+    pub fn send_mail(&self, mail: SendMail<'_>) -> Result<Sent, SendError> {
+        if mail.delivery != Delivery::Deferred {
+            return Err(SendError::Unsupported(mail.delivery));
+        }
+        let mut input: Box<dyn BufRead + '_> = match mail.message {
+            MessageSource::Bytes(b) => Box::new(b),
+            MessageSource::Reader(r) => Box::new(BufReader::with_capacity(64 * 1024, r)),
+            MessageSource::Path(ref path) => {
+                let f = File::open(path).map_err(|source| SendError::NoInput {
+                    path: path.clone(),
+                    source,
+                })?;
+                Box::new(BufReader::with_capacity(64 * 1024, f))
+            }
+        };
+        let config = &self.config;
+        let head = read_head(&mut input, config.max_header_size, mail.dot_ends)?;
+        let mut headers = head.headers;
+
+        let mut recipients = Vec::new();
+        for arg in &mail.to {
+            if arg.trim_start().starts_with('-') {
+                return Err(address::AddressError {
+                    text: arg.clone(),
+                    reason: "addresses may not start with '-'",
+                }
+                .into());
+            }
+            recipients.extend(address::parse_address_list(arg)?);
+        }
+        if mail.to.is_empty() || mail.extract_recipients {
+            recipients.extend(headers.recipients()?);
+        }
+        let recipients = dedup(recipients);
+        if recipients.is_empty() {
+            return Err(SendError::NoRecipients);
+        }
+
+        let header_from = headers.from_address()?;
+        let from = match &mail.from {
+            Some(f) => address::parse_sender(f)?,
+            None => match &header_from {
+                Some(f) => f.clone(),
+                None => self.default_sender(),
+            },
+        };
+        let id = match &mail.id {
+            Some(id) if is_valid_id(id) => id.clone(),
+            Some(id) => return Err(SpoolError::InvalidId(id.clone()).into()),
+            None => headers
+                .received_id(is_valid_id)
+                .unwrap_or_else(|| self.spool.new_id()),
+        };
+        self.spool.check_envelope(&id, &from, &recipients)?;
+
+        headers.remove("Bcc");
+        if !headers.contains("Date") {
+            headers.push("Date", &rfc5322_date(mailspool_spool::now()));
+        }
+        if !headers.contains("Message-ID") {
+            headers.push("Message-ID", &format!("<{id}@{}>", config.hostname));
+        }
+        if !headers.contains("From") {
+            let addr = if from.is_empty() {
+                format!("MAILER-DAEMON@{}", config.hostname)
+            } else {
+                from.clone()
+            };
+            let value = match mail.full_name.as_deref().map(str::trim) {
+                Some(name) if !name.is_empty() => format!("{} <{addr}>", display_name(name)),
+                _ => addr,
+            };
+            headers.push("From", &value);
+        }
+
+        let limit = config.max_message_size;
+        let header_len = headers.len() as u64 + 1;
+        if header_len > limit {
+            return Err(IntakeError::TooLarge { limit }.into());
+        }
+        let mut stage = self.spool.stage(&id)?;
+        headers
+            .write_to(&mut stage)
+            .and_then(|()| stage.write_all(b"\n"))
+            .map_err(IntakeError::Write)?;
+        if !head.ended {
+            BodyCopier::new(mail.dot_ends).copy(
+                &head.body_start,
+                &mut input,
+                &mut stage,
+                limit - header_len,
+            )?;
+        }
+        let committed = stage.commit(&from, &recipients)?;
+        tracing::info!(id = %committed.id, from = %from, to = ?recipients, size = committed.size, "queued");
+        Ok(Sent {
+            id: committed.id,
+            from,
+            recipients,
+            size: committed.size,
+            nodes: committed.nodes,
+        })
+    }
+
+    /// The sender when neither `-f` nor a From header gives one: the user running us,
+    /// at our host name.
+    pub fn default_sender(&self) -> String {
+        format!("{}@{}", login_name(), self.config.hostname)
+    }
+
+    /// The spool.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+}
+
+/// The login name of the user running us: `$LOGNAME`, `$USER`, else `/etc/passwd`.
+pub fn login_name() -> String {
+    let valid = |s: &str| !s.is_empty() && address::check_address(&format!("{s}@x.org")).is_ok();
+    for var in ["LOGNAME", "USER"] {
+        if let Ok(v) = std::env::var(var)
+            && valid(&v)
+        {
+            return v;
+        }
+    }
+    let uid = rustix::process::getuid().as_raw();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                (f.nth(1)?.parse::<u32>().ok()? == uid && valid(name)).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| if uid == 0 { "root".into() } else { format!("uid{uid}") })
+}
+
+/// A display name for a From header: plain if it is only atoms, quoted if ASCII with
+/// specials, RFC 2047 base64 if it has non-ASCII characters.
+fn display_name(name: &str) -> String {
+    let name: String = name.chars().filter(|c| !c.is_control()).collect();
+    if !name.is_ascii() {
+        return format!("=?utf-8?b?{}?=", base64(name.as_bytes()));
+    }
+    if name
+        .split(' ')
+        .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)))
+    {
+        return name;
+    }
+    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// An RFC 5322 date in UTC, e.g. `Thu, 26 Nov 2026 03:39:06 +0000`.
+pub fn rfc5322_date(unix: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    let (y, m, d) = mailspool_spool::usage::civil_from_days(days as i64);
+    format!(
+        "{}, {d} {} {y} {:02}:{:02}:{:02} +0000",
+        DAYS[(days % 7) as usize],
+        MONTHS[(m - 1) as usize],
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_names() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(1_795_664_346), "Thu, 26 Nov 2026 03:39:06 +0000");
+        assert_eq!(display_name("Jane Doe"), "Jane Doe");
+        assert_eq!(display_name("Doe, Jane \"JD\""), "\"Doe, Jane \\\"JD\\\"\"");
+        assert_eq!(display_name("Zoë"), "=?utf-8?b?Wm/Dqw==?=");
+        assert_eq!(base64(b"Ma"), "TWE=");
+        assert_eq!(base64(b"Man"), "TWFu");
+    }
+}
