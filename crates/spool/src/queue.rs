@@ -35,7 +35,7 @@ pub struct NodeEntry {
 pub struct Scan {
     /// Nodes, by tier, then by name.
     pub nodes: Vec<NodeEntry>,
-    /// Files in tier directories whose names do not parse.
+    /// Files in tier directories whose names do not parse (callers report them).
     pub unparsable: Vec<PathBuf>,
 }
 
@@ -94,7 +94,7 @@ impl Spool {
         for entry in entries {
             let entry = entry.map_err(|e| SpoolError::io("read", dir, e))?;
             let Ok(file_name) = entry.file_name().into_string() else {
-                tracing::warn!(path = %entry.path().display(), "node name is not UTF-8; skipped");
+                tracing::debug!(path = %entry.path().display(), "node name is not UTF-8; skipped");
                 scan.unparsable.push(entry.path());
                 continue;
             };
@@ -103,7 +103,7 @@ impl Spool {
                 Parsed::Rescued(n) => (n, true),
                 Parsed::NotANode => continue,
                 Parsed::Unparsable => {
-                    tracing::warn!(path = %entry.path().display(), "file name is not a node name; skipped");
+                    tracing::debug!(path = %entry.path().display(), "file name is not a node name; skipped");
                     scan.unparsable.push(entry.path());
                     continue;
                 }
