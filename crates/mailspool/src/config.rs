@@ -194,7 +194,9 @@ impl Config {
         }
         if let Some(t) = file.dequeue_timeout {
             if t == 0 {
-                return Err(ConfigError::Invalid("dequeue_timeout must be 1 or more".into()));
+                return Err(ConfigError::Invalid(
+                    "dequeue_timeout must be 1 or more".into(),
+                ));
             }
             c.dequeue_timeout = Duration::from_secs(t);
         }
@@ -217,7 +219,9 @@ impl Config {
         }
         if let Some(h) = file.hostname {
             if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '@') {
-                return Err(ConfigError::Invalid(format!("hostname {h:?} is not a host name")));
+                return Err(ConfigError::Invalid(format!(
+                    "hostname {h:?} is not a host name"
+                )));
             }
             c.hostname = h;
         }

@@ -156,7 +156,9 @@ impl SendError {
     pub fn exit_code(&self) -> u8 {
         match self {
             SendError::NoRecipients => sysexits::USAGE,
-            SendError::NoInput { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+            SendError::NoInput { source, .. }
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
                 sysexits::NOPERM
             }
             SendError::NoInput { .. } => sysexits::NOINPUT,
@@ -335,7 +337,13 @@ pub fn login_name() -> String {
                 (f.nth(1)?.parse::<u32>().ok()? == uid && valid(name)).then(|| name.to_owned())
             })
         })
-        .unwrap_or_else(|| if uid == 0 { "root".into() } else { format!("uid{uid}") })
+        .unwrap_or_else(|| {
+            if uid == 0 {
+                "root".into()
+            } else {
+                format!("uid{uid}")
+            }
+        })
 }
 
 /// A display name for a From header: plain if it is only atoms, quoted if ASCII with
@@ -345,10 +353,11 @@ fn display_name(name: &str) -> String {
     if !name.is_ascii() {
         return format!("=?utf-8?b?{}?=", base64(name.as_bytes()));
     }
-    if name
-        .split(' ')
-        .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)))
-    {
+    if name.split(' ').all(|w| {
+        !w.is_empty()
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c))
+    }) {
         return name;
     }
     format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
@@ -358,7 +367,11 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -397,7 +410,10 @@ mod tests {
     #[test]
     fn dates_and_names() {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_664_346), "Thu, 26 Nov 2026 03:39:06 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_664_346),
+            "Thu, 26 Nov 2026 03:39:06 +0000"
+        );
         assert_eq!(display_name("Jane Doe"), "Jane Doe");
         assert_eq!(display_name("Doe, Jane \"JD\""), "\"Doe, Jane \\\"JD\\\"\"");
         assert_eq!(display_name("Zoë"), "=?utf-8?b?Wm/Dqw==?=");

@@ -19,8 +19,16 @@ impl Env {
             dir: tempfile::tempdir().unwrap(),
         };
         fs::write(env.config_path(), "").unwrap();
-        std::os::unix::fs::symlink(assert_cmd::cargo::cargo_bin!("mailspool"), env.dir.path().join("sendmail")).unwrap();
-        std::os::unix::fs::symlink(assert_cmd::cargo::cargo_bin!("mailspool"), env.dir.path().join("mailq")).unwrap();
+        std::os::unix::fs::symlink(
+            assert_cmd::cargo::cargo_bin!("mailspool"),
+            env.dir.path().join("sendmail"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            assert_cmd::cargo::cargo_bin!("mailspool"),
+            env.dir.path().join("mailq"),
+        )
+        .unwrap();
         env
     }
     fn spool(&self) -> PathBuf {
@@ -78,15 +86,31 @@ const MSG: &str = "From: Alice <alice@example.com>\nTo: Bob <bob@example.org>, \
 #[test]
 fn sendmail_t_takes_to_cc_bcc_and_strips_bcc() {
     let env = Env::new();
-    env.sendmail().args(["-t", "-oi"]).write_stdin(MSG).assert().success().stdout("");
+    env.sendmail()
+        .args(["-t", "-oi"])
+        .write_stdin(MSG)
+        .assert()
+        .success()
+        .stdout("");
     let nodes = env.nodes(0);
     let tos: Vec<&str> = nodes.iter().map(|(n, _)| n.to.as_str()).collect();
-    assert_eq!(tos, ["\"odd name\"@x.com", "bob@example.org", "carol@example.net", "secret@example.net"]);
+    assert_eq!(
+        tos,
+        [
+            "\"odd name\"@x.com",
+            "bob@example.org",
+            "carol@example.net",
+            "secret@example.net"
+        ]
+    );
     for (n, body) in &nodes {
         assert_eq!(n.from, "alice@example.com");
         assert!(!body.contains("Bcc"), "Bcc stored");
         assert!(!body.contains("secret@"), "Bcc address stored");
-        assert!(body.contains("Message-ID: <") && body.contains("\nDate: "), "headers added");
+        assert!(
+            body.contains("Message-ID: <") && body.contains("\nDate: "),
+            "headers added"
+        );
         assert!(body.ends_with("\n\nhello\n"));
         assert_eq!(n.id, nodes[0].0.id);
     }
@@ -98,15 +122,26 @@ fn sendmail_t_takes_to_cc_bcc_and_strips_bcc() {
 #[test]
 fn f_overrides_the_sender_and_empty_f_is_the_null_sender() {
     let env = Env::new();
-    env.sendmail().args(["-f", "bounces@example.com", "-i", "rcpt@example.org"]).write_stdin(MSG).assert().success();
+    env.sendmail()
+        .args(["-f", "bounces@example.com", "-i", "rcpt@example.org"])
+        .write_stdin(MSG)
+        .assert()
+        .success();
     let nodes = env.nodes(0);
     assert_eq!(nodes.len(), 1, "explicit recipients only, without -t");
     assert_eq!(nodes[0].0.from, "bounces@example.com");
-    assert!(nodes[0].1.contains("From: Alice <alice@example.com>"), "header From kept");
+    assert!(
+        nodes[0].1.contains("From: Alice <alice@example.com>"),
+        "header From kept"
+    );
 
     for null in ["", "<>"] {
         let env = Env::new();
-        env.sendmail().args(["-f", null, "r@example.org"]).write_stdin("Subject: x\n\nbody\n").assert().success();
+        env.sendmail()
+            .args(["-f", null, "r@example.org"])
+            .write_stdin("Subject: x\n\nbody\n")
+            .assert()
+            .success();
         let nodes = env.nodes(0);
         assert_eq!(nodes[0].0.from, "", "-f {null:?}");
         assert!(nodes[0].0.file_name().ends_with("-r@example.org-"));
@@ -132,17 +167,34 @@ fn mailspool_send_prints_the_id_and_adds_from() {
     assert_eq!(nodes[0].0.from.split('@').next(), Some("tester"));
     let body = &nodes[0].1;
     assert!(body.contains("\nFrom: Cron Daemon <tester@"), "{body}");
-    assert!(body.ends_with("\n\nline 1\n"), "dot ends the message, CRLF made LF: {body:?}");
+    assert!(
+        body.ends_with("\n\nline 1\n"),
+        "dot ends the message, CRLF made LF: {body:?}"
+    );
 }
 
 #[test]
 fn send_from_file_and_received_id() {
     let env = Env::new();
     let file = env.dir.path().join("msg.eml");
-    fs::write(&file, "Received: from a by b id (Abc123) ; now\nTo: x@example.org\n\nhi\n").unwrap();
-    env.mailspool().args(["send", "--file"]).arg(&file).assert().success().stdout("Abc123\n");
+    fs::write(
+        &file,
+        "Received: from a by b id (Abc123) ; now\nTo: x@example.org\n\nhi\n",
+    )
+    .unwrap();
+    env.mailspool()
+        .args(["send", "--file"])
+        .arg(&file)
+        .assert()
+        .success()
+        .stdout("Abc123\n");
     assert_eq!(env.nodes(0)[0].0.id, "Abc123");
-    env.mailspool().args(["send", "--id", "given.id", "--file"]).arg(&file).assert().success().stdout("given.id\n");
+    env.mailspool()
+        .args(["send", "--id", "given.id", "--file"])
+        .arg(&file)
+        .assert()
+        .success()
+        .stdout("given.id\n");
     env.mailspool()
         .args(["send", "--file"])
         .arg(env.dir.path().join("missing.eml"))
@@ -156,32 +208,89 @@ fn bad_input_gets_its_exit_code_and_leaves_nothing() {
     let long = format!("{}@example.org", "a".repeat(60));
     let long_domain = format!("x@{}.org", vec!["l".repeat(60); 4].join("."));
     let cases: Vec<(Vec<&str>, String, i32, &str)> = vec![
-        (vec!["send"], "Subject: none\n\nx\n".into(), 64, "no recipients"),
-        (vec!["send", "not an address"], MSG.into(), 65, "not an address"),
-        (vec!["send", "--", "-oQ/tmp/x@example.org"], MSG.into(), 65, "-oQ/tmp/x@example.org"),
-        (vec!["send", "-f", "-bs", "a@example.org"], MSG.into(), 64, ""),
+        (
+            vec!["send"],
+            "Subject: none\n\nx\n".into(),
+            64,
+            "no recipients",
+        ),
+        (
+            vec!["send", "not an address"],
+            MSG.into(),
+            65,
+            "not an address",
+        ),
+        (
+            vec!["send", "--", "-oQ/tmp/x@example.org"],
+            MSG.into(),
+            65,
+            "-oQ/tmp/x@example.org",
+        ),
+        (
+            vec!["send", "-f", "-bs", "a@example.org"],
+            MSG.into(),
+            64,
+            "",
+        ),
         (vec!["send", "a@example.org", "-x"], MSG.into(), 64, ""),
-        (vec!["send", "--", long.as_str(), long_domain.as_str()], MSG.into(), 65, ""),
-        (vec!["send", "a@example.org"], "Subject: a\0b\n\nx\n".into(), 65, "NUL"),
-        (vec!["send", "--id", "bad-id", "a@example.org"], MSG.into(), 65, "bad-id"),
+        (
+            vec!["send", "--", long.as_str(), long_domain.as_str()],
+            MSG.into(),
+            65,
+            "",
+        ),
+        (
+            vec!["send", "a@example.org"],
+            "Subject: a\0b\n\nx\n".into(),
+            65,
+            "NUL",
+        ),
+        (
+            vec!["send", "--id", "bad-id", "a@example.org"],
+            MSG.into(),
+            65,
+            "bad-id",
+        ),
         (vec!["send", "-t"], "To: bob@\n\nx\n".into(), 65, "bob@"),
     ];
     for (args, input, code, names) in cases {
-        let out = env.mailspool().args(&args).write_stdin(input).assert().code(code);
+        let out = env
+            .mailspool()
+            .args(&args)
+            .write_stdin(input)
+            .assert()
+            .code(code);
         let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-        assert!(err.contains(names), "{args:?}: stderr does not name {names:?}: {err}");
+        assert!(
+            err.contains(names),
+            "{args:?}: stderr does not name {names:?}: {err}"
+        );
         env.assert_empty();
     }
     // A name past NAME_MAX is refused with a clear message.
-    let huge = format!("{}@{}.example.org", "a".repeat(64), vec!["d".repeat(60); 2].join("."));
-    let out = env.mailspool().args(["send", "-f", &huge, &huge]).write_stdin(MSG).assert().code(65);
+    let huge = format!(
+        "{}@{}.example.org",
+        "a".repeat(64),
+        vec!["d".repeat(60); 2].join(".")
+    );
+    let out = env
+        .mailspool()
+        .args(["send", "-f", &huge, &huge])
+        .write_stdin(MSG)
+        .assert()
+        .code(65);
     assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("too long"));
     env.assert_empty();
 
     // Over the size limit.
     fs::write(env.config_path(), "max_message_size = 1000\n").unwrap();
     let big = format!("{MSG}{}\n", "x".repeat(2000));
-    let out = env.mailspool().args(["send", "a@example.org"]).write_stdin(big).assert().code(65);
+    let out = env
+        .mailspool()
+        .args(["send", "a@example.org"])
+        .write_stdin(big)
+        .assert()
+        .code(65);
     assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("size limit"));
     env.assert_empty();
 }
@@ -215,33 +324,94 @@ fn an_unwritable_spool_fails_cleanly() {
 fn sendmail_options_documented_as_ignored_are_accepted_unknown_refused() {
     let env = Env::new();
     env.sendmail()
-        .args(["-oem", "-odb", "-B8BITMIME", "-Lcron", "-N", "never", "-U", "-v", "-i", "a@example.org"])
+        .args([
+            "-oem",
+            "-odb",
+            "-B8BITMIME",
+            "-Lcron",
+            "-N",
+            "never",
+            "-U",
+            "-v",
+            "-i",
+            "a@example.org",
+        ])
         .write_stdin(MSG)
         .assert()
         .success()
         .stderr(predicates::str::contains("queued"));
     assert_eq!(env.nodes(0).len(), 1);
-    env.sendmail().args(["-k", "a@example.org"]).write_stdin(MSG).assert().code(64);
-    env.sendmail().args(["-bs"]).assert().code(69).stderr(predicates::str::contains("not yet supported"));
-    env.sendmail().args(["-q"]).assert().code(69).stderr(predicates::str::contains("not yet supported"));
-    env.sendmail().args(["-bp"]).assert().success().stdout(predicates::str::contains("a@example.org"));
-    env.mailq().assert().success().stdout(predicates::str::contains("-- 1 node of 1 message"));
+    env.sendmail()
+        .args(["-k", "a@example.org"])
+        .write_stdin(MSG)
+        .assert()
+        .code(64);
+    env.sendmail()
+        .args(["-bs"])
+        .assert()
+        .code(69)
+        .stderr(predicates::str::contains("not yet supported"));
+    env.sendmail()
+        .args(["-q"])
+        .assert()
+        .code(69)
+        .stderr(predicates::str::contains("not yet supported"));
+    env.sendmail()
+        .args(["-bp"])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("a@example.org"));
+    env.mailq()
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("-- 1 node of 1 message"));
 }
 
 fn json_nodes(env: &Env, extra: &[&str]) -> Vec<serde_json::Value> {
-    let out = env.mailspool().args(["queue", "list", "--json"]).args(extra).assert().success().get_output().stdout.clone();
-    String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let out = env
+        .mailspool()
+        .args(["queue", "list", "--json"])
+        .args(extra)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
 fn queue_list_show_hold_release_retry_delete() {
     let env = Env::new();
-    env.sendmail().args(["-t"]).write_stdin(MSG).assert().success();
+    env.sendmail()
+        .args(["-t"])
+        .write_stdin(MSG)
+        .assert()
+        .success();
     let nodes = json_nodes(&env, &[]);
     assert_eq!(nodes.len(), 4);
-    let keys: Vec<&str> = nodes[0].as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = nodes[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(keys.len(), 9);
-    for k in ["id", "to", "from", "tier", "queued_at", "due_at", "size", "held", "last_error"] {
+    for k in [
+        "id",
+        "to",
+        "from",
+        "tier",
+        "queued_at",
+        "due_at",
+        "size",
+        "held",
+        "last_error",
+    ] {
         assert!(keys.contains(&k), "missing {k}");
     }
     assert_eq!(nodes[0]["tier"], 0);
@@ -251,24 +421,52 @@ fn queue_list_show_hold_release_retry_delete() {
     assert_eq!(json_nodes(&env, &["--domain", "EXAMPLE.org"]).len(), 1);
     assert_eq!(json_nodes(&env, &["--tier", "1"]).len(), 0);
 
-    env.mailspool().args(["queue", "show", &id]).assert().success()
+    env.mailspool()
+        .args(["queue", "show", &id])
+        .assert()
+        .success()
         .stdout(predicates::str::contains("lock:      none"))
         .stdout(predicates::str::contains("Subject: hi"));
-    env.mailspool().args(["queue", "hold", &id]).assert().success();
+    env.mailspool()
+        .args(["queue", "hold", &id])
+        .assert()
+        .success();
     assert!(env.nodes(0).is_empty(), "held nodes leave the tier");
     assert!(json_nodes(&env, &[]).iter().all(|n| n["held"] == true));
-    env.mailspool().args(["queue", "release", &id]).assert().success();
+    env.mailspool()
+        .args(["queue", "release", &id])
+        .assert()
+        .success();
     assert_eq!(env.nodes(0).len(), 4);
-    env.mailspool().args(["queue", "retry", &id]).assert().success();
+    env.mailspool()
+        .args(["queue", "retry", &id])
+        .assert()
+        .success();
     let now = json_nodes(&env, &[]);
-    assert!(now.iter().all(|n| n["due_at"].as_u64() <= n["queued_at"].as_u64().map(|q| q + 1)));
-    env.mailspool().args(["queue", "summary"]).assert().success()
+    assert!(
+        now.iter()
+            .all(|n| n["due_at"].as_u64() <= n["queued_at"].as_u64().map(|q| q + 1))
+    );
+    env.mailspool()
+        .args(["queue", "summary"])
+        .assert()
+        .success()
         .stdout(predicates::str::contains("4 nodes of 1 message"));
-    env.mailspool().args(["queue", "delete", &id]).assert().success()
+    env.mailspool()
+        .args(["queue", "delete", &id])
+        .assert()
+        .success()
         .stdout(predicates::str::contains("deleted 4 of 4 nodes"));
     env.assert_empty();
-    env.mailspool().args(["queue", "delete", &id]).assert().code(66);
-    env.mailspool().args(["usage"]).assert().success().stdout(predicates::str::contains("SPOOLED"));
+    env.mailspool()
+        .args(["queue", "delete", &id])
+        .assert()
+        .code(66);
+    env.mailspool()
+        .args(["usage"])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("SPOOLED"));
 }
 
 /// Write a spool the way Mail::Spool 0.50 left it.
@@ -277,31 +475,66 @@ fn write_050_spool(dir: &Path) {
         fs::create_dir_all(dir.join(t)).unwrap();
     }
     let msg = "From: x@old.example\nTo: y@example.org\n\nold mail\n";
-    fs::write(dir.join("0/1054328821-a1b2c3d4e5-first%2dlast@example.org-me@old.example"), msg).unwrap();
+    fs::write(
+        dir.join("0/1054328821-a1b2c3d4e5-first%2dlast@example.org-me@old.example"),
+        msg,
+    )
+    .unwrap();
     fs::write(dir.join("0/1054328822-a1b2c3d4e6-bob@example.com-"), msg).unwrap();
-    fs::write(dir.join("3/1054328000-deadbeef-caf%25C3%25A9@example.fr-a@b.example"), msg).unwrap();
-    fs::write(dir.join("3/1054329000-cafe01-first-last@example.org-me@my-host.example"), msg).unwrap();
+    fs::write(
+        dir.join("3/1054328000-deadbeef-caf%25C3%25A9@example.fr-a@b.example"),
+        msg,
+    )
+    .unwrap();
+    fs::write(
+        dir.join("3/1054329000-cafe01-first-last@example.org-me@my-host.example"),
+        msg,
+    )
+    .unwrap();
     fs::write(dir.join("3/garbage-name"), msg).unwrap();
     let lock = dir.join("0/1054328821-a1b2c3d4e5-first%2dlast@example.org-me@old.example.NFSLock");
     fs::write(&lock, "oldhost 123 1054328821 42\n").unwrap();
     let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    fs::File::options().write(true).open(&lock).unwrap().set_modified(hour_ago).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&lock)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
 }
 
 #[test]
 fn reads_a_050_spool_without_changing_it() {
     let env = Env::new();
     write_050_spool(&env.spool());
-    let out = env.mailspool().args(["queue", "list", "--json"]).assert().success();
+    let out = env
+        .mailspool()
+        .args(["queue", "list", "--json"])
+        .assert()
+        .success();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert!(stderr.contains("garbage-name"), "unparsable name reported: {stderr}");
-    assert!(stderr.contains("raw '-'"), "rescued name reported: {stderr}");
+    assert!(
+        stderr.contains("garbage-name"),
+        "unparsable name reported: {stderr}"
+    );
+    assert!(
+        stderr.contains("raw '-'"),
+        "rescued name reported: {stderr}"
+    );
     let nodes: Vec<serde_json::Value> = String::from_utf8_lossy(&out.get_output().stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let to: Vec<&str> = nodes.iter().map(|n| n["to"].as_str().unwrap()).collect();
-    assert_eq!(to, ["first-last@example.org", "bob@example.com", "caf%C3%A9@example.fr", "first-last@example.org"]);
+    assert_eq!(
+        to,
+        [
+            "first-last@example.org",
+            "bob@example.com",
+            "caf%C3%A9@example.fr",
+            "first-last@example.org"
+        ]
+    );
     assert_eq!(nodes[1]["from"], "");
     assert_eq!(nodes[2]["tier"], 3);
     assert_eq!(nodes[2]["due_at"], 1054328000 + 28_800);
@@ -309,31 +542,79 @@ fn reads_a_050_spool_without_changing_it() {
     assert!(!env.spool().join("tmp").exists(), "reading created tmp/");
     assert!(!env.spool().join("1").exists(), "reading created tiers");
 
-    env.mailspool().args(["queue", "show", "a1b2c3d4e5"]).assert().success()
+    env.mailspool()
+        .args(["queue", "show", "a1b2c3d4e5"])
+        .assert()
+        .success()
         .stdout(predicates::str::contains("held by oldhost pid 123"));
     // Its lock is old, but a live 0.50 dequeuer may still hold it for max_connection_time.
     fs::write(env.config_path(), "max_connection_time = 100000000000\n").unwrap();
-    env.mailspool().args(["queue", "delete", "a1b2c3d4e5"]).assert().code(75)
+    env.mailspool()
+        .args(["queue", "delete", "a1b2c3d4e5"])
+        .assert()
+        .code(75)
         .stderr(predicates::str::contains("locked by oldhost"));
     // Past max_connection_time + 2 s the lock is stale, broken and the node deleted.
     fs::write(env.config_path(), "").unwrap();
-    env.mailspool().args(["queue", "delete", "a1b2c3d4e5", "a1b2c3d4e6"]).assert().success();
-    assert!(!env.spool().join("0").join("1054328821-a1b2c3d4e5-first%2dlast@example.org-me@old.example.NFSLock").exists());
+    env.mailspool()
+        .args(["queue", "delete", "a1b2c3d4e5", "a1b2c3d4e6"])
+        .assert()
+        .success();
+    assert!(
+        !env.spool()
+            .join("0")
+            .join("1054328821-a1b2c3d4e5-first%2dlast@example.org-me@old.example.NFSLock")
+            .exists()
+    );
     assert!(env.nodes(0).is_empty());
     // Retrying the rescued node writes its name encoded, as 0.50 should have.
-    env.mailspool().args(["queue", "retry", "cafe01"]).assert().success();
-    let names: Vec<String> = fs::read_dir(env.spool().join("3")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert!(names.iter().any(|n| n.contains("-cafe01-first%2Dlast@example.org-me@my%2Dhost.example")), "{names:?}");
+    env.mailspool()
+        .args(["queue", "retry", "cafe01"])
+        .assert()
+        .success();
+    let names: Vec<String> = fs::read_dir(env.spool().join("3"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.contains("-cafe01-first%2Dlast@example.org-me@my%2Dhost.example")),
+        "{names:?}"
+    );
 }
 
 #[test]
 fn help_and_usage_log() {
     let env = Env::new();
-    env.mailspool().arg("--help").assert().success().stdout(predicates::str::contains("sysexits"));
-    env.mailspool().args(["send", "--help"]).assert().success().stdout(predicates::str::contains("-f <FROM>"));
-    env.mailspool().args(["send", "a@example.org"]).write_stdin(MSG).assert().success();
-    env.mailspool().args(["send", "b@example.org"]).write_stdin(MSG).assert().success();
-    let out = env.mailspool().args(["usage", "--days", "1", "--json"]).assert().success().get_output().stdout.clone();
+    env.mailspool()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("sysexits"));
+    env.mailspool()
+        .args(["send", "--help"])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("-f <FROM>"));
+    env.mailspool()
+        .args(["send", "a@example.org"])
+        .write_stdin(MSG)
+        .assert()
+        .success();
+    env.mailspool()
+        .args(["send", "b@example.org"])
+        .write_stdin(MSG)
+        .assert()
+        .success();
+    let out = env
+        .mailspool()
+        .args(["usage", "--days", "1", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let day: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(day["spooled"], 2);
     assert_eq!(day["sent"], 0);

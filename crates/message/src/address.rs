@@ -232,7 +232,9 @@ fn is_atext(c: char) -> bool {
 }
 
 fn is_dot_atom(s: &str) -> bool {
-    !s.is_empty() && s.split('.').all(|p| !p.is_empty() && p.chars().all(is_atext))
+    !s.is_empty()
+        && s.split('.')
+            .all(|p| !p.is_empty() && p.chars().all(is_atext))
 }
 
 /// Check an addr-spec (`local@domain`) and return it normalised: quotes dropped from a
@@ -351,11 +353,13 @@ fn check_domain(spec: &str, domain: &str) -> Result<(), AddressError> {
         if label.starts_with('-') || label.ends_with('-') {
             return Err(bad(spec, "domain label starts or ends with '-'"));
         }
-        if !label
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric()))
-        {
-            return Err(bad(spec, "domain has characters other than letters, digits, '-' and '.'"));
+        if !label.chars().all(|c| {
+            c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric())
+        }) {
+            return Err(bad(
+                spec,
+                "domain has characters other than letters, digits, '-' and '.'",
+            ));
         }
     }
     Ok(())
@@ -411,11 +415,23 @@ mod tests {
         assert_eq!(list("<@route.x,@r2.y:user@z.com>"), ["user@z.com"]);
         assert_eq!(list("\"a@b\"@evil.com"), ["\"a@b\"@evil.com"]);
         assert_eq!(list("\"plain\"@x.com"), ["plain@x.com"]);
-        assert_eq!(list("user@[127.0.0.1], u@[IPv6:::1]"), ["user@[127.0.0.1]", "u@[IPv6:::1]"]);
+        assert_eq!(
+            list("user@[127.0.0.1], u@[IPv6:::1]"),
+            ["user@[127.0.0.1]", "u@[IPv6:::1]"]
+        );
         assert_eq!(list("Ünïcödé <üser@exämple.com>"), ["üser@exämple.com"]);
-        assert_eq!(list("Mary Smith <mary@x.test>\r\n\t, jdoe@example.org"), ["mary@x.test", "jdoe@example.org"]);
-        assert_eq!(list("\"Joe Q. Public\" <john.q.public@example.com>"), ["john.q.public@example.com"]);
-        assert_eq!(list("Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>"), ["pete@silly.test"]);
+        assert_eq!(
+            list("Mary Smith <mary@x.test>\r\n\t, jdoe@example.org"),
+            ["mary@x.test", "jdoe@example.org"]
+        );
+        assert_eq!(
+            list("\"Joe Q. Public\" <john.q.public@example.com>"),
+            ["john.q.public@example.com"]
+        );
+        assert_eq!(
+            list("Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>"),
+            ["pete@silly.test"]
+        );
         assert_eq!(list(""), Vec::<String>::new());
     }
 

@@ -133,7 +133,9 @@ pub fn read_head<R: BufRead>(
 impl Headers {
     /// Whether a field of this name exists.
     pub fn contains(&self, name: &str) -> bool {
-        self.fields.iter().any(|f| f.name.eq_ignore_ascii_case(name))
+        self.fields
+            .iter()
+            .any(|f| f.name.eq_ignore_ascii_case(name))
     }
 
     /// Unfolded values of every field of this name.
@@ -318,8 +320,14 @@ mod tests {
             "Received: from x by y with SMTP; date\nReceived: from a by b id (abc123DEF) ; d\nReceived: by c id (zzz)\nFrom: \"Me\" <me@here.org>\n\n",
             true,
         );
-        assert_eq!(h.headers.from_address().unwrap().as_deref(), Some("me@here.org"));
-        assert_eq!(h.headers.received_id(|_| true).as_deref(), Some("abc123DEF"));
+        assert_eq!(
+            h.headers.from_address().unwrap().as_deref(),
+            Some("me@here.org")
+        );
+        assert_eq!(
+            h.headers.received_id(|_| true).as_deref(),
+            Some("abc123DEF")
+        );
         assert_eq!(h.headers.received_id(|id| id == "nope"), None);
         let h = head("From: <>\nReceived: by x; paid (x)\n\n", true);
         assert_eq!(h.headers.from_address().unwrap().as_deref(), Some(""));

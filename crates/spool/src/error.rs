@@ -19,7 +19,9 @@ pub enum SpoolError {
         source: io::Error,
     },
     /// An address would make a node name longer than the filesystem allows.
-    #[error("address <{address}> is too long: its node name would be {len} bytes, over the {max}-byte limit")]
+    #[error(
+        "address <{address}> is too long: its node name would be {len} bytes, over the {max}-byte limit"
+    )]
     NameTooLong {
         /// The offending address.
         address: String,

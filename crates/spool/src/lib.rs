@@ -162,7 +162,9 @@ impl Spool {
                 let path = entry.path();
                 match std::fs::remove_file(&path) {
                     Ok(()) => tracing::info!(path = %path.display(), "removed crash leftover"),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove crash leftover"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove crash leftover")
+                    }
                 }
             }
         }

@@ -198,7 +198,10 @@ pub fn holder(node: &Path, stale_after: Duration) -> Option<LockHolder> {
     let mut f = fs::File::open(&path).ok()?;
     let meta = f.metadata().ok()?;
     let mut text = String::new();
-    Read::by_ref(&mut f).take(512).read_to_string(&mut text).ok()?;
+    Read::by_ref(&mut f)
+        .take(512)
+        .read_to_string(&mut text)
+        .ok()?;
     let mut words = text.split_whitespace();
     let host = words.next().unwrap_or("?").to_owned();
     let pid = words.next().and_then(|p| p.parse().ok()).unwrap_or(0);

@@ -295,31 +295,44 @@ mod tests {
     fn skips_locks_and_hidden_files() {
         assert_eq!(NodeName::parse("1-a-b@c-d@e.NFSLock"), Parsed::NotANode);
         assert_eq!(NodeName::parse(".lock.host.1.2"), Parsed::NotANode);
-        assert_eq!(NodeName::parse("1-a-b@c-d@e.NFSLock.tmp.1.2.3"), Parsed::NotANode);
+        assert_eq!(
+            NodeName::parse("1-a-b@c-d@e.NFSLock.tmp.1.2.3"),
+            Parsed::NotANode
+        );
     }
 
     #[test]
     fn reports_garbage() {
-        for bad in ["", "abc", "12", "12-", "12-id", "x1-id-a@b-c@d", "1--a@b-", "1-id--x@y"] {
+        for bad in [
+            "",
+            "abc",
+            "12",
+            "12-",
+            "12-id",
+            "x1-id-a@b-c@d",
+            "1--a@b-",
+            "1-id--x@y",
+        ] {
             assert_eq!(NodeName::parse(bad), Parsed::Unparsable, "{bad:?}");
         }
     }
 
     #[test]
     fn rescues_raw_dash_from_050_fallback() {
-        let Parsed::Rescued(n) = NodeName::parse("1700000000-abc-first-last@x.com-me@y.com")
-        else {
+        let Parsed::Rescued(n) = NodeName::parse("1700000000-abc-first-last@x.com-me@y.com") else {
             panic!("not rescued")
         };
-        assert_eq!((n.to.as_str(), n.from.as_str()), ("first-last@x.com", "me@y.com"));
+        assert_eq!(
+            (n.to.as_str(), n.from.as_str()),
+            ("first-last@x.com", "me@y.com")
+        );
         assert_eq!(
             NodeName::parse(&n.file_name()),
             Parsed::Node(n.clone()),
             "re-encoded name is regular"
         );
 
-        let Parsed::Rescued(n) = NodeName::parse("1700000000-abc-a@x.com-me@my-host.org")
-        else {
+        let Parsed::Rescued(n) = NodeName::parse("1700000000-abc-a@x.com-me@my-host.org") else {
             panic!("not rescued")
         };
         assert_eq!(n.from, "me@my-host.org");

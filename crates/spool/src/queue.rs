@@ -117,9 +117,8 @@ impl Spool {
                 held,
             });
         }
-        scan.nodes[start..].sort_by(|a, b| {
-            (a.name.time, &a.file_name).cmp(&(b.name.time, &b.file_name))
-        });
+        scan.nodes[start..]
+            .sort_by(|a, b| (a.name.time, &a.file_name).cmp(&(b.name.time, &b.file_name)));
         Ok(())
     }
 

@@ -31,7 +31,11 @@ fn message() -> Vec<u8> {
 }
 
 fn rcpts() -> Vec<String> {
-    vec!["b@y.org".into(), "c@y.org".into(), "first-last/x%@z.org".into()]
+    vec![
+        "b@y.org".into(),
+        "c@y.org".into(),
+        "first-last/x%@z.org".into(),
+    ]
 }
 
 fn nodes(dir: &Path) -> Vec<(String, Vec<u8>, u64)> {
@@ -70,7 +74,10 @@ fn steps() -> usize {
         .with_storage(probe.clone());
     commit_with(&spool).unwrap();
     let ops = probe.ops();
-    assert!(ops.contains(&"sync_file") && ops.contains(&"sync_dir"), "{ops:?}");
+    assert!(
+        ops.contains(&"sync_file") && ops.contains(&"sync_dir"),
+        "{ops:?}"
+    );
     assert_eq!(ops.iter().filter(|o| **o == "link").count(), 3, "{ops:?}");
     ops.len()
 }
@@ -97,7 +104,10 @@ fn success_makes_one_inode_with_a_name_per_recipient() {
     assert_eq!(tmp_entries(dir.path()), 0);
     let mode = fs::metadata(&c.nodes[0]).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    assert_eq!(fs::metadata(dir.path().join("0")).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(
+        fs::metadata(dir.path().join("0")).unwrap().mode() & 0o777,
+        0o700
+    );
 }
 
 #[test]
@@ -140,11 +150,21 @@ fn a_crash_at_any_step_leaves_only_whole_nodes() {
         }
         // The next open for writing clears the crashed stage; nodes stay whole.
         Spool::create(dir.path(), config()).unwrap();
-        assert_eq!(tmp_entries(dir.path()), 0, "step {at}: stage survives reopen");
+        assert_eq!(
+            tmp_entries(dir.path()),
+            0,
+            "step {at}: stage survives reopen"
+        );
         let names = |v: &[(String, Vec<u8>, u64)]| -> Vec<(String, bool)> {
-            v.iter().map(|(n, d, _)| (n.clone(), *d == message())).collect()
+            v.iter()
+                .map(|(n, d, _)| (n.clone(), *d == message()))
+                .collect()
         };
-        assert_eq!(names(&nodes(dir.path())), names(&found), "step {at}: reopen changed nodes");
+        assert_eq!(
+            names(&nodes(dir.path())),
+            names(&found),
+            "step {at}: reopen changed nodes"
+        );
     }
 }
 
@@ -185,5 +205,8 @@ fn stale_stages_are_removed_fresh_ones_kept() {
     fs::write(dir.path().join("tmp/fresh"), b"x").unwrap();
     Spool::create(dir.path(), SpoolConfig::default()).unwrap();
     assert!(!dir.path().join("tmp/old").exists());
-    assert!(dir.path().join("tmp/fresh").exists(), "a live commit's stage");
+    assert!(
+        dir.path().join("tmp/fresh").exists(),
+        "a live commit's stage"
+    );
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-const ABOUT: &str = "A mail spooler and sender: durable intake in the Mail::Spool 0.50 spool layout.";
+const ABOUT: &str =
+    "A mail spooler and sender: durable intake in the Mail::Spool 0.50 spool layout.";
 
 const AFTER_HELP: &str = "\
 The spool directory is --spool, else $MAILSPOOL_SPOOL, else dequeue_dir from the
@@ -38,9 +39,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Queue a message read from stdin (or --file); prints its id.
-    #[command(after_help = "Recipients come from the arguments; with none (or with -t) from the \
+    #[command(
+        after_help = "Recipients come from the arguments; with none (or with -t) from the \
 To, Cc and Bcc headers. Bcc is removed from the stored message. The sender is -f, else the \
-From address, else you at this host. Exit 0 means the message is on disk.")]
+From address, else you at this host. Exit 0 means the message is on disk."
+    )]
     Send(SendArgs),
     /// List, inspect and change queued mail.
     Queue {

@@ -22,9 +22,9 @@ pub fn run(config: &Config, command: Option<QueueCommand>) -> CliResult {
         QueueCommand::Release { ids } => {
             change(config, &ids, "released", |s, n| s.release(n).map(drop))
         }
-        QueueCommand::Retry { ids } => {
-            change(config, &ids, "made due now", |s, n| s.retry_now(n).map(drop))
-        }
+        QueueCommand::Retry { ids } => change(config, &ids, "made due now", |s, n| {
+            s.retry_now(n).map(drop)
+        }),
         QueueCommand::Summary { json } => summary(config, json),
     }
 }
@@ -61,7 +61,12 @@ fn scan(spool: &Spool) -> Result<Scan, Failure> {
 pub fn fmt_time(unix: u64) -> String {
     let (y, m, d) = civil_from_days((unix / 86_400) as i64);
     let s = unix % 86_400;
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
 }
 
 fn fmt_due(due: u64, now: u64) -> String {
@@ -104,7 +109,11 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
         }
         shown += 1;
         messages.insert(n.name.id.as_str());
-        let last_error = if side { spool.last_error(&n.name) } else { None };
+        let last_error = if side {
+            spool.last_error(&n.name)
+        } else {
+            None
+        };
         let due = spool.due_at(n);
         let r = if args.json {
             let obj = serde_json::json!({
@@ -132,7 +141,11 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
                 n.name.id,
                 n.tier,
                 fmt_time(n.name.time),
-                if n.held { "held".to_owned() } else { fmt_due(due, now) },
+                if n.held {
+                    "held".to_owned()
+                } else {
+                    fmt_due(due, now)
+                },
                 node_size(n),
                 n.name.from,
                 n.name.to
@@ -178,7 +191,12 @@ fn show(config: &Config, id: &str) -> CliResult {
         println!("to:        <{}>", n.name.to);
         println!("tier:      {}", n.tier);
         println!("queued at: {} UTC ({})", fmt_time(n.name.time), n.name.time);
-        println!("due at:    {} UTC ({}, {})", fmt_time(due), due, fmt_due(due, now));
+        println!(
+            "due at:    {} UTC ({}, {})",
+            fmt_time(due),
+            due,
+            fmt_due(due, now)
+        );
         println!("size:      {} bytes", node_size(n));
         println!("held:      {}", if n.held { "yes" } else { "no" });
         match lock::holder(&n.path, stale) {
@@ -214,15 +232,20 @@ fn show(config: &Config, id: &str) -> CliResult {
 /// Print the header block of a node (at most 64 KiB of it).
 fn print_headers(n: &NodeEntry) -> CliResult {
     use std::io::{BufRead, BufReader, Read};
-    let file = std::fs::File::open(&n.path)
-        .map_err(|e| Failure::new(sysexits::IOERR, format!("cannot read {}: {e}", n.path.display())))?;
+    let file = std::fs::File::open(&n.path).map_err(|e| {
+        Failure::new(
+            sysexits::IOERR,
+            format!("cannot read {}: {e}", n.path.display()),
+        )
+    })?;
     let mut reader = BufReader::new(file.take(64 * 1024));
     let mut line = Vec::new();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 || line == b"\n" || line == b"\r\n" {
+        if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 || line == b"\n" || line == b"\r\n"
+        {
             break;
         }
         let _ = out.write_all(b"  ");
@@ -242,7 +265,10 @@ fn change(
     let spool = open(config)?.ok_or_else(|| {
         Failure::new(
             sysexits::NOINPUT,
-            format!("spool directory {} does not exist", config.spool_dir.display()),
+            format!(
+                "spool directory {} does not exist",
+                config.spool_dir.display()
+            ),
         )
     })?;
     let mut code = 0u8;
@@ -268,7 +294,11 @@ fn change(
                 }
             }
         }
-        println!("{id}: {verb} {done} of {} node{}", nodes.len(), if nodes.len() == 1 { "" } else { "s" });
+        println!(
+            "{id}: {verb} {done} of {} node{}",
+            nodes.len(),
+            if nodes.len() == 1 { "" } else { "s" }
+        );
     }
     if code == 0 {
         Ok(())
@@ -319,12 +349,21 @@ fn summary(config: &Config, json: bool) -> CliResult {
         spool.dir().display()
     );
     if !scan.unparsable.is_empty() {
-        println!("{} file(s) with names that do not parse (see warnings)", scan.unparsable.len());
+        println!(
+            "{} file(s) with names that do not parse (see warnings)",
+            scan.unparsable.len()
+        );
     }
-    println!("\n{:>4} {:>8} {:>6} {:>10}", "TIER", "QUEUED", "HELD", "WAIT");
+    println!(
+        "\n{:>4} {:>8} {:>6} {:>10}",
+        "TIER", "QUEUED", "HELD", "WAIT"
+    );
     for tier in 0..spool.config().tiers() {
         let (q, h) = tiers.get(&tier).copied().unwrap_or_default();
-        println!("{tier:>4} {q:>8} {h:>6} {:>9}s", spool.config().period(tier));
+        println!(
+            "{tier:>4} {q:>8} {h:>6} {:>9}s",
+            spool.config().period(tier)
+        );
     }
     if !by_domain.is_empty() {
         println!("\n{:>8}  DOMAIN", "NODES");

@@ -199,14 +199,26 @@ mod tests {
 
     #[test]
     fn getopt_style() {
-        let x = p(&["-t", "-oi", "-f", "me@x.org", "-Fme too", "a@b.c", "-v"]).unwrap_or_else(|f| panic!("{}", f.message));
+        let x = p(&["-t", "-oi", "-f", "me@x.org", "-Fme too", "a@b.c", "-v"])
+            .unwrap_or_else(|f| panic!("{}", f.message));
         assert!(x.extract && x.ignore_dots);
         assert_eq!(x.from.as_deref(), Some("me@x.org"));
         assert_eq!(x.full_name.as_deref(), Some("me too"));
         // Parsing stops at the first non-option: "-v" is a recipient (refused later).
         assert_eq!(x.recipients, ["a@b.c", "-v"]);
 
-        let x = p(&["-ti", "-fme@x.org", "-oem", "-odb", "-B8BITMIME", "-Lcron", "--", "-x@y.z"]).ok().unwrap();
+        let x = p(&[
+            "-ti",
+            "-fme@x.org",
+            "-oem",
+            "-odb",
+            "-B8BITMIME",
+            "-Lcron",
+            "--",
+            "-x@y.z",
+        ])
+        .ok()
+        .unwrap();
         assert!(x.extract && x.ignore_dots);
         assert_eq!(x.from.as_deref(), Some("me@x.org"));
         assert_eq!(x.recipients, ["-x@y.z"]);

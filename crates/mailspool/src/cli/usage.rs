@@ -9,7 +9,10 @@ pub fn run(config: &Config, days: u64, json: bool) -> CliResult {
     let spool = match Spool::open(&config.spool_dir, config.spool.clone()) {
         Ok(s) => s,
         Err(SpoolError::Missing(_)) => {
-            println!("no usage recorded: {} does not exist", config.spool_dir.display());
+            println!(
+                "no usage recorded: {} does not exist",
+                config.spool_dir.display()
+            );
             return Ok(());
         }
         Err(e) => return Err(e.into()),
@@ -33,7 +36,10 @@ pub fn run(config: &Config, days: u64, json: bool) -> CliResult {
         }
         return Ok(());
     }
-    println!("{:<10} {:>9} {:>14} {:>9} {:>14}", "DATE (UTC)", "SPOOLED", "BYTES", "SENT", "BYTES");
+    println!(
+        "{:<10} {:>9} {:>14} {:>9} {:>14}",
+        "DATE (UTC)", "SPOOLED", "BYTES", "SENT", "BYTES"
+    );
     let mut total = mailspool_spool::usage::DayUsage::default();
     for (day, u) in &table {
         println!(
