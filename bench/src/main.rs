@@ -159,6 +159,7 @@ fn main() {
     let lib_8x1 = library(&a.dir, "lib-8x1", 1, 8, s);
     let lib_8x10 = library(&a.dir, "lib-8x10", 10, 8, s);
     let cli_dir = fresh(&a.dir, "cli");
+    let floor = command(Path::new("/bin/cat"), &[], &cli_dir, s);
     let cli = command(&a.mailspool_bin, &["send", "-t", "-i"], &cli_dir, s);
     let postfix = a
         .postfix_sendmail
@@ -175,6 +176,7 @@ fn main() {
     println!("| library send_mail, 8 threads, 10 recipients | {lib_8x10:.0} | cost {:.2}× one recipient |", lib_8x1 / lib_8x10);
     match postfix {
         Some(p) => {
+            println!("| process start floor (`cat`, same stdin piping) | {floor:.0} | per message: mailspool {:.2} ms, Postfix {:.2} ms above the floor |", 1000.0 / cli - 1000.0 / floor, 1000.0 / p - 1000.0 / floor);
             println!("| `mailspool send -t -i` (CLI, one process per message) | {cli:.0} | {:.2}× Postfix sendmail (target ≥ 5) |", cli / p);
             println!("| Postfix `sendmail -t -i` (one process per message) | {p:.0} | 1.00 |");
         }

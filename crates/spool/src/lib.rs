@@ -92,6 +92,18 @@ impl Spool {
     pub fn create(dir: impl Into<PathBuf>, config: SpoolConfig) -> Result<Spool> {
         config.validate().map_err(SpoolError::Config)?;
         let dir = dir.into();
+        // Fast path for the common case, a spool that is already laid out: one stat per
+        // directory instead of a failing mkdir and a stat.
+        let laid_out = (0..config.tiers())
+            .map(|t| dir.join(t.to_string()))
+            .chain([dir.join("tmp")])
+            .chain(config.usage_log.then(|| dir.join("usage")))
+            .all(|p| p.is_dir());
+        if laid_out {
+            let spool = Spool::open(dir, config)?;
+            spool.remove_stale_stages();
+            return Ok(spool);
+        }
         let mkdir = |p: &Path| os::ensure_dir(p).map_err(|e| SpoolError::io("create", p, e));
         if let Some(parent) = dir.parent()
             && !parent.as_os_str().is_empty()

@@ -112,6 +112,18 @@ pub fn config(file: Option<&Path>, spool: Option<&Path>) -> Result<Config, Failu
 /// `MAILSPOOL_LOG` (a tracing filter such as `debug`) overrides.
 pub fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
+    // Warnings are rare; skip the subscriber's set-up cost on the hot `send` path when
+    // nothing asked for more. Errors reach the user through the exit path anyway.
+    if verbose == 0 && std::env::var_os("MAILSPOOL_LOG").is_none() {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_target(false)
+            .without_time()
+            .try_init();
+        return;
+    }
     let default = match verbose {
         0 => "warn",
         1 => "info",
