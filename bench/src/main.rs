@@ -27,7 +27,9 @@ fn parse_args() -> Args {
     let mut args = std::env::args().skip(1);
     let cmd = args.next().unwrap_or_default();
     if cmd != "intake" {
-        eprintln!("usage: mailspool-bench intake --dir DIR [--seconds S] [--postfix-sendmail PATH] [--mailspool PATH]");
+        eprintln!(
+            "usage: mailspool-bench intake --dir DIR [--seconds S] [--postfix-sendmail PATH] [--mailspool PATH]"
+        );
         std::process::exit(64);
     }
     let exe_dir = std::env::current_exe()
@@ -41,7 +43,9 @@ fn parse_args() -> Args {
         mailspool_bin: exe_dir.join("mailspool"),
     };
     while let Some(flag) = args.next() {
-        let value = args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        let value = args
+            .next()
+            .unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--dir" => a.dir = PathBuf::from(value),
             "--seconds" => a.seconds = value.parse().expect("--seconds"),
@@ -152,7 +156,10 @@ fn main() {
     let a = parse_args();
     fs::create_dir_all(&a.dir).unwrap();
     let s = a.seconds;
-    println!("# intake benchmark: 4 KB messages, {s} s per measurement, spool in {}", a.dir.display());
+    println!(
+        "# intake benchmark: 4 KB messages, {s} s per measurement, spool in {}",
+        a.dir.display()
+    );
     let ceiling = fsync_ceiling(&a.dir, s);
     let lib_1x1 = library(&a.dir, "lib-1x1", 1, 1, s);
     let lib_1x10 = library(&a.dir, "lib-1x10", 10, 1, s);
@@ -170,16 +177,37 @@ fn main() {
     println!("| measurement | msgs/s | ratio |");
     println!("| --- | ---: | --- |");
     println!("| fsync ceiling (write+fdatasync+rename+dir fsync) | {ceiling:.0} | 1.00 |");
-    println!("| library send_mail, 1 thread, 1 recipient | {lib_1x1:.0} | {:.2}× ceiling (target ≥ 0.7) |", lib_1x1 / ceiling);
-    println!("| library send_mail, 1 thread, 10 recipients | {lib_1x10:.0} | cost {:.2}× one recipient (target ≤ 1.3) |", lib_1x1 / lib_1x10);
-    println!("| library send_mail, 8 threads, 1 recipient | {lib_8x1:.0} | {:.2}× one thread (target ≥ 2) |", lib_8x1 / lib_1x1);
-    println!("| library send_mail, 8 threads, 10 recipients | {lib_8x10:.0} | cost {:.2}× one recipient |", lib_8x1 / lib_8x10);
+    println!(
+        "| library send_mail, 1 thread, 1 recipient | {lib_1x1:.0} | {:.2}× ceiling (target ≥ 0.7) |",
+        lib_1x1 / ceiling
+    );
+    println!(
+        "| library send_mail, 1 thread, 10 recipients | {lib_1x10:.0} | cost {:.2}× one recipient (target ≤ 1.3) |",
+        lib_1x1 / lib_1x10
+    );
+    println!(
+        "| library send_mail, 8 threads, 1 recipient | {lib_8x1:.0} | {:.2}× one thread (target ≥ 2) |",
+        lib_8x1 / lib_1x1
+    );
+    println!(
+        "| library send_mail, 8 threads, 10 recipients | {lib_8x10:.0} | cost {:.2}× one recipient |",
+        lib_8x1 / lib_8x10
+    );
     match postfix {
         Some(p) => {
-            println!("| process start floor (`cat`, same stdin piping) | {floor:.0} | per message: mailspool {:.2} ms, Postfix {:.2} ms above the floor |", 1000.0 / cli - 1000.0 / floor, 1000.0 / p - 1000.0 / floor);
-            println!("| `mailspool send -t -i` (CLI, one process per message) | {cli:.0} | {:.2}× Postfix sendmail (target ≥ 5) |", cli / p);
+            println!(
+                "| process start floor (`cat`, same stdin piping) | {floor:.0} | per message: mailspool {:.2} ms, Postfix {:.2} ms above the floor |",
+                1000.0 / cli - 1000.0 / floor,
+                1000.0 / p - 1000.0 / floor
+            );
+            println!(
+                "| `mailspool send -t -i` (CLI, one process per message) | {cli:.0} | {:.2}× Postfix sendmail (target ≥ 5) |",
+                cli / p
+            );
             println!("| Postfix `sendmail -t -i` (one process per message) | {p:.0} | 1.00 |");
         }
-        None => println!("| `mailspool send -t -i` (CLI, one process per message) | {cli:.0} | (Postfix not measured) |"),
+        None => println!(
+            "| `mailspool send -t -i` (CLI, one process per message) | {cli:.0} | (Postfix not measured) |"
+        ),
     }
 }
