@@ -4,9 +4,7 @@
 //! `meta/<id>-<encoded to>` holds one JSON object per line, one per delivery attempt. The
 //! key does not contain the node's time or tier, so it survives fallbacks and retries.
 
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -47,14 +45,7 @@ impl Spool {
         let path = self.side_path(node);
         let mut line = serde_json::to_string(attempt).expect("attempt serializes");
         line.push('\n');
-        OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .and_then(|mut f| f.write_all(line.as_bytes()))
-            .map_err(|e| SpoolError::io("append to", path, e))
+        os::append_line(&path, &line).map_err(|e| SpoolError::io("append to", path, e))
     }
 
     /// A node's attempts, oldest first; none when there is no side data.

@@ -83,6 +83,18 @@ pub mod os {
         }
     }
 
+    /// Append `line` with one `write` on an `O_APPEND|O_NOFOLLOW` descriptor (created
+    /// 0600): concurrent appenders never interleave inside a line on a local filesystem.
+    pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)?
+            .write_all(line.as_bytes())
+    }
+
     /// Create a directory with mode 0700 if it is missing.
     pub fn ensure_dir(path: &Path) -> io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;

@@ -5,9 +5,7 @@
 //! (processes and hosts) never interleave inside a line on a local filesystem.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{BufRead, BufReader};
 
 use crate::{Result, Spool, SpoolError, now};
 
@@ -33,14 +31,7 @@ impl Spool {
         }
         let path = self.dir.join("usage").join("raw");
         let line = format!("{} {} {}\n", now(), bytes, kind);
-        let result = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        if let Err(e) = result {
+        if let Err(e) = crate::storage::os::append_line(&path, &line) {
             tracing::warn!(path = %path.display(), error = %e, "cannot append to the usage log");
         }
     }

@@ -1,0 +1,84 @@
+//! Queue operations keep a node whole and findable: side data survives a retry or a
+//! fallback, hold moves a node out of every tier, a fallback writes the name encoded.
+
+use std::io::Write;
+
+use mailspool_spool::side::Attempt;
+use mailspool_spool::{Spool, SpoolConfig};
+
+fn queue_one(spool: &Spool, to: &str) -> String {
+    let id = spool.new_id();
+    let mut s = spool.stage(&id).unwrap();
+    s.write_all(b"Subject: x\n\nbody\n").unwrap();
+    s.commit("me@x.org", &[to.to_owned()]).unwrap();
+    id
+}
+
+#[test]
+fn side_data_follows_the_node_and_hold_hides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::create(dir.path(), SpoolConfig::default()).unwrap();
+    let id = queue_one(&spool, "first-last@y.org");
+    let node = spool.find(&id).unwrap().remove(0);
+    assert!(!spool.has_side_data());
+    spool
+        .record_attempt(
+            &node.name,
+            &Attempt {
+                time: 1,
+                host: "mx.y.org".into(),
+                reply: "451 4.3.0 try later".into(),
+                delivered: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        spool.last_error(&node.name).as_deref(),
+        Some("451 4.3.0 try later")
+    );
+
+    // A fallback to tier 1: new time, same side data, name encoded.
+    let lock = spool.lock_node(&node).unwrap();
+    let moved = spool.move_to_tier_locked(&node, 1).unwrap();
+    drop(lock);
+    assert_eq!(moved.tier, 1);
+    assert!(moved.file_name.contains("-first%2Dlast@y.org-me@x.org"));
+    assert!(moved.path.starts_with(dir.path().join("1")));
+    assert_eq!(
+        spool.last_error(&moved.name).as_deref(),
+        Some("451 4.3.0 try later")
+    );
+    assert_eq!(spool.due_at(&moved), moved.name.time + 1800);
+
+    let retried = spool.retry_now(&moved).unwrap();
+    assert!(spool.due_at(&retried) <= mailspool_spool::now());
+    assert_eq!(spool.attempts(&retried.name).len(), 1);
+
+    let held = spool.hold(&retried).unwrap();
+    assert!(held.held && held.path.starts_with(dir.path().join("hold/1")));
+    assert!(
+        spool.scan_tier(1).unwrap().nodes.is_empty(),
+        "held node left in tier"
+    );
+    let released = spool.release(&held).unwrap();
+    assert_eq!(spool.scan_tier(1).unwrap().nodes, vec![released.clone()]);
+
+    spool.delete(&released).unwrap();
+    assert!(spool.find(&id).is_err());
+    assert!(
+        spool.attempts(&released.name).is_empty(),
+        "side data removed with the node"
+    );
+}
+
+#[test]
+fn a_locked_node_is_not_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::create(dir.path(), SpoolConfig::default()).unwrap();
+    let id = queue_one(&spool, "a@y.org");
+    let node = spool.find(&id).unwrap().remove(0);
+    let _held_by_a_dequeuer = spool.lock_node(&node).unwrap();
+    let err = spool.delete(&node).unwrap_err();
+    assert!(err.to_string().contains("locked by"), "{err}");
+    assert!(node.path.exists());
+}
