@@ -267,6 +267,24 @@ mod tests {
     }
 
     #[test]
+    fn the_contrib_example_with_every_line_uncommented_is_the_default() {
+        let text = include_str!("../../../contrib/mailspool.toml");
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(uncommented.lines().count() >= 9, "{uncommented}");
+        let c = Config::from_parts(toml::from_str(&uncommented).unwrap()).unwrap();
+        let d = Config::default();
+        assert_eq!(c.spool, d.spool);
+        assert_eq!(c.dequeue_timeout, d.dequeue_timeout);
+        assert_eq!(c.max_dequeue_processes, d.max_dequeue_processes);
+        assert_eq!(c.max_message_size, d.max_message_size);
+    }
+
+    #[test]
     fn refuses_typos_and_mismatches() {
         assert!(toml::from_str::<ConfigFile>("dequeue_dri = \"/x\"").is_err());
         let file: ConfigFile =
