@@ -1,0 +1,789 @@
+//! One SMTP client session: connect, greeting, EHLO (HELO fallback), STARTTLS or implicit
+//! TLS, AUTH, transactions with per-recipient replies, RSET for reuse, QUIT.
+//!
+//! Every read and write is bounded by the RFC 5321 §4.5.3.2 timeout of its phase, and
+//! the whole session by `max_session` (Mail::Spool's max_connection_time), so a server
+//! that accepts and then goes silent costs only its own slot until its timers fire.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use smtp_proto::{
+    AUTH_LOGIN, AUTH_PLAIN, EXT_8BIT_MIME, EXT_AUTH, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8,
+    EXT_START_TLS, EhloResponse,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::body::DataEncoder;
+use crate::reply::{LineResult, Reply, ReplyLines};
+use crate::tls::TlsConnectors;
+
+/// Client timeouts (RFC 5321 §4.5.3.2 minimums by default).
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Greeting (220).
+    pub greeting: Duration,
+    /// EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET, QUIT replies.
+    pub command: Duration,
+    /// DATA's 354.
+    pub data_init: Duration,
+    /// Each write of the message body.
+    pub data_block: Duration,
+    /// The reply after the final dot.
+    pub data_end: Duration,
+    /// The whole session.
+    pub max_session: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(30),
+            greeting: Duration::from_secs(300),
+            command: Duration::from_secs(300),
+            data_init: Duration::from_secs(120),
+            data_block: Duration::from_secs(180),
+            data_end: Duration::from_secs(600),
+            max_session: Duration::from_secs(600),
+        }
+    }
+}
+
+/// When to use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// Never.
+    None,
+    /// STARTTLS when offered, without certificate checks; plain text otherwise.
+    Opportunistic,
+    /// STARTTLS required, certificate and host name checked.
+    Required,
+    /// TLS from the first byte (port 465), certificate and host name checked.
+    Implicit,
+    /// TLS from the first byte, without certificate checks.
+    ImplicitUnverified,
+}
+
+/// AUTH credentials.
+#[derive(Clone)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, ***)", self.username)
+    }
+}
+
+/// How to talk to one server.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Our name in EHLO/HELO.
+    pub helo_name: String,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// TLS policy.
+    pub tls: TlsPolicy,
+    /// AUTH credentials (only ever sent under TLS).
+    pub auth: Option<Credentials>,
+}
+
+/// The phase of a session an error or reply belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// TCP connect.
+    Connect,
+    /// Waiting for 220.
+    Greeting,
+    /// EHLO / HELO.
+    Ehlo,
+    /// STARTTLS and the handshake.
+    StartTls,
+    /// AUTH.
+    Auth,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO.
+    Rcpt,
+    /// DATA, waiting for 354.
+    Data,
+    /// Sending the message.
+    Body,
+    /// Waiting for the reply to the final dot.
+    DataEnd,
+    /// RSET.
+    Rset,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Phase::Connect => "connect",
+            Phase::Greeting => "greeting",
+            Phase::Ehlo => "EHLO",
+            Phase::StartTls => "STARTTLS",
+            Phase::Auth => "AUTH",
+            Phase::Mail => "MAIL FROM",
+            Phase::Rcpt => "RCPT TO",
+            Phase::Data => "DATA",
+            Phase::Body => "message body",
+            Phase::DataEnd => "end of data",
+            Phase::Rset => "RSET",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Why a session or transaction failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpError {
+    /// A network error.
+    #[error("{phase}: {source}")]
+    Io {
+        /// Where.
+        phase: Phase,
+        /// What.
+        source: io::Error,
+    },
+    /// The server did not answer in time.
+    #[error("{0}: timed out")]
+    Timeout(Phase),
+    /// The server closed the connection.
+    #[error("{0}: connection closed by the server")]
+    Closed(Phase),
+    /// The server broke the protocol.
+    #[error("{phase}: protocol error: {what}")]
+    Protocol {
+        /// Where.
+        phase: Phase,
+        /// What.
+        what: String,
+    },
+    /// The server refused.
+    #[error("{phase}: {reply}")]
+    Rejected {
+        /// Where.
+        phase: Phase,
+        /// Its reply.
+        reply: Reply,
+    },
+    /// TLS failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// TLS is required but the server does not offer STARTTLS.
+    #[error("TLS is required but the server does not offer STARTTLS")]
+    TlsUnavailable,
+    /// The message needs SMTPUTF8 and the server does not offer it.
+    #[error("5.6.7 the message has non-ASCII addresses and the server does not support SMTPUTF8")]
+    NeedsSmtpUtf8,
+    /// The message is larger than the server's SIZE.
+    #[error("5.3.4 message of {size} bytes exceeds the server's limit of {limit}")]
+    TooLarge {
+        /// Our size.
+        size: u64,
+        /// The server's.
+        limit: u64,
+    },
+    /// Reading the message to send failed.
+    #[error("reading the message: {0}")]
+    Source(io::Error),
+}
+
+impl SmtpError {
+    /// A failure that will not go away by retrying this message: 5xx to MAIL or DATA,
+    /// SMTPUTF8 or SIZE impossible. Greeting and EHLO refusals are host problems, tried
+    /// on the next host and then retried later, as Postfix does.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SmtpError::Rejected { phase, reply } => {
+                reply.is_permanent()
+                    && matches!(phase, Phase::Mail | Phase::Data | Phase::DataEnd | Phase::Rcpt)
+            }
+            SmtpError::NeedsSmtpUtf8 | SmtpError::TooLarge { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether another host could do better (connection-level trouble, not a verdict on
+    /// the message).
+    pub fn is_host_level(&self) -> bool {
+        !self.is_permanent()
+    }
+
+    /// The server's reply, if the error is one.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            SmtpError::Rejected { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+
+    /// RFC 3463 status for a DSN.
+    pub fn status(&self) -> String {
+        match self {
+            SmtpError::Rejected { reply, .. } => reply.status(),
+            SmtpError::NeedsSmtpUtf8 => "5.6.7".into(),
+            SmtpError::TooLarge { .. } => "5.3.4".into(),
+            SmtpError::TlsUnavailable | SmtpError::Tls(_) => "4.7.5".into(),
+            SmtpError::Timeout(_) => "4.4.2".into(),
+            _ => "4.4.1".into(),
+        }
+    }
+}
+
+/// The envelope of one transaction.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// Sender ("" = null sender).
+    pub from: String,
+    /// Recipients.
+    pub to: Vec<String>,
+    /// Message size in bytes (for SIZE=).
+    pub size: u64,
+    /// The message has 8-bit bytes (BODY=8BITMIME when offered).
+    pub eight_bit: bool,
+}
+
+impl Envelope {
+    /// The envelope needs SMTPUTF8 (non-ASCII addresses).
+    pub fn needs_smtputf8(&self) -> bool {
+        !self.from.is_ascii() || self.to.iter().any(|t| !t.is_ascii())
+    }
+}
+
+/// Per-recipient result of one transaction.
+#[derive(Debug, Clone)]
+pub struct TxOutcome {
+    /// The reply to each RCPT, in envelope order.
+    pub rcpt: Vec<Reply>,
+    /// The reply after the final dot; `None` when no recipient was accepted.
+    pub data: Option<Reply>,
+}
+
+impl TxOutcome {
+    /// The final result for recipient `i`: its RCPT reply if refused, else the data reply.
+    pub fn result(&self, i: usize) -> &Reply {
+        let r = &self.rcpt[i];
+        match (&self.data, r.is_positive()) {
+            (Some(d), true) => d,
+            _ => r,
+        }
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Gone,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// An open session with one server.
+pub struct Session {
+    stream: Stream,
+    rbuf: Vec<u8>,
+    caps: EhloResponse<String>,
+    esmtp: bool,
+    settings: ClientSettings,
+    deadline: Instant,
+    /// The server's host name (for TLS and logs).
+    pub host: String,
+    /// The address connected to.
+    pub peer: SocketAddr,
+    /// Whether the session is encrypted.
+    pub tls: bool,
+    /// Transactions completed on this session.
+    pub transactions: u32,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session({} [{}], tls={})", self.host, self.peer, self.tls)
+    }
+}
+
+impl Session {
+    /// Connect to `peer` (named `host`), read the greeting, say EHLO, do TLS and AUTH as
+    /// the settings say.
+    pub async fn connect(
+        peer: SocketAddr,
+        host: &str,
+        settings: &ClientSettings,
+        tls: &TlsConnectors,
+    ) -> Result<Session, SmtpError> {
+        let t = &settings.timeouts;
+        let tcp = tokio::time::timeout(t.connect, TcpStream::connect(peer))
+            .await
+            .map_err(|_| SmtpError::Timeout(Phase::Connect))?
+            .map_err(|source| SmtpError::Io {
+                phase: Phase::Connect,
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let mut s = Session {
+            stream: Stream::Plain(tcp),
+            rbuf: Vec::with_capacity(4096),
+            caps: EhloResponse::default(),
+            esmtp: false,
+            settings: settings.clone(),
+            deadline: Instant::now() + t.max_session,
+            host: host.to_owned(),
+            peer,
+            tls: false,
+            transactions: 0,
+        };
+        if matches!(
+            settings.tls,
+            TlsPolicy::Implicit | TlsPolicy::ImplicitUnverified
+        ) {
+            let verify = settings.tls == TlsPolicy::Implicit;
+            s.handshake(tls, verify).await?;
+        }
+        let greeting = s.read_reply(Phase::Greeting, t.greeting).await?;
+        if greeting.code != 220 {
+            return Err(SmtpError::Rejected {
+                phase: Phase::Greeting,
+                reply: greeting,
+            });
+        }
+        s.hello().await?;
+        let offers_tls = s.esmtp && s.caps.capabilities & EXT_START_TLS != 0;
+        match settings.tls {
+            TlsPolicy::Required | TlsPolicy::Opportunistic if offers_tls && !s.tls => {
+                s.command(b"STARTTLS\r\n", Phase::StartTls).await?;
+                let r = s.read_reply(Phase::StartTls, s.settings.timeouts.command).await?;
+                if r.code != 220 {
+                    if settings.tls == TlsPolicy::Required {
+                        return Err(SmtpError::Rejected {
+                            phase: Phase::StartTls,
+                            reply: r,
+                        });
+                    }
+                } else {
+                    // Anything the server pipelined before the handshake is discarded.
+                    s.rbuf.clear();
+                    s.handshake(tls, settings.tls == TlsPolicy::Required).await?;
+                    s.hello().await?;
+                }
+            }
+            TlsPolicy::Required if !s.tls => return Err(SmtpError::TlsUnavailable),
+            _ => {}
+        }
+        if let Some(creds) = settings.auth.clone() {
+            s.authenticate(&creds).await?;
+        }
+        Ok(s)
+    }
+
+    async fn handshake(&mut self, tls: &TlsConnectors, verify: bool) -> Result<(), SmtpError> {
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            return Err(SmtpError::Tls("already encrypted".into()));
+        };
+        let name = TlsConnectors::server_name(&self.host)
+            .ok_or_else(|| SmtpError::Tls(format!("invalid server name {:?}", self.host)))?;
+        let connector = if verify {
+            &tls.verified
+        } else {
+            &tls.unverified
+        };
+        let stream = self
+            .timed(
+                Phase::StartTls,
+                self.settings.timeouts.command,
+                connector.connect(name, tcp),
+            )
+            .await?
+            .map_err(|e| SmtpError::Tls(e.to_string()))?;
+        self.stream = Stream::Tls(Box::new(stream));
+        self.tls = true;
+        Ok(())
+    }
+
+    async fn hello(&mut self) -> Result<(), SmtpError> {
+        let cmd = format!("EHLO {}\r\n", self.settings.helo_name);
+        self.command(cmd.as_bytes(), Phase::Ehlo).await?;
+        let raw = self.read_raw(Phase::Ehlo, self.settings.timeouts.command).await?;
+        if raw.starts_with(b"250") {
+            self.caps = EhloResponse::parse(&mut raw.iter()).unwrap_or_default();
+            self.esmtp = true;
+            return Ok(());
+        }
+        let reply = parse(&raw, Phase::Ehlo)?;
+        if reply.code == 421 {
+            return Err(SmtpError::Rejected {
+                phase: Phase::Ehlo,
+                reply,
+            });
+        }
+        // RFC 5321 §3.2: fall back to HELO.
+        let cmd = format!("HELO {}\r\n", self.settings.helo_name);
+        self.command(cmd.as_bytes(), Phase::Ehlo).await?;
+        let reply = self.read_reply(Phase::Ehlo, self.settings.timeouts.command).await?;
+        if !reply.is_positive() {
+            return Err(SmtpError::Rejected {
+                phase: Phase::Ehlo,
+                reply,
+            });
+        }
+        self.caps = EhloResponse::default();
+        self.esmtp = false;
+        Ok(())
+    }
+
+    async fn authenticate(&mut self, creds: &Credentials) -> Result<(), SmtpError> {
+        if !self.tls && self.settings.tls != TlsPolicy::None {
+            return Err(SmtpError::Tls(
+                "refusing to send a password without TLS".into(),
+            ));
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mechs = self.caps.auth_mechanisms;
+        if self.caps.capabilities & EXT_AUTH == 0 {
+            return Err(SmtpError::Protocol {
+                phase: Phase::Auth,
+                what: "credentials are configured but the server does not offer AUTH".into(),
+            });
+        }
+        let t = self.settings.timeouts.command;
+        let reply = if mechs & AUTH_PLAIN != 0 {
+            let token = b64.encode(format!("\0{}\0{}", creds.username, creds.password));
+            self.command(format!("AUTH PLAIN {token}\r\n").as_bytes(), Phase::Auth)
+                .await?;
+            self.read_reply(Phase::Auth, t).await?
+        } else if mechs & AUTH_LOGIN != 0 {
+            self.command(b"AUTH LOGIN\r\n", Phase::Auth).await?;
+            let mut r = self.read_reply(Phase::Auth, t).await?;
+            for part in [&creds.username, &creds.password] {
+                if r.code != 334 {
+                    break;
+                }
+                self.command(format!("{}\r\n", b64.encode(part)).as_bytes(), Phase::Auth)
+                    .await?;
+                r = self.read_reply(Phase::Auth, t).await?;
+            }
+            r
+        } else {
+            return Err(SmtpError::Protocol {
+                phase: Phase::Auth,
+                what: "the server offers neither AUTH PLAIN nor AUTH LOGIN".into(),
+            });
+        };
+        if reply.code != 235 {
+            return Err(SmtpError::Rejected {
+                phase: Phase::Auth,
+                reply,
+            });
+        }
+        Ok(())
+    }
+
+    /// The server's SIZE limit, if it announced one.
+    pub fn max_size(&self) -> Option<u64> {
+        (self.caps.capabilities & EXT_SIZE != 0 && self.caps.size > 0).then_some(self.caps.size as u64)
+    }
+
+    /// Whether the server offered PIPELINING.
+    pub fn pipelining(&self) -> bool {
+        self.caps.capabilities & EXT_PIPELINING != 0
+    }
+
+    /// Time left before the session cap.
+    pub fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    /// One transaction: MAIL, RCPT for each recipient, and DATA with `body` (stored
+    /// form, LF line ends) if any recipient was accepted.
+    pub async fn send<R: AsyncRead + Unpin>(
+        &mut self,
+        env: &Envelope,
+        body: &mut R,
+    ) -> Result<TxOutcome, SmtpError> {
+        let caps = self.caps.capabilities;
+        if env.needs_smtputf8() && caps & EXT_SMTP_UTF8 == 0 {
+            return Err(SmtpError::NeedsSmtpUtf8);
+        }
+        if let Some(limit) = self.max_size()
+            && env.size > limit
+        {
+            return Err(SmtpError::TooLarge {
+                size: env.size,
+                limit,
+            });
+        }
+        let mut mail = format!("MAIL FROM:<{}>", env.from);
+        if self.esmtp {
+            if caps & EXT_SIZE != 0 {
+                mail.push_str(&format!(" SIZE={}", env.size));
+            }
+            if env.eight_bit && caps & EXT_8BIT_MIME != 0 {
+                mail.push_str(" BODY=8BITMIME");
+            }
+            if env.needs_smtputf8() {
+                mail.push_str(" SMTPUTF8");
+            }
+        }
+        mail.push_str("\r\n");
+        let t = self.settings.timeouts.clone();
+        let mut rcpt_replies = Vec::with_capacity(env.to.len());
+        if self.pipelining() {
+            // RFC 2920: MAIL, every RCPT and DATA in one write, replies read in order.
+            let mut batch = mail.into_bytes();
+            for to in &env.to {
+                batch.extend_from_slice(format!("RCPT TO:<{to}>\r\n").as_bytes());
+            }
+            batch.extend_from_slice(b"DATA\r\n");
+            self.command(&batch, Phase::Mail).await?;
+            let mail_reply = self.read_reply(Phase::Mail, t.command).await?;
+            for _ in &env.to {
+                rcpt_replies.push(self.read_reply(Phase::Rcpt, t.command).await?);
+            }
+            let data_reply = self.read_reply(Phase::Data, t.data_init).await?;
+            if !mail_reply.is_positive() {
+                return Err(SmtpError::Rejected {
+                    phase: Phase::Mail,
+                    reply: mail_reply,
+                });
+            }
+            let accepted = rcpt_replies.iter().any(Reply::is_positive);
+            if data_reply.code != 354 {
+                if !accepted {
+                    return Ok(TxOutcome {
+                        rcpt: rcpt_replies,
+                        data: None,
+                    });
+                }
+                return Err(SmtpError::Rejected {
+                    phase: Phase::Data,
+                    reply: data_reply,
+                });
+            }
+            if !accepted {
+                // The server said 354 with no recipient: send an empty message it
+                // cannot deliver to anyone, then reset.
+                self.command(b".\r\n", Phase::Body).await?;
+                let _ = self.read_reply(Phase::DataEnd, t.data_end).await?;
+                return Ok(TxOutcome {
+                    rcpt: rcpt_replies,
+                    data: None,
+                });
+            }
+        } else {
+            self.command(mail.as_bytes(), Phase::Mail).await?;
+            let mail_reply = self.read_reply(Phase::Mail, t.command).await?;
+            if !mail_reply.is_positive() {
+                return Err(SmtpError::Rejected {
+                    phase: Phase::Mail,
+                    reply: mail_reply,
+                });
+            }
+            for to in &env.to {
+                self.command(format!("RCPT TO:<{to}>\r\n").as_bytes(), Phase::Rcpt)
+                    .await?;
+                rcpt_replies.push(self.read_reply(Phase::Rcpt, t.command).await?);
+            }
+            if !rcpt_replies.iter().any(Reply::is_positive) {
+                return Ok(TxOutcome {
+                    rcpt: rcpt_replies,
+                    data: None,
+                });
+            }
+            self.command(b"DATA\r\n", Phase::Data).await?;
+            let data_reply = self.read_reply(Phase::Data, t.data_init).await?;
+            if data_reply.code != 354 {
+                return Err(SmtpError::Rejected {
+                    phase: Phase::Data,
+                    reply: data_reply,
+                });
+            }
+        }
+        self.send_body(body).await?;
+        let end = self.read_reply(Phase::DataEnd, t.data_end).await?;
+        self.transactions += 1;
+        Ok(TxOutcome {
+            rcpt: rcpt_replies,
+            data: Some(end),
+        })
+    }
+
+    async fn send_body<R: AsyncRead + Unpin>(&mut self, body: &mut R) -> Result<(), SmtpError> {
+        let mut enc = DataEncoder::default();
+        let mut input = vec![0u8; 64 * 1024];
+        let mut out = Vec::with_capacity(72 * 1024);
+        loop {
+            let n = body.read(&mut input).await.map_err(SmtpError::Source)?;
+            if n == 0 {
+                break;
+            }
+            enc.feed(&input[..n], &mut out);
+            self.write(&out, Phase::Body, self.settings.timeouts.data_block)
+                .await?;
+            out.clear();
+        }
+        enc.finish(&mut out);
+        self.write(&out, Phase::Body, self.settings.timeouts.data_block)
+            .await
+    }
+
+    /// RSET, to reuse the session for another transaction.
+    pub async fn reset(&mut self) -> Result<(), SmtpError> {
+        self.command(b"RSET\r\n", Phase::Rset).await?;
+        let r = self.read_reply(Phase::Rset, self.settings.timeouts.command).await?;
+        if r.is_positive() {
+            Ok(())
+        } else {
+            Err(SmtpError::Rejected {
+                phase: Phase::Rset,
+                reply: r,
+            })
+        }
+    }
+
+    /// QUIT and close; errors are ignored (the work is done).
+    pub async fn quit(mut self) {
+        let t = Duration::from_secs(5).min(self.settings.timeouts.command);
+        if self.command(b"QUIT\r\n", Phase::Rset).await.is_ok() {
+            let _ = self.read_reply(Phase::Rset, t).await;
+        }
+        let _ = tokio::time::timeout(t, self.stream.shutdown()).await;
+    }
+
+    async fn timed<F: std::future::Future>(
+        &self,
+        phase: Phase,
+        limit: Duration,
+        f: F,
+    ) -> Result<F::Output, SmtpError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(limit.min(left), f)
+            .await
+            .map_err(|_| SmtpError::Timeout(phase))
+    }
+
+    async fn command(&mut self, bytes: &[u8], phase: Phase) -> Result<(), SmtpError> {
+        self.write(bytes, phase, self.settings.timeouts.command).await
+    }
+
+    async fn write(&mut self, bytes: &[u8], phase: Phase, limit: Duration) -> Result<(), SmtpError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let stream = &mut self.stream;
+        let result = tokio::time::timeout(limit.min(left), async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await;
+        match result {
+            Err(_) => Err(SmtpError::Timeout(phase)),
+            Ok(Err(source)) => Err(SmtpError::Io { phase, source }),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    async fn read_reply(&mut self, phase: Phase, limit: Duration) -> Result<Reply, SmtpError> {
+        let raw = self.read_raw(phase, limit).await?;
+        parse(&raw, phase)
+    }
+
+    /// Read one whole reply (all its lines), bounded in size and time.
+    async fn read_raw(&mut self, phase: Phase, limit: Duration) -> Result<Vec<u8>, SmtpError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let stream = &mut self.stream;
+        let rbuf = &mut self.rbuf;
+        let work = async {
+            let mut lines = ReplyLines::default();
+            let mut chunk = [0u8; 4096];
+            loop {
+                while let Some(pos) = rbuf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = rbuf.drain(..=pos).collect();
+                    match lines.push(&line) {
+                        Ok(LineResult::More) => {}
+                        Ok(LineResult::Done(raw)) => return Ok(raw),
+                        Err(what) => {
+                            return Err(SmtpError::Protocol {
+                                phase,
+                                what: what.into(),
+                            });
+                        }
+                    }
+                }
+                if rbuf.len() > crate::reply::MAX_LINE {
+                    return Err(SmtpError::Protocol {
+                        phase,
+                        what: "reply line too long".into(),
+                    });
+                }
+                let n = stream
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|source| SmtpError::Io { phase, source })?;
+                if n == 0 {
+                    return Err(SmtpError::Closed(phase));
+                }
+                rbuf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(limit.min(left), work)
+            .await
+            .map_err(|_| SmtpError::Timeout(phase))?
+    }
+}
+
+fn parse(raw: &[u8], phase: Phase) -> Result<Reply, SmtpError> {
+    Reply::parse(raw).ok_or_else(|| SmtpError::Protocol {
+        phase,
+        what: format!("unparsable reply {:?}", String::from_utf8_lossy(raw)),
+    })
+}
