@@ -12,6 +12,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 
 use mailspool_message::{BodyCopier, IntakeError, address, header::dedup, read_head};
+use mailspool_spool::time::rfc5322_date;
 use mailspool_spool::{Spool, SpoolError, name::is_valid_id};
 
 use crate::Mailspool;
@@ -382,25 +383,6 @@ fn base64(data: &[u8]) -> String {
         }
     }
     out
-}
-
-/// An RFC 5322 date in UTC, e.g. `Thu, 26 Nov 2026 03:39:06 +0000`.
-pub fn rfc5322_date(unix: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix / 86_400;
-    let secs = unix % 86_400;
-    let (y, m, d) = mailspool_spool::usage::civil_from_days(days as i64);
-    format!(
-        "{}, {d} {} {y} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        MONTHS[(m - 1) as usize],
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
 }
 
 #[cfg(test)]

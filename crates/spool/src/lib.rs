@@ -26,6 +26,7 @@ pub mod name;
 mod queue;
 pub mod side;
 pub mod storage;
+pub mod time;
 pub mod usage;
 
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufWriter, Write};
 
 use mailspool::{Config, Spool, SpoolError, sysexits};
-use mailspool_spool::{NodeEntry, Scan, lock, usage::civil_from_days};
+use mailspool_spool::{NodeEntry, Scan, lock, time::civil_from_days};
 
 use super::args::{ListArgs, QueueCommand};
 use super::{CliResult, Failure};

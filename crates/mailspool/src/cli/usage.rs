@@ -1,7 +1,7 @@
 //! `mailspool usage`: messages and bytes spooled and sent per day, from usage/raw.
 
 use mailspool::{Config, Spool, SpoolError};
-use mailspool_spool::usage::day_string;
+use mailspool_spool::time::day_string;
 
 use super::CliResult;
 
