@@ -1,0 +1,138 @@
+//! Bounces: RFC 3464 delivery status notifications, spooled like any message from the
+//! null sender (so a bounce is never bounced), never sent inline.
+//!
+//! A DSN has three parts: a readable explanation, `message/delivery-status` (Reporting-
+//! MTA, then per recipient Final-Recipient, Action, Status, Remote-MTA, Diagnostic-Code),
+//! and the original headers as `text/rfc822-headers`, capped in size.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use mailspool_spool::time::rfc5322_date;
+use mailspool_spool::{Spool, SpoolError, now};
+
+/// Why one recipient failed for good.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The recipient.
+    pub recipient: String,
+    /// RFC 3463 status, e.g. `5.1.1`.
+    pub status: String,
+    /// The server that said so, if any.
+    pub remote_mta: Option<String>,
+    /// What it said (or our own explanation).
+    pub diagnostic: String,
+    /// Whether the text is an SMTP reply (`smtp;`) or ours (`x-mailspool;`).
+    pub from_smtp: bool,
+}
+
+/// The headers of the original message, at most `max` bytes, cut at a line end.
+fn original_headers(node: &Path, max: usize) -> Vec<u8> {
+    let Ok(f) = std::fs::File::open(node) else {
+        return b"(the original message could not be read)\n".to_vec();
+    };
+    let mut reader = BufReader::new(f.take(max as u64));
+    let mut out = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line == b"\n" => break,
+            Ok(_) if !line.ends_with(b"\n") => break,
+            Ok(_) => out.extend_from_slice(&line),
+        }
+    }
+    out
+}
+
+/// Spool a DSN to `sender` about `failures` of message `id` (stored at `node`).
+/// Returns the bounce's id, or `None` when the sender is the null sender.
+pub fn spool_bounce(
+    spool: &Spool,
+    hostname: &str,
+    sender: &str,
+    id: &str,
+    node: &Path,
+    failures: &[Failure],
+    max_headers: usize,
+) -> Result<Option<String>, SpoolError> {
+    if sender.is_empty() || failures.is_empty() {
+        return Ok(None);
+    }
+    let bounce_id = spool.new_id();
+    let boundary = format!("{bounce_id}/{hostname}");
+    let date = rfc5322_date(now());
+    let mut m = String::new();
+    m.push_str(&format!(
+        "From: MAILER-DAEMON@{hostname} (Mail Delivery System)\n\
+         To: <{sender}>\n\
+         Subject: Undelivered Mail Returned to Sender\n\
+         Date: {date}\n\
+         Message-ID: <{bounce_id}@{hostname}>\n\
+         Auto-Submitted: auto-replied\n\
+         MIME-Version: 1.0\n\
+         Content-Type: multipart/report; report-type=delivery-status;\n\tboundary=\"{boundary}\"\n\
+         \n\
+         This is a MIME-encapsulated message.\n\
+         \n\
+         --{boundary}\n\
+         Content-Description: Notification\n\
+         Content-Type: text/plain; charset=utf-8\n\
+         \n\
+         This is the mail system at host {hostname}.\n\
+         \n\
+         I'm sorry to have to inform you that your message could not\n\
+         be delivered to one or more recipients. The reasons are below.\n\
+         \n"
+    ));
+    for f in failures {
+        m.push_str(&format!("<{}>: {}\n", f.recipient, one_line(&f.diagnostic)));
+    }
+    m.push_str(&format!(
+        "\n--{boundary}\n\
+         Content-Description: Delivery report\n\
+         Content-Type: message/delivery-status\n\
+         \n\
+         Reporting-MTA: dns; {hostname}\n\
+         X-Mailspool-Queue-ID: {id}\n\
+         Arrival-Date: {date}\n"
+    ));
+    for f in failures {
+        m.push_str(&format!(
+            "\nFinal-Recipient: rfc822; {}\nAction: failed\nStatus: {}\n",
+            f.recipient, f.status
+        ));
+        if let Some(mta) = &f.remote_mta {
+            m.push_str(&format!("Remote-MTA: dns; {mta}\n"));
+        }
+        let kind = if f.from_smtp { "smtp" } else { "x-mailspool" };
+        m.push_str(&format!("Diagnostic-Code: {kind}; {}\n", one_line(&f.diagnostic)));
+    }
+    m.push_str(&format!(
+        "\n--{boundary}\n\
+         Content-Description: Undelivered Message Headers\n\
+         Content-Type: text/rfc822-headers\n\
+         \n"
+    ));
+    let mut stage = spool.stage(&bounce_id)?;
+    let io = |e| SpoolError::Io {
+        op: "write",
+        path: spool.dir().join("tmp"),
+        source: e,
+    };
+    stage.write_all(m.as_bytes()).map_err(io)?;
+    stage
+        .write_all(&original_headers(node, max_headers))
+        .map_err(io)?;
+    stage
+        .write_all(format!("\n--{boundary}--\n").as_bytes())
+        .map_err(io)?;
+    let committed = stage.commit("", &[sender.to_owned()])?;
+    tracing::info!(id, bounce = %committed.id, to = sender, "bounce queued");
+    Ok(Some(committed.id))
+}
+
+fn one_line(s: &str) -> String {
+    s.split(['\r', '\n']).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,137 @@
+//! `mailspool daemon`: deliver continuously, in the foreground (systemd-friendly).
+//!
+//! - Own intake wakes it at once: an inotify watch on tier 0 sees every new node made on
+//!   this host (by `send`, the listener, or a 0.50 program), and a tier-0 pass starts.
+//! - Every `tick` it scans the tiers, tier i with probability 1/priority[i], which is how
+//!   several hosts share one spool without a coordinator (inotify does not see other
+//!   hosts' writes over NFS; the tick does).
+//! - SIGTERM/SIGINT: stop claiming nodes, let deliveries under way finish for up to
+//!   `grace`, then exit. SIGHUP: reload the configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::config::DeliverConfig;
+use crate::engine::{Engine, PassOptions};
+
+/// Daemon settings.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Scan interval (dequeue_timeout).
+    pub tick: Duration,
+    /// How long SIGTERM waits for deliveries under way.
+    pub grace: Duration,
+}
+
+/// Watch `dir` for new entries; `notify` on each batch. Runs on its own thread.
+fn watch(dir: std::path::PathBuf, notify: Arc<Notify>) {
+    use rustix::fs::inotify;
+    let fd = match inotify::init(inotify::CreateFlags::CLOEXEC) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "inotify unavailable; new mail waits for the next tick");
+            return;
+        }
+    };
+    if let Err(e) = inotify::add_watch(
+        &fd,
+        &dir,
+        inotify::WatchFlags::CREATE | inotify::WatchFlags::MOVED_TO,
+    ) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch tier 0; new mail waits for the next tick");
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        match rustix::io::read(&fd, &mut buf) {
+            Ok(_) => notify.notify_one(),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "inotify read failed; falling back to the tick");
+                return;
+            }
+        }
+    }
+}
+
+/// Run until SIGTERM/SIGINT. `reload` is called on SIGHUP and returns the new settings
+/// (or `None` to keep the old ones, after logging why).
+pub async fn run(
+    engine: Arc<Engine>,
+    opts: DaemonOptions,
+    mut reload: impl FnMut() -> Option<DeliverConfig>,
+) -> std::io::Result<()> {
+    let wake = Arc::new(Notify::new());
+    {
+        let dir = engine.spool().tier_dir(0);
+        let wake = wake.clone();
+        std::thread::Builder::new()
+            .name("tier0-watch".into())
+            .spawn(move || watch(dir, wake))?;
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(opts.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut deliveries = JoinSet::new();
+    tracing::info!(spool = %engine.spool().dir().display(), tick = ?opts.tick, "daemon started");
+    loop {
+        let pass = tokio::select! {
+            _ = tick.tick() => PassOptions { use_priority: true, ..Default::default() },
+            _ = wake.notified() => PassOptions { tiers: Some(vec![0]), ..Default::default() },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                if let Some(cfg) = reload() {
+                    engine.reconfigure(cfg);
+                    tracing::info!("configuration reloaded");
+                }
+                continue;
+            }
+            Some(done) = deliveries.join_next(), if !deliveries.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "delivery task failed");
+                }
+                if deliveries.is_empty() {
+                    engine.close_idle().await;
+                }
+                continue;
+            }
+        };
+        let planner = engine.clone();
+        let groups = match tokio::task::spawn_blocking(move || planner.plan(&pass)).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot scan the spool");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "scan task failed");
+                continue;
+            }
+        };
+        for g in groups {
+            deliveries.spawn(engine.clone().deliver_group(g, false));
+        }
+    }
+    tracing::info!(in_flight = deliveries.len(), grace = ?opts.grace, "stopping: no new deliveries");
+    engine.stop();
+    let drained = tokio::time::timeout(opts.grace, async {
+        while deliveries.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(left = deliveries.len(), "grace period over; abandoning deliveries (their nodes stay queued)");
+        deliveries.abort_all();
+        while deliveries.join_next().await.is_some() {}
+    }
+    engine.close_idle().await;
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+

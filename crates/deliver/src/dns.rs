@@ -1,0 +1,140 @@
+//! DNS for delivery: MX and address lookups behind a trait (tests inject their own
+//! server through `resolver = "ip:port"`, or their own implementation).
+//!
+//! The hickory resolver keeps a cache that honours record TTLs (and negative TTLs from
+//! the SOA), so a queue of 10,000 messages to one domain costs one MX lookup per TTL.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+
+/// A boxed future, for the object-safe [`Resolve`] trait.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a lookup gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupError {
+    /// The domain does not exist (NXDOMAIN): permanent.
+    NxDomain,
+    /// The name exists but has no record of that type.
+    NoRecords,
+    /// SERVFAIL, timeout, network trouble: try later.
+    Temporary(String),
+}
+
+/// MX and address lookups.
+pub trait Resolve: Send + Sync {
+    /// MX records of `domain`: (preference, exchange without the final dot).
+    fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<(u16, String)>, LookupError>>;
+    /// A and AAAA addresses of `host`.
+    fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, LookupError>>;
+}
+
+/// The hickory resolver: the system's configuration, or one given server.
+pub struct HickoryDns {
+    resolver: TokioResolver,
+}
+
+fn classify(e: NetError) -> LookupError {
+    if e.is_nx_domain() {
+        LookupError::NxDomain
+    } else if e.is_no_records_found() {
+        LookupError::NoRecords
+    } else {
+        LookupError::Temporary(e.to_string())
+    }
+}
+
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    }
+}
+
+impl HickoryDns {
+    /// Use `server` (udp and tcp) if given, else /etc/resolv.conf.
+    pub fn new(server: Option<SocketAddr>) -> Result<HickoryDns, String> {
+        let provider = TokioRuntimeProvider::default();
+        let mut builder = match server {
+            Some(addr) => {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+                TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![ns]), provider)
+            }
+            None => TokioResolver::builder(provider).map_err(|e| e.to_string())?,
+        };
+        let opts: &mut ResolverOpts = builder.options_mut();
+        opts.timeout = Duration::from_secs(5);
+        opts.attempts = 2;
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        opts.cache_size = 4096;
+        Ok(HickoryDns {
+            resolver: builder.build().map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+impl Resolve for HickoryDns {
+    fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<(u16, String)>, LookupError>> {
+        Box::pin(async move {
+            let lookup = self.resolver.mx_lookup(fqdn(domain)).await.map_err(classify)?;
+            Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(mx) => {
+                        let name = mx.exchange.to_ascii();
+                        let name = name.trim_end_matches('.');
+                        Some((mx.preference, if name.is_empty() { ".".into() } else { name.to_owned() }))
+                    }
+                    _ => None,
+                })
+                .collect())
+        })
+    }
+
+    fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, LookupError>> {
+        Box::pin(async move {
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                return Ok(vec![ip]);
+            }
+            let lookup = self.resolver.lookup_ip(fqdn(host)).await.map_err(classify)?;
+            let ips: Vec<IpAddr> = lookup.iter().collect();
+            if ips.is_empty() {
+                return Err(LookupError::NoRecords);
+            }
+            Ok(ips)
+        })
+    }
+}
+
+/// Used by tests that only route with `[routes]`: every lookup fails temporarily.
+pub struct NoDns;
+
+impl Resolve for NoDns {
+    fn mx<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<(u16, String)>, LookupError>> {
+        Box::pin(async { Err(LookupError::Temporary("DNS disabled".into())) })
+    }
+    fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, LookupError>> {
+        Box::pin(async move {
+            host.parse::<IpAddr>()
+                .map(|ip| vec![ip])
+                .map_err(|_| LookupError::Temporary("DNS disabled".into()))
+        })
+    }
+}
+

@@ -1,0 +1,641 @@
+//! The delivery engine: find due nodes, lock them, group them by message and domain (one
+//! SMTP transaction, several RCPT), deliver, then delete, fall back a tier, or bounce.
+//!
+//! Promises: a node is deleted only after the server's 250 for it; a node is changed
+//! only under its `.NFSLock` and only if it still exists once locked (so two daemons on
+//! one spool deliver it once); a temporary failure moves the node to the next tier with
+//! a fresh time and an encoded name; a permanent one, or a temporary one in the last
+//! tier, spools a bounce to the sender (never for the null sender) before the node is
+//! deleted. Every attempt is recorded as side data, so `queue show` says why a node waits.
+//!
+//! Concurrency: async tasks; at most `max_deliveries` sessions at once in all, and at
+//! most `per_host_limit` to one host. A task waiting for a busy host holds no global
+//! slot, so a tarpit uses up only its own host's slots until its timeouts fire.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use mailspool_smtp::{ClientSettings, Envelope, Session, SmtpError, TlsConnectors, TlsPolicy};
+use mailspool_spool::side::Attempt;
+use mailspool_spool::{NodeEntry, NodeLock, Spool, SpoolError, now};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::bounce::{Failure, spool_bounce};
+use crate::config::DeliverConfig;
+use crate::dns::Resolve;
+use crate::route::{Target, route};
+
+/// Which nodes a pass looks at.
+#[derive(Debug, Clone, Default)]
+pub enum Selection {
+    /// Nodes whose tier wait is over.
+    #[default]
+    Due,
+    /// Every node, due or not (`queue run --all`, `sendmail -q`).
+    All,
+    /// The nodes of these messages, due or not (`send --now`).
+    Ids(HashSet<String>),
+}
+
+/// How a pass runs.
+#[derive(Debug, Clone, Default)]
+pub struct PassOptions {
+    /// Which nodes.
+    pub selection: Selection,
+    /// Scan tier i only with probability 1/priority[i] (the daemon's tick).
+    pub use_priority: bool,
+    /// Only these tiers (the daemon's wake-up looks at tier 0 only).
+    pub tiers: Option<Vec<usize>>,
+    /// The caller is told of permanent failures directly (`send --now`): no bounce.
+    pub interactive: bool,
+}
+
+/// What happened to one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by a server; the node is gone.
+    Delivered,
+    /// Temporary failure; the node moved to the next tier.
+    Deferred,
+    /// Permanent failure (or out of tiers); bounced (unless interactive or null sender).
+    Failed,
+    /// Locked by another process, or gone before we could lock it.
+    Skipped,
+}
+
+/// One node's result, for reports and `send --now`.
+#[derive(Debug, Clone)]
+pub struct NodeResult {
+    /// Message id.
+    pub id: String,
+    /// Recipient.
+    pub to: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The server's reply or our reason.
+    pub reply: String,
+}
+
+/// A pass's results.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Per node.
+    pub results: Vec<NodeResult>,
+}
+
+impl Report {
+    /// Nodes with this outcome.
+    pub fn count(&self, o: Outcome) -> usize {
+        self.results.iter().filter(|r| r.outcome == o).count()
+    }
+}
+
+/// Nodes of one message to one domain: one transaction.
+#[derive(Debug)]
+pub struct Group {
+    nodes: Vec<NodeEntry>,
+    domain: String,
+}
+
+/// The engine; share it in an `Arc`.
+pub struct Engine {
+    spool: Arc<Spool>,
+    cfg: RwLock<Arc<DeliverConfig>>,
+    dns: Arc<dyn Resolve>,
+    tls: TlsConnectors,
+    global: Arc<Semaphore>,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: Mutex<HashMap<String, Vec<Session>>>,
+    in_flight: Mutex<HashSet<PathBuf>>,
+    stopping: AtomicBool,
+}
+
+/// How one node ends, before we act on it.
+enum Verdict {
+    Delivered { host: String, reply: String },
+    Temporary {
+        host: String,
+        reply: String,
+        /// Already in the side data (each host's failure is recorded as it happens).
+        recorded: bool,
+    },
+    Permanent(Failure),
+}
+
+impl Engine {
+    /// An engine on `spool`.
+    pub fn new(
+        spool: Arc<Spool>,
+        cfg: DeliverConfig,
+        dns: Arc<dyn Resolve>,
+    ) -> Result<Arc<Engine>, String> {
+        let tls = TlsConnectors::new(cfg.tls_ca_file.as_deref())?;
+        Ok(Arc::new(Engine {
+            spool,
+            global: Arc::new(Semaphore::new(cfg.max_deliveries.max(1))),
+            cfg: RwLock::new(Arc::new(cfg)),
+            dns,
+            tls,
+            hosts: Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    /// Replace the settings (SIGHUP). Limits already in force keep their size.
+    pub fn reconfigure(&self, cfg: DeliverConfig) {
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cfg);
+    }
+
+    fn cfg(&self) -> Arc<DeliverConfig> {
+        self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The spool.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Stop starting deliveries (SIGTERM); those under way finish.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Scan the spool and group what this pass should deliver. Nodes this process is
+    /// already delivering are left out.
+    pub fn plan(&self, opts: &PassOptions) -> Result<Vec<Group>, SpoolError> {
+        let config = self.spool.config();
+        let now = now();
+        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut groups: HashMap<(String, String), Vec<NodeEntry>> = HashMap::new();
+        let mut order = Vec::new();
+        for tier in 0..config.tiers() {
+            if opts.tiers.as_ref().is_some_and(|t| !t.contains(&tier)) {
+                continue;
+            }
+            if opts.use_priority {
+                let p = config.priorities.get(tier).copied().unwrap_or(1).max(1);
+                if rand::random_range(0..p) != 0 {
+                    continue;
+                }
+            }
+            let scan = self.spool.scan_tier(tier)?;
+            for path in &scan.unparsable {
+                tracing::warn!(path = %path.display(), "file name is not a node name; skipped (see mailspool fsck)");
+            }
+            for n in scan.nodes {
+                let wanted = match &opts.selection {
+                    Selection::Due => self.spool.due_at(&n) <= now,
+                    Selection::All => true,
+                    Selection::Ids(ids) => ids.contains(&n.name.id),
+                };
+                if !wanted || in_flight.contains(&n.path) {
+                    continue;
+                }
+                let key = (n.name.id.clone(), n.domain());
+                let entry = groups.entry(key.clone()).or_default();
+                if entry.is_empty() {
+                    order.push(key);
+                }
+                entry.push(n);
+            }
+        }
+        Ok(order
+            .into_iter()
+            .map(|key| Group {
+                nodes: groups.remove(&key).unwrap_or_default(),
+                domain: key.1,
+            })
+            .collect())
+    }
+
+    /// One pass: plan, deliver every group concurrently, wait for all.
+    pub async fn run_pass(self: &Arc<Self>, opts: &PassOptions) -> Result<Report, SpoolError> {
+        let groups = self.plan(opts)?;
+        let mut tasks = JoinSet::new();
+        for g in groups {
+            let engine = self.clone();
+            let interactive = opts.interactive;
+            tasks.spawn(async move { engine.deliver_group(g, interactive).await });
+        }
+        let mut report = Report::default();
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(results) => report.results.extend(results),
+                Err(e) => tracing::error!(error = %e, "delivery task failed"),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Deliver one group (the daemon spawns these itself).
+    pub async fn deliver_group(self: Arc<Self>, group: Group, interactive: bool) -> Vec<NodeResult> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let paths: Vec<PathBuf> = group.nodes.iter().map(|n| n.path.clone()).collect();
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(paths.iter().cloned());
+        let results = self.deliver_locked_group(group, interactive).await;
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for p in &paths {
+            in_flight.remove(p);
+        }
+        results
+    }
+
+    async fn deliver_locked_group(&self, group: Group, interactive: bool) -> Vec<NodeResult> {
+        let mut results = Vec::new();
+        let mut locked: Vec<(NodeEntry, NodeLock)> = Vec::new();
+        for n in group.nodes {
+            match self.spool.lock_node(&n) {
+                // Another daemon may have delivered and deleted it since our scan.
+                Ok(lock) if n.path.exists() => locked.push((n, lock)),
+                Ok(_) | Err(_) => results.push(NodeResult {
+                    id: n.name.id.clone(),
+                    to: n.name.to.clone(),
+                    outcome: Outcome::Skipped,
+                    reply: "locked by another process, or already gone".into(),
+                }),
+            }
+        }
+        if locked.is_empty() {
+            return results;
+        }
+        let cfg = self.cfg();
+        let verdicts = match route(&group.domain, &cfg, self.dns.as_ref()).await {
+            Err(e) if e.permanent => locked
+                .iter()
+                .map(|(n, _)| {
+                    Verdict::Permanent(Failure {
+                        recipient: n.name.to.clone(),
+                        status: e.status.into(),
+                        remote_mta: None,
+                        diagnostic: e.text.clone(),
+                        from_smtp: false,
+                    })
+                })
+                .collect(),
+            Err(e) => locked
+                .iter()
+                .map(|_| Verdict::Temporary {
+                    host: String::new(),
+                    reply: format!("{} {}", e.status, e.text),
+                    recorded: false,
+                })
+                .collect(),
+            Ok(targets) => self.send_to_targets(&cfg, &targets, &locked).await,
+        };
+        results.extend(self.settle(&cfg, locked, verdicts, interactive));
+        results
+    }
+
+    /// Try each address of each target until one takes the transaction.
+    async fn send_to_targets(
+        &self,
+        cfg: &DeliverConfig,
+        targets: &[Target],
+        nodes: &[(NodeEntry, NodeLock)],
+    ) -> Vec<Verdict> {
+        let first = &nodes[0].0;
+        let (size, eight_bit) = match scan_message(&first.path).await {
+            Ok(v) => v,
+            Err(e) => {
+                return nodes
+                    .iter()
+                    .map(|_| Verdict::Temporary {
+                        host: String::new(),
+                        reply: format!("cannot read the node: {e}"),
+                        recorded: false,
+                    })
+                    .collect();
+            }
+        };
+        let env = Envelope {
+            from: first.name.from.clone(),
+            to: nodes.iter().map(|(n, _)| n.name.to.clone()).collect(),
+            size,
+            eight_bit,
+        };
+        let mut last: (String, String) = (String::new(), "no server could be reached".into());
+        for target in targets {
+            for addr in &target.addrs {
+                let host_key = format!("{}:{}", target.host, addr.port());
+                let host_slots = self.host_slots(&host_key, cfg.per_host_limit);
+                let _host = host_slots.acquire_owned().await.expect("semaphore open");
+                let _global = self.global.clone().acquire_owned().await.expect("semaphore open");
+                let started = Instant::now();
+                let pool_key = format!("{addr}/{}/{:?}", target.host, target.tls);
+                let session = match self.session(&pool_key, *addr, target, cfg).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::info!(id = %first.name.id, host = %target.host, addr = %addr, error = %e, ms = started.elapsed().as_millis() as u64, "connection failed");
+                        self.record_all(nodes, &target.host, &e.to_string());
+                        last = (target.host.clone(), e.to_string());
+                        continue;
+                    }
+                };
+                let mut session = session;
+                let mut body = match tokio::fs::File::open(&first.path).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.put_back(pool_key, session);
+                        return nodes
+                            .iter()
+                            .map(|_| Verdict::Temporary {
+                                host: String::new(),
+                                reply: format!("cannot read the node: {e}"),
+                                recorded: false,
+                            })
+                            .collect();
+                    }
+                };
+                let result = session.send(&env, &mut body).await;
+                let ms = started.elapsed().as_millis() as u64;
+                match result {
+                    Ok(outcome) => {
+                        self.put_back(pool_key, session);
+                        let mut verdicts = Vec::new();
+                        for (i, (n, _)) in nodes.iter().enumerate() {
+                            let reply = outcome.result(i);
+                            tracing::info!(id = %n.name.id, to = %n.name.to, host = %target.host, addr = %addr, code = reply.code, reply = %reply, ms, "delivery attempt");
+                            verdicts.push(if reply.is_positive() {
+                                Verdict::Delivered {
+                                    host: target.host.clone(),
+                                    reply: reply.to_string(),
+                                }
+                            } else if reply.is_permanent() {
+                                Verdict::Permanent(Failure {
+                                    recipient: n.name.to.clone(),
+                                    status: reply.status(),
+                                    remote_mta: Some(target.host.clone()),
+                                    diagnostic: reply.to_string(),
+                                    from_smtp: true,
+                                })
+                            } else {
+                                Verdict::Temporary {
+                                    host: target.host.clone(),
+                                    reply: reply.to_string(),
+                                    recorded: false,
+                                }
+                            });
+                        }
+                        if outcome.data.as_ref().is_some_and(|d| d.is_positive()) {
+                            self.spool.log_usage(size, "Sent");
+                        }
+                        return verdicts;
+                    }
+                    Err(e) if e.is_permanent() => {
+                        tracing::info!(id = %first.name.id, host = %target.host, addr = %addr, error = %e, ms, "delivery attempt");
+                        if matches!(e, SmtpError::Rejected { .. } | SmtpError::NeedsSmtpUtf8 | SmtpError::TooLarge { .. }) {
+                            self.put_back(pool_key, session);
+                        }
+                        return nodes
+                            .iter()
+                            .map(|(n, _)| {
+                                Verdict::Permanent(Failure {
+                                    recipient: n.name.to.clone(),
+                                    status: e.status(),
+                                    remote_mta: Some(target.host.clone()),
+                                    diagnostic: e.reply().map_or_else(|| e.to_string(), ToString::to_string),
+                                    from_smtp: e.reply().is_some(),
+                                })
+                            })
+                            .collect();
+                    }
+                    Err(e) => {
+                        tracing::info!(id = %first.name.id, host = %target.host, addr = %addr, error = %e, ms, "delivery attempt");
+                        self.record_all(nodes, &target.host, &e.to_string());
+                        last = (target.host.clone(), e.to_string());
+                        // A 4xx to MAIL is the server's verdict on this message: later.
+                        if matches!(&e, SmtpError::Rejected { phase: mailspool_smtp::Phase::Mail, .. }) {
+                            self.put_back(pool_key, session);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        nodes
+            .iter()
+            .map(|_| Verdict::Temporary {
+                host: last.0.clone(),
+                reply: last.1.clone(),
+                recorded: true,
+            })
+            .collect()
+    }
+
+    fn record_all(&self, nodes: &[(NodeEntry, NodeLock)], host: &str, reply: &str) {
+        for (n, _) in nodes {
+            let _ = self.spool.record_attempt(
+                &n.name,
+                &Attempt {
+                    time: now(),
+                    host: host.to_owned(),
+                    reply: reply.to_owned(),
+                    delivered: false,
+                },
+            );
+        }
+    }
+
+    fn host_slots(&self, key: &str, limit: usize) -> Arc<Semaphore> {
+        self.hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1))))
+            .clone()
+    }
+
+    /// A pooled session (after a successful RSET), or a new one. Opportunistic TLS that
+    /// fails its handshake is retried once in plain text, as Postfix does.
+    async fn session(
+        &self,
+        key: &str,
+        addr: std::net::SocketAddr,
+        target: &Target,
+        cfg: &DeliverConfig,
+    ) -> Result<Session, SmtpError> {
+        loop {
+            let pooled = self
+                .pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(key)
+                .and_then(Vec::pop);
+            let Some(mut s) = pooled else { break };
+            if !s.expired() && s.reset().await.is_ok() {
+                return Ok(s);
+            }
+        }
+        let mut settings = ClientSettings {
+            helo_name: cfg.hostname.clone(),
+            timeouts: cfg.timeouts.clone(),
+            tls: target.tls,
+            auth: target.auth.clone(),
+        };
+        match Session::connect(addr, &target.host, &settings, &self.tls).await {
+            Err(SmtpError::Tls(e)) if target.tls == TlsPolicy::Opportunistic && target.auth.is_none() => {
+                tracing::info!(host = %target.host, error = %e, "TLS failed; retrying without TLS");
+                settings.tls = TlsPolicy::None;
+                Session::connect(addr, &target.host, &settings, &self.tls).await
+            }
+            other => other,
+        }
+    }
+
+    fn put_back(&self, key: String, session: Session) {
+        if session.expired() {
+            return;
+        }
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .push(session);
+    }
+
+    /// QUIT every idle session.
+    pub async fn close_idle(&self) {
+        let sessions: Vec<Session> = self
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .flat_map(|(_, v)| v)
+            .collect();
+        for s in sessions {
+            s.quit().await;
+        }
+    }
+
+    /// Act on the verdicts, under the nodes' locks: delete, fall back, or bounce.
+    fn settle(
+        &self,
+        cfg: &DeliverConfig,
+        locked: Vec<(NodeEntry, NodeLock)>,
+        verdicts: Vec<Verdict>,
+        interactive: bool,
+    ) -> Vec<NodeResult> {
+        let last_tier = self.spool.config().tiers().saturating_sub(1);
+        let mut results = Vec::new();
+        let mut failures: Vec<(usize, Failure)> = Vec::new();
+        for (i, ((n, _lock), v)) in locked.iter().zip(verdicts).enumerate() {
+            let result = |outcome, reply: String| NodeResult {
+                id: n.name.id.clone(),
+                to: n.name.to.clone(),
+                outcome,
+                reply,
+            };
+            match v {
+                Verdict::Delivered { host, reply } => {
+                    if let Err(e) = self.spool.delete_locked(n) {
+                        tracing::error!(node = %n.path.display(), error = %e, "delivered but cannot delete the node: it may be sent again");
+                    }
+                    tracing::info!(id = %n.name.id, to = %n.name.to, host = %host, "delivered");
+                    results.push(result(Outcome::Delivered, reply));
+                }
+                Verdict::Temporary {
+                    host,
+                    reply,
+                    recorded,
+                } => {
+                    if !recorded {
+                        let _ = self.spool.record_attempt(
+                            &n.name,
+                            &Attempt {
+                                time: now(),
+                                host: host.clone(),
+                                reply: reply.clone(),
+                                delivered: false,
+                            },
+                        );
+                    }
+                    if n.tier >= last_tier {
+                        failures.push((
+                            i,
+                            Failure {
+                                recipient: n.name.to.clone(),
+                                status: "4.4.7".into(),
+                                remote_mta: (!host.is_empty()).then(|| host.clone()),
+                                diagnostic: format!("delivery time expired; last error: {reply}"),
+                                from_smtp: false,
+                            },
+                        ));
+                        continue;
+                    }
+                    match self.spool.move_to_tier_locked(n, n.tier + 1) {
+                        Ok(moved) => tracing::info!(id = %n.name.id, to = %n.name.to, tier = moved.tier, reply = %reply, "deferred"),
+                        Err(e) => tracing::error!(node = %n.path.display(), error = %e, "cannot move the node to the next tier; it stays where it is"),
+                    }
+                    results.push(result(Outcome::Deferred, reply));
+                }
+                Verdict::Permanent(f) => failures.push((i, f)),
+            }
+        }
+        if failures.is_empty() {
+            return results;
+        }
+        // Bounce first (durably), then delete: a crash between them can only duplicate
+        // the bounce, never lose it.
+        let first = &locked[failures[0].0].0;
+        let list: Vec<Failure> = failures.iter().map(|(_, f)| f.clone()).collect();
+        let bounced = if interactive {
+            Ok(None)
+        } else {
+            spool_bounce(
+                &self.spool,
+                &cfg.hostname,
+                &first.name.from,
+                &first.name.id,
+                &first.path,
+                &list,
+                cfg.bounce_max_headers,
+            )
+        };
+        if let Err(e) = &bounced {
+            tracing::error!(id = %first.name.id, error = %e, "cannot spool the bounce; the nodes stay queued");
+        }
+        for (i, f) in failures {
+            let n = &locked[i].0;
+            if bounced.is_ok() && let Err(e) = self.spool.delete_locked(n) {
+                tracing::error!(node = %n.path.display(), error = %e, "cannot delete a failed node");
+            }
+            tracing::info!(id = %n.name.id, to = %n.name.to, status = %f.status, reason = %f.diagnostic, "failed");
+            results.push(NodeResult {
+                id: n.name.id.clone(),
+                to: n.name.to.clone(),
+                outcome: Outcome::Failed,
+                reply: f.diagnostic,
+            });
+        }
+        results
+    }
+}
+
+/// Size of the message and whether it has 8-bit bytes.
+async fn scan_message(path: &std::path::Path) -> std::io::Result<(u64, bool)> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut size, mut eight_bit) = (0u64, false);
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        eight_bit |= !buf[..n].is_ascii();
+    }
+    Ok((size, eight_bit))
+}
