@@ -107,7 +107,10 @@ pub fn spool_bounce(
             m.push_str(&format!("Remote-MTA: dns; {mta}\n"));
         }
         let kind = if f.from_smtp { "smtp" } else { "x-mailspool" };
-        m.push_str(&format!("Diagnostic-Code: {kind}; {}\n", one_line(&f.diagnostic)));
+        m.push_str(&format!(
+            "Diagnostic-Code: {kind}; {}\n",
+            one_line(&f.diagnostic)
+        ));
     }
     m.push_str(&format!(
         "\n--{boundary}\n\
@@ -134,5 +137,8 @@ pub fn spool_bounce(
 }
 
 fn one_line(s: &str) -> String {
-    s.split(['\r', '\n']).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    s.split(['\r', '\n'])
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -31,7 +31,10 @@ impl HostPort {
             (h.to_owned(), port)
         } else if t.matches(':').count() == 1 {
             let (h, p) = t.split_once(':').expect("one colon");
-            (h.to_owned(), p.parse().map_err(|_| format!("{text:?}: bad port"))?)
+            (
+                h.to_owned(),
+                p.parse().map_err(|_| format!("{text:?}: bad port"))?,
+            )
         } else {
             (t.to_owned(), default_port)
         };
@@ -117,10 +120,22 @@ mod tests {
     #[test]
     fn host_ports() {
         let p = |s| HostPort::parse(s, 25).unwrap();
-        assert_eq!(p("mx.example.org"), HostPort { host: "mx.example.org".into(), port: 25 });
+        assert_eq!(
+            p("mx.example.org"),
+            HostPort {
+                host: "mx.example.org".into(),
+                port: 25
+            }
+        );
         assert_eq!(p("relay:587").port, 587);
         assert_eq!(p("[relay.example]:465").host, "relay.example");
-        assert_eq!(p("[::1]:2525"), HostPort { host: "::1".into(), port: 2525 });
+        assert_eq!(
+            p("[::1]:2525"),
+            HostPort {
+                host: "::1".into(),
+                port: 2525
+            }
+        );
         assert_eq!(p("::1").host, "::1");
         assert!(HostPort::parse("host:x", 25).is_err());
         assert!(HostPort::parse("", 25).is_err());

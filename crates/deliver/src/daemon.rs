@@ -126,7 +126,10 @@ pub async fn run(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(left = deliveries.len(), "grace period over; abandoning deliveries (their nodes stay queued)");
+        tracing::warn!(
+            left = deliveries.len(),
+            "grace period over; abandoning deliveries (their nodes stay queued)"
+        );
         deliveries.abort_all();
         while deliveries.join_next().await.is_some() {}
     }
@@ -134,4 +137,3 @@ pub async fn run(
     tracing::info!("daemon stopped");
     Ok(())
 }
-

@@ -73,7 +73,10 @@ impl HickoryDns {
                 let mut tcp = ConnectionConfig::tcp();
                 tcp.port = addr.port();
                 let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-                TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![ns]), provider)
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_name_servers(vec![ns]),
+                    provider,
+                )
             }
             None => TokioResolver::builder(provider).map_err(|e| e.to_string())?,
         };
@@ -91,7 +94,11 @@ impl HickoryDns {
 impl Resolve for HickoryDns {
     fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<(u16, String)>, LookupError>> {
         Box::pin(async move {
-            let lookup = self.resolver.mx_lookup(fqdn(domain)).await.map_err(classify)?;
+            let lookup = self
+                .resolver
+                .mx_lookup(fqdn(domain))
+                .await
+                .map_err(classify)?;
             Ok(lookup
                 .answers()
                 .iter()
@@ -99,7 +106,14 @@ impl Resolve for HickoryDns {
                     RData::MX(mx) => {
                         let name = mx.exchange.to_ascii();
                         let name = name.trim_end_matches('.');
-                        Some((mx.preference, if name.is_empty() { ".".into() } else { name.to_owned() }))
+                        Some((
+                            mx.preference,
+                            if name.is_empty() {
+                                ".".into()
+                            } else {
+                                name.to_owned()
+                            },
+                        ))
                     }
                     _ => None,
                 })
@@ -112,7 +126,11 @@ impl Resolve for HickoryDns {
             if let Ok(ip) = host.parse::<IpAddr>() {
                 return Ok(vec![ip]);
             }
-            let lookup = self.resolver.lookup_ip(fqdn(host)).await.map_err(classify)?;
+            let lookup = self
+                .resolver
+                .lookup_ip(fqdn(host))
+                .await
+                .map_err(classify)?;
             let ips: Vec<IpAddr> = lookup.iter().collect();
             if ips.is_empty() {
                 return Err(LookupError::NoRecords);
@@ -137,4 +155,3 @@ impl Resolve for NoDns {
         })
     }
 }
-

@@ -8,9 +8,10 @@
 //! tier, spools a bounce to the sender (never for the null sender) before the node is
 //! deleted. Every attempt is recorded as side data, so `queue show` says why a node waits.
 //!
-//! Concurrency: async tasks; at most `max_deliveries` sessions at once in all, and at
-//! most `per_host_limit` to one host. A task waiting for a busy host holds no global
-//! slot, so a tarpit uses up only its own host's slots until its timeouts fire.
+//! Concurrency: async tasks; at most `max_deliveries` deliveries at once in all, and at
+//! most `per_host_limit` to one host. A task waits for its host's slot first, holding
+//! nothing else (no global slot, no lock), so a tarpit uses up only its own host's
+//! slots until its timeouts fire; node locks are taken only once a slot is ours.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -116,7 +117,10 @@ pub struct Engine {
 
 /// How one node ends, before we act on it.
 enum Verdict {
-    Delivered { host: String, reply: String },
+    Delivered {
+        host: String,
+        reply: String,
+    },
     Temporary {
         host: String,
         reply: String,
@@ -234,7 +238,11 @@ impl Engine {
     }
 
     /// Deliver one group (the daemon spawns these itself).
-    pub async fn deliver_group(self: Arc<Self>, group: Group, interactive: bool) -> Vec<NodeResult> {
+    pub async fn deliver_group(
+        self: Arc<Self>,
+        group: Group,
+        interactive: bool,
+    ) -> Vec<NodeResult> {
         if self.stopping.load(Ordering::SeqCst) {
             return Vec::new();
         }
@@ -252,7 +260,31 @@ impl Engine {
     }
 
     async fn deliver_locked_group(&self, group: Group, interactive: bool) -> Vec<NodeResult> {
+        let cfg = self.cfg();
+        let routed = route(&group.domain, &cfg, self.dns.as_ref()).await;
+        // Wait for a slot before locking anything: a node lock is held only while we
+        // deliver (never while queued behind a busy host, where it could go stale and
+        // be broken by another daemon), and other daemons can take what we cannot.
+        let first_host = routed.as_ref().ok().and_then(|t| t.first()).map(host_key);
+        let _host = match &first_host {
+            Some(key) => Some(
+                self.host_slots(key, cfg.per_host_limit)
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore open"),
+            ),
+            None => None,
+        };
+        let _global = self
+            .global
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
         let mut results = Vec::new();
+        if self.stopping.load(Ordering::SeqCst) {
+            return results;
+        }
         let mut locked: Vec<(NodeEntry, NodeLock)> = Vec::new();
         for n in group.nodes {
             match self.spool.lock_node(&n) {
@@ -269,8 +301,7 @@ impl Engine {
         if locked.is_empty() {
             return results;
         }
-        let cfg = self.cfg();
-        let verdicts = match route(&group.domain, &cfg, self.dns.as_ref()).await {
+        let verdicts = match routed {
             Err(e) if e.permanent => locked
                 .iter()
                 .map(|(n, _)| {
@@ -325,12 +356,20 @@ impl Engine {
             eight_bit,
         };
         let mut last: (String, String) = (String::new(), "no server could be reached".into());
-        for target in targets {
+        for (ti, target) in targets.iter().enumerate() {
+            // The first target's slot is held by the caller; a failover target's is
+            // taken here.
+            let _host = if ti == 0 {
+                None
+            } else {
+                Some(
+                    self.host_slots(&host_key(target), cfg.per_host_limit)
+                        .acquire_owned()
+                        .await
+                        .expect("semaphore open"),
+                )
+            };
             for addr in &target.addrs {
-                let host_key = format!("{}:{}", target.host, addr.port());
-                let host_slots = self.host_slots(&host_key, cfg.per_host_limit);
-                let _host = host_slots.acquire_owned().await.expect("semaphore open");
-                let _global = self.global.clone().acquire_owned().await.expect("semaphore open");
                 let started = Instant::now();
                 let pool_key = format!("{addr}/{}/{:?}", target.host, target.tls);
                 let session = match self.session(&pool_key, *addr, target, cfg).await {
@@ -394,7 +433,12 @@ impl Engine {
                     }
                     Err(e) if e.is_permanent() => {
                         tracing::info!(id = %first.name.id, host = %target.host, addr = %addr, error = %e, ms, "delivery attempt");
-                        if matches!(e, SmtpError::Rejected { .. } | SmtpError::NeedsSmtpUtf8 | SmtpError::TooLarge { .. }) {
+                        if matches!(
+                            e,
+                            SmtpError::Rejected { .. }
+                                | SmtpError::NeedsSmtpUtf8
+                                | SmtpError::TooLarge { .. }
+                        ) {
                             self.put_back(pool_key, session);
                         }
                         return nodes
@@ -404,7 +448,9 @@ impl Engine {
                                     recipient: n.name.to.clone(),
                                     status: e.status(),
                                     remote_mta: Some(target.host.clone()),
-                                    diagnostic: e.reply().map_or_else(|| e.to_string(), ToString::to_string),
+                                    diagnostic: e
+                                        .reply()
+                                        .map_or_else(|| e.to_string(), ToString::to_string),
                                     from_smtp: e.reply().is_some(),
                                 })
                             })
@@ -415,7 +461,13 @@ impl Engine {
                         self.record_all(nodes, &target.host, &e.to_string());
                         last = (target.host.clone(), e.to_string());
                         // A 4xx to MAIL is the server's verdict on this message: later.
-                        if matches!(&e, SmtpError::Rejected { phase: mailspool_smtp::Phase::Mail, .. }) {
+                        if matches!(
+                            &e,
+                            SmtpError::Rejected {
+                                phase: mailspool_smtp::Phase::Mail,
+                                ..
+                            }
+                        ) {
                             self.put_back(pool_key, session);
                             break;
                         }
@@ -484,7 +536,9 @@ impl Engine {
             auth: target.auth.clone(),
         };
         match Session::connect(addr, &target.host, &settings, &self.tls).await {
-            Err(SmtpError::Tls(e)) if target.tls == TlsPolicy::Opportunistic && target.auth.is_none() => {
+            Err(SmtpError::Tls(e))
+                if target.tls == TlsPolicy::Opportunistic && target.auth.is_none() =>
+            {
                 tracing::info!(host = %target.host, error = %e, "TLS failed; retrying without TLS");
                 settings.tls = TlsPolicy::None;
                 Session::connect(addr, &target.host, &settings, &self.tls).await
@@ -575,8 +629,12 @@ impl Engine {
                         continue;
                     }
                     match self.spool.move_to_tier_locked(n, n.tier + 1) {
-                        Ok(moved) => tracing::info!(id = %n.name.id, to = %n.name.to, tier = moved.tier, reply = %reply, "deferred"),
-                        Err(e) => tracing::error!(node = %n.path.display(), error = %e, "cannot move the node to the next tier; it stays where it is"),
+                        Ok(moved) => {
+                            tracing::info!(id = %n.name.id, to = %n.name.to, tier = moved.tier, reply = %reply, "deferred")
+                        }
+                        Err(e) => {
+                            tracing::error!(node = %n.path.display(), error = %e, "cannot move the node to the next tier; it stays where it is")
+                        }
                     }
                     results.push(result(Outcome::Deferred, reply));
                 }
@@ -608,7 +666,9 @@ impl Engine {
         }
         for (i, f) in failures {
             let n = &locked[i].0;
-            if bounced.is_ok() && let Err(e) = self.spool.delete_locked(n) {
+            if bounced.is_ok()
+                && let Err(e) = self.spool.delete_locked(n)
+            {
                 tracing::error!(node = %n.path.display(), error = %e, "cannot delete a failed node");
             }
             tracing::info!(id = %n.name.id, to = %n.name.to, status = %f.status, reason = %f.diagnostic, "failed");
@@ -621,6 +681,11 @@ impl Engine {
         }
         results
     }
+}
+
+/// The per-host limit applies to this key: host name and port.
+fn host_key(t: &Target) -> String {
+    format!("{}:{}", t.host, t.addrs.first().map_or(0, |a| a.port()))
 }
 
 /// Size of the message and whether it has 8-bit bytes.

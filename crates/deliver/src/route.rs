@@ -99,7 +99,10 @@ async fn resolve_fixed(
         match dns.ips(&hp.host).await {
             Ok(ips) => out.push(Target {
                 host: hp.host.clone(),
-                addrs: ips.into_iter().map(|ip| SocketAddr::new(ip, hp.port)).collect(),
+                addrs: ips
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, hp.port))
+                    .collect(),
                 tls,
                 auth: auth.clone(),
             }),
@@ -107,20 +110,33 @@ async fn resolve_fixed(
         }
     }
     if out.is_empty() {
-        return Err(RouteError::temporary("4.4.3", format!("cannot resolve {last}")));
+        return Err(RouteError::temporary(
+            "4.4.3",
+            format!("cannot resolve {last}"),
+        ));
     }
     Ok(out)
 }
 
-async fn mx_targets(domain: &str, cfg: &DeliverConfig, dns: &dyn Resolve) -> Result<Vec<Target>, RouteError> {
+async fn mx_targets(
+    domain: &str,
+    cfg: &DeliverConfig,
+    dns: &dyn Resolve,
+) -> Result<Vec<Target>, RouteError> {
     let mut mx = match dns.mx(domain).await {
         Ok(list) => list,
         Err(LookupError::NoRecords) => Vec::new(),
         Err(LookupError::NxDomain) => {
-            return Err(RouteError::permanent("5.1.2", format!("domain {domain} does not exist (NXDOMAIN)")));
+            return Err(RouteError::permanent(
+                "5.1.2",
+                format!("domain {domain} does not exist (NXDOMAIN)"),
+            ));
         }
         Err(LookupError::Temporary(e)) => {
-            return Err(RouteError::temporary("4.4.3", format!("MX lookup for {domain} failed: {e}")));
+            return Err(RouteError::temporary(
+                "4.4.3",
+                format!("MX lookup for {domain} failed: {e}"),
+            ));
         }
     };
     if mx.iter().any(|(_, host)| host == "." || host.is_empty()) {
@@ -142,7 +158,10 @@ async fn mx_targets(domain: &str, cfg: &DeliverConfig, dns: &dyn Resolve) -> Res
     for (_, host) in mx {
         match dns.ips(&host).await {
             Ok(ips) => out.push(Target {
-                addrs: ips.into_iter().map(|ip| SocketAddr::new(ip, cfg.mx_port)).collect(),
+                addrs: ips
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, cfg.mx_port))
+                    .collect(),
                 host,
                 tls: cfg.mx_tls,
                 auth: None,
@@ -155,9 +174,17 @@ async fn mx_targets(domain: &str, cfg: &DeliverConfig, dns: &dyn Resolve) -> Res
         // A domain without MX and without addresses has no mail server at all; MX hosts
         // that do not resolve may be a passing misconfiguration: retry.
         return Err(match temporary {
-            None if implicit => RouteError::permanent("5.1.2", format!("{domain} has no MX and no address")),
-            Some(e) => RouteError::temporary("4.4.3", format!("cannot resolve the mail servers of {domain}: {e}")),
-            None => RouteError::temporary("4.4.3", format!("no mail server of {domain} has an address")),
+            None if implicit => {
+                RouteError::permanent("5.1.2", format!("{domain} has no MX and no address"))
+            }
+            Some(e) => RouteError::temporary(
+                "4.4.3",
+                format!("cannot resolve the mail servers of {domain}: {e}"),
+            ),
+            None => RouteError::temporary(
+                "4.4.3",
+                format!("no mail server of {domain} has an address"),
+            ),
         });
     }
     Ok(out)

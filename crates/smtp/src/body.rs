@@ -117,6 +117,9 @@ mod tests {
             e.finish(&mut out);
             assert_eq!(out, whole, "split at {split}");
         }
-        assert_eq!(unstuff(&whole), b"Subject: x\n\n.leading\nmid.dle\n..two\nend\n");
+        assert_eq!(
+            unstuff(&whole),
+            b"Subject: x\n\n.leading\nmid.dle\n..two\nend\n"
+        );
     }
 }

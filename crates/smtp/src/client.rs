@@ -209,7 +209,10 @@ impl SmtpError {
         match self {
             SmtpError::Rejected { phase, reply } => {
                 reply.is_permanent()
-                    && matches!(phase, Phase::Mail | Phase::Data | Phase::DataEnd | Phase::Rcpt)
+                    && matches!(
+                        phase,
+                        Phase::Mail | Phase::Data | Phase::DataEnd | Phase::Rcpt
+                    )
             }
             SmtpError::NeedsSmtpUtf8 | SmtpError::TooLarge { .. } => true,
             _ => false,
@@ -351,7 +354,11 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Session({} [{}], tls={})", self.host, self.peer, self.tls)
+        write!(
+            f,
+            "Session({} [{}], tls={})",
+            self.host, self.peer, self.tls
+        )
     }
 }
 
@@ -404,7 +411,9 @@ impl Session {
         match settings.tls {
             TlsPolicy::Required | TlsPolicy::Opportunistic if offers_tls && !s.tls => {
                 s.command(b"STARTTLS\r\n", Phase::StartTls).await?;
-                let r = s.read_reply(Phase::StartTls, s.settings.timeouts.command).await?;
+                let r = s
+                    .read_reply(Phase::StartTls, s.settings.timeouts.command)
+                    .await?;
                 if r.code != 220 {
                     if settings.tls == TlsPolicy::Required {
                         return Err(SmtpError::Rejected {
@@ -415,7 +424,8 @@ impl Session {
                 } else {
                     // Anything the server pipelined before the handshake is discarded.
                     s.rbuf.clear();
-                    s.handshake(tls, settings.tls == TlsPolicy::Required).await?;
+                    s.handshake(tls, settings.tls == TlsPolicy::Required)
+                        .await?;
                     s.hello().await?;
                 }
             }
@@ -455,7 +465,9 @@ impl Session {
     async fn hello(&mut self) -> Result<(), SmtpError> {
         let cmd = format!("EHLO {}\r\n", self.settings.helo_name);
         self.command(cmd.as_bytes(), Phase::Ehlo).await?;
-        let raw = self.read_raw(Phase::Ehlo, self.settings.timeouts.command).await?;
+        let raw = self
+            .read_raw(Phase::Ehlo, self.settings.timeouts.command)
+            .await?;
         if raw.starts_with(b"250") {
             self.caps = EhloResponse::parse(&mut raw.iter()).unwrap_or_default();
             self.esmtp = true;
@@ -471,7 +483,9 @@ impl Session {
         // RFC 5321 §3.2: fall back to HELO.
         let cmd = format!("HELO {}\r\n", self.settings.helo_name);
         self.command(cmd.as_bytes(), Phase::Ehlo).await?;
-        let reply = self.read_reply(Phase::Ehlo, self.settings.timeouts.command).await?;
+        let reply = self
+            .read_reply(Phase::Ehlo, self.settings.timeouts.command)
+            .await?;
         if !reply.is_positive() {
             return Err(SmtpError::Rejected {
                 phase: Phase::Ehlo,
@@ -532,7 +546,8 @@ impl Session {
 
     /// The server's SIZE limit, if it announced one.
     pub fn max_size(&self) -> Option<u64> {
-        (self.caps.capabilities & EXT_SIZE != 0 && self.caps.size > 0).then_some(self.caps.size as u64)
+        (self.caps.capabilities & EXT_SIZE != 0 && self.caps.size > 0)
+            .then_some(self.caps.size as u64)
     }
 
     /// Whether the server offered PIPELINING.
@@ -540,9 +555,10 @@ impl Session {
         self.caps.capabilities & EXT_PIPELINING != 0
     }
 
-    /// Time left before the session cap.
+    /// Whether the session should not be reused: its time cap passed, or it has
+    /// carried many transactions already (servers limit those too).
     pub fn expired(&self) -> bool {
-        Instant::now() >= self.deadline
+        Instant::now() >= self.deadline || self.transactions >= 100
     }
 
     /// One transaction: MAIL, RCPT for each recipient, and DATA with `body` (stored
@@ -552,6 +568,9 @@ impl Session {
         env: &Envelope,
         body: &mut R,
     ) -> Result<TxOutcome, SmtpError> {
+        // Each transaction gets the whole budget: the cap bounds how long one delivery
+        // holds its node locks, whatever the connection did before.
+        self.deadline = Instant::now() + self.settings.timeouts.max_session;
         let caps = self.caps.capabilities;
         if env.needs_smtputf8() && caps & EXT_SMTP_UTF8 == 0 {
             return Err(SmtpError::NeedsSmtpUtf8);
@@ -681,7 +700,9 @@ impl Session {
     /// RSET, to reuse the session for another transaction.
     pub async fn reset(&mut self) -> Result<(), SmtpError> {
         self.command(b"RSET\r\n", Phase::Rset).await?;
-        let r = self.read_reply(Phase::Rset, self.settings.timeouts.command).await?;
+        let r = self
+            .read_reply(Phase::Rset, self.settings.timeouts.command)
+            .await?;
         if r.is_positive() {
             Ok(())
         } else {
@@ -714,10 +735,16 @@ impl Session {
     }
 
     async fn command(&mut self, bytes: &[u8], phase: Phase) -> Result<(), SmtpError> {
-        self.write(bytes, phase, self.settings.timeouts.command).await
+        self.write(bytes, phase, self.settings.timeouts.command)
+            .await
     }
 
-    async fn write(&mut self, bytes: &[u8], phase: Phase, limit: Duration) -> Result<(), SmtpError> {
+    async fn write(
+        &mut self,
+        bytes: &[u8],
+        phase: Phase,
+        limit: Duration,
+    ) -> Result<(), SmtpError> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         let stream = &mut self.stream;
         let result = tokio::time::timeout(limit.min(left), async {

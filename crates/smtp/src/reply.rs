@@ -129,7 +129,10 @@ mod tests {
     #[test]
     fn parses_single_and_multi_line() {
         let r = Reply::parse(b"250 2.1.0 Ok\r\n").unwrap();
-        assert_eq!((r.code, r.status().as_str(), r.text.as_str()), (250, "2.1.0", "Ok"));
+        assert_eq!(
+            (r.code, r.status().as_str(), r.text.as_str()),
+            (250, "2.1.0", "Ok")
+        );
         let r = Reply::parse(b"451-4.3.0 first\r\n451 4.3.0 second\r\n").unwrap();
         assert_eq!(r.code, 451);
         assert_eq!(r.to_string(), "451 4.3.0 first second");

@@ -40,7 +40,6 @@ pub fn rfc5322_date(unix: u64) -> String {
     )
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +50,9 @@ mod tests {
         assert_eq!(day_string(20_418), "2025-11-26");
         assert_eq!(day_string(11_016), "2000-02-29");
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_664_346), "Thu, 26 Nov 2026 03:39:06 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_664_346),
+            "Thu, 26 Nov 2026 03:39:06 +0000"
+        );
     }
 }

@@ -78,4 +78,3 @@ impl Spool {
         Ok(out)
     }
 }
-

@@ -1,0 +1,404 @@
+//! Test harness: an in-process SMTP sink with scriptable replies, an in-process DNS
+//! server, and helpers to queue messages. Everything binds 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailspool_deliver::{DeliverConfig, Engine, HostPort, NoDns, Resolve};
+use mailspool_smtp::{Timeouts, TlsPolicy};
+use mailspool_spool::{Spool, SpoolConfig};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+/// A message the sink accepted.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub from: String,
+    pub to: Vec<String>,
+    /// The DATA as stored form: dot-unstuffed, CRLF made LF.
+    pub data: Vec<u8>,
+    pub tls: bool,
+}
+
+/// How the sink behaves. Replies are whole lines without CRLF.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    pub greeting: Option<String>,
+    pub mail: Option<String>,
+    /// Reply per recipient address (default 250).
+    pub rcpt: HashMap<String, String>,
+    /// Replies after the final dot, used in turn (default 250).
+    pub data_end: VecDeque<String>,
+    /// Close the connection after this many body bytes.
+    pub drop_in_data: Option<usize>,
+    /// Accept the connection and never say anything.
+    pub tarpit: bool,
+    pub no_pipelining: bool,
+    pub no_smtputf8: bool,
+    /// Answer EHLO with 500 so the client falls back to HELO.
+    pub no_ehlo: bool,
+    /// Send an enormous reply line after EHLO.
+    pub oversized_reply: bool,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+#[derive(Default)]
+pub struct SinkState {
+    pub received: Mutex<Vec<Received>>,
+    pub script: Mutex<Script>,
+    pub connections: AtomicUsize,
+    pub transactions: AtomicUsize,
+}
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub state: Arc<SinkState>,
+}
+
+impl Sink {
+    pub async fn start(script: Script) -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(SinkState::default());
+        *state.script.lock().unwrap() = script;
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                st.connections.fetch_add(1, Ordering::SeqCst);
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let _ = session(sock, st).await;
+                });
+            }
+        });
+        Sink { addr, state }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn script(&self) -> std::sync::MutexGuard<'_, Script> {
+        self.state.script.lock().unwrap()
+    }
+}
+
+trait Io: tokio::io::AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
+    let script = st.script.lock().unwrap().clone();
+    if script.tarpit {
+        let mut sock = sock;
+        let mut buf = [0u8; 1024];
+        while sock.read(&mut buf).await? > 0 {}
+        return Ok(());
+    }
+    let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(sock));
+    let greeting = script
+        .greeting
+        .clone()
+        .unwrap_or("220 sink.test ESMTP".into());
+    io.get_mut()
+        .write_all(format!("{greeting}\r\n").as_bytes())
+        .await?;
+    let mut tls = false;
+    let mut from = String::new();
+    let mut rcpts: Vec<String> = Vec::new();
+    loop {
+        let mut line = String::new();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let script = st.script.lock().unwrap().clone();
+        let upper = line.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            if script.no_ehlo {
+                "500 5.5.1 what".into()
+            } else if script.oversized_reply {
+                format!("250 {}", "x".repeat(10_000))
+            } else {
+                let mut r = vec![
+                    "250-sink.test".to_owned(),
+                    "250-8BITMIME".into(),
+                    "250-SIZE 50000000".into(),
+                    "250-ENHANCEDSTATUSCODES".into(),
+                ];
+                if !script.no_pipelining {
+                    r.push("250-PIPELINING".into());
+                }
+                if !script.no_smtputf8 {
+                    r.push("250-SMTPUTF8".into());
+                }
+                if script.tls.is_some() && !tls {
+                    r.push("250-STARTTLS".into());
+                }
+                r.push("250 HELP".into());
+                r.join("\r\n")
+            }
+        } else if upper.starts_with("HELO") {
+            "250 sink.test".into()
+        } else if upper.starts_with("STARTTLS") {
+            let Some(cfg) = script.tls.clone() else {
+                io.get_mut().write_all(b"454 no TLS\r\n").await?;
+                continue;
+            };
+            io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
+            let inner = io.into_inner();
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            let stream = acceptor.accept(inner).await?;
+            io = BufReader::new(Box::new(stream));
+            tls = true;
+            continue;
+        } else if upper.starts_with("MAIL FROM:") {
+            from = extract(&line);
+            rcpts.clear();
+            script.mail.clone().unwrap_or("250 2.1.0 Ok".into())
+        } else if upper.starts_with("RCPT TO:") {
+            let to = extract(&line);
+            let r = script
+                .rcpt
+                .get(&to)
+                .cloned()
+                .unwrap_or("250 2.1.5 Ok".into());
+            if r.starts_with('2') {
+                rcpts.push(to);
+            }
+            r
+        } else if upper.starts_with("DATA") {
+            if rcpts.is_empty() {
+                "554 5.5.1 no valid recipients".into()
+            } else {
+                io.get_mut()
+                    .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    .await?;
+                let mut data = Vec::new();
+                loop {
+                    let mut l = Vec::new();
+                    if io.read_until(b'\n', &mut l).await? == 0 {
+                        return Ok(());
+                    }
+                    if l == b".\r\n" {
+                        break;
+                    }
+                    data.extend_from_slice(&l);
+                    if script.drop_in_data.is_some_and(|n| data.len() >= n) {
+                        return Ok(());
+                    }
+                }
+                let reply = st
+                    .script
+                    .lock()
+                    .unwrap()
+                    .data_end
+                    .pop_front()
+                    .unwrap_or("250 2.0.0 queued".into());
+                if reply.starts_with('2') {
+                    st.received.lock().unwrap().push(Received {
+                        from: from.clone(),
+                        to: rcpts.clone(),
+                        data: mailspool_smtp::body::unstuff(&{
+                            let mut d = data;
+                            d.extend_from_slice(b".\r\n");
+                            d
+                        }),
+                        tls,
+                    });
+                    st.transactions.fetch_add(1, Ordering::SeqCst);
+                }
+                rcpts.clear();
+                reply
+            }
+        } else if upper.starts_with("RSET") {
+            rcpts.clear();
+            "250 2.0.0 Ok".into()
+        } else if upper.starts_with("NOOP") {
+            "250 2.0.0 Ok".into()
+        } else if upper.starts_with("QUIT") {
+            io.get_mut().write_all(b"221 2.0.0 Bye\r\n").await?;
+            return Ok(());
+        } else {
+            "502 5.5.2 unknown command".into()
+        };
+        io.get_mut()
+            .write_all(format!("{reply}\r\n").as_bytes())
+            .await?;
+    }
+}
+
+fn extract(line: &str) -> String {
+    let start = line.find('<').map_or(0, |i| i + 1);
+    let end = line[start..].find('>').map_or(line.len(), |i| start + i);
+    line[start..end].to_owned()
+}
+
+/// A self-signed certificate for `name` and a server config using it; also the PEM of
+/// the certificate, for clients that must trust it.
+pub fn tls_server(name: &str) -> (Arc<rustls::ServerConfig>, String) {
+    let cert = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let pem = cert.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    (Arc::new(cfg), pem)
+}
+
+/// What a test DNS name answers.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Mx(Vec<(u16, String)>),
+    A(Vec<std::net::Ipv4Addr>),
+    NxDomain,
+    ServFail,
+}
+
+/// An in-process DNS server on 127.0.0.1:0 (UDP) answering from a table keyed by
+/// (lower-case name without the final dot, "MX" | "A" | "AAAA").
+pub async fn dns_server(table: HashMap<(String, String), Answer>) -> SocketAddr {
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::rdata::{A, MX};
+    use hickory_proto::rr::{Name, RData, Record};
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let Some(query) = q.queries.first().cloned() else {
+                continue;
+            };
+            let name = query
+                .name()
+                .to_ascii()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            let kind = query.query_type().to_string();
+            let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+            r.metadata.recursion_desired = q.metadata.recursion_desired;
+            r.metadata.recursion_available = true;
+            r.add_query(query.clone());
+            match table.get(&(name.clone(), kind.clone())) {
+                Some(Answer::Mx(list)) => {
+                    for (pref, host) in list {
+                        let ex =
+                            Name::from_ascii(format!("{host}.")).unwrap_or_else(|_| Name::root());
+                        r.add_answer(Record::from_rdata(
+                            query.name().clone(),
+                            300,
+                            RData::MX(MX::new(*pref, ex)),
+                        ));
+                    }
+                }
+                Some(Answer::A(ips)) => {
+                    for ip in ips {
+                        r.add_answer(Record::from_rdata(
+                            query.name().clone(),
+                            300,
+                            RData::A(A(*ip)),
+                        ));
+                    }
+                }
+                Some(Answer::NxDomain) => r.metadata.response_code = ResponseCode::NXDomain,
+                Some(Answer::ServFail) => r.metadata.response_code = ResponseCode::ServFail,
+                None => {
+                    // The name exists (some other type) but has no such record.
+                    let any = table.keys().any(|(n, _)| *n == name);
+                    if !any {
+                        r.metadata.response_code = ResponseCode::NXDomain;
+                    }
+                }
+            }
+            if let Ok(bytes) = r.to_vec() {
+                let _ = sock.send_to(&bytes, peer).await;
+            }
+        }
+    });
+    addr
+}
+
+/// Short timeouts so that failure tests run in seconds.
+pub fn quick_timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(2),
+        greeting: Duration::from_secs(2),
+        command: Duration::from_secs(2),
+        data_init: Duration::from_secs(2),
+        data_block: Duration::from_secs(2),
+        data_end: Duration::from_secs(2),
+        max_session: Duration::from_secs(10),
+    }
+}
+
+/// A spool in a temp dir, with the default tiers.
+pub fn spool(dir: &std::path::Path) -> Arc<Spool> {
+    Arc::new(Spool::create(dir, SpoolConfig::default()).unwrap())
+}
+
+/// Delivery settings routing each domain to `sink`.
+pub fn config(routes: &[(&str, SocketAddr)]) -> DeliverConfig {
+    DeliverConfig {
+        hostname: "mailspool.test".into(),
+        routes: routes
+            .iter()
+            .map(|(d, a)| {
+                (
+                    d.to_string(),
+                    HostPort {
+                        host: a.ip().to_string(),
+                        port: a.port(),
+                    },
+                )
+            })
+            .collect(),
+        mx_tls: TlsPolicy::None,
+        timeouts: quick_timeouts(),
+        ..DeliverConfig::default()
+    }
+}
+
+pub fn engine(spool: Arc<Spool>, cfg: DeliverConfig) -> Arc<Engine> {
+    let dns: Arc<dyn Resolve> = Arc::new(NoDns);
+    Engine::new(spool, cfg, dns).unwrap()
+}
+
+/// Queue a message straight into the spool; returns its id.
+pub fn queue(spool: &Spool, from: &str, to: &[&str], message: &str) -> String {
+    use std::io::Write;
+    let id = spool.new_id();
+    let mut s = spool.stage(&id).unwrap();
+    s.write_all(message.as_bytes()).unwrap();
+    let to: Vec<String> = to.iter().map(|t| t.to_string()).collect();
+    s.commit(from, &to).unwrap();
+    id
+}
+
+/// (tier, recipient) of every queued node.
+pub fn queued(spool: &Spool) -> Vec<(usize, String)> {
+    let mut v: Vec<_> = spool
+        .scan()
+        .unwrap()
+        .nodes
+        .into_iter()
+        .map(|n| (n.tier, n.name.to))
+        .collect();
+    v.sort();
+    v
+}
