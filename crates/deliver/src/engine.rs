@@ -51,7 +51,8 @@ pub struct PassOptions {
     pub use_priority: bool,
     /// Only these tiers (the daemon's wake-up looks at tier 0 only).
     pub tiers: Option<Vec<usize>>,
-    /// The caller is told of permanent failures directly (`send --now`): no bounce.
+    /// The caller is told directly (`send --now`): no bounce, and a node that is not
+    /// delivered is removed rather than retried.
     pub interactive: bool,
 }
 
@@ -69,7 +70,7 @@ pub enum Outcome {
 }
 
 /// One node's result, for reports and `send --now`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeResult {
     /// Message id.
     pub id: String,
@@ -614,6 +615,15 @@ impl Engine {
                                 delivered: false,
                             },
                         );
+                    }
+                    if interactive {
+                        // `send --now`: the caller is told and keeps the message; nothing
+                        // stays queued behind its back.
+                        if let Err(e) = self.spool.delete_locked(n) {
+                            tracing::error!(node = %n.path.display(), error = %e, "cannot remove the node");
+                        }
+                        results.push(result(Outcome::Deferred, reply));
+                        continue;
                     }
                     if n.tier >= last_tier {
                         failures.push((

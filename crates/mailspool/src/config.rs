@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use mailspool_deliver::HostPort;
+use mailspool_smtp::{Credentials, TlsPolicy};
 use mailspool_spool::SpoolConfig;
 
 /// Default size limit of a message: 50 MiB.
@@ -50,6 +52,68 @@ pub struct ConfigFile {
     pub max_message_size: Option<u64>,
     /// Our host name.
     pub hostname: Option<String>,
+    /// Relay host(s): `"host:port"` or a list tried in order.
+    pub relayhost: Option<OneOrMany>,
+    /// Relay settings.
+    pub relay: Option<RelayFile>,
+    /// TLS to MX hosts: "opportunistic" (default), "required", "none".
+    pub tls: Option<String>,
+    /// Extra CAs (PEM) trusted for required TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Domain → `host:port` routes.
+    pub routes: Option<std::collections::HashMap<String, String>>,
+    /// DNS server `ip:port` instead of /etc/resolv.conf.
+    pub resolver: Option<String>,
+    /// SMTP port of MX hosts (25).
+    pub mx_port: Option<u16>,
+    /// Connections at once to one host (5).
+    pub max_host_connections: Option<usize>,
+    /// Age of a stale node lock in seconds (default max_connection_time + 2).
+    pub stale_lock_timeout: Option<u64>,
+    /// Seconds SIGTERM waits for deliveries under way (30).
+    pub shutdown_grace: Option<u64>,
+    /// SMTP client timeouts in seconds.
+    pub timeouts: Option<TimeoutsFile>,
+}
+
+/// `relayhost = "a"` or `relayhost = ["a", "b"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One host.
+    One(String),
+    /// Hosts in failover order.
+    Many(Vec<String>),
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFile {
+    /// "opportunistic" (default), "required" (default when a password is set), "none".
+    pub tls: Option<String>,
+    /// AUTH user.
+    pub username: Option<String>,
+    /// File holding the AUTH password (first line).
+    pub password_file: Option<PathBuf>,
+}
+
+/// `[timeouts]`, seconds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    /// TCP connect.
+    pub connect: Option<u64>,
+    /// Greeting.
+    pub greeting: Option<u64>,
+    /// Command replies.
+    pub command: Option<u64>,
+    /// DATA's 354.
+    pub data_init: Option<u64>,
+    /// Each body write.
+    pub data_block: Option<u64>,
+    /// Reply to the final dot.
+    pub data_end: Option<u64>,
 }
 
 /// Everything mailspool needs to run, with defaults filled in.
@@ -69,6 +133,10 @@ pub struct Config {
     pub max_header_size: usize,
     /// Our host name.
     pub hostname: String,
+    /// Delivery settings.
+    pub deliver: mailspool_deliver::DeliverConfig,
+    /// Seconds SIGTERM waits for deliveries under way.
+    pub shutdown_grace: Duration,
 }
 
 /// A configuration that cannot be used.
@@ -105,8 +173,111 @@ impl Default for Config {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
             hostname: default_hostname(),
+            deliver: mailspool_deliver::DeliverConfig {
+                hostname: default_hostname(),
+                ..Default::default()
+            },
+            shutdown_grace: Duration::from_secs(30),
         }
     }
+}
+
+fn tls_policy(what: &str, value: &str) -> Result<TlsPolicy, ConfigError> {
+    match value {
+        "opportunistic" | "may" => Ok(TlsPolicy::Opportunistic),
+        "required" | "encrypt" | "verify" => Ok(TlsPolicy::Required),
+        "none" => Ok(TlsPolicy::None),
+        other => Err(ConfigError::Invalid(format!(
+            "{what} = {other:?}: use \"opportunistic\", \"required\" or \"none\""
+        ))),
+    }
+}
+
+fn host_port(what: &str, text: &str, default_port: u16) -> Result<HostPort, ConfigError> {
+    HostPort::parse(text, default_port).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
+}
+
+/// Fill in the delivery settings from the file.
+fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError> {
+    let d = &mut c.deliver;
+    d.hostname = c.hostname.clone();
+    d.max_deliveries = c.max_dequeue_processes;
+    d.timeouts.max_session = c.spool.max_connection_time;
+    if let Some(hosts) = &file.relayhost {
+        let list = match hosts {
+            OneOrMany::One(h) => vec![h.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        d.relayhosts = list
+            .iter()
+            .map(|h| host_port("relayhost", h, 25))
+            .collect::<Result<_, _>>()?;
+    }
+    let relay = file.relay.clone().unwrap_or_default();
+    if let (Some(user), Some(pw_file)) = (&relay.username, &relay.password_file) {
+        let text = std::fs::read_to_string(pw_file).map_err(|source| ConfigError::Read {
+            path: pw_file.clone(),
+            source,
+        })?;
+        d.relay_auth = Some(Credentials {
+            username: user.clone(),
+            password: text.lines().next().unwrap_or("").to_owned(),
+        });
+    } else if relay.username.is_some() != relay.password_file.is_some() {
+        return Err(ConfigError::Invalid(
+            "[relay] needs both username and password_file".into(),
+        ));
+    }
+    d.relay_tls = match &relay.tls {
+        Some(t) => tls_policy("[relay] tls", t)?,
+        None if d.relay_auth.is_some() => TlsPolicy::Required,
+        None => TlsPolicy::Opportunistic,
+    };
+    if let Some(t) = &file.tls {
+        d.mx_tls = tls_policy("tls", t)?;
+    }
+    d.tls_ca_file = file.tls_ca_file.clone();
+    if let Some(routes) = &file.routes {
+        for (domain, target) in routes {
+            d.routes.insert(
+                domain.to_ascii_lowercase(),
+                host_port(&format!("routes.{domain}"), target, 25)?,
+            );
+        }
+    }
+    if let Some(r) = &file.resolver {
+        let addr = r
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| r.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+            .map_err(|_| ConfigError::Invalid(format!("resolver = {r:?}: expected ip:port")))?;
+        d.resolver = Some(addr);
+    }
+    if let Some(p) = file.mx_port {
+        d.mx_port = p;
+    }
+    if let Some(n) = file.max_host_connections {
+        d.per_host_limit = n.max(1);
+    }
+    if let Some(t) = &file.timeouts {
+        let set = |v: Option<u64>, slot: &mut Duration| {
+            if let Some(s) = v {
+                *slot = Duration::from_secs(s.max(1));
+            }
+        };
+        set(t.connect, &mut d.timeouts.connect);
+        set(t.greeting, &mut d.timeouts.greeting);
+        set(t.command, &mut d.timeouts.command);
+        set(t.data_init, &mut d.timeouts.data_init);
+        set(t.data_block, &mut d.timeouts.data_block);
+        set(t.data_end, &mut d.timeouts.data_end);
+    }
+    if let Some(s) = file.stale_lock_timeout {
+        c.spool.stale_lock_after = Some(Duration::from_secs(s));
+    }
+    if let Some(s) = file.shutdown_grace {
+        c.shutdown_grace = Duration::from_secs(s);
+    }
+    Ok(())
 }
 
 fn is_root() -> bool {
@@ -174,15 +345,15 @@ impl Config {
     pub fn from_parts(file: ConfigFile) -> Result<Config, ConfigError> {
         let mut c = Config::default();
         let mut periods_set = false;
-        if let Some(d) = file.dequeue_dir {
-            c.spool_dir = d;
+        if let Some(d) = &file.dequeue_dir {
+            c.spool_dir = d.clone();
         }
-        if let Some(p) = file.dequeue_periods {
-            c.spool.periods = p;
+        if let Some(p) = &file.dequeue_periods {
+            c.spool.periods = p.clone();
             periods_set = true;
         }
-        match file.dequeue_priority {
-            Some(p) => c.spool.priorities = p,
+        match &file.dequeue_priority {
+            Some(p) => c.spool.priorities = p.clone(),
             // Fewer or more tiers without priorities: scan the new ones like the last.
             None if periods_set => {
                 let defaults = SpoolConfig::default().priorities;
@@ -217,7 +388,7 @@ impl Config {
         if let Some(m) = file.max_message_size {
             c.max_message_size = m;
         }
-        if let Some(h) = file.hostname {
+        if let Some(h) = file.hostname.clone() {
             if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '@') {
                 return Err(ConfigError::Invalid(format!(
                     "hostname {h:?} is not a host name"
@@ -225,6 +396,7 @@ impl Config {
             }
             c.hostname = h;
         }
+        deliver_settings(&mut c, &file)?;
         c.spool.validate().map_err(ConfigError::Invalid)?;
         Ok(c)
     }

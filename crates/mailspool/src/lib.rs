@@ -16,10 +16,12 @@
 //! and here the configuration, `send_mail`, and the `mailspool` command.
 
 pub mod config;
+mod delivery;
 pub mod send;
 pub mod sysexits;
 
 pub use config::{Config, ConfigError};
+pub use mailspool_deliver::{NodeResult, Outcome, Report};
 pub use mailspool_spool::{Spool, SpoolConfig, SpoolError};
 pub use send::{Delivery, MessageSource, SendError, SendMail, Sent};
 

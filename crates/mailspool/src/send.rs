@@ -24,9 +24,12 @@ pub enum Delivery {
     /// Spool and return at once; the daemon delivers.
     #[default]
     Deferred,
-    /// Deliver before returning, and fail loudly (needs the delivery engine).
+    /// Deliver before returning and fail loudly: what is not delivered is not kept
+    /// (the caller is told why, and no bounce is sent). Runs its own tokio runtime: call
+    /// it from synchronous code.
     Interactive,
-    /// Try now, spool on failure (needs the delivery engine).
+    /// Try now; on a temporary failure the message stays queued for the daemon, on a
+    /// permanent one it is bounced, as in Deferred mode.
     Background,
 }
 
@@ -119,6 +122,8 @@ pub struct Sent {
     pub size: u64,
     /// The node files.
     pub nodes: Vec<PathBuf>,
+    /// Per-recipient results of the immediate attempt (Interactive and Background).
+    pub delivery: Option<Vec<mailspool_deliver::NodeResult>>,
 }
 
 /// Why a message was not queued. Nothing of it is left in the spool.
@@ -141,9 +146,9 @@ pub enum SendError {
     /// The spool refused or failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    /// The delivery mode needs the delivery engine.
-    #[error("delivery mode {0:?} is not available yet: only Deferred (spool and return) is")]
-    Unsupported(Delivery),
+    /// The delivery engine could not start (configuration, TLS files, DNS set-up).
+    #[error("cannot deliver now: {0}")]
+    Engine(String),
 }
 
 impl From<address::AddressError> for SendError {
@@ -167,7 +172,7 @@ impl SendError {
             SendError::Intake(IntakeError::Write(e)) => io_exit_code(e),
             SendError::Intake(_) => sysexits::DATAERR,
             SendError::Spool(e) => spool_exit_code(e),
-            SendError::Unsupported(_) => sysexits::UNAVAILABLE,
+            SendError::Engine(_) => sysexits::CONFIG,
         }
     }
 }
@@ -203,9 +208,6 @@ pub fn spool_exit_code(e: &SpoolError) -> u8 {
 impl Mailspool {
     /// Queue a message: one node per recipient in tier 0. See the module comment.
     pub fn send_mail(&self, mail: SendMail<'_>) -> Result<Sent, SendError> {
-        if mail.delivery != Delivery::Deferred {
-            return Err(SendError::Unsupported(mail.delivery));
-        }
         let mut input: Box<dyn BufRead + '_> = match mail.message {
             MessageSource::Bytes(b) => Box::new(b),
             MessageSource::Reader(r) => Box::new(BufReader::with_capacity(64 * 1024, r)),
@@ -297,12 +299,20 @@ impl Mailspool {
         }
         let committed = stage.commit(&from, &recipients)?;
         tracing::info!(id = %committed.id, from = %from, to = ?recipients, size = committed.size, "queued");
+        let delivery = match mail.delivery {
+            Delivery::Deferred => None,
+            mode => Some(
+                self.deliver_now(&committed.id, mode == Delivery::Interactive)
+                    .map_err(SendError::Engine)?,
+            ),
+        };
         Ok(Sent {
             id: committed.id,
             from,
             recipients,
             size: committed.size,
             nodes: committed.nodes,
+            delivery,
         })
     }
 

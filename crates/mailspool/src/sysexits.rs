@@ -10,6 +10,8 @@ pub const DATAERR: u8 = 65;
 pub const NOINPUT: u8 = 66;
 /// Service unavailable.
 pub const UNAVAILABLE: u8 = 69;
+/// Operating system error.
+pub const OSERR: u8 = 71;
 /// Internal software error.
 pub const SOFTWARE: u8 = 70;
 /// Cannot create (user) output file.

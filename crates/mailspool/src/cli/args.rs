@@ -50,6 +50,12 @@ From address, else you at this host. Exit 0 means the message is on disk."
         #[command(subcommand)]
         command: Option<QueueCommand>,
     },
+    /// Deliver continuously in the foreground (for systemd); logs to stderr.
+    #[command(after_help = "New mail queued on this host is attempted at once (inotify on tier 0); \
+every dequeue_timeout seconds the tiers are scanned for mail other hosts queued and for retries. \
+SIGTERM stops taking new work and waits shutdown_grace seconds for deliveries under way; SIGHUP \
+reloads the configuration.")]
+    Daemon,
     /// Messages and bytes spooled and sent per day, from usage/raw.
     Usage {
         /// Days to show, ending today.
@@ -81,6 +87,13 @@ pub struct SendArgs {
     /// Read the message from this file instead of stdin.
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
+    /// Deliver before returning (exit 0 delivered, 75 temporary failure, 69 permanent
+    /// failure, with the server's reply); nothing stays queued.
+    #[arg(long, conflicts_with = "background")]
+    pub now: bool,
+    /// Try to deliver now; on a temporary failure leave it queued for the daemon.
+    #[arg(long)]
+    pub background: bool,
     /// Recipient addresses.
     #[arg(value_name = "RCPT")]
     pub recipients: Vec<String>,
@@ -118,6 +131,12 @@ pub enum QueueCommand {
         /// Message ids (or node file names).
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+    /// One delivery pass, then exit (sendmail -q).
+    Run {
+        /// Ignore tier waits: attempt everything queued.
+        #[arg(long)]
+        all: bool,
     },
     /// Counts by tier and by recipient domain.
     Summary {

@@ -26,6 +26,7 @@ pub fn run(config: &Config, command: Option<QueueCommand>) -> CliResult {
             s.retry_now(n).map(drop)
         }),
         QueueCommand::Summary { json } => summary(config, json),
+        QueueCommand::Run { all } => run_queue(config, all),
     }
 }
 
@@ -371,5 +372,29 @@ fn summary(config: &Config, json: bool) -> CliResult {
             println!("{c:>8}  {d}");
         }
     }
+    Ok(())
+}
+
+/// `queue run [--all]`: one delivery pass, a line per node, a summary.
+pub fn run_queue(config: &Config, all: bool) -> CliResult {
+    let ms = mailspool::Mailspool::open(config.clone())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(sysexits::SOFTWARE, e.to_string()))?;
+    let report = rt
+        .block_on(ms.run_queue(all))
+        .map_err(|e| Failure::new(sysexits::TEMPFAIL, e))?;
+    use mailspool::Outcome;
+    for r in &report.results {
+        println!("{} <{}>: {:?}: {}", r.id, r.to, r.outcome, r.reply);
+    }
+    println!(
+        "delivered {}, deferred {}, failed {}, skipped {}",
+        report.count(Outcome::Delivered),
+        report.count(Outcome::Deferred),
+        report.count(Outcome::Failed),
+        report.count(Outcome::Skipped)
+    );
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `mailspool send`: queue one message from stdin or a file.
 
-use mailspool::{Config, Mailspool, MessageSource, SendMail, Sent};
+use mailspool::{Config, Delivery, Mailspool, MessageSource, NodeResult, Outcome, SendMail, Sent, sysexits};
 
 use super::args::SendArgs;
 use super::{CliResult, Failure};
@@ -13,6 +13,7 @@ pub struct SendRequest {
 }
 
 pub fn run(config: &Config, args: SendArgs) -> CliResult {
+    let now = args.now;
     let sent = queue_message(
         config,
         SendRequest {
@@ -21,7 +22,37 @@ pub fn run(config: &Config, args: SendArgs) -> CliResult {
         },
     )?;
     println!("{}", sent.id);
-    Ok(())
+    match &sent.delivery {
+        Some(results) => report(results, now),
+        None => Ok(()),
+    }
+}
+
+/// Print each recipient's result; with --now, the exit code says the worst of them.
+fn report(results: &[NodeResult], now: bool) -> CliResult {
+    let mut code = 0;
+    for r in results {
+        let what = match r.outcome {
+            Outcome::Delivered => "delivered",
+            Outcome::Deferred if now => "not delivered (temporary failure)",
+            Outcome::Deferred => "deferred, queued for retry",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+        };
+        eprintln!("<{}>: {what}: {}", r.to, r.reply);
+        if now {
+            code = code.max(match r.outcome {
+                Outcome::Failed => sysexits::UNAVAILABLE,
+                Outcome::Deferred | Outcome::Skipped => sysexits::TEMPFAIL,
+                Outcome::Delivered => 0,
+            });
+        }
+    }
+    // 69 (permanent) outranks 75 (temporary) though its number is smaller.
+    if results.iter().any(|r| now && r.outcome == Outcome::Failed) {
+        code = sysexits::UNAVAILABLE;
+    }
+    if code == 0 { Ok(()) } else { Err(Failure::new(code, "")) }
 }
 
 /// Open the spool and queue the message; stdin unless a file is named.
@@ -51,5 +82,12 @@ pub fn queue_message(config: &Config, req: SendRequest) -> Result<Sent, Failure>
     mail.full_name = a.full_name;
     mail.id = a.id;
     mail.dot_ends = req.dot_ends && !a.ignore_dots;
+    mail.delivery = if a.now {
+        Delivery::Interactive
+    } else if a.background {
+        Delivery::Background
+    } else {
+        Delivery::Deferred
+    };
     Ok(spool.send_mail(mail)?)
 }

@@ -154,10 +154,10 @@ pub fn run(prog: &str, args: &[OsString]) -> CliResult {
             sysexits::UNAVAILABLE,
             "-bs (SMTP on stdin) is not yet supported: it comes with the SMTP listener",
         )),
-        Mode::RunQueue => Err(Failure::new(
-            sysexits::UNAVAILABLE,
-            "-q (run the queue) is not yet supported: it comes with the delivery engine",
-        )),
+        Mode::RunQueue => {
+            let c = config(p.config.as_deref(), None)?;
+            queue::run_queue(&c, true)
+        }
         Mode::Deliver => {
             let c = config(p.config.as_deref(), None)?;
             let verbose = p.verbose > 0;
@@ -171,6 +171,8 @@ pub fn run(prog: &str, args: &[OsString]) -> CliResult {
                         full_name: p.full_name,
                         id: None,
                         file: None,
+                        now: false,
+                        background: false,
                         recipients: p.recipients,
                     },
                     dot_ends: true,

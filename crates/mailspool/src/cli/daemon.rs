@@ -1,0 +1,33 @@
+//! `mailspool daemon`.
+
+use std::path::PathBuf;
+
+use mailspool::{Config, Mailspool, sysexits};
+use mailspool_deliver::daemon::{DaemonOptions, run as run_daemon};
+
+use super::{CliResult, Failure};
+
+pub fn run(config: Config, file: Option<PathBuf>, spool: Option<PathBuf>, _verbose: u8) -> CliResult {
+    let ms = Mailspool::open(config.clone())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(sysexits::SOFTWARE, e.to_string()))?;
+    rt.block_on(async {
+        let engine = ms.engine().map_err(|e| Failure::new(sysexits::CONFIG, e))?;
+        let opts = DaemonOptions {
+            tick: config.dequeue_timeout,
+            grace: config.shutdown_grace,
+        };
+        let reload = move || match Config::load(file.as_deref(), spool.as_deref()) {
+            Ok(c) => Some(c.deliver),
+            Err(e) => {
+                tracing::error!(error = %e, "configuration not reloaded");
+                None
+            }
+        };
+        run_daemon(engine, opts, reload)
+            .await
+            .map_err(|e| Failure::new(sysexits::OSERR, e.to_string()))
+    })
+}

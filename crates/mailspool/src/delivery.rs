@@ -1,0 +1,51 @@
+//! Delivery from the library: the engine for this configuration, a delivery pass, and
+//! `send_mail`'s Interactive and Background modes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use mailspool_deliver::{Engine, HickoryDns, NodeResult, PassOptions, Report, Resolve, Selection};
+
+use crate::Mailspool;
+
+impl Mailspool {
+    /// A delivery engine for this spool and configuration (call inside a tokio runtime).
+    pub fn engine(&self) -> Result<Arc<Engine>, String> {
+        let dns: Arc<dyn Resolve> = Arc::new(HickoryDns::new(self.config.deliver.resolver)?);
+        let spool = mailspool_spool::Spool::open(&self.config.spool_dir, self.config.spool.clone())
+            .map_err(|e| e.to_string())?;
+        Engine::new(Arc::new(spool), self.config.deliver.clone(), dns)
+    }
+
+    /// One delivery pass; `all` ignores tier waits (`queue run --all`, `sendmail -q`).
+    pub async fn run_queue(&self, all: bool) -> Result<Report, String> {
+        let engine = self.engine()?;
+        let opts = PassOptions {
+            selection: if all { Selection::All } else { Selection::Due },
+            ..Default::default()
+        };
+        let report = engine.run_pass(&opts).await.map_err(|e| e.to_string());
+        engine.close_idle().await;
+        report
+    }
+
+    /// Deliver one message now. `interactive`: no bounce, and what is not delivered is
+    /// removed (the caller is told); otherwise failures are handled as the daemon does.
+    pub(crate) fn deliver_now(&self, id: &str, interactive: bool) -> Result<Vec<NodeResult>, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let engine = self.engine()?;
+            let opts = PassOptions {
+                selection: Selection::Ids(HashSet::from([id.to_owned()])),
+                interactive,
+                ..Default::default()
+            };
+            let report = engine.run_pass(&opts).await.map_err(|e| e.to_string());
+            engine.close_idle().await;
+            Ok(report?.results)
+        })
+    }
+}
