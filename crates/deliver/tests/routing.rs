@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use common::*;
 use mailspool_deliver::route::route;
-use mailspool_deliver::{DeliverConfig, Engine, HickoryDns, HostPort, Outcome, PassOptions, Resolve};
+use mailspool_deliver::{
+    DeliverConfig, Engine, HickoryDns, HostPort, Outcome, PassOptions, Resolve,
+};
 use mailspool_smtp::TlsPolicy;
 
 const MSG: &str = "From: a@sender.test\nSubject: hi\n\nbody\n";
@@ -21,9 +23,18 @@ fn key(name: &str, kind: &str) -> (String, String) {
 
 async fn dns() -> Arc<HickoryDns> {
     let mut t = HashMap::new();
-    t.insert(key("mx.test", "MX"), Answer::Mx(vec![(20, "backup.mx.test".into()), (10, "primary.mx.test".into())]));
+    t.insert(
+        key("mx.test", "MX"),
+        Answer::Mx(vec![
+            (20, "backup.mx.test".into()),
+            (10, "primary.mx.test".into()),
+        ]),
+    );
     t.insert(key("primary.mx.test", "A"), Answer::A(vec![LOCAL]));
-    t.insert(key("backup.mx.test", "A"), Answer::A(vec![Ipv4Addr::new(127, 0, 0, 2)]));
+    t.insert(
+        key("backup.mx.test", "A"),
+        Answer::A(vec![Ipv4Addr::new(127, 0, 0, 2)]),
+    );
     t.insert(key("implicit.test", "A"), Answer::A(vec![LOCAL]));
     t.insert(key("nullmx.test", "MX"), Answer::Mx(vec![(0, ".".into())]));
     t.insert(key("gone.test", "MX"), Answer::NxDomain);
@@ -35,10 +46,17 @@ async fn dns() -> Arc<HickoryDns> {
 #[tokio::test]
 async fn mx_preference_implicit_mx_null_mx_nxdomain_servfail() {
     let dns = dns().await;
-    let cfg = DeliverConfig { mx_port: 2525, ..DeliverConfig::default() };
+    let cfg = DeliverConfig {
+        mx_port: 2525,
+        ..DeliverConfig::default()
+    };
     let t = route("mx.test", &cfg, dns.as_ref()).await.unwrap();
     let hosts: Vec<&str> = t.iter().map(|t| t.host.as_str()).collect();
-    assert_eq!(hosts, ["primary.mx.test", "backup.mx.test"], "preference order");
+    assert_eq!(
+        hosts,
+        ["primary.mx.test", "backup.mx.test"],
+        "preference order"
+    );
     assert_eq!(t[0].addrs[0].to_string(), "127.0.0.1:2525");
 
     let t = route("implicit.test", &cfg, dns.as_ref()).await.unwrap();
@@ -70,24 +88,45 @@ async fn delivers_to_the_mx_and_bounces_null_mx() {
     };
     let engine = Engine::new(spool.clone(), cfg, dns).unwrap();
     let r = engine.run_pass(&PassOptions::default()).await.unwrap();
-    assert_eq!((r.count(Outcome::Delivered), r.count(Outcome::Failed), r.count(Outcome::Deferred)), (1, 1, 1), "{:?}", r.results);
+    assert_eq!(
+        (
+            r.count(Outcome::Delivered),
+            r.count(Outcome::Failed),
+            r.count(Outcome::Deferred)
+        ),
+        (1, 1, 1),
+        "{:?}",
+        r.results
+    );
     assert_eq!(sink.received()[0].to, ["x@mx.test"]);
     let q = queued(&spool);
     assert!(q.contains(&(1, "z@broken.test".to_owned())), "{q:?}");
-    assert!(q.contains(&(0, "a@sender.test".to_owned())), "DSN queued: {q:?}");
+    assert!(
+        q.contains(&(0, "a@sender.test".to_owned())),
+        "DSN queued: {q:?}"
+    );
 }
 
 #[tokio::test]
 async fn relay_hosts_fail_over_in_order() {
-    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // closed again: refused
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // closed again: refused
     let sink = Sink::start(Script::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let spool = spool(dir.path());
     queue(&spool, "a@sender.test", &["x@anywhere.test"], MSG);
     let cfg = DeliverConfig {
         relayhosts: vec![
-            HostPort { host: "127.0.0.1".into(), port: down.port() },
-            HostPort { host: "127.0.0.1".into(), port: sink.addr.port() },
+            HostPort {
+                host: "127.0.0.1".into(),
+                port: down.port(),
+            },
+            HostPort {
+                host: "127.0.0.1".into(),
+                port: sink.addr.port(),
+            },
         ],
         relay_tls: TlsPolicy::None,
         timeouts: quick_timeouts(),
@@ -102,7 +141,11 @@ async fn relay_hosts_fail_over_in_order() {
 #[tokio::test]
 async fn starttls_opportunistic_and_required() {
     let (tls, pem) = tls_server("127.0.0.1");
-    let sink = Sink::start(Script { tls: Some(tls), ..Default::default() }).await;
+    let sink = Sink::start(Script {
+        tls: Some(tls),
+        ..Default::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let spool = spool(dir.path());
 
@@ -110,13 +153,19 @@ async fn starttls_opportunistic_and_required() {
     queue(&spool, "a@sender.test", &["x@one.test"], MSG);
     let mut cfg = config(&[("one.test", sink.addr)]);
     cfg.mx_tls = TlsPolicy::Opportunistic;
-    engine(spool.clone(), cfg.clone()).run_pass(&PassOptions::default()).await.unwrap();
+    engine(spool.clone(), cfg.clone())
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
     assert!(sink.received()[0].tls, "STARTTLS was used");
 
     // Required with an untrusted certificate: not sent, retried later.
     queue(&spool, "a@sender.test", &["y@one.test"], MSG);
     cfg.mx_tls = TlsPolicy::Required;
-    let r = engine(spool.clone(), cfg.clone()).run_pass(&PassOptions::default()).await.unwrap();
+    let r = engine(spool.clone(), cfg.clone())
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
     assert_eq!(r.count(Outcome::Deferred), 1, "{:?}", r.results);
     assert!(r.results[0].reply.contains("TLS"), "{:?}", r.results);
 
@@ -124,7 +173,13 @@ async fn starttls_opportunistic_and_required() {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, pem).unwrap();
     cfg.tls_ca_file = Some(ca);
-    let r = engine(spool.clone(), cfg).run_pass(&PassOptions { selection: mailspool_deliver::Selection::All, ..Default::default() }).await.unwrap();
+    let r = engine(spool.clone(), cfg)
+        .run_pass(&PassOptions {
+            selection: mailspool_deliver::Selection::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(r.count(Outcome::Delivered), 1, "{:?}", r.results);
     assert_eq!(sink.received().len(), 2);
     assert!(sink.received()[1].tls);
@@ -138,7 +193,10 @@ async fn required_tls_without_starttls_defers() {
     queue(&spool, "a@sender.test", &["x@one.test"], MSG);
     let mut cfg = config(&[("one.test", sink.addr)]);
     cfg.mx_tls = TlsPolicy::Required;
-    let r = engine(spool.clone(), cfg).run_pass(&PassOptions::default()).await.unwrap();
+    let r = engine(spool.clone(), cfg)
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
     assert_eq!(r.count(Outcome::Deferred), 1);
     assert!(sink.received().is_empty());
 }

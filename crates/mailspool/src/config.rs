@@ -248,7 +248,10 @@ fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError
     if let Some(r) = &file.resolver {
         let addr = r
             .parse::<std::net::SocketAddr>()
-            .or_else(|_| r.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+            .or_else(|_| {
+                r.parse::<std::net::IpAddr>()
+                    .map(|ip| std::net::SocketAddr::new(ip, 53))
+            })
             .map_err(|_| ConfigError::Invalid(format!("resolver = {r:?}: expected ip:port")))?;
         d.resolver = Some(addr);
     }

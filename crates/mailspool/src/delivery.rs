@@ -31,7 +31,11 @@ impl Mailspool {
 
     /// Deliver one message now. `interactive`: no bounce, and what is not delivered is
     /// removed (the caller is told); otherwise failures are handled as the daemon does.
-    pub(crate) fn deliver_now(&self, id: &str, interactive: bool) -> Result<Vec<NodeResult>, String> {
+    pub(crate) fn deliver_now(
+        &self,
+        id: &str,
+        interactive: bool,
+    ) -> Result<Vec<NodeResult>, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -352,12 +352,18 @@ fn sendmail_options_documented_as_ignored_are_accepted_unknown_refused() {
         .code(69)
         .stderr(predicates::str::contains("not yet supported"));
     // -q runs the queue; the route points at a closed port, so the node is deferred.
-    fs::write(env.config_path(), "[routes]\n\"example.org\" = \"127.0.0.1:1\"\n").unwrap();
+    fs::write(
+        env.config_path(),
+        "[routes]\n\"example.org\" = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
     env.sendmail()
         .args(["-q"])
         .assert()
         .success()
-        .stdout(predicates::str::contains("delivered 0, deferred 1, failed 0"));
+        .stdout(predicates::str::contains(
+            "delivered 0, deferred 1, failed 0",
+        ));
     env.sendmail()
         .args(["-bp"])
         .assert()

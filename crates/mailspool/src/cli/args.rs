@@ -51,10 +51,12 @@ From address, else you at this host. Exit 0 means the message is on disk."
         command: Option<QueueCommand>,
     },
     /// Deliver continuously in the foreground (for systemd); logs to stderr.
-    #[command(after_help = "New mail queued on this host is attempted at once (inotify on tier 0); \
+    #[command(
+        after_help = "New mail queued on this host is attempted at once (inotify on tier 0); \
 every dequeue_timeout seconds the tiers are scanned for mail other hosts queued and for retries. \
 SIGTERM stops taking new work and waits shutdown_grace seconds for deliveries under way; SIGHUP \
-reloads the configuration.")]
+reloads the configuration."
+    )]
     Daemon,
     /// Messages and bytes spooled and sent per day, from usage/raw.
     Usage {

@@ -7,7 +7,12 @@ use mailspool_deliver::daemon::{DaemonOptions, run as run_daemon};
 
 use super::{CliResult, Failure};
 
-pub fn run(config: Config, file: Option<PathBuf>, spool: Option<PathBuf>, _verbose: u8) -> CliResult {
+pub fn run(
+    config: Config,
+    file: Option<PathBuf>,
+    spool: Option<PathBuf>,
+    _verbose: u8,
+) -> CliResult {
     let ms = Mailspool::open(config.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

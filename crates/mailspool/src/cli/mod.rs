@@ -97,13 +97,19 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
     };
     // The daemon reports what happens to each message by default.
     let daemon = matches!(cli.command, args::Command::Daemon);
-    init_logging(if daemon { cli.verbose.max(1) } else { cli.verbose });
+    init_logging(if daemon {
+        cli.verbose.max(1)
+    } else {
+        cli.verbose
+    });
     let config = config(cli.config.as_deref(), cli.spool.as_deref())?;
     match cli.command {
         args::Command::Send(a) => send::run(&config, a),
         args::Command::Queue { command } => queue::run(&config, command),
         args::Command::Usage { days, json } => usage::run(&config, days, json),
-        args::Command::Daemon => daemon::run(config, cli.config.clone(), cli.spool.clone(), cli.verbose),
+        args::Command::Daemon => {
+            daemon::run(config, cli.config.clone(), cli.spool.clone(), cli.verbose)
+        }
     }
 }
 

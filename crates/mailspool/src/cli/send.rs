@@ -1,6 +1,8 @@
 //! `mailspool send`: queue one message from stdin or a file.
 
-use mailspool::{Config, Delivery, Mailspool, MessageSource, NodeResult, Outcome, SendMail, Sent, sysexits};
+use mailspool::{
+    Config, Delivery, Mailspool, MessageSource, NodeResult, Outcome, SendMail, Sent, sysexits,
+};
 
 use super::args::SendArgs;
 use super::{CliResult, Failure};
@@ -52,7 +54,11 @@ fn report(results: &[NodeResult], now: bool) -> CliResult {
     if results.iter().any(|r| now && r.outcome == Outcome::Failed) {
         code = sysexits::UNAVAILABLE;
     }
-    if code == 0 { Ok(()) } else { Err(Failure::new(code, "")) }
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Failure::new(code, ""))
+    }
 }
 
 /// Open the spool and queue the message; stdin unless a file is named.

@@ -1,0 +1,233 @@
+//! Delivery from the command line against the in-process sink: `send --now`,
+//! `send --background`, `queue run`, and the daemon (wake-up latency, SIGTERM, and a
+//! SIGKILL whose stale locks another daemon breaks).
+
+#[path = "../../deliver/tests/common/mod.rs"]
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Script, Sink};
+
+const MSG: &str = "From: app@sender.test\nTo: x@one.test\nBcc: hidden@one.test\nSubject: hi\n\nhello\n.dot line\n";
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(sink: &Sink, extra: &str) -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        env.configure(sink.addr, extra);
+        env
+    }
+    fn configure(&self, addr: std::net::SocketAddr, extra: &str) {
+        fs::write(
+            self.config(),
+            format!(
+                "{}tls = \"none\"\n{extra}\n[routes]\n\"one.test\" = \"{addr}\"\n[timeouts]\nconnect = 2\ncommand = 2\ngreeting = 2\ndata_end = 2\n",
+                if extra.contains("dequeue_timeout") { "" } else { "dequeue_timeout = 1\n" }
+            ),
+        )
+        .unwrap();
+    }
+    fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("mailspool.toml")
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin!("mailspool"));
+        c.env("MAILSPOOL_SPOOL", self.spool())
+            .env("MAILSPOOL_CONFIG", self.config())
+            .env_remove("MAILSPOOL_LOG");
+        c
+    }
+    fn send(&self, args: &[&str]) -> std::process::Output {
+        let mut c = self.cmd();
+        c.arg("send")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(MSG.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+    fn daemon(&self) -> Child {
+        self.cmd()
+            .arg("daemon")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+    fn nodes(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for t in 0..7 {
+            if let Ok(rd) = fs::read_dir(self.spool().join(t.to_string())) {
+                out.extend(
+                    rd.map(|e| e.unwrap().path())
+                        .filter(|p| !p.to_string_lossy().ends_with(".NFSLock")),
+                );
+            }
+        }
+        out
+    }
+}
+
+async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_now_delivers_or_fails_loudly() {
+    let sink = Sink::start(Script::default()).await;
+    let env = Env::new(&sink, "");
+    let out = tokio::task::block_in_place(|| env.send(&["--now", "-t"]));
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let got = sink.received();
+    assert_eq!(got.len(), 1);
+    let mut to = got[0].to.clone();
+    to.sort();
+    assert_eq!(to, ["hidden@one.test", "x@one.test"]);
+    let body = String::from_utf8_lossy(&got[0].data).into_owned();
+    assert!(!body.contains("Bcc"), "{body}");
+    assert!(body.ends_with("\n\nhello\n.dot line\n"), "{body:?}");
+    assert!(env.nodes().is_empty());
+
+    sink.script()
+        .rcpt
+        .insert("x@one.test".into(), "550 5.1.1 no such user here".into());
+    let out = tokio::task::block_in_place(|| env.send(&["--now", "x@one.test"]));
+    assert_eq!(code(&out), 69);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("550 5.1.1 no such user here"));
+    assert!(env.nodes().is_empty(), "no bounce, nothing queued");
+
+    sink.script()
+        .rcpt
+        .insert("x@one.test".into(), "451 4.3.0 later".into());
+    let out = tokio::task::block_in_place(|| env.send(&["--now", "x@one.test"]));
+    assert_eq!(code(&out), 75);
+    assert!(env.nodes().is_empty());
+
+    let out = tokio::task::block_in_place(|| env.send(&["--background", "x@one.test"]));
+    assert_eq!(code(&out), 0);
+    let nodes = env.nodes();
+    assert_eq!(nodes.len(), 1);
+    assert!(
+        nodes[0].parent().unwrap().ends_with("1"),
+        "deferred to tier 1"
+    );
+
+    sink.script().rcpt.clear();
+    let out =
+        tokio::task::block_in_place(|| env.cmd().args(["queue", "run", "--all"]).output().unwrap());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("delivered 1, deferred 0"));
+    assert!(env.nodes().is_empty());
+}
+
+fn kill(child: &Child, sig: &str) {
+    Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_wakes_at_once_and_stops_on_sigterm() {
+    let sink = Sink::start(Script::default()).await;
+    let env = Env::new(&sink, "dequeue_timeout = 3600");
+    // Make the spool before the daemon watches it.
+    tokio::task::block_in_place(|| env.cmd().args(["queue"]).output().unwrap());
+    fs::create_dir_all(env.spool().join("0")).unwrap();
+    let mut daemon = env.daemon();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut worst = Duration::ZERO;
+    for i in 1..=5 {
+        let t = Instant::now();
+        let out = tokio::task::block_in_place(|| env.send(&["x@one.test"]));
+        assert_eq!(code(&out), 0);
+        wait_for("delivery", Duration::from_secs(5), || {
+            sink.received().len() == i
+        })
+        .await;
+        wait_for("the node to go", Duration::from_secs(5), || {
+            env.nodes().is_empty()
+        })
+        .await;
+        worst = worst.max(t.elapsed());
+    }
+    eprintln!("send to delivery, worst of 5 (debug build, includes process start): {worst:?}");
+    assert!(
+        worst < Duration::from_secs(2),
+        "the tick is an hour: only the wake-up can explain delivery"
+    );
+    kill(&daemon, "-TERM");
+    let status = tokio::task::block_in_place(|| daemon.wait().unwrap());
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_daemons_locks_go_stale_and_another_daemon_delivers() {
+    let tarpit = Sink::start(Script {
+        tarpit: true,
+        ..Default::default()
+    })
+    .await;
+    let sink = Sink::start(Script::default()).await;
+    let env = Env::new(&tarpit, "stale_lock_timeout = 1");
+    // Long timeouts for the first daemon: it must still be "delivering" when killed.
+    fs::write(env.config(), format!("dequeue_timeout = 1\ntls = \"none\"\nstale_lock_timeout = 1\n[routes]\n\"one.test\" = \"{}\"\n", tarpit.addr)).unwrap();
+    let out = tokio::task::block_in_place(|| env.send(&["x@one.test"]));
+    assert_eq!(code(&out), 0);
+    let node = env.nodes().remove(0);
+    let lock = PathBuf::from(format!("{}.NFSLock", node.display()));
+    let first = env.daemon();
+    wait_for("the first daemon's lock", Duration::from_secs(5), || {
+        lock.exists()
+    })
+    .await;
+    kill(&first, "-KILL");
+    let mut first = first;
+    tokio::task::block_in_place(|| first.wait().unwrap());
+    assert!(lock.exists(), "SIGKILL leaves the lock behind");
+    // The second daemon routes to a working sink and breaks the stale lock.
+    env.configure(sink.addr, "stale_lock_timeout = 1");
+    let mut second = env.daemon();
+    wait_for(
+        "delivery by the second daemon",
+        Duration::from_secs(15),
+        || sink.received().len() == 1,
+    )
+    .await;
+    // The node goes once the 250 is in.
+    wait_for("the node to go", Duration::from_secs(5), || {
+        env.nodes().is_empty()
+    })
+    .await;
+    assert_eq!(sink.received().len(), 1);
+    assert!(!Path::new(&lock).exists());
+    kill(&second, "-TERM");
+    tokio::task::block_in_place(|| second.wait().unwrap());
+}
