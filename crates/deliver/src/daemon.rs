@@ -16,7 +16,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::DeliverConfig;
-use crate::engine::{Engine, PassOptions};
+use std::collections::VecDeque;
+
+use crate::engine::{Engine, Group, NodeResult, PassOptions};
 
 /// Daemon settings.
 #[derive(Debug, Clone)]
@@ -58,6 +60,14 @@ fn watch(dir: std::path::PathBuf, notify: Arc<Notify>) {
     }
 }
 
+/// Start backlog groups while there is room.
+fn fill(engine: &Arc<Engine>, tasks: &mut JoinSet<Vec<NodeResult>>, backlog: &mut VecDeque<Group>) {
+    while tasks.len() < engine.task_cap() {
+        let Some(g) = backlog.pop_front() else { break };
+        tasks.spawn(engine.clone().deliver_group(g, false));
+    }
+}
+
 /// Run until SIGTERM/SIGINT. `reload` is called on SIGHUP and returns the new settings
 /// (or `None` to keep the old ones, after logging why).
 pub async fn run(
@@ -79,6 +89,8 @@ pub async fn run(
     let mut tick = tokio::time::interval(opts.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut deliveries = JoinSet::new();
+    // Planned groups wait here; at most `task_cap` run as tasks at once.
+    let mut backlog: VecDeque<Group> = VecDeque::new();
     tracing::info!(spool = %engine.spool().dir().display(), tick = ?opts.tick, "daemon started");
     loop {
         let pass = tokio::select! {
@@ -97,6 +109,7 @@ pub async fn run(
                 if let Err(e) = done {
                     tracing::error!(error = %e, "delivery task failed");
                 }
+                fill(&engine, &mut deliveries, &mut backlog);
                 if deliveries.is_empty() {
                     engine.close_idle().await;
                 }
@@ -115,9 +128,8 @@ pub async fn run(
                 continue;
             }
         };
-        for g in groups {
-            deliveries.spawn(engine.clone().deliver_group(g, false));
-        }
+        backlog.extend(groups);
+        fill(&engine, &mut deliveries, &mut backlog);
     }
     tracing::info!(in_flight = deliveries.len(), grace = ?opts.grace, "stopping: no new deliveries");
     engine.stop();

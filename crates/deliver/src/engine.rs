@@ -166,17 +166,23 @@ impl Engine {
         &self.spool
     }
 
+    /// Most delivery tasks worth having at once: a few per delivery slot.
+    pub fn task_cap(&self) -> usize {
+        self.cfg().max_deliveries.max(1) * 8
+    }
+
     /// Stop starting deliveries (SIGTERM); those under way finish.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
-    /// Scan the spool and group what this pass should deliver. Nodes this process is
-    /// already delivering are left out.
+    /// Scan the spool and group what this pass should deliver. Nodes this process has
+    /// already planned are left out; every group returned must go to
+    /// [`Engine::deliver_group`] (which releases its nodes when done).
     pub fn plan(&self, opts: &PassOptions) -> Result<Vec<Group>, SpoolError> {
         let config = self.spool.config();
         let now = now();
-        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let mut groups: HashMap<(String, String), Vec<NodeEntry>> = HashMap::new();
         let mut order = Vec::new();
         for tier in 0..config.tiers() {
@@ -202,6 +208,9 @@ impl Engine {
                 if !wanted || in_flight.contains(&n.path) {
                     continue;
                 }
+                // Planned nodes count as in flight until their group is done, so a
+                // later pass does not plan them again.
+                in_flight.insert(n.path.clone());
                 let key = (n.name.id.clone(), n.domain());
                 let entry = groups.entry(key.clone()).or_default();
                 if entry.is_empty() {
@@ -223,17 +232,22 @@ impl Engine {
     pub async fn run_pass(self: &Arc<Self>, opts: &PassOptions) -> Result<Report, SpoolError> {
         let groups = self.plan(opts)?;
         let mut tasks = JoinSet::new();
-        for g in groups {
-            let engine = self.clone();
-            let interactive = opts.interactive;
-            tasks.spawn(async move { engine.deliver_group(g, interactive).await });
-        }
         let mut report = Report::default();
-        while let Some(r) = tasks.join_next().await {
-            match r {
-                Ok(results) => report.results.extend(results),
-                Err(e) => tracing::error!(error = %e, "delivery task failed"),
+        let mut collect = |r: Result<Vec<NodeResult>, tokio::task::JoinError>| match r {
+            Ok(results) => report.results.extend(results),
+            Err(e) => tracing::error!(error = %e, "delivery task failed"),
+        };
+        for g in groups {
+            // A bounded number of tasks: a queue of 200,000 is not 200,000 futures.
+            while tasks.len() >= self.task_cap() {
+                if let Some(r) = tasks.join_next().await {
+                    collect(r);
+                }
             }
+            tasks.spawn(self.clone().deliver_group(g, opts.interactive));
+        }
+        while let Some(r) = tasks.join_next().await {
+            collect(r);
         }
         Ok(report)
     }
@@ -244,14 +258,7 @@ impl Engine {
         group: Group,
         interactive: bool,
     ) -> Vec<NodeResult> {
-        if self.stopping.load(Ordering::SeqCst) {
-            return Vec::new();
-        }
         let paths: Vec<PathBuf> = group.nodes.iter().map(|n| n.path.clone()).collect();
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(paths.iter().cloned());
         let results = self.deliver_locked_group(group, interactive).await;
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         for p in &paths {
