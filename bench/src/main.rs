@@ -5,6 +5,12 @@
 //! `send_mail` rates for a 4 KB message to 1 and to 10 recipients on 1 and 8 threads,
 //! `mailspool send` through the CLI, and Postfix's `sendmail -t -i`, with ratios.
 //! `bench/intake` sets up Postfix and runs this.
+//!
+//! `mailspool-bench fill --dir DIR --count N --domain D [--tier T] [--size BYTES]`
+//! writes N nodes (one recipient each, due now) straight into a spool, without fsync:
+//! set-up for `bench/deliver`, not a measurement.
+//! `mailspool-bench tarpit` listens on 127.0.0.1:0, prints the port, accepts and never
+//! answers.
 
 use std::fs;
 use std::io::Write;
@@ -153,6 +159,11 @@ fn command(program: &Path, args: &[&str], dir: &Path, seconds: f64) -> f64 {
 }
 
 fn main() {
+    match std::env::args().nth(1).as_deref() {
+        Some("fill") => return fill(),
+        Some("tarpit") => return tarpit(),
+        _ => {}
+    }
     let a = parse_args();
     fs::create_dir_all(&a.dir).unwrap();
     let s = a.seconds;
@@ -209,5 +220,48 @@ fn main() {
         None => println!(
             "| `mailspool send -t -i` (CLI, one process per message) | {cli:.0} | (Postfix not measured) |"
         ),
+    }
+}
+
+fn flag(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+/// Write `count` nodes to `<domain>` into `tier`, due now.
+fn fill() {
+    let dir = PathBuf::from(flag("--dir").expect("--dir"));
+    let count: usize = flag("--count").map_or(1, |c| c.parse().unwrap());
+    let domain = flag("--domain").expect("--domain");
+    let tier: usize = flag("--tier").map_or(0, |t| t.parse().unwrap());
+    let size: usize = flag("--size").map_or(4096, |s| s.parse().unwrap());
+    let config = mailspool_spool::SpoolConfig::default();
+    let time = mailspool_spool::now().saturating_sub(config.period(tier) + 60);
+    let spool = mailspool_spool::Spool::create(&dir, config).unwrap();
+    let tier_dir = spool.tier_dir(tier);
+    fs::create_dir_all(&tier_dir).unwrap();
+    let mut body = Vec::with_capacity(size);
+    while body.len() < size {
+        body.extend_from_slice(b"The quick brown fox jumps over the lazy dog, again and again.\n");
+    }
+    body.truncate(size.saturating_sub(1));
+    body.push(b'\n');
+    for i in 0..count {
+        let id = spool.new_id();
+        let to = format!("user{i}@{domain}");
+        let name = mailspool_spool::NodeName::new(time, &id, &to, "bench@example.com");
+        let mut f = fs::File::create(tier_dir.join(name.file_name())).unwrap();
+        write!(f, "From: bench@example.com\nTo: {to}\nSubject: bench {i}\nMessage-ID: <{id}@bench>\n\n").unwrap();
+        f.write_all(&body).unwrap();
+    }
+}
+
+/// Accept connections and never answer (a tarpit), until killed.
+fn tarpit() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("{}", listener.local_addr().unwrap().port());
+    let mut held = Vec::new();
+    for conn in listener.incoming().flatten() {
+        held.push(conn);
     }
 }
