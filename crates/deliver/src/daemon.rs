@@ -47,10 +47,21 @@ fn watch(dir: std::path::PathBuf, notify: Arc<Notify>) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot watch tier 0; new mail waits for the next tick");
         return;
     }
-    let mut buf = [0u8; 4096];
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+    let mut reader = inotify::Reader::new(&fd, &mut buf);
     loop {
-        match rustix::io::read(&fd, &mut buf) {
-            Ok(_) => notify.notify_one(),
+        match reader.next() {
+            // Lock files and their temp files appear in tier 0 too, one per delivery:
+            // only a new node is news.
+            Ok(event) => {
+                let is_node = event.file_name().is_some_and(|n| {
+                    let n = n.to_bytes();
+                    !n.starts_with(b".") && !n.ends_with(b".NFSLock")
+                });
+                if is_node {
+                    notify.notify_one();
+                }
+            }
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "inotify read failed; falling back to the tick");
@@ -95,7 +106,11 @@ pub async fn run(
     loop {
         let pass = tokio::select! {
             _ = tick.tick() => PassOptions { use_priority: true, ..Default::default() },
-            _ = wake.notified() => PassOptions { tiers: Some(vec![0]), ..Default::default() },
+            _ = wake.notified() => {
+                // Let a burst of new nodes land: one scan for all of them.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                PassOptions { tiers: Some(vec![0]), ..Default::default() }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
