@@ -450,13 +450,25 @@ mod tests {
             .filter(|l| l.contains(" = "))
             .map(|l| format!("{l}\n"))
             .collect();
-        assert!(uncommented.lines().count() >= 9, "{uncommented}");
+        assert!(uncommented.lines().count() >= 12, "{uncommented}");
         let c = Config::from_parts(toml::from_str(&uncommented).unwrap()).unwrap();
         let d = Config::default();
         assert_eq!(c.spool, d.spool);
         assert_eq!(c.dequeue_timeout, d.dequeue_timeout);
         assert_eq!(c.max_dequeue_processes, d.max_dequeue_processes);
         assert_eq!(c.max_message_size, d.max_message_size);
+        assert_eq!(c.deliver.mx_tls, d.deliver.mx_tls);
+        assert_eq!(c.deliver.per_host_limit, d.deliver.per_host_limit);
+        assert_eq!(c.shutdown_grace, d.shutdown_grace);
+        // The examples (## lines) parse too.
+        let examples: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("## "))
+            .filter(|l| !l.starts_with("relayhost = [") && !l.contains("password_file"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file: ConfigFile = toml::from_str(&examples).unwrap_or_else(|e| panic!("{e}\n{examples}"));
+        assert!(file.relayhost.is_some() && file.routes.is_some() && file.timeouts.is_some());
     }
 
     #[test]
