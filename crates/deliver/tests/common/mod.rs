@@ -44,6 +44,8 @@ pub struct Script {
     /// Send an enormous reply line after EHLO.
     pub oversized_reply: bool,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Offer AUTH PLAIN and LOGIN for this user and password.
+    pub auth: Option<(String, String)>,
 }
 
 #[derive(Default)]
@@ -140,6 +142,9 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
                 if script.tls.is_some() && !tls {
                     r.push("250-STARTTLS".into());
                 }
+                if script.auth.is_some() {
+                    r.push("250-AUTH PLAIN LOGIN".into());
+                }
                 r.push("250 HELP".into());
                 r.join("\r\n")
             }
@@ -157,6 +162,25 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
             io = BufReader::new(Box::new(stream));
             tls = true;
             continue;
+        } else if upper.starts_with("AUTH ") {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let (user, pass) = script.auth.clone().unwrap_or_default();
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let ok = if words.get(1).is_some_and(|m| m.eq_ignore_ascii_case("PLAIN")) {
+                let token = b64.decode(words.get(2).unwrap_or(&"")).unwrap_or_default();
+                token == format!("\0{user}\0{pass}").as_bytes()
+            } else {
+                let mut got = Vec::new();
+                for prompt in ["334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6"] {
+                    io.get_mut().write_all(format!("{prompt}\r\n").as_bytes()).await?;
+                    let mut l = String::new();
+                    io.read_line(&mut l).await?;
+                    got.push(String::from_utf8(b64.decode(l.trim()).unwrap_or_default()).unwrap_or_default());
+                }
+                got == [user, pass]
+            };
+            if ok { "235 2.7.0 Authentication successful".into() } else { "535 5.7.8 Authentication failed".into() }
         } else if upper.starts_with("MAIL FROM:") {
             from = extract(&line);
             rcpts.clear();
