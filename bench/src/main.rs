@@ -225,7 +225,9 @@ fn main() {
 
 fn flag(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 /// Write `count` nodes to `<domain>` into `tier`, due now.
@@ -251,7 +253,11 @@ fn fill() {
         let to = format!("user{i}@{domain}");
         let name = mailspool_spool::NodeName::new(time, &id, &to, "bench@example.com");
         let mut f = fs::File::create(tier_dir.join(name.file_name())).unwrap();
-        write!(f, "From: bench@example.com\nTo: {to}\nSubject: bench {i}\nMessage-ID: <{id}@bench>\n\n").unwrap();
+        write!(
+            f,
+            "From: bench@example.com\nTo: {to}\nSubject: bench {i}\nMessage-ID: <{id}@bench>\n\n"
+        )
+        .unwrap();
         f.write_all(&body).unwrap();
     }
 }

@@ -204,25 +204,52 @@ async fn required_tls_without_starttls_defers() {
 #[tokio::test]
 async fn relay_auth_under_required_tls() {
     let (tls, pem) = tls_server("127.0.0.1");
-    let sink = Sink::start(Script { tls: Some(tls), auth: Some(("app".into(), "s3cret".into())), ..Default::default() }).await;
+    let sink = Sink::start(Script {
+        tls: Some(tls),
+        auth: Some(("app".into(), "s3cret".into())),
+        ..Default::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let spool = spool(dir.path());
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, pem).unwrap();
     queue(&spool, "a@sender.test", &["x@anywhere.test"], MSG);
     let mut cfg = DeliverConfig {
-        relayhosts: vec![HostPort { host: "127.0.0.1".into(), port: sink.addr.port() }],
+        relayhosts: vec![HostPort {
+            host: "127.0.0.1".into(),
+            port: sink.addr.port(),
+        }],
         relay_tls: TlsPolicy::Required,
-        relay_auth: Some(mailspool_smtp::Credentials { username: "app".into(), password: "wrong".into() }),
+        relay_auth: Some(mailspool_smtp::Credentials {
+            username: "app".into(),
+            password: "wrong".into(),
+        }),
         tls_ca_file: Some(ca),
         timeouts: quick_timeouts(),
         ..DeliverConfig::default()
     };
-    let r = engine(spool.clone(), cfg.clone()).run_pass(&PassOptions::default()).await.unwrap();
-    assert_eq!(r.count(Outcome::Deferred), 1, "a refused password is a temporary failure");
+    let r = engine(spool.clone(), cfg.clone())
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.count(Outcome::Deferred),
+        1,
+        "a refused password is a temporary failure"
+    );
     assert!(r.results[0].reply.contains("535"), "{:?}", r.results);
-    cfg.relay_auth = Some(mailspool_smtp::Credentials { username: "app".into(), password: "s3cret".into() });
-    let r = engine(spool.clone(), cfg).run_pass(&PassOptions { selection: mailspool_deliver::Selection::All, ..Default::default() }).await.unwrap();
+    cfg.relay_auth = Some(mailspool_smtp::Credentials {
+        username: "app".into(),
+        password: "s3cret".into(),
+    });
+    let r = engine(spool.clone(), cfg)
+        .run_pass(&PassOptions {
+            selection: mailspool_deliver::Selection::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(r.count(Outcome::Delivered), 1, "{:?}", r.results);
     assert!(sink.received()[0].tls);
 }

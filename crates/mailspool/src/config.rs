@@ -467,7 +467,8 @@ mod tests {
             .filter(|l| !l.starts_with("relayhost = [") && !l.contains("password_file"))
             .map(|l| format!("{l}\n"))
             .collect();
-        let file: ConfigFile = toml::from_str(&examples).unwrap_or_else(|e| panic!("{e}\n{examples}"));
+        let file: ConfigFile =
+            toml::from_str(&examples).unwrap_or_else(|e| panic!("{e}\n{examples}"));
         assert!(file.relayhost.is_some() && file.routes.is_some() && file.timeouts.is_some());
     }
 

@@ -231,3 +231,38 @@ async fn a_killed_daemons_locks_go_stale_and_another_daemon_delivers() {
     kill(&second, "-TERM");
     tokio::task::block_in_place(|| second.wait().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_routes() {
+    let sink = Sink::start(Script::default()).await;
+    let env = Env::new(&sink, "");
+    // First the route points at a closed port: the attempt fails, the node waits in tier 1.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    env.configure(closed, "");
+    tokio::task::block_in_place(|| env.cmd().args(["queue"]).output().unwrap());
+    let mut daemon = env.daemon();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = tokio::task::block_in_place(|| env.send(&["x@one.test"]));
+    assert_eq!(code(&out), 0);
+    wait_for("the first attempt", Duration::from_secs(5), || {
+        env.nodes()
+            .first()
+            .is_some_and(|p| p.parent().unwrap().ends_with("1"))
+    })
+    .await;
+    env.configure(sink.addr, "");
+    kill(&daemon, "-HUP");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    tokio::task::block_in_place(|| env.cmd().args(["queue", "retry", &id]).output().unwrap());
+    wait_for("delivery after the reload", Duration::from_secs(20), || {
+        sink.received().len() == 1
+    })
+    .await;
+    kill(&daemon, "-TERM");
+    let status = tokio::task::block_in_place(|| daemon.wait().unwrap());
+    assert!(status.success());
+}

@@ -167,20 +167,32 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
             let b64 = base64::engine::general_purpose::STANDARD;
             let (user, pass) = script.auth.clone().unwrap_or_default();
             let words: Vec<&str> = line.split_whitespace().collect();
-            let ok = if words.get(1).is_some_and(|m| m.eq_ignore_ascii_case("PLAIN")) {
+            let ok = if words
+                .get(1)
+                .is_some_and(|m| m.eq_ignore_ascii_case("PLAIN"))
+            {
                 let token = b64.decode(words.get(2).unwrap_or(&"")).unwrap_or_default();
                 token == format!("\0{user}\0{pass}").as_bytes()
             } else {
                 let mut got = Vec::new();
                 for prompt in ["334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6"] {
-                    io.get_mut().write_all(format!("{prompt}\r\n").as_bytes()).await?;
+                    io.get_mut()
+                        .write_all(format!("{prompt}\r\n").as_bytes())
+                        .await?;
                     let mut l = String::new();
                     io.read_line(&mut l).await?;
-                    got.push(String::from_utf8(b64.decode(l.trim()).unwrap_or_default()).unwrap_or_default());
+                    got.push(
+                        String::from_utf8(b64.decode(l.trim()).unwrap_or_default())
+                            .unwrap_or_default(),
+                    );
                 }
                 got == [user, pass]
             };
-            if ok { "235 2.7.0 Authentication successful".into() } else { "535 5.7.8 Authentication failed".into() }
+            if ok {
+                "235 2.7.0 Authentication successful".into()
+            } else {
+                "535 5.7.8 Authentication failed".into()
+            }
         } else if upper.starts_with("MAIL FROM:") {
             from = extract(&line);
             rcpts.clear();
