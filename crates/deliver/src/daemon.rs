@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::config::DeliverConfig;
 use std::collections::VecDeque;
 
-use crate::engine::{Engine, Group, NodeResult, PassOptions};
+use crate::engine::{Engine, Group, NodeResult, PLAN_CHUNK, PassOptions};
 
 /// Daemon settings.
 #[derive(Debug, Clone)]
@@ -71,6 +71,31 @@ fn watch(dir: std::path::PathBuf, notify: Arc<Notify>) {
     }
 }
 
+/// Plan a pass (off the async threads) into the backlog, at most one chunk; note in
+/// `more` how to continue when the chunk limit was hit.
+async fn plan_into(
+    engine: &Arc<Engine>,
+    mut pass: PassOptions,
+    backlog: &mut VecDeque<Group>,
+    more: &mut Option<PassOptions>,
+) {
+    pass.limit = Some(PLAN_CHUNK);
+    let planner = engine.clone();
+    let p = pass.clone();
+    match tokio::task::spawn_blocking(move || planner.plan(&p)).await {
+        Ok(Ok(plan)) => {
+            if plan.truncated {
+                pass.tiers = Some(plan.tiers.clone());
+                pass.use_priority = false;
+                *more = Some(pass);
+            }
+            backlog.extend(plan.groups);
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot scan the spool"),
+        Err(e) => tracing::error!(error = %e, "scan task failed"),
+    }
+}
+
 /// Start backlog groups while there is room.
 fn fill(engine: &Arc<Engine>, tasks: &mut JoinSet<Vec<NodeResult>>, backlog: &mut VecDeque<Group>) {
     while tasks.len() < engine.task_cap() {
@@ -103,7 +128,17 @@ pub async fn run(
     // Planned groups wait here; at most `task_cap` run as tasks at once.
     let mut backlog: VecDeque<Group> = VecDeque::new();
     tracing::info!(spool = %engine.spool().dir().display(), tick = ?opts.tick, "daemon started");
+    // A plan that stopped at its chunk limit is continued as soon as the backlog is empty.
+    let mut more: Option<PassOptions> = None;
     loop {
+        if backlog.is_empty()
+            && deliveries.len() < engine.task_cap() / 2
+            && let Some(pass) = more.take()
+        {
+            plan_into(&engine, pass, &mut backlog, &mut more).await;
+            fill(&engine, &mut deliveries, &mut backlog);
+            continue;
+        }
         let pass = tokio::select! {
             _ = tick.tick() => PassOptions { use_priority: true, ..Default::default() },
             _ = wake.notified() => {
@@ -131,19 +166,18 @@ pub async fn run(
                 continue;
             }
         };
-        let planner = engine.clone();
-        let groups = match tokio::task::spawn_blocking(move || planner.plan(&pass)).await {
-            Ok(Ok(g)) => g,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot scan the spool");
-                continue;
+        // With work still waiting, a new scan would find nothing new to start: skip it.
+        // What it would have found is planned when the backlog is done.
+        if !backlog.is_empty() {
+            if more.is_none() {
+                more = Some(PassOptions {
+                    limit: Some(PLAN_CHUNK),
+                    ..Default::default()
+                });
             }
-            Err(e) => {
-                tracing::error!(error = %e, "scan task failed");
-                continue;
-            }
-        };
-        backlog.extend(groups);
+            continue;
+        }
+        plan_into(&engine, pass, &mut backlog, &mut more).await;
         fill(&engine, &mut deliveries, &mut backlog);
     }
     tracing::info!(in_flight = deliveries.len(), grace = ?opts.grace, "stopping: no new deliveries");

@@ -21,7 +21,8 @@ use std::time::Instant;
 
 use mailspool_smtp::{ClientSettings, Envelope, Session, SmtpError, TlsConnectors, TlsPolicy};
 use mailspool_spool::side::Attempt;
-use mailspool_spool::{NodeEntry, NodeLock, Spool, SpoolError, now};
+use mailspool_spool::{Found, NodeEntry, NodeLock, Spool, SpoolError, now};
+use std::ops::ControlFlow;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -54,6 +55,8 @@ pub struct PassOptions {
     /// The caller is told directly (`send --now`): no bounce, and a node that is not
     /// delivered is removed rather than retried.
     pub interactive: bool,
+    /// Most nodes to plan at once (None: all).
+    pub limit: Option<usize>,
 }
 
 /// What happened to one node.
@@ -96,6 +99,28 @@ impl Report {
     }
 }
 
+/// Most nodes one plan takes; the rest wait for the next chunk, so memory stays
+/// bounded however deep the queue is.
+pub const PLAN_CHUNK: usize = 20_000;
+
+/// What a plan found.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Groups to deliver.
+    pub groups: Vec<Group>,
+    /// The tiers it looked at (after the priority dice).
+    pub tiers: Vec<usize>,
+    /// It stopped at its limit: there is more.
+    pub truncated: bool,
+}
+
+fn collect(report: &mut Report, r: Result<Vec<NodeResult>, tokio::task::JoinError>) {
+    match r {
+        Ok(results) => report.results.extend(results),
+        Err(e) => tracing::error!(error = %e, "delivery task failed"),
+    }
+}
+
 /// Nodes of one message to one domain: one transaction.
 #[derive(Debug)]
 pub struct Group {
@@ -119,7 +144,6 @@ pub struct Engine {
 /// How one node ends, before we act on it.
 enum Verdict {
     Delivered {
-        host: String,
         reply: String,
     },
     Temporary {
@@ -179,12 +203,24 @@ impl Engine {
     /// Scan the spool and group what this pass should deliver. Nodes this process has
     /// already planned are left out; every group returned must go to
     /// [`Engine::deliver_group`] (which releases its nodes when done).
-    pub fn plan(&self, opts: &PassOptions) -> Result<Vec<Group>, SpoolError> {
+    pub fn plan(&self, opts: &PassOptions) -> Result<Plan, SpoolError> {
+        self.plan_except(opts, &|_| false)
+    }
+
+    /// [`Engine::plan`], leaving out the nodes `skip` names.
+    pub fn plan_except(
+        &self,
+        opts: &PassOptions,
+        skip: &dyn Fn(&NodeEntry) -> bool,
+    ) -> Result<Plan, SpoolError> {
         let config = self.spool.config();
         let now = now();
+        let limit = opts.limit.unwrap_or(usize::MAX);
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let mut groups: HashMap<(String, String), Vec<NodeEntry>> = HashMap::new();
         let mut order = Vec::new();
+        let mut plan = Plan::default();
+        let mut taken = 0usize;
         for tier in 0..config.tiers() {
             if opts.tiers.as_ref().is_some_and(|t| !t.contains(&tier)) {
                 continue;
@@ -195,18 +231,25 @@ impl Engine {
                     continue;
                 }
             }
-            let scan = self.spool.scan_tier(tier)?;
-            for path in &scan.unparsable {
-                tracing::warn!(path = %path.display(), "file name is not a node name; skipped (see mailspool fsck)");
+            plan.tiers.push(tier);
+            if plan.truncated {
+                continue;
             }
-            for n in scan.nodes {
+            self.spool.visit_tier(tier, &mut |found| {
+                let n = match found {
+                    Found::Node(n) => n,
+                    Found::Unparsable(path) => {
+                        tracing::warn!(path = %path.display(), "file name is not a node name; skipped");
+                        return ControlFlow::Continue(());
+                    }
+                };
                 let wanted = match &opts.selection {
                     Selection::Due => self.spool.due_at(&n) <= now,
                     Selection::All => true,
                     Selection::Ids(ids) => ids.contains(&n.name.id),
                 };
-                if !wanted || in_flight.contains(&n.path) {
-                    continue;
+                if !wanted || in_flight.contains(&n.path) || skip(&n) {
+                    return ControlFlow::Continue(());
                 }
                 // Planned nodes count as in flight until their group is done, so a
                 // later pass does not plan them again.
@@ -217,37 +260,59 @@ impl Engine {
                     order.push(key);
                 }
                 entry.push(n);
-            }
+                taken += 1;
+                if taken >= limit {
+                    plan.truncated = true;
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            })?;
         }
-        Ok(order
+        plan.groups = order
             .into_iter()
             .map(|key| Group {
                 nodes: groups.remove(&key).unwrap_or_default(),
                 domain: key.1,
             })
-            .collect())
+            .collect();
+        Ok(plan)
     }
 
-    /// One pass: plan, deliver every group concurrently, wait for all.
+    /// One pass: plan (in chunks of `limit` nodes), deliver every group concurrently,
+    /// wait for all. Each node is attempted at most once per pass.
     pub async fn run_pass(self: &Arc<Self>, opts: &PassOptions) -> Result<Report, SpoolError> {
-        let groups = self.plan(opts)?;
         let mut tasks = JoinSet::new();
         let mut report = Report::default();
-        let mut collect = |r: Result<Vec<NodeResult>, tokio::task::JoinError>| match r {
-            Ok(results) => report.results.extend(results),
-            Err(e) => tracing::error!(error = %e, "delivery task failed"),
-        };
-        for g in groups {
-            // A bounded number of tasks: a queue of 200,000 is not 200,000 futures.
-            while tasks.len() >= self.task_cap() {
-                if let Some(r) = tasks.join_next().await {
-                    collect(r);
+        let mut attempted: HashSet<(String, String)> = HashSet::new();
+        let mut opts = opts.clone();
+        opts.limit = opts.limit.or(Some(PLAN_CHUNK));
+        loop {
+            let plan = self.plan_except(&opts, &|n| {
+                attempted.contains(&(n.name.id.clone(), n.name.to.clone()))
+            })?;
+            // The next chunk rolls no dice: the same tiers again.
+            opts.tiers = Some(plan.tiers.clone());
+            opts.use_priority = false;
+            for g in plan.groups {
+                attempted.extend(
+                    g.nodes
+                        .iter()
+                        .map(|n| (n.name.id.clone(), n.name.to.clone())),
+                );
+                // A bounded number of tasks: a queue of 200,000 is not 200,000 futures.
+                while tasks.len() >= self.task_cap() {
+                    if let Some(r) = tasks.join_next().await {
+                        collect(&mut report, r);
+                    }
                 }
+                tasks.spawn(self.clone().deliver_group(g, opts.interactive));
             }
-            tasks.spawn(self.clone().deliver_group(g, opts.interactive));
+            if !plan.truncated {
+                break;
+            }
         }
         while let Some(r) = tasks.join_next().await {
-            collect(r);
+            collect(&mut report, r);
         }
         Ok(report)
     }
@@ -344,18 +409,9 @@ impl Engine {
         nodes: &[(NodeEntry, NodeLock)],
     ) -> Vec<Verdict> {
         let first = &nodes[0].0;
-        let (size, eight_bit) = match scan_message(&first.path).await {
+        let (size, eight_bit, small) = match read_message(&first.path).await {
             Ok(v) => v,
-            Err(e) => {
-                return nodes
-                    .iter()
-                    .map(|_| Verdict::Temporary {
-                        host: String::new(),
-                        reply: format!("cannot read the node: {e}"),
-                        recorded: false,
-                    })
-                    .collect();
-            }
+            Err(e) => return temporary_all(nodes, format!("cannot read the node: {e}")),
         };
         let env = Envelope {
             from: first.name.from.clone(),
@@ -390,21 +446,37 @@ impl Engine {
                     }
                 };
                 let mut session = session;
-                let mut body = match tokio::fs::File::open(&first.path).await {
+                let mut body = match open_body(&first.path, small.as_ref()).await {
                     Ok(f) => f,
                     Err(e) => {
                         self.put_back(pool_key, session);
-                        return nodes
-                            .iter()
-                            .map(|_| Verdict::Temporary {
-                                host: String::new(),
-                                reply: format!("cannot read the node: {e}"),
-                                recorded: false,
-                            })
-                            .collect();
+                        return temporary_all(nodes, format!("cannot read the node: {e}"));
                     }
                 };
-                let result = session.send(&env, &mut body).await;
+                let mut result = session.send(&env, &mut body).await;
+                // A pooled connection the server closed while idle fails at its RSET,
+                // before any MAIL: open a fresh one and try again, once.
+                if let Err(e) = &result
+                    && e.phase() == Some(mailspool_smtp::Phase::Rset)
+                    && !matches!(e, SmtpError::Rejected { .. })
+                {
+                    match self.connect(*addr, target, cfg).await {
+                        Ok(fresh) => {
+                            session = fresh;
+                            body = match open_body(&first.path, small.as_ref()).await {
+                                Ok(f) => f,
+                                Err(e) => {
+                                    return temporary_all(
+                                        nodes,
+                                        format!("cannot read the node: {e}"),
+                                    );
+                                }
+                            };
+                            result = session.send(&env, &mut body).await;
+                        }
+                        Err(e) => result = Err(e),
+                    }
+                }
                 let ms = started.elapsed().as_millis() as u64;
                 match result {
                     Ok(outcome) => {
@@ -415,7 +487,6 @@ impl Engine {
                             tracing::info!(id = %n.name.id, to = %n.name.to, host = %target.host, addr = %addr, code = reply.code, reply = %reply, ms, "delivery attempt");
                             verdicts.push(if reply.is_positive() {
                                 Verdict::Delivered {
-                                    host: target.host.clone(),
                                     reply: reply.to_string(),
                                 }
                             } else if reply.is_permanent() {
@@ -533,10 +604,20 @@ impl Engine {
                 .get_mut(key)
                 .and_then(Vec::pop);
             let Some(mut s) = pooled else { break };
-            if !s.expired() && s.reset().await.is_ok() {
+            if !s.expired() {
+                s.reset_before_next();
                 return Ok(s);
             }
         }
+        self.connect(addr, target, cfg).await
+    }
+
+    async fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+        target: &Target,
+        cfg: &DeliverConfig,
+    ) -> Result<Session, SmtpError> {
         let mut settings = ClientSettings {
             helo_name: cfg.hostname.clone(),
             timeouts: cfg.timeouts.clone(),
@@ -600,11 +681,11 @@ impl Engine {
                 reply,
             };
             match v {
-                Verdict::Delivered { host, reply } => {
+                Verdict::Delivered { reply } => {
+                    // The attempt's log line already says so; only trouble is logged here.
                     if let Err(e) = self.spool.delete_locked(n) {
                         tracing::error!(node = %n.path.display(), error = %e, "delivered but cannot delete the node: it may be sent again");
                     }
-                    tracing::info!(id = %n.name.id, to = %n.name.to, host = %host, "delivered");
                     results.push(result(Outcome::Delivered, reply));
                 }
                 Verdict::Temporary {
@@ -700,13 +781,37 @@ impl Engine {
     }
 }
 
+fn temporary_all(nodes: &[(NodeEntry, NodeLock)], reply: String) -> Vec<Verdict> {
+    nodes
+        .iter()
+        .map(|_| Verdict::Temporary {
+            host: String::new(),
+            reply: reply.clone(),
+            recorded: false,
+        })
+        .collect()
+}
+
 /// The per-host limit applies to this key: host name and port.
 fn host_key(t: &Target) -> String {
     format!("{}:{}", t.host, t.addrs.first().map_or(0, |a| a.port()))
 }
 
-/// Size of the message and whether it has 8-bit bytes.
-async fn scan_message(path: &std::path::Path) -> std::io::Result<(u64, bool)> {
+/// Messages up to this size are read once into memory for the whole delivery.
+const SMALL_MESSAGE: u64 = 256 * 1024;
+
+type Body = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+/// Size of the message, whether it has 8-bit bytes, and its bytes when it is small (a
+/// big one is streamed from the file: memory does not grow with message size).
+async fn read_message(
+    path: &std::path::Path,
+) -> std::io::Result<(u64, bool, Option<Arc<Vec<u8>>>)> {
+    let size = std::fs::metadata(path)?.len();
+    if size <= SMALL_MESSAGE {
+        let data = std::fs::read(path)?;
+        return Ok((data.len() as u64, !data.is_ascii(), Some(Arc::new(data))));
+    }
     use tokio::io::AsyncReadExt;
     let mut f = tokio::fs::File::open(path).await?;
     let mut buf = vec![0u8; 64 * 1024];
@@ -719,5 +824,21 @@ async fn scan_message(path: &std::path::Path) -> std::io::Result<(u64, bool)> {
         size += n as u64;
         eight_bit |= !buf[..n].is_ascii();
     }
-    Ok((size, eight_bit))
+    Ok((size, eight_bit, None))
+}
+
+async fn open_body(path: &std::path::Path, small: Option<&Arc<Vec<u8>>>) -> std::io::Result<Body> {
+    Ok(match small {
+        Some(data) => Box::new(std::io::Cursor::new(ArcBytes(data.clone()))),
+        None => Box::new(tokio::fs::File::open(path).await?),
+    })
+}
+
+/// Shared message bytes as a cursor source.
+struct ArcBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for ArcBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }

@@ -225,6 +225,18 @@ impl SmtpError {
         !self.is_permanent()
     }
 
+    /// The phase the error happened in, when it belongs to one.
+    pub fn phase(&self) -> Option<Phase> {
+        match self {
+            SmtpError::Io { phase, .. }
+            | SmtpError::Closed(phase)
+            | SmtpError::Timeout(phase)
+            | SmtpError::Protocol { phase, .. }
+            | SmtpError::Rejected { phase, .. } => Some(*phase),
+            _ => None,
+        }
+    }
+
     /// The server's reply, if the error is one.
     pub fn reply(&self) -> Option<&Reply> {
         match self {
@@ -350,6 +362,8 @@ pub struct Session {
     pub tls: bool,
     /// Transactions completed on this session.
     pub transactions: u32,
+    /// Send RSET ahead of the next transaction (pipelined with it when possible).
+    reset_pending: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -391,6 +405,7 @@ impl Session {
             peer,
             tls: false,
             transactions: 0,
+            reset_pending: false,
         };
         if matches!(
             settings.tls,
@@ -598,14 +613,32 @@ impl Session {
         mail.push_str("\r\n");
         let t = self.settings.timeouts.clone();
         let mut rcpt_replies = Vec::with_capacity(env.to.len());
+        let reset = std::mem::take(&mut self.reset_pending);
+        if reset && !self.pipelining() {
+            self.reset().await?;
+        }
         if self.pipelining() {
-            // RFC 2920: MAIL, every RCPT and DATA in one write, replies read in order.
-            let mut batch = mail.into_bytes();
+            // RFC 2920: [RSET,] MAIL, every RCPT and DATA in one write, replies in order.
+            let mut batch = Vec::with_capacity(256);
+            if reset {
+                batch.extend_from_slice(b"RSET\r\n");
+            }
+            batch.extend_from_slice(mail.as_bytes());
             for to in &env.to {
                 batch.extend_from_slice(format!("RCPT TO:<{to}>\r\n").as_bytes());
             }
             batch.extend_from_slice(b"DATA\r\n");
-            self.command(&batch, Phase::Mail).await?;
+            self.command(&batch, if reset { Phase::Rset } else { Phase::Mail })
+                .await?;
+            if reset {
+                let r = self.read_reply(Phase::Rset, t.command).await?;
+                if !r.is_positive() {
+                    return Err(SmtpError::Rejected {
+                        phase: Phase::Rset,
+                        reply: r,
+                    });
+                }
+            }
             let mail_reply = self.read_reply(Phase::Mail, t.command).await?;
             for _ in &env.to {
                 rcpt_replies.push(self.read_reply(Phase::Rcpt, t.command).await?);
@@ -695,6 +728,13 @@ impl Session {
         enc.finish(&mut out);
         self.write(&out, Phase::Body, self.settings.timeouts.data_block)
             .await
+    }
+
+    /// Reuse the session: RSET goes out with the next transaction's commands (one round
+    /// trip saved with PIPELINING). If the server has closed the connection meanwhile,
+    /// the next [`Session::send`] fails in [`Phase::Rset`], before any MAIL was sent.
+    pub fn reset_before_next(&mut self) {
+        self.reset_pending = true;
     }
 
     /// RSET, to reuse the session for another transaction.

@@ -38,7 +38,7 @@ pub use config::SpoolConfig;
 pub use error::{Result, SpoolError};
 pub use lock::{LockHolder, NodeLock};
 pub use name::{NodeName, Parsed};
-pub use queue::{NodeEntry, Scan};
+pub use queue::{Found, NodeEntry, Scan};
 pub use storage::{FaultMode, FaultyStorage, OsStorage, Storage};
 
 use commit::GroupSync;

@@ -6,6 +6,7 @@
 //! Names that do not parse are reported, never fatal.
 
 use std::fs;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use crate::lock::{self, NodeLock};
@@ -28,6 +29,15 @@ pub struct NodeEntry {
     pub rescued: bool,
     /// Held: never delivered until released.
     pub held: bool,
+}
+
+/// What a visit finds in a tier directory.
+#[derive(Debug)]
+pub enum Found {
+    /// A node.
+    Node(NodeEntry),
+    /// A file whose name does not parse.
+    Unparsable(PathBuf),
 }
 
 /// The result of scanning the spool.
@@ -84,18 +94,49 @@ impl Spool {
     }
 
     fn scan_dir(&self, dir: &Path, tier: usize, held: bool, scan: &mut Scan) -> Result<()> {
+        let start = scan.nodes.len();
+        self.visit_dir(dir, tier, held, &mut |found| {
+            match found {
+                Found::Node(n) => scan.nodes.push(n),
+                Found::Unparsable(p) => scan.unparsable.push(p),
+            }
+            ControlFlow::Continue(())
+        })?;
+        scan.nodes[start..]
+            .sort_by(|a, b| (a.name.time, &a.file_name).cmp(&(b.name.time, &b.file_name)));
+        Ok(())
+    }
+
+    /// Visit the nodes of one tier in directory order, without collecting them (a queue
+    /// of 200,000 need not be held in memory to take the first 10,000); `f` may stop early.
+    pub fn visit_tier(
+        &self,
+        tier: usize,
+        f: &mut dyn FnMut(Found) -> ControlFlow<()>,
+    ) -> Result<()> {
+        self.visit_dir(&self.tier_dir(tier), tier, false, f)
+    }
+
+    fn visit_dir(
+        &self,
+        dir: &Path,
+        tier: usize,
+        held: bool,
+        f: &mut dyn FnMut(Found) -> ControlFlow<()>,
+    ) -> Result<()> {
         let entries = match fs::read_dir(dir) {
             Ok(e) => e,
             // 0.50 spools may lack tiers; no hold/ is normal.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SpoolError::io("read", dir, e)),
         };
-        let start = scan.nodes.len();
         for entry in entries {
             let entry = entry.map_err(|e| SpoolError::io("read", dir, e))?;
             let Ok(file_name) = entry.file_name().into_string() else {
                 tracing::debug!(path = %entry.path().display(), "node name is not UTF-8; skipped");
-                scan.unparsable.push(entry.path());
+                if f(Found::Unparsable(entry.path())).is_break() {
+                    break;
+                }
                 continue;
             };
             let (name, rescued) = match NodeName::parse(&file_name) {
@@ -104,21 +145,24 @@ impl Spool {
                 Parsed::NotANode => continue,
                 Parsed::Unparsable => {
                     tracing::debug!(path = %entry.path().display(), "file name is not a node name; skipped");
-                    scan.unparsable.push(entry.path());
+                    if f(Found::Unparsable(entry.path())).is_break() {
+                        break;
+                    }
                     continue;
                 }
             };
-            scan.nodes.push(NodeEntry {
+            let node = NodeEntry {
                 tier,
                 name,
                 path: entry.path(),
                 file_name,
                 rescued,
                 held,
-            });
+            };
+            if f(Found::Node(node)).is_break() {
+                break;
+            }
         }
-        scan.nodes[start..]
-            .sort_by(|a, b| (a.name.time, &a.file_name).cmp(&(b.name.time, &b.file_name)));
         Ok(())
     }
 
