@@ -300,14 +300,33 @@ pub fn default_spool_dir() -> PathBuf {
     state.join("mailspool")
 }
 
-/// This machine's name (the configured `hostname` wins).
+/// This machine's fully qualified name, as `hostname -f` finds it without DNS: the
+/// kernel's node name if it has a dot, else the first dotted alias of that name in
+/// /etc/hosts, else the node name (the configured `hostname` wins over all of these).
 pub fn default_hostname() -> String {
     let name = mailspool_spool::lock::hostname();
     if name.is_empty() {
-        "localhost".to_owned()
-    } else {
-        name
+        return "localhost".to_owned();
     }
+    if name.contains('.') {
+        return name;
+    }
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    fqdn_from_hosts(&name, &hosts).unwrap_or(name)
+}
+
+fn fqdn_from_hosts(name: &str, hosts: &str) -> Option<String> {
+    hosts.lines().find_map(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        let names: Vec<&str> = line.split_whitespace().skip(1).collect();
+        if !names.contains(&name) {
+            return None;
+        }
+        names
+            .iter()
+            .find(|n| n.contains('.') && n.split('.').next() == Some(name))
+            .map(|n| n.to_string())
+    })
 }
 
 /// Where we look for a configuration file when none is named: `$MAILSPOOL_CONFIG`, then
@@ -470,6 +489,13 @@ mod tests {
         let file: ConfigFile =
             toml::from_str(&examples).unwrap_or_else(|e| panic!("{e}\n{examples}"));
         assert!(file.relayhost.is_some() && file.routes.is_some() && file.timeouts.is_some());
+    }
+
+    #[test]
+    fn fqdn_from_etc_hosts() {
+        let hosts = "127.0.0.1 localhost\n10.0.0.5 mail.example.org mail # main\n";
+        assert_eq!(fqdn_from_hosts("mail", hosts).as_deref(), Some("mail.example.org"));
+        assert_eq!(fqdn_from_hosts("other", hosts), None);
     }
 
     #[test]
