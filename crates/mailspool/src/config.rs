@@ -494,7 +494,10 @@ mod tests {
     #[test]
     fn fqdn_from_etc_hosts() {
         let hosts = "127.0.0.1 localhost\n10.0.0.5 mail.example.org mail # main\n";
-        assert_eq!(fqdn_from_hosts("mail", hosts).as_deref(), Some("mail.example.org"));
+        assert_eq!(
+            fqdn_from_hosts("mail", hosts).as_deref(),
+            Some("mail.example.org")
+        );
         assert_eq!(fqdn_from_hosts("other", hosts), None);
     }
 
