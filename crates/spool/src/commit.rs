@@ -13,8 +13,9 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::name::{NODE_NAME_MAX, NodeName, is_valid_id};
 use crate::{Result, Spool, SpoolError, now};
@@ -22,9 +23,11 @@ use crate::{Result, Spool, SpoolError, now};
 const STAGE_BUFFER: usize = 64 * 1024;
 
 /// A message being written to `tmp/`. Dropping it without [`Stage::commit`] removes it.
+/// `S` is how it holds the spool: `&Spool`, or `Arc<Spool>` for a stage that must move
+/// between threads (the SMTP listener commits on a blocking thread).
 #[derive(Debug)]
-pub struct Stage<'s> {
-    spool: &'s Spool,
+pub struct Stage<S: Deref<Target = Spool> = &'static Spool> {
+    spool: S,
     id: String,
     path: PathBuf,
     file: Option<File>,
@@ -72,17 +75,28 @@ impl Spool {
     }
 
     /// Start a commit for message `id` (see [`Spool::new_id`]).
-    pub fn stage(&self, id: &str) -> Result<Stage<'_>> {
+    pub fn stage(&self, id: &str) -> Result<Stage<&Spool>> {
+        Stage::new(self, id)
+    }
+
+    /// [`Spool::stage`] holding the spool by `Arc`, so the stage is `'static`.
+    pub fn stage_arc(self: &Arc<Self>, id: &str) -> Result<Stage<Arc<Spool>>> {
+        Stage::new(self.clone(), id)
+    }
+}
+
+impl<S: Deref<Target = Spool>> Stage<S> {
+    fn new(spool: S, id: &str) -> Result<Stage<S>> {
         if !is_valid_id(id) {
             return Err(SpoolError::InvalidId(id.to_owned()));
         }
-        let path = self.dir.join("tmp").join(self.new_id());
-        let file = self
+        let path = spool.dir.join("tmp").join(spool.new_id());
+        let file = spool
             .storage
             .create_new(&path)
             .map_err(|e| SpoolError::io("create", &path, e))?;
         Ok(Stage {
-            spool: self,
+            spool,
             id: id.to_owned(),
             path,
             file: Some(file),
@@ -92,7 +106,7 @@ impl Spool {
     }
 }
 
-impl Stage<'_> {
+impl<S: Deref<Target = Spool>> Stage<S> {
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written
@@ -127,9 +141,9 @@ impl Stage<'_> {
     }
 
     fn try_commit(&mut self, from: &str, to: &[String]) -> Result<Committed> {
-        let spool = self.spool;
         self.flush_buf()
             .map_err(|e| SpoolError::io("write", &self.path, e))?;
+        let spool: &Spool = &self.spool;
         let file = self.file.take().expect("stage file open until commit");
         spool
             .storage
@@ -201,7 +215,7 @@ fn remove_all(spool: &Spool, nodes: &mut Vec<PathBuf>) {
     }
 }
 
-impl Write for Stage<'_> {
+impl<S: Deref<Target = Spool>> Write for Stage<S> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.buf.len() + data.len() > STAGE_BUFFER {
             self.flush_buf()?;
@@ -221,7 +235,7 @@ impl Write for Stage<'_> {
     }
 }
 
-impl Drop for Stage<'_> {
+impl<S: Deref<Target = Spool>> Drop for Stage<S> {
     fn drop(&mut self) {
         self.abort();
     }
