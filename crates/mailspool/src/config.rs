@@ -74,6 +74,52 @@ pub struct ConfigFile {
     pub shutdown_grace: Option<u64>,
     /// SMTP client timeouts in seconds.
     pub timeouts: Option<TimeoutsFile>,
+    /// Listening ports of `mailspool serve`.
+    pub listen: Option<Vec<ListenFile>>,
+    /// Clients that may relay without AUTH (CIDR).
+    pub relay_networks: Option<Vec<String>>,
+    /// AUTH users file (`mailspool user add`).
+    pub users_file: Option<PathBuf>,
+    /// Recipients per transaction.
+    pub max_recipients: Option<usize>,
+    /// Listener limits.
+    pub serve: Option<ServeFile>,
+}
+
+/// `[[listen]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// `ip:port`.
+    pub address: String,
+    /// "relay" (default), "submission", "smtps".
+    pub mode: Option<String>,
+    /// PEM certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `[serve]`: listener limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    /// Seconds a command may take to arrive (300).
+    pub command_timeout: Option<u64>,
+    /// Seconds a session may last (3600).
+    pub session_timeout: Option<u64>,
+    /// Connections at once (1000).
+    pub max_connections: Option<usize>,
+    /// Connections at once per client address (20).
+    pub max_connections_per_ip: Option<usize>,
+    /// AUTH failures before disconnecting (3).
+    pub max_auth_failures: Option<u32>,
+    /// Milliseconds of pause after a failed AUTH (1000).
+    pub auth_failure_delay_ms: Option<u64>,
+    /// Milliseconds of pause before the greeting for untrusted clients (300).
+    pub greet_pause_ms: Option<u64>,
+    /// Pause for every client, trusted or not.
+    pub greet_pause_all: Option<bool>,
 }
 
 /// `relayhost = "a"` or `relayhost = ["a", "b"]`.
@@ -137,6 +183,8 @@ pub struct Config {
     pub deliver: mailspool_deliver::DeliverConfig,
     /// Seconds SIGTERM waits for deliveries under way.
     pub shutdown_grace: Duration,
+    /// Listener settings.
+    pub serve: mailspool_serve::ServeConfig,
 }
 
 /// A configuration that cannot be used.
@@ -178,8 +226,106 @@ impl Default for Config {
                 ..Default::default()
             },
             shutdown_grace: Duration::from_secs(30),
+            serve: default_serve(),
         }
     }
+}
+
+fn default_serve() -> mailspool_serve::ServeConfig {
+    let port = if is_root() { 25 } else { 2525 };
+    mailspool_serve::ServeConfig {
+        hostname: default_hostname(),
+        listen: vec![mailspool_serve::Listen {
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            mode: mailspool_serve::Mode::Relay,
+            tls_cert: None,
+            tls_key: None,
+        }],
+        users_file: Some(default_users_file()),
+        ..Default::default()
+    }
+}
+
+/// `/etc/mailspool/users` for root, else `$XDG_CONFIG_HOME/mailspool/users`.
+pub fn default_users_file() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/etc/mailspool/users");
+    }
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("mailspool/users")
+}
+
+/// Fill in the listener settings from the file.
+fn serve_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError> {
+    let s = &mut c.serve;
+    s.hostname = c.hostname.clone();
+    s.max_message_size = c.max_message_size;
+    s.shutdown_grace = c.shutdown_grace;
+    if let Some(list) = &file.listen {
+        s.listen = list
+            .iter()
+            .map(|l| {
+                Ok(mailspool_serve::Listen {
+                    address: l.address.parse().map_err(|_| {
+                        ConfigError::Invalid(format!(
+                            "[[listen]] address {:?}: expected ip:port",
+                            l.address
+                        ))
+                    })?,
+                    mode: mailspool_serve::Mode::parse(l.mode.as_deref().unwrap_or("relay"))
+                        .map_err(|e| ConfigError::Invalid(format!("[[listen]] {e}")))?,
+                    tls_cert: l.tls_cert.clone(),
+                    tls_key: l.tls_key.clone(),
+                })
+            })
+            .collect::<Result<_, ConfigError>>()?;
+    }
+    if let Some(nets) = &file.relay_networks {
+        s.relay_networks = nets
+            .iter()
+            .map(|n| {
+                mailspool_serve::Network::parse(n)
+                    .map_err(|e| ConfigError::Invalid(format!("relay_networks: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(f) = &file.users_file {
+        s.users_file = Some(f.clone());
+    }
+    if let Some(n) = file.max_recipients {
+        s.max_recipients = n.max(1);
+    }
+    if let Some(v) = &file.serve {
+        let secs = |v: Option<u64>, slot: &mut Duration| {
+            if let Some(x) = v {
+                *slot = Duration::from_secs(x.max(1));
+            }
+        };
+        secs(v.command_timeout, &mut s.command_timeout);
+        secs(v.session_timeout, &mut s.session_timeout);
+        if let Some(n) = v.max_connections {
+            s.max_connections = n.max(1);
+        }
+        if let Some(n) = v.max_connections_per_ip {
+            s.max_connections_per_ip = n.max(1);
+        }
+        if let Some(n) = v.max_auth_failures {
+            s.max_auth_failures = n.max(1);
+        }
+        if let Some(ms) = v.auth_failure_delay_ms {
+            s.auth_failure_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = v.greet_pause_ms {
+            s.greet_pause = Duration::from_millis(ms);
+        }
+        if let Some(all) = v.greet_pause_all {
+            s.greet_pause_all = all;
+        }
+    }
+    Ok(())
 }
 
 fn tls_policy(what: &str, value: &str) -> Result<TlsPolicy, ConfigError> {
@@ -419,6 +565,7 @@ impl Config {
             c.hostname = h;
         }
         deliver_settings(&mut c, &file)?;
+        serve_settings(&mut c, &file)?;
         c.spool.validate().map_err(ConfigError::Invalid)?;
         Ok(c)
     }

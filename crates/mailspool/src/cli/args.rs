@@ -58,6 +58,18 @@ SIGTERM stops taking new work and waits shutdown_grace seconds for deliveries un
 reloads the configuration."
     )]
     Daemon,
+    /// Accept mail over SMTP and spool it (ports from [[listen]] in the configuration).
+    #[command(
+        after_help = "Default: 127.0.0.1:25 (root) or 127.0.0.1:2525, relay mode. 250 after \
+DATA means the message is on disk. Relaying is allowed for relay_networks (default 127.0.0.0/8 \
+and ::1) and authenticated users only. SIGTERM stops accepting and lets sessions finish."
+    )]
+    Serve,
+    /// Manage SMTP AUTH users (argon2 hashes in users_file).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Messages and bytes spooled and sent per day, from usage/raw.
     Usage {
         /// Days to show, ending today.
@@ -176,4 +188,20 @@ pub fn normalise_sendmail_flags(args: Vec<OsString>) -> Vec<OsString> {
         }
     }
     out
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add or change a user; the password is read without echo, or from stdin.
+    Add {
+        /// User name.
+        name: String,
+    },
+    /// Remove a user.
+    Del {
+        /// User name.
+        name: String,
+    },
+    /// List user names.
+    List,
 }

@@ -6,6 +6,7 @@ mod daemon;
 mod queue;
 mod send;
 mod sendmail;
+mod serve;
 mod usage;
 
 use std::ffi::OsString;
@@ -96,7 +97,7 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
         }
     };
     // The daemon reports what happens to each message by default.
-    let daemon = matches!(cli.command, args::Command::Daemon);
+    let daemon = matches!(cli.command, args::Command::Daemon | args::Command::Serve);
     init_logging(if daemon {
         cli.verbose.max(1)
     } else {
@@ -110,6 +111,8 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
         args::Command::Daemon => {
             daemon::run(config, cli.config.clone(), cli.spool.clone(), cli.verbose)
         }
+        args::Command::Serve => serve::run(&config),
+        args::Command::User { command } => serve::user(&config, command),
     }
 }
 

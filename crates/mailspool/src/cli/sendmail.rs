@@ -150,10 +150,10 @@ pub fn run(prog: &str, args: &[OsString]) -> CliResult {
             let c = config(p.config.as_deref(), None)?;
             queue::list(&c, &ListArgs::default())
         }
-        Mode::Smtp => Err(Failure::new(
-            sysexits::UNAVAILABLE,
-            "-bs (SMTP on stdin) is not yet supported: it comes with the SMTP listener",
-        )),
+        Mode::Smtp => {
+            let c = config(p.config.as_deref(), None)?;
+            super::serve::stdio(&c)
+        }
         Mode::RunQueue => {
             let c = config(p.config.as_deref(), None)?;
             queue::run_queue(&c, true)
