@@ -92,8 +92,14 @@ fn routing_trick(raw_line: &str, address: &str) -> Option<&'static str> {
     if raw_line.contains("<@") {
         return Some("550 5.7.1 Source routes are not accepted");
     }
+    // A quoted local part hiding an `@` ("u@evil"@relay), as sent or as parsed.
+    let quoted = raw_line
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .any(|inside| inside.contains('@'));
     let (local, _) = address.rsplit_once('@')?;
-    if local.starts_with('"') && local.contains('@') {
+    if quoted || local.contains('@') {
         return Some("550 5.1.3 Quoted @ in the local part is not accepted");
     }
     if local.contains('%') || local.contains('!') {
@@ -109,7 +115,8 @@ mod tests {
     #[test]
     fn tricks() {
         assert!(routing_trick("RCPT TO:<@a,@b:u@c>\r\n", "u@c").is_some());
-        assert!(routing_trick("", "\"u@evil\"@c").is_some());
+        assert!(routing_trick("RCPT TO:<\"u@evil\"@c>", "\"u@evil\"@c").is_some());
+        assert!(routing_trick("", "u@evil@c").is_some());
         assert!(routing_trick("", "u%evil.com@c").is_some());
         assert!(routing_trick("", "evil!u@c").is_some());
         assert!(routing_trick("RCPT TO:<u@c>\r\n", "u@c").is_none());

@@ -49,7 +49,11 @@ impl Session {
         // Stage first: a full disk is said before the client sends the message.
         let mut stage = match self.open_stage(tx) {
             Ok(s) => s,
-            Err(reply) => return self.refuse(reply).await,
+            Err(reply) => {
+                // The transaction is over; the client starts again with MAIL.
+                self.tx = None;
+                return self.refuse(reply).await;
+            }
         };
         self.reply("354 End data with <CR><LF>.<CR><LF>").await?;
         let mut reader = DataReader::data(self.ctx.cfg.max_message_size);
