@@ -257,10 +257,12 @@ async fn smuggling_probes_are_refused_whole() {
 
 #[tokio::test]
 async fn refusals_with_their_codes() {
-    let mut cfg = ServeConfig::default();
-    cfg.max_recipients = 2;
-    cfg.max_message_size = 1500;
-    let s = start(cfg).await;
+    let s = start(ServeConfig {
+        max_recipients: 2,
+        max_message_size: 1500,
+        ..ServeConfig::default()
+    })
+    .await;
     let (mut c, _) = Client::connect(s.addr).await;
     assert_eq!(
         code(&c.cmd("MAIL FROM:<a@x.test>").await),
@@ -332,9 +334,11 @@ async fn never_an_open_relay() {
     let dir = tempfile::tempdir().unwrap();
     let mut users = Users::load(&dir.path().join("users")).unwrap();
     users.set("app", "s3cret").unwrap();
-    let mut cfg = ServeConfig::default();
-    cfg.relay_networks = vec![Network::parse("192.0.2.0/24").unwrap()];
-    cfg.auth_failure_delay = Duration::from_millis(10);
+    let cfg = ServeConfig {
+        relay_networks: vec![Network::parse("192.0.2.0/24").unwrap()],
+        auth_failure_delay: Duration::from_millis(10),
+        ..ServeConfig::default()
+    };
     let s = start_with(cfg, None, users, dir).await;
     let (mut c, _) = Client::connect(s.addr).await;
     let ehlo = c.cmd("EHLO client.test").await;
@@ -391,10 +395,12 @@ async fn submission_requires_auth() {
 
 #[tokio::test]
 async fn talking_before_the_greeting_is_dropped_and_timeouts_close() {
-    let mut cfg = ServeConfig::default();
-    cfg.greet_pause = Duration::from_millis(300);
-    cfg.greet_pause_all = true;
-    cfg.command_timeout = Duration::from_secs(1);
+    let cfg = ServeConfig {
+        greet_pause: Duration::from_millis(300),
+        greet_pause_all: true,
+        command_timeout: Duration::from_secs(1),
+        ..ServeConfig::default()
+    };
     let s = start(cfg).await;
     let mut sock = TcpStream::connect(s.addr).await.unwrap();
     sock.write_all(b"EHLO eager.test\r\n").await.unwrap();
@@ -410,9 +416,11 @@ async fn talking_before_the_greeting_is_dropped_and_timeouts_close() {
 
 #[tokio::test]
 async fn connection_limits_per_address() {
-    let mut cfg = ServeConfig::default();
-    cfg.max_connections_per_ip = 2;
-    let s = start(cfg).await;
+    let s = start(ServeConfig {
+        max_connections_per_ip: 2,
+        ..ServeConfig::default()
+    })
+    .await;
     let (_a, _) = Client::connect(s.addr).await;
     let (_b, _) = Client::connect(s.addr).await;
     let (_c, g) = Client::connect(s.addr).await;

@@ -76,10 +76,10 @@ impl Session {
         if !(self.peer.trusted || self.auth.is_some()) {
             return self.refuse("554 5.7.1 Relay access denied").await;
         }
-        if let Some(tx) = &mut self.tx {
-            if !tx.rcpts.iter().any(|r| r.eq_ignore_ascii_case(&address)) {
-                tx.rcpts.push(address);
-            }
+        if let Some(tx) = &mut self.tx
+            && !tx.rcpts.iter().any(|r| r.eq_ignore_ascii_case(&address))
+        {
+            tx.rcpts.push(address);
         }
         self.reply("250 2.1.5 Ok").await
     }

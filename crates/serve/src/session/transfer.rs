@@ -113,10 +113,11 @@ impl Session {
                 && let Some(Some((stage, reader))) = self.tx.as_mut().map(|t| t.bdat.as_mut())
             {
                 reader.feed(&self.rbuf[..n], &mut out);
-                if reader.violation().is_none() && !out.is_empty() {
-                    if let Err(e) = stage.write_all(&out) {
-                        problem = Some(io_reply(&e));
-                    }
+                if reader.violation().is_none()
+                    && !out.is_empty()
+                    && let Err(e) = stage.write_all(&out)
+                {
+                    problem = Some(io_reply(&e));
                 }
                 out.clear();
             }
