@@ -161,11 +161,17 @@ impl Session {
             return self.refuse(reply).await;
         }
         let (from, rcpts) = (tx.from.clone(), tx.rcpts.clone());
-        let committed = tokio::task::spawn_blocking(move || {
+        let commit = move || {
             let size = stage.written();
             stage.commit(&from, &rcpts).map(|c| (c, size))
-        })
-        .await;
+        };
+        // The fsyncs block: on the multi-threaded runtime, in place (no hand-off to
+        // another thread, which is most of a sequential client's wait); elsewhere on the
+        // blocking pool.
+        let committed = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(commit)),
+            _ => tokio::task::spawn_blocking(commit).await,
+        };
         match committed {
             Ok(Ok((c, size))) => {
                 self.accepted += 1;
