@@ -585,3 +585,57 @@ async fn a_hundred_concurrent_sessions_of_fifty_messages() {
     assert_eq!(tokens.len(), 5000, "every message whole and once");
     assert!(s.tmp_empty());
 }
+
+#[tokio::test]
+async fn smtps_is_tls_from_the_first_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = tls_files(dir.path());
+    let mut users = Users::load(&dir.path().join("users")).unwrap();
+    users.set("app", "s3cret").unwrap();
+    let cfg = ServeConfig {
+        listen: vec![Listen {
+            address: "127.0.0.1:0".parse().unwrap(),
+            mode: Mode::Smtps,
+            tls_cert: Some(cert.clone()),
+            tls_key: Some(key),
+        }],
+        ..ServeConfig::default()
+    };
+    let s = start_with(cfg, None, users, dir).await;
+    let connector = mailspool_smtp::TlsConnectors::new(Some(&cert)).unwrap();
+    let mut settings = mailspool_smtp::ClientSettings {
+        helo_name: "client.test".into(),
+        timeouts: mailspool_smtp::Timeouts::default(),
+        tls: mailspool_smtp::TlsPolicy::Implicit,
+        auth: None,
+    };
+    let env = mailspool_smtp::Envelope {
+        from: "a@x.test".into(),
+        to: vec!["b@y.test".into()],
+        size: 20,
+        eight_bit: false,
+    };
+    // Without AUTH the port refuses MAIL.
+    let mut session = mailspool_smtp::Session::connect(s.addr, "127.0.0.1", &settings, &connector)
+        .await
+        .unwrap();
+    assert!(session.tls);
+    let e = session
+        .send(&env, &mut &b"Subject: x\n\ny\n"[..])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("530"), "{e}");
+    settings.auth = Some(mailspool_smtp::Credentials {
+        username: "app".into(),
+        password: "s3cret".into(),
+    });
+    let mut session = mailspool_smtp::Session::connect(s.addr, "127.0.0.1", &settings, &connector)
+        .await
+        .unwrap();
+    let out = session
+        .send(&env, &mut &b"Subject: x\n\ny\n"[..])
+        .await
+        .unwrap();
+    assert!(out.data.unwrap().is_positive());
+    assert_eq!(s.nodes().len(), 1);
+}
