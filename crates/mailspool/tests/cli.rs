@@ -629,3 +629,27 @@ fn help_and_usage_log() {
     assert_eq!(day["sent"], 0);
     assert!(day["spooled_bytes"].as_u64().unwrap() > 2 * MSG.len() as u64 - 20);
 }
+
+#[test]
+fn fsck_reports_then_repairs_a_050_spool() {
+    let env = Env::new();
+    write_050_spool(&env.spool());
+    let out = env.mailspool().args(["fsck"]).assert().code(4);
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        text.contains("garbage-name") && text.contains("raw '-'"),
+        "{text}"
+    );
+    assert!(
+        env.spool().join("3/garbage-name").exists(),
+        "fsck without --repair changes nothing"
+    );
+    env.mailspool().args(["fsck", "--repair"]).assert().code(1);
+    assert!(!env.spool().join("3/garbage-name").exists());
+    assert_eq!(
+        fs::read_dir(env.spool().join("corrupt")).unwrap().count(),
+        1,
+        "kept in corrupt/"
+    );
+    env.mailspool().args(["fsck"]).assert().success();
+}

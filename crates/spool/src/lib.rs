@@ -21,6 +21,7 @@
 mod commit;
 pub mod config;
 mod error;
+pub mod fsck;
 pub mod lock;
 pub mod name;
 mod queue;

@@ -58,6 +58,19 @@ SIGTERM stops taking new work and waits shutdown_grace seconds for deliveries un
 reloads the configuration."
     )]
     Daemon,
+    /// Check the spool after a crash or a migration from Mail::Spool 0.50.
+    #[command(
+        after_help = "Finds crash leftovers in tmp/, names that do not parse (and 0.50 \
+names with a raw '-' that can be recovered), stale locks, empty or unreadable nodes, and side \
+data without a node. Changes nothing unless --repair; even then it never deletes a message it \
+cannot account for: such files move to corrupt/. Exit 0: clean; 1: problems repaired; \
+4: problems found and left."
+    )]
+    Fsck {
+        /// Repair what was found.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Accept mail over SMTP and spool it (ports from [[listen]] in the configuration).
     #[command(
         after_help = "Default: 127.0.0.1:25 (root) or 127.0.0.1:2525, relay mode. 250 after \

@@ -112,6 +112,7 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
             daemon::run(config, cli.config.clone(), cli.spool.clone(), cli.verbose)
         }
         args::Command::Serve => serve::run(&config),
+        args::Command::Fsck { repair } => fsck(&config, repair),
         args::Command::User { command } => serve::user(&config, command),
     }
 }
@@ -150,4 +151,34 @@ pub fn init_logging(verbose: u8) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// `mailspool fsck [--repair]`.
+fn fsck(config: &Config, repair: bool) -> CliResult {
+    let spool = mailspool::Spool::open(&config.spool_dir, config.spool.clone())?;
+    let report = spool
+        .fsck(repair)
+        .map_err(|e| Failure::new(sysexits::IOERR, e.to_string()))?;
+    for f in &report.findings {
+        println!("{}", f.describe());
+    }
+    for a in &report.actions {
+        println!("repair: {a}");
+    }
+    let problems = report.findings.iter().filter(|f| f.is_problem()).count();
+    println!(
+        "{} nodes checked, {problems} problem{} found{}",
+        report.nodes,
+        if problems == 1 { "" } else { "s" },
+        if repair && problems > 0 {
+            ", repaired"
+        } else {
+            ""
+        }
+    );
+    match (problems, repair) {
+        (0, _) => Ok(()),
+        (_, true) => Err(Failure::new(1, "")),
+        (_, false) => Err(Failure::new(4, "")),
+    }
 }

@@ -1,0 +1,300 @@
+//! `fsck`: check a spool after a crash or a migration from Mail::Spool 0.50, and repair
+//! what can be repaired without losing mail.
+//!
+//! Found: leftovers in `tmp/`, names that do not parse (and 0.50 raw-`-` names that can be
+//! recovered), stale locks and lock temp files, empty or unreadable nodes, side data with
+//! no node. Repair (only when asked): old stages removed (they were never acknowledged),
+//! recoverable names rewritten encoded, stale locks removed, side data without a node
+//! removed; anything that may be a message we cannot account for is moved to `corrupt/`,
+//! never deleted (as Postfix does).
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::lock::NodeLock;
+use crate::name::{LOCK_SUFFIX, NodeName, Parsed, encode};
+use crate::storage::os;
+use crate::{Spool, now};
+
+/// One thing fsck found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// A stage in tmp/ old enough to be a crash leftover.
+    StaleStage(PathBuf),
+    /// A stage in tmp/ young enough to be a commit under way: left alone.
+    LiveStage(PathBuf),
+    /// A tier file whose name does not parse.
+    Unparsable(PathBuf),
+    /// A 0.50 fallback name with a raw `-`, recoverable.
+    Recoverable(PathBuf),
+    /// A lock (or lock temp file) older than the stale age.
+    StaleLock(PathBuf),
+    /// A node of zero bytes, or one that cannot be read.
+    BadNode(PathBuf),
+    /// Side data for a node that does not exist.
+    OrphanSideData(PathBuf),
+}
+
+impl Finding {
+    /// What was found, for a person.
+    pub fn describe(&self) -> String {
+        match self {
+            Finding::StaleStage(p) => format!("crash leftover in tmp/: {}", p.display()),
+            Finding::LiveStage(p) => format!("commit under way (left alone): {}", p.display()),
+            Finding::Unparsable(p) => format!("name does not parse: {}", p.display()),
+            Finding::Recoverable(p) => format!(
+                "Mail::Spool 0.50 name with a raw '-', recoverable: {}",
+                p.display()
+            ),
+            Finding::StaleLock(p) => format!("stale lock: {}", p.display()),
+            Finding::BadNode(p) => format!("empty or unreadable node: {}", p.display()),
+            Finding::OrphanSideData(p) => format!("side data without a node: {}", p.display()),
+        }
+    }
+
+    /// Whether `fsck` counts it as a problem (a commit under way is not).
+    pub fn is_problem(&self) -> bool {
+        !matches!(self, Finding::LiveStage(_))
+    }
+}
+
+/// The outcome of one run.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// What was found.
+    pub findings: Vec<Finding>,
+    /// What was done about it (only with repair).
+    pub actions: Vec<String>,
+    /// Nodes looked at.
+    pub nodes: usize,
+}
+
+fn age(path: &Path) -> Duration {
+    fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .unwrap_or_default()
+}
+
+impl Spool {
+    /// Check the spool; with `repair`, fix what was found (see the module comment).
+    pub fn fsck(&self, repair: bool) -> std::io::Result<Report> {
+        let mut report = Report::default();
+        let stale = self.config.stale_lock_age();
+        // tmp/
+        if let Ok(entries) = fs::read_dir(self.dir.join("tmp")) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if age(&p) > self.config.tmp_max_age {
+                    report.findings.push(Finding::StaleStage(p));
+                } else {
+                    report.findings.push(Finding::LiveStage(p));
+                }
+            }
+        }
+        // Tiers and held nodes.
+        let mut live: HashSet<(String, String)> = HashSet::new();
+        let mut dirs: Vec<PathBuf> = (0..self.config.tiers()).map(|t| self.tier_dir(t)).collect();
+        dirs.extend((0..self.config.tiers()).map(|t| self.dir.join("hold").join(t.to_string())));
+        for dir in &dirs {
+            let Ok(entries) = fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                    report.findings.push(Finding::Unparsable(p));
+                    continue;
+                };
+                if name.ends_with(LOCK_SUFFIX) || name.starts_with(".lk.") {
+                    if age(&p) > stale {
+                        report.findings.push(Finding::StaleLock(p));
+                    }
+                    continue;
+                }
+                match NodeName::parse(&name) {
+                    Parsed::NotANode => {}
+                    Parsed::Unparsable => report.findings.push(Finding::Unparsable(p)),
+                    Parsed::Rescued(n) => {
+                        live.insert((n.id.clone(), n.to.clone()));
+                        report.findings.push(Finding::Recoverable(p));
+                    }
+                    Parsed::Node(n) => {
+                        report.nodes += 1;
+                        live.insert((n.id.clone(), n.to.clone()));
+                        let readable = fs::File::open(&p)
+                            .and_then(|f| f.metadata())
+                            .map(|m| m.len() > 0);
+                        if !readable.unwrap_or(false) {
+                            report.findings.push(Finding::BadNode(p));
+                        }
+                    }
+                }
+            }
+        }
+        // Side data.
+        if let Ok(entries) = fs::read_dir(self.dir.join("meta")) {
+            let keys: HashSet<String> = live
+                .iter()
+                .map(|(id, to)| format!("{id}-{}", encode(to.as_bytes())))
+                .collect();
+            for e in entries.flatten() {
+                if !e.file_name().to_str().is_some_and(|n| keys.contains(n)) {
+                    report.findings.push(Finding::OrphanSideData(e.path()));
+                }
+            }
+        }
+        if repair {
+            for f in report.findings.clone() {
+                if let Some(action) = self.repair(&f)? {
+                    report.actions.push(action);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn repair(&self, f: &Finding) -> std::io::Result<Option<String>> {
+        Ok(match f {
+            Finding::StaleStage(p) | Finding::StaleLock(p) | Finding::OrphanSideData(p) => {
+                fs::remove_file(p)?;
+                Some(format!("removed {}", p.display()))
+            }
+            Finding::LiveStage(_) => None,
+            Finding::Unparsable(p) | Finding::BadNode(p) => Some(self.to_corrupt(p)?),
+            Finding::Recoverable(p) => {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let Parsed::Rescued(n) = NodeName::parse(name) else {
+                    return Ok(None);
+                };
+                let dir = p.parent().unwrap_or(&self.dir);
+                let Ok(Some(_lock)) = NodeLock::try_lock(p, self.config.stale_lock_age()) else {
+                    return Ok(Some(format!("left {} (locked)", p.display())));
+                };
+                let mut target = n.clone();
+                loop {
+                    let to = dir.join(target.file_name());
+                    match os::rename_noreplace(p, &to) {
+                        Ok(()) => {
+                            return Ok(Some(format!("renamed {} to {}", p.display(), to.display())));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => target.time += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        })
+    }
+
+    /// Move a file we cannot account for to `corrupt/`, keeping it.
+    fn to_corrupt(&self, p: &Path) -> std::io::Result<String> {
+        let dir = self.dir.join("corrupt");
+        os::ensure_dir(&dir)?;
+        let base = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let to = dir.join(format!("{}-{base}", now()));
+        os::rename_noreplace(p, &to)?;
+        Ok(format!("moved {} to {}", p.display(), to.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SpoolConfig;
+    use std::io::Write;
+
+    #[test]
+    fn finds_and_repairs_without_losing_mail() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            stale_lock_after: Some(Duration::from_secs(60)),
+            ..SpoolConfig::default()
+        };
+        let spool = Spool::create(dir.path(), cfg).unwrap();
+        let id = spool.new_id();
+        let mut s = spool.stage(&id).unwrap();
+        s.write_all(b"Subject: ok\n\nbody\n").unwrap();
+        let good = s
+            .commit("a@x.org", &["b@y.org".into()])
+            .unwrap()
+            .nodes
+            .remove(0);
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        let aged = |p: &Path| {
+            fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap()
+        };
+        let t0 = dir.path().join("0");
+        fs::write(dir.path().join("tmp/old"), "x").unwrap();
+        aged(&dir.path().join("tmp/old"));
+        fs::write(dir.path().join("tmp/young"), "x").unwrap();
+        fs::write(t0.join("garbage"), "keep me").unwrap();
+        fs::write(
+            t0.join("1700000000-abc-first-last@x.org-me@y.org"),
+            "old mail",
+        )
+        .unwrap();
+        fs::write(t0.join("1700000001-def-empty@x.org-"), "").unwrap();
+        let lock = t0.join("1700000002-ghi-a@x.org-.NFSLock");
+        fs::write(&lock, "host 1 1 1\n").unwrap();
+        aged(&lock);
+        fs::create_dir_all(dir.path().join("meta")).unwrap();
+        fs::write(dir.path().join("meta/NOPE-b@y.org"), "{}").unwrap();
+        let node = NodeName::parse(good.file_name().unwrap().to_str().unwrap());
+        let Parsed::Node(node) = node else { panic!() };
+        spool
+            .record_attempt(
+                &node,
+                &crate::side::Attempt {
+                    time: 1,
+                    host: "h".into(),
+                    reply: "451".into(),
+                    delivered: false,
+                },
+            )
+            .unwrap();
+
+        let r = spool.fsck(false).unwrap();
+        let problems: Vec<_> = r.findings.iter().filter(|f| f.is_problem()).collect();
+        assert_eq!(problems.len(), 6, "{:#?}", r.findings);
+        assert!(r.actions.is_empty(), "no repair without --repair");
+        assert!(t0.join("garbage").exists());
+
+        let r = spool.fsck(true).unwrap();
+        assert_eq!(r.actions.len(), 6, "{:#?}", r.actions);
+        let r = spool.fsck(false).unwrap();
+        assert!(
+            r.findings.iter().all(|f| !f.is_problem()),
+            "{:#?}",
+            r.findings
+        );
+        // Nothing lost: the garbage and the empty node are in corrupt/, the 0.50 node renamed.
+        let corrupt: Vec<String> = fs::read_dir(dir.path().join("corrupt"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(corrupt.len(), 2);
+        assert!(
+            t0.join("1700000000-abc-first%2Dlast@x.org-me@y.org")
+                .exists()
+        );
+        assert!(
+            good.exists() && spool.last_error(&node).is_some(),
+            "good node and its side data kept"
+        );
+        assert!(
+            dir.path().join("tmp/young").exists(),
+            "a live stage is left alone"
+        );
+    }
+}
