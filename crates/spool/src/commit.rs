@@ -95,6 +95,8 @@ impl<S: Deref<Target = Spool>> Stage<S> {
             .storage
             .create_new(&path)
             .map_err(|e| SpoolError::io("create", &path, e))?;
+        // Held until the stage is closed: a stage nobody holds is a crash's leftover.
+        let _ = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
         Ok(Stage {
             spool,
             id: id.to_owned(),
@@ -239,6 +241,15 @@ impl<S: Deref<Target = Spool>> Drop for Stage<S> {
     fn drop(&mut self) {
         self.abort();
     }
+}
+
+/// Whether a stage's writer is gone (its `flock` is free). Errors count as "not
+/// abandoned": when in doubt, a stage is left for the age rule.
+pub(crate) fn is_abandoned(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
 }
 
 /// Group commit for one directory's fsync: a caller is covered by any fsync that

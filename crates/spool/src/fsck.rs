@@ -21,9 +21,9 @@ use crate::{Spool, now};
 /// One thing fsck found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
-    /// A stage in tmp/ old enough to be a crash leftover.
+    /// A stage in tmp/ that no live commit holds: a crash leftover.
     StaleStage(PathBuf),
-    /// A stage in tmp/ young enough to be a commit under way: left alone.
+    /// A stage in tmp/ that may be a commit under way: left alone.
     LiveStage(PathBuf),
     /// A tier file whose name does not parse.
     Unparsable(PathBuf),
@@ -88,7 +88,7 @@ impl Spool {
         if let Ok(entries) = fs::read_dir(self.dir.join("tmp")) {
             for e in entries.flatten() {
                 let p = e.path();
-                if age(&p) > self.config.tmp_max_age {
+                if self.stage_abandoned(&p, age(&p)) {
                     report.findings.push(Finding::StaleStage(p));
                 } else {
                     report.findings.push(Finding::LiveStage(p));
@@ -179,7 +179,11 @@ impl Spool {
                     let to = dir.join(target.file_name());
                     match os::rename_noreplace(p, &to) {
                         Ok(()) => {
-                            return Ok(Some(format!("renamed {} to {}", p.display(), to.display())));
+                            return Ok(Some(format!(
+                                "renamed {} to {}",
+                                p.display(),
+                                to.display()
+                            )));
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => target.time += 1,
                         Err(e) => return Err(e),

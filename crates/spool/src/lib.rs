@@ -157,23 +157,30 @@ impl Spool {
             .to_string()
     }
 
-    /// Remove `tmp/` entries older than `tmp_max_age`: stages of commits that crashed.
-    /// A stage is never acknowledged, so removing it loses nothing that was promised.
+    /// Whether a `tmp/` entry of this age is a crashed commit's stage (see below).
+    pub(crate) fn stage_abandoned(&self, path: &Path, age: std::time::Duration) -> bool {
+        age > self.config.tmp_max_age
+            || (age > std::time::Duration::from_secs(2) && commit::is_abandoned(path))
+    }
+
+    /// Remove stages of commits that crashed: `tmp/` entries older than `tmp_max_age`,
+    /// and younger ones (past a two-second grace for the create-then-lock window) whose
+    /// writer's `flock` is gone. A stage is never acknowledged, so removing it loses
+    /// nothing that was promised.
     fn remove_stale_stages(&self) {
         let tmp = self.dir.join("tmp");
         let Ok(entries) = std::fs::read_dir(&tmp) else {
             return;
         };
-        let max_age = self.config.tmp_max_age;
         for entry in entries.flatten() {
-            let old = entry
+            let age = entry
                 .metadata()
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|m| SystemTime::now().duration_since(m).ok())
-                .is_some_and(|age| age > max_age);
-            if old {
-                let path = entry.path();
+                .unwrap_or_default();
+            let path = entry.path();
+            if self.stage_abandoned(&path, age) {
                 match std::fs::remove_file(&path) {
                     Ok(()) => tracing::info!(path = %path.display(), "removed crash leftover"),
                     Err(e) => {

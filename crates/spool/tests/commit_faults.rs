@@ -210,3 +210,39 @@ fn stale_stages_are_removed_fresh_ones_kept() {
         "a live commit's stage"
     );
 }
+
+#[test]
+fn a_crashed_writers_young_stage_goes_a_live_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::create(dir.path(), SpoolConfig::default()).unwrap();
+    // A live commit: its stage is held.
+    let mut live = spool.stage("LIVE").unwrap();
+    live.write_all(b"in progress").unwrap();
+    // A crashed writer's stage: nobody holds it. Three seconds old, well under an hour.
+    let crashed = dir.path().join("tmp/crashed");
+    fs::write(&crashed, b"half").unwrap();
+    let t = std::time::SystemTime::now() - Duration::from_secs(3);
+    fs::File::options()
+        .write(true)
+        .open(&crashed)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    for e in fs::read_dir(dir.path().join("tmp")).unwrap() {
+        let p = e.unwrap().path();
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+    Spool::create(dir.path(), SpoolConfig::default()).unwrap();
+    assert!(
+        !crashed.exists(),
+        "abandoned stage removed at the next start"
+    );
+    assert_eq!(tmp_entries(dir.path()), 1, "the live stage stays");
+    live.commit("a@x.org", &["b@y.org".to_owned()]).unwrap();
+    assert_eq!(tmp_entries(dir.path()), 0);
+}
