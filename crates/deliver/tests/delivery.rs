@@ -476,3 +476,41 @@ async fn a_deep_queue_is_planned_in_chunks_and_each_node_tried_once_per_pass() {
     assert_eq!(r.count(Outcome::Delivered), 10);
     assert!(queued(&spool).is_empty());
 }
+
+#[tokio::test]
+async fn a_fallback_that_cannot_be_written_leaves_the_node_where_it_was() {
+    let sink = Sink::start(Script::default()).await;
+    sink.script()
+        .rcpt
+        .insert("x@one.test".into(), "451 4.3.0 later".into());
+    let dir = tempfile::tempdir().unwrap();
+    let plain = spool(dir.path());
+    queue(&plain, "a@sender.test", &["x@one.test"], MSG);
+    // The storage layer refuses the rename (a full disk, an I/O error).
+    let faulty = std::sync::Arc::new(
+        mailspool_spool::Spool::open(dir.path(), mailspool_spool::SpoolConfig::default())
+            .unwrap()
+            .with_storage(std::sync::Arc::new(mailspool_spool::FaultyStorage::new(
+                0,
+                mailspool_spool::FaultMode::FailOnce,
+                28,
+            ))),
+    );
+    let engine = engine(faulty, config(&[("one.test", sink.addr)]));
+    engine.run_pass(&PassOptions::default()).await.unwrap();
+    assert_eq!(
+        queued(&plain),
+        [(0, "x@one.test".to_owned())],
+        "still in tier 0, whole"
+    );
+    let node = plain.scan().unwrap().nodes.remove(0);
+    assert!(
+        plain.last_error(&node.name).unwrap().contains("451"),
+        "the attempt is recorded"
+    );
+    assert!(!node.path.with_extension("NFSLock").exists());
+    // Next time the rename works.
+    sink.script().rcpt.clear();
+    engine.run_pass(&all()).await.unwrap();
+    assert!(queued(&plain).is_empty());
+}
