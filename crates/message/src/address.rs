@@ -477,3 +477,32 @@ mod tests {
         assert_eq!(dedup_key("Bob@Example.COM"), "Bob@example.com");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text: the list parser never panics, and whatever it accepts passes the
+        /// envelope checks (no leading '-', no control characters, a domain).
+        #[test]
+        fn parse_address_list_is_total(text in "\\PC{0,200}") {
+            if let Ok(list) = parse_address_list(&text) {
+                for a in list {
+                    prop_assert!(check_address(&a).is_ok(), "{a:?}");
+                    prop_assert!(!a.starts_with('-'));
+                }
+            }
+        }
+
+        /// A well-formed address comes back as itself, alone or with a display name.
+        #[test]
+        fn good_addresses_round_trip(local in "[a-z0-9][a-z0-9._+-]{0,20}[a-z0-9]", domain in "[a-z][a-z0-9-]{0,10}[a-z0-9]\\.(org|test|example)") {
+            let addr = format!("{local}@{domain}");
+            prop_assume!(!local.contains(".."));
+            prop_assert_eq!(parse_address_list(&addr).unwrap(), vec![addr.clone()]);
+            prop_assert_eq!(parse_address_list(&format!("Some One <{addr}>")).unwrap(), vec![addr.clone()]);
+        }
+    }
+}

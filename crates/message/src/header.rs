@@ -334,3 +334,24 @@ mod tests {
         assert_eq!(h.headers.received_id(|_| true), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes at all: reading a head never panics, stays within its limit, and
+        /// what it keeps as fields holds no NUL.
+        #[test]
+        fn read_head_is_total(data in proptest::collection::vec(any::<u8>(), 0..2048), dot in any::<bool>()) {
+            if let Ok(head) = read_head(&mut &data[..], 1024, dot) {
+                prop_assert!(head.headers.len() <= 1024 + head.headers.fields.len());
+                prop_assert!(head.headers.fields.iter().all(|f| !f.raw.contains(&0)));
+                let _ = head.headers.recipients();
+                let _ = head.headers.from_address();
+                let _ = head.headers.received_id(|_| true);
+            }
+        }
+    }
+}

@@ -282,3 +282,53 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(0u8), Just(b'a')],
+            0..200,
+        )
+    }
+
+    proptest! {
+        /// DATA ends only at CRLF "." CRLF (or "." CRLF as the very first line), whatever
+        /// comes before; the stored form never holds a CR; chunking does not matter.
+        #[test]
+        fn data_ends_only_at_crlf_dot_crlf(data in bytes(), split in 0usize..200) {
+            let mut whole = DataReader::data(1 << 20);
+            let mut out = Vec::new();
+            let used = whole.feed(&data, &mut out);
+            if whole.done() {
+                let consumed = &data[..used];
+                prop_assert!(consumed == b".\r\n" || consumed.ends_with(b"\r\n.\r\n"), "{:?}", consumed);
+            } else {
+                prop_assert_eq!(used, data.len());
+            }
+            if whole.violation().is_none() {
+                prop_assert!(!out.contains(&b'\r') && !out.contains(&0));
+            }
+            let split = split.min(used);
+            let mut parts = DataReader::data(1 << 20);
+            let mut out2 = Vec::new();
+            let first = parts.feed(&data[..split], &mut out2);
+            prop_assert_eq!(first, split);
+            parts.feed(&data[split..used], &mut out2);
+            prop_assert_eq!(parts.done(), whole.done());
+            prop_assert_eq!(parts.violation(), whole.violation());
+            if whole.violation().is_none() {
+                prop_assert_eq!(out2, out);
+            }
+        }
+
+        /// Any command line: smtp-proto's parser and our reply mapping never panic.
+        #[test]
+        fn command_parsing_is_total(line in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = smtp_proto::Request::parse(&mut line.iter());
+        }
+    }
+}

@@ -359,3 +359,23 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any file name: the parser never panics, and a name it reads as a node
+        /// re-encodes to a name that reads back the same.
+        #[test]
+        fn parse_is_total(name in "\\PC{0,120}") {
+            match NodeName::parse(&name) {
+                Parsed::Node(n) | Parsed::Rescued(n) => {
+                    prop_assert_eq!(NodeName::parse(&n.file_name()), Parsed::Node(n.clone()));
+                }
+                Parsed::NotANode | Parsed::Unparsable => {}
+            }
+        }
+    }
+}
