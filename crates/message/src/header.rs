@@ -55,9 +55,17 @@ fn is_field_name(name: &[u8]) -> bool {
     !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b) && b != b':')
 }
 
+/// A line without its line end: the LF and every CR before it.
 fn strip_eol(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
+    match line.strip_suffix(b"\n") {
+        Some(mut l) => {
+            while let Some(rest) = l.strip_suffix(b"\r") {
+                l = rest;
+            }
+            l
+        }
+        None => line,
+    }
 }
 
 /// Read the header block: up to `max_bytes` bytes. `dot_ends` makes a line holding
