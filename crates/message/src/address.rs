@@ -259,6 +259,10 @@ pub fn check_address(spec: &str) -> Result<String, AddressError> {
     }
     check_domain(spec, domain)?;
     let addr = format!("{local}@{domain}");
+    // Again after unquoting: "-oQ/tmp"@x would otherwise come out as -oQ/tmp@x.
+    if addr.starts_with('-') {
+        return Err(bad(spec, "addresses may not start with '-'"));
+    }
     if addr.len() > MAX_ADDRESS {
         return Err(bad(spec, "address over 254 bytes"));
     }
@@ -452,6 +456,14 @@ mod tests {
             let e = parse_address_list(s).expect_err(s);
             assert_eq!(e.text, named, "{s:?}: {e}");
         }
+    }
+
+    #[test]
+    fn quoting_does_not_smuggle_a_leading_dash() {
+        // Found by the intake fuzzer: the quotes came off after the '-' check.
+        assert!(check_address("\"-oQ/tmp\"@x.com").is_err());
+        assert!(parse_address_list("Evil <\"-oQ/tmp\"@x.com>").is_err());
+        assert_eq!(check_address("\"a b\"@x.com").unwrap(), "\"a b\"@x.com");
     }
 
     #[test]
