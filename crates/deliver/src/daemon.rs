@@ -122,6 +122,21 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // Locks and lock temp files that killed processes left for nodes now gone: swept at
+    // start and then about once a minute.
+    let sweep = |engine: &Arc<Engine>| {
+        let spool = engine.spool();
+        let stale = spool.config().stale_lock_age();
+        let removed: usize = (0..spool.config().tiers())
+            .map(|t| mailspool_spool::lock::sweep(&spool.tier_dir(t), stale))
+            .sum();
+        if removed > 0 {
+            tracing::info!(removed, "removed orphan lock files");
+        }
+    };
+    sweep(&engine);
+    let sweep_every = (Duration::from_secs(60).as_secs() / opts.tick.as_secs().max(1)).max(1);
+    let mut ticks = 0u64;
     let mut tick = tokio::time::interval(opts.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut deliveries = JoinSet::new();
@@ -140,7 +155,13 @@ pub async fn run(
             continue;
         }
         let pass = tokio::select! {
-            _ = tick.tick() => PassOptions { use_priority: true, ..Default::default() },
+            _ = tick.tick() => {
+                ticks += 1;
+                if ticks % sweep_every == 0 {
+                    sweep(&engine);
+                }
+                PassOptions { use_priority: true, ..Default::default() }
+            }
             _ = wake.notified() => {
                 // Let a burst of new nodes land: one scan for all of them.
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -250,6 +250,35 @@ mod tests {
     }
 
     #[test]
+    fn sweep_removes_only_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = SystemTime::now() - Duration::from_secs(120);
+        let age = |p: &Path| {
+            fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap()
+        };
+        fs::write(dir.path().join("1-a-b@c-"), "node").unwrap();
+        for n in ["1-a-b@c-.NFSLock", "2-gone-b@c-.NFSLock", ".lk.1.2.3"] {
+            fs::write(dir.path().join(n), "x").unwrap();
+            age(&dir.path().join(n));
+        }
+        fs::write(dir.path().join("3-fresh-b@c-.NFSLock"), "x").unwrap();
+        assert_eq!(sweep(dir.path(), Duration::from_secs(60)), 2);
+        assert!(
+            dir.path().join("1-a-b@c-.NFSLock").exists(),
+            "its node exists: left to the next locker"
+        );
+        assert!(
+            dir.path().join("3-fresh-b@c-.NFSLock").exists(),
+            "not stale"
+        );
+    }
+
+    #[test]
     fn stale_lock_is_broken_and_release_leaves_foreign_lock() {
         let dir = tempfile::tempdir().unwrap();
         let node = dir.path().join("1-id-a@b-c@d");
@@ -279,4 +308,31 @@ mod tests {
         lock.release();
         assert!(lock_path(&node).exists());
     }
+}
+
+/// Remove what killed lock holders leave behind in `dir`: a `.NFSLock` older than
+/// `stale_after` whose node is gone (no one will ever take it again), and lock temp
+/// files (`.lk.*`) older than that. A stale lock whose node exists is left to the next
+/// locker, which breaks it. Returns how many files went.
+pub fn sweep(dir: &Path, stale_after: Duration) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let orphan = if let Some(node) = name.strip_suffix(LOCK_SUFFIX) {
+            !dir.join(node).exists()
+        } else {
+            name.starts_with(".lk.")
+        };
+        if orphan
+            && e.metadata().is_ok_and(|m| is_stale(&m, stale_after))
+            && fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }
