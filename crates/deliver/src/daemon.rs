@@ -157,7 +157,7 @@ pub async fn run(
         let pass = tokio::select! {
             _ = tick.tick() => {
                 ticks += 1;
-                if ticks % sweep_every == 0 {
+                if ticks.is_multiple_of(sweep_every) {
                     sweep(&engine);
                 }
                 PassOptions { use_priority: true, ..Default::default() }
