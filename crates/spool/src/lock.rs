@@ -213,6 +213,33 @@ pub fn holder(node: &Path, stale_after: Duration) -> Option<LockHolder> {
     })
 }
 
+/// Remove what killed lock holders leave behind in `dir`: a `.NFSLock` older than
+/// `stale_after` whose node is gone (no one will ever take it again), and lock temp
+/// files (`.lk.*`) older than that. A stale lock whose node exists is left to the next
+/// locker, which breaks it. Returns how many files went.
+pub fn sweep(dir: &Path, stale_after: Duration) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let orphan = if let Some(node) = name.strip_suffix(LOCK_SUFFIX) {
+            !dir.join(node).exists()
+        } else {
+            name.starts_with(".lk.")
+        };
+        if orphan
+            && e.metadata().is_ok_and(|m| is_stale(&m, stale_after))
+            && fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,31 +335,4 @@ mod tests {
         lock.release();
         assert!(lock_path(&node).exists());
     }
-}
-
-/// Remove what killed lock holders leave behind in `dir`: a `.NFSLock` older than
-/// `stale_after` whose node is gone (no one will ever take it again), and lock temp
-/// files (`.lk.*`) older than that. A stale lock whose node exists is left to the next
-/// locker, which breaks it. Returns how many files went.
-pub fn sweep(dir: &Path, stale_after: Duration) -> usize {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let orphan = if let Some(node) = name.strip_suffix(LOCK_SUFFIX) {
-            !dir.join(node).exists()
-        } else {
-            name.starts_with(".lk.")
-        };
-        if orphan
-            && e.metadata().is_ok_and(|m| is_stale(&m, stale_after))
-            && fs::remove_file(e.path()).is_ok()
-        {
-            removed += 1;
-        }
-    }
-    removed
 }
