@@ -21,8 +21,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use mailspool_deliver::HostPort;
-use mailspool_smtp::{Credentials, TlsPolicy};
+mod deliver;
+mod serve;
+
+use deliver::deliver_settings;
+pub use serve::default_users_file;
+use serve::{default_serve, serve_settings};
+
 use mailspool_spool::SpoolConfig;
 
 /// Default size limit of a message: 50 MiB.
@@ -231,204 +236,6 @@ impl Default for Config {
     }
 }
 
-fn default_serve() -> mailspool_serve::ServeConfig {
-    let port = if is_root() { 25 } else { 2525 };
-    mailspool_serve::ServeConfig {
-        hostname: default_hostname(),
-        listen: vec![mailspool_serve::Listen {
-            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            mode: mailspool_serve::Mode::Relay,
-            tls_cert: None,
-            tls_key: None,
-        }],
-        users_file: Some(default_users_file()),
-        ..Default::default()
-    }
-}
-
-/// `/etc/mailspool/users` for root, else `$XDG_CONFIG_HOME/mailspool/users`.
-pub fn default_users_file() -> PathBuf {
-    if is_root() {
-        return PathBuf::from("/etc/mailspool/users");
-    }
-    std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join("mailspool/users")
-}
-
-/// Fill in the listener settings from the file.
-fn serve_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError> {
-    let s = &mut c.serve;
-    s.hostname = c.hostname.clone();
-    s.max_message_size = c.max_message_size;
-    s.shutdown_grace = c.shutdown_grace;
-    if let Some(list) = &file.listen {
-        s.listen = list
-            .iter()
-            .map(|l| {
-                Ok(mailspool_serve::Listen {
-                    address: l.address.parse().map_err(|_| {
-                        ConfigError::Invalid(format!(
-                            "[[listen]] address {:?}: expected ip:port",
-                            l.address
-                        ))
-                    })?,
-                    mode: mailspool_serve::Mode::parse(l.mode.as_deref().unwrap_or("relay"))
-                        .map_err(|e| ConfigError::Invalid(format!("[[listen]] {e}")))?,
-                    tls_cert: l.tls_cert.clone(),
-                    tls_key: l.tls_key.clone(),
-                })
-            })
-            .collect::<Result<_, ConfigError>>()?;
-    }
-    if let Some(nets) = &file.relay_networks {
-        s.relay_networks = nets
-            .iter()
-            .map(|n| {
-                mailspool_serve::Network::parse(n)
-                    .map_err(|e| ConfigError::Invalid(format!("relay_networks: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-    }
-    if let Some(f) = &file.users_file {
-        s.users_file = Some(f.clone());
-    }
-    if let Some(n) = file.max_recipients {
-        s.max_recipients = n.max(1);
-    }
-    if let Some(v) = &file.serve {
-        let secs = |v: Option<u64>, slot: &mut Duration| {
-            if let Some(x) = v {
-                *slot = Duration::from_secs(x.max(1));
-            }
-        };
-        secs(v.command_timeout, &mut s.command_timeout);
-        secs(v.session_timeout, &mut s.session_timeout);
-        if let Some(n) = v.max_connections {
-            s.max_connections = n.max(1);
-        }
-        if let Some(n) = v.max_connections_per_ip {
-            s.max_connections_per_ip = n.max(1);
-        }
-        if let Some(n) = v.max_auth_failures {
-            s.max_auth_failures = n.max(1);
-        }
-        if let Some(ms) = v.auth_failure_delay_ms {
-            s.auth_failure_delay = Duration::from_millis(ms);
-        }
-        if let Some(ms) = v.greet_pause_ms {
-            s.greet_pause = Duration::from_millis(ms);
-        }
-        if let Some(all) = v.greet_pause_all {
-            s.greet_pause_all = all;
-        }
-    }
-    Ok(())
-}
-
-fn tls_policy(what: &str, value: &str) -> Result<TlsPolicy, ConfigError> {
-    match value {
-        "opportunistic" | "may" => Ok(TlsPolicy::Opportunistic),
-        "required" | "encrypt" | "verify" => Ok(TlsPolicy::Required),
-        "none" => Ok(TlsPolicy::None),
-        other => Err(ConfigError::Invalid(format!(
-            "{what} = {other:?}: use \"opportunistic\", \"required\" or \"none\""
-        ))),
-    }
-}
-
-fn host_port(what: &str, text: &str, default_port: u16) -> Result<HostPort, ConfigError> {
-    HostPort::parse(text, default_port).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
-}
-
-/// Fill in the delivery settings from the file.
-fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError> {
-    let d = &mut c.deliver;
-    d.hostname = c.hostname.clone();
-    d.max_deliveries = c.max_dequeue_processes;
-    d.timeouts.max_session = c.spool.max_connection_time;
-    if let Some(hosts) = &file.relayhost {
-        let list = match hosts {
-            OneOrMany::One(h) => vec![h.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        };
-        d.relayhosts = list
-            .iter()
-            .map(|h| host_port("relayhost", h, 25))
-            .collect::<Result<_, _>>()?;
-    }
-    let relay = file.relay.clone().unwrap_or_default();
-    if let (Some(user), Some(pw_file)) = (&relay.username, &relay.password_file) {
-        let text = std::fs::read_to_string(pw_file).map_err(|source| ConfigError::Read {
-            path: pw_file.clone(),
-            source,
-        })?;
-        d.relay_auth = Some(Credentials {
-            username: user.clone(),
-            password: text.lines().next().unwrap_or("").to_owned(),
-        });
-    } else if relay.username.is_some() != relay.password_file.is_some() {
-        return Err(ConfigError::Invalid(
-            "[relay] needs both username and password_file".into(),
-        ));
-    }
-    d.relay_tls = match &relay.tls {
-        Some(t) => tls_policy("[relay] tls", t)?,
-        None if d.relay_auth.is_some() => TlsPolicy::Required,
-        None => TlsPolicy::Opportunistic,
-    };
-    if let Some(t) = &file.tls {
-        d.mx_tls = tls_policy("tls", t)?;
-    }
-    d.tls_ca_file = file.tls_ca_file.clone();
-    if let Some(routes) = &file.routes {
-        for (domain, target) in routes {
-            d.routes.insert(
-                domain.to_ascii_lowercase(),
-                host_port(&format!("routes.{domain}"), target, 25)?,
-            );
-        }
-    }
-    if let Some(r) = &file.resolver {
-        let addr = r
-            .parse::<std::net::SocketAddr>()
-            .or_else(|_| {
-                r.parse::<std::net::IpAddr>()
-                    .map(|ip| std::net::SocketAddr::new(ip, 53))
-            })
-            .map_err(|_| ConfigError::Invalid(format!("resolver = {r:?}: expected ip:port")))?;
-        d.resolver = Some(addr);
-    }
-    if let Some(p) = file.mx_port {
-        d.mx_port = p;
-    }
-    if let Some(n) = file.max_host_connections {
-        d.per_host_limit = n.max(1);
-    }
-    if let Some(t) = &file.timeouts {
-        let set = |v: Option<u64>, slot: &mut Duration| {
-            if let Some(s) = v {
-                *slot = Duration::from_secs(s.max(1));
-            }
-        };
-        set(t.connect, &mut d.timeouts.connect);
-        set(t.greeting, &mut d.timeouts.greeting);
-        set(t.command, &mut d.timeouts.command);
-        set(t.data_init, &mut d.timeouts.data_init);
-        set(t.data_block, &mut d.timeouts.data_block);
-        set(t.data_end, &mut d.timeouts.data_end);
-    }
-    if let Some(s) = file.stale_lock_timeout {
-        c.spool.stale_lock_after = Some(Duration::from_secs(s));
-    }
-    if let Some(s) = file.shutdown_grace {
-        c.shutdown_grace = Duration::from_secs(s);
-    }
-    Ok(())
-}
-
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
@@ -609,7 +416,7 @@ mod tests {
 
     #[test]
     fn the_contrib_example_with_every_line_uncommented_is_the_default() {
-        let text = include_str!("../../../contrib/mailspool.toml");
+        let text = include_str!("../../../../contrib/mailspool.toml");
         let uncommented: String = text
             .lines()
             .filter_map(|l| l.strip_prefix("# "))

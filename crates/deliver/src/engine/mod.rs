@@ -1,0 +1,406 @@
+//! The delivery engine: find due nodes, lock them, group them by message and domain (one
+//! SMTP transaction, several RCPT), deliver, then delete, fall back a tier, or bounce.
+//!
+//! Promises: a node is deleted only after the server's 250 for it; a node is changed
+//! only under its `.NFSLock` and only if it still exists once locked (so two daemons on
+//! one spool deliver it once); a temporary failure moves the node to the next tier with
+//! a fresh time and an encoded name; a permanent one, or a temporary one in the last
+//! tier, spools a bounce to the sender (never for the null sender) before the node is
+//! deleted. Every attempt is recorded as side data, so `queue show` says why a node waits.
+//!
+//! Concurrency: async tasks; at most `max_deliveries` deliveries at once in all, and at
+//! most `per_host_limit` to one host. A task waits for its host's slot first, holding
+//! nothing else (no global slot, no lock), so a tarpit uses up only its own host's
+//! slots until its timeouts fire; node locks are taken only once a slot is ours.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use mailspool_smtp::{Session, TlsConnectors};
+use mailspool_spool::{Found, NodeEntry, NodeLock, Spool, SpoolError, now};
+use std::ops::ControlFlow;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::bounce::Failure;
+use crate::config::DeliverConfig;
+use crate::dns::Resolve;
+use crate::route::route;
+
+mod send;
+mod settle;
+
+use send::host_key;
+
+/// Which nodes a pass looks at.
+#[derive(Debug, Clone, Default)]
+pub enum Selection {
+    /// Nodes whose tier wait is over.
+    #[default]
+    Due,
+    /// Every node, due or not (`queue run --all`, `sendmail -q`).
+    All,
+    /// The nodes of these messages, due or not (`send --now`).
+    Ids(HashSet<String>),
+}
+
+/// How a pass runs.
+#[derive(Debug, Clone, Default)]
+pub struct PassOptions {
+    /// Which nodes.
+    pub selection: Selection,
+    /// Scan tier i only with probability 1/priority[i] (the daemon's tick).
+    pub use_priority: bool,
+    /// Only these tiers (the daemon's wake-up looks at tier 0 only).
+    pub tiers: Option<Vec<usize>>,
+    /// The caller is told directly (`send --now`): no bounce, and a node that is not
+    /// delivered is removed rather than retried.
+    pub interactive: bool,
+    /// Most nodes to plan at once (None: all).
+    pub limit: Option<usize>,
+}
+
+/// What happened to one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by a server; the node is gone.
+    Delivered,
+    /// Temporary failure; the node moved to the next tier.
+    Deferred,
+    /// Permanent failure (or out of tiers); bounced (unless interactive or null sender).
+    Failed,
+    /// Locked by another process, or gone before we could lock it.
+    Skipped,
+}
+
+/// One node's result, for reports and `send --now`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeResult {
+    /// Message id.
+    pub id: String,
+    /// Recipient.
+    pub to: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The server's reply or our reason.
+    pub reply: String,
+}
+
+/// A pass's results.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Per node.
+    pub results: Vec<NodeResult>,
+}
+
+impl Report {
+    /// Nodes with this outcome.
+    pub fn count(&self, o: Outcome) -> usize {
+        self.results.iter().filter(|r| r.outcome == o).count()
+    }
+}
+
+/// Most nodes one plan takes; the rest wait for the next chunk, so memory stays
+/// bounded however deep the queue is.
+pub const PLAN_CHUNK: usize = 20_000;
+
+/// What a plan found.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Groups to deliver.
+    pub groups: Vec<Group>,
+    /// The tiers it looked at (after the priority dice).
+    pub tiers: Vec<usize>,
+    /// It stopped at its limit: there is more.
+    pub truncated: bool,
+}
+
+fn collect(report: &mut Report, r: Result<Vec<NodeResult>, tokio::task::JoinError>) {
+    match r {
+        Ok(results) => report.results.extend(results),
+        Err(e) => tracing::error!(error = %e, "delivery task failed"),
+    }
+}
+
+/// Nodes of one message to one domain: one transaction.
+#[derive(Debug)]
+pub struct Group {
+    nodes: Vec<NodeEntry>,
+    domain: String,
+}
+
+/// The engine; share it in an `Arc`.
+pub struct Engine {
+    spool: Arc<Spool>,
+    cfg: RwLock<Arc<DeliverConfig>>,
+    dns: Arc<dyn Resolve>,
+    tls: TlsConnectors,
+    global: Arc<Semaphore>,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: Mutex<HashMap<String, Vec<Session>>>,
+    in_flight: Mutex<HashSet<PathBuf>>,
+    stopping: AtomicBool,
+}
+
+/// How one node ends, before we act on it.
+enum Verdict {
+    Delivered {
+        reply: String,
+    },
+    Temporary {
+        host: String,
+        reply: String,
+        /// Already in the side data (each host's failure is recorded as it happens).
+        recorded: bool,
+    },
+    Permanent(Failure),
+}
+
+impl Engine {
+    /// An engine on `spool`.
+    pub fn new(
+        spool: Arc<Spool>,
+        cfg: DeliverConfig,
+        dns: Arc<dyn Resolve>,
+    ) -> Result<Arc<Engine>, String> {
+        let tls = TlsConnectors::new(cfg.tls_ca_file.as_deref())?;
+        Ok(Arc::new(Engine {
+            spool,
+            global: Arc::new(Semaphore::new(cfg.max_deliveries.max(1))),
+            cfg: RwLock::new(Arc::new(cfg)),
+            dns,
+            tls,
+            hosts: Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    /// Replace the settings (SIGHUP). Limits already in force keep their size.
+    pub fn reconfigure(&self, cfg: DeliverConfig) {
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cfg);
+    }
+
+    fn cfg(&self) -> Arc<DeliverConfig> {
+        self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The spool.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Most delivery tasks worth having at once: a few per delivery slot.
+    pub fn task_cap(&self) -> usize {
+        self.cfg().max_deliveries.max(1) * 8
+    }
+
+    /// Stop starting deliveries (SIGTERM); those under way finish.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Scan the spool and group what this pass should deliver. Nodes this process has
+    /// already planned are left out; every group returned must go to
+    /// [`Engine::deliver_group`] (which releases its nodes when done).
+    pub fn plan(&self, opts: &PassOptions) -> Result<Plan, SpoolError> {
+        self.plan_except(opts, &|_| false)
+    }
+
+    /// [`Engine::plan`], leaving out the nodes `skip` names.
+    pub fn plan_except(
+        &self,
+        opts: &PassOptions,
+        skip: &dyn Fn(&NodeEntry) -> bool,
+    ) -> Result<Plan, SpoolError> {
+        let config = self.spool.config();
+        let now = now();
+        let limit = opts.limit.unwrap_or(usize::MAX);
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut groups: HashMap<(String, String), Vec<NodeEntry>> = HashMap::new();
+        let mut order = Vec::new();
+        let mut plan = Plan::default();
+        let mut taken = 0usize;
+        for tier in 0..config.tiers() {
+            if opts.tiers.as_ref().is_some_and(|t| !t.contains(&tier)) {
+                continue;
+            }
+            if opts.use_priority {
+                let p = config.priorities.get(tier).copied().unwrap_or(1).max(1);
+                if rand::random_range(0..p) != 0 {
+                    continue;
+                }
+            }
+            plan.tiers.push(tier);
+            if plan.truncated {
+                continue;
+            }
+            self.spool.visit_tier(tier, &mut |found| {
+                let n = match found {
+                    Found::Node(n) => n,
+                    Found::Unparsable(path) => {
+                        tracing::warn!(path = %path.display(), "file name is not a node name; skipped");
+                        return ControlFlow::Continue(());
+                    }
+                };
+                let wanted = match &opts.selection {
+                    Selection::Due => self.spool.due_at(&n) <= now,
+                    Selection::All => true,
+                    Selection::Ids(ids) => ids.contains(&n.name.id),
+                };
+                if !wanted || in_flight.contains(&n.path) || skip(&n) {
+                    return ControlFlow::Continue(());
+                }
+                // Planned nodes count as in flight until their group is done, so a
+                // later pass does not plan them again.
+                in_flight.insert(n.path.clone());
+                let key = (n.name.id.clone(), n.domain());
+                let entry = groups.entry(key.clone()).or_default();
+                if entry.is_empty() {
+                    order.push(key);
+                }
+                entry.push(n);
+                taken += 1;
+                if taken >= limit {
+                    plan.truncated = true;
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            })?;
+        }
+        plan.groups = order
+            .into_iter()
+            .map(|key| Group {
+                nodes: groups.remove(&key).unwrap_or_default(),
+                domain: key.1,
+            })
+            .collect();
+        Ok(plan)
+    }
+
+    /// One pass: plan (in chunks of `limit` nodes), deliver every group concurrently,
+    /// wait for all. Each node is attempted at most once per pass.
+    pub async fn run_pass(self: &Arc<Self>, opts: &PassOptions) -> Result<Report, SpoolError> {
+        let mut tasks = JoinSet::new();
+        let mut report = Report::default();
+        let mut attempted: HashSet<(String, String)> = HashSet::new();
+        let mut opts = opts.clone();
+        opts.limit = opts.limit.or(Some(PLAN_CHUNK));
+        loop {
+            let plan = self.plan_except(&opts, &|n| {
+                attempted.contains(&(n.name.id.clone(), n.name.to.clone()))
+            })?;
+            // The next chunk rolls no dice: the same tiers again.
+            opts.tiers = Some(plan.tiers.clone());
+            opts.use_priority = false;
+            for g in plan.groups {
+                attempted.extend(
+                    g.nodes
+                        .iter()
+                        .map(|n| (n.name.id.clone(), n.name.to.clone())),
+                );
+                // A bounded number of tasks: a queue of 200,000 is not 200,000 futures.
+                while tasks.len() >= self.task_cap() {
+                    if let Some(r) = tasks.join_next().await {
+                        collect(&mut report, r);
+                    }
+                }
+                tasks.spawn(self.clone().deliver_group(g, opts.interactive));
+            }
+            if !plan.truncated {
+                break;
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            collect(&mut report, r);
+        }
+        Ok(report)
+    }
+
+    /// Deliver one group (the daemon spawns these itself).
+    pub async fn deliver_group(
+        self: Arc<Self>,
+        group: Group,
+        interactive: bool,
+    ) -> Vec<NodeResult> {
+        let paths: Vec<PathBuf> = group.nodes.iter().map(|n| n.path.clone()).collect();
+        let results = self.deliver_locked_group(group, interactive).await;
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for p in &paths {
+            in_flight.remove(p);
+        }
+        results
+    }
+
+    async fn deliver_locked_group(&self, group: Group, interactive: bool) -> Vec<NodeResult> {
+        let cfg = self.cfg();
+        let routed = route(&group.domain, &cfg, self.dns.as_ref()).await;
+        // Wait for a slot before locking anything: a node lock is held only while we
+        // deliver (never while queued behind a busy host, where it could go stale and
+        // be broken by another daemon), and other daemons can take what we cannot.
+        let first_host = routed.as_ref().ok().and_then(|t| t.first()).map(host_key);
+        let _host = match &first_host {
+            Some(key) => Some(
+                self.host_slots(key, cfg.per_host_limit)
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore open"),
+            ),
+            None => None,
+        };
+        let _global = self
+            .global
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let mut results = Vec::new();
+        if self.stopping.load(Ordering::SeqCst) {
+            return results;
+        }
+        let mut locked: Vec<(NodeEntry, NodeLock)> = Vec::new();
+        for n in group.nodes {
+            match self.spool.lock_node(&n) {
+                // Another daemon may have delivered and deleted it since our scan.
+                Ok(lock) if n.path.exists() => locked.push((n, lock)),
+                Ok(_) | Err(_) => results.push(NodeResult {
+                    id: n.name.id.clone(),
+                    to: n.name.to.clone(),
+                    outcome: Outcome::Skipped,
+                    reply: "locked by another process, or already gone".into(),
+                }),
+            }
+        }
+        if locked.is_empty() {
+            return results;
+        }
+        let verdicts = match routed {
+            Err(e) if e.permanent => locked
+                .iter()
+                .map(|(n, _)| {
+                    Verdict::Permanent(Failure {
+                        recipient: n.name.to.clone(),
+                        status: e.status.into(),
+                        remote_mta: None,
+                        diagnostic: e.text.clone(),
+                        from_smtp: false,
+                    })
+                })
+                .collect(),
+            Err(e) => locked
+                .iter()
+                .map(|_| Verdict::Temporary {
+                    host: String::new(),
+                    reply: format!("{} {}", e.status, e.text),
+                    recorded: false,
+                })
+                .collect(),
+            Ok(targets) => self.send_to_targets(&cfg, &targets, &locked).await,
+        };
+        results.extend(self.settle(&cfg, locked, verdicts, interactive));
+        results
+    }
+}

@@ -1,0 +1,129 @@
+//! Settling a group under its locks: delete what was delivered, move what must wait to
+//! the next tier, bounce what failed for good (bounce first, then delete).
+
+use mailspool_spool::side::Attempt;
+use mailspool_spool::{NodeEntry, NodeLock, now};
+
+use super::{Engine, NodeResult, Outcome, Verdict};
+use crate::bounce::{Failure, spool_bounce};
+use crate::config::DeliverConfig;
+
+impl Engine {
+    /// Act on the verdicts, under the nodes' locks: delete, fall back, or bounce.
+    pub(super) fn settle(
+        &self,
+        cfg: &DeliverConfig,
+        locked: Vec<(NodeEntry, NodeLock)>,
+        verdicts: Vec<Verdict>,
+        interactive: bool,
+    ) -> Vec<NodeResult> {
+        let last_tier = self.spool.config().tiers().saturating_sub(1);
+        let mut results = Vec::new();
+        let mut failures: Vec<(usize, Failure)> = Vec::new();
+        for (i, ((n, _lock), v)) in locked.iter().zip(verdicts).enumerate() {
+            let result = |outcome, reply: String| NodeResult {
+                id: n.name.id.clone(),
+                to: n.name.to.clone(),
+                outcome,
+                reply,
+            };
+            match v {
+                Verdict::Delivered { reply } => {
+                    // The attempt's log line already says so; only trouble is logged here.
+                    if let Err(e) = self.spool.delete_locked(n) {
+                        tracing::error!(node = %n.path.display(), error = %e, "delivered but cannot delete the node: it may be sent again");
+                    }
+                    results.push(result(Outcome::Delivered, reply));
+                }
+                Verdict::Temporary {
+                    host,
+                    reply,
+                    recorded,
+                } => {
+                    if !recorded {
+                        let _ = self.spool.record_attempt(
+                            &n.name,
+                            &Attempt {
+                                time: now(),
+                                host: host.clone(),
+                                reply: reply.clone(),
+                                delivered: false,
+                            },
+                        );
+                    }
+                    if interactive {
+                        // `send --now`: the caller is told and keeps the message; nothing
+                        // stays queued behind its back.
+                        if let Err(e) = self.spool.delete_locked(n) {
+                            tracing::error!(node = %n.path.display(), error = %e, "cannot remove the node");
+                        }
+                        results.push(result(Outcome::Deferred, reply));
+                        continue;
+                    }
+                    if n.tier >= last_tier {
+                        failures.push((
+                            i,
+                            Failure {
+                                recipient: n.name.to.clone(),
+                                status: "4.4.7".into(),
+                                remote_mta: (!host.is_empty()).then(|| host.clone()),
+                                diagnostic: format!("delivery time expired; last error: {reply}"),
+                                from_smtp: false,
+                            },
+                        ));
+                        continue;
+                    }
+                    match self.spool.move_to_tier_locked(n, n.tier + 1) {
+                        Ok(moved) => {
+                            tracing::info!(id = %n.name.id, to = %n.name.to, tier = moved.tier, reply = %reply, "deferred")
+                        }
+                        Err(e) => {
+                            tracing::error!(node = %n.path.display(), error = %e, "cannot move the node to the next tier; it stays where it is")
+                        }
+                    }
+                    results.push(result(Outcome::Deferred, reply));
+                }
+                Verdict::Permanent(f) => failures.push((i, f)),
+            }
+        }
+        if failures.is_empty() {
+            return results;
+        }
+        // Bounce first (durably), then delete: a crash between them can only duplicate
+        // the bounce, never lose it.
+        let first = &locked[failures[0].0].0;
+        let list: Vec<Failure> = failures.iter().map(|(_, f)| f.clone()).collect();
+        let bounced = if interactive {
+            Ok(None)
+        } else {
+            spool_bounce(
+                &self.spool,
+                &cfg.hostname,
+                &first.name.from,
+                &first.name.id,
+                &first.path,
+                &list,
+                cfg.bounce_max_headers,
+            )
+        };
+        if let Err(e) = &bounced {
+            tracing::error!(id = %first.name.id, error = %e, "cannot spool the bounce; the nodes stay queued");
+        }
+        for (i, f) in failures {
+            let n = &locked[i].0;
+            if bounced.is_ok()
+                && let Err(e) = self.spool.delete_locked(n)
+            {
+                tracing::error!(node = %n.path.display(), error = %e, "cannot delete a failed node");
+            }
+            tracing::info!(id = %n.name.id, to = %n.name.to, status = %f.status, reason = %f.diagnostic, "failed");
+            results.push(NodeResult {
+                id: n.name.id.clone(),
+                to: n.name.to.clone(),
+                outcome: Outcome::Failed,
+                reply: f.diagnostic,
+            });
+        }
+        results
+    }
+}

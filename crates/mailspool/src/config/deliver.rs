@@ -1,0 +1,109 @@
+//! The delivery part of the configuration: relay hosts, routes, TLS, DNS, timeouts.
+
+use std::time::Duration;
+
+use mailspool_deliver::HostPort;
+use mailspool_smtp::{Credentials, TlsPolicy};
+
+use super::{Config, ConfigError, ConfigFile, OneOrMany};
+
+fn tls_policy(what: &str, value: &str) -> Result<TlsPolicy, ConfigError> {
+    match value {
+        "opportunistic" | "may" => Ok(TlsPolicy::Opportunistic),
+        "required" | "encrypt" | "verify" => Ok(TlsPolicy::Required),
+        "none" => Ok(TlsPolicy::None),
+        other => Err(ConfigError::Invalid(format!(
+            "{what} = {other:?}: use \"opportunistic\", \"required\" or \"none\""
+        ))),
+    }
+}
+
+fn host_port(what: &str, text: &str, default_port: u16) -> Result<HostPort, ConfigError> {
+    HostPort::parse(text, default_port).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
+}
+
+/// Fill in the delivery settings from the file.
+pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError> {
+    let d = &mut c.deliver;
+    d.hostname = c.hostname.clone();
+    d.max_deliveries = c.max_dequeue_processes;
+    d.timeouts.max_session = c.spool.max_connection_time;
+    if let Some(hosts) = &file.relayhost {
+        let list = match hosts {
+            OneOrMany::One(h) => vec![h.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        d.relayhosts = list
+            .iter()
+            .map(|h| host_port("relayhost", h, 25))
+            .collect::<Result<_, _>>()?;
+    }
+    let relay = file.relay.clone().unwrap_or_default();
+    if let (Some(user), Some(pw_file)) = (&relay.username, &relay.password_file) {
+        let text = std::fs::read_to_string(pw_file).map_err(|source| ConfigError::Read {
+            path: pw_file.clone(),
+            source,
+        })?;
+        d.relay_auth = Some(Credentials {
+            username: user.clone(),
+            password: text.lines().next().unwrap_or("").to_owned(),
+        });
+    } else if relay.username.is_some() != relay.password_file.is_some() {
+        return Err(ConfigError::Invalid(
+            "[relay] needs both username and password_file".into(),
+        ));
+    }
+    d.relay_tls = match &relay.tls {
+        Some(t) => tls_policy("[relay] tls", t)?,
+        None if d.relay_auth.is_some() => TlsPolicy::Required,
+        None => TlsPolicy::Opportunistic,
+    };
+    if let Some(t) = &file.tls {
+        d.mx_tls = tls_policy("tls", t)?;
+    }
+    d.tls_ca_file = file.tls_ca_file.clone();
+    if let Some(routes) = &file.routes {
+        for (domain, target) in routes {
+            d.routes.insert(
+                domain.to_ascii_lowercase(),
+                host_port(&format!("routes.{domain}"), target, 25)?,
+            );
+        }
+    }
+    if let Some(r) = &file.resolver {
+        let addr = r
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| {
+                r.parse::<std::net::IpAddr>()
+                    .map(|ip| std::net::SocketAddr::new(ip, 53))
+            })
+            .map_err(|_| ConfigError::Invalid(format!("resolver = {r:?}: expected ip:port")))?;
+        d.resolver = Some(addr);
+    }
+    if let Some(p) = file.mx_port {
+        d.mx_port = p;
+    }
+    if let Some(n) = file.max_host_connections {
+        d.per_host_limit = n.max(1);
+    }
+    if let Some(t) = &file.timeouts {
+        let set = |v: Option<u64>, slot: &mut Duration| {
+            if let Some(s) = v {
+                *slot = Duration::from_secs(s.max(1));
+            }
+        };
+        set(t.connect, &mut d.timeouts.connect);
+        set(t.greeting, &mut d.timeouts.greeting);
+        set(t.command, &mut d.timeouts.command);
+        set(t.data_init, &mut d.timeouts.data_init);
+        set(t.data_block, &mut d.timeouts.data_block);
+        set(t.data_end, &mut d.timeouts.data_end);
+    }
+    if let Some(s) = file.stale_lock_timeout {
+        c.spool.stale_lock_after = Some(Duration::from_secs(s));
+    }
+    if let Some(s) = file.shutdown_grace {
+        c.shutdown_grace = Duration::from_secs(s);
+    }
+    Ok(())
+}

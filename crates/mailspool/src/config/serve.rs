@@ -1,0 +1,103 @@
+//! The listener part of the configuration: ports, relay networks, users, limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{Config, ConfigError, ConfigFile, default_hostname, is_root};
+
+pub(super) fn default_serve() -> mailspool_serve::ServeConfig {
+    let port = if is_root() { 25 } else { 2525 };
+    mailspool_serve::ServeConfig {
+        hostname: default_hostname(),
+        listen: vec![mailspool_serve::Listen {
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            mode: mailspool_serve::Mode::Relay,
+            tls_cert: None,
+            tls_key: None,
+        }],
+        users_file: Some(default_users_file()),
+        ..Default::default()
+    }
+}
+
+/// `/etc/mailspool/users` for root, else `$XDG_CONFIG_HOME/mailspool/users`.
+pub fn default_users_file() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/etc/mailspool/users");
+    }
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("mailspool/users")
+}
+
+/// Fill in the listener settings from the file.
+pub(super) fn serve_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError> {
+    let s = &mut c.serve;
+    s.hostname = c.hostname.clone();
+    s.max_message_size = c.max_message_size;
+    s.shutdown_grace = c.shutdown_grace;
+    if let Some(list) = &file.listen {
+        s.listen = list
+            .iter()
+            .map(|l| {
+                Ok(mailspool_serve::Listen {
+                    address: l.address.parse().map_err(|_| {
+                        ConfigError::Invalid(format!(
+                            "[[listen]] address {:?}: expected ip:port",
+                            l.address
+                        ))
+                    })?,
+                    mode: mailspool_serve::Mode::parse(l.mode.as_deref().unwrap_or("relay"))
+                        .map_err(|e| ConfigError::Invalid(format!("[[listen]] {e}")))?,
+                    tls_cert: l.tls_cert.clone(),
+                    tls_key: l.tls_key.clone(),
+                })
+            })
+            .collect::<Result<_, ConfigError>>()?;
+    }
+    if let Some(nets) = &file.relay_networks {
+        s.relay_networks = nets
+            .iter()
+            .map(|n| {
+                mailspool_serve::Network::parse(n)
+                    .map_err(|e| ConfigError::Invalid(format!("relay_networks: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(f) = &file.users_file {
+        s.users_file = Some(f.clone());
+    }
+    if let Some(n) = file.max_recipients {
+        s.max_recipients = n.max(1);
+    }
+    if let Some(v) = &file.serve {
+        let secs = |v: Option<u64>, slot: &mut Duration| {
+            if let Some(x) = v {
+                *slot = Duration::from_secs(x.max(1));
+            }
+        };
+        secs(v.command_timeout, &mut s.command_timeout);
+        secs(v.session_timeout, &mut s.session_timeout);
+        if let Some(n) = v.max_connections {
+            s.max_connections = n.max(1);
+        }
+        if let Some(n) = v.max_connections_per_ip {
+            s.max_connections_per_ip = n.max(1);
+        }
+        if let Some(n) = v.max_auth_failures {
+            s.max_auth_failures = n.max(1);
+        }
+        if let Some(ms) = v.auth_failure_delay_ms {
+            s.auth_failure_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = v.greet_pause_ms {
+            s.greet_pause = Duration::from_millis(ms);
+        }
+        if let Some(all) = v.greet_pause_all {
+            s.greet_pause_all = all;
+        }
+    }
+    Ok(())
+}
