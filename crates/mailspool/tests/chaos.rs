@@ -279,13 +279,16 @@ async fn kill_nine_chaos_loses_nothing() {
     );
     kill9(&mut daemon);
     kill9(&mut serve);
+    // A duplicate needs a daemon killed between the sink's 250 and the unlink, so they
+    // come with kills, not with volume: at most 0.1 % of the mail, or one per daemon
+    // kill in a short run (the 60-kill run in docs/reliability.md shows 0.004 %).
     assert!(acked.len() > 20, "too little intake to mean anything");
     assert!(
         lost.is_empty(),
         "acknowledged but never delivered: {lost:?}"
     );
     assert!(
-        duplicates <= (acked.len() / 1000).max(1),
+        duplicates <= (acked.len() / 1000).max(kills.div_ceil(2) + 1),
         "{duplicates} duplicates"
     );
     assert_eq!(queued, 0, "nodes stuck in the spool");
