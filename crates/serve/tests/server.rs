@@ -639,3 +639,28 @@ async fn smtps_is_tls_from_the_first_byte() {
     assert!(out.data.unwrap().is_positive());
     assert_eq!(s.nodes().len(), 1);
 }
+
+#[tokio::test]
+async fn total_connection_limit_and_session_cap() {
+    let s = start(ServeConfig {
+        max_connections: 1,
+        ..ServeConfig::default()
+    })
+    .await;
+    let (_a, g) = Client::connect(s.addr).await;
+    assert!(g.starts_with("220"));
+    let (_b, g) = Client::connect(s.addr).await;
+    assert!(g.starts_with("421 4.7.0 Too many connections"), "{g}");
+
+    let s = start(ServeConfig {
+        session_timeout: Duration::from_secs(1),
+        ..ServeConfig::default()
+    })
+    .await;
+    let (mut c, _) = Client::connect(s.addr).await;
+    assert_eq!(code(&c.cmd("EHLO client.test").await), "250");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.raw(b"NOOP\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+}
