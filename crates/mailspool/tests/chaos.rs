@@ -11,9 +11,10 @@
 
 #[path = "../../deliver/tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -47,21 +48,7 @@ impl Env {
     }
     /// Start the listener; its port comes on stderr.
     fn serve(&self) -> (Child, u16) {
-        let mut child = self
-            .cmd()
-            .arg("serve")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let port = loop {
-            let line = lines.next().expect("serve printed its port").unwrap();
-            if let Some(a) = line.strip_prefix("mailspool: listening on ") {
-                break a.rsplit(':').next().unwrap().parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        (child, port)
+        support::spawn_serve(self.cmd())
     }
     fn files(&self, sub: &str) -> Vec<PathBuf> {
         let mut out = Vec::new();

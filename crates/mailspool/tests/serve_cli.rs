@@ -1,7 +1,9 @@
 //! `mailspool serve`, `mailspool user` and `sendmail -bs` from the command line, with
 //! Python's smtplib as an independent client.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
+
+mod support;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -67,21 +69,7 @@ impl Env {
 
 /// Start `mailspool serve` and return it with its port.
 fn serve(env: &Env) -> (Child, u16) {
-    let mut child = env
-        .mailspool()
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().expect("serve said where it listens").unwrap();
-        if let Some(addr) = line.strip_prefix("mailspool: listening on ") {
-            break addr.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, port)
+    support::spawn_serve(env.mailspool())
 }
 
 fn stop(mut child: Child) {
