@@ -180,7 +180,7 @@ async fn the_daemon_wakes_at_once_and_stops_on_sigterm() {
     }
     eprintln!("send to delivery, worst of 5 (debug build, includes process start): {worst:?}");
     assert!(
-        worst < Duration::from_secs(2),
+        worst < Duration::from_secs(5),
         "the tick is an hour: only the wake-up can explain delivery"
     );
     kill(&daemon, "-TERM");
@@ -227,7 +227,11 @@ async fn a_killed_daemons_locks_go_stale_and_another_daemon_delivers() {
     })
     .await;
     assert_eq!(sink.received().len(), 1);
-    assert!(!Path::new(&lock).exists());
+    // The lock goes right after the node (the unlock follows the unlink).
+    wait_for("the lock to go", Duration::from_secs(5), || {
+        !Path::new(&lock).exists()
+    })
+    .await;
     kill(&second, "-TERM");
     tokio::task::block_in_place(|| second.wait().unwrap());
 }
