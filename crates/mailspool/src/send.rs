@@ -180,14 +180,9 @@ impl SendError {
 /// The sysexits.h code for a failed write: a full disk is temporary (75), an unwritable
 /// spool cannot be created in (73), anything else is an I/O error (74).
 pub fn io_exit_code(e: &io::Error) -> u8 {
-    let errno = e.raw_os_error();
-    if errno.is_some_and(|n| {
-        n == rustix::io::Errno::NOSPC.raw_os_error() || n == rustix::io::Errno::DQUOT.raw_os_error()
-    }) {
+    if mailspool_spool::is_full(e) {
         sysexits::TEMPFAIL
-    } else if e.kind() == io::ErrorKind::PermissionDenied
-        || errno == Some(rustix::io::Errno::ROFS.raw_os_error())
-    {
+    } else if mailspool_spool::is_unwritable(e) {
         sysexits::CANTCREAT
     } else {
         sysexits::IOERR
@@ -362,7 +357,9 @@ pub fn login_name() -> String {
 fn display_name(name: &str) -> String {
     let name: String = name.chars().filter(|c| !c.is_control()).collect();
     if !name.is_ascii() {
-        return format!("=?utf-8?b?{}?=", base64(name.as_bytes()));
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(name.as_bytes());
+        return format!("=?utf-8?b?{b64}?=");
     }
     if name.split(' ').all(|w| {
         !w.is_empty()
@@ -372,27 +369,6 @@ fn display_name(name: &str) -> String {
         return name;
     }
     format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -409,7 +385,5 @@ mod tests {
         assert_eq!(display_name("Jane Doe"), "Jane Doe");
         assert_eq!(display_name("Doe, Jane \"JD\""), "\"Doe, Jane \\\"JD\\\"\"");
         assert_eq!(display_name("Zoë"), "=?utf-8?b?Wm/Dqw==?=");
-        assert_eq!(base64(b"Ma"), "TWE=");
-        assert_eq!(base64(b"Man"), "TWFu");
     }
 }

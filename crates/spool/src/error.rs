@@ -74,19 +74,24 @@ impl SpoolError {
 
     /// The disk or quota is full: worth retrying later.
     pub fn is_full(&self) -> bool {
-        self.io_error()
-            .and_then(io::Error::raw_os_error)
-            .is_some_and(|e| {
-                e == rustix::io::Errno::NOSPC.raw_os_error()
-                    || e == rustix::io::Errno::DQUOT.raw_os_error()
-            })
+        self.io_error().is_some_and(is_full)
     }
 
     /// Permission denied or read-only filesystem: the spool cannot be written by us.
     pub fn is_unwritable(&self) -> bool {
-        self.io_error().is_some_and(|e| {
-            e.kind() == io::ErrorKind::PermissionDenied
-                || e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error())
-        })
+        self.io_error().is_some_and(is_unwritable)
     }
+}
+
+/// A system error meaning the disk or the quota is full (ENOSPC, EDQUOT).
+pub fn is_full(e: &io::Error) -> bool {
+    e.raw_os_error().is_some_and(|n| {
+        n == rustix::io::Errno::NOSPC.raw_os_error() || n == rustix::io::Errno::DQUOT.raw_os_error()
+    })
+}
+
+/// A system error meaning we may not write there (EACCES, EPERM, EROFS).
+pub fn is_unwritable(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::PermissionDenied
+        || e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error())
 }

@@ -17,10 +17,11 @@ fn storage_reply(e: &SpoolError) -> &'static str {
 }
 
 fn io_reply(e: &std::io::Error) -> &'static str {
-    let full = e.raw_os_error().is_some_and(|n| {
-        n == rustix::io::Errno::NOSPC.raw_os_error() || n == rustix::io::Errno::DQUOT.raw_os_error()
-    });
-    if full { FULL } else { LOCAL }
+    if mailspool_spool::is_full(e) {
+        FULL
+    } else {
+        LOCAL
+    }
 }
 
 impl Session {
