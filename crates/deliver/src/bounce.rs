@@ -6,7 +6,6 @@
 //! and the original headers as `text/rfc822-headers`, capped in size.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
 
 use mailspool_spool::time::rfc5322_date;
 use mailspool_spool::{Spool, SpoolError, now};
@@ -26,12 +25,25 @@ pub struct Failure {
     pub from_smtp: bool,
 }
 
-/// The headers of the original message, at most `max` bytes, cut at a line end.
-fn original_headers(node: &Path, max: usize) -> Vec<u8> {
-    let Ok(f) = std::fs::File::open(node) else {
-        return b"(the original message could not be read)\n".to_vec();
-    };
-    let mut reader = BufReader::new(f.take(max as u64));
+/// Reads a file from its start through `pread`, whatever its descriptor's offset.
+struct ReadAt<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// The headers of the original message (an open node), at most `max` bytes, cut at a
+/// line end.
+fn original_headers(node: &std::fs::File, max: usize) -> Vec<u8> {
+    let mut reader = BufReader::new(ReadAt { file: node, at: 0 }.take(max as u64));
     let mut out = Vec::new();
     let mut line = Vec::new();
     loop {
@@ -46,14 +58,14 @@ fn original_headers(node: &Path, max: usize) -> Vec<u8> {
     out
 }
 
-/// Spool a DSN to `sender` about `failures` of message `id` (stored at `node`).
+/// Spool a DSN to `sender` about `failures` of message `id` (the open node `node`).
 /// Returns the bounce's id, or `None` when the sender is the null sender.
 pub fn spool_bounce(
     spool: &Spool,
     hostname: &str,
     sender: &str,
     id: &str,
-    node: &Path,
+    node: &std::fs::File,
     failures: &[Failure],
     max_headers: usize,
 ) -> Result<Option<String>, SpoolError> {
@@ -132,7 +144,7 @@ pub fn spool_bounce(
         .write_all(format!("\n--{boundary}--\n").as_bytes())
         .map_err(io)?;
     let committed = stage.commit("", &[sender.to_owned()])?;
-    tracing::info!(id, bounce = %committed.id, to = sender, "bounce queued");
+    tracing::info!(id, bounce = %committed.id, to = %mailspool_spool::escape(sender), "bounce queued");
     Ok(Some(committed.id))
 }
 

@@ -123,18 +123,31 @@ pub async fn run(
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     // Locks and lock temp files that killed processes left for nodes now gone: swept at
-    // start and then about once a minute.
-    let sweep = |engine: &Arc<Engine>| {
-        let spool = engine.spool();
-        let stale = spool.config().stale_lock_age();
-        let removed: usize = (0..spool.config().tiers())
-            .map(|t| mailspool_spool::lock::sweep(&spool.tier_dir(t), stale))
-            .sum();
-        if removed > 0 {
-            tracing::info!(removed, "removed orphan lock files");
-        }
+    // start and then about once a minute; side data of nodes another dequeuer delivered:
+    // pruned at start and about once an hour.
+    let sweep = |engine: &Arc<Engine>, prune: bool| {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            let spool = engine.spool();
+            let policy = spool.config().lock_policy();
+            let removed: usize = (0..spool.config().tiers())
+                .map(|t| mailspool_spool::lock::sweep(&spool.tier_dir(t), &policy))
+                .sum();
+            if removed > 0 {
+                tracing::info!(removed, "removed orphan lock files");
+            }
+            if prune {
+                match spool.prune_side_data() {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(removed = n, "pruned side data of nodes delivered elsewhere")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot prune side data"),
+                }
+            }
+        });
     };
-    sweep(&engine);
+    sweep(&engine, true);
     let sweep_every = (Duration::from_secs(60).as_secs() / opts.tick.as_secs().max(1)).max(1);
     let mut ticks = 0u64;
     let mut tick = tokio::time::interval(opts.tick);
@@ -158,7 +171,7 @@ pub async fn run(
             _ = tick.tick() => {
                 ticks += 1;
                 if ticks.is_multiple_of(sweep_every) {
-                    sweep(&engine);
+                    sweep(&engine, ticks.is_multiple_of(sweep_every * 60));
                 }
                 PassOptions { use_priority: true, ..Default::default() }
             }

@@ -51,8 +51,17 @@ async fn three_recipients_in_two_domains_make_two_transactions() {
         );
     }
     assert!(queued(&spool).is_empty());
+    // As 0.50 counts: a `Spool` line per node, a `Sent` line per node with the bytes
+    // that went on the wire (CRLF line ends and stuffed dots, without the final dot).
     let usage = std::fs::read_to_string(dir.path().join("usage/raw")).unwrap();
-    assert_eq!(usage.lines().filter(|l| l.ends_with(" Sent")).count(), 2);
+    let sent: Vec<&str> = usage.lines().filter(|l| l.ends_with(" Sent")).collect();
+    assert_eq!(sent.len(), 3);
+    let wire = MSG.len() + MSG.matches('\n').count() + MSG.matches("\n.").count();
+    for l in &sent {
+        assert_eq!(l.split(' ').nth(1), Some(wire.to_string().as_str()), "{l}");
+    }
+    let spooled: Vec<&str> = usage.lines().filter(|l| l.ends_with(" Spool")).collect();
+    assert_eq!(spooled.len(), 3);
 }
 
 #[tokio::test]

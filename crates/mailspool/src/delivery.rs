@@ -29,11 +29,12 @@ impl Mailspool {
         report
     }
 
-    /// Deliver one message now. `interactive`: no bounce, and what is not delivered is
+    /// Deliver one message now: the nodes its commit made, nothing else (its id is
+    /// not what identifies it). `interactive`: no bounce, and what is not delivered is
     /// removed (the caller is told); otherwise failures are handled as the daemon does.
     pub(crate) fn deliver_now(
         &self,
-        id: &str,
+        nodes: &[std::path::PathBuf],
         interactive: bool,
     ) -> Result<Vec<NodeResult>, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -43,7 +44,7 @@ impl Mailspool {
         rt.block_on(async {
             let engine = self.engine()?;
             let opts = PassOptions {
-                selection: Selection::Ids(HashSet::from([id.to_owned()])),
+                selection: Selection::Nodes(nodes.iter().cloned().collect::<HashSet<_>>()),
                 interactive,
                 ..Default::default()
             };

@@ -2,8 +2,11 @@
 //!
 //! Mail::Spool 0.50's intake rules, made correct: recipients from To/Cc/Bcc when none
 //! are given (address lists parsed properly, duplicates dropped), the sender from From
-//! when none is given, Bcc removed, the id from the first `Received: ... id (x)` or a new
-//! unique one, Date/Message-ID/From added when missing. The message streams from its
+//! when none is given, Bcc removed, Date/Message-ID/From added when missing, and a
+//! `Received:` line naming the local submitter. Every message gets a fresh unique id:
+//! nothing the sender wrote chooses it (0.50 took it from a `Received: ... id (x)`
+//! header, which let anyone pick the id of someone else's queued message), and an id
+//! the caller chooses is refused when a queued node already carries it. The message streams from its
 //! source into the spool's stage in fixed memory; only the header block is held.
 //! `Ok` means the nodes are on disk (see `mailspool_spool`'s commit).
 
@@ -65,7 +68,7 @@ pub struct SendMail<'a> {
     pub from: Option<String>,
     /// Full name for a From header we add (sendmail `-F`).
     pub full_name: Option<String>,
-    /// Message id to use instead of one from `Received:` or a new one.
+    /// Message id to use instead of a new one; refused when a node already has it.
     pub id: Option<String>,
     /// Delivery mode.
     pub delivery: Delivery,
@@ -192,7 +195,10 @@ pub fn io_exit_code(e: &io::Error) -> u8 {
 /// The sysexits.h code for a spool error.
 pub fn spool_exit_code(e: &SpoolError) -> u8 {
     match e {
-        SpoolError::NameTooLong { .. } | SpoolError::InvalidId(_) => sysexits::DATAERR,
+        SpoolError::NameTooLong { .. } | SpoolError::InvalidId(_) | SpoolError::IdInUse(_) => {
+            sysexits::DATAERR
+        }
+        SpoolError::Untrusted { .. } => sysexits::DATAERR,
         SpoolError::Locked { .. } => sysexits::TEMPFAIL,
         SpoolError::NotFound(_) | SpoolError::Missing(_) => sysexits::NOINPUT,
         SpoolError::Config(_) => sysexits::CONFIG,
@@ -246,20 +252,36 @@ impl Mailspool {
             },
         };
         let id = match &mail.id {
-            Some(id) if is_valid_id(id) => id.clone(),
-            Some(id) => return Err(SpoolError::InvalidId(id.clone()).into()),
-            None => headers
-                .received_id(is_valid_id)
-                .unwrap_or_else(|| self.spool.new_id()),
+            Some(id) if !is_valid_id(id) => return Err(SpoolError::InvalidId(id.clone()).into()),
+            Some(id) if self.spool.id_in_use(id)? => {
+                return Err(SpoolError::IdInUse(id.clone()).into());
+            }
+            Some(id) => id.clone(),
+            None => self.spool.new_id(),
         };
         self.spool.check_envelope(&id, &from, &recipients)?;
 
         headers.remove("Bcc");
+        let now = mailspool_spool::now();
+        // Prepended: the newest trace field comes first (RFC 5321 4.4).
+        headers.prepend(
+            "Received",
+            &format!(
+                "by {} (mailspool, from userid {}) id {id}; {}",
+                config.hostname,
+                rustix::process::getuid().as_raw(),
+                rfc5322_date(now)
+            ),
+        );
         if !headers.contains("Date") {
-            headers.push("Date", &rfc5322_date(mailspool_spool::now()));
+            headers.push("Date", &rfc5322_date(now));
         }
         if !headers.contains("Message-ID") {
-            headers.push("Message-ID", &format!("<{id}@{}>", config.hostname));
+            // Unique per message and unrelated to the spool id (which a caller may choose).
+            headers.push(
+                "Message-ID",
+                &format!("<{}@{}>", mailspool_spool::unique_token(), config.hostname),
+            );
         }
         if !headers.contains("From") {
             let addr = if from.is_empty() {
@@ -297,7 +319,7 @@ impl Mailspool {
         let delivery = match mail.delivery {
             Delivery::Deferred => None,
             mode => Some(
-                self.deliver_now(&committed.id, mode == Delivery::Interactive)
+                self.deliver_now(&committed.nodes, mode == Delivery::Interactive)
                     .map_err(SendError::Engine)?,
             ),
         };

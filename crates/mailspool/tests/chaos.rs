@@ -93,7 +93,7 @@ async fn kill_nine_chaos_loses_nothing() {
     std::fs::write(
         env.dir.path().join("mailspool.toml"),
         format!(
-            "dequeue_dir = \"{}\"\ndequeue_timeout = 1\nstale_lock_timeout = 2\ntls = \"none\"\nhostname = \"chaos.test\"\nusage_log = false\n[[listen]]\naddress = \"127.0.0.1:0\"\n[routes]\n\"chaos.test\" = \"{}\"\n[timeouts]\nconnect = 2\ncommand = 5\n",
+            "dequeue_dir = \"{}\"\ndequeue_timeout = 1\ntls = \"none\"\nhostname = \"chaos.test\"\nusage_log = false\n[[listen]]\naddress = \"127.0.0.1:0\"\n[routes]\n\"chaos.test\" = \"{}\"\n[timeouts]\nconnect = 2\ncommand = 5\n",
             env.spool().display(),
             sink.addr
         ),
@@ -176,6 +176,7 @@ async fn kill_nine_chaos_loses_nothing() {
                         to: vec!["rcpt@chaos.test".into()],
                         size: body.len() as u64,
                         eight_bit: false,
+                        utf8_headers: false,
                     };
                     match s.send(&env, &mut body.as_bytes()).await {
                         Ok(o) if o.data.as_ref().is_some_and(|d| d.is_positive()) => {

@@ -6,80 +6,9 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
-use mailspool_spool::{NodeName, Parsed};
+use support::Env;
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        let env = Env {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        fs::write(env.config_path(), "").unwrap();
-        std::os::unix::fs::symlink(
-            assert_cmd::cargo::cargo_bin!("mailspool"),
-            env.dir.path().join("sendmail"),
-        )
-        .unwrap();
-        std::os::unix::fs::symlink(
-            assert_cmd::cargo::cargo_bin!("mailspool"),
-            env.dir.path().join("mailq"),
-        )
-        .unwrap();
-        env
-    }
-    fn spool(&self) -> PathBuf {
-        self.dir.path().join("spool")
-    }
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("mailspool.toml")
-    }
-    fn isolate(&self, mut c: Command) -> Command {
-        c.env("MAILSPOOL_SPOOL", self.spool())
-            .env("MAILSPOOL_CONFIG", self.config_path())
-            .env("LOGNAME", "tester")
-            .env_remove("MAILSPOOL_LOG");
-        c
-    }
-    fn mailspool(&self) -> Command {
-        self.isolate(Command::new(assert_cmd::cargo::cargo_bin!("mailspool")))
-    }
-    fn sendmail(&self) -> Command {
-        self.isolate(Command::new(self.dir.path().join("sendmail")))
-    }
-    fn mailq(&self) -> Command {
-        self.isolate(Command::new(self.dir.path().join("mailq")))
-    }
-    /// (name, content) of every node in `tier`.
-    fn nodes(&self, tier: usize) -> Vec<(NodeName, String)> {
-        let Ok(rd) = fs::read_dir(self.spool().join(tier.to_string())) else {
-            return Vec::new();
-        };
-        let mut out: Vec<_> = rd
-            .map(|e| {
-                let e = e.unwrap();
-                let Parsed::Node(n) = NodeName::parse(e.file_name().to_str().unwrap()) else {
-                    panic!("bad node name {:?}", e.file_name())
-                };
-                (n, fs::read_to_string(e.path()).unwrap())
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.to.cmp(&b.0.to));
-        out
-    }
-    /// Nothing in any tier and nothing in tmp/.
-    fn assert_empty(&self) {
-        for tier in 0..7 {
-            assert!(self.nodes(tier).is_empty(), "tier {tier} not empty");
-        }
-        if let Ok(rd) = fs::read_dir(self.spool().join("tmp")) {
-            assert_eq!(rd.count(), 0, "tmp/ not empty");
-        }
-    }
-}
+mod support;
 
 const MSG: &str = "From: Alice <alice@example.com>\nTo: Bob <bob@example.org>, \"odd name\"@x.com\nCc: carol@example.net\nBcc: secret@example.net\nSubject: hi\n\nhello\n";
 
@@ -171,35 +100,6 @@ fn mailspool_send_prints_the_id_and_adds_from() {
         body.ends_with("\n\nline 1\n"),
         "dot ends the message, CRLF made LF: {body:?}"
     );
-}
-
-#[test]
-fn send_from_file_and_received_id() {
-    let env = Env::new();
-    let file = env.dir.path().join("msg.eml");
-    fs::write(
-        &file,
-        "Received: from a by b id (Abc123) ; now\nTo: x@example.org\n\nhi\n",
-    )
-    .unwrap();
-    env.mailspool()
-        .args(["send", "--file"])
-        .arg(&file)
-        .assert()
-        .success()
-        .stdout("Abc123\n");
-    assert_eq!(env.nodes(0)[0].0.id, "Abc123");
-    env.mailspool()
-        .args(["send", "--id", "given.id", "--file"])
-        .arg(&file)
-        .assert()
-        .success()
-        .stdout("given.id\n");
-    env.mailspool()
-        .args(["send", "--file"])
-        .arg(env.dir.path().join("missing.eml"))
-        .assert()
-        .code(66);
 }
 
 #[test]
@@ -556,15 +456,15 @@ fn reads_a_050_spool_without_changing_it() {
         .assert()
         .success()
         .stdout(predicates::str::contains("held by oldhost pid 123"));
-    // Its lock is old, but a live 0.50 dequeuer may still hold it for max_connection_time.
-    fs::write(env.config_path(), "max_connection_time = 100000000000\n").unwrap();
+    // Its lock is an hour old, but a 0.50 dequeuer on another host may hold it for its
+    // max_connection_time (6 h) + 2 s: it stands.
     env.mailspool()
         .args(["queue", "delete", "a1b2c3d4e5"])
         .assert()
         .code(75)
         .stderr(predicates::str::contains("locked by oldhost"));
-    // Past max_connection_time + 2 s the lock is stale, broken and the node deleted.
-    fs::write(env.config_path(), "").unwrap();
+    // Past legacy_lock_timeout the lock is stale, broken and the node deleted.
+    fs::write(env.config_path(), "legacy_lock_timeout = 1800\n").unwrap();
     env.mailspool()
         .args(["queue", "delete", "a1b2c3d4e5", "a1b2c3d4e6"])
         .assert()

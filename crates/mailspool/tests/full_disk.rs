@@ -151,6 +151,7 @@ async fn a_full_spool_refuses_cleanly_and_recovers() {
         to: vec!["r@full.test".into()],
         size: lines.len() as u64,
         eight_bit: false,
+        utf8_headers: false,
     };
     let reply = match s.send(&env, &mut lines.as_bytes()).await {
         Ok(out) => out.data.expect("a reply to the data").to_string(),

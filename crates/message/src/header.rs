@@ -119,7 +119,10 @@ pub fn read_head<R: BufRead>(
             last.raw.push(b'\n');
             continue;
         }
+        // RFC 5322 4.5.3 (obsolete syntax, still sent): white space may come between a
+        // field name and its colon, `Subject : hi`. It is a header, not the body.
         let name = content.split(|&b| b == b':').next().unwrap_or_default();
+        let name = name.trim_ascii_end();
         if continuation || !content.contains(&b':') || !is_field_name(name) {
             // Not a header: the body starts here. Keep the line as it was read; the body
             // copier normalises its line end.
@@ -159,6 +162,19 @@ impl Headers {
         self.fields.retain(|f| !f.name.eq_ignore_ascii_case(name));
     }
 
+    /// Put a field first (a trace field: the newest comes first). The value must not
+    /// contain line breaks.
+    pub fn prepend(&mut self, name: &str, value: &str) {
+        debug_assert!(!value.contains(['\r', '\n']));
+        self.fields.insert(
+            0,
+            Field {
+                name: name.to_owned(),
+                raw: format!("{name}: {value}\n").into_bytes(),
+            },
+        );
+    }
+
     /// Append a field. The value must not contain line breaks.
     pub fn push(&mut self, name: &str, value: &str) {
         debug_assert!(!value.contains(['\r', '\n']));
@@ -191,25 +207,6 @@ impl Headers {
         Ok(parse_address_list(&value)?.into_iter().next())
     }
 
-    /// The id in the first `Received:` field that carries `id (...)`, if it is usable
-    /// as a node-name token (as Mail::Spool 0.50 took it).
-    pub fn received_id(&self, valid: impl Fn(&str) -> bool) -> Option<String> {
-        self.values("Received").find_map(|v| {
-            let mut rest = v.as_str();
-            while let Some(pos) = find_word(rest, "id") {
-                let after = rest[pos + 2..].trim_start();
-                if let Some(inner) = after.strip_prefix('(')
-                    && let Some((id, _)) = inner.split_once(')')
-                {
-                    let id = id.trim();
-                    return valid(id).then(|| id.to_owned());
-                }
-                rest = &rest[pos + 2..];
-            }
-            None
-        })
-    }
-
     /// Size of the block as written by [`Headers::write_to`].
     pub fn len(&self) -> usize {
         self.fields.iter().map(|f| f.raw.len()).sum()
@@ -227,24 +224,6 @@ impl Headers {
         }
         Ok(())
     }
-}
-
-/// Position of `word` in `text` as a whole word.
-fn find_word(text: &str, word: &str) -> Option<usize> {
-    let mut start = 0;
-    while let Some(pos) = text[start..].find(word) {
-        let at = start + pos;
-        let before_ok = at == 0 || !text.as_bytes()[at - 1].is_ascii_alphanumeric();
-        let after_ok = text
-            .as_bytes()
-            .get(at + word.len())
-            .is_none_or(|b| !b.is_ascii_alphanumeric());
-        if before_ok && after_ok {
-            return Some(at);
-        }
-        start = at + word.len();
-    }
-    None
 }
 
 /// Remove duplicate addresses (domain compared without case), keeping the first.
@@ -323,23 +302,37 @@ mod tests {
     }
 
     #[test]
-    fn from_and_received_id() {
+    fn from_address() {
         let h = head(
-            "Received: from x by y with SMTP; date\nReceived: from a by b id (abc123DEF) ; d\nReceived: by c id (zzz)\nFrom: \"Me\" <me@here.org>\n\n",
+            "Received: from a by b id (abc123DEF) ; d\nFrom: \"Me\" <me@here.org>\n\n",
             true,
         );
         assert_eq!(
             h.headers.from_address().unwrap().as_deref(),
             Some("me@here.org")
         );
-        assert_eq!(
-            h.headers.received_id(|_| true).as_deref(),
-            Some("abc123DEF")
-        );
-        assert_eq!(h.headers.received_id(|id| id == "nope"), None);
         let h = head("From: <>\nReceived: by x; paid (x)\n\n", true);
         assert_eq!(h.headers.from_address().unwrap().as_deref(), Some(""));
-        assert_eq!(h.headers.received_id(|_| true), None);
+    }
+
+    #[test]
+    fn obsolete_space_before_the_colon_is_still_a_header() {
+        let h = head(
+            "Subject : hello\nFrom\t: Me <me@here.org>\nTo : you@there.org\n\nbody\n",
+            true,
+        );
+        assert_eq!(h.headers.fields.len(), 3, "{:?}", h.headers);
+        assert_eq!(h.headers.fields[0].name, "Subject");
+        assert_eq!(h.headers.fields[0].value(), "hello");
+        assert_eq!(
+            h.headers.from_address().unwrap().as_deref(),
+            Some("me@here.org")
+        );
+        assert_eq!(h.headers.recipients().unwrap(), ["you@there.org"]);
+        assert!(h.body_start.is_empty());
+        // A body line with words before a colon is not a header.
+        let h = head("Subject: x\nDear friend: hello\n", true);
+        assert_eq!(h.body_start, b"Dear friend: hello\n");
     }
 }
 
@@ -358,7 +351,6 @@ mod properties {
                 prop_assert!(head.headers.fields.iter().all(|f| !f.raw.contains(&0)));
                 let _ = head.headers.recipients();
                 let _ = head.headers.from_address();
-                let _ = head.headers.received_id(|_| true);
             }
         }
     }

@@ -521,6 +521,7 @@ async fn starttls_then_auth_with_a_real_client_and_no_pipelined_commands_under_t
         to: vec!["b@y.test".into()],
         size: 20,
         eight_bit: false,
+        utf8_headers: false,
     };
     let out = session
         .send(&env, &mut &b"Subject: tls\n\nhello\n"[..])
@@ -564,6 +565,7 @@ async fn a_hundred_concurrent_sessions_of_fifty_messages() {
                     to: vec![format!("r{session_no}@y.test")],
                     size: body.len() as u64,
                     eight_bit: false,
+                    utf8_headers: false,
                 };
                 let out = session.send(&env, &mut body.as_bytes()).await.unwrap();
                 assert!(out.data.unwrap().is_positive());
@@ -614,6 +616,7 @@ async fn smtps_is_tls_from_the_first_byte() {
         to: vec!["b@y.test".into()],
         size: 20,
         eight_bit: false,
+        utf8_headers: false,
     };
     // Without AUTH the port refuses MAIL.
     let mut session = mailspool_smtp::Session::connect(s.addr, "127.0.0.1", &settings, &connector)

@@ -65,6 +65,64 @@ impl DataEncoder {
     }
 }
 
+/// Measures a stored message as it will go on the wire, without building it: the size
+/// with CRLF line ends (what SIZE= declares, RFC 1870: no stuffing, no final dot) and the
+/// dots stuffing adds (Mail::Spool 0.50 counted those in its usage log).
+#[derive(Debug, Default)]
+pub struct WireSize {
+    enc: DataEncoder,
+    /// Bytes with CRLF line ends, the last line closed.
+    pub crlf: u64,
+    /// Dots added by stuffing.
+    pub stuffed: u64,
+}
+
+impl WireSize {
+    /// Count `input`.
+    pub fn feed(&mut self, input: &[u8]) {
+        let e = &mut self.enc;
+        for &b in input {
+            e.empty = false;
+            if e.cr {
+                e.cr = false;
+                self.crlf += 2;
+                e.line_start = true;
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => e.cr = true,
+                b'\n' => {
+                    self.crlf += 2;
+                    e.line_start = true;
+                }
+                _ => {
+                    if e.line_start && b == b'.' {
+                        self.stuffed += 1;
+                    }
+                    self.crlf += 1;
+                    e.line_start = false;
+                }
+            }
+        }
+    }
+
+    /// Close an unterminated last line, as [`DataEncoder::finish`] does.
+    pub fn finish(&mut self) {
+        let e = &mut self.enc;
+        if e.cr {
+            e.cr = false;
+            self.crlf += 2;
+            e.line_start = true;
+        }
+        if !e.line_start && !e.empty {
+            self.crlf += 2;
+            e.line_start = true;
+        }
+    }
+}
+
 /// Decode SMTP DATA (without the final `.CRLF`) back to stored form; for tests.
 pub fn unstuff(data: &[u8]) -> Vec<u8> {
     let text = data.strip_suffix(b".\r\n").unwrap_or(data);
@@ -103,6 +161,34 @@ mod tests {
         assert_eq!(encode(b"crlf\r\n"), b"crlf\r\n.\r\n");
         // Only CRLF.CRLF can end it: a "." after a bare CR is stuffed too.
         assert_eq!(encode(b"x\r.\r\n"), b"x\r\n..\r\n.\r\n");
+    }
+
+    #[test]
+    fn wire_size_matches_the_encoder() {
+        for input in [
+            &b"a\n.b\n..\n.\n"[..],
+            b"no newline",
+            b"",
+            b"bare\rcr\n",
+            b"crlf\r\n",
+            b"x\r.\r\n",
+            b"Subject: x\n\n.leading\nmid.dle\n..two\nend",
+        ] {
+            let out = encode(input);
+            let mut w = WireSize::default();
+            for chunk in input.chunks(3) {
+                w.feed(chunk);
+            }
+            w.finish();
+            let body = out.len() as u64 - 3; // without ".\r\n"
+            assert_eq!(w.crlf + w.stuffed, body, "{input:?}");
+            assert_eq!(
+                w.crlf,
+                unstuff(&out).len() as u64
+                    + (unstuff(&out).iter().filter(|&&b| b == b'\n').count() as u64),
+                "{input:?}"
+            );
+        }
     }
 
     #[test]

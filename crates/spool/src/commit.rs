@@ -190,7 +190,7 @@ impl<S: Deref<Target = Spool>> Stage<S> {
         }
         self.path.clear();
         let size = self.written;
-        spool.log_usage(size, "Spool");
+        spool.log_usage_nodes(size, "Spool", nodes.len());
         Ok(Committed {
             id: self.id.clone(),
             nodes,

@@ -13,11 +13,14 @@ pub struct SpoolConfig {
     pub periods: Vec<u64>,
     /// A tier is scanned on a tick with probability `1 / priority[i]` (`dequeue_priority`).
     pub priorities: Vec<u32>,
-    /// Longest time one delivery may hold a node lock (`max_connection_time`); a lock
-    /// older than this plus two seconds is stale and may be broken.
+    /// Longest time one delivery may take (`max_connection_time`).
     pub max_connection_time: Duration,
-    /// Override of the stale lock age (tests use short ones).
-    pub stale_lock_after: Option<Duration>,
+    /// One of our locks held on another host and not refreshed for this long has lost
+    /// its holder (`stale_lock_timeout`; our holders refresh every 20 s).
+    pub stale_lock_after: Duration,
+    /// A Mail::Spool 0.50 lock from another host is stale after this long
+    /// (`legacy_lock_timeout`: 0.50's max_connection_time, 6 h, + 2 s).
+    pub legacy_lock_timeout: Duration,
     /// Log `<time> <bytes> Spool|Sent` to `usage/raw` (`usage_log`).
     pub usage_log: bool,
     /// Leftovers in `tmp/` older than this are removed when the spool is opened for writing.
@@ -30,7 +33,8 @@ impl Default for SpoolConfig {
             periods: vec![0, 1800, 14_400, 28_800, 57_600, 86_400, 172_800],
             priorities: vec![1, 3, 9, 25, 50, 100, 200],
             max_connection_time: Duration::from_secs(600),
-            stale_lock_after: None,
+            stale_lock_after: Duration::from_secs(300),
+            legacy_lock_timeout: Duration::from_secs(6 * 3600 + 2),
             usage_log: true,
             tmp_max_age: Duration::from_secs(3600),
         }
@@ -52,10 +56,12 @@ impl SpoolConfig {
             .unwrap_or(0)
     }
 
-    /// Age at which a node lock is stale.
-    pub fn stale_lock_age(&self) -> Duration {
-        self.stale_lock_after
-            .unwrap_or(self.max_connection_time + Duration::from_secs(2))
+    /// When a lock held by someone else may be broken.
+    pub fn lock_policy(&self) -> crate::lock::LockPolicy {
+        crate::lock::LockPolicy {
+            own_stale: self.stale_lock_after,
+            legacy_stale: self.legacy_lock_timeout,
+        }
     }
 
     /// Check the settings make sense together.
@@ -71,6 +77,13 @@ impl SpoolConfig {
                 "dequeue_priority has {} entries but dequeue_periods has {}",
                 self.priorities.len(),
                 self.periods.len()
+            ));
+        }
+        if self.stale_lock_after < crate::lock::REFRESH_EVERY * 3 {
+            return Err(format!(
+                "stale_lock_timeout must be at least {} s: locks are refreshed every {} s",
+                (crate::lock::REFRESH_EVERY * 3).as_secs(),
+                crate::lock::REFRESH_EVERY.as_secs()
             ));
         }
         if self.priorities.contains(&0) {

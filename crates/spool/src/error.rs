@@ -33,6 +33,9 @@ pub enum SpoolError {
     /// An id that cannot be part of a node name.
     #[error("invalid message id {0:?}: use 1-64 characters of A-Z a-z 0-9 . _ + =")]
     InvalidId(String),
+    /// A caller-chosen id that queued nodes already carry.
+    #[error("message id {0:?} is already queued: choose another id or let mailspool choose one")]
+    IdInUse(String),
     /// A node is locked by another process.
     #[error("node {node} is locked by {holder}")]
     Locked {
@@ -44,6 +47,15 @@ pub enum SpoolError {
     /// No node has this id or name.
     #[error("no queued node matches {0:?}")]
     NotFound(String),
+    /// A tier entry that is not a node we may read: a symlink, a FIFO, another
+    /// user's file. It may have been planted; it is never read or delivered.
+    #[error("{} is not a node mailspool will read: {reason}", crate::escape(&path.display().to_string()))]
+    Untrusted {
+        /// The entry.
+        path: PathBuf,
+        /// What it is.
+        reason: String,
+    },
     /// The spool directory does not exist.
     #[error("spool directory {} does not exist", .0.display())]
     Missing(PathBuf),

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::lock::NodeLock;
-use crate::name::{LOCK_SUFFIX, NodeName, Parsed, encode};
+use crate::name::{LOCK_SUFFIX, NodeName, Parsed, is_nfslock_temp};
+use crate::side::side_key;
 use crate::storage::os;
 use crate::{Spool, now};
 
@@ -33,8 +34,10 @@ pub enum Finding {
     StaleLock(PathBuf),
     /// A node of zero bytes, or one that cannot be read.
     BadNode(PathBuf),
-    /// Side data for a node that does not exist.
+    /// Side data for a node that does not exist (delivered by another dequeuer).
     OrphanSideData(PathBuf),
+    /// A tier entry that is not a node mailspool reads (symlink, FIFO, another user's).
+    Untrusted(PathBuf, String),
 }
 
 impl Finding {
@@ -50,13 +53,18 @@ impl Finding {
             ),
             Finding::StaleLock(p) => format!("stale lock: {}", p.display()),
             Finding::BadNode(p) => format!("empty or unreadable node: {}", p.display()),
-            Finding::OrphanSideData(p) => format!("side data without a node: {}", p.display()),
+            Finding::OrphanSideData(p) => format!(
+                "side data of a node that is gone (pruned by --repair and by the daemon): {}",
+                p.display()
+            ),
+            Finding::Untrusted(p, why) => format!("not a node ({why}): {}", p.display()),
         }
     }
 
-    /// Whether `fsck` counts it as a problem (a commit under way is not).
+    /// Whether `fsck` counts it as a problem (a commit under way is not, nor is the
+    /// side data of a node another dequeuer delivered).
     pub fn is_problem(&self) -> bool {
-        !matches!(self, Finding::LiveStage(_))
+        !matches!(self, Finding::LiveStage(_) | Finding::OrphanSideData(_))
     }
 }
 
@@ -81,11 +89,26 @@ fn age(path: &Path) -> Duration {
 
 impl Spool {
     /// Check the spool; with `repair`, fix what was found (see the module comment).
+    /// A spool (or a tier) that cannot be read is an error, never "no problems".
     pub fn fsck(&self, repair: bool) -> std::io::Result<Report> {
         let mut report = Report::default();
-        let stale = self.config.stale_lock_age();
+        let policy = self.config.lock_policy();
+        let read_dir = |dir: &Path| match fs::read_dir(dir) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", dir.display()),
+            )),
+        };
+        read_dir(&self.dir)?.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("spool directory {} does not exist", self.dir.display()),
+            )
+        })?;
         // tmp/
-        if let Ok(entries) = fs::read_dir(self.dir.join("tmp")) {
+        if let Some(entries) = read_dir(&self.dir.join("tmp"))? {
             for e in entries.flatten() {
                 let p = e.path();
                 if self.stage_abandoned(&p, age(&p)) {
@@ -96,21 +119,29 @@ impl Spool {
             }
         }
         // Tiers and held nodes.
-        let mut live: HashSet<(String, String)> = HashSet::new();
+        let mut live: HashSet<String> = HashSet::new();
         let mut dirs: Vec<PathBuf> = (0..self.config.tiers()).map(|t| self.tier_dir(t)).collect();
         dirs.extend((0..self.config.tiers()).map(|t| self.dir.join("hold").join(t.to_string())));
         for dir in &dirs {
-            let Ok(entries) = fs::read_dir(dir) else {
+            let Some(entries) = read_dir(dir)? else {
                 continue;
             };
-            for e in entries.flatten() {
+            for e in entries {
+                let e = e?;
                 let p = e.path();
                 let Some(name) = e.file_name().to_str().map(str::to_owned) else {
                     report.findings.push(Finding::Unparsable(p));
                     continue;
                 };
-                if name.ends_with(LOCK_SUFFIX) || name.starts_with(".lk.") {
-                    if age(&p) > stale {
+                if name.ends_with(LOCK_SUFFIX) || name.starts_with(".lk.") || is_nfslock_temp(&name)
+                {
+                    let stale = match name.strip_suffix(LOCK_SUFFIX) {
+                        Some(_) => crate::lock::judge_lock(&p, &policy).is_none_or(|h| h.stale),
+                        None => e
+                            .metadata()
+                            .is_ok_and(|m| crate::lock::is_sweepable(dir, &name, &m, &policy)),
+                    };
+                    if stale {
                         report.findings.push(Finding::StaleLock(p));
                     }
                     continue;
@@ -119,30 +150,39 @@ impl Spool {
                     Parsed::NotANode => {}
                     Parsed::Unparsable => report.findings.push(Finding::Unparsable(p)),
                     Parsed::Rescued(n) => {
-                        live.insert((n.id.clone(), n.to.clone()));
+                        live.insert(side_key(&n));
                         report.findings.push(Finding::Recoverable(p));
                     }
                     Parsed::Node(n) => {
                         report.nodes += 1;
-                        live.insert((n.id.clone(), n.to.clone()));
-                        let readable = fs::File::open(&p)
-                            .and_then(|f| f.metadata())
-                            .map(|m| m.len() > 0);
-                        if !readable.unwrap_or(false) {
-                            report.findings.push(Finding::BadNode(p));
+                        live.insert(side_key(&n));
+                        let entry = crate::NodeEntry {
+                            tier: 0,
+                            name: n,
+                            file_name: name,
+                            path: p.clone(),
+                            rescued: false,
+                            held: false,
+                            ino: 0,
+                        };
+                        match self.open_node(&entry) {
+                            Ok(f) if f.size > 0 => {}
+                            Ok(_) => report.findings.push(Finding::BadNode(p)),
+                            Err(crate::SpoolError::Untrusted { reason, .. }) => {
+                                report.findings.push(Finding::Untrusted(p, reason))
+                            }
+                            Err(crate::SpoolError::NotFound(_)) => {}
+                            Err(_) => report.findings.push(Finding::BadNode(p)),
                         }
                     }
                 }
             }
         }
-        // Side data.
-        if let Ok(entries) = fs::read_dir(self.dir.join("meta")) {
-            let keys: HashSet<String> = live
-                .iter()
-                .map(|(id, to)| format!("{id}-{}", encode(to.as_bytes())))
-                .collect();
+        // Side data of nodes that are gone (another dequeuer delivered them): not a
+        // problem, only pruned.
+        if let Some(entries) = read_dir(&self.dir.join("meta"))? {
             for e in entries.flatten() {
-                if !e.file_name().to_str().is_some_and(|n| keys.contains(n)) {
+                if !e.file_name().to_str().is_some_and(|n| live.contains(n)) {
                     report.findings.push(Finding::OrphanSideData(e.path()));
                 }
             }
@@ -164,14 +204,16 @@ impl Spool {
                 Some(format!("removed {}", p.display()))
             }
             Finding::LiveStage(_) => None,
-            Finding::Unparsable(p) | Finding::BadNode(p) => Some(self.to_corrupt(p)?),
+            Finding::Unparsable(p) | Finding::BadNode(p) | Finding::Untrusted(p, _) => {
+                Some(self.to_corrupt(p)?)
+            }
             Finding::Recoverable(p) => {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 let Parsed::Rescued(n) = NodeName::parse(name) else {
                     return Ok(None);
                 };
                 let dir = p.parent().unwrap_or(&self.dir);
-                let Ok(Some(_lock)) = NodeLock::try_lock(p, self.config.stale_lock_age()) else {
+                let Ok(Some(_lock)) = NodeLock::try_lock(p, &self.config.lock_policy()) else {
                     return Ok(Some(format!("left {} (locked)", p.display())));
                 };
                 let mut target = n.clone();
@@ -217,7 +259,7 @@ mod tests {
     fn finds_and_repairs_without_losing_mail() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = SpoolConfig {
-            stale_lock_after: Some(Duration::from_secs(60)),
+            legacy_lock_timeout: Duration::from_secs(3600),
             ..SpoolConfig::default()
         };
         let spool = Spool::create(dir.path(), cfg).unwrap();
@@ -252,8 +294,24 @@ mod tests {
         let lock = t0.join("1700000002-ghi-a@x.org-.NFSLock");
         fs::write(&lock, "host 1 1 1\n").unwrap();
         aged(&lock);
+        // A planted symlink to a secret, and a FIFO that would hang a plain open().
+        std::os::unix::fs::symlink("/etc/shadow", t0.join("1700000003-jkl-x@y.org-me@y.org"))
+            .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            t0.join("1700000004-mno-x@y.org-me@y.org"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // A File::NFSLock temp file left by a killed 0.50 dequeuer: a lock artefact.
+        let nfstemp = t0.join("1700000002-ghi-a@x.org-.tmp.1234.4242.77");
+        fs::write(&nfstemp, "host 4242 1 77\n").unwrap();
+        aged(&nfstemp);
         fs::create_dir_all(dir.path().join("meta")).unwrap();
-        fs::write(dir.path().join("meta/NOPE-b@y.org"), "{}").unwrap();
+        fs::write(dir.path().join("meta/NOPE-b@y.org-a@x.org"), "{}").unwrap();
+        aged(&dir.path().join("meta/NOPE-b@y.org-a@x.org"));
         let node = NodeName::parse(good.file_name().unwrap().to_str().unwrap());
         let Parsed::Node(node) = node else { panic!() };
         spool
@@ -270,12 +328,19 @@ mod tests {
 
         let r = spool.fsck(false).unwrap();
         let problems: Vec<_> = r.findings.iter().filter(|f| f.is_problem()).collect();
-        assert_eq!(problems.len(), 6, "{:#?}", r.findings);
+        // old stage, garbage, raw '-', empty node, stale lock, symlink, FIFO, NFSLock temp.
+        assert_eq!(problems.len(), 8, "{:#?}", r.findings);
+        assert!(
+            r.findings.contains(&Finding::OrphanSideData(
+                dir.path().join("meta/NOPE-b@y.org-a@x.org")
+            )),
+            "side data of a node another dequeuer delivered is seen, not a problem"
+        );
         assert!(r.actions.is_empty(), "no repair without --repair");
         assert!(t0.join("garbage").exists());
 
         let r = spool.fsck(true).unwrap();
-        assert_eq!(r.actions.len(), 6, "{:#?}", r.actions);
+        assert_eq!(r.actions.len(), 9, "{:#?}", r.actions);
         let r = spool.fsck(false).unwrap();
         assert!(
             r.findings.iter().all(|f| !f.is_problem()),
@@ -287,7 +352,15 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(corrupt.len(), 2);
+        assert_eq!(
+            corrupt.len(),
+            4,
+            "garbage, empty node, symlink, FIFO: {corrupt:?}"
+        );
+        assert!(
+            !dir.path().join("meta/NOPE-b@y.org-a@x.org").exists(),
+            "pruned"
+        );
         assert!(
             t0.join("1700000000-abc-first%2Dlast@x.org-me@y.org")
                 .exists()
@@ -300,5 +373,19 @@ mod tests {
             dir.path().join("tmp/young").exists(),
             "a live stage is left alone"
         );
+    }
+
+    #[test]
+    fn a_spool_that_cannot_be_read_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path().join("s"), SpoolConfig::default()).unwrap();
+        fs::remove_dir_all(dir.path().join("s")).unwrap();
+        let e = spool.fsck(false).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        // A tier that is a file, not a directory, cannot be read: loud, not "0 problems".
+        fs::create_dir(dir.path().join("s")).unwrap();
+        fs::write(dir.path().join("s/0"), "").unwrap();
+        let e = spool.fsck(false).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
     }
 }

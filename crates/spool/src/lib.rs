@@ -37,13 +37,42 @@ use std::time::SystemTime;
 pub use commit::{Committed, Stage};
 pub use config::SpoolConfig;
 pub use error::{Result, SpoolError, is_full, is_unwritable};
-pub use lock::{LockHolder, NodeLock};
+pub use lock::{LockHolder, LockPolicy, NodeLock};
 pub use name::{NodeName, Parsed};
-pub use queue::{Found, NodeEntry, Scan};
+pub use queue::{Found, NodeEntry, NodeFile, Scan};
 pub use storage::{FaultMode, FaultyStorage, OsStorage, Storage};
 
 use commit::GroupSync;
 use storage::os;
+
+/// Text someone else chose (a client's HELO or user name, a file name in the spool, a
+/// remote server's reply), made safe for one log line: control characters (CR, LF,
+/// ESC, C1 controls, ...) and the backslash are escaped, so nobody can forge a line or
+/// drive a terminal through our logs.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() || c == '\\') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A fresh random token (a ULID from 80 new random bits, not from the id generator, so
+/// it says nothing about any spool id): for Message-ID and other names that must be
+/// unique and unguessable.
+pub fn unique_token() -> String {
+    ulid::Ulid::generate().to_string()
+}
 
 /// Seconds since the epoch.
 pub fn unix_time(t: SystemTime) -> u64 {
@@ -66,6 +95,8 @@ pub struct Spool {
     tier0_sync: GroupSync,
     usage: bool,
     ids: Mutex<ulid::Generator>,
+    /// Owner of the spool directory: the only user (besides us) whose nodes we read.
+    owner: u32,
 }
 
 impl Spool {
@@ -74,9 +105,15 @@ impl Spool {
     pub fn open(dir: impl Into<PathBuf>, config: SpoolConfig) -> Result<Spool> {
         config.validate().map_err(SpoolError::Config)?;
         let dir = dir.into();
-        if !dir.is_dir() {
-            return Err(SpoolError::Missing(dir));
-        }
+        let meta = match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => m,
+            Ok(_) => return Err(SpoolError::Missing(dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SpoolError::Missing(dir));
+            }
+            Err(e) => return Err(SpoolError::io("open", dir, e)),
+        };
+        use std::os::unix::fs::MetadataExt;
         let usage = config.usage_log && dir.join("usage").is_dir();
         Ok(Spool {
             tier0_sync: GroupSync::new(dir.join("0")),
@@ -85,6 +122,7 @@ impl Spool {
             storage: Arc::new(OsStorage),
             usage,
             ids: Mutex::new(ulid::Generator::new()),
+            owner: meta.uid(),
         })
     }
 
@@ -155,6 +193,28 @@ impl Spool {
             .generate()
             .unwrap_or_else(|overflow| overflow.commit_overflow_increment())
             .to_string()
+    }
+
+    /// Whether any node, in a tier or held, carries message id `id` (a caller-chosen id
+    /// must not join another message's nodes).
+    pub fn id_in_use(&self, id: &str) -> Result<bool> {
+        let mut found = false;
+        let dirs = (0..self.config.tiers())
+            .map(|t| self.tier_dir(t))
+            .chain((0..self.config.tiers()).map(|t| self.dir.join("hold").join(t.to_string())));
+        for dir in dirs {
+            self.visit_dir(&dir, 0, false, &mut |f| match f {
+                Found::Node(n) if n.name.id == id => {
+                    found = true;
+                    std::ops::ControlFlow::Break(())
+                }
+                _ => std::ops::ControlFlow::Continue(()),
+            })?;
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Whether a `tmp/` entry of this age is a crashed commit's stage (see below).

@@ -1,24 +1,63 @@
 //! Node locks, taken the way Perl's File::NFSLock takes them, so that a Mail::Spool 0.50
 //! dequeuer and mailspool can work on one spool, over NFS too.
 //!
-//! To lock `<node>`: write a unique temp file holding `"<host> <pid> <time> <rand>\n"`,
-//! `link` it to `<node>.NFSLock`, and count the temp file's links: 2 means the lock is
-//! ours (this check survives NFS's lost-reply retransmissions, where `link` can report an
-//! error after it succeeded). A lock whose mtime is older than the stale age belongs to
-//! a dead holder and is broken. Unlock removes the lock file only if it still holds our
-//! line.
+//! To lock `<node>`: write a unique temp file holding `"<host> <pid> <time> <rand>
+//! mailspool\n"`, `link` it to `<node>.NFSLock`, and count the temp file's links: 2
+//! means the lock is ours (this check survives NFS's lost-reply retransmissions, where
+//! `link` can report an error after it succeeded). File::NFSLock reads only the host and
+//! the pid of that line, so the trailing word is invisible to 0.50 and tells us the lock
+//! is one of ours.
+//!
+//! When may a lock be broken? Never while its holder lives:
+//! - a holder on this host is alive while its pid is (File::NFSLock's own rule);
+//! - our locks are kept fresh while held (a thread touches their mtime every
+//!   [`REFRESH_EVERY`]), so one of ours from another host that nobody has touched for
+//!   [`LockPolicy::own_stale`] lost its holder;
+//! - a lock without our mark (0.50's) is never refreshed, so it is stale only by 0.50's
+//!   own rule: older than its `max_connection_time` + 2 s ([`LockPolicy::legacy_stale`],
+//!   six hours by default).
+//!
+//! Unlock removes the lock file only if it still holds our line.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, Once};
 use std::time::{Duration, SystemTime};
 
-use crate::name::LOCK_SUFFIX;
+use crate::name::{LOCK_SUFFIX, is_nfslock_temp};
 use crate::storage::os;
 
-/// A held node lock; released on drop.
+/// The word that ends the line of a lock mailspool holds (and keeps fresh).
+pub const OWN_MARK: &str = "mailspool";
+
+/// How often the locks this process holds get a fresh mtime.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(20);
+
+/// When a lock held by someone else may be broken (see the module comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockPolicy {
+    /// One of our locks, from another host, not refreshed for this long: its holder is
+    /// gone. Longer than [`REFRESH_EVERY`] plus NFS's attribute cache (60 s) plus skew.
+    pub own_stale: Duration,
+    /// A lock without our mark (Mail::Spool 0.50's), older than this: stale by 0.50's
+    /// rule, its `max_connection_time` + 2 s.
+    pub legacy_stale: Duration,
+}
+
+impl Default for LockPolicy {
+    fn default() -> Self {
+        LockPolicy {
+            own_stale: Duration::from_secs(300),
+            legacy_stale: Duration::from_secs(6 * 3600 + 2),
+        }
+    }
+}
+
+/// A held node lock; released on drop. While held, its mtime is kept fresh.
 #[derive(Debug)]
 pub struct NodeLock {
     lock_path: PathBuf,
@@ -26,24 +65,36 @@ pub struct NodeLock {
     released: bool,
 }
 
-/// Who holds a lock, as its file says.
+/// Who holds a lock, as its file says, and whether it may be broken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockHolder {
     /// Host name of the holder.
     pub host: String,
     /// Process id of the holder.
     pub pid: u32,
-    /// When the lock was taken (unix seconds), from the lock file's mtime.
+    /// When the lock was last taken or refreshed (unix seconds): the file's mtime.
     pub since: u64,
-    /// Whether the lock is older than the stale age.
+    /// Taken by mailspool (kept fresh while held), not by Mail::Spool 0.50.
+    pub ours: bool,
+    /// Whether it may be broken, and why.
     pub stale: bool,
+    /// Why it is judged so, for people.
+    pub why: &'static str,
 }
 
 impl std::fmt::Display for LockHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} pid {} since {}", self.host, self.pid, self.since)?;
+        write!(
+            f,
+            "{} pid {} since {} ({}{})",
+            crate::escape(&self.host),
+            self.pid,
+            self.since,
+            if self.ours { "" } else { "Mail::Spool 0.50; " },
+            self.why
+        )?;
         if self.stale {
-            f.write_str(" (stale)")?;
+            f.write_str(", stale")?;
         }
         Ok(())
     }
@@ -58,10 +109,13 @@ pub fn lock_path(node: &Path) -> PathBuf {
 
 /// This machine's host name, as File::NFSLock writes it.
 pub fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
+    static NAME: LazyLock<String> = LazyLock::new(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    });
+    NAME.clone()
 }
 
 fn unique_suffix() -> String {
@@ -79,16 +133,16 @@ fn unix_now() -> u64 {
 }
 
 impl NodeLock {
-    /// Try once to lock `node`. `Ok(None)` means another live process holds it.
-    /// A stale lock (older than `stale_after`) is broken and taken.
-    pub fn try_lock(node: &Path, stale_after: Duration) -> io::Result<Option<NodeLock>> {
+    /// Try once to lock `node`. `Ok(None)` means someone else holds it. A lock whose
+    /// holder is gone (see [`LockPolicy`]) is broken and taken.
+    pub fn try_lock(node: &Path, policy: &LockPolicy) -> io::Result<Option<NodeLock>> {
         let lock_path = lock_path(node);
         let dir = node.parent().unwrap_or(Path::new("."));
         // The temp name starts with '.' and is short, so it can never parse as a node
         // and always fits NAME_MAX, whatever the node's name.
         let temp = dir.join(format!(".lk.{}", unique_suffix()));
         let line = format!(
-            "{} {} {} {}\n",
+            "{} {} {} {} {OWN_MARK}\n",
             hostname(),
             std::process::id(),
             unix_now(),
@@ -98,16 +152,24 @@ impl NodeLock {
             let mut f = os::create_new(&temp)?;
             f.write_all(line.as_bytes())?;
         }
-        let result = Self::link_lock(&temp, &lock_path, stale_after);
+        let result = Self::link_lock(&temp, &lock_path, policy);
         let _ = fs::remove_file(&temp);
-        Ok(result?.then(|| NodeLock {
+        if !result? {
+            return Ok(None);
+        }
+        held()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(lock_path.clone(), line.clone());
+        start_refresher();
+        Ok(Some(NodeLock {
             lock_path,
             line,
             released: false,
         }))
     }
 
-    fn link_lock(temp: &Path, lock: &Path, stale_after: Duration) -> io::Result<bool> {
+    fn link_lock(temp: &Path, lock: &Path, policy: &LockPolicy) -> io::Result<bool> {
         for _ in 0..2 {
             let linked = fs::hard_link(temp, lock);
             if fs::metadata(temp)?.nlink() == 2 {
@@ -118,7 +180,7 @@ impl NodeLock {
                 Err(e) => return Err(e),
                 Ok(()) => return Ok(false),
             }
-            if !break_if_stale(lock, stale_after)? {
+            if !break_if_stale(lock, policy)? {
                 return Ok(false);
             }
         }
@@ -135,8 +197,12 @@ impl NodeLock {
             return;
         }
         self.released = true;
+        held()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.lock_path);
         // Only remove the lock if it is still ours: a stale-lock breaker may have taken it.
-        if fs::read_to_string(&self.lock_path).is_ok_and(|s| s == self.line) {
+        if read_line(&self.lock_path).is_ok_and(|s| s == self.line) {
             let _ = fs::remove_file(&self.lock_path);
         }
     }
@@ -152,20 +218,175 @@ fn rand_u16() -> u16 {
     (ulid::Ulid::generate().random() & 0xffff) as u16
 }
 
-/// Break `lock` if it is older than `stale_after`. Returns whether it is gone.
+/// The locks this process holds, by lock path, with their lines.
+fn held() -> &'static Mutex<HashMap<PathBuf, String>> {
+    static HELD: LazyLock<Mutex<HashMap<PathBuf, String>>> = LazyLock::new(Default::default);
+    &HELD
+}
+
+fn start_refresher() {
+    static STARTED: Once = Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("lock-refresh".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(REFRESH_EVERY);
+                    refresh_held_locks();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the lock refresher; locks held longer than five minutes may be broken by another host");
+        }
+    });
+}
+
+/// Give every lock this process holds a fresh mtime (the refresher thread does this
+/// every [`REFRESH_EVERY`]); a lock file that no longer holds our line is left alone.
+/// Returns how many were refreshed.
+pub fn refresh_held_locks() -> usize {
+    let locks: Vec<(PathBuf, String)> = held()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(p, l)| (p.clone(), l.clone()))
+        .collect();
+    let mut n = 0;
+    for (path, line) in locks {
+        if touch_if_ours(&path, &line).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn touch_if_ours(path: &Path, line: &str) -> io::Result<()> {
+    let mut f = open_lock(path)?;
+    let mut text = String::new();
+    Read::by_ref(&mut f).take(512).read_to_string(&mut text)?;
+    if text != line {
+        return Err(io::Error::other("not our lock any more"));
+    }
+    let now = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        // UTIME_NOW: over NFS the server's clock sets it, the clock every host compares with.
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+    };
+    rustix::fs::futimens(&f, &now)?;
+    Ok(())
+}
+
+/// Open a lock file for reading without following a symlink or blocking on a FIFO.
+fn open_lock(path: &Path) -> io::Result<fs::File> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("lock is not a regular file"));
+    }
+    Ok(f)
+}
+
+fn read_line(path: &Path) -> io::Result<String> {
+    let mut text = String::new();
+    open_lock(path)?.take(512).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Judge a lock file from its first line and its mtime.
+fn judge(text: &str, meta: &fs::Metadata, policy: &LockPolicy) -> LockHolder {
+    let first = text.lines().next().unwrap_or("");
+    let mut words = first.split_whitespace();
+    let host = words.next().unwrap_or("?").to_owned();
+    let pid: i64 = words.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let ours = first.split_whitespace().nth(4) == Some(OWN_MARK);
+    let age = meta
+        .modified()
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .unwrap_or_default();
+    let (stale, why) = if host == hostname() && pid > 0 && pid <= i64::from(i32::MAX) {
+        let alive = rustix::process::Pid::from_raw(pid as i32).is_some_and(|p| {
+            !matches!(
+                rustix::process::test_kill_process(p),
+                Err(rustix::io::Errno::SRCH)
+            )
+        });
+        if alive {
+            (false, "holder alive on this host")
+        } else {
+            (true, "holder's process is gone")
+        }
+    } else if ours {
+        if age > policy.own_stale {
+            (true, "not refreshed by its holder")
+        } else {
+            (false, "refreshed by its holder")
+        }
+    } else if age > policy.legacy_stale {
+        (true, "older than 0.50's max_connection_time")
+    } else {
+        (false, "within 0.50's max_connection_time")
+    };
+    LockHolder {
+        host,
+        pid: u32::try_from(pid).unwrap_or(0),
+        since: meta.modified().map(crate::unix_time).unwrap_or(0),
+        ours,
+        stale,
+        why,
+    }
+}
+
+/// Who holds the lock at `lock` (a `.NFSLock` path), judged by `policy`.
+pub fn judge_lock(lock: &Path, policy: &LockPolicy) -> Option<LockHolder> {
+    let mut f = open_lock(lock).ok()?;
+    let meta = f.metadata().ok()?;
+    let mut text = String::new();
+    Read::by_ref(&mut f)
+        .take(512)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(judge(&text, &meta, policy))
+}
+
+/// Break `lock` if its holder is gone. Returns whether it is gone.
 ///
 /// Two breakers racing must not remove a fresh lock that the other just took: we move
 /// the lock aside under a unique name, and if what we moved is not the inode we judged
 /// stale, we link it back.
-fn break_if_stale(lock: &Path, stale_after: Duration) -> io::Result<bool> {
+fn break_if_stale(lock: &Path, policy: &LockPolicy) -> io::Result<bool> {
     let meta = match fs::symlink_metadata(lock) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
         Err(e) => return Err(e),
     };
-    if !is_stale(&meta, stale_after) {
+    let Some(h) = judge_lock(lock, policy) else {
+        // A regular file we cannot read: we cannot judge it, so it stands. Anything
+        // else (a symlink, a FIFO) is nobody's lock: File::NFSLock only links files.
+        if meta.file_type().is_file() {
+            return Ok(false);
+        }
+        return move_aside_and_drop(lock, &meta);
+    };
+    if !h.stale {
         return Ok(false);
     }
+    let gone = move_aside_and_drop(lock, &meta)?;
+    if gone {
+        tracing::warn!(lock = %crate::escape(&lock.display().to_string()), holder = %h, "broke a stale node lock");
+    }
+    Ok(gone)
+}
+
+fn move_aside_and_drop(lock: &Path, meta: &fs::Metadata) -> io::Result<bool> {
     let aside = lock.with_file_name(format!(".lk.stale.{}", unique_suffix()));
     match fs::rename(lock, &aside) {
         Ok(()) => {}
@@ -178,46 +399,41 @@ fn break_if_stale(lock: &Path, stale_after: Duration) -> io::Result<bool> {
         let _ = fs::remove_file(&aside);
         return Ok(false);
     }
-    tracing::warn!(lock = %lock.display(), "broke a stale node lock");
     let _ = fs::remove_file(&aside);
     Ok(true)
 }
 
-fn is_stale(meta: &fs::Metadata, stale_after: Duration) -> bool {
-    let age = meta
-        .modified()
+/// Who holds the lock of `node`, if anyone.
+pub fn holder(node: &Path, policy: &LockPolicy) -> Option<LockHolder> {
+    judge_lock(&lock_path(node), policy)
+}
+
+fn older_than(meta: &fs::Metadata, age: Duration) -> bool {
+    meta.modified()
         .ok()
         .and_then(|m| SystemTime::now().duration_since(m).ok())
-        .unwrap_or_default();
-    age > stale_after
+        .is_some_and(|a| a > age)
 }
 
-/// Who holds the lock of `node`, if anyone.
-pub fn holder(node: &Path, stale_after: Duration) -> Option<LockHolder> {
-    let path = lock_path(node);
-    let mut f = fs::File::open(&path).ok()?;
-    let meta = f.metadata().ok()?;
-    let mut text = String::new();
-    Read::by_ref(&mut f)
-        .take(512)
-        .read_to_string(&mut text)
-        .ok()?;
-    let mut words = text.split_whitespace();
-    let host = words.next().unwrap_or("?").to_owned();
-    let pid = words.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    Some(LockHolder {
-        host,
-        pid,
-        since: meta.modified().map(crate::unix_time).unwrap_or(0),
-        stale: is_stale(&meta, stale_after),
-    })
+/// What [`sweep`] may remove in a tier directory.
+pub fn is_sweepable(dir: &Path, name: &str, meta: &fs::Metadata, policy: &LockPolicy) -> bool {
+    if let Some(node) = name.strip_suffix(LOCK_SUFFIX) {
+        // A lock for a node that is gone, whose holder is gone too: no one will take it.
+        !dir.join(node).exists() && judge_lock(&dir.join(name), policy).is_none_or(|h| h.stale)
+    } else if name.starts_with(".lk.") || is_nfslock_temp(name) {
+        // Lock temp files (ours, File::NFSLock's) live for milliseconds.
+        older_than(meta, policy.own_stale)
+    } else {
+        false
+    }
 }
 
-/// Remove what killed lock holders leave behind in `dir`: a `.NFSLock` older than
-/// `stale_after` whose node is gone (no one will ever take it again), and lock temp
-/// files (`.lk.*`) older than that. A stale lock whose node exists is left to the next
-/// locker, which breaks it. Returns how many files went.
-pub fn sweep(dir: &Path, stale_after: Duration) -> usize {
+/// Remove what killed lock holders leave behind in `dir`: a `.NFSLock` whose node is
+/// gone and whose holder is gone, and lock temp files (ours and File::NFSLock's
+/// `<node>.tmp.<n>.<pid>.<rand>`) older than [`LockPolicy::own_stale`]. A stale lock
+/// whose node exists is left to the next locker, which breaks it. Returns how many
+/// files went.
+pub fn sweep(dir: &Path, policy: &LockPolicy) -> usize {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };
@@ -225,15 +441,8 @@ pub fn sweep(dir: &Path, stale_after: Duration) -> usize {
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let orphan = if let Some(node) = name.strip_suffix(LOCK_SUFFIX) {
-            !dir.join(node).exists()
-        } else {
-            name.starts_with(".lk.")
-        };
-        if orphan
-            && e.metadata().is_ok_and(|m| is_stale(&m, stale_after))
-            && fs::remove_file(e.path()).is_ok()
-        {
+        let Ok(meta) = e.metadata() else { continue };
+        if is_sweepable(dir, name, &meta, policy) && fs::remove_file(e.path()).is_ok() {
             removed += 1;
         }
     }
@@ -244,95 +453,203 @@ pub fn sweep(dir: &Path, stale_after: Duration) -> usize {
 mod tests {
     use super::*;
 
+    fn policy() -> LockPolicy {
+        LockPolicy {
+            own_stale: Duration::from_secs(60),
+            legacy_stale: Duration::from_secs(600),
+        }
+    }
+
+    fn age(p: &Path, secs: u64) {
+        fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(secs))
+            .unwrap()
+    }
+
+    /// A pid that is not running on this host: a child that has exited and been reaped.
+    fn dead_pid() -> u32 {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    }
+
     #[test]
     fn one_holder_at_a_time_and_file_format() {
         let dir = tempfile::tempdir().unwrap();
         let node = dir.path().join("1-id-a@b-c@d");
         fs::write(&node, "x").unwrap();
-        let a = NodeLock::try_lock(&node, Duration::from_secs(60))
+        let a = NodeLock::try_lock(&node, &policy())
             .unwrap()
             .expect("first lock");
-        assert!(
-            NodeLock::try_lock(&node, Duration::from_secs(60))
-                .unwrap()
-                .is_none()
-        );
+        assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_none());
         let text = fs::read_to_string(lock_path(&node)).unwrap();
         let words: Vec<&str> = text.split_whitespace().collect();
-        assert_eq!(words.len(), 4, "host pid time rand: {text:?}");
+        assert_eq!(words.len(), 5, "host pid time rand mark: {text:?}");
+        assert_eq!(words[0], hostname());
         assert_eq!(words[1], std::process::id().to_string());
-        let h = holder(&node, Duration::from_secs(60)).unwrap();
+        assert_eq!(words[4], OWN_MARK);
+        let h = holder(&node, &policy()).unwrap();
         assert_eq!(h.pid, std::process::id());
-        assert!(!h.stale);
+        assert!(h.ours && !h.stale);
         drop(a);
         assert!(!lock_path(&node).exists());
         // No temp files are left behind.
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
-        assert!(
-            NodeLock::try_lock(&node, Duration::from_secs(60))
-                .unwrap()
-                .is_some()
-        );
+        assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_live_holder_on_this_host_is_never_broken_however_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("1-id-a@b-c@d");
+        fs::write(&node, "x").unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        // A 0.50 holder (no mark), a day old, but its process runs on this host.
+        fs::write(
+            lock_path(&node),
+            format!("{} {} 1 77\n", hostname(), child.id()),
+        )
+        .unwrap();
+        age(&lock_path(&node), 86_400);
+        let h = holder(&node, &policy()).unwrap();
+        assert!(!h.stale, "{h}");
+        assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_none());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Its process is gone: stale at once, whatever its age.
+        age(&lock_path(&node), 0);
+        assert!(holder(&node, &policy()).unwrap().stale);
+        assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_some());
+    }
+
+    #[test]
+    fn dead_pid_on_this_host_is_stale_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("1-id-a@b-c@d");
+        fs::write(&node, "x").unwrap();
+        fs::write(
+            lock_path(&node),
+            format!("{} {} 1 2 {OWN_MARK}\n", hostname(), dead_pid()),
+        )
+        .unwrap();
+        assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_some());
+    }
+
+    #[test]
+    fn other_hosts_ours_by_refresh_age_050_by_its_own_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("1-id-a@b-c@d");
+        fs::write(&node, "x").unwrap();
+        let lock = lock_path(&node);
+
+        // A 0.50 lock from another host, 10 minutes old: 0.50 may still be sending
+        // (its max_connection_time is hours), so it stands.
+        fs::write(&lock, "otherhost 4242 1 77\n").unwrap();
+        age(&lock, 599);
+        let h = holder(&node, &policy()).unwrap();
+        assert!(!h.ours && !h.stale, "{h}");
+        assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_none());
+        age(&lock, 601);
+        assert!(holder(&node, &policy()).unwrap().stale);
+        let taken = NodeLock::try_lock(&node, &policy())
+            .unwrap()
+            .expect("stale 0.50 lock broken");
+        // Someone else overwrote our lock (a breaker): releasing must not remove theirs.
+        fs::write(&lock, "thief 1 1 1\n").unwrap();
+        taken.release();
+        assert!(lock.exists());
+        fs::remove_file(&lock).unwrap();
+
+        // One of ours from another host: stale once nobody refreshed it for own_stale.
+        fs::write(&lock, format!("otherhost 4242 1 77 {OWN_MARK}\n")).unwrap();
+        age(&lock, 30);
+        assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_none());
+        age(&lock, 61);
+        assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_some());
+    }
+
+    #[test]
+    fn held_locks_are_kept_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("1-id-a@b-c@d");
+        fs::write(&node, "x").unwrap();
+        let l = NodeLock::try_lock(&node, &policy()).unwrap().unwrap();
+        age(&lock_path(&node), 3600);
+        assert!(refresh_held_locks() >= 1);
+        let mtime = fs::metadata(lock_path(&node)).unwrap().modified().unwrap();
+        assert!(SystemTime::now().duration_since(mtime).unwrap() < Duration::from_secs(5));
+        drop(l);
+        assert!(!lock_path(&node).exists());
+    }
+
+    #[test]
+    fn a_planted_fifo_or_symlink_is_nobodys_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("1-id-a@b-c@d");
+        fs::write(&node, "x").unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            lock_path(&node),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Must not hang on the FIFO, and takes the lock.
+        assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_some());
     }
 
     #[test]
     fn sweep_removes_only_orphans() {
         let dir = tempfile::tempdir().unwrap();
-        let old = SystemTime::now() - Duration::from_secs(120);
-        let age = |p: &Path| {
-            fs::File::options()
-                .write(true)
-                .open(p)
-                .unwrap()
-                .set_modified(old)
-                .unwrap()
-        };
         fs::write(dir.path().join("1-a-b@c-"), "node").unwrap();
-        for n in ["1-a-b@c-.NFSLock", "2-gone-b@c-.NFSLock", ".lk.1.2.3"] {
-            fs::write(dir.path().join(n), "x").unwrap();
-            age(&dir.path().join(n));
+        let dead = dead_pid();
+        let files = [
+            (
+                "1-a-b@c-.NFSLock",
+                format!("otherhost 1 1 1 {OWN_MARK}\n"),
+                120,
+            ),
+            (
+                "2-gone-b@c-.NFSLock",
+                format!("otherhost 1 1 1 {OWN_MARK}\n"),
+                120,
+            ),
+            (
+                "4-gone-b@c-.NFSLock",
+                format!("{} {dead} 1 1\n", hostname()),
+                0,
+            ),
+            ("5-gone-b@c-.NFSLock", "otherhost 1 1 1\n".to_owned(), 120),
+            (".lk.1.2.3", "x".to_owned(), 120),
+            ("1-a-b@c-.tmp.1234.999.42", "x".to_owned(), 120),
+            ("1-a-b@c-.tmp.1234.999.43", "x".to_owned(), 0),
+        ];
+        for (n, text, secs) in &files {
+            fs::write(dir.path().join(n), text).unwrap();
+            age(&dir.path().join(n), *secs);
         }
-        fs::write(dir.path().join("3-fresh-b@c-.NFSLock"), "x").unwrap();
-        assert_eq!(sweep(dir.path(), Duration::from_secs(60)), 2);
-        assert!(
-            dir.path().join("1-a-b@c-.NFSLock").exists(),
-            "its node exists: left to the next locker"
-        );
-        assert!(
-            dir.path().join("3-fresh-b@c-.NFSLock").exists(),
-            "not stale"
-        );
-    }
-
-    #[test]
-    fn stale_lock_is_broken_and_release_leaves_foreign_lock() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = dir.path().join("1-id-a@b-c@d");
-        fs::write(&node, "x").unwrap();
-        // A lock left by a dead 0.50 process, two minutes old.
-        fs::write(lock_path(&node), "otherhost 4242 1 77\n").unwrap();
-        let old = SystemTime::now() - Duration::from_secs(120);
-        fs::File::options()
-            .write(true)
-            .open(lock_path(&node))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-        let h = holder(&node, Duration::from_secs(60)).unwrap();
-        assert_eq!((h.host.as_str(), h.pid, h.stale), ("otherhost", 4242, true));
-        assert!(
-            NodeLock::try_lock(&node, Duration::from_secs(300))
-                .unwrap()
-                .is_none(),
-            "not stale at 300 s"
-        );
-        let lock = NodeLock::try_lock(&node, Duration::from_secs(60))
-            .unwrap()
-            .expect("stale lock broken");
-        // Someone else overwrote our lock (a breaker): releasing must not remove theirs.
-        fs::write(lock_path(&node), "thief 1 1 1\n").unwrap();
-        lock.release();
-        assert!(lock_path(&node).exists());
+        fs::write(
+            dir.path().join("3-fresh-b@c-.NFSLock"),
+            format!("otherhost 1 1 1 {OWN_MARK}\n"),
+        )
+        .unwrap();
+        assert_eq!(sweep(dir.path(), &policy()), 4);
+        for kept in [
+            "1-a-b@c-.NFSLock",         // its node exists: left to the next locker
+            "3-fresh-b@c-.NFSLock",     // refreshed recently
+            "5-gone-b@c-.NFSLock",      // a 0.50 holder may still be at work
+            "1-a-b@c-.tmp.1234.999.43", // a File::NFSLock temp file in use
+        ] {
+            assert!(dir.path().join(kept).exists(), "{kept}");
+        }
     }
 }

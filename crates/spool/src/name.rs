@@ -76,6 +76,20 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'='))
 }
 
+/// Whether `name` is a File::NFSLock temp file: `<file>.tmp.<time % 10000>.<pid>.<rand>`.
+/// File::NFSLock 1.29 writes one beside the node while it takes a lock, and links one
+/// to the node itself to refresh NFS's cache after it took it; both would parse as a
+/// node (with a sender ending `.tmp.N.N.N`, which no real domain does).
+pub fn is_nfslock_temp(name: &str) -> bool {
+    let mut parts = name.rsplitn(4, '.');
+    let digits =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    digits(parts.next())
+        && digits(parts.next())
+        && digits(parts.next())
+        && parts.next().is_some_and(|rest| rest.ends_with(".tmp"))
+}
+
 /// The parsed name of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeName {
@@ -135,7 +149,11 @@ impl NodeName {
 
     /// Read a file name found in a tier directory.
     pub fn parse(name: &str) -> Parsed {
-        if name.starts_with('.') || name.ends_with(LOCK_SUFFIX) || name.contains(".NFSLock.") {
+        if name.starts_with('.')
+            || name.ends_with(LOCK_SUFFIX)
+            || name.contains(".NFSLock.")
+            || is_nfslock_temp(name)
+        {
             return Parsed::NotANode;
         }
         let Some((time, rest)) = name.split_once('-') else {
@@ -299,6 +317,28 @@ mod tests {
             NodeName::parse("1-a-b@c-d@e.NFSLock.tmp.1.2.3"),
             Parsed::NotANode
         );
+    }
+
+    #[test]
+    fn file_nfslock_temp_files_are_not_nodes() {
+        // File::NFSLock 1.29's rand_file(): "$file.tmp." . time()%10000 . ".$$." . int(rand()*10000)
+        for name in [
+            "1700000000-3F9A0C12AB34CD56-bob@example.com-alice@example.org.tmp.4821.31337.977",
+            "1700000000-3F9A0C12AB34CD56-bob@example.com-.tmp.0.1.0",
+            "1700000000-ID-a@b-c@d.NFSLock.tmp.12.34.56",
+        ] {
+            assert!(
+                is_nfslock_temp(name) || name.contains(".NFSLock."),
+                "{name}"
+            );
+            assert_eq!(NodeName::parse(name), Parsed::NotANode, "{name}");
+        }
+        // A sender whose domain merely contains "tmp" is still a node.
+        assert!(matches!(
+            NodeName::parse("1-id-a@b-c@tmp.example.org"),
+            Parsed::Node(_)
+        ));
+        assert!(!is_nfslock_temp("1-id-a@b-c@x.tmp.1.2"));
     }
 
     #[test]

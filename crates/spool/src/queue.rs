@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::ops::ControlFlow;
+use std::os::unix::fs::{DirEntryExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::lock::{self, NodeLock};
@@ -29,6 +30,31 @@ pub struct NodeEntry {
     pub rescued: bool,
     /// Held: never delivered until released.
     pub held: bool,
+    /// Inode number as the directory listed it (nodes of one mailspool message share
+    /// it). Only a hint: [`Spool::open_node`] says what the name points to now.
+    pub ino: u64,
+}
+
+/// A node opened for reading: the file, and what identifies the message it holds.
+#[derive(Debug)]
+pub struct NodeFile {
+    /// Open for reading (never through a symlink).
+    pub file: fs::File,
+    /// Device of the file.
+    pub dev: u64,
+    /// Inode of the file: nodes with the same (dev, ino) are one stored message.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Number of names the file has.
+    pub nlink: u64,
+}
+
+impl NodeFile {
+    /// The identity of the stored message: (device, inode).
+    pub fn identity(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
 }
 
 /// What a visit finds in a tier directory.
@@ -117,7 +143,7 @@ impl Spool {
         self.visit_dir(&self.tier_dir(tier), tier, false, f)
     }
 
-    fn visit_dir(
+    pub(crate) fn visit_dir(
         &self,
         dir: &Path,
         tier: usize,
@@ -158,12 +184,66 @@ impl Spool {
                 file_name,
                 rescued,
                 held,
+                ino: entry.ino(),
             };
             if f(Found::Node(node)).is_break() {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Split nodes into the stored messages they belong to: one inode is one message;
+    /// separate files (0.50 writes one per recipient) are one message only when their
+    /// id, sender and bytes are all the same. Order of first appearance is kept.
+    pub fn group_messages(&self, nodes: Vec<NodeEntry>) -> Vec<Vec<NodeEntry>> {
+        let mut groups: Vec<Vec<NodeEntry>> = Vec::new();
+        let mut by_inode: std::collections::HashMap<u64, usize> = Default::default();
+        for n in nodes {
+            match by_inode.get(&n.ino) {
+                Some(&i) => groups[i].push(n),
+                None => {
+                    by_inode.insert(n.ino, groups.len());
+                    groups.push(vec![n]);
+                }
+            }
+        }
+        let mut merged: Vec<Vec<NodeEntry>> = Vec::new();
+        'next: for g in groups {
+            for m in merged.iter_mut() {
+                let (a, b) = (&m[0], &g[0]);
+                if a.name.id == b.name.id && a.name.from == b.name.from && self.same_bytes(a, b) {
+                    m.extend(g);
+                    continue 'next;
+                }
+            }
+            merged.push(g);
+        }
+        merged
+    }
+
+    /// Whether two nodes hold the same bytes (read through [`Spool::open_node`]).
+    fn same_bytes(&self, a: &NodeEntry, b: &NodeEntry) -> bool {
+        use std::io::Read;
+        let (Ok(fa), Ok(fb)) = (self.open_node(a), self.open_node(b)) else {
+            return false;
+        };
+        if fa.size != fb.size {
+            return false;
+        }
+        let (mut ra, mut rb) = (fa.file, fb.file);
+        let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+        loop {
+            let Ok(n) = ra.read(&mut ba) else {
+                return false;
+            };
+            if n == 0 {
+                return rb.read(&mut bb[..1]).is_ok_and(|m| m == 0);
+            }
+            if rb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+                return false;
+            }
+        }
     }
 
     /// Nodes whose message id, or whose file name, is `key`.
@@ -180,13 +260,90 @@ impl Spool {
         Ok(found)
     }
 
+    /// Open a node to read it. Everything in a spool is untrusted: the name is opened
+    /// without following a symlink and without blocking on a FIFO, and only a regular
+    /// file owned by the spool's owner (or by us) is a node; anything else is
+    /// [`SpoolError::Untrusted`] (see [`Spool::quarantine`]).
+    pub fn open_node(&self, entry: &NodeEntry) -> Result<NodeFile> {
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
+            .open(&entry.path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SpoolError::NotFound(entry.file_name.clone()));
+            }
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                return Err(self.untrusted(entry, "a symbolic link"));
+            }
+            Err(e) => return Err(SpoolError::io("open", &entry.path, e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| SpoolError::io("stat", &entry.path, e))?;
+        if !meta.file_type().is_file() {
+            return Err(self.untrusted(entry, "not a regular file"));
+        }
+        if meta.uid() != self.owner && meta.uid() != rustix::process::geteuid().as_raw() {
+            return Err(self.untrusted(
+                entry,
+                &format!(
+                    "owned by uid {}, not the spool's owner (uid {})",
+                    meta.uid(),
+                    self.owner
+                ),
+            ));
+        }
+        // Reads must block normally from here on.
+        let _ = rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty());
+        Ok(NodeFile {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            nlink: meta.nlink(),
+            file,
+        })
+    }
+
+    fn untrusted(&self, entry: &NodeEntry, reason: &str) -> SpoolError {
+        SpoolError::Untrusted {
+            path: entry.path.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// Move a tier entry that is not a node we may read (a symlink, a FIFO, another
+    /// user's file) to `corrupt/`, out of every dequeuer's sight. The entry itself is
+    /// moved, never what it points to; nothing is deleted.
+    pub fn quarantine(&self, entry: &NodeEntry) -> Result<PathBuf> {
+        let dir = self.dir.join("corrupt");
+        os::ensure_dir(&dir).map_err(|e| SpoolError::io("create", &dir, e))?;
+        for n in 0..100u32 {
+            let target = dir.join(format!("{}.{}.{n}", entry.tier, entry.file_name));
+            match os::rename_noreplace(&entry.path, &target) {
+                Ok(()) => return Ok(target),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(SpoolError::io("move to corrupt/", &entry.path, e)),
+            }
+        }
+        Err(SpoolError::io(
+            "move to corrupt/",
+            &entry.path,
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        ))
+    }
+
     /// Lock a node for a change, or say who holds it.
     pub fn lock_node(&self, entry: &NodeEntry) -> Result<NodeLock> {
-        match NodeLock::try_lock(&entry.path, self.config.stale_lock_age()) {
+        let policy = self.config.lock_policy();
+        match NodeLock::try_lock(&entry.path, &policy) {
             Ok(Some(l)) => Ok(l),
             Ok(None) => Err(SpoolError::Locked {
                 node: entry.file_name.clone(),
-                holder: lock::holder(&entry.path, self.config.stale_lock_age())
+                holder: lock::holder(&entry.path, &policy)
                     .map_or_else(|| "another process".to_owned(), |h| h.to_string()),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -287,6 +444,7 @@ impl Spool {
                         path,
                         rescued: false,
                         held,
+                        ino: entry.ino,
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

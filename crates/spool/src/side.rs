@@ -1,8 +1,11 @@
 //! Side data: what happened to a node, kept outside the tier directories so that
 //! Mail::Spool 0.50 never sees it and a spool without it is still valid.
 //!
-//! `meta/<id>-<encoded to>` holds one JSON object per line, one per delivery attempt. The
-//! key does not contain the node's time or tier, so it survives fallbacks and retries.
+//! `meta/<id>-<encoded to>-<encoded from>` holds one JSON object per line, one per
+//! delivery attempt. The key is the node's name without its time (so it survives
+//! fallbacks and retries), sender included: 0.50 spools reuse ids across messages.
+//! Side data of a node that another dequeuer (0.50) delivered is pruned by the daemon
+//! and by `fsck --repair`.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -31,11 +34,53 @@ pub struct Attempt {
 /// hundred of them in four days.
 const MAX_SIDE_BYTES: u64 = 1 << 20;
 
+/// The side-data file name of a node: its name without the time.
+pub fn side_key(node: &NodeName) -> String {
+    format!(
+        "{}-{}-{}",
+        node.id,
+        encode(node.to.as_bytes()),
+        encode(node.from.as_bytes())
+    )
+}
+
 impl Spool {
     fn side_path(&self, node: &NodeName) -> PathBuf {
-        self.dir
-            .join("meta")
-            .join(format!("{}-{}", node.id, encode(node.to.as_bytes())))
+        self.dir.join("meta").join(side_key(node))
+    }
+
+    /// Remove side data whose node is gone from every tier and from hold/ (another
+    /// dequeuer delivered or removed it). Returns how many files went.
+    pub fn prune_side_data(&self) -> Result<usize> {
+        if !self.has_side_data() {
+            return Ok(0);
+        }
+        let live: std::collections::HashSet<String> = self
+            .scan()?
+            .nodes
+            .iter()
+            .map(|n| side_key(&n.name))
+            .collect();
+        let meta = self.dir.join("meta");
+        let entries = std::fs::read_dir(&meta).map_err(|e| SpoolError::io("read", &meta, e))?;
+        let mut removed = 0;
+        for e in entries.flatten() {
+            // Young files may belong to a node the scan missed while it moved (a
+            // release, a fallback): only history written 10 minutes ago or more goes.
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+                .is_some_and(|a| a.as_secs() >= 600);
+            if old
+                && !e.file_name().to_str().is_some_and(|n| live.contains(n))
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Append an attempt to a node's history.

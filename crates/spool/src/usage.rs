@@ -1,5 +1,7 @@
-//! The usage log, `usage/raw`: one `"<unix time> <bytes> Spool|Sent"` line per message
-//! spooled or sent, as Mail::Spool 0.50 wrote it, and only when `usage/` exists.
+//! The usage log, `usage/raw`: one `"<unix time> <bytes> Spool|Sent"` line per node
+//! spooled (its stored size) and per node sent (the bytes put on the wire), exactly as
+//! Mail::Spool 0.50 counts, so accounting scripts written for 0.50 keep working on a
+//! spool both write. Only when `usage_log` is on and `usage/` exists.
 //!
 //! Lines are appended with one `write` on an `O_APPEND` descriptor, so concurrent writers
 //! (processes and hosts) never interleave inside a line on a local filesystem.
@@ -26,11 +28,16 @@ impl Spool {
     /// Append a usage line, if the usage log is on. A failure is logged, never fatal: the
     /// message is already safe, and the log is statistics.
     pub fn log_usage(&self, bytes: u64, kind: &str) {
-        if !self.usage {
+        self.log_usage_nodes(bytes, kind, 1);
+    }
+
+    /// Append `nodes` identical usage lines in one write (a message's nodes).
+    pub fn log_usage_nodes(&self, bytes: u64, kind: &str, nodes: usize) {
+        if !self.usage || nodes == 0 {
             return;
         }
         let path = self.dir.join("usage").join("raw");
-        let line = format!("{} {} {}\n", now(), bytes, kind);
+        let line = format!("{} {} {}\n", now(), bytes, kind).repeat(nodes);
         if let Err(e) = crate::storage::os::append_line(&path, &line) {
             tracing::warn!(path = %path.display(), error = %e, "cannot append to the usage log");
         }

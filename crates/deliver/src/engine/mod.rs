@@ -1,5 +1,12 @@
-//! The delivery engine: find due nodes, lock them, group them by message and domain (one
-//! SMTP transaction, several RCPT), deliver, then delete, fall back a tier, or bounce.
+//! The delivery engine: find due nodes, lock them, group them by stored message and
+//! domain (one SMTP transaction, several RCPT), deliver, then delete, fall back a tier,
+//! or bounce.
+//!
+//! The unit of delivery is the stored message, never the id in the name: ids repeat in
+//! Mail::Spool 0.50 spools (one per process and second). Nodes are one message when they
+//! are one inode (mailspool links a message once per recipient), or, for separate files
+//! (0.50 writes one per recipient), when their id, sender and bytes are all the same.
+//! Anything else is its own transaction, with its own sender and body, and its own DSN.
 //!
 //! Promises: a node is deleted only after the server's 250 for it; a node is changed
 //! only under its `.NFSLock` and only if it still exists once locked (so two daemons on
@@ -19,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use mailspool_smtp::{Session, TlsConnectors};
-use mailspool_spool::{Found, NodeEntry, NodeLock, Spool, SpoolError, now};
+use mailspool_spool::{Found, NodeEntry, NodeFile, NodeLock, Spool, SpoolError, escape, now};
 use std::ops::ControlFlow;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -42,8 +49,8 @@ pub enum Selection {
     Due,
     /// Every node, due or not (`queue run --all`, `sendmail -q`).
     All,
-    /// The nodes of these messages, due or not (`send --now`).
-    Ids(HashSet<String>),
+    /// These nodes, due or not (`send --now`: the nodes it just committed).
+    Nodes(HashSet<PathBuf>),
 }
 
 /// How a pass runs.
@@ -124,11 +131,19 @@ fn collect(report: &mut Report, r: Result<Vec<NodeResult>, tokio::task::JoinErro
     }
 }
 
-/// Nodes of one message to one domain: one transaction.
+/// Due nodes with one id, one sender and one recipient domain: candidates for one
+/// transaction. Once locked and opened they are split into the stored messages they
+/// really are (see the module comment), each its own transaction.
 #[derive(Debug)]
 pub struct Group {
     nodes: Vec<NodeEntry>,
     domain: String,
+}
+
+/// The locked nodes of one stored message at one domain, with the message open.
+pub(super) struct Claim {
+    nodes: Vec<(NodeEntry, NodeLock)>,
+    file: NodeFile,
 }
 
 /// The engine; share it in an `Arc`.
@@ -220,7 +235,7 @@ impl Engine {
         let now = now();
         let limit = opts.limit.unwrap_or(usize::MAX);
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let mut groups: HashMap<(String, String), Vec<NodeEntry>> = HashMap::new();
+        let mut groups: HashMap<(String, String, String), Vec<NodeEntry>> = HashMap::new();
         let mut order = Vec::new();
         let mut plan = Plan::default();
         let mut taken = 0usize;
@@ -242,14 +257,14 @@ impl Engine {
                 let n = match found {
                     Found::Node(n) => n,
                     Found::Unparsable(path) => {
-                        tracing::warn!(path = %path.display(), "file name is not a node name; skipped");
+                        tracing::warn!(path = %escape(&path.display().to_string()), "file name is not a node name; skipped");
                         return ControlFlow::Continue(());
                     }
                 };
                 let wanted = match &opts.selection {
                     Selection::Due => self.spool.due_at(&n) <= now,
                     Selection::All => true,
-                    Selection::Ids(ids) => ids.contains(&n.name.id),
+                    Selection::Nodes(paths) => paths.contains(&n.path),
                 };
                 if !wanted || in_flight.contains(&n.path) || skip(&n) {
                     return ControlFlow::Continue(());
@@ -257,7 +272,7 @@ impl Engine {
                 // Planned nodes count as in flight until their group is done, so a
                 // later pass does not plan them again.
                 in_flight.insert(n.path.clone());
-                let key = (n.name.id.clone(), n.domain());
+                let key = (n.name.id.clone(), n.name.from.clone(), n.domain());
                 let entry = groups.entry(key.clone()).or_default();
                 if entry.is_empty() {
                     order.push(key);
@@ -275,7 +290,7 @@ impl Engine {
             .into_iter()
             .map(|key| Group {
                 nodes: groups.remove(&key).unwrap_or_default(),
-                domain: key.1,
+                domain: key.2,
             })
             .collect();
         Ok(plan)
@@ -286,22 +301,19 @@ impl Engine {
     pub async fn run_pass(self: &Arc<Self>, opts: &PassOptions) -> Result<Report, SpoolError> {
         let mut tasks = JoinSet::new();
         let mut report = Report::default();
-        let mut attempted: HashSet<(String, String)> = HashSet::new();
+        // Keyed by inode and recipient: a node keeps its inode when it falls back a tier,
+        // and a message's nodes differ by recipient.
+        let mut attempted: HashSet<(u64, String)> = HashSet::new();
         let mut opts = opts.clone();
         opts.limit = opts.limit.or(Some(PLAN_CHUNK));
         loop {
-            let plan = self.plan_except(&opts, &|n| {
-                attempted.contains(&(n.name.id.clone(), n.name.to.clone()))
-            })?;
+            let plan =
+                self.plan_except(&opts, &|n| attempted.contains(&(n.ino, n.name.to.clone())))?;
             // The next chunk rolls no dice: the same tiers again.
             opts.tiers = Some(plan.tiers.clone());
             opts.use_priority = false;
             for g in plan.groups {
-                attempted.extend(
-                    g.nodes
-                        .iter()
-                        .map(|n| (n.name.id.clone(), n.name.to.clone())),
-                );
+                attempted.extend(g.nodes.iter().map(|n| (n.ino, n.name.to.clone())));
                 // A bounded number of tasks: a queue of 200,000 is not 200,000 futures.
                 while tasks.len() >= self.task_cap() {
                     if let Some(r) = tasks.join_next().await {
@@ -361,46 +373,112 @@ impl Engine {
         if self.stopping.load(Ordering::SeqCst) {
             return results;
         }
-        let mut locked: Vec<(NodeEntry, NodeLock)> = Vec::new();
+        let mut opened: Vec<(NodeEntry, NodeLock, NodeFile)> = Vec::new();
         for n in group.nodes {
-            match self.spool.lock_node(&n) {
-                // Another daemon may have delivered and deleted it since our scan.
-                Ok(lock) if n.path.exists() => locked.push((n, lock)),
-                Ok(_) | Err(_) => results.push(NodeResult {
-                    id: n.name.id.clone(),
-                    to: n.name.to.clone(),
-                    outcome: Outcome::Skipped,
-                    reply: "locked by another process, or already gone".into(),
-                }),
+            let skipped = |reply: String| NodeResult {
+                id: n.name.id.clone(),
+                to: n.name.to.clone(),
+                outcome: Outcome::Skipped,
+                reply,
+            };
+            let lock = match self.spool.lock_node(&n) {
+                Ok(lock) => lock,
+                Err(e) => {
+                    results.push(skipped(e.to_string()));
+                    continue;
+                }
+            };
+            // Another daemon may have delivered and deleted it since our scan; and what
+            // the name points to now is what we send, opened without following links.
+            match self.spool.open_node(&n) {
+                Ok(file) => opened.push((n, lock, file)),
+                Err(SpoolError::NotFound(_)) => {
+                    results.push(skipped("already gone".into()));
+                }
+                Err(e @ SpoolError::Untrusted { .. }) => {
+                    let reply = match self.spool.quarantine(&n) {
+                        Ok(to) => format!("{e}; moved to {}", escape(&to.display().to_string())),
+                        Err(q) => format!("{e}; {q}"),
+                    };
+                    tracing::error!(node = %escape(&n.path.display().to_string()), reason = %reply, "refused to deliver");
+                    results.push(skipped(reply));
+                }
+                Err(e) => {
+                    tracing::error!(node = %escape(&n.path.display().to_string()), error = %e, "cannot open the node");
+                    results.push(skipped(e.to_string()));
+                }
             }
         }
-        if locked.is_empty() {
-            return results;
-        }
-        let verdicts = match routed {
-            Err(e) if e.permanent => locked
-                .iter()
-                .map(|(n, _)| {
-                    Verdict::Permanent(Failure {
-                        recipient: n.name.to.clone(),
-                        status: e.status.into(),
-                        remote_mta: None,
-                        diagnostic: e.text.clone(),
-                        from_smtp: false,
+        for claim in split_into_messages(opened) {
+            let verdicts = match &routed {
+                Err(e) if e.permanent => claim
+                    .nodes
+                    .iter()
+                    .map(|(n, _)| {
+                        Verdict::Permanent(Failure {
+                            recipient: n.name.to.clone(),
+                            status: e.status.into(),
+                            remote_mta: None,
+                            diagnostic: e.text.clone(),
+                            from_smtp: false,
+                        })
                     })
-                })
-                .collect(),
-            Err(e) => locked
-                .iter()
-                .map(|_| Verdict::Temporary {
-                    host: String::new(),
-                    reply: format!("{} {}", e.status, e.text),
-                    recorded: false,
-                })
-                .collect(),
-            Ok(targets) => self.send_to_targets(&cfg, &targets, &locked).await,
-        };
-        results.extend(self.settle(&cfg, locked, verdicts, interactive));
+                    .collect(),
+                Err(e) => claim
+                    .nodes
+                    .iter()
+                    .map(|_| Verdict::Temporary {
+                        host: String::new(),
+                        reply: format!("{} {}", e.status, e.text),
+                        recorded: false,
+                    })
+                    .collect(),
+                Ok(targets) => self.send_to_targets(&cfg, targets, &claim).await,
+            };
+            results.extend(self.settle(&cfg, claim, verdicts, interactive));
+        }
         results
     }
+}
+
+/// Split the locked nodes of a candidate group (same id, sender and domain) into the
+/// stored messages they are: one inode is one message; separate files join only when
+/// their bytes are the same too (0.50's one-file-per-recipient copies of one message).
+fn split_into_messages(opened: Vec<(NodeEntry, NodeLock, NodeFile)>) -> Vec<Claim> {
+    let mut claims: Vec<Claim> = Vec::new();
+    let mut by_inode: HashMap<(u64, u64), usize> = HashMap::new();
+    for (n, lock, file) in opened {
+        match by_inode.get(&file.identity()) {
+            Some(&i) => claims[i].nodes.push((n, lock)),
+            None => {
+                by_inode.insert(file.identity(), claims.len());
+                claims.push(Claim {
+                    nodes: vec![(n, lock)],
+                    file,
+                });
+            }
+        }
+    }
+    if claims.len() < 2 {
+        return claims;
+    }
+    // Separate files with one id and sender: compare their bytes (small ones only; a
+    // big one goes alone, which costs a transaction, never a wrong delivery).
+    let mut merged: Vec<Claim> = Vec::new();
+    let mut by_bytes: HashMap<Vec<u8>, usize> = HashMap::new();
+    for claim in claims {
+        let bytes = (claim.file.size <= send::SMALL_MESSAGE)
+            .then(|| send::read_all_at(&claim.file.file, claim.file.size))
+            .and_then(Result::ok);
+        match bytes.as_ref().and_then(|b| by_bytes.get(b)) {
+            Some(&i) => merged[i].nodes.extend(claim.nodes),
+            None => {
+                if let Some(b) = bytes {
+                    by_bytes.insert(b, merged.len());
+                }
+                merged.push(claim);
+            }
+        }
+    }
+    merged
 }

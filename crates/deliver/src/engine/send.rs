@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use mailspool_smtp::body::WireSize;
 use mailspool_smtp::{ClientSettings, Envelope, Session, SmtpError, TlsPolicy};
 use mailspool_spool::side::Attempt;
-use mailspool_spool::{NodeEntry, NodeLock, now};
+use mailspool_spool::{NodeEntry, NodeLock, escape, now};
 use tokio::sync::Semaphore;
 
-use super::{Engine, Verdict};
+use super::{Claim, Engine, Verdict};
 use crate::bounce::Failure;
 use crate::config::DeliverConfig;
 use crate::route::Target;
@@ -20,18 +21,22 @@ impl Engine {
         &self,
         cfg: &DeliverConfig,
         targets: &[Target],
-        nodes: &[(NodeEntry, NodeLock)],
+        claim: &Claim,
     ) -> Vec<Verdict> {
+        let nodes = &claim.nodes[..];
         let first = &nodes[0].0;
-        let (size, eight_bit, small) = match read_message(&first.path).await {
+        let file = &claim.file.file;
+        let info = match read_message(file, claim.file.size).await {
             Ok(v) => v,
             Err(e) => return temporary_all(nodes, format!("cannot read the node: {e}")),
         };
+        let small = info.small;
         let env = Envelope {
             from: first.name.from.clone(),
             to: nodes.iter().map(|(n, _)| n.name.to.clone()).collect(),
-            size,
-            eight_bit,
+            size: info.wire,
+            eight_bit: info.eight_bit,
+            utf8_headers: info.utf8_headers,
         };
         let mut last: (String, String) = (String::new(), "no server could be reached".into());
         for (ti, target) in targets.iter().enumerate() {
@@ -53,14 +58,14 @@ impl Engine {
                 let session = match self.session(&pool_key, *addr, target, cfg).await {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::info!(id = %first.name.id, host = %target.host, addr = %addr, error = %e, ms = started.elapsed().as_millis() as u64, "connection failed");
+                        tracing::info!(id = %first.name.id, host = %escape(&target.host), addr = %addr, error = %escape(&e.to_string()), ms = started.elapsed().as_millis() as u64, "connection failed");
                         self.record_all(nodes, &target.host, &e.to_string());
                         last = (target.host.clone(), e.to_string());
                         continue;
                     }
                 };
                 let mut session = session;
-                let mut body = match open_body(&first.path, small.as_ref()).await {
+                let mut body = match open_body(file, small.as_ref()).await {
                     Ok(f) => f,
                     Err(e) => {
                         self.put_back(pool_key, session);
@@ -77,7 +82,7 @@ impl Engine {
                     match self.connect(*addr, target, cfg).await {
                         Ok(fresh) => {
                             session = fresh;
-                            body = match open_body(&first.path, small.as_ref()).await {
+                            body = match open_body(file, small.as_ref()).await {
                                 Ok(f) => f,
                                 Err(e) => {
                                     return temporary_all(
@@ -98,7 +103,7 @@ impl Engine {
                         let mut verdicts = Vec::new();
                         for (i, (n, _)) in nodes.iter().enumerate() {
                             let reply = outcome.result(i);
-                            tracing::info!(id = %n.name.id, to = %n.name.to, host = %target.host, addr = %addr, code = reply.code, reply = %reply, ms, "delivery attempt");
+                            tracing::info!(id = %n.name.id, to = %escape(&n.name.to), host = %escape(&target.host), addr = %addr, code = reply.code, reply = %escape(&reply.to_string()), ms, "delivery attempt");
                             verdicts.push(if reply.is_positive() {
                                 Verdict::Delivered {
                                     reply: reply.to_string(),
@@ -119,13 +124,16 @@ impl Engine {
                                 }
                             });
                         }
-                        if outcome.data.as_ref().is_some_and(|d| d.is_positive()) {
-                            self.spool.log_usage(size, "Sent");
-                        }
+                        // 0.50's accounting: a `Sent` line per node, with the bytes sent.
+                        let sent = verdicts
+                            .iter()
+                            .filter(|v| matches!(v, Verdict::Delivered { .. }))
+                            .count();
+                        self.spool.log_usage_nodes(info.sent_bytes, "Sent", sent);
                         return verdicts;
                     }
                     Err(e) if e.is_permanent() => {
-                        tracing::info!(id = %first.name.id, host = %target.host, addr = %addr, error = %e, ms, "delivery attempt");
+                        tracing::info!(id = %first.name.id, host = %escape(&target.host), addr = %addr, error = %escape(&e.to_string()), ms, "delivery attempt");
                         if matches!(
                             e,
                             SmtpError::Rejected { .. }
@@ -150,7 +158,7 @@ impl Engine {
                             .collect();
                     }
                     Err(e) => {
-                        tracing::info!(id = %first.name.id, host = %target.host, addr = %addr, error = %e, ms, "delivery attempt");
+                        tracing::info!(id = %first.name.id, host = %escape(&target.host), addr = %addr, error = %escape(&e.to_string()), ms, "delivery attempt");
                         self.record_all(nodes, &target.host, &e.to_string());
                         last = (target.host.clone(), e.to_string());
                         // A 4xx to MAIL is the server's verdict on this message: later.
@@ -294,39 +302,123 @@ pub(super) fn host_key(t: &Target) -> String {
 }
 
 /// Messages up to this size are read once into memory for the whole delivery.
-const SMALL_MESSAGE: u64 = 256 * 1024;
+pub(super) const SMALL_MESSAGE: u64 = 256 * 1024;
 
 type Body = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
 
-/// Size of the message, whether it has 8-bit bytes, and its bytes when it is small (a
-/// big one is streamed from the file: memory does not grow with message size).
-async fn read_message(
-    path: &std::path::Path,
-) -> std::io::Result<(u64, bool, Option<Arc<Vec<u8>>>)> {
-    let size = std::fs::metadata(path)?.len();
-    if size <= SMALL_MESSAGE {
-        let data = std::fs::read(path)?;
-        return Ok((data.len() as u64, !data.is_ascii(), Some(Arc::new(data))));
-    }
-    use tokio::io::AsyncReadExt;
-    let mut f = tokio::fs::File::open(path).await?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut size, mut eight_bit) = (0u64, false);
-    loop {
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        eight_bit |= !buf[..n].is_ascii();
-    }
-    Ok((size, eight_bit, None))
+/// What a delivery needs to know of a stored message before MAIL.
+pub(super) struct MessageInfo {
+    /// Size on the wire, CRLF line ends (SIZE=).
+    wire: u64,
+    /// Bytes sent with stuffing (the usage log's `Sent`).
+    sent_bytes: u64,
+    /// 8-bit bytes anywhere (BODY=8BITMIME).
+    eight_bit: bool,
+    /// 8-bit bytes in the header block (SMTPUTF8 when offered).
+    utf8_headers: bool,
+    /// The bytes, when small.
+    small: Option<Arc<Vec<u8>>>,
 }
 
-async fn open_body(path: &std::path::Path, small: Option<&Arc<Vec<u8>>>) -> std::io::Result<Body> {
+/// Read all of a node through its open descriptor (pread: the offset is untouched).
+pub(super) fn read_all_at(file: &std::fs::File, size: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut data = vec![0u8; size as usize];
+    let mut got = 0;
+    while got < data.len() {
+        match file.read_at(&mut data[got..], got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    data.truncate(got);
+    Ok(data)
+}
+
+/// Where a stored message's header block ends: the first empty line.
+#[derive(Default)]
+struct HeaderEnd {
+    done: bool,
+    at_line_start: bool,
+    non_ascii: bool,
+}
+
+impl HeaderEnd {
+    fn feed(&mut self, data: &[u8]) {
+        for &b in data {
+            if self.done {
+                return;
+            }
+            match b {
+                b'\n' if self.at_line_start => self.done = true,
+                b'\n' => self.at_line_start = true,
+                b'\r' => {}
+                _ => {
+                    self.at_line_start = false;
+                    self.non_ascii |= !b.is_ascii();
+                }
+            }
+        }
+    }
+}
+
+/// Measure a message through its descriptor; a small one is read once and kept, a big
+/// one is scanned in 64 KiB chunks (memory does not grow with its size) and streamed.
+async fn read_message(file: &std::fs::File, size: u64) -> std::io::Result<MessageInfo> {
+    let file = file.try_clone()?;
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut wire = WireSize::default();
+        let mut head = HeaderEnd {
+            at_line_start: true,
+            ..Default::default()
+        };
+        let mut eight_bit = false;
+        let mut feed = |chunk: &[u8]| {
+            wire.feed(chunk);
+            head.feed(chunk);
+            eight_bit |= !chunk.is_ascii();
+        };
+        let small = if size <= SMALL_MESSAGE {
+            let data = read_all_at(&file, size)?;
+            feed(&data);
+            Some(Arc::new(data))
+        } else {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut at = 0u64;
+            loop {
+                let n = file.read_at(&mut buf, at)?;
+                if n == 0 {
+                    break;
+                }
+                at += n as u64;
+                feed(&buf[..n]);
+            }
+            None
+        };
+        wire.finish();
+        Ok(MessageInfo {
+            wire: wire.crlf,
+            sent_bytes: wire.crlf + wire.stuffed,
+            eight_bit,
+            utf8_headers: head.non_ascii,
+            small,
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// The body to send: the kept bytes, or the node's descriptor from its start.
+async fn open_body(file: &std::fs::File, small: Option<&Arc<Vec<u8>>>) -> std::io::Result<Body> {
     Ok(match small {
         Some(data) => Box::new(std::io::Cursor::new(ArcBytes(data.clone()))),
-        None => Box::new(tokio::fs::File::open(path).await?),
+        None => {
+            use tokio::io::AsyncSeekExt;
+            let mut f = tokio::fs::File::from_std(file.try_clone()?);
+            f.seek(std::io::SeekFrom::Start(0)).await?;
+            Box::new(f)
+        }
     })
 }
 

@@ -4,7 +4,7 @@
 use mailspool_spool::side::Attempt;
 use mailspool_spool::{NodeEntry, NodeLock, now};
 
-use super::{Engine, NodeResult, Outcome, Verdict};
+use super::{Claim, Engine, NodeResult, Outcome, Verdict};
 use crate::bounce::{Failure, spool_bounce};
 use crate::config::DeliverConfig;
 
@@ -13,10 +13,11 @@ impl Engine {
     pub(super) fn settle(
         &self,
         cfg: &DeliverConfig,
-        locked: Vec<(NodeEntry, NodeLock)>,
+        claim: Claim,
         verdicts: Vec<Verdict>,
         interactive: bool,
     ) -> Vec<NodeResult> {
+        let locked: Vec<(NodeEntry, NodeLock)> = claim.nodes;
         let last_tier = self.spool.config().tiers().saturating_sub(1);
         let mut results = Vec::new();
         let mut failures: Vec<(usize, Failure)> = Vec::new();
@@ -89,8 +90,9 @@ impl Engine {
         if failures.is_empty() {
             return results;
         }
-        // Bounce first (durably), then delete: a crash between them can only duplicate
-        // the bounce, never lose it.
+        // One DSN for this one stored message, to its own sender. Bounce first
+        // (durably), then delete: a crash between them can only duplicate the bounce,
+        // never lose it.
         let first = &locked[failures[0].0].0;
         let list: Vec<Failure> = failures.iter().map(|(_, f)| f.clone()).collect();
         let bounced = if interactive {
@@ -101,7 +103,7 @@ impl Engine {
                 &cfg.hostname,
                 &first.name.from,
                 &first.name.id,
-                &first.path,
+                &claim.file.file,
                 &list,
                 cfg.bounce_max_headers,
             )

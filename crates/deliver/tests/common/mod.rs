@@ -18,6 +18,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 #[derive(Debug, Clone)]
 pub struct Received {
     pub from: String,
+    /// The MAIL FROM parameters (SIZE=, BODY=, SMTPUTF8), as sent.
+    pub mail_params: String,
     pub to: Vec<String>,
     /// The DATA as stored form: dot-unstuffed, CRLF made LF.
     pub data: Vec<u8>,
@@ -113,6 +115,7 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
         .await?;
     let mut tls = false;
     let mut from = String::new();
+    let mut mail_params = String::new();
     let mut rcpts: Vec<String> = Vec::new();
     loop {
         let mut line = String::new();
@@ -195,6 +198,10 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
             }
         } else if upper.starts_with("MAIL FROM:") {
             from = extract(&line);
+            mail_params = line
+                .split_once('>')
+                .map_or("", |(_, p)| p.trim())
+                .to_owned();
             rcpts.clear();
             script.mail.clone().unwrap_or("250 2.1.0 Ok".into())
         } else if upper.starts_with("RCPT TO:") {
@@ -239,6 +246,7 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
                 if reply.starts_with('2') {
                     st.received.lock().unwrap().push(Received {
                         from: from.clone(),
+                        mail_params: mail_params.clone(),
                         to: rcpts.clone(),
                         data: mailspool_smtp::body::unstuff(&{
                             let mut d = data;

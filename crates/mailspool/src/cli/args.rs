@@ -131,34 +131,15 @@ pub enum QueueCommand {
     /// One line per queued node (default).
     List(ListArgs),
     /// Everything about the nodes of a message: envelope, times, lock, attempts, headers.
-    Show {
-        /// Message id (or one node's file name).
-        id: String,
-    },
+    Show(ShowArgs),
     /// Delete the nodes of messages.
-    Delete {
-        /// Message ids (or node file names).
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
+    Delete(SelectArgs),
     /// Hold messages: they stay queued but are never delivered until released.
-    Hold {
-        /// Message ids (or node file names).
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
+    Hold(SelectArgs),
     /// Release held messages back into their tiers.
-    Release {
-        /// Message ids (or node file names).
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
+    Release(SelectArgs),
     /// Make messages due now.
-    Retry {
-        /// Message ids (or node file names).
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
+    Retry(SelectArgs),
     /// One delivery pass, then exit (sendmail -q).
     Run {
         /// Ignore tier waits: attempt everything queued.
@@ -171,6 +152,36 @@ pub enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which nodes a queue change applies to.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "An ID names every node of one message. Mail::Spool 0.50 gave \
+several messages the same id; when an ID is shared, nothing is changed and the messages \
+are listed: name one with --to ADDR, or give a node's file name."
+)]
+pub struct SelectArgs {
+    /// Message ids, or node file names (exactly one node each).
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Only the node of this recipient.
+    #[arg(long, value_name = "ADDR")]
+    pub to: Option<String>,
+}
+
+/// Which message `queue show` shows.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "When several messages share the ID (Mail::Spool 0.50 reused ids), \
+they are listed instead: name one with --to ADDR, or give a node's file name."
+)]
+pub struct ShowArgs {
+    /// Message id, or one node's file name.
+    pub id: String,
+    /// Only the node of this recipient.
+    #[arg(long, value_name = "ADDR")]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Default, Args)]

@@ -8,33 +8,38 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufWriter, Write};
 
 use mailspool::{Config, Spool, SpoolError, sysexits};
-use mailspool_spool::{NodeEntry, Scan, lock, time::civil_from_days};
+use mailspool_spool::{NodeEntry, Scan, escape, lock, time::civil_from_days};
 
-use super::args::{ListArgs, QueueCommand};
+use super::args::{ListArgs, QueueCommand, SelectArgs};
 use super::{CliResult, Failure};
 
 pub fn run(config: &Config, command: Option<QueueCommand>) -> CliResult {
     match command.unwrap_or(QueueCommand::List(ListArgs::default())) {
         QueueCommand::List(a) => list(config, &a),
-        QueueCommand::Show { id } => show(config, &id),
-        QueueCommand::Delete { ids } => change(config, &ids, "deleted", |s, n| s.delete(n)),
-        QueueCommand::Hold { ids } => change(config, &ids, "held", |s, n| s.hold(n).map(drop)),
-        QueueCommand::Release { ids } => {
-            change(config, &ids, "released", |s, n| s.release(n).map(drop))
+        QueueCommand::Show(a) => show(config, &a.id, a.to.as_deref()),
+        QueueCommand::Delete(a) => change(config, &a, "deleted", |s, n| s.delete(n)),
+        QueueCommand::Hold(a) => change(config, &a, "held", |s, n| s.hold(n).map(drop)),
+        QueueCommand::Release(a) => change(config, &a, "released", |s, n| s.release(n).map(drop)),
+        QueueCommand::Retry(a) => {
+            change(config, &a, "made due now", |s, n| s.retry_now(n).map(drop))
         }
-        QueueCommand::Retry { ids } => change(config, &ids, "made due now", |s, n| {
-            s.retry_now(n).map(drop)
-        }),
         QueueCommand::Summary { json } => summary(config, json),
         QueueCommand::Run { all } => run_queue(config, all),
     }
 }
 
-/// Open the spool for reading. `None` when it does not exist yet (an empty queue).
-fn open(config: &Config) -> Result<Option<Spool>, Failure> {
+/// Open the spool for reading. A spool that does not exist is an error, not an empty
+/// queue: the usual cause is the wrong spool (another user's default, a typo).
+fn open(config: &Config) -> Result<Spool, Failure> {
     match Spool::open(&config.spool_dir, config.spool.clone()) {
-        Ok(s) => Ok(Some(s)),
-        Err(SpoolError::Missing(_)) => Ok(None),
+        Ok(s) => Ok(s),
+        Err(e @ SpoolError::Missing(_)) => Err(Failure::new(
+            sysexits::NOINPUT,
+            format!(
+                "{e}: nothing was ever queued there (is it the right spool? see --spool, \
+                 $MAILSPOOL_SPOOL, dequeue_dir)"
+            ),
+        )),
         Err(e) => Err(e.into()),
     }
 }
@@ -44,15 +49,15 @@ fn scan(spool: &Spool) -> Result<Scan, Failure> {
     for path in &scan.unparsable {
         eprintln!(
             "warning: {} is not a node name Mail::Spool can read; skipped",
-            path.display()
+            escape(&path.display().to_string())
         );
     }
     for n in scan.nodes.iter().filter(|n| n.rescued) {
         eprintln!(
             "warning: {} was written by Mail::Spool 0.50's fallback with a raw '-'; read as to <{}> from <{}>",
-            n.path.display(),
-            n.name.to,
-            n.name.from
+            escape(&n.path.display().to_string()),
+            escape(&n.name.to),
+            escape(&n.name.from)
         );
     }
     Ok(scan)
@@ -84,16 +89,13 @@ fn fmt_due(due: u64, now: u64) -> String {
 }
 
 fn node_size(n: &NodeEntry) -> u64 {
-    std::fs::metadata(&n.path).map(|m| m.len()).unwrap_or(0)
+    std::fs::symlink_metadata(&n.path)
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 pub fn list(config: &Config, args: &ListArgs) -> CliResult {
-    let Some(spool) = open(config)? else {
-        if !args.json {
-            println!("Mail queue is empty");
-        }
-        return Ok(());
-    };
+    let spool = open(config)?;
     let scan = scan(&spool)?;
     let domain = args.domain.as_deref().map(str::to_ascii_lowercase);
     let side = spool.has_side_data();
@@ -109,7 +111,7 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
             continue;
         }
         shown += 1;
-        messages.insert(n.name.id.as_str());
+        messages.insert((n.name.id.as_str(), n.name.from.as_str()));
         let last_error = if side {
             spool.last_error(&n.name)
         } else {
@@ -148,8 +150,8 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
                     fmt_due(due, now)
                 },
                 node_size(n),
-                n.name.from,
-                n.name.to
+                escape(&n.name.from),
+                escape(&n.name.to)
             );
             if let Some(e) = last_error {
                 line.push_str(&format!("\n{:>30}({e})", ""));
@@ -179,17 +181,59 @@ fn write_failed(e: std::io::Error) -> Failure {
     Failure::new(sysexits::IOERR, format!("cannot write the listing: {e}"))
 }
 
-fn show(config: &Config, id: &str) -> CliResult {
-    let spool = open(config)?.ok_or_else(|| Failure::from(SpoolError::NotFound(id.to_owned())))?;
-    let nodes = spool.find(id)?;
+/// The nodes a selector names: a node's file name (that node), or a message id (its
+/// nodes; with `to`, only that recipient's). An id that several messages share (0.50
+/// reused ids) selects nothing: the messages are listed and the caller must be exact.
+fn select(spool: &Spool, key: &str, to: Option<&str>) -> Result<Vec<NodeEntry>, Failure> {
+    let mut nodes = spool.find(key)?;
+    let by_name = nodes.iter().any(|n| n.file_name == key);
+    if by_name {
+        nodes.retain(|n| n.file_name == key);
+    }
+    if let Some(to) = to {
+        let want = mailspool_message::address::dedup_key(to.trim_matches(['<', '>']));
+        nodes.retain(|n| mailspool_message::address::dedup_key(&n.name.to) == want);
+        if nodes.is_empty() {
+            return Err(Failure::new(
+                sysexits::NOINPUT,
+                format!("no queued node of {key:?} is for <{}>", escape(to)),
+            ));
+        }
+    }
+    let messages = spool.group_messages(nodes.clone());
+    if messages.len() > 1 {
+        let mut text = format!(
+            "{} messages share the id {key:?} (Mail::Spool 0.50 reused ids); nothing was done.\n\
+             Name one: add --to ADDR, or give a node's file name:",
+            messages.len()
+        );
+        for (i, m) in messages.iter().enumerate() {
+            for n in m {
+                text.push_str(&format!(
+                    "\n  message {}: {}  <{}> -> <{}>",
+                    i + 1,
+                    escape(&n.file_name),
+                    escape(&n.name.from),
+                    escape(&n.name.to)
+                ));
+            }
+        }
+        return Err(Failure::new(sysexits::USAGE, text));
+    }
+    Ok(nodes)
+}
+
+fn show(config: &Config, id: &str, to: Option<&str>) -> CliResult {
+    let spool = open(config)?;
+    let nodes = select(&spool, id, to)?;
     let now = mailspool_spool::now();
-    let stale = spool.config().stale_lock_age();
+    let policy = spool.config().lock_policy();
     for n in &nodes {
         let due = spool.due_at(n);
-        println!("node:      {}", n.path.display());
+        println!("node:      {}", escape(&n.path.display().to_string()));
         println!("id:        {}", n.name.id);
-        println!("from:      <{}>", n.name.from);
-        println!("to:        <{}>", n.name.to);
+        println!("from:      <{}>", escape(&n.name.from));
+        println!("to:        <{}>", escape(&n.name.to));
         println!("tier:      {}", n.tier);
         println!("queued at: {} UTC ({})", fmt_time(n.name.time), n.name.time);
         println!(
@@ -200,7 +244,7 @@ fn show(config: &Config, id: &str) -> CliResult {
         );
         println!("size:      {} bytes", node_size(n));
         println!("held:      {}", if n.held { "yes" } else { "no" });
-        match lock::holder(&n.path, stale) {
+        match lock::holder(&n.path, &policy) {
             Some(h) => println!("lock:      held by {h}"),
             None => println!("lock:      none"),
         }
@@ -225,20 +269,16 @@ fn show(config: &Config, id: &str) -> CliResult {
     }
     if let Some(first) = nodes.first() {
         println!("headers:");
-        print_headers(first)?;
+        print_headers(&spool, first)?;
     }
     Ok(())
 }
 
-/// Print the header block of a node (at most 64 KiB of it).
-fn print_headers(n: &NodeEntry) -> CliResult {
+/// Print the header block of a node (at most 64 KiB of it), opened as a node must be:
+/// a symlink or a FIFO planted in a tier is refused, never followed or waited on.
+fn print_headers(spool: &Spool, n: &NodeEntry) -> CliResult {
     use std::io::{BufRead, BufReader, Read};
-    let file = std::fs::File::open(&n.path).map_err(|e| {
-        Failure::new(
-            sysexits::IOERR,
-            format!("cannot read {}: {e}", n.path.display()),
-        )
-    })?;
+    let file = spool.open_node(n)?.file;
     let mut reader = BufReader::new(file.take(64 * 1024));
     let mut line = Vec::new();
     let stdout = std::io::stdout();
@@ -249,36 +289,32 @@ fn print_headers(n: &NodeEntry) -> CliResult {
         {
             break;
         }
+        // Control characters other than the line end are shown escaped.
+        let text = String::from_utf8_lossy(&line);
         let _ = out.write_all(b"  ");
-        let _ = out.write_all(&line);
+        let _ = out.write_all(escape(text.trim_end_matches(['\r', '\n'])).as_bytes());
+        let _ = out.write_all(b"\n");
     }
     Ok(())
 }
 
-/// Apply `op` to every node of each id; report per id; the worst failure sets the exit
-/// code (a locked node is 75: try again; an unknown id is 66).
+/// Apply `op` to the nodes each selector names (see [`select`]); report per selector;
+/// the worst failure sets the exit code (a locked node is 75: try again; an unknown id
+/// is 66; an id shared by several messages is 64 and changes nothing).
 fn change(
     config: &Config,
-    ids: &[String],
+    args: &SelectArgs,
     verb: &str,
     op: impl Fn(&Spool, &NodeEntry) -> Result<(), SpoolError>,
 ) -> CliResult {
-    let spool = open(config)?.ok_or_else(|| {
-        Failure::new(
-            sysexits::NOINPUT,
-            format!(
-                "spool directory {} does not exist",
-                config.spool_dir.display()
-            ),
-        )
-    })?;
+    let spool = open(config)?;
     let mut code = 0u8;
-    for id in ids {
-        let nodes = match spool.find(id) {
+    for id in &args.ids {
+        let nodes = match select(&spool, id, args.to.as_deref()) {
             Ok(n) => n,
-            Err(e) => {
-                eprintln!("{e}");
-                code = code.max(sysexits::NOINPUT);
+            Err(f) => {
+                eprintln!("{}", f.message);
+                code = code.max(f.code);
                 continue;
             }
         };
@@ -287,10 +323,10 @@ fn change(
             match op(&spool, n) {
                 Ok(()) => {
                     done += 1;
-                    tracing::info!(id = %n.name.id, to = %n.name.to, "{verb}");
+                    tracing::info!(id = %n.name.id, to = %escape(&n.name.to), "{verb}");
                 }
                 Err(e) => {
-                    eprintln!("{}: <{}>: {e}", n.name.id, n.name.to);
+                    eprintln!("{}: <{}>: {e}", n.name.id, escape(&n.name.to));
                     code = code.max(mailspool::send::spool_exit_code(&e));
                 }
             }
@@ -309,10 +345,7 @@ fn change(
 }
 
 fn summary(config: &Config, json: bool) -> CliResult {
-    let Some(spool) = open(config)? else {
-        println!("Mail queue is empty");
-        return Ok(());
-    };
+    let spool = open(config)?;
     let scan = scan(&spool)?;
     let mut tiers: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
     let mut domains: BTreeMap<String, usize> = BTreeMap::new();
@@ -325,7 +358,7 @@ fn summary(config: &Config, json: bool) -> CliResult {
             t.0 += 1;
         }
         *domains.entry(n.domain()).or_default() += 1;
-        messages.insert(n.name.id.as_str());
+        messages.insert((n.name.id.as_str(), n.name.from.as_str()));
     }
     let mut by_domain: Vec<_> = domains.into_iter().collect();
     by_domain.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

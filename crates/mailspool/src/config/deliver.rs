@@ -100,7 +100,10 @@ pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), 
         set(t.data_end, &mut d.timeouts.data_end);
     }
     if let Some(s) = file.stale_lock_timeout {
-        c.spool.stale_lock_after = Some(Duration::from_secs(s));
+        c.spool.stale_lock_after = Duration::from_secs(s);
+    }
+    if let Some(s) = file.legacy_lock_timeout {
+        c.spool.legacy_lock_timeout = Duration::from_secs(s);
     }
     if let Some(s) = file.shutdown_grace {
         c.shutdown_grace = Duration::from_secs(s);

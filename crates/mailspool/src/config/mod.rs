@@ -6,7 +6,7 @@
 //! dequeue_priority = [1, 3, 9, 25, 50, 100, 200]
 //! dequeue_timeout = 20                    # daemon tick, seconds
 //! max_dequeue_processes = 20              # deliveries at once
-//! max_connection_time = 600               # seconds; a lock older than this + 2 s is stale
+//! max_connection_time = 600               # seconds one delivery may take
 //! usage_log = true                        # write usage/raw
 //! max_message_size = 52428800             # bytes
 //! hostname = "mail.example.com"           # for Message-ID, default sender; default: this host
@@ -73,8 +73,13 @@ pub struct ConfigFile {
     pub mx_port: Option<u16>,
     /// Connections at once to one host (5).
     pub max_host_connections: Option<usize>,
-    /// Age of a stale node lock in seconds (default max_connection_time + 2).
+    /// Seconds after which a mailspool lock from another host that its holder stopped
+    /// refreshing is stale (300; holders refresh every 20 s; same-host holders are
+    /// checked by pid instead).
     pub stale_lock_timeout: Option<u64>,
+    /// Seconds after which a Mail::Spool 0.50 lock from another host is stale: 0.50's
+    /// max_connection_time + 2 (21602).
+    pub legacy_lock_timeout: Option<u64>,
     /// Seconds SIGTERM waits for deliveries under way (30).
     pub shutdown_grace: Option<u64>,
     /// SMTP client timeouts in seconds.
@@ -409,7 +414,9 @@ mod tests {
         assert_eq!(c.spool_dir, PathBuf::from("/x"));
         assert_eq!(c.spool.periods, [0, 60, 120]);
         assert_eq!(c.spool.priorities, [1, 3, 9]);
-        assert_eq!(c.spool.stale_lock_age(), Duration::from_secs(32));
+        assert_eq!(c.spool.max_connection_time, Duration::from_secs(30));
+        assert_eq!(c.spool.stale_lock_after, Duration::from_secs(300));
+        assert_eq!(c.spool.legacy_lock_timeout, Duration::from_secs(21_602));
         assert!(!c.spool.usage_log);
         assert_eq!(c.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
     }

@@ -1,7 +1,87 @@
 //! Helpers shared by the command-line tests.
+#![allow(dead_code)] // each test file uses its own part of these
 
+use std::fs;
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+
+use mailspool_spool::{NodeName, Parsed};
+
+/// A temporary spool and configuration, and the binary under its three names.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        fs::write(env.config_path(), "").unwrap();
+        std::os::unix::fs::symlink(
+            assert_cmd::cargo::cargo_bin!("mailspool"),
+            env.dir.path().join("sendmail"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            assert_cmd::cargo::cargo_bin!("mailspool"),
+            env.dir.path().join("mailq"),
+        )
+        .unwrap();
+        env
+    }
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("mailspool.toml")
+    }
+    pub fn isolate(&self, mut c: assert_cmd::Command) -> assert_cmd::Command {
+        c.env("MAILSPOOL_SPOOL", self.spool())
+            .env("MAILSPOOL_CONFIG", self.config_path())
+            .env("LOGNAME", "tester")
+            .env_remove("MAILSPOOL_LOG");
+        c
+    }
+    pub fn mailspool(&self) -> assert_cmd::Command {
+        self.isolate(assert_cmd::Command::new(assert_cmd::cargo::cargo_bin!(
+            "mailspool"
+        )))
+    }
+    pub fn sendmail(&self) -> assert_cmd::Command {
+        self.isolate(assert_cmd::Command::new(self.dir.path().join("sendmail")))
+    }
+    pub fn mailq(&self) -> assert_cmd::Command {
+        self.isolate(assert_cmd::Command::new(self.dir.path().join("mailq")))
+    }
+    /// (name, content) of every node in `tier`.
+    pub fn nodes(&self, tier: usize) -> Vec<(NodeName, String)> {
+        let Ok(rd) = fs::read_dir(self.spool().join(tier.to_string())) else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = rd
+            .map(|e| {
+                let e = e.unwrap();
+                let Parsed::Node(n) = NodeName::parse(e.file_name().to_str().unwrap()) else {
+                    panic!("bad node name {:?}", e.file_name())
+                };
+                (n, fs::read_to_string(e.path()).unwrap())
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.to.cmp(&b.0.to));
+        out
+    }
+    /// Nothing in any tier and nothing in tmp/.
+    pub fn assert_empty(&self) {
+        for tier in 0..7 {
+            assert!(self.nodes(tier).is_empty(), "tier {tier} not empty");
+        }
+        if let Ok(rd) = fs::read_dir(self.spool().join("tmp")) {
+            assert_eq!(rd.count(), 0, "tmp/ not empty");
+        }
+    }
+}
 
 /// Start `mailspool serve` from `cmd` (configured, without its subcommand) and return
 /// the process with the port it says it listens on.

@@ -288,7 +288,9 @@ impl Session {
             if env.eight_bit && caps & EXT_8BIT_MIME != 0 {
                 mail.push_str(" BODY=8BITMIME");
             }
-            if env.needs_smtputf8() {
+            // Required for a UTF-8 envelope (refused above when not offered); asked for
+            // too when only the header is UTF-8 and the server offers it (RFC 6531).
+            if env.needs_smtputf8() || (env.utf8_headers && caps & EXT_SMTP_UTF8 != 0) {
                 mail.push_str(" SMTPUTF8");
             }
         }

@@ -247,10 +247,12 @@ pub struct Envelope {
     pub from: String,
     /// Recipients.
     pub to: Vec<String>,
-    /// Message size in bytes (for SIZE=).
+    /// Message size in bytes as sent, CRLF line ends (for SIZE=; see `WireSize`).
     pub size: u64,
     /// The message has 8-bit bytes (BODY=8BITMIME when offered).
     pub eight_bit: bool,
+    /// The header holds raw UTF-8 (RFC 6532): SMTPUTF8 is asked for when offered.
+    pub utf8_headers: bool,
 }
 
 impl Envelope {

@@ -1,0 +1,383 @@
+//! A message is a message: the unit of delivery is the stored message, never the id in
+//! its node names. Ids repeat (Mail::Spool 0.50 gives one id to every message a process
+//! spools within a second; anyone could once pick an id through a `Received:` header),
+//! so nodes that share an id must never share a transaction, a sender, a body or a DSN
+//! unless they are the same message. Also: what the engine refuses to read (symlinks,
+//! FIFOs), 0.50's lock artefacts, and what MAIL FROM declares.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use mailspool_deliver::{Outcome, PassOptions, Selection};
+use mailspool_spool::Spool;
+
+fn all() -> PassOptions {
+    PassOptions {
+        selection: Selection::All,
+        ..Default::default()
+    }
+}
+
+/// Commit `message` under a chosen id, as a 0.50-era `Received: id (...)` once allowed.
+fn queue_with_id(spool: &Spool, id: &str, from: &str, to: &[&str], message: &str) {
+    let mut s = spool.stage(id).unwrap();
+    s.write_all(message.as_bytes()).unwrap();
+    let to: Vec<String> = to.iter().map(|t| t.to_string()).collect();
+    s.commit(from, &to).unwrap();
+}
+
+#[tokio::test]
+async fn a_message_that_shares_another_ones_id_is_never_sent_with_it() {
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    let ceo = "From: ceo@corp.test\nTo: cfo@one.test\nSubject: numbers\n\nConfidential.\n";
+    let id = queue(&spool, "ceo@corp.test", &["cfo@one.test"], ceo);
+    let attacker = "From: attacker@evil.test\nTo: attacker@one.test\nSubject: hi\n\nGotcha.\n";
+    queue_with_id(
+        &spool,
+        &id,
+        "attacker@evil.test",
+        &["attacker@one.test"],
+        attacker,
+    );
+
+    let engine = engine(spool.clone(), config(&[("one.test", sink.addr)]));
+    let r = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(r.count(Outcome::Delivered), 2);
+    let mut got: Vec<(String, Vec<String>, String)> = sink
+        .received()
+        .into_iter()
+        .map(|r| (r.from, r.to, String::from_utf8(r.data).unwrap()))
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), 2, "two messages, two transactions: {got:?}");
+    assert_eq!(got[0].0, "attacker@evil.test");
+    assert_eq!(got[0].1, ["attacker@one.test"]);
+    assert_eq!(got[0].2, attacker);
+    assert_eq!(got[1].0, "ceo@corp.test");
+    assert_eq!(got[1].1, ["cfo@one.test"]);
+    assert_eq!(got[1].2, ceo);
+}
+
+/// Write a node file as Mail::Spool 0.50 did: one file per recipient, name encoded.
+fn node_050(dir: &Path, tier: usize, time: u64, id: &str, to: &str, from: &str, body: &str) {
+    let enc = |a: &str| mailspool_spool::name::encode(a.as_bytes());
+    let path = dir
+        .join(tier.to_string())
+        .join(format!("{time}-{id}-{}-{}", enc(to), enc(from)));
+    fs::write(path, body).unwrap();
+}
+
+/// The lock file of a node written by [`node_050`].
+fn lock_050(dir: &Path, time: u64, id: &str, to: &str, from: &str) -> std::path::PathBuf {
+    let enc = |a: &str| mailspool_spool::name::encode(a.as_bytes());
+    dir.join("0")
+        .join(format!("{time}-{id}-{}-{}.NFSLock", enc(to), enc(from)))
+}
+
+fn set_age(p: &Path, secs: u64) {
+    fs::File::options()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(secs))
+        .unwrap();
+}
+
+/// A body that says who it was written for, so a delivery to anyone else shows.
+fn letter(from: &str, to: &str, n: usize) -> String {
+    format!(
+        "From: {from}\nTo: {to}\nSubject: letter {n}\n\nDear {to}, this is letter {n} from {from}.\n"
+    )
+}
+
+#[tokio::test]
+async fn a_050_spool_with_shared_ids_gets_everyone_their_own_message() {
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    for t in 0..7 {
+        fs::create_dir_all(dir.path().join(t.to_string())).unwrap();
+    }
+    let t0 = dir.path().join("0");
+    // One 0.50 process, one second: twenty messages, one id. Each message goes to two
+    // recipients at one.test (two identical files: one transaction) and one elsewhere.
+    let id = "3F9A0C12AB34CD56";
+    let mut expected: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for n in 0..20 {
+        let from = format!("sender{}@corp.test", n % 3);
+        let body = format!("From: {from}\nSubject: letter {n}\n\nLetter {n} from {from}.\n");
+        for to in [
+            format!("a{n}@one.test"),
+            format!("b{n}@one.test"),
+            format!("c{n}@two.test"),
+        ] {
+            node_050(dir.path(), 0, 1_700_000_000, id, &to, &from, &body);
+            expected.insert(to, (from.clone(), body.clone()));
+        }
+    }
+    // Same id, same sender, same recipient domain, different bodies: personal letters.
+    for n in 0..5 {
+        let to = format!("p{n}@one.test");
+        let body = letter("boss@corp.test", &to, n);
+        node_050(
+            dir.path(),
+            0,
+            1_700_000_000,
+            id,
+            &to,
+            "boss@corp.test",
+            &body,
+        );
+        expected.insert(to, ("boss@corp.test".into(), body));
+    }
+    // File::NFSLock artefacts: a temp file mid-lock, and its uncache link to a node.
+    let some_node = fs::read_dir(&t0).unwrap().next().unwrap().unwrap().path();
+    let name = some_node.file_name().unwrap().to_str().unwrap().to_owned();
+    fs::write(
+        t0.join(format!("{name}.tmp.4821.31337.977")),
+        "0.50host 31337 1 977\n",
+    )
+    .unwrap();
+    fs::hard_link(&some_node, t0.join(format!("{name}.tmp.4822.31337.12"))).unwrap();
+    // Locks: a live 0.50 holder on another host (an hour old: 0.50 may take six), a
+    // stale one (seven hours), and one held here by a running process.
+    let locked_live = "locked-live@one.test";
+    node_050(
+        dir.path(),
+        0,
+        1_700_000_000,
+        id,
+        locked_live,
+        "x@corp.test",
+        "From: x@corp.test\n\nlive\n",
+    );
+    let lock = lock_050(dir.path(), 1_700_000_000, id, locked_live, "x@corp.test");
+    fs::write(&lock, "0.50host 4242 1700000000 77\n").unwrap();
+    set_age(&lock, 3600);
+    let locked_stale = "locked-stale@one.test";
+    let stale_body = "From: y@corp.test\n\nstale\n";
+    node_050(
+        dir.path(),
+        0,
+        1_700_000_000,
+        id,
+        locked_stale,
+        "y@corp.test",
+        stale_body,
+    );
+    let lock = lock_050(dir.path(), 1_700_000_000, id, locked_stale, "y@corp.test");
+    fs::write(&lock, "0.50host 4243 1700000000 78\n").unwrap();
+    set_age(&lock, 7 * 3600);
+    expected.insert(
+        locked_stale.into(),
+        ("y@corp.test".into(), stale_body.into()),
+    );
+    let mut runner = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let locked_here = "locked-here@one.test";
+    node_050(
+        dir.path(),
+        0,
+        1_700_000_000,
+        id,
+        locked_here,
+        "z@corp.test",
+        "From: z@corp.test\n\nhere\n",
+    );
+    let lock = lock_050(dir.path(), 1_700_000_000, id, locked_here, "z@corp.test");
+    fs::write(
+        &lock,
+        format!(
+            "{} {} 1700000000 79\n",
+            mailspool_spool::lock::hostname(),
+            runner.id()
+        ),
+    )
+    .unwrap();
+    set_age(&lock, 86_400);
+
+    let spool = std::sync::Arc::new(
+        Spool::open(dir.path(), mailspool_spool::SpoolConfig::default()).unwrap(),
+    );
+    let engine = engine(
+        spool.clone(),
+        config(&[("one.test", sink.addr), ("two.test", sink.addr)]),
+    );
+    let r = engine.run_pass(&all()).await.unwrap();
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+
+    // Every recipient got exactly its own message, from its own sender.
+    let mut got: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for m in sink.received() {
+        for to in &m.to {
+            let before = got.insert(
+                to.clone(),
+                (m.from.clone(), String::from_utf8(m.data.clone()).unwrap()),
+            );
+            assert!(before.is_none(), "{to} got two messages");
+        }
+    }
+    assert_eq!(got, expected);
+    // Identical files of one message at one domain went in one transaction; different
+    // bodies never did: 20 (one.test) + 20 (two.test) + 5 letters + the stale-locked one.
+    assert_eq!(sink.received().len(), 46);
+    assert_eq!(r.count(Outcome::Delivered), expected.len());
+    // The live locks stand, their nodes wait; lock artefacts were never nodes.
+    let left: Vec<String> = spool
+        .scan()
+        .unwrap()
+        .nodes
+        .into_iter()
+        .map(|n| n.name.to)
+        .collect();
+    let mut left = left;
+    left.sort();
+    assert_eq!(left, [locked_here, locked_live]);
+    assert!(
+        r.results.iter().all(|x| !x.to.contains(".tmp.")),
+        "a File::NFSLock temp file was taken for a node"
+    );
+}
+
+#[tokio::test]
+async fn each_dsn_goes_to_its_own_sender_about_its_own_message() {
+    let sink = Sink::start(Script::default()).await;
+    for n in 0..3 {
+        sink.script()
+            .rcpt
+            .insert(format!("gone{n}@one.test"), "550 5.1.1 no such user".into());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for t in 0..7 {
+        fs::create_dir_all(dir.path().join(t.to_string())).unwrap();
+    }
+    fs::create_dir_all(dir.path().join("tmp")).unwrap();
+    let id = "ABCDEF0123456789";
+    for n in 0..3 {
+        let from = format!("sender{n}@corp.test");
+        let body = format!("From: {from}\nSubject: secret {n}\n\nbody {n}\n");
+        node_050(
+            dir.path(),
+            0,
+            1_700_000_000,
+            id,
+            &format!("gone{n}@one.test"),
+            &from,
+            &body,
+        );
+    }
+    let spool = std::sync::Arc::new(
+        Spool::open(dir.path(), mailspool_spool::SpoolConfig::default()).unwrap(),
+    );
+    let engine = engine(spool.clone(), config(&[("one.test", sink.addr)]));
+    let r = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(r.count(Outcome::Failed), 3);
+    let mut dsns: Vec<(String, String)> = spool
+        .scan()
+        .unwrap()
+        .nodes
+        .into_iter()
+        .filter(|n| n.name.from.is_empty())
+        .map(|n| (n.name.to.clone(), fs::read_to_string(&n.path).unwrap()))
+        .collect();
+    dsns.sort();
+    assert_eq!(dsns.len(), 3, "one DSN per message");
+    for (n, (to, dsn)) in dsns.iter().enumerate() {
+        assert_eq!(to, &format!("sender{n}@corp.test"));
+        assert!(dsn.contains(&format!("Final-Recipient: rfc822; gone{n}@one.test")));
+        assert!(
+            dsn.contains(&format!("Subject: secret {n}")),
+            "its own headers:\n{dsn}"
+        );
+        for other in (0..3).filter(|&o| o != n) {
+            assert!(
+                !dsn.contains(&format!("gone{other}@")),
+                "another message's recipient:\n{dsn}"
+            );
+            assert!(
+                !dsn.contains(&format!("secret {other}")),
+                "another message's headers:\n{dsn}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_symlink_or_fifo_in_a_tier_is_quarantined_not_delivered() {
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    let secret = dir.path().join("secret");
+    fs::write(&secret, "root:$6$hash:19000:0:99999:7:::\n").unwrap();
+    let t0 = dir.path().join("0");
+    std::os::unix::fs::symlink(&secret, t0.join("1700000000-AAA-x@one.test-me@corp.test")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        t0.join("1700000000-BBB-y@one.test-me@corp.test"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    queue(
+        &spool,
+        "me@corp.test",
+        &["z@one.test"],
+        "Subject: real\n\nreal\n",
+    );
+    let engine = engine(spool.clone(), config(&[("one.test", sink.addr)]));
+    let r = tokio::time::timeout(Duration::from_secs(10), engine.run_pass(&all()))
+        .await
+        .expect("a FIFO must not hang the engine")
+        .unwrap();
+    assert_eq!(r.count(Outcome::Delivered), 1);
+    let got = sink.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].to, ["z@one.test"]);
+    assert!(!String::from_utf8_lossy(&got[0].data).contains("root:"));
+    let corrupt: Vec<_> = fs::read_dir(dir.path().join("corrupt")).unwrap().collect();
+    assert_eq!(corrupt.len(), 2, "both moved aside, nothing deleted");
+    assert!(secret.exists(), "the link's target is untouched");
+    assert!(queued(&spool).is_empty());
+}
+
+#[tokio::test]
+async fn mail_from_declares_the_wire_size_and_smtputf8_for_utf8_headers() {
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    let msg = "From: Zoë <z@corp.test>\nSubject: café\n\n.dot\nline\n";
+    queue(&spool, "z@corp.test", &["x@one.test"], msg);
+    let engine = engine(spool.clone(), config(&[("one.test", sink.addr)]));
+    engine.run_pass(&all()).await.unwrap();
+    let got = sink.received();
+    let params = &got[0].mail_params;
+    // CRLF line ends count; the stuffed dot and the final dot do not (RFC 1870).
+    let wire = msg.len() + msg.matches('\n').count();
+    assert!(params.contains(&format!("SIZE={wire}")), "{params}");
+    assert!(params.contains("SMTPUTF8"), "{params}");
+    assert!(params.contains("BODY=8BITMIME"), "{params}");
+    // A plain ASCII message asks for neither.
+    queue(
+        &spool,
+        "z@corp.test",
+        &["x@one.test"],
+        "Subject: plain\n\nplain\n",
+    );
+    engine.run_pass(&all()).await.unwrap();
+    let params = &sink.received()[1].mail_params;
+    assert!(
+        !params.contains("SMTPUTF8") && !params.contains("8BITMIME"),
+        "{params}"
+    );
+}
