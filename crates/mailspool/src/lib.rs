@@ -22,7 +22,7 @@ pub mod sysexits;
 
 pub use config::{Config, ConfigError};
 pub use mailspool_deliver::{NodeResult, Outcome, Report};
-pub use mailspool_spool::{Spool, SpoolConfig, SpoolError};
+pub use mailspool_spool::{Spool, SpoolConfig, SpoolError, escape};
 pub use send::{Delivery, MessageSource, SendError, SendMail, Sent};
 
 /// A spool opened for intake, with its configuration.

@@ -59,7 +59,8 @@ impl std::fmt::Debug for MessageSource<'_> {
 /// A message to send, with its envelope options.
 #[derive(Debug)]
 pub struct SendMail<'a> {
-    /// Recipients given explicitly; when empty, they come from To/Cc/Bcc.
+    /// Recipients given explicitly, one address each (`user@domain`, `<user@domain>` or
+    /// `Name <user@domain>`); when empty, they come from To/Cc/Bcc.
     pub to: Vec<String>,
     /// Also take recipients from To/Cc/Bcc when some are given (sendmail `-t`).
     pub extract_recipients: bool,
@@ -226,14 +227,7 @@ impl Mailspool {
 
         let mut recipients = Vec::new();
         for arg in &mail.to {
-            if arg.trim_start().starts_with('-') {
-                return Err(address::AddressError {
-                    text: arg.clone(),
-                    reason: "addresses may not start with '-'",
-                }
-                .into());
-            }
-            recipients.extend(address::parse_address_list(arg)?);
+            recipients.push(address::parse_recipient(arg)?);
         }
         if mail.to.is_empty() || mail.extract_recipients {
             recipients.extend(headers.recipients()?);
@@ -307,12 +301,13 @@ impl Mailspool {
             .and_then(|()| stage.write_all(b"\n"))
             .map_err(IntakeError::Write)?;
         if !head.ended {
-            BodyCopier::new(mail.dot_ends).copy(
-                &head.body_start,
-                &mut input,
-                &mut stage,
-                limit - header_len,
-            )?;
+            BodyCopier::new(mail.dot_ends)
+                .copy(&head.body_start, &mut input, &mut stage, limit - header_len)
+                // The body's share is what was left; the user set the whole limit.
+                .map_err(|e| match e {
+                    IntakeError::TooLarge { .. } => IntakeError::TooLarge { limit },
+                    e => e,
+                })?;
         }
         let committed = stage.commit(&from, &recipients)?;
         tracing::info!(id = %committed.id, from = %from, to = ?recipients, size = committed.size, "queued");

@@ -97,8 +97,15 @@ fn mailspool_send_prints_the_id_and_adds_from() {
     let body = &nodes[0].1;
     assert!(body.contains("\nFrom: Cron Daemon <tester@"), "{body}");
     assert!(
-        body.ends_with("\n\nline 1\n"),
-        "dot ends the message, CRLF made LF: {body:?}"
+        body.ends_with("\n\nline 1\n.\nnot part of it\n"),
+        "mailspool send reads its whole input (only sendmail stops at a dot), CRLF made LF: {body:?}"
+    );
+    // A trace field names the local submitter, and the spool id as `id <ID>`.
+    let uid = rustix::process::getuid().as_raw();
+    assert!(
+        body.starts_with("Received: by ")
+            && body.contains(&format!("(mailspool, from userid {uid}) id {id}; ")),
+        "{body}"
     );
 }
 

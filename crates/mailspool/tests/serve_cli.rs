@@ -138,7 +138,7 @@ print("ok")
     assert!(nodes[0].0.contains("-ops@example.org-app@sender.test"));
     assert!(nodes[0].1.contains("Subject: from python"));
     assert!(nodes[0].1.contains("\n.line starting with a dot\n"));
-    assert!(nodes[1].1.contains("with ESMTPA id ("), "{}", nodes[1].1);
+    assert!(nodes[1].1.contains("with ESMTPA id "), "{}", nodes[1].1);
     let del = env
         .mailspool()
         .args(["user", "del", "app"])

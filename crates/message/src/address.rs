@@ -369,6 +369,51 @@ fn check_domain(spec: &str, domain: &str) -> Result<(), AddressError> {
     Ok(())
 }
 
+/// One recipient given as an argument (`mailspool send ADDR`, `sendmail ADDR`):
+/// `user@domain`, `<user@domain>` or `Name <user@domain>`. Anything else is an error,
+/// never rewritten: two addresses, a group, a line break (`"x\nBcc: y"`), white space
+/// inside the address (`a b@x` is not `ab@x`).
+pub fn parse_recipient(text: &str) -> Result<String, AddressError> {
+    if text.chars().any(|c| c.is_control()) {
+        return Err(bad(
+            text,
+            "control character (a line break?) in a recipient",
+        ));
+    }
+    let t = text.trim();
+    if t.starts_with('-') {
+        return Err(bad(t, "addresses may not start with '-'"));
+    }
+    let spec = match (t.rfind('<'), t.strip_suffix('>')) {
+        (Some(i), Some(inner)) if i < inner.len() => &inner[i + 1..],
+        _ => t,
+    };
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in spec.chars() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' && quoted {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if !quoted
+            && (c.is_whitespace() || matches!(c, ',' | ':' | ';' | '(' | ')' | '<' | '>'))
+        {
+            return Err(bad(
+                text,
+                "one address per recipient, without spaces or comments in it",
+            ));
+        }
+    }
+    let addrs = parse_address_list(t)?;
+    match addrs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(bad(text, "empty address")),
+        _ => Err(bad(text, "one address per recipient")),
+    }
+}
+
 /// The envelope sender as given by a user (`-f`): empty or `<>` is the null sender, and
 /// `<addr>` is taken without its brackets.
 pub fn parse_sender(text: &str) -> Result<String, AddressError> {
@@ -393,6 +438,37 @@ pub fn dedup_key(addr: &str) -> String {
     match addr.rsplit_once('@') {
         Some((l, d)) => format!("{l}@{}", d.to_lowercase()),
         None => addr.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod recipient_tests {
+    use super::*;
+
+    #[test]
+    fn one_address_per_argument_or_an_error() {
+        for (arg, want) in [
+            ("bob@example.org", "bob@example.org"),
+            (" <bob@example.org> ", "bob@example.org"),
+            ("Bob Smith <bob@example.org>", "bob@example.org"),
+            ("\"odd name\"@example.org", "\"odd name\"@example.org"),
+            ("u@[127.0.0.1]", "u@[127.0.0.1]"),
+        ] {
+            assert_eq!(parse_recipient(arg).unwrap(), want, "{arg:?}");
+        }
+        for arg in [
+            "a b@example.org",
+            "a@example.org, b@example.org",
+            "x@example.org\nBcc: y@example.org",
+            "x@example.org\r",
+            "group: a@example.org;",
+            "a@example.org (comment)",
+            "<@relay.example:a@example.org>",
+            "-oQ@example.org",
+            "",
+        ] {
+            assert!(parse_recipient(arg).is_err(), "{arg:?} accepted");
+        }
     }
 }
 

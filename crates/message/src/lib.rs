@@ -32,7 +32,7 @@ pub enum IntakeError {
         limit: usize,
     },
     /// The message is over the size limit.
-    #[error("message over the size limit of {limit} bytes")]
+    #[error("message over the size limit of {limit} bytes (max_message_size)")]
     TooLarge {
         /// The limit in bytes.
         limit: u64,

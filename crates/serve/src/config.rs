@@ -130,6 +130,8 @@ pub struct ServeConfig {
     pub greet_pause_all: bool,
     /// SIGTERM waits this long for sessions.
     pub shutdown_grace: Duration,
+    /// Where mail to `<postmaster>` (no domain, any case) goes.
+    pub postmaster: String,
 }
 
 impl Default for ServeConfig {
@@ -153,6 +155,7 @@ impl Default for ServeConfig {
             greet_pause: Duration::from_millis(300),
             greet_pause_all: false,
             shutdown_grace: Duration::from_secs(30),
+            postmaster: "postmaster@localhost".into(),
         }
     }
 }

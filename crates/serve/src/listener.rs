@@ -161,8 +161,24 @@ impl Bound {
     }
 }
 
+/// The key a client's connection limit is counted under: its IPv4 address, or the /64
+/// of its IPv6 address (one host owns a whole /64 and can pick any address in it).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut seg = v6.segments();
+                seg[4..].fill(0);
+                IpAddr::V6(seg.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
 async fn handle(mut sock: TcpStream, addr: SocketAddr, ctx: Arc<Context>, limits: Arc<Limits>) {
-    let ip = addr.ip();
+    let ip = client_key(addr.ip());
     let Ok(_total) = limits.total.clone().try_acquire_owned() else {
         let _ = sock
             .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
@@ -179,7 +195,7 @@ async fn handle(mut sock: TcpStream, addr: SocketAddr, ctx: Arc<Context>, limits
         ok
     };
     if !admitted {
-        tracing::info!(client = %ip, "refused: too many connections from this address");
+        tracing::info!(client = %addr.ip(), key = %ip, "refused: too many connections from this address");
         let _ = sock
             .write_all(b"421 4.7.0 Too many connections from your address\r\n")
             .await;
@@ -191,8 +207,8 @@ async fn handle(mut sock: TcpStream, addr: SocketAddr, ctx: Arc<Context>, limits
     };
     let _ = sock.set_nodelay(true);
     let peer = Peer {
-        ip: Some(ip),
-        trusted: ctx.cfg.trusted(ip),
+        ip: Some(addr.ip()),
+        trusted: ctx.cfg.trusted(addr.ip()),
     };
     if ctx.mode == Mode::Smtps {
         let Some(acceptor) = ctx.tls.clone() else {

@@ -1,130 +1,17 @@
 //! The listener from the outside, over 127.0.0.1:0: each extension, each refusal, the
 //! smuggling probes, limits, STARTTLS and AUTH, and 100 concurrent sessions.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::*;
 use mailspool_serve::{Listen, Mode, Network, ServeConfig, Users};
-use mailspool_spool::{NodeName, Parsed, Spool, SpoolConfig};
+use mailspool_spool::{Spool, SpoolConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-
-struct Server {
-    addr: std::net::SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-fn listen(mode: Mode) -> Listen {
-    Listen {
-        address: "127.0.0.1:0".parse().unwrap(),
-        mode,
-        tls_cert: None,
-        tls_key: None,
-    }
-}
-
-async fn start_with(
-    mut cfg: ServeConfig,
-    spool: Option<Spool>,
-    users: Users,
-    dir: tempfile::TempDir,
-) -> Server {
-    if cfg.listen.is_empty() {
-        cfg.listen.push(listen(Mode::Relay));
-    }
-    cfg.hostname = "mx.test".into();
-    let spool = Arc::new(spool.unwrap_or_else(|| {
-        Spool::create(dir.path().join("spool"), SpoolConfig::default()).unwrap()
-    }));
-    let bound = mailspool_serve::bind(cfg, spool, users).await.unwrap();
-    let addr = bound.local_addrs()[0];
-    tokio::spawn(bound.run(std::future::pending()));
-    Server { addr, dir }
-}
-
-async fn start(cfg: ServeConfig) -> Server {
-    start_with(cfg, None, Users::default(), tempfile::tempdir().unwrap()).await
-}
-
-impl Server {
-    fn nodes(&self) -> Vec<(NodeName, String)> {
-        let Ok(rd) = std::fs::read_dir(self.dir.path().join("spool/0")) else {
-            return Vec::new();
-        };
-        let mut v: Vec<_> = rd
-            .map(|e| e.unwrap())
-            .filter_map(|e| match NodeName::parse(e.file_name().to_str().unwrap()) {
-                Parsed::Node(n) => Some((n, std::fs::read_to_string(e.path()).unwrap())),
-                _ => None,
-            })
-            .collect();
-        v.sort_by(|a, b| a.0.to.cmp(&b.0.to));
-        v
-    }
-    fn tmp_empty(&self) -> bool {
-        std::fs::read_dir(self.dir.path().join("spool/tmp"))
-            .unwrap()
-            .count()
-            == 0
-    }
-}
-
-struct Client {
-    io: BufReader<TcpStream>,
-}
-
-impl Client {
-    async fn connect(addr: std::net::SocketAddr) -> (Client, String) {
-        let mut c = Client {
-            io: BufReader::new(TcpStream::connect(addr).await.unwrap()),
-        };
-        let greeting = c.reply().await;
-        (c, greeting)
-    }
-    async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(10), self.io.read_line(&mut line))
-                .await
-                .expect("reply in time")
-                .unwrap();
-            if n == 0 {
-                return if all.is_empty() { "EOF".into() } else { all };
-            }
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] == b' ' {
-                return all;
-            }
-        }
-    }
-    async fn raw(&mut self, bytes: &[u8]) {
-        self.io.get_mut().write_all(bytes).await.unwrap();
-    }
-    async fn cmd(&mut self, line: &str) -> String {
-        self.raw(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-    /// EHLO, MAIL, RCPT for each, DATA; returns the reply to DATA.
-    async fn start_data(&mut self, from: &str, to: &[&str]) -> String {
-        assert!(self.cmd("EHLO client.test").await.starts_with("250"));
-        assert!(
-            self.cmd(&format!("MAIL FROM:<{from}>"))
-                .await
-                .starts_with("250")
-        );
-        for t in to {
-            let r = self.cmd(&format!("RCPT TO:<{t}>")).await;
-            assert!(r.starts_with("250"), "{t}: {r}");
-        }
-        self.cmd("DATA").await
-    }
-}
-
-fn code(r: &str) -> &str {
-    &r[..3.min(r.len())]
-}
 
 #[tokio::test]
 async fn a_message_is_committed_before_250_with_a_received_header() {
@@ -166,11 +53,14 @@ async fn a_message_is_committed_before_250_with_a_received_header() {
         assert_eq!(n.from, "a@x.test");
         assert!(
             body.starts_with(
-                "Received: from client.test ([127.0.0.1])\n\tby mx.test (mailspool) with ESMTP id ("
+                "Received: from client.test ([127.0.0.1])\n\tby mx.test (mailspool) with ESMTP id "
             ),
             "{body}"
         );
-        assert!(body.contains(&format!("id ({id})")));
+        assert!(
+            body.contains(&format!(" id {id};")),
+            "id <ID>, not a comment: {body}"
+        );
         assert!(
             body.ends_with("Subject: hi\n\ncafé\n.leading dot\n"),
             "{body:?}"
@@ -281,9 +171,8 @@ async fn refusals_with_their_codes() {
     for (rcpt, want) in [
         ("RCPT TO:<u%evil.test@y.test>", "550"),
         ("RCPT TO:<evil.test!u@y.test>", "550"),
-        ("RCPT TO:<@hop.test:u@y.test>", "550"),
         ("RCPT TO:<\"u@evil.test\"@y.test>", "550"),
-        ("RCPT TO:<nodomain>", "501"),
+        ("RCPT TO:<nodomain>", "553"),
     ] {
         let r = c.cmd(rcpt).await;
         assert_eq!(code(&r), want, "{rcpt}: {r}");
@@ -530,7 +419,7 @@ async fn starttls_then_auth_with_a_real_client_and_no_pipelined_commands_under_t
     assert!(out.data.unwrap().is_positive());
     let nodes = s.nodes();
     assert_eq!(nodes.len(), 1);
-    assert!(nodes[0].1.contains("with ESMTPSA id ("), "{}", nodes[0].1);
+    assert!(nodes[0].1.contains("with ESMTPSA id "), "{}", nodes[0].1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

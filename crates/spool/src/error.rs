@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     /// A filesystem call failed.
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}: {source}{}", path.display(), owner_hint(path, source))]
     Io {
         /// What we were doing ("create", "link", "fsync", ...).
         op: &'static str,
@@ -62,6 +62,40 @@ pub enum SpoolError {
     /// Settings that cannot work.
     #[error("invalid spool settings: {0}")]
     Config(String),
+}
+
+/// For "permission denied": who owns the path (or the nearest directory above it that
+/// exists), so the message says which user may do this.
+fn owner_hint(path: &std::path::Path, e: &io::Error) -> String {
+    use std::os::unix::fs::MetadataExt;
+    if e.kind() != io::ErrorKind::PermissionDenied {
+        return String::new();
+    }
+    let Some((at, meta)) = path
+        .ancestors()
+        .find_map(|p| std::fs::symlink_metadata(p).ok().map(|m| (p, m)))
+    else {
+        return String::new();
+    };
+    format!(
+        " ({} is owned by {} (uid {}), mode {:04o}; run as that user, or submit through sendmail)",
+        at.display(),
+        user_name(meta.uid()).unwrap_or_else(|| "?".into()),
+        meta.uid(),
+        meta.mode() & 0o7777
+    )
+}
+
+/// The login name of `uid`, from /etc/passwd.
+pub fn user_name(uid: u32) -> Option<String> {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+        })
 }
 
 /// Result of spool operations.

@@ -99,7 +99,8 @@ pub struct SendArgs {
     /// Also take recipients from the To, Cc and Bcc headers.
     #[arg(short = 't')]
     pub extract: bool,
-    /// A line with only "." does not end the message (also -oi).
+    /// Accepted for sendmail habits; `mailspool send` never ends the message at a line
+    /// holding only "." (the sendmail interface does, without -i/-oi).
     #[arg(short = 'i')]
     pub ignore_dots: bool,
     /// Envelope sender; '' or '<>' is the null sender (no bounces).
@@ -121,7 +122,8 @@ pub struct SendArgs {
     /// Try to deliver now; on a temporary failure leave it queued for the daemon.
     #[arg(long)]
     pub background: bool,
-    /// Recipient addresses.
+    /// Recipients, one address per argument (user@domain, <user@domain> or
+    /// "Name <user@domain>").
     #[arg(value_name = "RCPT")]
     pub recipients: Vec<String>,
 }

@@ -63,6 +63,7 @@ pub fn main() -> ExitCode {
     let result = match prog.as_str() {
         "sendmail" => sendmail::run(&prog, &args[1..]),
         "mailq" => {
+            quiet_on_closed_pipe();
             init_logging(0);
             config(None, None).and_then(|c| queue::list(&c, &args::ListArgs::default()))
         }
@@ -103,6 +104,16 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
     } else {
         cli.verbose
     });
+    let listing = match &cli.command {
+        args::Command::Queue { command } => {
+            !matches!(command, Some(args::QueueCommand::Run { .. }))
+        }
+        args::Command::Usage { .. } | args::Command::Fsck { .. } => true,
+        _ => false,
+    };
+    if listing {
+        quiet_on_closed_pipe();
+    }
     let config = config(cli.config.as_deref(), cli.spool.as_deref())?;
     match cli.command {
         args::Command::Send(a) => send::run(&config, a),
@@ -114,6 +125,16 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
         args::Command::Serve => serve::run(&config),
         args::Command::Fsck { repair } => fsck(&config, repair),
         args::Command::User { command } => serve::user(&config, command),
+    }
+}
+
+/// A listing piped into `head` ends quietly when the reader goes, as `ls` does: the
+/// default action of SIGPIPE (Rust ignores it, and `println!` would then panic). Only
+/// for commands that write listings: a daemon or an SMTP session must see EPIPE instead.
+fn quiet_on_closed_pipe() {
+    // SAFETY: setting a signal's disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

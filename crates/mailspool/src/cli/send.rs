@@ -10,7 +10,8 @@ use super::{CliResult, Failure};
 /// What a front end (mailspool send, sendmail) asks for.
 pub struct SendRequest {
     pub args: SendArgs,
-    /// A `.` line ends the message unless -i/-oi (sendmail's rule, kept by `send` too).
+    /// A `.` line ends the message unless -i/-oi: sendmail's rule, for the sendmail
+    /// interface only; `mailspool send` reads its whole input.
     pub dot_ends: bool,
 }
 
@@ -20,10 +21,18 @@ pub fn run(config: &Config, args: SendArgs) -> CliResult {
         config,
         SendRequest {
             args,
-            dot_ends: true,
+            dot_ends: false,
         },
     )?;
-    println!("{}", sent.id);
+    // The id names what stays queued; `--now` keeps nothing (delivered, or given back
+    // to the caller), `--background` keeps only what was deferred.
+    let kept = match &sent.delivery {
+        None => true,
+        Some(results) => !now && results.iter().any(|r| r.outcome == Outcome::Deferred),
+    };
+    if kept {
+        println!("{}", sent.id);
+    }
     match &sent.delivery {
         Some(results) => report(results, now),
         None => Ok(()),
@@ -41,7 +50,11 @@ fn report(results: &[NodeResult], now: bool) -> CliResult {
             Outcome::Failed => "failed",
             Outcome::Skipped => "skipped",
         };
-        eprintln!("<{}>: {what}: {}", r.to, r.reply);
+        eprintln!(
+            "<{}>: {what}: {}",
+            mailspool::escape(&r.to),
+            mailspool::escape(&r.reply)
+        );
         if now {
             code = code.max(match r.outcome {
                 Outcome::Failed => sysexits::UNAVAILABLE,

@@ -26,6 +26,16 @@ fn users(config: &Config) -> Result<Users, Failure> {
 
 /// Run the listener until SIGTERM or SIGINT.
 pub fn run(config: &Config) -> CliResult {
+    mailspool_serve::tune_allocator();
+    // Certificates and keys that cannot be read or used are configuration errors (78),
+    // found before anything binds; what fails after this is the system's (71).
+    for l in &config.serve.listen {
+        if let (Some(cert), Some(key)) = (&l.tls_cert, &l.tls_key) {
+            mailspool_serve::tls_acceptor(cert, key).map_err(|e| {
+                Failure::new(sysexits::CONFIG, format!("[[listen]] {}: {e}", l.address))
+            })?;
+        }
+    }
     let spool = Arc::new(Spool::create(&config.spool_dir, config.spool.clone())?);
     let users = users(config)?;
     runtime()?.block_on(async {

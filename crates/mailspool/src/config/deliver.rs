@@ -18,8 +18,19 @@ fn tls_policy(what: &str, value: &str) -> Result<TlsPolicy, ConfigError> {
     }
 }
 
-fn host_port(what: &str, text: &str, default_port: u16) -> Result<HostPort, ConfigError> {
-    HostPort::parse(text, default_port).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
+/// `host:port`, the port required: a relay's port decides how we speak to it (587
+/// submission, 465 implicit TLS, 25 an MTA), so it is never guessed.
+fn host_port(what: &str, text: &str) -> Result<HostPort, ConfigError> {
+    let hp = HostPort::parse(text, 0).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")));
+    match hp {
+        Err(_) if !text.contains(':') || text.trim().ends_with(']') => {
+            Err(ConfigError::Invalid(format!(
+                "{what} = {text:?} has no port: write host:587 (submission), host:465 \
+                 (implicit TLS) or host:25 (an MTA)"
+            )))
+        }
+        other => other,
+    }
 }
 
 /// Fill in the delivery settings from the file.
@@ -35,7 +46,7 @@ pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), 
         };
         d.relayhosts = list
             .iter()
-            .map(|h| host_port("relayhost", h, 25))
+            .map(|h| host_port("relayhost", h))
             .collect::<Result<_, _>>()?;
     }
     let relay = file.relay.clone().unwrap_or_default();
@@ -66,7 +77,7 @@ pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), 
         for (domain, target) in routes {
             d.routes.insert(
                 domain.to_ascii_lowercase(),
-                host_port(&format!("routes.{domain}"), target, 25)?,
+                host_port(&format!("routes.{domain:?}"), target)?,
             );
         }
     }
@@ -84,20 +95,21 @@ pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), 
         d.mx_port = p;
     }
     if let Some(n) = file.max_host_connections {
-        d.per_host_limit = n.max(1);
+        d.per_host_limit = super::positive("max_host_connections", n)?;
     }
     if let Some(t) = &file.timeouts {
-        let set = |v: Option<u64>, slot: &mut Duration| {
+        let set = |name: &str, v: Option<u64>, slot: &mut Duration| {
             if let Some(s) = v {
-                *slot = Duration::from_secs(s.max(1));
+                *slot = Duration::from_secs(super::positive(&format!("timeouts.{name}"), s)?);
             }
+            Ok::<(), ConfigError>(())
         };
-        set(t.connect, &mut d.timeouts.connect);
-        set(t.greeting, &mut d.timeouts.greeting);
-        set(t.command, &mut d.timeouts.command);
-        set(t.data_init, &mut d.timeouts.data_init);
-        set(t.data_block, &mut d.timeouts.data_block);
-        set(t.data_end, &mut d.timeouts.data_end);
+        set("connect", t.connect, &mut d.timeouts.connect)?;
+        set("greeting", t.greeting, &mut d.timeouts.greeting)?;
+        set("command", t.command, &mut d.timeouts.command)?;
+        set("data_init", t.data_init, &mut d.timeouts.data_init)?;
+        set("data_block", t.data_block, &mut d.timeouts.data_block)?;
+        set("data_end", t.data_end, &mut d.timeouts.data_end)?;
     }
     if let Some(s) = file.stale_lock_timeout {
         c.spool.stale_lock_after = Duration::from_secs(s);

@@ -94,6 +94,9 @@ pub struct ConfigFile {
     pub max_recipients: Option<usize>,
     /// Listener limits.
     pub serve: Option<ServeFile>,
+    /// Where mail the listener takes for `<postmaster>` goes (default
+    /// postmaster@hostname).
+    pub postmaster: Option<String>,
 }
 
 /// `[[listen]]`.
@@ -287,6 +290,20 @@ fn fqdn_from_hosts(name: &str, hosts: &str) -> Option<String> {
     })
 }
 
+/// A setting that must be 1 or more: zero would refuse every message or connection.
+pub(crate) fn positive<T: PartialOrd + Default + std::fmt::Display>(
+    name: &str,
+    v: T,
+) -> Result<T, ConfigError> {
+    if v > T::default() {
+        Ok(v)
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{name} = {v} cannot work: it must be 1 or more"
+        )))
+    }
+}
+
 /// Where we look for a configuration file when none is named: `$MAILSPOOL_CONFIG`, then
 /// `$XDG_CONFIG_HOME/mailspool/mailspool.toml` (not for root), then
 /// `/etc/mailspool/mailspool.toml`; the first that exists.
@@ -366,7 +383,10 @@ impl Config {
             c.spool.usage_log = u;
         }
         if let Some(m) = file.max_message_size {
-            c.max_message_size = m;
+            c.max_message_size = positive("max_message_size", m)?;
+        }
+        if let Some(t) = file.max_connection_time {
+            positive("max_connection_time", t)?;
         }
         if let Some(h) = file.hostname.clone() {
             if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '@') {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Config, ConfigError, ConfigFile, default_hostname, is_root};
+use super::{Config, ConfigError, ConfigFile, default_hostname, is_root, positive};
 
 pub(super) fn default_serve() -> mailspool_serve::ServeConfig {
     let port = if is_root() { 25 } else { 2525 };
@@ -36,12 +36,35 @@ pub fn default_users_file() -> PathBuf {
 pub(super) fn serve_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError> {
     let s = &mut c.serve;
     s.hostname = c.hostname.clone();
+    s.postmaster = match &file.postmaster {
+        Some(p) => mailspool_message::address::check_address(p)
+            .map_err(|e| ConfigError::Invalid(format!("postmaster: {e}")))?,
+        None => format!("postmaster@{}", c.hostname),
+    };
     s.max_message_size = c.max_message_size;
     s.shutdown_grace = c.shutdown_grace;
     if let Some(list) = &file.listen {
         s.listen = list
             .iter()
             .map(|l| {
+                let mode = mailspool_serve::Mode::parse(l.mode.as_deref().unwrap_or("relay"))
+                    .map_err(|e| ConfigError::Invalid(format!("[[listen]] {e}")))?;
+                match (&l.tls_cert, &l.tls_key, mode) {
+                    (Some(_), Some(_), _) => {}
+                    (None, None, mailspool_serve::Mode::Smtps) => {
+                        return Err(ConfigError::Invalid(format!(
+                            "[[listen]] {}: mode \"smtps\" needs tls_cert and tls_key",
+                            l.address
+                        )));
+                    }
+                    (None, None, _) => {}
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "[[listen]] {}: give both tls_cert and tls_key",
+                            l.address
+                        )));
+                    }
+                }
                 Ok(mailspool_serve::Listen {
                     address: l.address.parse().map_err(|_| {
                         ConfigError::Invalid(format!(
@@ -49,8 +72,7 @@ pub(super) fn serve_settings(c: &mut Config, file: &ConfigFile) -> Result<(), Co
                             l.address
                         ))
                     })?,
-                    mode: mailspool_serve::Mode::parse(l.mode.as_deref().unwrap_or("relay"))
-                        .map_err(|e| ConfigError::Invalid(format!("[[listen]] {e}")))?,
+                    mode,
                     tls_cert: l.tls_cert.clone(),
                     tls_key: l.tls_key.clone(),
                 })
@@ -70,24 +92,23 @@ pub(super) fn serve_settings(c: &mut Config, file: &ConfigFile) -> Result<(), Co
         s.users_file = Some(f.clone());
     }
     if let Some(n) = file.max_recipients {
-        s.max_recipients = n.max(1);
+        s.max_recipients = positive("max_recipients", n)?;
     }
     if let Some(v) = &file.serve {
-        let secs = |v: Option<u64>, slot: &mut Duration| {
-            if let Some(x) = v {
-                *slot = Duration::from_secs(x.max(1));
-            }
-        };
-        secs(v.command_timeout, &mut s.command_timeout);
-        secs(v.session_timeout, &mut s.session_timeout);
+        if let Some(x) = v.command_timeout {
+            s.command_timeout = Duration::from_secs(positive("serve.command_timeout", x)?);
+        }
+        if let Some(x) = v.session_timeout {
+            s.session_timeout = Duration::from_secs(positive("serve.session_timeout", x)?);
+        }
         if let Some(n) = v.max_connections {
-            s.max_connections = n.max(1);
+            s.max_connections = positive("serve.max_connections", n)?;
         }
         if let Some(n) = v.max_connections_per_ip {
-            s.max_connections_per_ip = n.max(1);
+            s.max_connections_per_ip = positive("serve.max_connections_per_ip", n)?;
         }
         if let Some(n) = v.max_auth_failures {
-            s.max_auth_failures = n.max(1);
+            s.max_auth_failures = positive("serve.max_auth_failures", n)?;
         }
         if let Some(ms) = v.auth_failure_delay_ms {
             s.auth_failure_delay = Duration::from_millis(ms);

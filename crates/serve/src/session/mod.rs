@@ -174,21 +174,26 @@ impl Session {
                     continue;
                 }
             };
-            let request = match Request::parse(&mut line.iter()) {
-                Ok(r) => r.into_owned(),
+            let (request, path) = policy::parse_command(&line);
+            let request = match request {
+                Ok(r) => r,
                 Err(e) => {
                     self.refuse(syntax_reply(&e)).await?;
                     continue;
                 }
             };
-            if self.command(request, &line).await? {
+            if self.command(request, path).await? {
                 return Ok(());
             }
         }
     }
 
     /// Handle one command; `true` ends the session.
-    async fn command(&mut self, req: Request<String>, raw: &[u8]) -> Result<bool, &'static str> {
+    async fn command(
+        &mut self,
+        req: Request<String>,
+        path: Option<String>,
+    ) -> Result<bool, &'static str> {
         match req {
             Request::Ehlo { host } => self.ehlo(host).await?,
             Request::Helo { host } => {
@@ -203,8 +208,8 @@ impl Session {
                 mechanism,
                 initial_response,
             } => return self.authenticate(mechanism, initial_response).await,
-            Request::Mail { from } => self.mail(from).await?,
-            Request::Rcpt { to } => self.rcpt(to, raw).await?,
+            Request::Mail { from } => self.mail(from, path).await?,
+            Request::Rcpt { to } => self.rcpt(to, path).await?,
             Request::Data => self.data().await?,
             Request::Bdat {
                 chunk_size,
@@ -376,8 +381,8 @@ impl Session {
         }
     }
 
-    /// The `Received:` header for this transaction, carrying `id (<node id>)` so that
-    /// the id in the spool and in the header agree (Mail::Spool 0.50 reads it there).
+    /// The `Received:` header for this transaction, naming the spool id (`id <ID>`, RFC
+    /// 5321 4.4; in parentheses it would be a comment).
     pub(crate) fn received(&self, tx_id: &str, rcpts: &[String]) -> String {
         let protocol = match (self.esmtp, self.tls, self.auth.is_some()) {
             (false, _, _) => "SMTP",
@@ -391,7 +396,7 @@ impl Session {
             _ => String::new(),
         };
         format!(
-            "Received: from {} ({})\n\tby {} (mailspool) with {protocol} id ({tx_id}){for_part};\n\t{}\n",
+            "Received: from {} ({})\n\tby {} (mailspool) with {protocol} id {tx_id}{for_part};\n\t{}\n",
             self.helo.as_deref().unwrap_or("unknown"),
             self.peer.literal(),
             self.ctx.cfg.hostname,

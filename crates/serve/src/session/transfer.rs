@@ -181,7 +181,7 @@ impl Session {
                     user = self.auth.as_deref().unwrap_or("-"),
                     id = %c.id,
                     size,
-                    from = %tx.from,
+                    from = %mailspool_spool::escape(&tx.from),
                     to = ?tx.rcpts,
                     "accepted"
                 );
