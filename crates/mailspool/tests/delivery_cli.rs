@@ -106,6 +106,10 @@ async fn send_now_delivers_or_fails_loudly() {
     let env = Env::new(&sink, "");
     let out = tokio::task::block_in_place(|| env.send(&["--now", "-t"]));
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stdout.is_empty(),
+        "--now keeps nothing, so it prints no id"
+    );
     let got = sink.received();
     assert_eq!(got.len(), 1);
     let mut to = got[0].to.clone();
@@ -121,6 +125,10 @@ async fn send_now_delivers_or_fails_loudly() {
         .insert("x@one.test".into(), "550 5.1.1 no such user here".into());
     let out = tokio::task::block_in_place(|| env.send(&["--now", "x@one.test"]));
     assert_eq!(code(&out), 69);
+    assert!(
+        out.stdout.is_empty(),
+        "no id for a message that is not kept"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("550 5.1.1 no such user here"));
     assert!(env.nodes().is_empty(), "no bounce, nothing queued");
 
@@ -133,6 +141,7 @@ async fn send_now_delivers_or_fails_loudly() {
 
     let out = tokio::task::block_in_place(|| env.send(&["--background", "x@one.test"]));
     assert_eq!(code(&out), 0);
+    assert_eq!(out.stdout.len(), 27, "deferred, kept: its id is printed");
     let nodes = env.nodes();
     assert_eq!(nodes.len(), 1);
     assert!(

@@ -141,3 +141,28 @@ pub fn is_unwritable(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::PermissionDenied
         || e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_denied_names_the_owner_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = SpoolError::io(
+            "read",
+            dir.path().join("0"),
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        let text = e.to_string();
+        let uid = rustix::process::geteuid().as_raw();
+        assert!(text.contains(&format!("(uid {uid})")), "{text}");
+        assert!(text.contains("mode 0700"), "{text}");
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        // Other errors say only what happened.
+        let e = SpoolError::io("read", dir.path(), io::Error::from(io::ErrorKind::NotFound));
+        assert!(!e.to_string().contains("owned by"));
+    }
+}
