@@ -17,8 +17,11 @@ The configuration is --config, else $MAILSPOOL_CONFIG, else
 Invoked as `sendmail` (e.g. through a symlink) mailspool speaks the sendmail command
 line; invoked as `mailq` it lists the queue.
 
-Exit codes follow sysexits.h: 64 usage, 65 bad data, 66 no input, 73 cannot create,
-74 I/O error, 75 temporary failure (retry later), 77 permission, 78 configuration.";
+Exit codes follow sysexits.h: 64 usage (also: a queue ID several messages share),
+65 bad data, 66 no input (also: the spool does not exist), 69 unavailable (send --now
+failed for good), 70 internal error, 71 system error (cannot listen), 73 cannot create,
+74 I/O error, 75 temporary failure (retry later), 77 permission, 78 configuration.
+fsck: 0 clean, 1 problems repaired, 4 problems found.";
 
 #[derive(Debug, Parser)]
 #[command(name = "mailspool", version, about = ABOUT, after_help = AFTER_HELP)]
