@@ -55,18 +55,19 @@ impl Env {
     pub fn mailq(&self) -> assert_cmd::Command {
         self.isolate(assert_cmd::Command::new(self.dir.path().join("mailq")))
     }
-    /// (name, content) of every node in `tier`.
+    /// (name, content) of every node in `tier` (lock files are not nodes).
     pub fn nodes(&self, tier: usize) -> Vec<(NodeName, String)> {
         let Ok(rd) = fs::read_dir(self.spool().join(tier.to_string())) else {
             return Vec::new();
         };
         let mut out: Vec<_> = rd
-            .map(|e| {
+            .filter_map(|e| {
                 let e = e.unwrap();
-                let Parsed::Node(n) = NodeName::parse(e.file_name().to_str().unwrap()) else {
-                    panic!("bad node name {:?}", e.file_name())
-                };
-                (n, fs::read_to_string(e.path()).unwrap())
+                match NodeName::parse(e.file_name().to_str().unwrap()) {
+                    Parsed::Node(n) => Some((n, fs::read_to_string(e.path()).unwrap())),
+                    Parsed::NotANode => None,
+                    _ => panic!("bad node name {:?}", e.file_name()),
+                }
             })
             .collect();
         out.sort_by(|a, b| a.0.to.cmp(&b.0.to));
