@@ -535,6 +535,24 @@ fn help_and_usage_log() {
     assert_eq!(day["spooled"], 2);
     assert_eq!(day["sent"], 0);
     assert!(day["spooled_bytes"].as_u64().unwrap() > 2 * MSG.len() as u64 - 20);
+    // Per node, as 0.50 counts: one message to three recipients is three lines.
+    env.mailspool()
+        .args(["send", "c@example.org", "d@example.org", "e@example.org"])
+        .write_stdin(MSG)
+        .assert()
+        .success();
+    let raw = fs::read_to_string(env.spool().join("usage/raw")).unwrap();
+    assert_eq!(raw.lines().filter(|l| l.ends_with(" Spool")).count(), 5);
+
+    // usage_log off: no usage/ is created, nothing is written.
+    let off = Env::new();
+    fs::write(off.config_path(), "usage_log = false\n").unwrap();
+    off.mailspool()
+        .args(["send", "a@example.org"])
+        .write_stdin(MSG)
+        .assert()
+        .success();
+    assert!(!off.spool().join("usage").exists());
 }
 
 #[test]

@@ -82,3 +82,62 @@ fn a_locked_node_is_not_changed() {
     assert!(err.to_string().contains("locked by"), "{err}");
     assert!(node.path.exists());
 }
+
+#[test]
+fn side_data_of_a_node_another_dequeuer_delivered_is_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::create(dir.path(), SpoolConfig::default()).unwrap();
+    let attempt = Attempt {
+        time: 1,
+        host: "mx".into(),
+        reply: "451 later".into(),
+        delivered: false,
+    };
+    let kept = spool
+        .find(&queue_one(&spool, "kept@y.org"))
+        .unwrap()
+        .remove(0);
+    let gone = spool
+        .find(&queue_one(&spool, "gone@y.org"))
+        .unwrap()
+        .remove(0);
+    let young = spool
+        .find(&queue_one(&spool, "young@y.org"))
+        .unwrap()
+        .remove(0);
+    for n in [&kept, &gone, &young] {
+        spool.record_attempt(&n.name, &attempt).unwrap();
+    }
+    // 0.50 delivered two of them: it unlinks the node and knows nothing of meta/.
+    std::fs::remove_file(&gone.path).unwrap();
+    std::fs::remove_file(&young.path).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for e in std::fs::read_dir(dir.path().join("meta")).unwrap() {
+        let p = e.unwrap().path();
+        if !p.to_str().unwrap().contains("young") {
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+    }
+    assert_eq!(spool.prune_side_data().unwrap(), 1);
+    assert!(
+        spool.last_error(&kept.name).is_some(),
+        "a live node keeps its history"
+    );
+    assert!(spool.attempts(&gone.name).is_empty(), "pruned");
+    assert!(
+        !spool.attempts(&young.name).is_empty(),
+        "recent history is left for a scan that may have missed a moving node"
+    );
+    // fsck sees the rest but does not count it as a problem.
+    let report = spool.fsck(false).unwrap();
+    assert!(
+        report.findings.iter().all(|f| !f.is_problem()),
+        "{:?}",
+        report.findings
+    );
+}

@@ -1,19 +1,16 @@
-//! `mailspool usage`: messages and bytes spooled and sent per day, from usage/raw.
+//! `mailspool usage`: nodes and bytes spooled and sent per day, from usage/raw. Counted
+//! as Mail::Spool 0.50 counts: per node, so a message to three recipients is three.
 
-use mailspool::{Config, Spool, SpoolError};
+use mailspool::{Config, Spool, SpoolError, sysexits};
 use mailspool_spool::time::day_string;
 
-use super::CliResult;
+use super::{CliResult, Failure};
 
 pub fn run(config: &Config, days: u64, json: bool) -> CliResult {
     let spool = match Spool::open(&config.spool_dir, config.spool.clone()) {
         Ok(s) => s,
-        Err(SpoolError::Missing(_)) => {
-            println!(
-                "no usage recorded: {} does not exist",
-                config.spool_dir.display()
-            );
-            return Ok(());
+        Err(e @ SpoolError::Missing(_)) => {
+            return Err(Failure::new(sysexits::NOINPUT, e.to_string()));
         }
         Err(e) => return Err(e.into()),
     };
@@ -63,5 +60,6 @@ pub fn run(config: &Config, days: u64, json: bool) -> CliResult {
         total.sent,
         total.sent_bytes
     );
+    println!("(per node, as Mail::Spool 0.50 counts: a message to three recipients counts three)");
     Ok(())
 }
