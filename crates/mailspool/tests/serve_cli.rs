@@ -170,8 +170,11 @@ fn sendmail_bs_speaks_smtp_on_stdin() {
     assert!(text.trim_end().ends_with("221 2.0.0 Bye"), "{text}");
     let nodes = env.nodes();
     assert_eq!(nodes.len(), 1);
+    let uid = rustix::process::getuid().as_raw();
     assert!(
-        nodes[0].1.starts_with("Received: from local (local)"),
+        nodes[0]
+            .1
+            .starts_with(&format!("Received: from local (local, from userid {uid})")),
         "{}",
         nodes[0].1
     );

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     /// A filesystem call failed.
-    #[error("cannot {op} {}: {source}{}", path.display(), owner_hint(path, source))]
+    #[error("cannot {op} {}: {source}{}", crate::escape(&path.display().to_string()), owner_hint(path, source))]
     Io {
         /// What we were doing ("create", "link", "fsync", ...).
         op: &'static str,

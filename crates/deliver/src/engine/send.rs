@@ -250,7 +250,7 @@ impl Engine {
             Err(SmtpError::Tls(e))
                 if target.tls == TlsPolicy::Opportunistic && target.auth.is_none() =>
             {
-                tracing::info!(host = %target.host, error = %e, "TLS failed; retrying without TLS");
+                tracing::info!(host = %escape(&target.host), error = %escape(&e.to_string()), "TLS failed; retrying without TLS");
                 settings.tls = TlsPolicy::None;
                 Session::connect(addr, &target.host, &settings, &self.tls).await
             }

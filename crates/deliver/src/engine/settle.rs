@@ -2,7 +2,7 @@
 //! the next tier, bounce what failed for good (bounce first, then delete).
 
 use mailspool_spool::side::Attempt;
-use mailspool_spool::{NodeEntry, NodeLock, now};
+use mailspool_spool::{NodeEntry, NodeLock, escape, now};
 
 use super::{Claim, Engine, NodeResult, Outcome, Verdict};
 use crate::bounce::{Failure, spool_bounce};
@@ -32,7 +32,7 @@ impl Engine {
                 Verdict::Delivered { reply } => {
                     // The attempt's log line already says so; only trouble is logged here.
                     if let Err(e) = self.spool.delete_locked(n) {
-                        tracing::error!(node = %n.path.display(), error = %e, "delivered but cannot delete the node: it may be sent again");
+                        tracing::error!(node = %escape(&n.path.display().to_string()), error = %e, "delivered but cannot delete the node: it may be sent again");
                     }
                     results.push(result(Outcome::Delivered, reply));
                 }
@@ -56,7 +56,7 @@ impl Engine {
                         // `send --now`: the caller is told and keeps the message; nothing
                         // stays queued behind its back.
                         if let Err(e) = self.spool.delete_locked(n) {
-                            tracing::error!(node = %n.path.display(), error = %e, "cannot remove the node");
+                            tracing::error!(node = %escape(&n.path.display().to_string()), error = %e, "cannot remove the node");
                         }
                         results.push(result(Outcome::Deferred, reply));
                         continue;
@@ -76,10 +76,10 @@ impl Engine {
                     }
                     match self.spool.move_to_tier_locked(n, n.tier + 1) {
                         Ok(moved) => {
-                            tracing::info!(id = %n.name.id, to = %n.name.to, tier = moved.tier, reply = %reply, "deferred")
+                            tracing::info!(id = %n.name.id, to = %escape(&n.name.to), tier = moved.tier, reply = %escape(&reply), "deferred")
                         }
                         Err(e) => {
-                            tracing::error!(node = %n.path.display(), error = %e, "cannot move the node to the next tier; it stays where it is")
+                            tracing::error!(node = %escape(&n.path.display().to_string()), error = %e, "cannot move the node to the next tier; it stays where it is")
                         }
                     }
                     results.push(result(Outcome::Deferred, reply));
@@ -116,9 +116,9 @@ impl Engine {
             if bounced.is_ok()
                 && let Err(e) = self.spool.delete_locked(n)
             {
-                tracing::error!(node = %n.path.display(), error = %e, "cannot delete a failed node");
+                tracing::error!(node = %escape(&n.path.display().to_string()), error = %e, "cannot delete a failed node");
             }
-            tracing::info!(id = %n.name.id, to = %n.name.to, status = %f.status, reason = %f.diagnostic, "failed");
+            tracing::info!(id = %n.name.id, to = %escape(&n.name.to), status = %f.status, reason = %escape(&f.diagnostic), "failed");
             results.push(NodeResult {
                 id: n.name.id.clone(),
                 to: n.name.to.clone(),

@@ -395,14 +395,24 @@ impl Session {
             [one] => format!("\n\tfor <{one}>"),
             _ => String::new(),
         };
+        // A local submission (`sendmail -bs`) names the submitting user.
+        let client = match self.peer.ip {
+            Some(_) => self.peer.literal(),
+            None => format!("local, from userid {}", submitter_uid()),
+        };
         format!(
-            "Received: from {} ({})\n\tby {} (mailspool) with {protocol} id {tx_id}{for_part};\n\t{}\n",
+            "Received: from {} ({client})\n\tby {} (mailspool) with {protocol} id {tx_id}{for_part};\n\t{}\n",
             self.helo.as_deref().unwrap_or("unknown"),
-            self.peer.literal(),
             self.ctx.cfg.hostname,
             mailspool_spool::time::rfc5322_date(mailspool_spool::now())
         )
     }
+}
+
+/// The real uid of this process: the local submitter of a `sendmail -bs` session.
+fn submitter_uid() -> u32 {
+    // SAFETY: getuid cannot fail and has no preconditions.
+    unsafe { libc::getuid() }
 }
 
 /// Keep a client-supplied name printable and short (it goes into headers and logs).
