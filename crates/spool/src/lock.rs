@@ -300,47 +300,75 @@ fn read_line(path: &Path) -> io::Result<String> {
     Ok(text)
 }
 
-/// Judge a lock file from its first line and its mtime.
+/// One line of a lock file: `<host> <pid> <time> <rand>[ mailspool]`.
+struct LockLine {
+    host: String,
+    pid: i64,
+    ours: bool,
+}
+
+impl LockLine {
+    fn parse(line: &str) -> LockLine {
+        let mut words = line.split_whitespace();
+        LockLine {
+            host: words.next().unwrap_or("?").to_owned(),
+            pid: words.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+            ours: line.split_whitespace().nth(4) == Some(OWN_MARK),
+        }
+    }
+
+    /// Whether this holder may still be at work, and why.
+    fn alive(&self, age: Duration, policy: &LockPolicy) -> (bool, &'static str) {
+        if self.host == hostname() && self.pid > 0 && self.pid <= i64::from(i32::MAX) {
+            let alive = rustix::process::Pid::from_raw(self.pid as i32).is_some_and(|p| {
+                !matches!(
+                    rustix::process::test_kill_process(p),
+                    Err(rustix::io::Errno::SRCH)
+                )
+            });
+            if alive {
+                (true, "holder alive on this host")
+            } else {
+                (false, "holder's process is gone")
+            }
+        } else if self.ours {
+            if age > policy.own_stale {
+                (false, "not refreshed by its holder")
+            } else {
+                (true, "refreshed by its holder")
+            }
+        } else if age > policy.legacy_stale {
+            (false, "older than 0.50's max_connection_time")
+        } else {
+            (true, "within 0.50's max_connection_time")
+        }
+    }
+}
+
+/// Judge a lock file from its lines and its mtime. File::NFSLock appends a line per
+/// process when a holder forks (`newpid`): the lock stands while any of them may
+/// still be at work; the first line names the holder.
 fn judge(text: &str, meta: &fs::Metadata, policy: &LockPolicy) -> LockHolder {
-    let first = text.lines().next().unwrap_or("");
-    let mut words = first.split_whitespace();
-    let host = words.next().unwrap_or("?").to_owned();
-    let pid: i64 = words.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let ours = first.split_whitespace().nth(4) == Some(OWN_MARK);
     let age = meta
         .modified()
         .ok()
         .and_then(|m| SystemTime::now().duration_since(m).ok())
         .unwrap_or_default();
-    let (stale, why) = if host == hostname() && pid > 0 && pid <= i64::from(i32::MAX) {
-        let alive = rustix::process::Pid::from_raw(pid as i32).is_some_and(|p| {
-            !matches!(
-                rustix::process::test_kill_process(p),
-                Err(rustix::io::Errno::SRCH)
-            )
-        });
-        if alive {
-            (false, "holder alive on this host")
-        } else {
-            (true, "holder's process is gone")
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty()).take(16);
+    let first = LockLine::parse(lines.next().unwrap_or(""));
+    let (mut alive, mut why) = first.alive(age, policy);
+    for line in lines {
+        let (a, w) = LockLine::parse(line).alive(age, policy);
+        if a && !alive {
+            (alive, why) = (a, w);
         }
-    } else if ours {
-        if age > policy.own_stale {
-            (true, "not refreshed by its holder")
-        } else {
-            (false, "refreshed by its holder")
-        }
-    } else if age > policy.legacy_stale {
-        (true, "older than 0.50's max_connection_time")
-    } else {
-        (false, "within 0.50's max_connection_time")
-    };
+    }
     LockHolder {
-        host,
-        pid: u32::try_from(pid).unwrap_or(0),
+        pid: u32::try_from(first.pid).unwrap_or(0),
+        host: first.host,
         since: meta.modified().map(crate::unix_time).unwrap_or(0),
-        ours,
-        stale,
+        ours: first.ours,
+        stale: !alive,
         why,
     }
 }
@@ -527,6 +555,33 @@ mod tests {
         // Its process is gone: stale at once, whatever its age.
         age(&lock_path(&node), 0);
         assert!(holder(&node, &policy()).unwrap().stale);
+        assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_forked_holder_that_lives_keeps_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("1-id-a@b-c@d");
+        fs::write(&node, "x").unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        // File::NFSLock's newpid(): the parent's line, then the child's.
+        fs::write(
+            lock_path(&node),
+            format!(
+                "{h} {} 1 1\n{h} {} 1 2\n",
+                dead_pid(),
+                child.id(),
+                h = hostname()
+            ),
+        )
+        .unwrap();
+        assert!(!holder(&node, &policy()).unwrap().stale);
+        assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_none());
+        child.kill().unwrap();
+        child.wait().unwrap();
         assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_some());
     }
 

@@ -362,51 +362,75 @@ impl HeaderEnd {
     }
 }
 
-/// Measure a message through its descriptor; a small one is read once and kept, a big
-/// one is scanned in 64 KiB chunks (memory does not grow with its size) and streamed.
+/// Measure a message through its descriptor. A small one is read once, here (a pread
+/// of at most 256 KiB from the page cache; a hop to the blocking pool would cost more
+/// than the read, and a blocking thread and its malloc arena per delivery under load),
+/// and kept for sending; a big one is scanned in 64 KiB chunks on the blocking pool
+/// (memory does not grow with its size) and streamed later.
 async fn read_message(file: &std::fs::File, size: u64) -> std::io::Result<MessageInfo> {
+    if size <= SMALL_MESSAGE {
+        let data = read_all_at(file, size)?;
+        let mut m = Measure::default();
+        m.feed(&data);
+        return Ok(m.finish(Some(Arc::new(data))));
+    }
     let file = file.try_clone()?;
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
-        let mut wire = WireSize::default();
-        let mut head = HeaderEnd {
-            at_line_start: true,
-            ..Default::default()
-        };
-        let mut eight_bit = false;
-        let mut feed = |chunk: &[u8]| {
-            wire.feed(chunk);
-            head.feed(chunk);
-            eight_bit |= !chunk.is_ascii();
-        };
-        let small = if size <= SMALL_MESSAGE {
-            let data = read_all_at(&file, size)?;
-            feed(&data);
-            Some(Arc::new(data))
-        } else {
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut at = 0u64;
-            loop {
-                let n = file.read_at(&mut buf, at)?;
-                if n == 0 {
-                    break;
-                }
-                at += n as u64;
-                feed(&buf[..n]);
+        let mut m = Measure::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = 0u64;
+        loop {
+            let n = file.read_at(&mut buf, at)?;
+            if n == 0 {
+                break;
             }
-            None
-        };
-        wire.finish();
-        Ok(MessageInfo {
-            wire: wire.crlf,
-            sent_bytes: wire.crlf + wire.stuffed,
-            eight_bit,
-            utf8_headers: head.non_ascii,
-            small,
-        })
+            at += n as u64;
+            m.feed(&buf[..n]);
+        }
+        Ok(m.finish(None))
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// What [`read_message`] learns from the bytes as they pass.
+struct Measure {
+    wire: WireSize,
+    head: HeaderEnd,
+    eight_bit: bool,
+}
+
+impl Default for Measure {
+    fn default() -> Self {
+        Measure {
+            wire: WireSize::default(),
+            head: HeaderEnd {
+                at_line_start: true,
+                ..Default::default()
+            },
+            eight_bit: false,
+        }
+    }
+}
+
+impl Measure {
+    fn feed(&mut self, chunk: &[u8]) {
+        self.wire.feed(chunk);
+        self.head.feed(chunk);
+        self.eight_bit |= !chunk.is_ascii();
+    }
+
+    fn finish(mut self, small: Option<Arc<Vec<u8>>>) -> MessageInfo {
+        self.wire.finish();
+        MessageInfo {
+            wire: self.wire.crlf,
+            sent_bytes: self.wire.crlf + self.wire.stuffed,
+            eight_bit: self.eight_bit,
+            utf8_headers: self.head.non_ascii,
+            small,
+        }
+    }
 }
 
 /// The body to send: the kept bytes, or the node's descriptor from its start.
