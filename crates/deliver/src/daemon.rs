@@ -51,12 +51,16 @@ fn watch(dir: std::path::PathBuf, notify: Arc<Notify>) {
     let mut reader = inotify::Reader::new(&fd, &mut buf);
     loop {
         match reader.next() {
-            // Lock files and their temp files appear in tier 0 too, one per delivery:
-            // only a new node is news.
+            // Lock files and their temp files (ours, and File::NFSLock's when a 0.50
+            // dequeuer works here too) appear in tier 0, one per delivery: only a new
+            // node is news.
             Ok(event) => {
                 let is_node = event.file_name().is_some_and(|n| {
-                    let n = n.to_bytes();
-                    !n.starts_with(b".") && !n.ends_with(b".NFSLock")
+                    let name = n.to_string_lossy();
+                    !name.starts_with('.')
+                        && !name.ends_with(".NFSLock")
+                        && !name.contains(".NFSLock.")
+                        && !mailspool_spool::name::is_nfslock_temp(&name)
                 });
                 if is_node {
                     notify.notify_one();

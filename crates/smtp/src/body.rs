@@ -20,15 +20,36 @@ impl Default for DataEncoder {
     }
 }
 
+/// Where the encoder puts its output: bytes, or only their count.
+trait Output {
+    /// Bytes of the message itself (CRLF line ends included).
+    fn bytes(&mut self, b: &[u8]);
+    /// The dot that stuffing adds before a line that starts with one.
+    fn stuffing_dot(&mut self);
+}
+
+impl Output for Vec<u8> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+    fn stuffing_dot(&mut self) {
+        self.push(b'.');
+    }
+}
+
 impl DataEncoder {
     /// Encode `input`, appending to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 32 + 4);
+        self.encode(input, out);
+    }
+
+    fn encode(&mut self, input: &[u8], out: &mut impl Output) {
         for &b in input {
             self.empty = false;
             if self.cr {
                 self.cr = false;
-                out.extend_from_slice(b"\r\n");
+                out.bytes(b"\r\n");
                 self.line_start = true;
                 if b == b'\n' {
                     continue;
@@ -37,14 +58,14 @@ impl DataEncoder {
             match b {
                 b'\r' => self.cr = true,
                 b'\n' => {
-                    out.extend_from_slice(b"\r\n");
+                    out.bytes(b"\r\n");
                     self.line_start = true;
                 }
                 _ => {
                     if self.line_start && b == b'.' {
-                        out.push(b'.');
+                        out.stuffing_dot();
                     }
-                    out.push(b);
+                    out.bytes(&[b]);
                     self.line_start = false;
                 }
             }
@@ -53,15 +74,20 @@ impl DataEncoder {
 
     /// End the data: close an unterminated last line, then `.CRLF`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.close_last_line(out);
+        out.extend_from_slice(b".\r\n");
+    }
+
+    fn close_last_line(&mut self, out: &mut impl Output) {
         if self.cr {
             self.cr = false;
-            out.extend_from_slice(b"\r\n");
+            out.bytes(b"\r\n");
             self.line_start = true;
         }
         if !self.line_start && !self.empty {
-            out.extend_from_slice(b"\r\n");
+            out.bytes(b"\r\n");
+            self.line_start = true;
         }
-        out.extend_from_slice(b".\r\n");
     }
 }
 
@@ -71,55 +97,39 @@ impl DataEncoder {
 #[derive(Debug, Default)]
 pub struct WireSize {
     enc: DataEncoder,
+    count: Count,
     /// Bytes with CRLF line ends, the last line closed.
     pub crlf: u64,
     /// Dots added by stuffing.
     pub stuffed: u64,
 }
 
+#[derive(Debug, Default)]
+struct Count {
+    bytes: u64,
+    dots: u64,
+}
+
+impl Output for Count {
+    fn bytes(&mut self, b: &[u8]) {
+        self.bytes += b.len() as u64;
+    }
+    fn stuffing_dot(&mut self) {
+        self.dots += 1;
+    }
+}
+
 impl WireSize {
     /// Count `input`.
     pub fn feed(&mut self, input: &[u8]) {
-        let e = &mut self.enc;
-        for &b in input {
-            e.empty = false;
-            if e.cr {
-                e.cr = false;
-                self.crlf += 2;
-                e.line_start = true;
-                if b == b'\n' {
-                    continue;
-                }
-            }
-            match b {
-                b'\r' => e.cr = true,
-                b'\n' => {
-                    self.crlf += 2;
-                    e.line_start = true;
-                }
-                _ => {
-                    if e.line_start && b == b'.' {
-                        self.stuffed += 1;
-                    }
-                    self.crlf += 1;
-                    e.line_start = false;
-                }
-            }
-        }
+        self.enc.encode(input, &mut self.count);
+        (self.crlf, self.stuffed) = (self.count.bytes, self.count.dots);
     }
 
     /// Close an unterminated last line, as [`DataEncoder::finish`] does.
     pub fn finish(&mut self) {
-        let e = &mut self.enc;
-        if e.cr {
-            e.cr = false;
-            self.crlf += 2;
-            e.line_start = true;
-        }
-        if !e.line_start && !e.empty {
-            self.crlf += 2;
-            e.line_start = true;
-        }
+        self.enc.close_last_line(&mut self.count);
+        (self.crlf, self.stuffed) = (self.count.bytes, self.count.dots);
     }
 }
 

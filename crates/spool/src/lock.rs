@@ -497,6 +497,22 @@ mod tests {
             .unwrap()
     }
 
+    /// A node file in a fresh directory (keep the directory alive).
+    fn a_node() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("1-id-a@b-c@d");
+        fs::write(&node, "x").unwrap();
+        (dir, node)
+    }
+
+    /// A live process on this host, to hold locks in its name.
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap()
+    }
+
     /// A pid that is not running on this host: a child that has exited and been reaped.
     fn dead_pid() -> u32 {
         let mut c = std::process::Command::new("true").spawn().unwrap();
@@ -507,9 +523,7 @@ mod tests {
 
     #[test]
     fn one_holder_at_a_time_and_file_format() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = dir.path().join("1-id-a@b-c@d");
-        fs::write(&node, "x").unwrap();
+        let (dir, node) = a_node();
         let a = NodeLock::try_lock(&node, &policy())
             .unwrap()
             .expect("first lock");
@@ -533,13 +547,8 @@ mod tests {
 
     #[test]
     fn a_live_holder_on_this_host_is_never_broken_however_old() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = dir.path().join("1-id-a@b-c@d");
-        fs::write(&node, "x").unwrap();
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
+        let (_dir, node) = a_node();
+        let mut child = sleeper();
         // A 0.50 holder (no mark), a day old, but its process runs on this host.
         fs::write(
             lock_path(&node),
@@ -560,13 +569,8 @@ mod tests {
 
     #[test]
     fn a_forked_holder_that_lives_keeps_the_lock() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = dir.path().join("1-id-a@b-c@d");
-        fs::write(&node, "x").unwrap();
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
+        let (_dir, node) = a_node();
+        let mut child = sleeper();
         // File::NFSLock's newpid(): the parent's line, then the child's.
         fs::write(
             lock_path(&node),
@@ -587,9 +591,7 @@ mod tests {
 
     #[test]
     fn dead_pid_on_this_host_is_stale_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = dir.path().join("1-id-a@b-c@d");
-        fs::write(&node, "x").unwrap();
+        let (_dir, node) = a_node();
         fs::write(
             lock_path(&node),
             format!("{} {} 1 2 {OWN_MARK}\n", hostname(), dead_pid()),
@@ -600,9 +602,7 @@ mod tests {
 
     #[test]
     fn other_hosts_ours_by_refresh_age_050_by_its_own_rule() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = dir.path().join("1-id-a@b-c@d");
-        fs::write(&node, "x").unwrap();
+        let (_dir, node) = a_node();
         let lock = lock_path(&node);
 
         // A 0.50 lock from another host, 10 minutes old: 0.50 may still be sending
@@ -633,9 +633,7 @@ mod tests {
 
     #[test]
     fn held_locks_are_kept_fresh() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = dir.path().join("1-id-a@b-c@d");
-        fs::write(&node, "x").unwrap();
+        let (_dir, node) = a_node();
         let l = NodeLock::try_lock(&node, &policy()).unwrap().unwrap();
         age(&lock_path(&node), 3600);
         assert!(refresh_held_locks() >= 1);
@@ -647,9 +645,7 @@ mod tests {
 
     #[test]
     fn a_planted_fifo_or_symlink_is_nobodys_lock() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = dir.path().join("1-id-a@b-c@d");
-        fs::write(&node, "x").unwrap();
+        let (_dir, node) = a_node();
         rustix::fs::mknodat(
             rustix::fs::CWD,
             lock_path(&node),
