@@ -8,6 +8,7 @@ pub struct DataEncoder {
     line_start: bool,
     cr: bool,
     empty: bool,
+    stuffed: u64,
 }
 
 impl Default for DataEncoder {
@@ -16,6 +17,7 @@ impl Default for DataEncoder {
             line_start: true,
             cr: false,
             empty: true,
+            stuffed: 0,
         }
     }
 }
@@ -41,7 +43,37 @@ impl DataEncoder {
     /// Encode `input`, appending to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 32 + 4);
-        self.encode(input, out);
+        if self.cr || input.contains(&b'\r') {
+            self.encode(input, out);
+            return;
+        }
+        // Stored messages have LF line ends only: copy whole lines, not bytes.
+        let mut rest = input;
+        while let Some(&first) = rest.first() {
+            self.empty = false;
+            if self.line_start && first == b'.' {
+                out.push(b'.');
+                self.stuffed += 1;
+            }
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    out.extend_from_slice(&rest[..i]);
+                    out.extend_from_slice(b"\r\n");
+                    self.line_start = true;
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    out.extend_from_slice(rest);
+                    self.line_start = false;
+                    rest = &[];
+                }
+            }
+        }
+    }
+
+    /// Dots added by stuffing so far.
+    pub fn stuffed(&self) -> u64 {
+        self.stuffed
     }
 
     fn encode(&mut self, input: &[u8], out: &mut impl Output) {
@@ -64,6 +96,7 @@ impl DataEncoder {
                 _ => {
                     if self.line_start && b == b'.' {
                         out.stuffing_dot();
+                        self.stuffed += 1;
                     }
                     out.bytes(&[b]);
                     self.line_start = false;

@@ -297,8 +297,7 @@ impl Spool {
                 ),
             ));
         }
-        // Reads must block normally from here on.
-        let _ = rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty());
+        // O_NONBLOCK stays: it changes nothing for a regular file (Linux ignores it).
         Ok(NodeFile {
             dev: meta.dev(),
             ino: meta.ino(),

@@ -433,7 +433,9 @@ impl Engine {
                         recorded: false,
                     })
                     .collect(),
-                Ok(targets) => self.send_to_targets(&cfg, targets, &claim).await,
+                // Boxed: every delivery task is moved when spawned, so its future
+                // stays small and the sending state lives on the heap.
+                Ok(targets) => Box::pin(self.send_to_targets(&cfg, targets, &claim)).await,
             };
             results.extend(self.settle(&cfg, claim, verdicts, interactive));
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use mailspool_smtp::body::WireSize;
+use mailspool_smtp::body::{DataEncoder, WireSize};
 use mailspool_smtp::{ClientSettings, Envelope, Session, SmtpError, TlsPolicy};
 use mailspool_spool::side::Attempt;
 use mailspool_spool::{NodeEntry, NodeLock, escape, now};
@@ -30,7 +30,6 @@ impl Engine {
             Ok(v) => v,
             Err(e) => return temporary_all(nodes, format!("cannot read the node: {e}")),
         };
-        let small = info.small;
         let env = Envelope {
             from: first.name.from.clone(),
             to: nodes.iter().map(|(n, _)| n.name.to.clone()).collect(),
@@ -65,14 +64,8 @@ impl Engine {
                     }
                 };
                 let mut session = session;
-                let mut body = match open_body(file, small.as_ref()).await {
-                    Ok(f) => f,
-                    Err(e) => {
-                        self.put_back(pool_key, session);
-                        return temporary_all(nodes, format!("cannot read the node: {e}"));
-                    }
-                };
-                let mut result = session.send(&env, &mut body).await;
+                let encoded = info.encoded.as_deref().map(Vec::as_slice);
+                let mut result = transmit(&mut session, &env, encoded, file).await;
                 // A pooled connection the server closed while idle fails at its RSET,
                 // before any MAIL: open a fresh one and try again, once.
                 if let Err(e) = &result
@@ -82,19 +75,13 @@ impl Engine {
                     match self.connect(*addr, target, cfg).await {
                         Ok(fresh) => {
                             session = fresh;
-                            body = match open_body(file, small.as_ref()).await {
-                                Ok(f) => f,
-                                Err(e) => {
-                                    return temporary_all(
-                                        nodes,
-                                        format!("cannot read the node: {e}"),
-                                    );
-                                }
-                            };
-                            result = session.send(&env, &mut body).await;
+                            result = transmit(&mut session, &env, encoded, file).await;
                         }
                         Err(e) => result = Err(e),
                     }
+                }
+                if let Err(SmtpError::Source(e)) = &result {
+                    return temporary_all(nodes, format!("cannot read the node: {e}"));
                 }
                 let ms = started.elapsed().as_millis() as u64;
                 match result {
@@ -304,8 +291,6 @@ pub(super) fn host_key(t: &Target) -> String {
 /// Messages up to this size are read once into memory for the whole delivery.
 pub(super) const SMALL_MESSAGE: u64 = 256 * 1024;
 
-type Body = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
-
 /// What a delivery needs to know of a stored message before MAIL.
 pub(super) struct MessageInfo {
     /// Size on the wire, CRLF line ends (SIZE=).
@@ -316,22 +301,33 @@ pub(super) struct MessageInfo {
     eight_bit: bool,
     /// 8-bit bytes in the header block (SMTPUTF8 when offered).
     utf8_headers: bool,
-    /// The bytes, when small.
-    small: Option<Arc<Vec<u8>>>,
+    /// A small message's DATA, encoded once for every attempt.
+    encoded: Option<Arc<Vec<u8>>>,
 }
 
 /// Read all of a node through its open descriptor (pread: the offset is untouched).
 pub(super) fn read_all_at(file: &std::fs::File, size: u64) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
-    let mut data = vec![0u8; size as usize];
-    let mut got = 0;
-    while got < data.len() {
-        match file.read_at(&mut data[got..], got as u64)? {
+    let mut data = Vec::with_capacity(size as usize);
+    // Read straight into the spare capacity: no zeroing of a buffer about to be filled.
+    let mut got = 0usize;
+    loop {
+        let spare = data.spare_capacity_mut();
+        if spare.is_empty() {
+            break;
+        }
+        // SAFETY: u8 has no invalid bit patterns, and only the bytes pread reports
+        // written are counted as initialised below.
+        let buf = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+        match file.read_at(buf, got as u64)? {
             0 => break,
-            n => got += n,
+            n => {
+                got += n;
+                // SAFETY: pread wrote n more bytes after the `got` already there.
+                unsafe { data.set_len(got) };
+            }
         }
     }
-    data.truncate(got);
     Ok(data)
 }
 
@@ -365,19 +361,21 @@ impl HeaderEnd {
 /// Measure a message through its descriptor. A small one is read once, here (a pread
 /// of at most 256 KiB from the page cache; a hop to the blocking pool would cost more
 /// than the read, and a blocking thread and its malloc arena per delivery under load),
-/// and kept for sending; a big one is scanned in 64 KiB chunks on the blocking pool
-/// (memory does not grow with its size) and streamed later.
+/// and encoded once as DATA for every attempt; a big one is scanned in 64 KiB chunks
+/// on the blocking pool (memory does not grow with its size) and streamed later.
 async fn read_message(file: &std::fs::File, size: u64) -> std::io::Result<MessageInfo> {
     if size <= SMALL_MESSAGE {
-        let data = read_all_at(file, size)?;
-        let mut m = Measure::default();
-        m.feed(&data);
-        return Ok(m.finish(Some(Arc::new(data))));
+        return Ok(encode_small(&read_all_at(file, size)?));
     }
     let file = file.try_clone()?;
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
-        let mut m = Measure::default();
+        let mut wire = WireSize::default();
+        let mut head = HeaderEnd {
+            at_line_start: true,
+            ..Default::default()
+        };
+        let mut eight_bit = false;
         let mut buf = vec![0u8; 64 * 1024];
         let mut at = 0u64;
         loop {
@@ -386,71 +384,116 @@ async fn read_message(file: &std::fs::File, size: u64) -> std::io::Result<Messag
                 break;
             }
             at += n as u64;
-            m.feed(&buf[..n]);
+            wire.feed(&buf[..n]);
+            head.feed(&buf[..n]);
+            eight_bit |= !buf[..n].is_ascii();
         }
-        Ok(m.finish(None))
+        wire.finish();
+        Ok(MessageInfo {
+            wire: wire.crlf,
+            sent_bytes: wire.crlf + wire.stuffed,
+            eight_bit,
+            utf8_headers: head.non_ascii,
+            encoded: None,
+        })
     })
     .await
     .map_err(std::io::Error::other)?
 }
 
-/// What [`read_message`] learns from the bytes as they pass.
-struct Measure {
-    wire: WireSize,
-    head: HeaderEnd,
-    eight_bit: bool,
-}
-
-impl Default for Measure {
-    fn default() -> Self {
-        Measure {
-            wire: WireSize::default(),
-            head: HeaderEnd {
-                at_line_start: true,
-                ..Default::default()
-            },
-            eight_bit: false,
-        }
+/// Encode a whole message as DATA and measure it from the result.
+fn encode_small(data: &[u8]) -> MessageInfo {
+    let mut enc = DataEncoder::default();
+    let mut out = Vec::with_capacity(data.len() + data.len() / 32 + 8);
+    enc.feed(data, &mut out);
+    enc.finish(&mut out);
+    let sent_bytes = out.len() as u64 - 3; // without the final ".\r\n"
+    let mut head = HeaderEnd {
+        at_line_start: true,
+        ..Default::default()
+    };
+    head.feed(data);
+    MessageInfo {
+        wire: sent_bytes - enc.stuffed(),
+        sent_bytes,
+        eight_bit: !data.is_ascii(),
+        utf8_headers: head.non_ascii,
+        encoded: Some(Arc::new(out)),
     }
 }
 
-impl Measure {
-    fn feed(&mut self, chunk: &[u8]) {
-        self.wire.feed(chunk);
-        self.head.feed(chunk);
-        self.eight_bit |= !chunk.is_ascii();
-    }
-
-    fn finish(mut self, small: Option<Arc<Vec<u8>>>) -> MessageInfo {
-        self.wire.finish();
-        MessageInfo {
-            wire: self.wire.crlf,
-            sent_bytes: self.wire.crlf + self.wire.stuffed,
-            eight_bit: self.eight_bit,
-            utf8_headers: self.head.non_ascii,
-            small,
-        }
-    }
-}
-
-/// The body to send: the kept bytes, or the node's descriptor from its start.
-async fn open_body(file: &std::fs::File, small: Option<&Arc<Vec<u8>>>) -> std::io::Result<Body> {
-    Ok(match small {
-        Some(data) => Box::new(std::io::Cursor::new(ArcBytes(data.clone()))),
+/// Send one transaction: the encoded DATA of a small message, or a big one streamed
+/// from the node's descriptor from its start.
+async fn transmit(
+    session: &mut Session,
+    env: &Envelope,
+    encoded: Option<&[u8]>,
+    file: &std::fs::File,
+) -> Result<mailspool_smtp::TxOutcome, SmtpError> {
+    match encoded {
+        Some(data) => session.send_encoded(env, data).await,
         None => {
             use tokio::io::AsyncSeekExt;
-            let mut f = tokio::fs::File::from_std(file.try_clone()?);
-            f.seek(std::io::SeekFrom::Start(0)).await?;
-            Box::new(f)
+            let mut f = tokio::fs::File::from_std(file.try_clone().map_err(SmtpError::Source)?);
+            f.seek(std::io::SeekFrom::Start(0))
+                .await
+                .map_err(SmtpError::Source)?;
+            session.send(env, &mut f).await
         }
-    })
+    }
 }
 
-/// Shared message bytes as a cursor source.
-struct ArcBytes(Arc<Vec<u8>>);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl AsRef<[u8]> for ArcBytes {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
+    /// Encoding small messages up front measures them as the streaming count does.
+    #[test]
+    fn small_and_streamed_measures_agree() {
+        for text in [
+            &b""[..],
+            b"\n",
+            b".",
+            b"Subject: x\n\nbody\n",
+            b"Subject: caf\xc3\xa9\n\n.dot\n..two\nend",
+            b"A: b\nC: d\n\n\xff\n",
+            b"\n\nbody only\n",
+            b"no header end\n.still",
+            b"bare\rcr and crlf\r\n.x\r\n",
+        ] {
+            let small = encode_small(text);
+            let mut wire = WireSize::default();
+            for chunk in text.chunks(3) {
+                wire.feed(chunk);
+            }
+            wire.finish();
+            assert_eq!(
+                (small.wire, small.sent_bytes),
+                (wire.crlf, wire.crlf + wire.stuffed),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+            let data = small.encoded.unwrap();
+            assert!(data.ends_with(b".\r\n"));
+            // What the receiver gets back is the message, line ends made LF.
+            let mut want = Vec::new();
+            let mut i = 0;
+            while i < text.len() {
+                match (text[i], text.get(i + 1)) {
+                    (b'\r', Some(b'\n')) => {
+                        want.push(b'\n');
+                        i += 2;
+                        continue;
+                    }
+                    (b'\r', _) => want.push(b'\n'),
+                    (b, _) => want.push(b),
+                }
+                i += 1;
+            }
+            if !want.is_empty() && !want.ends_with(b"\n") {
+                want.push(b'\n');
+            }
+            assert_eq!(mailspool_smtp::body::unstuff(&data), want, "{text:?}");
+        }
     }
 }

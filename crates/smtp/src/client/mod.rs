@@ -28,6 +28,13 @@ pub use types::{
     ClientSettings, Credentials, Envelope, Phase, SmtpError, Timeouts, TlsPolicy, TxOutcome,
 };
 
+/// The body of a transaction: a stored message to encode on the way, or DATA encoded
+/// already.
+enum Data<'a, R> {
+    Stored(&'a mut R),
+    Encoded(&'a [u8]),
+}
+
 /// An open session with one server.
 pub struct Session {
     stream: Stream,
@@ -265,6 +272,27 @@ impl Session {
         env: &Envelope,
         body: &mut R,
     ) -> Result<TxOutcome, SmtpError> {
+        self.transact(env, Data::Stored(body)).await
+    }
+
+    /// [`Session::send`] with the DATA already encoded ([`crate::body::DataEncoder`]:
+    /// CRLF, dot-stuffed, ending with `.CRLF`): a message sent to several hosts or
+    /// retried is encoded once.
+    pub async fn send_encoded(
+        &mut self,
+        env: &Envelope,
+        data: &[u8],
+    ) -> Result<TxOutcome, SmtpError> {
+        debug_assert!(data.ends_with(b".\r\n"));
+        self.transact(env, Data::<tokio::io::Empty>::Encoded(data))
+            .await
+    }
+
+    async fn transact<R: AsyncRead + Unpin>(
+        &mut self,
+        env: &Envelope,
+        body: Data<'_, R>,
+    ) -> Result<TxOutcome, SmtpError> {
         // Each transaction gets the whole budget: the cap bounds how long one delivery
         // holds its node locks, whatever the connection did before.
         self.deadline = Instant::now() + self.settings.timeouts.max_session;
@@ -386,7 +414,13 @@ impl Session {
                 });
             }
         }
-        self.send_body(body).await?;
+        match body {
+            Data::Stored(r) => self.send_body(r).await?,
+            Data::Encoded(d) => {
+                self.write(d, Phase::Body, self.settings.timeouts.data_block)
+                    .await?
+            }
+        }
         let end = self.read_reply(Phase::DataEnd, t.data_end).await?;
         self.transactions += 1;
         Ok(TxOutcome {
