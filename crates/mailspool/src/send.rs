@@ -6,8 +6,9 @@
 //! `Received:` line naming the local submitter. Every message gets a fresh unique id:
 //! nothing the sender wrote chooses it (0.50 took it from a `Received: ... id (x)`
 //! header, which let anyone pick the id of someone else's queued message), and an id
-//! the caller chooses is refused when a queued node already carries it. The message streams from its
-//! source into the spool's stage in fixed memory; only the header block is held.
+//! the caller chooses is refused when a queued node already carries it. The message
+//! streams from its source into the spool's stage in fixed memory; only the header
+//! block is held.
 //! `Ok` means the nodes are on disk (see `mailspool_spool`'s commit).
 
 use std::fs::File;
