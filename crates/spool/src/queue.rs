@@ -262,8 +262,9 @@ impl Spool {
 
     /// Open a node to read it. Everything in a spool is untrusted: the name is opened
     /// without following a symlink and without blocking on a FIFO, and only a regular
-    /// file owned by the spool's owner (or by us) is a node; anything else is
-    /// [`SpoolError::Untrusted`] (see [`Spool::quarantine`]).
+    /// file is a node, owned by the spool's owner or by us, or standing in a tier only
+    /// its owner can write to; anything else is [`SpoolError::Untrusted`] (see
+    /// [`Spool::quarantine`]).
     pub fn open_node(&self, entry: &NodeEntry) -> Result<NodeFile> {
         let file = match fs::OpenOptions::new()
             .read(true)
@@ -287,11 +288,14 @@ impl Spool {
         if !meta.file_type().is_file() {
             return Err(self.untrusted(entry, "not a regular file"));
         }
-        if meta.uid() != self.owner && meta.uid() != rustix::process::geteuid().as_raw() {
+        if meta.uid() != self.owner
+            && meta.uid() != rustix::process::geteuid().as_raw()
+            && !Self::only_owner_writes(&entry.path)
+        {
             return Err(self.untrusted(
                 entry,
                 &format!(
-                    "owned by uid {}, not the spool's owner (uid {})",
+                    "owned by uid {}, not the spool's owner (uid {}), in a directory others can write",
                     meta.uid(),
                     self.owner
                 ),
@@ -305,6 +309,15 @@ impl Spool {
             nlink: meta.nlink(),
             file,
         })
+    }
+
+    /// Whether only the directory's owner (and root) can put names in the directory
+    /// holding `path`: then whoever owns a file there, its owner or root placed it (a 0.50
+    /// dequeuer running as another user, say), and it is as trustworthy as the spool.
+    fn only_owner_writes(path: &Path) -> bool {
+        path.parent()
+            .and_then(|d| fs::metadata(d).ok())
+            .is_some_and(|m| m.mode() & 0o022 == 0)
     }
 
     fn untrusted(&self, entry: &NodeEntry, reason: &str) -> SpoolError {

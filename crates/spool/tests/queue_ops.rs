@@ -141,3 +141,28 @@ fn side_data_of_a_node_another_dequeuer_delivered_is_pruned() {
         report.findings
     );
 }
+
+#[test]
+fn another_users_node_is_read_only_where_nobody_else_can_write() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a file to another user (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::create(dir.path(), SpoolConfig::default()).unwrap();
+    let id = queue_one(&spool, "a@y.org");
+    let node = spool.find(&id).unwrap().remove(0);
+    // Written by a 0.50 dequeuer running as another user: fine in a tier only its
+    // owner can write to.
+    std::os::unix::fs::chown(&node.path, Some(54321), Some(54321)).unwrap();
+    assert!(spool.open_node(&node).is_ok());
+    // The same file in a tier others can write to may have been planted: refused.
+    std::fs::set_permissions(
+        dir.path().join("0"),
+        std::fs::Permissions::from_mode(0o1777),
+    )
+    .unwrap();
+    let e = spool.open_node(&node).unwrap_err();
+    assert!(e.to_string().contains("owned by uid 54321"), "{e}");
+}
