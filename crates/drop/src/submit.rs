@@ -1,0 +1,287 @@
+//! Writing one drop file, durably: checked up front (so the caller hears about a bad
+//! address or a missing recipient at once, with sendmail's exit code), written under a
+//! hidden name with O_CREAT|O_EXCL|O_NOFOLLOW, fsynced, renamed to its final name, and
+//! the directory fsynced. Exit 0 after this means the message survives a crash and waits
+//! for the pickup, whether the daemon runs or not.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use mailspool_message::{BodyCopier, IntakeError, address, header::dedup, read_head};
+
+use crate::format::Envelope;
+
+/// What a submission asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    /// The envelope (uid and login are the caller's; the rest from the arguments).
+    pub envelope: Envelope,
+    /// A line holding only `.` ends the message (sendmail without `-i`).
+    pub dot_ends: bool,
+    /// Largest message accepted, bytes.
+    pub max_message_size: u64,
+    /// Largest header block, bytes.
+    pub max_header_size: usize,
+}
+
+/// Why a message was not dropped; nothing of it is left behind.
+#[derive(Debug, thiserror::Error)]
+pub enum DropError {
+    /// No recipient in the arguments or the headers.
+    #[error("no recipients: give addresses as arguments or in To/Cc/Bcc headers (with -t)")]
+    NoRecipients,
+    /// The message or an address is refused.
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+    /// The drop directory cannot be written.
+    #[error("cannot write to {}: {source}", path.display())]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+impl From<address::AddressError> for DropError {
+    fn from(e: address::AddressError) -> Self {
+        DropError::Intake(IntakeError::Address(e))
+    }
+}
+
+/// sysexits.h codes.
+pub mod exit {
+    /// Command line usage error.
+    pub const USAGE: u8 = 64;
+    /// Data format error.
+    pub const DATAERR: u8 = 65;
+    /// Cannot create (permission denied).
+    pub const CANTCREAT: u8 = 73;
+    /// Input/output error.
+    pub const IOERR: u8 = 74;
+    /// Temporary failure (disk full).
+    pub const TEMPFAIL: u8 = 75;
+    /// Configuration error.
+    pub const CONFIG: u8 = 78;
+    /// Internal error.
+    pub const SOFTWARE: u8 = 70;
+}
+
+impl DropError {
+    /// The sysexits.h code.
+    pub fn exit_code(&self) -> u8 {
+        let io_code = |e: &io::Error| {
+            let full = e.raw_os_error().is_some_and(|n| {
+                n == rustix::io::Errno::NOSPC.raw_os_error()
+                    || n == rustix::io::Errno::DQUOT.raw_os_error()
+            });
+            if full {
+                exit::TEMPFAIL
+            } else if e.kind() == io::ErrorKind::PermissionDenied
+                || e.kind() == io::ErrorKind::NotFound
+            {
+                exit::CANTCREAT
+            } else {
+                exit::IOERR
+            }
+        };
+        match self {
+            DropError::NoRecipients => exit::USAGE,
+            DropError::Intake(IntakeError::Read(_)) => exit::IOERR,
+            DropError::Intake(IntakeError::Write(e)) => io_code(e),
+            DropError::Intake(_) => exit::DATAERR,
+            DropError::Io { source, .. } => io_code(source),
+        }
+    }
+}
+
+/// A name nobody else will pick: time, pid, and 64 random bits.
+fn unique_name() -> String {
+    let mut r = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut r, rustix::rand::GetRandomFlags::empty());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}.{:09}.{}.{:016x}",
+        now.as_secs(),
+        now.subsec_nanos(),
+        std::process::id(),
+        u64::from_ne_bytes(r)
+    )
+}
+
+/// Check the submission, then write it into `dir`. Returns the drop file's path.
+pub fn drop_message(
+    dir: &Path,
+    sub: &Submission,
+    input: &mut impl BufRead,
+) -> Result<PathBuf, DropError> {
+    let env = &sub.envelope;
+    // Everything the caller can get wrong is refused before a byte is written.
+    let mut rcpts = Vec::with_capacity(env.rcpts.len());
+    for r in &env.rcpts {
+        rcpts.push(address::parse_recipient(r)?);
+    }
+    let from = match &env.from {
+        Some(f) => Some(address::parse_sender(f)?),
+        None => None,
+    };
+    let head = read_head(input, sub.max_header_size, sub.dot_ends)?;
+    if rcpts.is_empty() || env.extract {
+        rcpts.extend(head.headers.recipients()?);
+    }
+    head.headers.from_address()?;
+    if dedup(rcpts.clone()).is_empty() {
+        return Err(DropError::NoRecipients);
+    }
+    let envelope = Envelope {
+        rcpts: env.rcpts.iter().map(|r| r.trim().to_owned()).collect(),
+        from,
+        full_name: env
+            .full_name
+            .as_ref()
+            .map(|n| n.chars().filter(|c| !c.is_control()).collect()),
+        ..env.clone()
+    };
+
+    let name = unique_name();
+    let hidden = dir.join(format!(".{name}"));
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| DropError::Io { path, source }
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&hidden)
+        .map_err(io(&hidden))?;
+    let result = write_all(file, &envelope, &head, input, sub).and_then(|()| {
+        let fin = dir.join(&name);
+        std::fs::rename(&hidden, &fin).map_err(io(&fin))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        Ok(fin)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&hidden);
+    }
+    result
+}
+
+fn write_all(
+    file: File,
+    envelope: &Envelope,
+    head: &mailspool_message::Head,
+    input: &mut impl BufRead,
+    sub: &Submission,
+) -> Result<(), DropError> {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, file);
+    let w = |e| DropError::Intake(IntakeError::Write(e));
+    envelope.write_to(&mut out).map_err(w)?;
+    head.headers.write_to(&mut out).map_err(w)?;
+    let header_len = head.headers.len() as u64 + 1;
+    if header_len > sub.max_message_size {
+        return Err(IntakeError::TooLarge {
+            limit: sub.max_message_size,
+        }
+        .into());
+    }
+    out.write_all(b"\n").map_err(w)?;
+    if !head.ended {
+        BodyCopier::new(sub.dot_ends)
+            .copy(
+                &head.body_start,
+                input,
+                &mut out,
+                sub.max_message_size - header_len,
+            )
+            .map_err(|e| match e {
+                IntakeError::TooLarge { .. } => IntakeError::TooLarge {
+                    limit: sub.max_message_size,
+                },
+                e => e,
+            })?;
+    }
+    let file = out.into_inner().map_err(|e| w(e.into_error()))?;
+    file.sync_all().map_err(w)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(rcpts: &[&str], extract: bool) -> Submission {
+        Submission {
+            envelope: Envelope {
+                uid: 1001,
+                login: "alice".into(),
+                rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+                extract,
+                ..Default::default()
+            },
+            dot_ends: true,
+            max_message_size: 10_000,
+            max_header_size: 4096,
+        }
+    }
+
+    #[test]
+    fn drops_a_whole_file_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = b"To: Bob <bob@example.org>\r\nSubject: hi\r\n\r\nline\r\n.\r\nnot read\r\n";
+        let path = drop_message(dir.path(), &sub(&[], true), &mut &msg[..]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "mailspool-drop 1\nuid 1001\nlogin alice\nextract\n\nTo: Bob <bob@example.org>\nSubject: hi\n\nline\n"
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 1, "no hidden leftovers: {names:?}");
+        assert!(!names[0].starts_with('.'));
+
+        for (s, input, code) in [
+            (sub(&[], false), &b"Subject: nobody\n\nx\n"[..], exit::USAGE),
+            (
+                sub(&["a b@example.org"], false),
+                b"Subject: x\n\nx\n",
+                exit::DATAERR,
+            ),
+            (sub(&["ok@example.org"], false), b"Subject: x\n\nx\n", 0),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let r = drop_message(dir.path(), &s, &mut &input[..]);
+            match r {
+                Ok(_) => assert_eq!(code, 0),
+                Err(e) => assert_eq!(e.exit_code(), code, "{e}"),
+            }
+            if code != 0 {
+                assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let big = format!("Subject: x\n\n{}\n", "y".repeat(20_000));
+        let e = drop_message(
+            dir.path(),
+            &sub(&["a@example.org"], false),
+            &mut big.as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), exit::DATAERR);
+        assert!(e.to_string().contains("10000"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing half-written"
+        );
+    }
+}
