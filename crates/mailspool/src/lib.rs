@@ -17,13 +17,14 @@
 
 pub mod config;
 mod delivery;
+pub mod pickup;
 pub mod send;
 pub mod sysexits;
 
 pub use config::{Config, ConfigError};
 pub use mailspool_deliver::{NodeResult, Outcome, Report};
 pub use mailspool_spool::{Spool, SpoolConfig, SpoolError, escape};
-pub use send::{Delivery, MessageSource, SendError, SendMail, Sent};
+pub use send::{Delivery, MessageSource, SendError, SendMail, Sent, Submitter};
 
 /// A spool opened for intake, with its configuration.
 #[derive(Debug)]

@@ -78,6 +78,18 @@ pub struct SendMail<'a> {
     pub dot_ends: bool,
     /// The message: headers and body.
     pub message: MessageSource<'a>,
+    /// Who submitted it, when not the user running us (the pickup of a dropped
+    /// message): named in the Received line, and the default sender's login.
+    pub submitter: Option<Submitter>,
+}
+
+/// The local user a message comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitter {
+    /// Real uid.
+    pub uid: u32,
+    /// Login name.
+    pub login: String,
 }
 
 impl<'a> SendMail<'a> {
@@ -92,6 +104,7 @@ impl<'a> SendMail<'a> {
             delivery: Delivery::Deferred,
             dot_ends: false,
             message,
+            submitter: None,
         }
     }
 
@@ -239,11 +252,15 @@ impl Mailspool {
         }
 
         let header_from = headers.from_address()?;
+        let submitter = mail.submitter.clone().unwrap_or_else(|| Submitter {
+            uid: rustix::process::getuid().as_raw(),
+            login: login_name(),
+        });
         let from = match &mail.from {
             Some(f) => address::parse_sender(f)?,
             None => match &header_from {
                 Some(f) => f.clone(),
-                None => self.default_sender(),
+                None => format!("{}@{}", submitter.login, self.config.hostname),
             },
         };
         let id = match &mail.id {
@@ -264,7 +281,7 @@ impl Mailspool {
             &format!(
                 "by {} (mailspool, from userid {}) id {id}; {}",
                 config.hostname,
-                rustix::process::getuid().as_raw(),
+                submitter.uid,
                 rfc5322_date(now)
             ),
         );

@@ -13,7 +13,11 @@ pub fn run(
     spool: Option<PathBuf>,
     _verbose: u8,
 ) -> CliResult {
-    let ms = Mailspool::open(config.clone())?;
+    let ms = std::sync::Arc::new(Mailspool::open(config.clone())?);
+    // Users' dropped messages (mailspool-drop) become queued mail: new nodes in tier 0,
+    // which wake the delivery loop below.
+    mailspool::pickup::spawn(ms.clone(), config.dequeue_timeout)
+        .map_err(|e| Failure::new(sysexits::OSERR, format!("cannot start the pickup: {e}")))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -7,52 +7,22 @@
 //! documents as ignored are accepted and ignored; unknown ones fail with EX_USAGE.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 
 use mailspool::sysexits;
+use mailspool_drop::args::{Mode, SendmailArgs};
 
 use super::args::{ListArgs, SendArgs};
 use super::send::{SendRequest, queue_message};
 use super::{CliResult, Failure, config, init_logging, queue};
 
-/// Options that take a value (attached, or as the next argument).
-const WITH_VALUE: &str = "ABCFLNORVXbefhopqr";
-/// Flags without a value.
-const FLAGS: &str = "GIUcimntvx";
-
-#[derive(Debug, Default, PartialEq)]
-enum Mode {
-    #[default]
-    Deliver,
-    ListQueue,
-    Smtp,
-    RunQueue,
-    Aliases,
-}
-
-#[derive(Debug, Default)]
-struct Parsed {
-    mode: Mode,
-    extract: bool,
-    ignore_dots: bool,
-    from: Option<String>,
-    full_name: Option<String>,
-    config: Option<PathBuf>,
-    verbose: u8,
-    recipients: Vec<String>,
-}
-
 fn usage(msg: impl Into<String>) -> Failure {
     Failure::new(
         sysexits::USAGE,
-        format!(
-            "{}\nusage: sendmail [-t] [-i|-oi] [-f sender] [-F name] [-bm|-bp] [--] [recipient ...]",
-            msg.into()
-        ),
+        format!("{}\n{}", msg.into(), mailspool_drop::args::USAGE),
     )
 }
 
-fn parse(args: &[OsString]) -> Result<Parsed, Failure> {
+fn parse(args: &[OsString]) -> Result<SendmailArgs, Failure> {
     let args: Vec<String> = args
         .iter()
         .map(|a| {
@@ -61,81 +31,7 @@ fn parse(args: &[OsString]) -> Result<Parsed, Failure> {
                 .map_err(|a| usage(format!("argument {a:?} is not valid UTF-8")))
         })
         .collect::<Result<_, _>>()?;
-    let mut p = Parsed::default();
-    let mut i = 0;
-    while i < args.len() {
-        let arg = &args[i];
-        i += 1;
-        if arg == "--" {
-            break;
-        }
-        if !arg.starts_with('-') || arg == "-" {
-            i -= 1;
-            break;
-        }
-        if arg == "-q" {
-            p.mode = Mode::RunQueue;
-            continue;
-        }
-        let flags: Vec<char> = arg[1..].chars().collect();
-        let mut j = 0;
-        while j < flags.len() {
-            let opt = flags[j];
-            j += 1;
-            if WITH_VALUE.contains(opt) {
-                let value = if j < flags.len() {
-                    flags[j..].iter().collect::<String>()
-                } else if i < args.len() {
-                    i += 1;
-                    args[i - 1].clone()
-                } else {
-                    return Err(usage(format!("option -{opt} needs a value")));
-                };
-                j = flags.len();
-                apply_value(&mut p, opt, value)?;
-            } else if FLAGS.contains(opt) {
-                apply_flag(&mut p, opt);
-            } else {
-                return Err(usage(format!("unknown option -{opt}")));
-            }
-        }
-    }
-    p.recipients = args[i..].to_vec();
-    Ok(p)
-}
-
-fn apply_value(p: &mut Parsed, opt: char, value: String) -> Result<(), Failure> {
-    match opt {
-        'f' | 'r' => p.from = Some(value),
-        'F' => p.full_name = Some(value),
-        'C' => p.config = Some(PathBuf::from(value)),
-        'o' if value == "i" => p.ignore_dots = true,
-        'b' => {
-            p.mode = match value.as_str() {
-                "m" => Mode::Deliver,
-                "p" => Mode::ListQueue,
-                "s" => Mode::Smtp,
-                "i" => Mode::Aliases,
-                other => return Err(usage(format!("-b{other} is not supported"))),
-            }
-        }
-        'q' => p.mode = Mode::RunQueue,
-        // -B body type, -L label, -N dsn, -O option, -R return, -V envid, -X log,
-        // -e error mode, -h hop count, -p protocol, -o<x> options, -A: accepted, ignored.
-        _ => tracing::debug!("ignoring sendmail option -{opt}{value}"),
-    }
-    Ok(())
-}
-
-fn apply_flag(p: &mut Parsed, opt: char) {
-    match opt {
-        't' => p.extract = true,
-        'i' => p.ignore_dots = true,
-        'v' => p.verbose += 1,
-        'I' => p.mode = Mode::Aliases,
-        // -G gateway, -U initial submission, -c, -m, -n, -x: accepted, ignored.
-        _ => {}
-    }
+    mailspool_drop::args::parse(&args).map_err(usage)
 }
 
 pub fn run(prog: &str, args: &[OsString]) -> CliResult {
@@ -187,57 +83,6 @@ pub fn run(prog: &str, args: &[OsString]) -> CliResult {
                 );
             }
             Ok(())
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(args: &[&str]) -> Result<Parsed, Failure> {
-        parse(&args.iter().map(OsString::from).collect::<Vec<_>>())
-    }
-
-    #[test]
-    fn getopt_style() {
-        let x = p(&["-t", "-oi", "-f", "me@x.org", "-Fme too", "a@b.c", "-v"])
-            .unwrap_or_else(|f| panic!("{}", f.message));
-        assert!(x.extract && x.ignore_dots);
-        assert_eq!(x.from.as_deref(), Some("me@x.org"));
-        assert_eq!(x.full_name.as_deref(), Some("me too"));
-        // Parsing stops at the first non-option: "-v" is a recipient (refused later).
-        assert_eq!(x.recipients, ["a@b.c", "-v"]);
-
-        let x = p(&[
-            "-ti",
-            "-fme@x.org",
-            "-oem",
-            "-odb",
-            "-B8BITMIME",
-            "-Lcron",
-            "--",
-            "-x@y.z",
-        ])
-        .ok()
-        .unwrap();
-        assert!(x.extract && x.ignore_dots);
-        assert_eq!(x.from.as_deref(), Some("me@x.org"));
-        assert_eq!(x.recipients, ["-x@y.z"]);
-
-        let x = p(&["-f", ""]).ok().unwrap();
-        assert_eq!(x.from.as_deref(), Some(""));
-        assert_eq!(p(&["-bp"]).ok().unwrap().mode, Mode::ListQueue);
-        assert_eq!(p(&["-q"]).ok().unwrap().mode, Mode::RunQueue);
-        assert_eq!(p(&["-q15m"]).ok().unwrap().mode, Mode::RunQueue);
-        assert_eq!(p(&["-bs"]).ok().unwrap().mode, Mode::Smtp);
-    }
-
-    #[test]
-    fn unknown_options_are_usage_errors() {
-        for bad in [&["-k"][..], &["-bz"], &["-f"], &["-tZ"]] {
-            let e = p(bad).err().unwrap();
-            assert_eq!(e.code, sysexits::USAGE, "{bad:?}");
         }
     }
 }

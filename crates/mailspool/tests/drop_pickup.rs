@@ -1,0 +1,163 @@
+//! The drop and the pickup, as one user can test them (the package test in .ci/run
+//! does it with two users and the setgid bit): `mailspool-drop` writes a checked file
+//! into `maildrop/` and exits with sendmail's codes; the pickup queues it with the
+//! submitter's uid in a Received line, and refuses every planted file.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mailspool::{Config, Mailspool};
+use support::Env;
+
+/// The drop program, built next to `mailspool` by `cargo nextest run --workspace`.
+fn drop_bin() -> PathBuf {
+    let p =
+        PathBuf::from(assert_cmd::cargo::cargo_bin!("mailspool")).with_file_name("mailspool-drop");
+    assert!(p.exists(), "{} missing: build the workspace", p.display());
+    p
+}
+
+fn open(env: &Env) -> Mailspool {
+    let config = Config {
+        spool_dir: env.spool(),
+        hostname: "host.test".into(),
+        ..Config::default()
+    };
+    let ms = Mailspool::open(config).unwrap();
+    fs::create_dir_all(ms.maildrop()).unwrap();
+    ms
+}
+
+fn drop_cmd(env: &Env) -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::new(drop_bin());
+    c.env("MAILSPOOL_SPOOL", env.spool())
+        .env("MAILSPOOL_CONFIG", env.config_path());
+    c
+}
+
+#[test]
+fn a_dropped_message_is_queued_with_its_submitter_and_the_drop_is_gone() {
+    let env = Env::new();
+    let ms = open(&env);
+    drop_cmd(&env)
+        .args(["-t", "-i"])
+        .write_stdin(
+            "To: Bob <bob@example.org>\nBcc: carol@example.org\nSubject: cron\n\n.\nreport\n",
+        )
+        .assert()
+        .success()
+        .stdout("");
+    let dropped: Vec<_> = fs::read_dir(ms.maildrop()).unwrap().collect();
+    assert_eq!(dropped.len(), 1, "one file, fsynced, before exit 0");
+    let report = ms.pickup().unwrap();
+    assert_eq!((report.picked, report.corrupt, report.left), (1, 0, 0));
+    assert_eq!(fs::read_dir(ms.maildrop()).unwrap().count(), 0);
+    let nodes = env.nodes(0);
+    let to: Vec<&str> = nodes.iter().map(|(n, _)| n.to.as_str()).collect();
+    assert_eq!(to, ["bob@example.org", "carol@example.org"]);
+    let uid = rustix::process::getuid().as_raw();
+    let login = mailspool_drop::login_of(uid).unwrap_or_else(|| format!("uid{uid}"));
+    let (node, body) = &nodes[0];
+    assert_eq!(
+        node.from,
+        format!("{login}@host.test"),
+        "0.50's default sender"
+    );
+    assert!(
+        body.starts_with(&format!(
+            "Received: by host.test (mailspool, from userid {uid}) id {}",
+            node.id
+        )),
+        "{body}"
+    );
+    assert!(
+        !body.contains("Bcc:") && body.ends_with("\n\n.\nreport\n"),
+        "{body}"
+    );
+}
+
+#[test]
+fn the_drop_refuses_what_sendmail_refuses_and_leaves_nothing() {
+    let env = Env::new();
+    let ms = open(&env);
+    for (args, input, code) in [
+        (&[][..], "Subject: nobody\n\nx\n", 64),
+        (&["a b@example.org"][..], "Subject: x\n\nx\n", 65),
+        (&["-k"][..], "", 64),
+        (
+            &["-f", "-oQ/tmp@x.org", "a@example.org"][..],
+            "Subject: x\n\nx\n",
+            65,
+        ),
+    ] {
+        drop_cmd(&env)
+            .args(args)
+            .write_stdin(input)
+            .assert()
+            .code(code);
+    }
+    assert_eq!(fs::read_dir(ms.maildrop()).unwrap().count(), 0);
+    // No maildrop/: a clear 73 that says what to check.
+    fs::remove_dir(ms.maildrop()).unwrap();
+    drop_cmd(&env)
+        .arg("a@example.org")
+        .write_stdin("Subject: x\n\nx\n")
+        .assert()
+        .code(73)
+        .stderr(predicates::str::contains("mailspool doctor"));
+}
+
+#[test]
+fn planted_files_in_the_drop_never_become_mail() {
+    let env = Env::new();
+    let ms = open(&env);
+    let dir = ms.maildrop();
+    let secret = env.dir.path().join("shadow");
+    fs::write(
+        &secret,
+        "mailspool-drop 1\nuid 0\nlogin root\nrcpt evil@example.net\n\nroot:secret\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&secret, dir.join("1.link")).unwrap();
+    fs::hard_link(&secret, dir.join("2.hardlink")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &dir.join("3.fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    fs::write(dir.join("4.garbage"), "Subject: no envelope\n\nhi\n").unwrap();
+    let other_uid = rustix::process::getuid().as_raw() + 4242;
+    fs::write(
+        dir.join("5.forged-uid"),
+        format!("mailspool-drop 1\nuid {other_uid}\nlogin victim\nrcpt x@example.org\n\nSubject: x\n\nhi\n"),
+    )
+    .unwrap();
+    fs::write(dir.join(".young-hidden"), "being written").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ms = std::sync::Arc::new(ms);
+    let m = ms.clone();
+    std::thread::spawn(move || tx.send(m.pickup()).unwrap());
+    let report = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a FIFO in the drop must not hang the pickup")
+        .unwrap();
+    assert_eq!((report.picked, report.corrupt), (0, 5), "{report:?}");
+    assert!(env.nodes(0).is_empty(), "nothing queued");
+    let corrupt: Vec<String> = fs::read_dir(env.spool().join("corrupt"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(corrupt.len(), 5, "{corrupt:?}");
+    assert!(secret.exists() && fs::metadata(&secret).unwrap().nlink() >= 1);
+    assert!(
+        dir.join(".young-hidden").exists(),
+        "a drop being written is left alone"
+    );
+}
