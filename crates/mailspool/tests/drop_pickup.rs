@@ -126,7 +126,7 @@ fn planted_files_in_the_drop_never_become_mail() {
     fs::hard_link(&secret, dir.join("2.hardlink")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &dir.join("3.fifo"),
+        dir.join("3.fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,
