@@ -3,6 +3,7 @@
 
 mod args;
 mod daemon;
+mod privilege;
 mod queue;
 mod send;
 mod sendmail;
@@ -65,7 +66,10 @@ pub fn main() -> ExitCode {
         "mailq" => {
             quiet_on_closed_pipe();
             init_logging(0);
-            config(None, None).and_then(|c| queue::list(&c, &args::ListArgs::default()))
+            config(None, None).and_then(|c| {
+                privilege::access(&c)?;
+                queue::list(&c, &args::ListArgs::default())
+            })
         }
         "newaliases" => {
             println!("newaliases: mailspool does not use aliases; nothing to do");
@@ -115,6 +119,12 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
         quiet_on_closed_pipe();
     }
     let config = config(cli.config.as_deref(), cli.spool.as_deref())?;
+    // Root works on a spool as its owner (the listener only once it has bound its
+    // ports; `send` decides for itself: it may hand the message to the drop).
+    let serve = matches!(cli.command, args::Command::Serve);
+    if rustix::process::geteuid().is_root() && !serve {
+        privilege::access(&config)?;
+    }
     match cli.command {
         args::Command::Send(a) => send::run(&config, a),
         args::Command::Queue { command } => queue::run(&config, command),

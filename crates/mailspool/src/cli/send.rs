@@ -5,6 +5,7 @@ use mailspool::{
 };
 
 use super::args::SendArgs;
+use super::privilege;
 use super::{CliResult, Failure};
 
 /// What a front end (mailspool send, sendmail) asks for.
@@ -89,6 +90,9 @@ pub fn queue_message(config: &Config, req: SendRequest) -> Result<Sent, Failure>
             format!("refusing address {bad:?}: addresses may not start with '-'"),
         ));
     }
+    if privilege::access(config)? == privilege::Access::Drop {
+        return Err(through_drop(config, a, req.dot_ends));
+    }
     let spool = Mailspool::open(config.clone())?;
     let stdin = std::io::stdin();
     let message = match a.file {
@@ -109,4 +113,37 @@ pub fn queue_message(config: &Config, req: SendRequest) -> Result<Sent, Failure>
         Delivery::Deferred
     };
     Ok(spool.send_mail(mail)?)
+}
+
+/// Someone else owns the spool: the drop takes the message (the same checks, then one
+/// file in `maildrop/` that the daemon picks up). Only plain queueing goes that way.
+fn through_drop(config: &Config, a: SendArgs, dot_ends: bool) -> Failure {
+    if a.id.is_some() || a.now || a.background {
+        return Failure::new(
+            sysexits::NOPERM,
+            format!(
+                "--id, --now and --background need to run as the owner of {}; \
+                 without them the message is handed to the mail system",
+                config.spool_dir.display()
+            ),
+        );
+    }
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if a.extract {
+        args.push("-t".into());
+    }
+    if !dot_ends || a.ignore_dots {
+        args.push("-i".into());
+    }
+    if let Some(f) = a.from {
+        args.push("-f".into());
+        args.push(f.into());
+    }
+    if let Some(n) = a.full_name {
+        args.push("-F".into());
+        args.push(n.into());
+    }
+    args.push("--".into());
+    args.extend(a.recipients.into_iter().map(Into::into));
+    privilege::exec_drop(config, args, a.file.as_deref())
 }

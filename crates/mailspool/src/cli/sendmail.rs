@@ -13,7 +13,7 @@ use mailspool_drop::args::{Mode, SendmailArgs};
 
 use super::args::{ListArgs, SendArgs};
 use super::send::{SendRequest, queue_message};
-use super::{CliResult, Failure, config, init_logging, queue};
+use super::{CliResult, Failure, config, init_logging, privilege, queue};
 
 fn usage(msg: impl Into<String>) -> Failure {
     Failure::new(
@@ -44,14 +44,17 @@ pub fn run(prog: &str, args: &[OsString]) -> CliResult {
         }
         Mode::ListQueue => {
             let c = config(p.config.as_deref(), None)?;
+            privilege::access(&c)?;
             queue::list(&c, &ListArgs::default())
         }
         Mode::Smtp => {
             let c = config(p.config.as_deref(), None)?;
+            privilege::access(&c)?;
             super::serve::stdio(&c)
         }
         Mode::RunQueue => {
             let c = config(p.config.as_deref(), None)?;
+            privilege::access(&c)?;
             queue::run_queue(&c, true)
         }
         Mode::Deliver => {
@@ -74,6 +77,15 @@ pub fn run(prog: &str, args: &[OsString]) -> CliResult {
                     dot_ends: true,
                 },
             )?;
+            if !c.found_file && mailspool::config::is_personal_default(&c.spool_dir) {
+                // Queued, but only a daemon run by this user will ever see it: say so.
+                eprintln!(
+                    "{prog}: queued {} in your own spool {}: no /etc/mailspool/mailspool.toml \
+                     names a shared one, so only `mailspool daemon` run as you delivers it",
+                    sent.id,
+                    c.spool_dir.display()
+                );
+            }
             if verbose {
                 eprintln!(
                     "{prog}: queued {} from <{}> for {}",

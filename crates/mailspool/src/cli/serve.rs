@@ -45,6 +45,11 @@ pub fn run(config: &Config) -> CliResult {
         for addr in bound.local_addrs() {
             eprintln!("mailspool: listening on {addr}");
         }
+        // Bound (port 25 needs root or CAP_NET_BIND_SERVICE); root now becomes the
+        // spool's owner, so every node it writes is the daemon's to read.
+        if rustix::process::geteuid().is_root() {
+            super::privilege::access(config)?;
+        }
         let stop = async {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut term), Ok(mut int)) = (

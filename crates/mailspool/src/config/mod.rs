@@ -198,6 +198,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Listener settings.
     pub serve: mailspool_serve::ServeConfig,
+    /// Whether a configuration file was read (not only built-in defaults).
+    pub found_file: bool,
 }
 
 /// A configuration that cannot be used.
@@ -227,7 +229,7 @@ pub enum ConfigError {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            spool_dir: default_spool_dir(),
+            spool_dir: default_spool_dir().unwrap_or_default(),
             spool: SpoolConfig::default(),
             dequeue_timeout: Duration::from_secs(20),
             max_dequeue_processes: 20,
@@ -240,6 +242,7 @@ impl Default for Config {
             },
             shutdown_grace: Duration::from_secs(30),
             serve: default_serve(),
+            found_file: false,
         }
     }
 }
@@ -248,17 +251,33 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// `/var/spool/mailspool` for root, else `$XDG_STATE_HOME/mailspool`.
-pub fn default_spool_dir() -> PathBuf {
-    if is_root() {
-        return PathBuf::from("/var/spool/mailspool");
+/// The system spool, where the package puts it.
+pub const SYSTEM_SPOOL: &str = "/var/spool/mailspool";
+
+/// `/var/spool/mailspool` for root, and for everyone on a machine where mailspool is
+/// installed for all users (the system spool has its `maildrop/`); else the user's own
+/// `$XDG_STATE_HOME/mailspool` (`~/.local/state/mailspool`). With neither `HOME` nor
+/// `XDG_STATE_HOME`, none: never a shared fallback such as `/tmp`, where another user
+/// could have made the directory first.
+pub fn default_spool_dir() -> Option<PathBuf> {
+    if is_root() || Path::new(SYSTEM_SPOOL).join("maildrop").is_dir() {
+        return Some(PathBuf::from(SYSTEM_SPOOL));
     }
     let state = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    state.join("mailspool")
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|h| h.join(".local/state"))
+        })?;
+    Some(state.join("mailspool"))
+}
+
+/// Whether `dir` is a user's own default spool (not a configured or system one).
+pub fn is_personal_default(dir: &Path) -> bool {
+    !is_root() && default_spool_dir().is_some_and(|d| d == dir) && dir != Path::new(SYSTEM_SPOOL)
 }
 
 /// This machine's fully qualified name, as `hostname -f` finds it without DNS: the
@@ -406,8 +425,8 @@ impl Config {
     /// `$MAILSPOOL_SPOOL` and `spool` (from `--spool`) override the spool directory.
     pub fn load(file: Option<&Path>, spool: Option<&Path>) -> Result<Config, ConfigError> {
         let found = file.map(Path::to_path_buf).or_else(find_config_file);
-        let mut config = match found {
-            Some(path) => Config::from_file(&path)?,
+        let mut config = match &found {
+            Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
         if let Some(dir) = std::env::var_os("MAILSPOOL_SPOOL").filter(|d| !d.is_empty()) {
@@ -416,6 +435,16 @@ impl Config {
         if let Some(dir) = spool {
             config.spool_dir = dir.to_owned();
         }
+        if config.spool_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "no spool directory: neither HOME nor XDG_STATE_HOME is set, and no \
+                 configuration names one. Give --spool DIR, set $MAILSPOOL_SPOOL, or set \
+                 dequeue_dir in /etc/mailspool/mailspool.toml (mailspool never falls back \
+                 to a shared directory such as /tmp)"
+                    .into(),
+            ));
+        }
+        config.found_file = found.is_some();
         Ok(config)
     }
 }

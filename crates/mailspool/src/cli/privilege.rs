@@ -1,0 +1,111 @@
+//! Who may write a spool: its owner, and no one else. On a shared server the spool
+//! belongs to the `mailspool` user: root running a command becomes that user first (so
+//! every file it makes is the daemon's to read and remove), and any other user hands
+//! messages to the setgid drop (`mailspool-drop`) instead of writing the spool.
+
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use mailspool::{Config, sysexits};
+
+use super::Failure;
+
+/// How this process may put mail into the configured spool.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Access {
+    /// We own it (or it does not exist yet and will be ours): write it directly.
+    Owner,
+    /// Someone else owns it: submit through the drop.
+    Drop,
+}
+
+/// Decide how we write the spool; root becomes the spool's owner on the way.
+pub fn access(config: &Config) -> Result<Access, Failure> {
+    let meta = match std::fs::metadata(&config.spool_dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Access::Owner),
+        // Not even visible to us (a 0700 parent): someone else's spool.
+        Err(_) => return Ok(Access::Drop),
+    };
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.uid() == euid {
+        return Ok(Access::Owner);
+    }
+    if euid == 0 {
+        become_user(meta.uid(), meta.gid())?;
+        return Ok(Access::Owner);
+    }
+    Ok(Access::Drop)
+}
+
+/// Root turns into the spool's owner (uid, its group, no other groups). Process-wide:
+/// glibc applies set*id to every thread.
+pub fn become_user(uid: u32, gid: u32) -> Result<(), Failure> {
+    // SAFETY: plain system calls with valid arguments; checked below.
+    let ok = unsafe {
+        libc::setgroups(1, &gid) == 0
+            && libc::setresgid(gid, gid, gid) == 0
+            && libc::setresuid(uid, uid, uid) == 0
+    };
+    if !ok || rustix::process::geteuid().as_raw() != uid {
+        return Err(Failure::new(
+            sysexits::OSERR,
+            format!("cannot become the spool's owner (uid {uid})"),
+        ));
+    }
+    tracing::debug!(uid, gid, "running as the spool's owner");
+    Ok(())
+}
+
+/// The drop program: next to us, or where the package puts it.
+pub fn drop_program() -> Option<PathBuf> {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("mailspool-drop")));
+    std::env::var_os("MAILSPOOL_DROP")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(sibling)
+        .chain(["/usr/sbin/mailspool-drop", "/usr/local/sbin/mailspool-drop"].map(PathBuf::from))
+        .find(|p| p.is_file())
+}
+
+/// Hand the message to the drop: it reads our stdin (or `file`) and writes the spool's
+/// `maildrop/`. Replaces this process; returns only on failure.
+pub fn exec_drop(config: &Config, args: Vec<OsString>, file: Option<&Path>) -> Failure {
+    let Some(prog) = drop_program() else {
+        return Failure::new(
+            sysexits::CANTCREAT,
+            format!(
+                "{} belongs to another user and mailspool-drop is not installed: \
+                 ask the administrator to install mailspool (`mailspool doctor` checks)",
+                config.spool_dir.display()
+            ),
+        );
+    };
+    let mut cmd = std::process::Command::new(&prog);
+    cmd.arg0("sendmail").args(args);
+    cmd.env("MAILSPOOL_SPOOL", &config.spool_dir);
+    if let Some(f) = file {
+        match std::fs::File::open(f) {
+            Ok(f) => {
+                cmd.stdin(f);
+            }
+            Err(e) => {
+                let code = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    sysexits::NOPERM
+                } else {
+                    sysexits::NOINPUT
+                };
+                return Failure::new(code, format!("cannot open {}: {e}", f.display()));
+            }
+        }
+    }
+    let e = cmd.exec();
+    Failure::new(
+        sysexits::OSERR,
+        format!("cannot run {}: {e}", prog.display()),
+    )
+}
