@@ -14,7 +14,9 @@ impl Mailspool {
         let dns: Arc<dyn Resolve> = Arc::new(HickoryDns::new(self.config.deliver.resolver)?);
         let spool = mailspool_spool::Spool::open(&self.config.spool_dir, self.config.spool.clone())
             .map_err(|e| e.to_string())?;
-        Engine::new(Arc::new(spool), self.config.deliver.clone(), dns)
+        let mut config = self.config.clone();
+        config.load_secrets().map_err(|e| e.to_string())?;
+        Engine::new(Arc::new(spool), config.deliver, dns)
     }
 
     /// One delivery pass; `all` ignores tier waits (`queue run --all`, `sendmail -q`).

@@ -385,3 +385,30 @@ fn a_planted_symlink_or_fifo_is_never_read_as_mail() {
     );
     assert_eq!(env.nodes(0).len(), 1, "the real message stays");
 }
+
+#[test]
+fn queueing_and_listing_never_read_the_relay_password() {
+    let env = Env::new();
+    fs::write(
+        env.config_path(),
+        "relayhost = \"smtp.example.com:587\"\n[relay]\nusername = \"app\"\npassword_file = \"/nonexistent/relay-password\"\n",
+    )
+    .unwrap();
+    env.mailspool()
+        .args(["send", "a@example.org"])
+        .write_stdin("Subject: x\n\nhi\n")
+        .assert()
+        .success();
+    env.sendmail()
+        .arg("b@example.org")
+        .write_stdin("Subject: x\n\nhi\n")
+        .assert()
+        .success();
+    env.mailq().assert().success();
+    // What delivers reads it, and says so when it cannot.
+    env.mailspool()
+        .args(["queue", "run"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("/nonexistent/relay-password"));
+}

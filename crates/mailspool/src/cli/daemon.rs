@@ -28,7 +28,9 @@ pub fn run(
             tick: config.dequeue_timeout,
             grace: config.shutdown_grace,
         };
-        let reload = move || match Config::load(file.as_deref(), spool.as_deref()) {
+        let reload = move || match Config::load(file.as_deref(), spool.as_deref())
+            .and_then(|mut c| c.load_secrets().map(|()| c))
+        {
             Ok(c) => Some(c.deliver),
             Err(e) => {
                 tracing::error!(error = %e, "configuration not reloaded");

@@ -33,8 +33,28 @@ fn host_port(what: &str, text: &str) -> Result<HostPort, ConfigError> {
     }
 }
 
+/// Read the relay password (the daemon, `queue run`, `send --now`: what delivers).
+pub(super) fn load_secrets(c: &mut Config) -> Result<(), ConfigError> {
+    let Some((user, pw_file)) = c.relay_secret.clone() else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&pw_file).map_err(|source| ConfigError::Read {
+        path: pw_file.clone(),
+        source,
+    })?;
+    c.deliver.relay_auth = Some(Credentials {
+        username: user,
+        password: text.lines().next().unwrap_or("").to_owned(),
+    });
+    Ok(())
+}
+
 /// Fill in the delivery settings from the file.
 pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError> {
+    let relay = file.relay.clone().unwrap_or_default();
+    if let (Some(user), Some(pw_file)) = (&relay.username, &relay.password_file) {
+        c.relay_secret = Some((user.clone(), pw_file.clone()));
+    }
     let d = &mut c.deliver;
     d.hostname = c.hostname.clone();
     d.max_deliveries = c.max_dequeue_processes;
@@ -49,24 +69,16 @@ pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), 
             .map(|h| host_port("relayhost", h))
             .collect::<Result<_, _>>()?;
     }
-    let relay = file.relay.clone().unwrap_or_default();
-    if let (Some(user), Some(pw_file)) = (&relay.username, &relay.password_file) {
-        let text = std::fs::read_to_string(pw_file).map_err(|source| ConfigError::Read {
-            path: pw_file.clone(),
-            source,
-        })?;
-        d.relay_auth = Some(Credentials {
-            username: user.clone(),
-            password: text.lines().next().unwrap_or("").to_owned(),
-        });
-    } else if relay.username.is_some() != relay.password_file.is_some() {
+    // The secret itself is read only by what delivers (see `Config::load_secrets`):
+    // sendmail, mailq and send never open it.
+    if relay.username.is_some() != relay.password_file.is_some() {
         return Err(ConfigError::Invalid(
             "[relay] needs both username and password_file".into(),
         ));
     }
     d.relay_tls = match &relay.tls {
         Some(t) => tls_policy("[relay] tls", t)?,
-        None if d.relay_auth.is_some() => TlsPolicy::Required,
+        None if relay.username.is_some() => TlsPolicy::Required,
         None => TlsPolicy::Opportunistic,
     };
     if let Some(t) = &file.tls {

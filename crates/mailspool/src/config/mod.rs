@@ -200,6 +200,9 @@ pub struct Config {
     pub serve: mailspool_serve::ServeConfig,
     /// Whether a configuration file was read (not only built-in defaults).
     pub found_file: bool,
+    /// The relay's user name and password file; the password is read only by
+    /// [`Config::load_secrets`].
+    pub relay_secret: Option<(String, PathBuf)>,
 }
 
 /// A configuration that cannot be used.
@@ -243,6 +246,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             serve: default_serve(),
             found_file: false,
+            relay_secret: None,
         }
     }
 }
@@ -419,6 +423,12 @@ impl Config {
         serve_settings(&mut c, &file)?;
         c.spool.validate().map_err(ConfigError::Invalid)?;
         Ok(c)
+    }
+
+    /// Read the secrets that delivery needs (the relay password). Only what delivers
+    /// calls this: `sendmail`, `mailq` and `send` never read a secret.
+    pub fn load_secrets(&mut self) -> Result<(), ConfigError> {
+        deliver::load_secrets(self)
     }
 
     /// Load: the named file, or the first default file found, or built-in defaults; then
