@@ -216,7 +216,7 @@ pub fn spool_exit_code(e: &SpoolError) -> u8 {
         SpoolError::Untrusted { .. } => sysexits::DATAERR,
         SpoolError::Locked { .. } => sysexits::TEMPFAIL,
         SpoolError::NotFound(_) | SpoolError::Missing(_) => sysexits::NOINPUT,
-        SpoolError::Config(_) => sysexits::CONFIG,
+        SpoolError::Config(_) | SpoolError::UnsafeSpool { .. } => sysexits::CONFIG,
         SpoolError::Io { source, .. } => io_exit_code(source),
     }
 }

@@ -246,8 +246,12 @@ impl<S: Deref<Target = Spool>> Drop for Stage<S> {
 /// Whether a stage's writer is gone (its `flock` is free). Errors count as "not
 /// abandoned": when in doubt, a stage is left for the age rule.
 pub(crate) fn is_abandoned(path: &Path) -> bool {
-    let Ok(f) = File::open(path) else {
-        return false;
+    let f = match crate::storage::os::open_read(path) {
+        Ok(f) => f,
+        // Not a file a commit made (a symlink, a FIFO): nobody's stage.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => return true,
+        Err(e) if e.kind() == io::ErrorKind::Other => return true,
+        Err(_) => return false,
     };
     rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
 }

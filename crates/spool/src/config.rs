@@ -25,6 +25,10 @@ pub struct SpoolConfig {
     pub usage_log: bool,
     /// Leftovers in `tmp/` older than this are removed when the spool is opened for writing.
     pub tmp_max_age: Duration,
+    /// The spool is shared on purpose (`shared_spool`: several hosts or users, the 0.50
+    /// multi-host case): a group- or world-writable spool, or one owned by another user,
+    /// is then accepted (nothing in it is followed or opened blocking either way).
+    pub shared: bool,
 }
 
 impl Default for SpoolConfig {
@@ -37,6 +41,7 @@ impl Default for SpoolConfig {
             legacy_lock_timeout: Duration::from_secs(6 * 3600 + 2),
             usage_log: true,
             tmp_max_age: Duration::from_secs(3600),
+            shared: false,
         }
     }
 }

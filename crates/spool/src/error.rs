@@ -56,6 +56,14 @@ pub enum SpoolError {
         /// What it is.
         reason: String,
     },
+    /// A spool directory others could plant files in, or another user's.
+    #[error("refusing the spool {}: {reason}", crate::escape(&path.display().to_string()))]
+    UnsafeSpool {
+        /// The spool directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The spool directory does not exist.
     #[error("spool directory {} does not exist", .0.display())]
     Missing(PathBuf),

@@ -114,6 +114,31 @@ impl Spool {
             Err(e) => return Err(SpoolError::io("open", dir, e)),
         };
         use std::os::unix::fs::MetadataExt;
+        if !config.shared {
+            let euid = rustix::process::geteuid().as_raw();
+            let owner = crate::error::user_name(meta.uid()).unwrap_or_else(|| "?".into());
+            if meta.mode() & 0o022 != 0 {
+                return Err(SpoolError::UnsafeSpool {
+                    path: dir,
+                    reason: format!(
+                        "mode {:04o}: others can write it, so they could plant links, FIFOs \
+                         and locks the daemon would trust; make it 0700 (or set \
+                         shared_spool = true if it is shared on purpose)",
+                        meta.mode() & 0o7777
+                    ),
+                });
+            }
+            if meta.uid() != euid && euid != 0 {
+                return Err(SpoolError::UnsafeSpool {
+                    path: dir,
+                    reason: format!(
+                        "it belongs to {owner} (uid {}); run as {owner}, or hand mail to \
+                         sendmail (set shared_spool = true if it is shared on purpose)",
+                        meta.uid()
+                    ),
+                });
+            }
+        }
         let usage = config.usage_log && dir.join("usage").is_dir();
         Ok(Spool {
             tier0_sync: GroupSync::new(dir.join("0")),

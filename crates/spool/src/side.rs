@@ -95,7 +95,7 @@ impl Spool {
 
     /// A node's attempts, oldest first; none when there is no side data.
     pub fn attempts(&self, node: &NodeName) -> Vec<Attempt> {
-        let Ok(file) = std::fs::File::open(self.side_path(node)) else {
+        let Ok(file) = os::open_read(&self.side_path(node)) else {
             return Vec::new();
         };
         BufReader::new(std::io::Read::take(file, MAX_SIDE_BYTES))

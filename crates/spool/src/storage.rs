@@ -86,13 +86,33 @@ pub mod os {
     /// Append `line` with one `write` on an `O_APPEND|O_NOFOLLOW` descriptor (created
     /// 0600): concurrent appenders never interleave inside a line on a local filesystem.
     pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
-        OpenOptions::new()
+        let mut f = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)?
-            .write_all(line.as_bytes())
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
+            .open(path)?;
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        f.write_all(line.as_bytes())
+    }
+
+    /// Open a file of the spool for reading: never through a symlink, never blocking on
+    /// a FIFO, and only a regular file.
+    pub fn open_read(path: &Path) -> io::Result<File> {
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
+            .open(path)?;
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        Ok(f)
     }
 
     /// Create a directory with mode 0700 if it is missing.

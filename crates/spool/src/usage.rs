@@ -48,7 +48,7 @@ impl Spool {
     pub fn usage(&self, days: u64) -> Result<BTreeMap<u64, DayUsage>> {
         let path = self.dir.join("usage").join("raw");
         let mut out = BTreeMap::new();
-        let file = match std::fs::File::open(&path) {
+        let file = match crate::storage::os::open_read(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(SpoolError::io("read", path, e)),

@@ -97,6 +97,9 @@ pub struct ConfigFile {
     /// Where mail the listener takes for `<postmaster>` goes (default
     /// postmaster@hostname).
     pub postmaster: Option<String>,
+    /// The spool is shared on purpose (several hosts over NFS, the 0.50 multi-host
+    /// case): accept a group-writable spool or one another user owns.
+    pub shared_spool: Option<bool>,
 }
 
 /// `[[listen]]`.
@@ -404,6 +407,9 @@ impl Config {
         }
         if let Some(u) = file.usage_log {
             c.spool.usage_log = u;
+        }
+        if let Some(shared) = file.shared_spool {
+            c.spool.shared = shared;
         }
         if let Some(m) = file.max_message_size {
             c.max_message_size = positive("max_message_size", m)?;

@@ -1,0 +1,131 @@
+//! A spool the daemon can trust: one others could write to is refused unless it is
+//! shared on purpose, and nothing planted in it (a FIFO in tmp/, a FIFO or a symlink as
+//! side data) can hang a command or be followed.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use support::Env;
+
+fn fifo(path: &std::path::Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_spool_others_can_write_is_refused_unless_shared_on_purpose() {
+    let env = Env::new();
+    env.mailspool()
+        .args(["send", "a@example.org"])
+        .write_stdin("Subject: x\n\nhi\n")
+        .assert()
+        .success();
+    fs::set_permissions(env.spool(), fs::Permissions::from_mode(0o770)).unwrap();
+    for args in [&["send", "a@example.org"][..], &["queue"], &["daemon"]] {
+        env.mailspool()
+            .args(args)
+            .write_stdin("Subject: x\n\nhi\n")
+            .timeout(Duration::from_secs(20))
+            .assert()
+            .code(78)
+            .stderr(predicates::str::contains("others can write it"));
+    }
+    fs::write(env.config_path(), "shared_spool = true\n").unwrap();
+    env.mailspool().arg("queue").assert().success();
+}
+
+#[test]
+fn planted_fifos_and_links_hang_nothing() {
+    let env = Env::new();
+    env.mailspool()
+        .args(["send", "a@example.org"])
+        .write_stdin("Subject: x\n\nhi\n")
+        .assert()
+        .success();
+    let id = env.nodes(0)[0].0.id.clone();
+    // A FIFO in tmp/ (old enough to look abandoned), a FIFO as the usage log, and
+    // side data that is a FIFO or a symlink to a secret.
+    let stage_fifo = env.spool().join("tmp/planted");
+    fifo(&stage_fifo);
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600 * 2);
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        &stage_fifo,
+        &rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: old.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64,
+                tv_nsec: 0,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: old.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64,
+                tv_nsec: 0,
+            },
+        },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    fs::remove_file(env.spool().join("usage/raw")).unwrap();
+    fifo(&env.spool().join("usage/raw"));
+    fs::create_dir_all(env.spool().join("meta")).unwrap();
+    fifo(
+        &env.spool()
+            .join(format!("meta/{id}-a@example.org-tester@{}", hostname())),
+    );
+    let secret = env.dir.path().join("secret");
+    fs::write(
+        &secret,
+        "{\"time\":1,\"host\":\"h\",\"reply\":\"SECRET\"}\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        &secret,
+        env.spool().join("meta/other-b@example.org-x@y.org"),
+    )
+    .unwrap();
+    for args in [
+        &["send", "b@example.org"][..],
+        &["queue", "show", &id],
+        &["queue", "list", "--json"],
+        &["usage"],
+        &["fsck"],
+    ] {
+        let out = env
+            .mailspool()
+            .args(args)
+            .write_stdin("Subject: x\n\nhi\n")
+            .timeout(Duration::from_secs(20))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.code().is_some(),
+            "{args:?} hung on a planted FIFO (killed by the timeout)"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("SECRET"),
+            "{args:?}"
+        );
+    }
+    assert!(
+        !stage_fifo.exists(),
+        "an abandoned non-file in tmp/ is cleared"
+    );
+    assert_eq!(
+        env.nodes(0).len(),
+        2,
+        "the second message was queued all the same"
+    );
+}
+
+/// The default sender's host, as `send` uses it (no configured hostname).
+fn hostname() -> String {
+    mailspool::config::default_hostname()
+}
