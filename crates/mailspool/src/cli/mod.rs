@@ -3,6 +3,7 @@
 
 mod args;
 mod daemon;
+mod doctor;
 mod privilege;
 mod queue;
 mod send;
@@ -121,7 +122,7 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
     let config = config(cli.config.as_deref(), cli.spool.as_deref())?;
     // Root works on a spool as its owner (the listener only once it has bound its
     // ports; `send` decides for itself: it may hand the message to the drop).
-    let serve = matches!(cli.command, args::Command::Serve);
+    let serve = matches!(cli.command, args::Command::Serve | args::Command::Doctor);
     if rustix::process::geteuid().is_root() && !serve {
         privilege::access(&config)?;
     }
@@ -134,6 +135,7 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
         }
         args::Command::Serve => serve::run(&config),
         args::Command::Fsck { repair } => fsck(&config, repair),
+        args::Command::Doctor => doctor::run(&config),
         args::Command::User { command } => serve::user(&config, command),
     }
 }

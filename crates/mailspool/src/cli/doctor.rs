@@ -1,0 +1,262 @@
+//! `mailspool doctor`: check an installation and say what to fix. Owners and modes of
+//! the spool and the drop, the setgid bit, the sendmail link, the daemon user's groups,
+//! the relay secret, and whether DNS and the relay answer. Exit 0 when nothing needs
+//! fixing (warnings allowed), 1 otherwise.
+
+use std::net::ToSocketAddrs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use mailspool::Config;
+
+use super::{CliResult, Failure, privilege};
+
+#[derive(Default)]
+struct Report {
+    problems: usize,
+}
+
+impl Report {
+    fn ok(&mut self, what: &str) {
+        println!("ok    {what}");
+    }
+    fn warn(&mut self, what: &str) {
+        println!("warn  {what}");
+    }
+    fn fix(&mut self, what: &str, how: &str) {
+        self.problems += 1;
+        println!("FIX   {what}\n      -> {how}");
+    }
+}
+
+fn user(uid: u32) -> String {
+    mailspool_spool::user_name(uid).unwrap_or_else(|| format!("uid {uid}"))
+}
+
+fn group_name(gid: u32) -> Option<String> {
+    std::fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            (f.nth(1)?.parse::<u32>().ok()? == gid).then(|| name.to_owned())
+        })
+}
+
+fn group_members(name: &str) -> Vec<String> {
+    std::fs::read_to_string("/etc/group")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.split(':').next() == Some(name))
+        .and_then(|l| l.split(':').nth(3))
+        .map(|m| {
+            m.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn run(config: &Config) -> CliResult {
+    let mut r = Report::default();
+    match &config.found_file {
+        true => r.ok("configuration read"),
+        false => r.warn("no configuration file: built-in defaults (/etc/mailspool/mailspool.toml is the system one)"),
+    }
+    let spool = &config.spool_dir;
+    let Ok(meta) = std::fs::metadata(spool) else {
+        r.fix(
+            &format!("spool {} does not exist", spool.display()),
+            "install the package, or create it: install -d -o mailspool -g mailspool -m 0700 DIR",
+        );
+        return finish(r);
+    };
+    let owner = meta.uid();
+    if meta.mode() & 0o022 != 0 && !config.spool.shared {
+        r.fix(
+            &format!(
+                "spool {} has mode {:04o}: others can write it",
+                spool.display(),
+                meta.mode() & 0o7777
+            ),
+            "chmod 0700 it (or set shared_spool = true if it is shared on purpose)",
+        );
+    } else {
+        r.ok(&format!(
+            "spool {}: owned by {}, mode {:04o}",
+            spool.display(),
+            user(owner),
+            meta.mode() & 0o7777
+        ));
+    }
+    if owner == 0 {
+        r.warn("the spool belongs to root: run the daemon as a dedicated user (the package's `mailspool`)");
+    }
+    check_drop(&mut r, spool, owner);
+    check_secret(&mut r, config, owner);
+    check_network(&mut r, config);
+    if spool != Path::new(mailspool::config::SYSTEM_SPOOL)
+        && Path::new("/lib/systemd/system/mailspool.service").exists()
+    {
+        r.warn(&format!(
+            "the spool is not /var/spool/mailspool: `systemctl edit mailspool` and set ReadWritePaths={}",
+            spool.display()
+        ));
+    }
+    finish(r)
+}
+
+fn finish(r: Report) -> CliResult {
+    if r.problems == 0 {
+        println!("nothing to fix");
+        Ok(())
+    } else {
+        println!(
+            "{} thing{} to fix",
+            r.problems,
+            if r.problems == 1 { "" } else { "s" }
+        );
+        Err(Failure::new(1, ""))
+    }
+}
+
+fn check_drop(r: &mut Report, spool: &Path, owner: u32) {
+    let drop_dir = spool.join(mailspool_drop::MAILDROP);
+    let Ok(d) = std::fs::metadata(&drop_dir) else {
+        r.fix(
+            &format!(
+                "{} does not exist: other users cannot submit mail",
+                drop_dir.display()
+            ),
+            "install -d -o mailspool -g mailspool-drop -m 1730 it",
+        );
+        return;
+    };
+    let group = group_name(d.gid()).unwrap_or_else(|| format!("gid {}", d.gid()));
+    if d.uid() != owner || d.mode() & 0o7777 != 0o1730 {
+        r.fix(
+            &format!(
+                "{}: owned by {}, group {group}, mode {:04o}",
+                drop_dir.display(),
+                user(d.uid()),
+                d.mode() & 0o7777
+            ),
+            "chown SPOOL-OWNER:mailspool-drop and chmod 1730 it (others create files, nobody lists)",
+        );
+    } else {
+        r.ok(&format!("{}: group {group}, mode 1730", drop_dir.display()));
+    }
+    if !group_members(&group).contains(&user(owner)) && d.gid() != owner_gid(owner) {
+        r.fix(
+            &format!(
+                "{} is not in group {group}: the pickup cannot read dropped files",
+                user(owner)
+            ),
+            &format!("adduser {} {group}", user(owner)),
+        );
+    }
+    match privilege::drop_program() {
+        None => r.fix(
+            "mailspool-drop is not installed: users other than the spool's owner cannot send",
+            "install the package, or: install -o root -g mailspool-drop -m 2755 target/release/mailspool-drop /usr/sbin/",
+        ),
+        Some(p) => match std::fs::metadata(&p) {
+            Ok(m) if m.mode() & 0o2000 != 0 && m.gid() == d.gid() && m.uid() == 0 => {
+                r.ok(&format!("{}: setgid {group}", p.display()))
+            }
+            Ok(m) => r.fix(
+                &format!(
+                    "{}: owner {}, group {}, mode {:04o}",
+                    p.display(),
+                    user(m.uid()),
+                    group_name(m.gid()).unwrap_or_default(),
+                    m.mode() & 0o7777
+                ),
+                &format!("chown root:{group} and chmod 2755 it (dpkg-statoverride on Debian)"),
+            ),
+            Err(e) => r.fix(&format!("{}: {e}", p.display()), "reinstall it"),
+        },
+    }
+    match std::fs::canonicalize("/usr/sbin/sendmail") {
+        Ok(t)
+            if t.file_name()
+                .is_some_and(|n| n == "mailspool-drop" || n == "mailspool") =>
+        {
+            r.ok(&format!(
+                "/usr/sbin/sendmail is mailspool ({})",
+                t.display()
+            ))
+        }
+        Ok(t) => r.warn(&format!(
+            "/usr/sbin/sendmail is {}, not mailspool",
+            t.display()
+        )),
+        Err(_) => r.warn("/usr/sbin/sendmail does not exist: programs that run it will fail"),
+    }
+}
+
+fn owner_gid(uid: u32) -> u32 {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 3 && f[2].parse::<u32>().ok()? == uid).then(|| f[3].parse().ok())?
+            })
+        })
+        .unwrap_or(u32::MAX)
+}
+
+fn check_secret(r: &mut Report, config: &Config, owner: u32) {
+    let Some((_, file)) = &config.relay_secret else {
+        return;
+    };
+    match std::fs::metadata(file) {
+        Err(e) => r.fix(
+            &format!("relay password_file {}: {e}", file.display()),
+            "create it, readable by the spool's owner only",
+        ),
+        Ok(m) if m.mode() & 0o004 != 0 => r.fix(
+            &format!("relay password_file {} is world-readable", file.display()),
+            "chmod 0600 it, owned by the spool's owner (only the daemon reads it)",
+        ),
+        Ok(m) if m.uid() != owner && m.mode() & 0o040 == 0 => r.fix(
+            &format!(
+                "relay password_file {}: the daemon ({}) cannot read it",
+                file.display(),
+                user(owner)
+            ),
+            "chown it to the spool's owner, mode 0600",
+        ),
+        Ok(_) => r.ok(&format!("relay password_file {}", file.display())),
+    }
+}
+
+fn check_network(r: &mut Report, config: &Config) {
+    if config.deliver.relayhosts.is_empty() {
+        // MX delivery: can we resolve at all?
+        match ("example.com", 25).to_socket_addrs() {
+            Ok(_) => r.ok("DNS answers"),
+            Err(e) => r.warn(&format!(
+                "DNS does not answer ({e}): MX delivery will wait and retry"
+            )),
+        }
+        return;
+    }
+    for hp in &config.deliver.relayhosts {
+        let target = format!("{}:{}", hp.host, hp.port);
+        let reached = target
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)));
+        match reached {
+            Some(Ok(_)) => r.ok(&format!("relay {target} answers")),
+            Some(Err(e)) => r.warn(&format!("relay {target}: {e}")),
+            None => r.warn(&format!("relay {target}: cannot resolve")),
+        }
+    }
+}
