@@ -160,12 +160,20 @@ pub fn drop_message(
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&hidden)
         .map_err(io(&hidden))?;
-    let result = write_all(file, &envelope, &head, input, sub).and_then(|()| {
+    let result = write_all(file, &envelope, &head, input, sub).and_then(|file| {
         let fin = dir.join(&name);
         std::fs::rename(&hidden, &fin).map_err(io(&fin))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
+        // Make the rename durable. The drop's group may create files in maildrop/ but
+        // not read (list) it, so the directory cannot be opened to fsync it; a second
+        // fsync of the file does it instead: the rename changed the file's inode too
+        // (its ctime), and ext4 and XFS commit that with the directory entry.
+        match File::open(dir) {
+            Ok(d) => d.sync_all().map_err(io(dir))?,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                file.sync_all().map_err(io(&fin))?
+            }
+            Err(e) => return Err(io(dir)(e)),
+        }
         Ok(fin)
     });
     if result.is_err() {
@@ -180,7 +188,7 @@ fn write_all(
     head: &mailspool_message::Head,
     input: &mut impl BufRead,
     sub: &Submission,
-) -> Result<(), DropError> {
+) -> Result<File, DropError> {
     let mut out = io::BufWriter::with_capacity(64 * 1024, file);
     let w = |e| DropError::Intake(IntakeError::Write(e));
     envelope.write_to(&mut out).map_err(w)?;
@@ -210,7 +218,7 @@ fn write_all(
     }
     let file = out.into_inner().map_err(|e| w(e.into_error()))?;
     file.sync_all().map_err(w)?;
-    Ok(())
+    Ok(file)
 }
 
 #[cfg(test)]

@@ -262,12 +262,12 @@ fn is_root() -> bool {
 pub const SYSTEM_SPOOL: &str = "/var/spool/mailspool";
 
 /// `/var/spool/mailspool` for root, and for everyone on a machine where mailspool is
-/// installed for all users (the system spool has its `maildrop/`); else the user's own
+/// installed for all users (the system spool exists); else the user's own
 /// `$XDG_STATE_HOME/mailspool` (`~/.local/state/mailspool`). With neither `HOME` nor
 /// `XDG_STATE_HOME`, none: never a shared fallback such as `/tmp`, where another user
 /// could have made the directory first.
 pub fn default_spool_dir() -> Option<PathBuf> {
-    if is_root() || Path::new(SYSTEM_SPOOL).join("maildrop").is_dir() {
+    if is_root() || Path::new(SYSTEM_SPOOL).is_dir() {
         return Some(PathBuf::from(SYSTEM_SPOOL));
     }
     let state = std::env::var_os("XDG_STATE_HOME")

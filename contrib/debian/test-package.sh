@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The Debian package on a multi-user server, end to end (as root; run by
+# crates/mailspool/tests/package.rs under CI, with SINK_PORT set to an SMTP sink):
+# build and install the package, two unprivileged users each `sendmail -t -i` 50
+# messages (the first 25 with the daemon stopped), the daemon runs as `mailspool`,
+# every attack a user could try on the spool fails, then the package is purged and the
+# machine left as it was. Prints "uid USER N" for each test user, then "PASS".
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+: "${SINK_PORT:?the port of an SMTP sink}"
+export DEBIAN_FRONTEND=noninteractive
+
+# Leave the machine as it was: run only where nothing of ours or another MTA's is.
+if [ -e /var/spool/mailspool ] || [ -e /etc/mailspool ] || [ -e /usr/sbin/sendmail ] ||
+    dpkg -s mailspool >/dev/null 2>&1; then
+    echo "SKIP: this machine already has a mail system or a mailspool spool"
+    exit 0
+fi
+
+users=(ms-alice ms-bob)
+daemon_pid=
+cleanup() {
+    [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null || true
+    apt-get purge -y -qq mailspool >/dev/null 2>&1 || true
+    for u in "${users[@]}"; do userdel -r "$u" >/dev/null 2>&1 || true; done
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+command -v cargo-deb >/dev/null || cargo install --locked --quiet cargo-deb
+# The test packages the debug build `cargo nextest` just made (a release build would
+# double CI's time); a release package: cargo build --release --workspace && cargo deb
+# -p mailspool --no-build.
+cargo build -q --workspace
+deb=$(cargo deb -p mailspool --profile dev --no-build -q 2>/dev/null | tail -1)
+[ -f "$deb" ] || deb=$(ls "$PWD"/target/debian/mailspool_*.deb | tail -1)
+case "$deb" in /*) ;; *) deb="$PWD/$deb" ;; esac
+apt-get install -y -qq "$deb" >/dev/null
+
+# Installed as promised.
+[ "$(stat -c '%U %G %a' /var/spool/mailspool)" = "mailspool mailspool-drop 710" ] || fail "spool owner/mode: $(stat -c '%U %G %a' /var/spool/mailspool)"
+[ "$(stat -c '%U %G %a' /var/spool/mailspool/maildrop)" = "mailspool mailspool-drop 1730" ] || fail "maildrop: $(stat -c '%U %G %a' /var/spool/mailspool/maildrop)"
+[ "$(stat -c '%U %G %a' /usr/sbin/mailspool-drop)" = "root mailspool-drop 2755" ] || fail "drop: $(stat -c '%U %G %a' /usr/sbin/mailspool-drop)"
+[ "$(readlink -f /usr/sbin/sendmail)" = /usr/sbin/mailspool-drop ] || fail "sendmail link"
+id -nG mailspool | grep -qw mailspool-drop || fail "mailspool is not in mailspool-drop"
+
+cat > /etc/mailspool/mailspool.toml <<EOF
+dequeue_dir = "/var/spool/mailspool"
+hostname = "server.test"
+tls = "none"
+dequeue_timeout = 1
+[routes]
+"example.test" = "127.0.0.1:${SINK_PORT}"
+EOF
+
+for u in "${users[@]}"; do
+    useradd --create-home --shell /bin/sh "$u"
+    echo "uid $u $(id -u "$u")"
+done
+
+send_batch() { # first last
+    for u in "${users[@]}"; do
+        for i in $(seq "$1" "$2"); do
+            printf 'To: %s-%s@example.test\nSubject: %s %s\n\nhello from %s\n' "$u" "$i" "$u" "$i" "$u" |
+                runuser -u "$u" -- env -i PATH=/usr/bin:/bin /usr/sbin/sendmail -t -i ||
+                fail "sendmail as $u, message $i"
+        done
+    done
+}
+
+# The daemon is down: mail waits in the drop, durably.
+send_batch 1 25
+[ "$(find /var/spool/mailspool/maildrop -type f | wc -l)" = 50 ] || fail "50 dropped files expected"
+
+runuser -u mailspool -- /usr/bin/mailspool daemon 2>/tmp/mailspool-package-daemon.log &
+daemon_pid=$!
+send_batch 26 50
+
+# What a user might try. Each must fail.
+attack() { # description, command...
+    local what=$1; shift
+    if runuser -u ms-alice -- "$@" >/tmp/mailspool-attack.out 2>&1; then
+        fail "attack succeeded: $what"
+    fi
+    echo "refused: $what: $(tail -1 /tmp/mailspool-attack.out)"
+}
+attack "list the drop" ls /var/spool/mailspool/maildrop
+attack "list tier 0" ls /var/spool/mailspool/0
+attack "read a queued message" sh -c 'cat /var/spool/mailspool/*/*'
+attack "plant a symlink to /etc/shadow" ln -s /etc/shadow /var/spool/mailspool/0/1700000000-X-x@example.test-a@b.test
+attack "plant a FIFO in tmp/" mkfifo /var/spool/mailspool/tmp/fifo
+attack "plant a lock" touch /var/spool/mailspool/0/1700000000-X-x@example.test-a@b.test.NFSLock
+attack "rename someone's queued mail" sh -c 'mv /var/spool/mailspool/1/* /tmp/'
+attack "delete someone's dropped mail" sh -c 'rm -f /var/spool/mailspool/maildrop/*; ls /var/spool/mailspool/maildrop'
+attack "list the queue" /usr/bin/mailspool queue
+attack "list the queue (mailq)" /usr/bin/mailq
+attack "delete from the queue" /usr/bin/mailspool --spool /var/spool/mailspool queue delete X
+attack "write the spool directly" sh -c 'echo hi | /usr/bin/mailspool --spool /var/spool/mailspool send --now a@example.test'
+# Redirecting the privileged drop elsewhere: ignored while it runs setgid.
+printf 'To: redirect@example.test\nSubject: env\n\nx\n' |
+    runuser -u ms-alice -- env MAILSPOOL_SPOOL=/tmp/evil MAILSPOOL_CONFIG=/tmp/evil.toml /usr/sbin/sendmail -t -i
+[ ! -e /tmp/evil ] || fail "the drop followed MAILSPOOL_SPOOL"
+
+# Everything delivered: the drop and the tiers empty.
+for _ in $(seq 1 120); do
+    left=$(find /var/spool/mailspool/maildrop /var/spool/mailspool/[0-6] -type f 2>/dev/null | grep -vc NFSLock || true)
+    [ "$left" = 0 ] && break
+    sleep 1
+done
+[ "$left" = 0 ] || { tail -20 /tmp/mailspool-package-daemon.log; fail "$left files still queued"; }
+grep -c "picked up" /tmp/mailspool-package-daemon.log | sed 's/^/picked up: /'
+/usr/bin/mailspool doctor || true
+kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=
+
+apt-get purge -y -qq mailspool >/dev/null
+! getent passwd mailspool >/dev/null || fail "the mailspool user survived the purge"
+! getent group mailspool-drop >/dev/null || fail "the mailspool-drop group survived the purge"
+[ ! -e /var/spool/mailspool ] || fail "the spool survived the purge"
+[ ! -e /usr/sbin/sendmail ] || fail "/usr/sbin/sendmail survived the purge"
+echo PASS
