@@ -11,6 +11,11 @@
 //! set-up for `bench/deliver`, not a measurement.
 //! `mailspool-bench tarpit` listens on 127.0.0.1:0, prints the port, accepts and never
 //! answers.
+//! `mailspool-bench command --seconds S -- PROGRAM ARGS...` prints how many 4 KB messages
+//! per second PROGRAM takes on stdin, one process each (`bench/drop` runs it as an
+//! unprivileged user, for the setgid drop and for Postfix's sendmail).
+//! `mailspool-bench pickup --dir DIR --count N --seconds S` prints the library's commit
+//! rate (1 thread, 1 recipient) and the pickup's rate over N dropped messages.
 
 use std::fs;
 use std::io::Write;
@@ -162,6 +167,8 @@ fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("fill") => return fill(),
         Some("tarpit") => return tarpit(),
+        Some("command") => return command_rate(),
+        Some("pickup") => return pickup(),
         _ => {}
     }
     let a = parse_args();
@@ -270,4 +277,65 @@ fn tarpit() {
     for conn in listener.incoming().flatten() {
         held.push(conn);
     }
+}
+
+/// `command --seconds S -- PROGRAM ARGS...`: one process per message, messages per second.
+fn command_rate() {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: f64 = flag("--seconds").map_or(5.0, |s| s.parse().unwrap());
+    let dash = args
+        .iter()
+        .position(|a| a == "--")
+        .expect("-- PROGRAM ARGS");
+    let program = PathBuf::from(&args[dash + 1]);
+    let rest: Vec<&str> = args[dash + 2..].iter().map(String::as_str).collect();
+    let dir = std::env::temp_dir();
+    println!("{:.0}", command(&program, &rest, &dir, seconds));
+}
+
+/// `pickup --dir DIR --count N --seconds S`: the library's commit rate, then the rate at
+/// which the pickup queues N dropped messages (written without fsync: set-up).
+fn pickup() {
+    let dir = PathBuf::from(flag("--dir").expect("--dir"));
+    let count: usize = flag("--count").map_or(100_000, |c| c.parse().unwrap());
+    let seconds: f64 = flag("--seconds").map_or(5.0, |s| s.parse().unwrap());
+    fs::create_dir_all(&dir).unwrap();
+    let lib = library(&dir, "lib-1x1", 1, 1, seconds);
+    let config = Config {
+        spool_dir: fresh(&dir, "picked"),
+        hostname: "bench.test".into(),
+        ..Config::default()
+    };
+    let ms = Mailspool::open(config).unwrap();
+    let drop_dir = ms.maildrop();
+    fs::create_dir_all(&drop_dir).unwrap();
+    let msg = message(1);
+    let uid = std::fs::metadata(&dir)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    let env = mailspool_drop::format::Envelope {
+        uid,
+        login: "bench".into(),
+        rcpts: vec!["rcpt@example.org".into()],
+        ..Default::default()
+    };
+    for i in 0..count {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(drop_dir.join(format!("d{i:08}")))
+            .unwrap();
+        env.write_to(&mut f).unwrap();
+        f.write_all(&msg).unwrap();
+    }
+    let start = Instant::now();
+    let mut picked = 0;
+    while picked < count {
+        let r = ms.pickup().unwrap();
+        assert!(r.picked > 0 || r.left > 0, "{r:?}");
+        picked += r.picked;
+    }
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    println!("{lib:.0} {rate:.0}");
 }

@@ -4,7 +4,7 @@
 //! ```text
 //! mailspool-drop 1
 //! uid 1001
-//! login alice
+//! login alice                     (optional, informational: the pickup looks it up)
 //! from alice@example.org          (optional; "from" alone is the null sender)
 //! full-name Alice Liddell         (optional)
 //! rcpt bob@example.org            (zero or more: recipients given as arguments)

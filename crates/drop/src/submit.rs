@@ -1,8 +1,8 @@
 //! Writing one drop file, durably: checked up front (so the caller hears about a bad
-//! address or a missing recipient at once, with sendmail's exit code), written under a
-//! hidden name with O_CREAT|O_EXCL|O_NOFOLLOW, fsynced, renamed to its final name, and
-//! the directory fsynced. Exit 0 after this means the message survives a crash and waits
-//! for the pickup, whether the daemon runs or not.
+//! address or a missing recipient at once, with sendmail's exit code), created with
+//! O_CREAT|O_EXCL|O_NOFOLLOW and mode 0000, written, given mode 0640 (done) and
+//! fsynced. Exit 0 after this means the message survives a crash and waits for the
+//! pickup, whether the daemon runs or not.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
@@ -147,8 +147,12 @@ pub fn drop_message(
         ..env.clone()
     };
 
-    let name = unique_name();
-    let hidden = dir.join(format!(".{name}"));
+    // Written in place under its final name, created mode 0000: the pickup cannot open
+    // it (nor would it take it) until the last byte is written and the mode is set to
+    // 0640; one fsync then makes data, mode and name durable together (ext4 and XFS
+    // journal a new file's directory entry with its inode). A drop killed half-way
+    // leaves a mode-0000 file that the pickup removes after an hour.
+    let path = dir.join(unique_name());
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| DropError::Io { path, source }
@@ -156,30 +160,15 @@ pub fn drop_message(
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o640)
+        .mode(0o000)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&hidden)
-        .map_err(io(&hidden))?;
-    let result = write_all(file, &envelope, &head, input, sub).and_then(|file| {
-        let fin = dir.join(&name);
-        std::fs::rename(&hidden, &fin).map_err(io(&fin))?;
-        // Make the rename durable. The drop's group may create files in maildrop/ but
-        // not read (list) it, so the directory cannot be opened to fsync it; a second
-        // fsync of the file does it instead: the rename changed the file's inode too
-        // (its ctime), and ext4 and XFS commit that with the directory entry.
-        match File::open(dir) {
-            Ok(d) => d.sync_all().map_err(io(dir))?,
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                file.sync_all().map_err(io(&fin))?
-            }
-            Err(e) => return Err(io(dir)(e)),
-        }
-        Ok(fin)
-    });
+        .open(&path)
+        .map_err(io(&path))?;
+    let result = write_all(file, &envelope, &head, input, sub);
     if result.is_err() {
-        let _ = std::fs::remove_file(&hidden);
+        let _ = std::fs::remove_file(&path);
     }
-    result
+    result.map(|()| path)
 }
 
 fn write_all(
@@ -188,7 +177,7 @@ fn write_all(
     head: &mailspool_message::Head,
     input: &mut impl BufRead,
     sub: &Submission,
-) -> Result<File, DropError> {
+) -> Result<(), DropError> {
     let mut out = io::BufWriter::with_capacity(64 * 1024, file);
     let w = |e| DropError::Intake(IntakeError::Write(e));
     envelope.write_to(&mut out).map_err(w)?;
@@ -217,9 +206,14 @@ fn write_all(
             })?;
     }
     let file = out.into_inner().map_err(|e| w(e.into_error()))?;
+    rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(DONE_MODE))
+        .map_err(|e| w(e.into()))?;
     file.sync_all().map_err(w)?;
-    Ok(file)
+    Ok(())
 }
+
+/// The mode of a drop file whose writer finished: the pickup takes only these.
+pub const DONE_MODE: u32 = 0o640;
 
 #[cfg(test)]
 mod tests {

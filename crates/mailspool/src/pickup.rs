@@ -22,8 +22,11 @@ use mailspool_spool::escape;
 use crate::send::{SendError, Submitter};
 use crate::{Mailspool, MessageSource, SendMail};
 
-/// A hidden file (a drop still being written) older than this was left by a crash.
+/// A drop file still being written (mode 0000) older than this was left by a crash.
 const ABANDONED: Duration = Duration::from_secs(3600);
+
+/// Dropped files committed at once by one pass.
+const PICKUP_THREADS: usize = 4;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -57,7 +60,7 @@ impl Mailspool {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
             Err(e) => return Err(e),
         };
-        let mut removed = false;
+        let mut names = Vec::new();
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
             let name = entry.file_name();
@@ -70,28 +73,65 @@ impl Mailspool {
                 remove_if_abandoned(&entry.path());
                 continue;
             }
-            let path = entry.path();
-            match self.pickup_one(&path, &dir_meta) {
-                Verdict::Picked => {
-                    report.picked += 1;
-                    removed = true;
-                }
-                Verdict::Corrupt(why) => {
-                    tracing::warn!(file = %escape(name), reason = %escape(&why), "dropped file refused; moved to corrupt/");
-                    self.to_corrupt(&path, &why);
-                    report.corrupt += 1;
-                }
-                Verdict::Left => report.left += 1,
-            }
+            names.push(entry.path());
         }
-        if removed {
+        // A few at a time: their commits share tier 0's directory fsync (group commit),
+        // so a backlog drains faster than one thread could commit it.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let workers = names.len().min(PICKUP_THREADS);
+        let reports: Vec<PickupReport> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut r = PickupReport::default();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(path) = names.get(i) else { break };
+                            self.count(&mut r, path, &dir_meta);
+                        }
+                        r
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        for r in reports {
+            report.picked += r.picked;
+            report.corrupt += r.corrupt;
+            report.left += r.left;
+        }
+        if report.picked > 0 {
             // The removals are only a duplicate's worth of risk; make them stick anyway.
             let _ = File::open(&dir).and_then(|d| d.sync_all());
         }
         Ok(report)
     }
 
+    fn count(&self, r: &mut PickupReport, path: &Path, dir_meta: &fs::Metadata) {
+        match self.pickup_one(path, dir_meta) {
+            Verdict::Picked => r.picked += 1,
+            Verdict::Corrupt(why) => {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default();
+                tracing::warn!(file = %escape(&name), reason = %escape(&why), "dropped file refused; moved to corrupt/");
+                self.to_corrupt(path, &why);
+                r.corrupt += 1;
+            }
+            Verdict::Left => r.left += 1,
+        }
+    }
+
     fn pickup_one(&self, path: &Path, dir_meta: &fs::Metadata) -> Verdict {
+        // A drop still writing its file keeps it at mode 0000, which we cannot open
+        // (and, as root, must not take): wait for it, or clear it after an hour.
+        if fs::symlink_metadata(path).is_ok_and(|m| {
+            m.file_type().is_file() && m.mode() & 0o777 != mailspool_drop::submit::DONE_MODE
+        }) {
+            remove_if_abandoned(path);
+            return Verdict::Left;
+        }
         let file = match fs::OpenOptions::new()
             .read(true)
             .custom_flags(

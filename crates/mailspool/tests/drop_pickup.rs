@@ -140,6 +140,18 @@ fn planted_files_in_the_drop_never_become_mail() {
     )
     .unwrap();
     fs::write(dir.join(".young-hidden"), "being written").unwrap();
+    // Planted with the mode of a finished drop, so that only the checks stop them.
+    for n in ["2.hardlink", "4.garbage", "5.forged-uid"] {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.join(n), fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    // A drop still being written (mode 0000) is left for its writer.
+    let writing = dir.join("6.being-written");
+    fs::write(&writing, "mailspool-drop 1\nuid 0\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&writing, fs::Permissions::from_mode(0o000)).unwrap();
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let ms = std::sync::Arc::new(ms);
     let m = ms.clone();
@@ -148,7 +160,11 @@ fn planted_files_in_the_drop_never_become_mail() {
         .recv_timeout(Duration::from_secs(20))
         .expect("a FIFO in the drop must not hang the pickup")
         .unwrap();
-    assert_eq!((report.picked, report.corrupt), (0, 5), "{report:?}");
+    assert_eq!(
+        (report.picked, report.corrupt, report.left),
+        (0, 5, 1),
+        "{report:?}"
+    );
     assert!(env.nodes(0).is_empty(), "nothing queued");
     let corrupt: Vec<String> = fs::read_dir(env.spool().join("corrupt"))
         .unwrap()
