@@ -129,3 +129,29 @@ fn planted_fifos_and_links_hang_nothing() {
 fn hostname() -> String {
     mailspool::config::default_hostname()
 }
+
+#[test]
+fn doctor_says_what_to_fix() {
+    let env = Env::new();
+    env.mailspool()
+        .args(["send", "a@example.org"])
+        .write_stdin("Subject: x\n\nhi\n")
+        .assert()
+        .success();
+    env.mailspool()
+        .arg("doctor")
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stdout(predicates::str::contains("maildrop does not exist"))
+        .stdout(predicates::str::contains(
+            "install -d -o mailspool -g mailspool-drop -m 1730",
+        ));
+    fs::set_permissions(env.spool(), fs::Permissions::from_mode(0o777)).unwrap();
+    env.mailspool()
+        .arg("doctor")
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stdout(predicates::str::contains("others can write it"));
+}
