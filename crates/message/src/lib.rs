@@ -1,7 +1,8 @@
 //! Intake parsing for mailspool: what a program hands in, made into what the spool stores.
 //!
 //! - [`header::read_head`] reads the header block (bounded) and finds the envelope in it:
-//!   recipients from To/Cc/Bcc, the sender from From, the id from `Received: ... id (x)`.
+//!   recipients from To/Cc/Bcc, the sender from From (never an id: mailspool chooses
+//!   those itself).
 //! - [`address`] parses address lists and checks envelope addresses.
 //! - [`BodyCopier`] streams the body with line ends made LF and, unless `-i`, stops at
 //!   a line holding only `.`, in fixed memory whatever the message size.
