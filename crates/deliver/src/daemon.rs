@@ -116,6 +116,7 @@ pub async fn run(
     mut reload: impl FnMut() -> Option<DeliverConfig>,
 ) -> std::io::Result<()> {
     let wake = Arc::new(Notify::new());
+    engine.set_waker(wake.clone());
     {
         let dir = engine.spool().tier_dir(0);
         let wake = wake.clone();

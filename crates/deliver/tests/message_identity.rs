@@ -381,3 +381,42 @@ async fn mail_from_declares_the_wire_size_and_smtputf8_for_utf8_headers() {
         "{params}"
     );
 }
+
+#[tokio::test]
+async fn a_message_still_being_committed_waits_for_all_its_recipients() {
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    // A commit half-way: its stage holds the flock, two of three names are linked.
+    let stage = dir.path().join("tmp/stage-under-way");
+    fs::write(&stage, "From: a@corp.test\nSubject: ten\n\nhi\n").unwrap();
+    let held = fs::File::open(&stage).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let id = spool.new_id();
+    let node = |to: &str| {
+        dir.path()
+            .join("0")
+            .join(mailspool_spool::NodeName::new(1_700_000_000, &id, to, "a@corp.test").file_name())
+    };
+    fs::hard_link(&stage, node("x@one.test")).unwrap();
+    fs::hard_link(&stage, node("y@one.test")).unwrap();
+    let engine = engine(spool.clone(), config(&[("one.test", sink.addr)]));
+    let r = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(
+        r.count(Outcome::Delivered),
+        0,
+        "nothing sent while the commit runs"
+    );
+    assert_eq!(r.count(Outcome::Skipped), 2);
+    // The commit finishes: the last name, the stage gone, the lock released.
+    fs::hard_link(&stage, node("z@one.test")).unwrap();
+    fs::remove_file(&stage).unwrap();
+    drop(held);
+    let r = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(r.count(Outcome::Delivered), 3);
+    let got = sink.received();
+    assert_eq!(got.len(), 1, "one message, one transaction");
+    let mut to = got[0].to.clone();
+    to.sort();
+    assert_eq!(to, ["x@one.test", "y@one.test", "z@one.test"]);
+}

@@ -151,7 +151,9 @@ impl<S: Deref<Target = Spool>> Stage<S> {
             .storage
             .sync_file(&file)
             .map_err(|e| SpoolError::io("fsync", &self.path, e))?;
-        drop(file);
+        // `file` stays open, and its flock held, until the commit is over: a dequeuer
+        // that finds one of the new nodes sees the lock on their shared inode and waits
+        // for the rest of the message (see `Spool::commit_in_progress`).
 
         let tier0 = spool.tier_dir(0);
         let mut nodes = Vec::with_capacity(to.len());
@@ -189,6 +191,7 @@ impl<S: Deref<Target = Spool>> Stage<S> {
             return Err(SpoolError::io("remove", &self.path, e));
         }
         self.path.clear();
+        drop(file);
         let size = self.written;
         spool.log_usage_nodes(size, "Spool", nodes.len());
         Ok(Committed {
@@ -240,6 +243,20 @@ impl<S: Deref<Target = Spool>> Write for Stage<S> {
 impl<S: Deref<Target = Spool>> Drop for Stage<S> {
     fn drop(&mut self) {
         self.abort();
+    }
+}
+
+/// Whether the commit that made this node is still under way: its writer holds an
+/// exclusive `flock` on the inode (the stage) until every node is linked and synced.
+/// A dequeuer that sees this waits, so that one message is not split over several
+/// transactions. Nodes of 0.50 and of finished commits are never locked so.
+pub fn commit_in_progress(node: &File) -> bool {
+    match rustix::fs::flock(node, rustix::fs::FlockOperation::NonBlockingLockShared) {
+        Ok(()) => {
+            let _ = rustix::fs::flock(node, rustix::fs::FlockOperation::Unlock);
+            false
+        }
+        Err(e) => e == rustix::io::Errno::WOULDBLOCK,
     }
 }
 

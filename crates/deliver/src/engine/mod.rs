@@ -157,6 +157,8 @@ pub struct Engine {
     pool: Mutex<HashMap<String, Vec<Session>>>,
     in_flight: Mutex<HashSet<PathBuf>>,
     stopping: AtomicBool,
+    /// The daemon's wake-up, to look at tier 0 again soon (a node found mid-commit).
+    waker: Mutex<Option<Arc<tokio::sync::Notify>>>,
 }
 
 /// How one node ends, before we act on it.
@@ -191,6 +193,7 @@ impl Engine {
             pool: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             stopping: AtomicBool::new(false),
+            waker: Mutex::new(None),
         }))
     }
 
@@ -211,6 +214,22 @@ impl Engine {
     /// Most delivery tasks worth having at once: a few per delivery slot.
     pub fn task_cap(&self) -> usize {
         self.cfg().max_deliveries.max(1) * 8
+    }
+
+    /// Let the daemon be told to look at tier 0 again (see [`Engine::look_again_soon`]).
+    pub fn set_waker(&self, waker: Arc<tokio::sync::Notify>) {
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker);
+    }
+
+    /// Ask the daemon for another tier-0 pass in a moment.
+    fn look_again_soon(&self) {
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(w) = waker {
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                w.notify_one();
+            });
+        }
     }
 
     /// Stop starting deliveries (SIGTERM); those under way finish.
@@ -391,6 +410,13 @@ impl Engine {
             // Another daemon may have delivered and deleted it since our scan; and what
             // the name points to now is what we send, opened without following links.
             match self.spool.open_node(&n) {
+                // Its commit is still linking the message's other recipients: wait for
+                // them, so that one message is one transaction (the daemon looks again
+                // in a moment; a pass without a daemon takes it next time).
+                Ok(file) if mailspool_spool::commit_in_progress(&file.file) => {
+                    results.push(skipped("its commit is still under way".into()));
+                    self.look_again_soon();
+                }
                 Ok(file) => opened.push((n, lock, file)),
                 Err(SpoolError::NotFound(_)) => {
                     results.push(skipped("already gone".into()));
