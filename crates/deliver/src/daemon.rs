@@ -199,8 +199,9 @@ pub async fn run(
                     tracing::error!(error = %e, "delivery task failed");
                 }
                 fill(&engine, &mut deliveries, &mut backlog);
-                if deliveries.is_empty() {
+                if deliveries.is_empty() && backlog.is_empty() {
                     engine.close_idle().await;
+                    mailspool_spool::return_free_memory();
                 }
                 continue;
             }

@@ -117,7 +117,8 @@ pub struct ServeConfig {
     pub session_timeout: Duration,
     /// Connections at once, in all.
     pub max_connections: usize,
-    /// Connections at once from one client address.
+    /// Connections at once from one client address (IPv6: one /64) outside
+    /// `relay_networks`.
     pub max_connections_per_ip: usize,
     /// AUTH failures before the connection is closed.
     pub max_auth_failures: u32,
@@ -149,7 +150,8 @@ impl Default for ServeConfig {
             command_timeout: Duration::from_secs(300),
             session_timeout: Duration::from_secs(3600),
             max_connections: 1000,
-            max_connections_per_ip: 20,
+            // Postfix's smtpd_client_connection_count_limit.
+            max_connections_per_ip: 50,
             max_auth_failures: 3,
             auth_failure_delay: Duration::from_secs(1),
             greet_pause: Duration::from_millis(300),

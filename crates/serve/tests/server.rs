@@ -305,8 +305,11 @@ async fn talking_before_the_greeting_is_dropped_and_timeouts_close() {
 
 #[tokio::test]
 async fn connection_limits_per_address() {
+    // An untrusted client is held to its limit...
     let s = start(ServeConfig {
         max_connections_per_ip: 2,
+        relay_networks: Vec::new(),
+        greet_pause: Duration::ZERO,
         ..ServeConfig::default()
     })
     .await;
@@ -314,6 +317,24 @@ async fn connection_limits_per_address() {
     let (_b, _) = Client::connect(s.addr).await;
     let (_c, g) = Client::connect(s.addr).await;
     assert!(g.starts_with("421 4.7.0"), "{g}");
+    // ...a client in relay_networks (an application server, a local load generator) is
+    // not: only the total limit applies.
+    let s = start(ServeConfig {
+        max_connections_per_ip: 2,
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        let (c, g) = Client::connect(s.addr).await;
+        assert!(g.starts_with("220"), "{g}");
+        open.push(c);
+    }
+    assert_eq!(
+        ServeConfig::default().max_connections_per_ip,
+        50,
+        "Postfix's default"
+    );
 }
 
 #[tokio::test]

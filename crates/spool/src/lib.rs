@@ -74,6 +74,17 @@ pub fn unique_token() -> String {
     ulid::Ulid::generate().to_string()
 }
 
+/// Give freed memory back to the system once a burst is over (glibc keeps it in its
+/// arenas otherwise: the listener's PSS stayed at twice its idle figure after a load).
+/// Cheap when there is little to return; call it when work has drained, not per message.
+pub fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Seconds since the epoch.
 pub fn unix_time(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)

@@ -126,7 +126,7 @@ pub struct ServeFile {
     pub session_timeout: Option<u64>,
     /// Connections at once (1000).
     pub max_connections: Option<usize>,
-    /// Connections at once per client address (20).
+    /// Connections at once per client address outside relay_networks (50).
     pub max_connections_per_ip: Option<usize>,
     /// AUTH failures before disconnecting (3).
     pub max_auth_failures: Option<u32>,
