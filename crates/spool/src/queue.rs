@@ -112,6 +112,20 @@ impl Spool {
         Ok(scan)
     }
 
+    /// Visit every node, as [`Spool::scan`] orders directories (every tier, then the held
+    /// ones) but in directory order within each, without collecting them: a listing of a
+    /// million nodes keeps only what it needs of each.
+    pub fn visit_all(&self, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()> {
+        for tier in 0..self.config.tiers() {
+            self.visit_dir(&self.tier_dir(tier), tier, false, f)?;
+        }
+        for tier in 0..self.config.tiers() {
+            let dir = self.dir.join("hold").join(tier.to_string());
+            self.visit_dir(&dir, tier, true, f)?;
+        }
+        Ok(())
+    }
+
     /// The nodes of one tier (not held ones).
     pub fn scan_tier(&self, tier: usize) -> Result<Scan> {
         let mut scan = Scan::default();

@@ -4,6 +4,7 @@
 mod args;
 mod daemon;
 mod doctor;
+mod list;
 mod privilege;
 mod queue;
 mod send;
@@ -69,7 +70,7 @@ pub fn main() -> ExitCode {
             init_logging(0);
             config(None, None).and_then(|c| {
                 privilege::access(&c)?;
-                queue::list(&c, &args::ListArgs::default())
+                list::list(&c, &args::ListArgs::default())
             })
         }
         "newaliases" => {

@@ -5,7 +5,7 @@
 //! the node's `.NFSLock` first.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 
 use mailspool::{Config, Spool, SpoolError, sysexits};
 use mailspool_spool::{NodeEntry, Scan, escape, lock, time::civil_from_days};
@@ -15,7 +15,7 @@ use super::{CliResult, Failure};
 
 pub fn run(config: &Config, command: Option<QueueCommand>) -> CliResult {
     match command.unwrap_or(QueueCommand::List(ListArgs::default())) {
-        QueueCommand::List(a) => list(config, &a),
+        QueueCommand::List(a) => super::list::list(config, &a),
         QueueCommand::Show(a) => show(config, &a.id, a.to.as_deref()),
         QueueCommand::Delete(a) => change(config, &a, "deleted", |s, n| s.delete(n)),
         QueueCommand::Hold(a) => change(config, &a, "held", |s, n| s.hold(n).map(drop)),
@@ -30,7 +30,7 @@ pub fn run(config: &Config, command: Option<QueueCommand>) -> CliResult {
 
 /// Open the spool for reading. A spool that does not exist is an error, not an empty
 /// queue: the usual cause is the wrong spool (another user's default, a typo).
-fn open(config: &Config) -> Result<Spool, Failure> {
+pub(super) fn open(config: &Config) -> Result<Spool, Failure> {
     match Spool::open(&config.spool_dir, config.spool.clone()) {
         Ok(s) => Ok(s),
         Err(e @ SpoolError::Missing(_)) => Err(Failure::new(
@@ -47,20 +47,28 @@ fn open(config: &Config) -> Result<Spool, Failure> {
 fn scan(spool: &Spool) -> Result<Scan, Failure> {
     let scan = spool.scan()?;
     for path in &scan.unparsable {
-        eprintln!(
-            "warning: {} is not a node name Mail::Spool can read; skipped",
-            escape(&path.display().to_string())
-        );
+        warn_unparsable(path);
     }
     for n in scan.nodes.iter().filter(|n| n.rescued) {
-        eprintln!(
-            "warning: {} was written by Mail::Spool 0.50's fallback with a raw '-'; read as to <{}> from <{}>",
-            escape(&n.path.display().to_string()),
-            escape(&n.name.to),
-            escape(&n.name.from)
-        );
+        warn_rescued(n);
     }
     Ok(scan)
+}
+
+pub(super) fn warn_unparsable(path: &std::path::Path) {
+    eprintln!(
+        "warning: {} is not a node name Mail::Spool can read; skipped",
+        escape(&path.display().to_string())
+    );
+}
+
+pub(super) fn warn_rescued(n: &NodeEntry) {
+    eprintln!(
+        "warning: {} was written by Mail::Spool 0.50's fallback with a raw '-'; read as to <{}> from <{}>",
+        escape(&n.path.display().to_string()),
+        escape(&n.name.to),
+        escape(&n.name.from)
+    );
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC.
@@ -75,109 +83,7 @@ pub fn fmt_time(unix: u64) -> String {
     )
 }
 
-fn fmt_due(due: u64, now: u64) -> String {
-    if due <= now {
-        "now".to_owned()
-    } else {
-        let left = due - now;
-        match left {
-            0..=59 => format!("in {left}s"),
-            60..=3599 => format!("in {}m", left / 60),
-            _ => format!("in {}h{:02}m", left / 3600, left / 60 % 60),
-        }
-    }
-}
-
-fn node_size(n: &NodeEntry) -> u64 {
-    std::fs::symlink_metadata(&n.path)
-        .map(|m| m.len())
-        .unwrap_or(0)
-}
-
-pub fn list(config: &Config, args: &ListArgs) -> CliResult {
-    let spool = open(config)?;
-    let scan = scan(&spool)?;
-    let domain = args.domain.as_deref().map(str::to_ascii_lowercase);
-    let side = spool.has_side_data();
-    let now = mailspool_spool::now();
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
-    let mut shown = 0usize;
-    let mut messages = HashSet::new();
-    for n in &scan.nodes {
-        if args.tier.is_some_and(|t| t != n.tier)
-            || domain.as_deref().is_some_and(|d| n.domain() != d)
-        {
-            continue;
-        }
-        shown += 1;
-        messages.insert((n.name.id.as_str(), n.name.from.as_str()));
-        let last_error = if side {
-            spool.last_error(&n.name)
-        } else {
-            None
-        };
-        let due = spool.due_at(n);
-        let r = if args.json {
-            let obj = serde_json::json!({
-                "id": n.name.id,
-                "to": n.name.to,
-                "from": n.name.from,
-                "tier": n.tier,
-                "queued_at": n.name.time,
-                "due_at": due,
-                "size": node_size(n),
-                "held": n.held,
-                "last_error": last_error,
-            });
-            writeln!(out, "{obj}")
-        } else {
-            if shown == 1 {
-                let _ = writeln!(
-                    out,
-                    "{:<26} {:>4} {:<19} {:<8} {:>9}  SENDER -> RECIPIENT",
-                    "ID", "TIER", "QUEUED (UTC)", "DUE", "SIZE"
-                );
-            }
-            let mut line = format!(
-                "{:<26} {:>4} {:<19} {:<8} {:>9}  <{}> -> <{}>",
-                n.name.id,
-                n.tier,
-                fmt_time(n.name.time),
-                if n.held {
-                    "held".to_owned()
-                } else {
-                    fmt_due(due, now)
-                },
-                node_size(n),
-                escape(&n.name.from),
-                escape(&n.name.to)
-            );
-            if let Some(e) = last_error {
-                line.push_str(&format!("\n{:>30}({e})", ""));
-            }
-            writeln!(out, "{line}")
-        };
-        r.map_err(write_failed)?;
-    }
-    if !args.json {
-        let r = if shown == 0 {
-            writeln!(out, "Mail queue is empty")
-        } else {
-            writeln!(
-                out,
-                "-- {shown} node{} of {} message{}",
-                if shown == 1 { "" } else { "s" },
-                messages.len(),
-                if messages.len() == 1 { "" } else { "s" }
-            )
-        };
-        r.map_err(write_failed)?;
-    }
-    out.flush().map_err(write_failed)
-}
-
-fn write_failed(e: std::io::Error) -> Failure {
+pub(super) fn write_failed(e: std::io::Error) -> Failure {
     Failure::new(sysexits::IOERR, format!("cannot write the listing: {e}"))
 }
 
@@ -240,9 +146,9 @@ fn show(config: &Config, id: &str, to: Option<&str>) -> CliResult {
             "due at:    {} UTC ({}, {})",
             fmt_time(due),
             due,
-            fmt_due(due, now)
+            super::list::fmt_due(due, now)
         );
-        println!("size:      {} bytes", node_size(n));
+        println!("size:      {} bytes", std::fs::symlink_metadata(&n.path).map_or(0, |m| m.len()));
         println!("held:      {}", if n.held { "yes" } else { "no" });
         match lock::holder(&n.path, &policy) {
             Some(h) => println!("lock:      held by {h}"),

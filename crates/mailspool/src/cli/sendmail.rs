@@ -45,7 +45,7 @@ pub fn run(prog: &str, args: &[OsString]) -> CliResult {
         Mode::ListQueue => {
             let c = config(p.config.as_deref(), None)?;
             privilege::access(&c)?;
-            queue::list(&c, &ListArgs::default())
+            super::list::list(&c, &ListArgs::default())
         }
         Mode::Smtp => {
             let c = config(p.config.as_deref(), None)?;
