@@ -50,47 +50,118 @@ impl Batch {
     }
 }
 
-struct Printer<'a, W: Write> {
+/// What formatting a node needs; shared by the formatting threads.
+struct Context<'a> {
     spool: &'a Spool,
-    args: &'a ListArgs,
-    out: W,
+    json: bool,
     side: bool,
     now: u64,
-    shown: usize,
-    /// Messages counted by a 64-bit hash of (id, sender): exact enough for a count,
-    /// and 16 bytes a message instead of two strings.
-    messages: HashSet<u64>,
+    /// Messages are counted by a 64-bit hash of (id, sender): exact enough for a
+    /// count, and 16 bytes a message instead of two strings.
     hasher: std::collections::hash_map::RandomState,
 }
 
+/// Nodes formatted by one thread at a time: big enough to amortise the thread, small
+/// enough that a few of them in flight cost little memory.
+const CHUNK: usize = 16 * 1024;
+
+struct Printer<'a, W: Write> {
+    cx: Context<'a>,
+    out: W,
+    shown: usize,
+    messages: HashSet<u64>,
+}
+
 impl<W: Write> Printer<'_, W> {
+    /// Sort one directory's nodes and print them. Most of a big listing's time is the
+    /// stat of each node and the formatting, so every core does it, in chunks, and the
+    /// chunks are written in order.
     fn flush_batch(&mut self, batch: &mut Batch) -> Result<(), Failure> {
-        batch.sort();
-        for node in &batch.nodes {
-            let file_name = batch.name(node);
-            let (Parsed::Node(name) | Parsed::Rescued(name)) = NodeName::parse(file_name) else {
-                continue;
-            };
-            self.print(batch, file_name, &name)?;
+        if batch.nodes.is_empty() {
+            return Ok(());
         }
-        batch.names.clear();
-        batch.nodes.clear();
+        batch.sort();
+        let dir = rustix::fs::open(
+            &batch.dir,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let cx = &self.cx;
+        let batch = &*batch;
+        for round in batch.nodes.chunks(CHUNK * threads) {
+            let done: Vec<(Vec<u8>, Vec<u64>)> = std::thread::scope(|s| {
+                let workers: Vec<_> = round
+                    .chunks(CHUNK)
+                    .map(|chunk| s.spawn(|| cx.format(batch, dir.as_ref(), chunk)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().expect("a formatting thread panicked"))
+                    .collect()
+            });
+            for (text, hashes) in done {
+                if self.shown == 0 && !cx.json && !hashes.is_empty() {
+                    writeln!(
+                        self.out,
+                        "{:<26} {:>4} {:<19} {:<8} {:>9}  SENDER -> RECIPIENT",
+                        "ID", "TIER", "QUEUED (UTC)", "DUE", "SIZE"
+                    )
+                    .map_err(write_failed)?;
+                }
+                self.shown += hashes.len();
+                self.messages.extend(hashes);
+                self.out.write_all(&text).map_err(write_failed)?;
+            }
+        }
         Ok(())
     }
+}
 
-    fn print(&mut self, batch: &Batch, file_name: &str, n: &NodeName) -> Result<(), Failure> {
-        self.shown += 1;
-        let mut h = self.hasher.build_hasher();
-        (&n.id, &n.from).hash(&mut h);
-        self.messages.insert(h.finish());
+impl Context<'_> {
+    /// Format a chunk of nodes: their lines, and a hash of each one's message.
+    fn format(
+        &self,
+        batch: &Batch,
+        dir: Option<&rustix::fd::OwnedFd>,
+        chunk: &[(u64, u32, u32)],
+    ) -> (Vec<u8>, Vec<u64>) {
+        let mut text = Vec::with_capacity(chunk.len() * 128);
+        let mut hashes = Vec::with_capacity(chunk.len());
+        for node in chunk {
+            let file_name = batch.name(node);
+            let (Parsed::Node(n) | Parsed::Rescued(n)) = NodeName::parse(file_name) else {
+                continue;
+            };
+            let mut h = self.hasher.build_hasher();
+            (&n.id, &n.from).hash(&mut h);
+            hashes.push(h.finish());
+            let size = dir.map_or(0, |d| node_size(d, file_name));
+            // Writing into a Vec cannot fail.
+            let _ = self.line(&mut text, batch, &n, size);
+        }
+        (text, hashes)
+    }
+
+    fn line(
+        &self,
+        out: &mut Vec<u8>,
+        batch: &Batch,
+        n: &NodeName,
+        size: u64,
+    ) -> std::io::Result<()> {
         let last_error = if self.side {
             self.spool.last_error(n)
         } else {
             None
         };
-        let size = node_size(&batch.dir, file_name);
-        let due = n.time.saturating_add(self.spool.config().period(batch.tier));
-        let r = if self.args.json {
+        let due = n
+            .time
+            .saturating_add(self.spool.config().period(batch.tier));
+        if self.json {
             let obj = serde_json::json!({
                 "id": n.id,
                 "to": n.to,
@@ -102,44 +173,35 @@ impl<W: Write> Printer<'_, W> {
                 "held": batch.held,
                 "last_error": last_error,
             });
-            writeln!(self.out, "{obj}")
+            return writeln!(out, "{obj}");
+        }
+        let due = if batch.held {
+            "held".to_owned()
         } else {
-            if self.shown == 1 {
-                let _ = writeln!(
-                    self.out,
-                    "{:<26} {:>4} {:<19} {:<8} {:>9}  SENDER -> RECIPIENT",
-                    "ID", "TIER", "QUEUED (UTC)", "DUE", "SIZE"
-                );
-            }
-            let due = if batch.held {
-                "held".to_owned()
-            } else {
-                fmt_due(due, self.now)
-            };
-            let r = writeln!(
-                self.out,
-                "{:<26} {:>4} {:<19} {:<8} {:>9}  <{}> -> <{}>",
-                n.id,
-                batch.tier,
-                fmt_time(n.time),
-                due,
-                size,
-                escape(&n.from),
-                escape(&n.to)
-            );
-            match last_error {
-                Some(e) if r.is_ok() => writeln!(self.out, "{:>30}({e})", ""),
-                _ => r,
-            }
+            fmt_due(due, self.now)
         };
-        r.map_err(write_failed)
+        writeln!(
+            out,
+            "{:<26} {:>4} {:<19} {:<8} {:>9}  <{}> -> <{}>",
+            n.id,
+            batch.tier,
+            fmt_time(n.time),
+            due,
+            size,
+            escape(&n.from),
+            escape(&n.to)
+        )?;
+        if let Some(e) = last_error {
+            writeln!(out, "{:>30}({})", "", escape(&e))?;
+        }
+        Ok(())
     }
 }
 
-/// The node's size, without following a symlink and without a path built per node
-/// beyond the join (a million stats are most of a big listing's time).
-fn node_size(dir: &Path, file_name: &str) -> u64 {
-    std::fs::symlink_metadata(dir.join(file_name)).map_or(0, |m| m.len())
+/// The node's size, looked up relative to its directory and never through a symlink.
+fn node_size(dir: &rustix::fd::OwnedFd, file_name: &str) -> u64 {
+    rustix::fs::statat(dir, file_name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .map_or(0, |st| st.st_size as u64)
 }
 
 pub(super) fn fmt_due(due: u64, now: u64) -> String {
@@ -158,14 +220,16 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
     let domain = args.domain.as_deref().map(str::to_ascii_lowercase);
     let stdout = std::io::stdout();
     let mut printer = Printer {
-        spool: &spool,
-        args,
+        cx: Context {
+            spool: &spool,
+            json: args.json,
+            side: spool.has_side_data(),
+            now: mailspool_spool::now(),
+            hasher: Default::default(),
+        },
         out: BufWriter::with_capacity(256 * 1024, stdout.lock()),
-        side: spool.has_side_data(),
-        now: mailspool_spool::now(),
         shown: 0,
         messages: HashSet::new(),
-        hasher: Default::default(),
     };
     let mut batch = Batch::default();
     let mut failed = None;
@@ -194,6 +258,8 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
                 failed = Some(e);
                 return ControlFlow::Break(());
             }
+            batch.names.clear();
+            batch.nodes.clear();
             batch.tier = n.tier;
             batch.held = n.held;
             batch.dir = n.path.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -148,7 +148,10 @@ fn show(config: &Config, id: &str, to: Option<&str>) -> CliResult {
             due,
             super::list::fmt_due(due, now)
         );
-        println!("size:      {} bytes", std::fs::symlink_metadata(&n.path).map_or(0, |m| m.len()));
+        println!(
+            "size:      {} bytes",
+            std::fs::symlink_metadata(&n.path).map_or(0, |m| m.len())
+        );
         println!("held:      {}", if n.held { "yes" } else { "no" });
         match lock::holder(&n.path, &policy) {
             Some(h) => println!("lock:      held by {h}"),
