@@ -8,7 +8,7 @@
 //! anything is kept or any file is looked at: the name is the index.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -136,9 +136,7 @@ impl Context<'_> {
             let (Parsed::Node(n) | Parsed::Rescued(n)) = NodeName::parse(file_name) else {
                 continue;
             };
-            let mut h = self.hasher.build_hasher();
-            (&n.id, &n.from).hash(&mut h);
-            hashes.push(h.finish());
+            hashes.push(self.hasher.hash_one((&n.id, &n.from)));
             let size = dir.map_or(0, |d| node_size(d, file_name));
             // Writing into a Vec cannot fail.
             let _ = self.line(&mut text, batch, &n, size);
