@@ -262,12 +262,24 @@ impl Spool {
 
     /// Nodes whose message id, or whose file name, is `key`.
     pub fn find(&self, key: &str) -> Result<Vec<NodeEntry>> {
-        let found: Vec<NodeEntry> = self
-            .scan()?
-            .nodes
-            .into_iter()
-            .filter(|n| n.name.id == key || n.file_name == key)
-            .collect();
+        // Walked, not scanned: a million-node spool is never held to find a few.
+        let mut found = Vec::new();
+        self.visit_all(&mut |f| {
+            if let Found::Node(n) = f
+                && (n.name.id == key || n.file_name == key)
+            {
+                found.push(n);
+            }
+            ControlFlow::Continue(())
+        })?;
+        found.sort_by(|a, b| {
+            (a.held, a.tier, a.name.time, &a.file_name).cmp(&(
+                b.held,
+                b.tier,
+                b.name.time,
+                &b.file_name,
+            ))
+        });
         if found.is_empty() {
             return Err(SpoolError::NotFound(key.to_owned()));
         }

@@ -55,31 +55,40 @@ impl Spool {
         if !self.has_side_data() {
             return Ok(0);
         }
-        let live: std::collections::HashSet<String> = self
-            .scan()?
-            .nodes
-            .iter()
-            .map(|n| side_key(&n.name))
-            .collect();
+        // The candidates are the old side files (usually few); the spool is then walked
+        // once, striking each one whose node still exists. Memory follows the side data,
+        // not the queue (a million nodes are walked, never held).
         let meta = self.dir.join("meta");
         let entries = std::fs::read_dir(&meta).map_err(|e| SpoolError::io("read", &meta, e))?;
-        let mut removed = 0;
-        for e in entries.flatten() {
-            // Young files may belong to a node the scan missed while it moved (a
-            // release, a fallback): only history written 10 minutes ago or more goes.
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
-                .is_some_and(|a| a.as_secs() >= 600);
-            if old
-                && !e.file_name().to_str().is_some_and(|n| live.contains(n))
-                && std::fs::remove_file(e.path()).is_ok()
-            {
-                removed += 1;
-            }
+        let mut old: std::collections::HashSet<String> = entries
+            .flatten()
+            .filter(|e| {
+                // Young files may belong to a node the walk misses while it moves (a
+                // release, a fallback): only history written 10 minutes ago or more goes.
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+                    .is_some_and(|a| a.as_secs() >= 600)
+            })
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
         }
+        self.visit_all(&mut |found| {
+            if let crate::Found::Node(n) = found {
+                old.remove(&side_key(&n.name));
+                if old.is_empty() {
+                    return std::ops::ControlFlow::Break(());
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
+        let removed = old
+            .iter()
+            .filter(|name| std::fs::remove_file(meta.join(name)).is_ok())
+            .count();
         Ok(removed)
     }
 
