@@ -16,8 +16,7 @@
 //! unprivileged user, for the setgid drop and for Postfix's sendmail).
 //! `mailspool-bench pickup --dir DIR --count N --seconds S` prints the library's commit
 //! rate (1 thread, 1 recipient) and the pickup's rate over N dropped messages.
-//! `mailspool-bench sink --port-file F --counts F` is an SMTP sink that counts
-//! transactions and recipients (for `bench/load`).
+//! `sink`, `load` and `cert`: the SMTP load of `bench/load` (see `smtp_load.rs`).
 
 use std::fs;
 use std::io::Write;
@@ -28,6 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailspool::{Config, Mailspool, MessageSource, SendMail};
+
+mod smtp_load;
 
 struct Args {
     dir: PathBuf,
@@ -171,7 +172,9 @@ fn main() {
         Some("tarpit") => return tarpit(),
         Some("command") => return command_rate(),
         Some("pickup") => return pickup(),
-        Some("sink") => return sink(),
+        Some("sink") => return smtp_load::sink(),
+        Some("load") => return smtp_load::load(),
+        Some("cert") => return smtp_load::cert(),
         _ => {}
     }
     let a = parse_args();
@@ -341,80 +344,4 @@ fn pickup() {
     }
     let rate = count as f64 / start.elapsed().as_secs_f64();
     println!("{lib:.0} {rate:.0}");
-}
-
-/// `sink --port-file F --counts F`: an SMTP sink that accepts everything and keeps
-/// count of transactions and recipients (written to the counts file as "tx rcpt" every
-/// 50 ms), one thread per connection. Postfix's smtp-sink does not count transactions.
-fn sink() {
-    use std::io::{BufRead, BufReader};
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    let port_file = PathBuf::from(flag("--port-file").expect("--port-file"));
-    let counts = PathBuf::from(flag("--counts").expect("--counts"));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    fs::write(
-        &port_file,
-        listener.local_addr().unwrap().port().to_string(),
-    )
-    .unwrap();
-    static TX: AtomicU64 = AtomicU64::new(0);
-    static RCPT: AtomicU64 = AtomicU64::new(0);
-    std::thread::spawn(move || {
-        loop {
-            let _ = fs::write(
-                &counts,
-                format!("{} {}\n", TX.load(Relaxed), RCPT.load(Relaxed)),
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-    for stream in listener.incoming().flatten() {
-        std::thread::spawn(move || {
-            let mut out = stream.try_clone().unwrap();
-            let mut input = BufReader::new(stream);
-            let _ = out.write_all(b"220 sink.test ESMTP\r\n");
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if input.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let cmd = line.get(..4).unwrap_or("").to_ascii_uppercase();
-                let reply: &[u8] = match cmd.as_str() {
-                    "EHLO" => {
-                        b"250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n"
-                    }
-                    "MAIL" => {
-                        TX.fetch_add(1, Relaxed);
-                        b"250 2.1.0 Ok\r\n"
-                    }
-                    "RCPT" => {
-                        RCPT.fetch_add(1, Relaxed);
-                        b"250 2.1.5 Ok\r\n"
-                    }
-                    "DATA" => {
-                        let _ = out.write_all(b"354 go\r\n");
-                        loop {
-                            line.clear();
-                            if input.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == ".\r\n" {
-                                break;
-                            }
-                        }
-                        b"250 2.0.0 Ok: queued\r\n"
-                    }
-                    "QUIT" => {
-                        let _ = out.write_all(b"221 2.0.0 Bye\r\n");
-                        return;
-                    }
-                    _ => b"250 2.0.0 Ok\r\n",
-                };
-                if out.write_all(reply).is_err() {
-                    return;
-                }
-            }
-        });
-    }
 }

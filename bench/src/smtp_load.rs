@@ -1,0 +1,268 @@
+//! The SMTP side of `bench/load`: a counting sink (optionally with STARTTLS), a load
+//! generator that speaks through the project's own client (optionally STARTTLS), and a
+//! self-signed certificate for both ends and for Postfix.
+//!
+//! `mailspool-bench sink --port-file F --counts F [--tls-cert C --tls-key K]` writes
+//! "transactions recipients connections tls_full tls_resumed" to the counts file every
+//! 50 ms.
+//! `mailspool-bench load --port P --sessions N --messages M [--rcpts R] [--per-connection K]
+//! [--tls]` sends M 4 KB messages over N parallel sessions, K per connection (default 1,
+//! like smtp-source), and prints "seconds connections".
+//! `mailspool-bench cert --dir D` writes D/cert.pem and D/key.pem (CN and SAN localhost).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use crate::flag;
+
+static TX: AtomicU64 = AtomicU64::new(0);
+static RCPT: AtomicU64 = AtomicU64::new(0);
+static CONNS: AtomicU64 = AtomicU64::new(0);
+static TLS_FULL: AtomicU64 = AtomicU64::new(0);
+static TLS_RESUMED: AtomicU64 = AtomicU64::new(0);
+
+fn counts_line() -> String {
+    format!(
+        "{} {} {} {} {}\n",
+        TX.load(Relaxed),
+        RCPT.load(Relaxed),
+        CONNS.load(Relaxed),
+        TLS_FULL.load(Relaxed),
+        TLS_RESUMED.load(Relaxed)
+    )
+}
+
+fn server_config(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
+    let certs = rustls_pemfile::certs(&mut fs::read(cert).unwrap().as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut fs::read(key).unwrap().as_slice())
+        .unwrap()
+        .unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    Arc::new(cfg)
+}
+
+/// An SMTP sink that accepts everything and counts transactions, recipients,
+/// connections and TLS handshakes (full and resumed), one thread per connection.
+/// Postfix's smtp-sink counts neither transactions nor handshakes.
+pub(crate) fn sink() {
+    let port_file = PathBuf::from(flag("--port-file").expect("--port-file"));
+    let counts = PathBuf::from(flag("--counts").expect("--counts"));
+    let tls = flag("--tls-cert").map(|c| server_config(&c, &flag("--tls-key").expect("--tls-key")));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    fs::write(
+        &port_file,
+        listener.local_addr().unwrap().port().to_string(),
+    )
+    .unwrap();
+    std::thread::spawn(move || {
+        loop {
+            // Replaced whole (rename), so that a reader never sees it half written.
+            let tmp = counts.with_extension("tmp");
+            if fs::write(&tmp, counts_line()).is_ok() {
+                let _ = fs::rename(&tmp, &counts);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    for stream in listener.incoming().flatten() {
+        let tls = tls.clone();
+        std::thread::spawn(move || {
+            CONNS.fetch_add(1, Relaxed);
+            let _ = (&stream).write_all(b"220 sink.test ESMTP\r\n");
+            let upgrade = sink_session(&mut BufReader::new(&stream), tls.is_some());
+            let (Some(Upgrade), Some(cfg)) = (upgrade, tls) else {
+                return;
+            };
+            let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                return;
+            };
+            let mut tls = rustls::StreamOwned::new(conn, stream);
+            while tls.conn.is_handshaking() {
+                if tls.conn.complete_io(&mut tls.sock).is_err() {
+                    return;
+                }
+            }
+            match tls.conn.handshake_kind() {
+                Some(rustls::HandshakeKind::Resumed) => TLS_RESUMED.fetch_add(1, Relaxed),
+                _ => TLS_FULL.fetch_add(1, Relaxed),
+            };
+            sink_session(&mut BufReader::new(tls), false);
+        });
+    }
+}
+
+#[derive(PartialEq)]
+struct Upgrade;
+
+/// Serve SMTP until QUIT or EOF; `Some(Upgrade)` after a `220` to STARTTLS.
+fn sink_session<S: Read + Write>(input: &mut BufReader<S>, offer_tls: bool) -> Option<Upgrade> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if input.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        let cmd = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        let reply: &[u8] = match cmd.as_str() {
+            "EHLO" if offer_tls => {
+                b"250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-STARTTLS\r\n250 SIZE 100000000\r\n"
+            }
+            "EHLO" => b"250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n",
+            "STAR" if offer_tls => {
+                let _ = input.get_mut().write_all(b"220 2.0.0 Ready to start TLS\r\n");
+                let _ = input.get_mut().flush();
+                return Some(Upgrade);
+            }
+            "MAIL" => {
+                TX.fetch_add(1, Relaxed);
+                b"250 2.1.0 Ok\r\n"
+            }
+            "RCPT" => {
+                RCPT.fetch_add(1, Relaxed);
+                b"250 2.1.5 Ok\r\n"
+            }
+            "DATA" => {
+                let _ = input.get_mut().write_all(b"354 go\r\n");
+                let _ = input.get_mut().flush();
+                loop {
+                    line.clear();
+                    if input.read_line(&mut line).unwrap_or(0) == 0 {
+                        return None;
+                    }
+                    if line == ".\r\n" {
+                        break;
+                    }
+                }
+                b"250 2.0.0 Ok: queued\r\n"
+            }
+            "QUIT" => {
+                let _ = input.get_mut().write_all(b"221 2.0.0 Bye\r\n");
+                let _ = input.get_mut().flush();
+                return None;
+            }
+            _ => b"250 2.0.0 Ok\r\n",
+        };
+        let out = input.get_mut();
+        if out.write_all(reply).is_err() || out.flush().is_err() {
+            return None;
+        }
+    }
+}
+
+pub(crate) fn cert() {
+    let dir = PathBuf::from(flag("--dir").expect("--dir"));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+pub(crate) fn load() {
+    let port: u16 = flag("--port").expect("--port").parse().unwrap();
+    let sessions: usize = flag("--sessions").map_or(20, |s| s.parse().unwrap());
+    let messages: usize = flag("--messages").map_or(1000, |s| s.parse().unwrap());
+    let rcpts: usize = flag("--rcpts").map_or(1, |s| s.parse().unwrap());
+    let per_conn: usize = flag("--per-connection").map_or(1, |s| s.parse().unwrap());
+    let tls = std::env::args().any(|a| a == "--tls");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (secs, conns) = rt.block_on(run_load(port, sessions, messages, rcpts, per_conn, tls));
+    println!("{secs:.3} {conns}");
+}
+
+async fn run_load(
+    port: u16,
+    sessions: usize,
+    messages: usize,
+    rcpts: usize,
+    per_conn: usize,
+    tls: bool,
+) -> (f64, u64) {
+    use mailspool_smtp::client::{ClientSettings, Envelope, Session, Timeouts, TlsPolicy};
+    let mut text =
+        String::from("From: load@example.com\r\nTo: rcpt@example.test\r\nSubject: load\r\n\r\n");
+    while text.len() < 4096 {
+        text.push_str("The quick brown fox jumps over the lazy dog, again and again.\r\n");
+    }
+    text.push_str(".\r\n");
+    let data = Arc::new(text.into_bytes());
+    let settings = ClientSettings {
+        helo_name: "load.example.com".into(),
+        timeouts: Timeouts::default(),
+        tls: if tls {
+            TlsPolicy::Opportunistic
+        } else {
+            TlsPolicy::None
+        },
+        auth: None,
+    };
+    // One set of connectors for every connection: rustls's client session cache is in
+    // it, so later handshakes can resume.
+    let connectors = Arc::new(mailspool_smtp::TlsConnectors::new(None).unwrap());
+    let next = Arc::new(AtomicU64::new(0));
+    let conns = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        let (data, settings, connectors, next, conns) = (
+            data.clone(),
+            settings.clone(),
+            connectors.clone(),
+            next.clone(),
+            conns.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            loop {
+                let mut s = Session::connect(addr, "localhost", &settings, &connectors)
+                    .await
+                    .expect("connect");
+                conns.fetch_add(1, Relaxed);
+                for _ in 0..per_conn {
+                    let i = next.fetch_add(1, Relaxed) as usize;
+                    if i >= messages {
+                        s.quit().await;
+                        return;
+                    }
+                    let env = Envelope {
+                        from: "load@example.com".into(),
+                        to: (0..rcpts)
+                            .map(|r| format!("rcpt{i}.{r}@example.test"))
+                            .collect(),
+                        size: data.len() as u64,
+                        eight_bit: false,
+                        utf8_headers: false,
+                    };
+                    let out = s.send_encoded(&env, &data).await.expect("send");
+                    assert!(
+                        out.data.as_ref().is_some_and(|r| r.code == 250),
+                        "not accepted: {:?}",
+                        out.data
+                    );
+                    s.reset_before_next();
+                }
+                s.quit().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (start.elapsed().as_secs_f64(), conns.load(Relaxed))
+}
