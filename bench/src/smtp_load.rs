@@ -81,6 +81,9 @@ pub(crate) fn sink() {
         let tls = tls.clone();
         std::thread::spawn(move || {
             CONNS.fetch_add(1, Relaxed);
+            // Replies go out at once: with Nagle's algorithm a pipelined client's
+            // delayed ACK would add 40 ms to every transaction.
+            let _ = stream.set_nodelay(true);
             let _ = (&stream).write_all(b"220 sink.test ESMTP\r\n");
             let upgrade = sink_session(&mut BufReader::new(&stream), tls.is_some());
             let (Some(Upgrade), Some(cfg)) = (upgrade, tls) else {
@@ -110,6 +113,7 @@ struct Upgrade;
 /// Serve SMTP until QUIT or EOF; `Some(Upgrade)` after a `220` to STARTTLS.
 fn sink_session<S: Read + Write>(input: &mut BufReader<S>, offer_tls: bool) -> Option<Upgrade> {
     let mut line = String::new();
+    let mut pending = Vec::new();
     loop {
         line.clear();
         if input.read_line(&mut line).unwrap_or(0) == 0 {
@@ -122,7 +126,8 @@ fn sink_session<S: Read + Write>(input: &mut BufReader<S>, offer_tls: bool) -> O
             }
             "EHLO" => b"250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n",
             "STAR" if offer_tls => {
-                let _ = input.get_mut().write_all(b"220 2.0.0 Ready to start TLS\r\n");
+                pending.extend_from_slice(b"220 2.0.0 Ready to start TLS\r\n");
+                let _ = input.get_mut().write_all(&pending);
                 let _ = input.get_mut().flush();
                 return Some(Upgrade);
             }
@@ -135,7 +140,9 @@ fn sink_session<S: Read + Write>(input: &mut BufReader<S>, offer_tls: bool) -> O
                 b"250 2.1.5 Ok\r\n"
             }
             "DATA" => {
-                let _ = input.get_mut().write_all(b"354 go\r\n");
+                pending.extend_from_slice(b"354 go\r\n");
+                let _ = input.get_mut().write_all(&pending);
+                pending.clear();
                 let _ = input.get_mut().flush();
                 loop {
                     line.clear();
@@ -149,15 +156,21 @@ fn sink_session<S: Read + Write>(input: &mut BufReader<S>, offer_tls: bool) -> O
                 b"250 2.0.0 Ok: queued\r\n"
             }
             "QUIT" => {
-                let _ = input.get_mut().write_all(b"221 2.0.0 Bye\r\n");
+                pending.extend_from_slice(b"221 2.0.0 Bye\r\n");
+                let _ = input.get_mut().write_all(&pending);
                 let _ = input.get_mut().flush();
                 return None;
             }
             _ => b"250 2.0.0 Ok\r\n",
         };
-        let out = input.get_mut();
-        if out.write_all(reply).is_err() || out.flush().is_err() {
-            return None;
+        pending.extend_from_slice(reply);
+        // Pipelined commands get their replies in one write, as a real server sends them.
+        if input.buffer().is_empty() {
+            let out = input.get_mut();
+            if out.write_all(&pending).is_err() || out.flush().is_err() {
+                return None;
+            }
+            pending.clear();
         }
     }
 }

@@ -223,10 +223,14 @@ impl Engine {
 
     /// Ask the daemon for another tier-0 pass in a moment.
     fn look_again_soon(&self) {
+        self.look_again_in(std::time::Duration::from_millis(2));
+    }
+
+    fn look_again_in(&self, delay: std::time::Duration) {
         let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(w) = waker {
             tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                tokio::time::sleep(delay).await;
                 w.notify_one();
             });
         }
@@ -258,6 +262,8 @@ impl Engine {
         let mut order = Vec::new();
         let mut plan = Plan::default();
         let mut taken = 0usize;
+        // Names of each tier-0 inode this scan saw, planned or not (see `incomplete`).
+        let mut names_seen: HashMap<u64, u64> = HashMap::new();
         for tier in 0..config.tiers() {
             if opts.tiers.as_ref().is_some_and(|t| !t.contains(&tier)) {
                 continue;
@@ -280,6 +286,9 @@ impl Engine {
                         return ControlFlow::Continue(());
                     }
                 };
+                if tier == 0 {
+                    *names_seen.entry(n.ino).or_default() += 1;
+                }
                 let wanted = match &opts.selection {
                     Selection::Due => self.spool.due_at(&n) <= now,
                     Selection::All => true,
@@ -305,12 +314,26 @@ impl Engine {
                 ControlFlow::Continue(())
             })?;
         }
+        let incomplete = incomplete_messages(&groups, &names_seen);
+        if !incomplete.is_empty() {
+            for nodes in groups.values_mut() {
+                nodes.retain(|n| {
+                    let keep = !incomplete.contains(&n.ino);
+                    if !keep {
+                        in_flight.remove(&n.path);
+                    }
+                    keep
+                });
+            }
+            self.look_again_in(std::time::Duration::from_millis(10));
+        }
         plan.groups = order
             .into_iter()
             .map(|key| Group {
                 nodes: groups.remove(&key).unwrap_or_default(),
                 domain: key.2,
             })
+            .filter(|g| !g.nodes.is_empty())
             .collect();
         Ok(plan)
     }
@@ -509,4 +532,35 @@ fn split_into_messages(opened: Vec<(NodeEntry, NodeLock, NodeFile)>) -> Vec<Clai
         }
     }
     merged
+}
+
+/// Tier-0 inodes whose scan saw fewer names than the inode has, changed in the last two
+/// seconds: a commit was still linking the message's recipients while the directory was
+/// read (or they straddle the plan's limit). Planned now, the names seen would go in one
+/// transaction and the rest in another; left for the next scan, they go in one. An older
+/// inode with more names has them elsewhere (another tier, held, or being delivered).
+fn incomplete_messages(
+    groups: &HashMap<(String, String, String), Vec<NodeEntry>>,
+    names_seen: &HashMap<u64, u64>,
+) -> HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut checked = HashSet::new();
+    let mut incomplete = HashSet::new();
+    for n in groups.values().flatten().filter(|n| n.tier == 0 && !n.held) {
+        if !checked.insert(n.ino) {
+            continue;
+        }
+        let seen = names_seen.get(&n.ino).copied().unwrap_or(0);
+        // Never through a symlink; a name gone since the scan is the delivery's to see.
+        let Ok(meta) = std::fs::symlink_metadata(&n.path) else {
+            continue;
+        };
+        if meta.ino() == n.ino && meta.nlink() > seen && now - meta.ctime() < 2 {
+            incomplete.insert(n.ino);
+        }
+    }
+    incomplete
 }
