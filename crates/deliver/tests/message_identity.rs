@@ -470,3 +470,38 @@ async fn a_scan_that_saw_part_of_a_fresh_message_leaves_it_for_the_next() {
     let got = sink.received();
     assert_eq!(got.len(), 1, "one message, one transaction: {got:?}");
 }
+
+/// A pass plans a big queue in chunks; a chunk that ends in the middle of a message's
+/// names leaves that message for the next chunk instead of cutting it in two.
+#[tokio::test]
+async fn a_plan_chunk_never_cuts_a_message_in_two() {
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    for m in 0..5 {
+        let to: Vec<String> = (0..4).map(|r| format!("r{r}.m{m}@one.test")).collect();
+        let to: Vec<&str> = to.iter().map(String::as_str).collect();
+        let id = spool.new_id();
+        queue_with_id(
+            &spool,
+            &id,
+            "a@corp.test",
+            &to,
+            &format!("From: a@corp.test\nSubject: m{m}\n\nbody {m}\n"),
+        );
+    }
+    let engine = engine(spool.clone(), config(&[("one.test", sink.addr)]));
+    // Chunks of 6 nodes: no multiple of 4, so every chunk boundary falls inside a message.
+    let opts = PassOptions {
+        limit: Some(6),
+        ..all()
+    };
+    let r = engine.run_pass(&opts).await.unwrap();
+    assert_eq!(r.count(Outcome::Delivered), 20);
+    let got = sink.received();
+    assert_eq!(
+        got.iter().map(|m| m.to.len()).collect::<Vec<_>>(),
+        [4, 4, 4, 4, 4],
+        "one transaction of four recipients per message"
+    );
+}

@@ -262,8 +262,9 @@ impl Engine {
         let mut order = Vec::new();
         let mut plan = Plan::default();
         let mut taken = 0usize;
-        // Names of each tier-0 inode this scan saw, planned or not (see `incomplete`).
+        // Names of each inode this scan saw, planned or not (see `incomplete_messages`).
         let mut names_seen: HashMap<u64, u64> = HashMap::new();
+        let mut planned: HashSet<u64> = HashSet::new();
         for tier in 0..config.tiers() {
             if opts.tiers.as_ref().is_some_and(|t| !t.contains(&tier)) {
                 continue;
@@ -286,9 +287,7 @@ impl Engine {
                         return ControlFlow::Continue(());
                     }
                 };
-                if tier == 0 {
-                    *names_seen.entry(n.ino).or_default() += 1;
-                }
+                *names_seen.entry(n.ino).or_default() += 1;
                 let wanted = match &opts.selection {
                     Selection::Due => self.spool.due_at(&n) <= now,
                     Selection::All => true,
@@ -297,6 +296,15 @@ impl Engine {
                 if !wanted || in_flight.contains(&n.path) || skip(&n) {
                     return ControlFlow::Continue(());
                 }
+                // Past the limit, the rest of the directory is read only for the other
+                // names of messages already planned: a chunk never cuts a message (names
+                // come in hash order, so a message's are spread over the directory).
+                let completing = taken >= limit;
+                if completing && !planned.contains(&n.ino) {
+                    plan.truncated = true;
+                    return ControlFlow::Continue(());
+                }
+                planned.insert(n.ino);
                 // Planned nodes count as in flight until their group is done, so a
                 // later pass does not plan them again.
                 in_flight.insert(n.path.clone());
@@ -306,10 +314,8 @@ impl Engine {
                     order.push(key);
                 }
                 entry.push(n);
-                taken += 1;
-                if taken >= limit {
-                    plan.truncated = true;
-                    return ControlFlow::Break(());
+                if !completing {
+                    taken += 1;
                 }
                 ControlFlow::Continue(())
             })?;
@@ -536,9 +542,10 @@ fn split_into_messages(opened: Vec<(NodeEntry, NodeLock, NodeFile)>) -> Vec<Clai
 
 /// Tier-0 inodes whose scan saw fewer names than the inode has, changed in the last two
 /// seconds: a commit was still linking the message's recipients while the directory was
-/// read (or they straddle the plan's limit). Planned now, the names seen would go in one
-/// transaction and the rest in another; left for the next scan, they go in one. An older
-/// inode with more names has them elsewhere (another tier, held, or being delivered).
+/// read. Planned now, the names seen would go in one transaction and the rest in
+/// another; left for the next scan (which counts in-flight names too), they go in one.
+/// An older inode with more names has them elsewhere (another tier, held, or being
+/// delivered) and goes as it is.
 fn incomplete_messages(
     groups: &HashMap<(String, String, String), Vec<NodeEntry>>,
     names_seen: &HashMap<u64, u64>,
