@@ -38,6 +38,14 @@ for i, r in enumerate(table):
         bars.append(("serve: smtp-source -s 20 (msgs/s)", number(r[1]), number(r[2]), True))
     elif r[0].startswith("smtp-source -s 1,"):
         bars.append(("serve: smtp-source -s 1 (msgs/s)", number(r[1]), number(r[2]), True))
+    elif r[0].startswith("`smtp-source -s 20 -m") and "accept while delivering" in r[0] and len(r) >= 3:
+        bars.append(("load: -s 20, serve + daemon end to end (msgs/s)", number(r[1]), number(r[2]), True))
+    elif r[0].startswith("`smtp-source -s 1 -m") and len(r) >= 3:
+        bars.append(("load: -s 1, serve + daemon end to end (msgs/s)", number(r[1]), number(r[2]), True))
+    elif r[0].startswith("`smtp-source -s 20 -m") and "-r 10" in r[0] and len(r) >= 3:
+        bars.append(("load: -r 10, serve + daemon end to end (msgs/s)", number(r[1]), number(r[2]), True))
+    elif r[0].startswith("TLS both hops") and len(r) >= 3:
+        bars.append(("load: TLS both hops, end to end (msgs/s)", number(r[1]), number(r[2]), True))
     elif r[0].startswith("peak PSS under"):
         bars.append(("serve: memory under load (PSS, less is better)", number(r[1]), number(r[2]), False))
 

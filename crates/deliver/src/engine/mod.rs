@@ -21,6 +21,7 @@
 //! slots until its timeouts fire; node locks are taken only once a slot is ours.
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -265,6 +266,9 @@ impl Engine {
         // Names of each inode this scan saw, planned or not (see `incomplete_messages`).
         let mut names_seen: HashMap<u64, u64> = HashMap::new();
         let mut planned: HashSet<u64> = HashSet::new();
+        // Planned inodes with names this scan has not reached yet: past the limit, the
+        // scan reads on until there are none.
+        let mut unseen: HashMap<u64, u64> = HashMap::new();
         for tier in 0..config.tiers() {
             if opts.tiers.as_ref().is_some_and(|t| !t.contains(&tier)) {
                 continue;
@@ -287,7 +291,15 @@ impl Engine {
                         return ControlFlow::Continue(());
                     }
                 };
-                *names_seen.entry(n.ino).or_default() += 1;
+                let seen = names_seen.entry(n.ino).or_default();
+                *seen += 1;
+                let seen = *seen;
+                if let Some(left) = unseen.get_mut(&n.ino) {
+                    *left -= 1;
+                    if *left == 0 {
+                        unseen.remove(&n.ino);
+                    }
+                }
                 let wanted = match &opts.selection {
                     Selection::Due => self.spool.due_at(&n) <= now,
                     Selection::All => true,
@@ -296,15 +308,28 @@ impl Engine {
                 if !wanted || in_flight.contains(&n.path) || skip(&n) {
                     return ControlFlow::Continue(());
                 }
-                // Past the limit, the rest of the directory is read only for the other
-                // names of messages already planned: a chunk never cuts a message (names
-                // come in hash order, so a message's are spread over the directory).
+                // Past the limit, the directory is read on only for the other names of
+                // messages already planned: a chunk never cuts a message (names come in
+                // hash order, so a message's are spread over the directory).
                 let completing = taken >= limit;
                 if completing && !planned.contains(&n.ino) {
                     plan.truncated = true;
-                    return ControlFlow::Continue(());
+                    return if unseen.is_empty() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    };
                 }
-                planned.insert(n.ino);
+                if planned.insert(n.ino) {
+                    // How many of its names are still to come (never through a symlink;
+                    // a name gone meanwhile is the delivery's to see).
+                    if let Ok(meta) = std::fs::symlink_metadata(&n.path) {
+                        let left = meta.nlink().saturating_sub(seen);
+                        if meta.ino() == n.ino && left > 0 {
+                            unseen.insert(n.ino, left);
+                        }
+                    }
+                }
                 // Planned nodes count as in flight until their group is done, so a
                 // later pass does not plan them again.
                 in_flight.insert(n.path.clone());
@@ -316,6 +341,11 @@ impl Engine {
                 entry.push(n);
                 if !completing {
                     taken += 1;
+                }
+                if taken >= limit && unseen.is_empty() {
+                    // Every planned message is whole: the rest waits for the next chunk.
+                    plan.truncated = true;
+                    return ControlFlow::Break(());
                 }
                 ControlFlow::Continue(())
             })?;
@@ -550,7 +580,6 @@ fn incomplete_messages(
     groups: &HashMap<(String, String, String), Vec<NodeEntry>>,
     names_seen: &HashMap<u64, u64>,
 ) -> HashSet<u64> {
-    use std::os::unix::fs::MetadataExt;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
