@@ -24,6 +24,13 @@ fn all() -> PassOptions {
     }
 }
 
+/// Where a commit links recipient `to` of message `id` from a@corp.test into tier 0.
+fn tier0_node(spool_dir: &std::path::Path, id: &str, to: &str) -> std::path::PathBuf {
+    spool_dir
+        .join("0")
+        .join(mailspool_spool::NodeName::new(1_700_000_000, id, to, "a@corp.test").file_name())
+}
+
 /// Commit `message` under a chosen id, as a 0.50-era `Received: id (...)` once allowed.
 fn queue_with_id(spool: &Spool, id: &str, from: &str, to: &[&str], message: &str) {
     let mut s = spool.stage(id).unwrap();
@@ -408,11 +415,7 @@ async fn a_message_still_being_committed_waits_for_all_its_recipients() {
     let held = fs::File::open(&stage).unwrap();
     rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
     let id = spool.new_id();
-    let node = |to: &str| {
-        dir.path()
-            .join("0")
-            .join(mailspool_spool::NodeName::new(1_700_000_000, &id, to, "a@corp.test").file_name())
-    };
+    let node = |to: &str| tier0_node(dir.path(), &id, to);
     fs::hard_link(&stage, node("x@one.test")).unwrap();
     fs::hard_link(&stage, node("y@one.test")).unwrap();
     let engine = engine(spool.clone(), config(&[("one.test", sink.addr)]));
@@ -449,11 +452,7 @@ async fn a_scan_that_saw_part_of_a_fresh_message_leaves_it_for_the_next() {
     let stage = dir.path().join("tmp/stage-just-done");
     fs::write(&stage, "From: a@corp.test\nSubject: three\n\nhi\n").unwrap();
     let id = spool.new_id();
-    let node = |to: &str| {
-        dir.path()
-            .join("0")
-            .join(mailspool_spool::NodeName::new(1_700_000_000, &id, to, "a@corp.test").file_name())
-    };
+    let node = |to: &str| tier0_node(dir.path(), &id, to);
     fs::hard_link(&stage, node("x@one.test")).unwrap();
     fs::hard_link(&stage, node("y@one.test")).unwrap();
     let engine = engine(spool.clone(), config(&[("one.test", sink.addr)]));
