@@ -369,15 +369,8 @@ pub fn login_name() -> String {
         }
     }
     let uid = rustix::process::getuid().as_raw();
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|p| {
-            p.lines().find_map(|l| {
-                let mut f = l.split(':');
-                let name = f.next()?;
-                (f.nth(1)?.parse::<u32>().ok()? == uid && valid(name)).then(|| name.to_owned())
-            })
-        })
+    mailspool_spool::user_name(uid)
+        .filter(|name| valid(name))
         .unwrap_or_else(|| {
             if uid == 0 {
                 "root".into()

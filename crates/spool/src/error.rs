@@ -96,14 +96,17 @@ fn owner_hint(path: &std::path::Path, e: &io::Error) -> String {
 
 /// The login name of `uid`, from /etc/passwd.
 pub fn user_name(uid: u32) -> Option<String> {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
-        })
+    account_entry("/etc/passwd", uid)?.into_iter().next()
+}
+
+/// The fields of the line of a colon-separated account file (`/etc/passwd`,
+/// `/etc/group`) whose third field, the numeric id, is `id`.
+pub fn account_entry(path: &str, id: u32) -> Option<Vec<String>> {
+    std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(':').collect();
+        (fields.get(2)?.parse::<u32>().ok()? == id)
+            .then(|| fields.iter().map(|f| (*f).to_owned()).collect())
+    })
 }
 
 /// Result of spool operations.

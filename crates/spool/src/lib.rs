@@ -36,7 +36,7 @@ use std::time::SystemTime;
 
 pub use commit::{Committed, Stage, commit_in_progress};
 pub use config::SpoolConfig;
-pub use error::{Result, SpoolError, is_full, is_unwritable, user_name};
+pub use error::{Result, SpoolError, account_entry, is_full, is_unwritable, user_name};
 pub use lock::{LockHolder, LockPolicy, NodeLock};
 pub use name::{NodeName, Parsed};
 pub use queue::{Found, NodeEntry, NodeFile, Scan};

@@ -590,7 +590,9 @@ fn incomplete_messages(
             continue;
         }
         let seen = names_seen.get(&n.ino).copied().unwrap_or(0);
-        // Never through a symlink; a name gone since the scan is the delivery's to see.
+        // Stat'ed again, not the plan's first look: a commit may have linked more names
+        // (and the scan seen them) since. Never through a symlink; a name gone since the
+        // scan is the delivery's to see.
         let Ok(meta) = std::fs::symlink_metadata(&n.path) else {
             continue;
         };

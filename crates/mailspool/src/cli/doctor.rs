@@ -35,14 +35,9 @@ fn user(uid: u32) -> String {
 }
 
 fn group_name(gid: u32) -> Option<String> {
-    std::fs::read_to_string("/etc/group")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            (f.nth(1)?.parse::<u32>().ok()? == gid).then(|| name.to_owned())
-        })
+    mailspool_spool::account_entry("/etc/group", gid)?
+        .into_iter()
+        .next()
 }
 
 fn group_members(name: &str) -> Vec<String> {
@@ -199,14 +194,8 @@ fn check_drop(r: &mut Report, spool: &Path, owner: u32) {
 }
 
 fn owner_gid(uid: u32) -> u32 {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|p| {
-            p.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 3 && f[2].parse::<u32>().ok()? == uid).then(|| f[3].parse().ok())?
-            })
-        })
+    mailspool_spool::account_entry("/etc/passwd", uid)
+        .and_then(|f| f.get(3)?.parse().ok())
         .unwrap_or(u32::MAX)
 }
 
