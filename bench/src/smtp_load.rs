@@ -7,7 +7,8 @@
 //! 50 ms.
 //! `mailspool-bench load --port P --sessions N --messages M [--rcpts R] [--per-connection K]
 //! [--tls]` sends M 4 KB messages over N parallel sessions, K per connection (default 1,
-//! like smtp-source), and prints "seconds connections".
+//! like smtp-source), and prints "seconds connections retries" (retries: connections
+//! refused with 421 or never greeted, tried again after 200 ms).
 //! `mailspool-bench cert --dir D` writes D/cert.pem and D/key.pem (CN and SAN localhost).
 
 use std::fs;
@@ -195,8 +196,9 @@ pub(crate) fn load() {
         .enable_all()
         .build()
         .unwrap();
-    let (secs, conns) = rt.block_on(run_load(port, sessions, messages, rcpts, per_conn, tls));
-    println!("{secs:.3} {conns}");
+    let (secs, conns, retries) =
+        rt.block_on(run_load(port, sessions, messages, rcpts, per_conn, tls));
+    println!("{secs:.3} {conns} {retries}");
 }
 
 async fn run_load(
@@ -206,8 +208,8 @@ async fn run_load(
     rcpts: usize,
     per_conn: usize,
     tls: bool,
-) -> (f64, u64) {
-    use mailspool_smtp::client::{ClientSettings, Envelope, Session, Timeouts, TlsPolicy};
+) -> (f64, u64, u64) {
+    use mailspool_smtp::client::{ClientSettings, Envelope, Timeouts, TlsPolicy};
     let mut text =
         String::from("From: load@example.com\r\nTo: rcpt@example.test\r\nSubject: load\r\n\r\n");
     while text.len() < 4096 {
@@ -217,7 +219,12 @@ async fn run_load(
     let data = Arc::new(text.into_bytes());
     let settings = ClientSettings {
         helo_name: "load.example.com".into(),
-        timeouts: Timeouts::default(),
+        // A greeting later than 10 s on loopback is a connection the server never
+        // accepted: retried (see connect_retrying).
+        timeouts: Timeouts {
+            greeting: Duration::from_secs(10),
+            ..Timeouts::default()
+        },
         tls: if tls {
             TlsPolicy::Opportunistic
         } else {
@@ -230,28 +237,30 @@ async fn run_load(
     let connectors = Arc::new(mailspool_smtp::TlsConnectors::new(None).unwrap());
     let next = Arc::new(AtomicU64::new(0));
     let conns = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..sessions {
-        let (data, settings, connectors, next, conns) = (
+        let (data, settings, connectors, next, conns, retries) = (
             data.clone(),
             settings.clone(),
             connectors.clone(),
             next.clone(),
             conns.clone(),
+            retries.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            loop {
-                let mut s = Session::connect(addr, "localhost", &settings, &connectors)
-                    .await
-                    .expect("connect");
+            let mut i = next.fetch_add(1, Relaxed) as usize;
+            while i < messages {
+                let mut s = connect_retrying(addr, &settings, &connectors, &retries).await;
                 conns.fetch_add(1, Relaxed);
-                for _ in 0..per_conn {
-                    let i = next.fetch_add(1, Relaxed) as usize;
-                    if i >= messages {
-                        s.quit().await;
-                        return;
+                for sent in 0..per_conn {
+                    if sent > 0 {
+                        i = next.fetch_add(1, Relaxed) as usize;
+                        if i >= messages {
+                            break;
+                        }
                     }
                     let env = Envelope {
                         from: "load@example.com".into(),
@@ -271,11 +280,41 @@ async fn run_load(
                     s.reset_before_next();
                 }
                 s.quit().await;
+                i = next.fetch_add(1, Relaxed) as usize;
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    (start.elapsed().as_secs_f64(), conns.load(Relaxed))
+    (
+        start.elapsed().as_secs_f64(),
+        conns.load(Relaxed),
+        retries.load(Relaxed),
+    )
+}
+
+/// Connect as a real client would: a 421 greeting (too many connections) or a greeting
+/// that never comes (the server's accept queue overflowed) is retried after a pause.
+async fn connect_retrying(
+    addr: std::net::SocketAddr,
+    settings: &mailspool_smtp::client::ClientSettings,
+    connectors: &mailspool_smtp::TlsConnectors,
+    retries: &AtomicU64,
+) -> mailspool_smtp::client::Session {
+    use mailspool_smtp::client::{Phase, Session, SmtpError};
+    loop {
+        match Session::connect(addr, "localhost", settings, connectors).await {
+            Ok(s) => return s,
+            Err(SmtpError::Rejected {
+                phase: Phase::Greeting,
+                ..
+            })
+            | Err(SmtpError::Timeout(Phase::Greeting)) => {
+                retries.fetch_add(1, Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("connect: {e:?}"),
+        }
+    }
 }
