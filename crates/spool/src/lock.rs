@@ -1,12 +1,12 @@
 //! Node locks, taken the way Perl's File::NFSLock takes them, so that a Mail::Spool 0.50
 //! dequeuer and mailspool can work on one spool, over NFS too.
 //!
-//! To lock `<node>`: write a unique temp file holding `"<host> <pid> <time> <rand>
-//! mailspool\n"`, `link` it to `<node>.NFSLock`, and count the temp file's links: 2
-//! means the lock is ours (this check survives NFS's lost-reply retransmissions, where
-//! `link` can report an error after it succeeded). File::NFSLock reads only the host and
-//! the pid of that line, so the trailing word is invisible to 0.50 and tells us the lock
-//! is one of ours.
+//! To lock `<node>`: `link` a temp file holding `"<host> <pid> <time> <n> mailspool\n"`
+//! (unique per temp; temps are pooled and reused, see `temp`) to `<node>.NFSLock`, then
+//! read the lock: our line means the lock is ours (this check survives NFS's lost-reply
+//! retransmissions, where `link` can report an error after it succeeded). File::NFSLock
+//! reads only the host and the pid of that line, so the trailing word is invisible to
+//! 0.50 and tells us the lock is one of ours.
 //!
 //! When may a lock be broken? Never while its holder lives:
 //! - a holder on this host is alive while its pid is (File::NFSLock's own rule);
@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +29,6 @@ use std::sync::{LazyLock, Mutex, Once};
 use std::time::{Duration, SystemTime};
 
 use crate::name::{LOCK_SUFFIX, is_nfslock_temp};
-use crate::storage::os;
 
 /// The word that ends the line of a lock mailspool holds (and keeps fresh).
 pub const OWN_MARK: &str = "mailspool";
@@ -55,6 +54,17 @@ impl Default for LockPolicy {
             legacy_stale: Duration::from_secs(6 * 3600 + 2),
         }
     }
+}
+
+/// What linking a temp to a lock name came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linked {
+    /// The lock holds our line.
+    Ours,
+    /// Someone else holds it.
+    Held,
+    /// Our link succeeded but the lock does not hold our line.
+    Foreign,
 }
 
 /// A held node lock; released on drop. While held, its mtime is kept fresh.
@@ -138,29 +148,40 @@ impl NodeLock {
     pub fn try_lock(node: &Path, policy: &LockPolicy) -> io::Result<Option<NodeLock>> {
         let lock_path = lock_path(node);
         let dir = node.parent().unwrap_or(Path::new("."));
-        // The temp name starts with '.' and is short, so it can never parse as a node
-        // and always fits NAME_MAX, whatever the node's name.
-        let temp = dir.join(format!(".lk.{}", unique_suffix()));
-        let line = format!(
-            "{} {} {} {} {OWN_MARK}\n",
-            hostname(),
-            std::process::id(),
-            unix_now(),
-            rand_u16()
-        );
-        {
-            let mut f = os::create_new(&temp)?;
-            f.write_all(line.as_bytes())?;
-        }
-        let result = Self::link_lock(&temp, &lock_path, policy);
-        let _ = fs::remove_file(&temp);
-        if !result? {
-            return Ok(None);
-        }
-        held()
+        let temp = temp::take(dir)?;
+        let line = temp.line.clone();
+        // Claim the lock in this process first: our temps are shared by the locks this
+        // process holds, so "the lock file holds our temp's line" says "ours" only if
+        // no other lock of this process holds it. A release removes the file before
+        // its claim, so a claim granted here never meets a file a holder still owns.
+        let claimed = held()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(lock_path.clone(), line.clone());
+            .try_insert_owned(lock_path.clone(), line.clone());
+        let result = if claimed {
+            Self::link_lock(&temp, &lock_path, policy)
+        } else {
+            Ok(Linked::Held)
+        };
+        match result {
+            // Our link made a lock that does not hold our line: the temp was written
+            // into (through a lock name). Take the lock name back; never reuse the temp.
+            Ok(Linked::Foreign) => {
+                let _ = fs::remove_file(&lock_path);
+                temp::discard(temp);
+            }
+            _ => temp::put_back(dir, temp),
+        }
+        let result = result.map(|l| l == Linked::Ours);
+        if !matches!(result, Ok(true)) {
+            if claimed {
+                held()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&lock_path);
+            }
+            return result.map(|_| None);
+        }
         start_refresher();
         Ok(Some(NodeLock {
             lock_path,
@@ -169,22 +190,24 @@ impl NodeLock {
         }))
     }
 
-    fn link_lock(temp: &Path, lock: &Path, policy: &LockPolicy) -> io::Result<bool> {
+    fn link_lock(temp: &temp::Temp, lock: &Path, policy: &LockPolicy) -> io::Result<Linked> {
         for _ in 0..2 {
-            let linked = fs::hard_link(temp, lock);
-            if fs::metadata(temp)?.nlink() == 2 {
-                return Ok(true);
+            let linked = fs::hard_link(&temp.path, lock);
+            // The lock is ours if it holds our temp's line, whatever `link` said: over
+            // NFS, a link whose reply was lost reports EEXIST after it succeeded.
+            if read_line(lock).is_ok_and(|l| l == temp.line) {
+                return Ok(Linked::Ours);
             }
             match linked {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
-                Ok(()) => return Ok(false),
+                Ok(()) => return Ok(Linked::Foreign),
             }
             if !break_if_stale(lock, policy)? {
-                return Ok(false);
+                return Ok(Linked::Held);
             }
         }
-        Ok(false)
+        Ok(Linked::Held)
     }
 
     /// Release the lock (also done on drop).
@@ -197,14 +220,15 @@ impl NodeLock {
             return;
         }
         self.released = true;
-        held()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.lock_path);
         // Only remove the lock if it is still ours: a stale-lock breaker may have taken it.
         if read_line(&self.lock_path).is_ok_and(|s| s == self.line) {
             let _ = fs::remove_file(&self.lock_path);
         }
+        // Then the claim (see `try_lock`).
+        held()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.lock_path);
     }
 }
 
@@ -214,14 +238,27 @@ impl Drop for NodeLock {
     }
 }
 
-fn rand_u16() -> u16 {
-    (ulid::Ulid::generate().random() & 0xffff) as u16
-}
-
-/// The locks this process holds, by lock path, with their lines.
+/// The locks this process holds or is taking, by lock path, with their lines.
 fn held() -> &'static Mutex<HashMap<PathBuf, String>> {
     static HELD: LazyLock<Mutex<HashMap<PathBuf, String>>> = LazyLock::new(Default::default);
     &HELD
+}
+
+trait TryInsert {
+    fn try_insert_owned(&mut self, key: PathBuf, value: String) -> bool;
+}
+
+impl TryInsert for HashMap<PathBuf, String> {
+    /// Insert unless the key is there; whether it was inserted.
+    fn try_insert_owned(&mut self, key: PathBuf, value: String) -> bool {
+        match self.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(value);
+                true
+            }
+        }
+    }
 }
 
 fn start_refresher() {
@@ -486,6 +523,9 @@ pub fn sweep(dir: &Path, policy: &LockPolicy) -> usize {
     }
     removed
 }
+
+mod temp;
+pub use temp::remove_pooled_temps;
 
 #[cfg(test)]
 mod tests;

@@ -79,6 +79,8 @@ pub fn main() -> ExitCode {
         }
         _ => run_mailspool(args),
     };
+    // Lock temps are pooled for reuse while the process lives; leave none behind.
+    mailspool_spool::lock::remove_pooled_temps();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

@@ -60,10 +60,85 @@ fn one_holder_at_a_time_and_file_format() {
     assert!(h.ours && !h.stale);
     drop(a);
     assert!(!lock_path(&node).exists());
-    // No temp files are left behind.
-    let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-    assert_eq!(names.len(), 1);
-    assert!(NodeLock::try_lock(&node, &policy()).unwrap().is_some());
+    // One temp is kept for the next lock (no inode per lock), and goes at exit.
+    let names = || -> Vec<String> {
+        fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    assert_eq!(names().len(), 2, "{:?}", names());
+    assert!(names().iter().any(|n| n.starts_with(".lk.")));
+    let b = NodeLock::try_lock(&node, &policy())
+        .unwrap()
+        .expect("free again");
+    assert_eq!(names().len(), 3, "the same temp again: {:?}", names());
+    drop(b);
+    remove_pooled_temps();
+    assert_eq!(names(), vec!["1-id-a@b-c@d".to_owned()]);
+}
+
+#[test]
+fn locks_sharing_a_temp_are_each_their_own() {
+    // Two nodes locked from the one pooled temp: releasing one leaves the other held.
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = (
+        dir.path().join("1-id-a@b-c@d"),
+        dir.path().join("1-id-e@f-c@d"),
+    );
+    fs::write(&x, "x").unwrap();
+    fs::write(&y, "y").unwrap();
+    let lx = NodeLock::try_lock(&x, &policy()).unwrap().unwrap();
+    let ly = NodeLock::try_lock(&y, &policy()).unwrap().unwrap();
+    assert_eq!(
+        fs::metadata(lock_path(&x)).unwrap().ino(),
+        fs::metadata(lock_path(&y)).unwrap().ino(),
+        "one inode for both locks"
+    );
+    drop(lx);
+    assert!(!lock_path(&x).exists() && lock_path(&y).exists());
+    assert!(
+        NodeLock::try_lock(&y, &policy()).unwrap().is_none(),
+        "y still held"
+    );
+    let lx2 = NodeLock::try_lock(&x, &policy()).unwrap();
+    assert!(lx2.is_some(), "x free again");
+    drop(ly);
+    assert!(NodeLock::try_lock(&y, &policy()).unwrap().is_some());
+}
+
+#[test]
+fn a_pooled_temp_that_was_swept_is_replaced() {
+    let (dir, node) = a_node();
+    drop(NodeLock::try_lock(&node, &policy()).unwrap().unwrap());
+    // Another host's sweep removed our idle temp.
+    for e in fs::read_dir(dir.path()).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().starts_with(".lk.") {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let l = NodeLock::try_lock(&node, &policy()).unwrap();
+    assert!(l.is_some(), "a new temp is made");
+}
+
+#[test]
+fn a_new_lock_from_an_old_temp_looks_fresh() {
+    let (dir, node) = a_node();
+    drop(NodeLock::try_lock(&node, &policy()).unwrap().unwrap());
+    for e in fs::read_dir(dir.path()).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().starts_with(".lk.") {
+            age(&e.path(), 3600);
+        }
+    }
+    let _l = NodeLock::try_lock(&node, &policy()).unwrap().unwrap();
+    let h = holder(&node, &policy()).unwrap();
+    assert!(!h.stale, "{h}");
+    let age = SystemTime::now()
+        .duration_since(fs::metadata(lock_path(&node)).unwrap().modified().unwrap())
+        .unwrap();
+    assert!(age < Duration::from_secs(60), "mtime renewed: {age:?}");
 }
 
 #[test]
