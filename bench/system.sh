@@ -13,6 +13,7 @@ system_check() {
 
 system_setup() {
     chmod 755 "$work"
+    system_teardown # users a killed run left behind
     groupadd --system mailspool-drop
     useradd --system --no-create-home --shell /usr/sbin/nologin --groups mailspool-drop msbench-spool
     useradd --no-create-home --shell /bin/sh msbench-user

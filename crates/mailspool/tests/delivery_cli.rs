@@ -78,13 +78,11 @@ impl Env {
         let mut out = Vec::new();
         for t in 0..7 {
             if let Ok(rd) = fs::read_dir(self.spool().join(t.to_string())) {
-                out.extend(
-                    rd.map(|e| e.unwrap().path()).filter(|p| {
-                        // Not a lock, nor a lock temp (a daemon keeps one for reuse).
-                        let name = p.file_name().unwrap().to_string_lossy();
-                        !name.ends_with(".NFSLock") && !name.starts_with('.')
-                    }),
-                );
+                out.extend(rd.map(|e| e.unwrap().path()).filter(|p| {
+                    // Not a lock, nor a lock temp (a daemon keeps one for reuse).
+                    let name = p.file_name().unwrap().to_string_lossy();
+                    !name.ends_with(".NFSLock") && !name.starts_with('.')
+                }));
             }
         }
         out

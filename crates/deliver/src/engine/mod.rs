@@ -452,6 +452,7 @@ impl Engine {
             return results;
         }
         let mut opened: Vec<(NodeEntry, NodeLock, NodeFile)> = Vec::new();
+        let mut in_progress: HashSet<(u64, u64)> = HashSet::new();
         for n in group.nodes {
             let skipped = |reply: String| NodeResult {
                 id: n.name.id.clone(),
@@ -473,6 +474,7 @@ impl Engine {
                 // them, so that one message is one transaction (the daemon looks again
                 // in a moment; a pass without a daemon takes it next time).
                 Ok(file) if mailspool_spool::commit_in_progress(&file.file) => {
+                    in_progress.insert(file.identity());
                     results.push(skipped("its commit is still under way".into()));
                     self.look_again_soon();
                 }
@@ -493,6 +495,20 @@ impl Engine {
                     results.push(skipped(e.to_string()));
                 }
             }
+        }
+        // A message whose commit was under way for one node waits as a whole, even for
+        // nodes opened after the commit ended (it may end between two of them): one
+        // message, one transaction.
+        let (opened, waiting): (Vec<_>, Vec<_>) = opened
+            .into_iter()
+            .partition(|(_, _, file)| !in_progress.contains(&file.identity()));
+        for (n, _lock, _file) in waiting {
+            results.push(NodeResult {
+                id: n.name.id.clone(),
+                to: n.name.to.clone(),
+                outcome: Outcome::Skipped,
+                reply: "its commit is still under way".into(),
+            });
         }
         for claim in split_into_messages(opened) {
             let verdicts = match &routed {
