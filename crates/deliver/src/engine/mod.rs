@@ -454,11 +454,14 @@ impl Engine {
         let mut opened: Vec<(NodeEntry, NodeLock, NodeFile)> = Vec::new();
         let mut in_progress: HashSet<(u64, u64)> = HashSet::new();
         for n in group.nodes {
-            let skipped = |reply: String| NodeResult {
-                id: n.name.id.clone(),
-                to: n.name.to.clone(),
-                outcome: Outcome::Skipped,
-                reply,
+            let skipped = |reply: String| {
+                tracing::debug!(id = %n.name.id, to = %escape(&n.name.to), reason = %escape(&reply), "skipped for now");
+                NodeResult {
+                    id: n.name.id.clone(),
+                    to: n.name.to.clone(),
+                    outcome: Outcome::Skipped,
+                    reply,
+                }
             };
             let lock = match self.spool.lock_node(&n) {
                 Ok(lock) => lock,
@@ -503,6 +506,7 @@ impl Engine {
             .into_iter()
             .partition(|(_, _, file)| !in_progress.contains(&file.identity()));
         for (n, _lock, _file) in waiting {
+            tracing::debug!(id = %n.name.id, to = %escape(&n.name.to), "skipped for now: its message's commit is still under way");
             results.push(NodeResult {
                 id: n.name.id.clone(),
                 to: n.name.to.clone(),
@@ -612,8 +616,12 @@ fn incomplete_messages(
         let Ok(meta) = std::fs::symlink_metadata(&n.path) else {
             continue;
         };
-        if meta.ino() == n.ino && meta.nlink() > seen && now - meta.ctime() < 2 {
-            incomplete.insert(n.ino);
+        if meta.ino() == n.ino && meta.nlink() > seen {
+            if now - meta.ctime() < 2 {
+                incomplete.insert(n.ino);
+            } else {
+                tracing::debug!(id = %n.name.id, nlink = meta.nlink(), seen, "planned with names this scan did not see (not a fresh commit)");
+            }
         }
     }
     incomplete
