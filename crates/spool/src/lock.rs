@@ -20,6 +20,7 @@
 //! Unlock removes the lock file only if it still holds our line.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -154,10 +155,17 @@ impl NodeLock {
         // process holds, so "the lock file holds our temp's line" says "ours" only if
         // no other lock of this process holds it. A release removes the file before
         // its claim, so a claim granted here never meets a file a holder still owns.
-        let claimed = held()
+        let claimed = match held()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .try_insert_owned(lock_path.clone(), line.clone());
+            .entry(lock_path.clone())
+        {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => {
+                v.insert(line.clone());
+                true
+            }
+        };
         let result = if claimed {
             Self::link_lock(&temp, &lock_path, policy)
         } else {
@@ -165,9 +173,12 @@ impl NodeLock {
         };
         match result {
             // Our link made a lock that does not hold our line: the temp was written
-            // into (through a lock name). Take the lock name back; never reuse the temp.
+            // into (through a lock name). Take our name back (if it is still our
+            // inode); never reuse the temp.
             Ok(Linked::Foreign) => {
-                let _ = fs::remove_file(&lock_path);
+                if temp.is_at(&lock_path) {
+                    let _ = fs::remove_file(&lock_path);
+                }
                 temp::discard(temp);
             }
             _ => temp::put_back(dir, temp),
@@ -242,23 +253,6 @@ impl Drop for NodeLock {
 fn held() -> &'static Mutex<HashMap<PathBuf, String>> {
     static HELD: LazyLock<Mutex<HashMap<PathBuf, String>>> = LazyLock::new(Default::default);
     &HELD
-}
-
-trait TryInsert {
-    fn try_insert_owned(&mut self, key: PathBuf, value: String) -> bool;
-}
-
-impl TryInsert for HashMap<PathBuf, String> {
-    /// Insert unless the key is there; whether it was inserted.
-    fn try_insert_owned(&mut self, key: PathBuf, value: String) -> bool {
-        match self.entry(key) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(value);
-                true
-            }
-        }
-    }
 }
 
 fn start_refresher() {

@@ -107,16 +107,22 @@ fn locks_sharing_a_temp_are_each_their_own() {
     assert!(NodeLock::try_lock(&y, &policy()).unwrap().is_some());
 }
 
+/// Our lock temp files in `dir`.
+fn lock_temps(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".lk."))
+        .collect()
+}
+
 #[test]
 fn a_pooled_temp_that_was_swept_is_replaced() {
     let (dir, node) = a_node();
     drop(NodeLock::try_lock(&node, &policy()).unwrap().unwrap());
     // Another host's sweep removed our idle temp.
-    for e in fs::read_dir(dir.path()).unwrap() {
-        let e = e.unwrap();
-        if e.file_name().to_string_lossy().starts_with(".lk.") {
-            fs::remove_file(e.path()).unwrap();
-        }
+    for temp in lock_temps(dir.path()) {
+        fs::remove_file(temp).unwrap();
     }
     let l = NodeLock::try_lock(&node, &policy()).unwrap();
     assert!(l.is_some(), "a new temp is made");
@@ -126,11 +132,8 @@ fn a_pooled_temp_that_was_swept_is_replaced() {
 fn a_new_lock_from_an_old_temp_looks_fresh() {
     let (dir, node) = a_node();
     drop(NodeLock::try_lock(&node, &policy()).unwrap().unwrap());
-    for e in fs::read_dir(dir.path()).unwrap() {
-        let e = e.unwrap();
-        if e.file_name().to_string_lossy().starts_with(".lk.") {
-            age(&e.path(), 3600);
-        }
+    for temp in lock_temps(dir.path()) {
+        age(&temp, 3600);
     }
     let _l = NodeLock::try_lock(&node, &policy()).unwrap().unwrap();
     let h = holder(&node, &policy()).unwrap();
