@@ -2,9 +2,9 @@
 //! dequeuer and mailspool can work on one spool, over NFS too.
 //!
 //! To lock `<node>`: `link` a temp file holding `"<host> <pid> <time> <n> mailspool\n"`
-//! (unique per temp; temps are pooled and reused, see `temp`) to `<node>.NFSLock`, then
-//! read the lock: our line means the lock is ours (this check survives NFS's lost-reply
-//! retransmissions, where `link` can report an error after it succeeded). File::NFSLock
+//! (unique per temp; temps are pooled and reused, see `temp`) to `<node>.NFSLock`. If
+//! `link` says the name exists, read the lock: our line means it is ours all the same
+//! (NFS's lost-reply retransmissions report an error after a link succeeded). File::NFSLock
 //! reads only the host and the pid of that line, so the trailing word is invisible to
 //! 0.50 and tells us the lock is one of ours.
 //!
@@ -55,17 +55,6 @@ impl Default for LockPolicy {
             legacy_stale: Duration::from_secs(6 * 3600 + 2),
         }
     }
-}
-
-/// What linking a temp to a lock name came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Linked {
-    /// The lock holds our line.
-    Ours,
-    /// Someone else holds it.
-    Held,
-    /// Our link succeeded but the lock does not hold our line.
-    Foreign,
 }
 
 /// A held node lock; released on drop. While held, its mtime is kept fresh.
@@ -169,21 +158,9 @@ impl NodeLock {
         let result = if claimed {
             Self::link_lock(&temp, &lock_path, policy)
         } else {
-            Ok(Linked::Held)
+            Ok(false)
         };
-        match result {
-            // Our link made a lock that does not hold our line: the temp was written
-            // into (through a lock name). Take our name back (if it is still our
-            // inode); never reuse the temp.
-            Ok(Linked::Foreign) => {
-                if temp.is_at(&lock_path) {
-                    let _ = fs::remove_file(&lock_path);
-                }
-                temp::discard(temp);
-            }
-            _ => temp::put_back(dir, temp),
-        }
-        let result = result.map(|l| l == Linked::Ours);
+        temp::put_back(dir, temp);
         if !matches!(result, Ok(true)) {
             if claimed {
                 held()
@@ -201,24 +178,25 @@ impl NodeLock {
         }))
     }
 
-    fn link_lock(temp: &temp::Temp, lock: &Path, policy: &LockPolicy) -> io::Result<Linked> {
+    fn link_lock(temp: &temp::Temp, lock: &Path, policy: &LockPolicy) -> io::Result<bool> {
         for _ in 0..2 {
-            let linked = fs::hard_link(&temp.path, lock);
-            // The lock is ours if it holds our temp's line, whatever `link` said: over
-            // NFS, a link whose reply was lost reports EEXIST after it succeeded.
-            if read_line(lock).is_ok_and(|l| l == temp.line) {
-                return Ok(Linked::Ours);
-            }
-            match linked {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            match fs::hard_link(&temp.path, lock) {
+                // Our name, to our temp (checked to hold its line when taken).
+                Ok(()) => return Ok(true),
+                // Over NFS, a link whose reply was lost reports EEXIST after it
+                // succeeded: the lock is ours if it holds our temp's line.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if read_line(lock).is_ok_and(|l| l == temp.line) {
+                        return Ok(true);
+                    }
+                }
                 Err(e) => return Err(e),
-                Ok(()) => return Ok(Linked::Foreign),
             }
             if !break_if_stale(lock, policy)? {
-                return Ok(Linked::Held);
+                return Ok(false);
             }
         }
-        Ok(Linked::Held)
+        Ok(false)
     }
 
     /// Release the lock (also done on drop).

@@ -85,8 +85,10 @@ pub(super) fn put_back(dir: &Path, t: Temp) {
 }
 
 /// Remove a temp's name, if it is still this temp.
-pub(super) fn discard(t: Temp) {
-    if t.is_at(&t.path) {
+fn discard(t: Temp) {
+    let ours =
+        std::fs::symlink_metadata(&t.path).is_ok_and(|m| m.ino() == t.ino && m.dev() == t.dev);
+    if ours {
         let _ = std::fs::remove_file(&t.path);
     }
 }
@@ -101,11 +103,6 @@ pub fn remove_pooled_temps() {
 }
 
 impl Temp {
-    /// Whether `path` names this temp's inode (never through a symlink).
-    pub(super) fn is_at(&self, path: &Path) -> bool {
-        std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == self.ino && m.dev() == self.dev)
-    }
-
     /// Whether the temp still holds exactly its line (one `pread`, no lookup).
     fn holds_its_line(&self) -> bool {
         let mut buf = [0u8; 512];
