@@ -6,20 +6,18 @@
 //! locking thousands of nodes a second spent most of its CPU there (perf: 40 % in
 //! `recently_deleted`). Here a temp outlives its lock: taken from a pool (per
 //! directory), linked to the lock name, put back. Several locks may then share one
-//! inode; each temp's line is unique (it ends in the temp's own number), so "the lock
-//! file holds our line" still says "the lock is ours", for File::NFSLock's reader too
-//! (it reads only the host and the pid).
+//! inode; each temp's line is unique (it ends in the temp's own number), so when `link`
+//! says EEXIST, "the lock file holds our line" still says "the lock is ours".
+//! File::NFSLock's reader sees the usual line (it reads only the host and the pid).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
-
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 /// A temp older than this gets a fresh mtime before it is linked: a lock's age is its
 /// inode's mtime, and a new lock must not look old to another host.
@@ -61,8 +59,9 @@ pub(super) fn take(dir: &Path) -> io::Result<Temp> {
                     .ok()
                     .and_then(|m| SystemTime::now().duration_since(m).ok())
                     .is_none_or(|age| age > FRESH_FOR);
-                if old {
-                    t.file.set_modified(SystemTime::now())?;
+                if old && let Err(e) = t.file.set_modified(SystemTime::now()) {
+                    discard(t);
+                    return Err(e);
                 }
                 return Ok(t);
             }
