@@ -149,9 +149,10 @@ pub fn drop_message(
 
     // Written in place under its final name, created mode 0000: the pickup cannot open
     // it (nor would it take it) until the last byte is written and the mode is set to
-    // 0640; one fsync then makes data, mode and name durable together (ext4 and XFS
-    // journal a new file's directory entry with its inode). A drop killed half-way
-    // leaves a mode-0000 file that the pickup removes after an hour.
+    // 0640; one fsync then makes data, mode and name durable together where the file
+    // system journals a new file's directory entry with its inode (XFS, btrfs, ext4
+    // with a journal), and a sync of the file system where it does not. A drop killed
+    // half-way leaves a mode-0000 file that the pickup removes after an hour.
     let path = dir.join(unique_name());
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -209,7 +210,53 @@ fn write_all(
     rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(DONE_MODE))
         .map_err(|e| w(e.into()))?;
     file.sync_all().map_err(w)?;
+    // Without a journal (ext2, ext4 made without one) a file's fsync does not carry its
+    // new directory entry, and the drop cannot fsync maildrop/ (it may write there, not
+    // read it): the whole file system is synced instead.
+    if !journals_new_names(&file) {
+        rustix::fs::syncfs(&file).map_err(|e| w(e.into()))?;
+    }
     Ok(())
+}
+
+/// Whether the file system under `file` makes a new file's name durable with the
+/// file's own fsync: XFS and btrfs always, ext4 when it has a journal. When unsure, no.
+#[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
+fn journals_new_names(file: &File) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    match rustix::fs::fstatfs(file).map(|s| s.f_type as i64) {
+        Ok(XFS | BTRFS) => true,
+        Ok(EXT4) => ext4_has_journal(file),
+        _ => false,
+    }
+}
+
+/// An ext4 file system has a journal when jbd2 lists its device (`/proc/fs/jbd2/vda-8`).
+fn ext4_has_journal(file: &File) -> bool {
+    let Ok(st) = rustix::fs::fstat(file) else {
+        return false;
+    };
+    let dev = format!(
+        "/sys/dev/block/{}:{}",
+        rustix::fs::major(st.st_dev),
+        rustix::fs::minor(st.st_dev)
+    );
+    let Some(name) = std::fs::read_link(dev)
+        .ok()
+        .and_then(|t| t.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+    else {
+        return false;
+    };
+    std::fs::read_dir("/proc/fs/jbd2").is_ok_and(|d| {
+        d.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(name.as_str()))
+                .is_some_and(|rest| rest.starts_with('-'))
+        })
+    })
 }
 
 /// The mode of a drop file whose writer finished: the pickup takes only these.
