@@ -92,12 +92,7 @@ fn new_node_among(events: &[u8]) -> bool {
         let raw = &events[at + 16..end];
         let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
         let name = String::from_utf8_lossy(name);
-        if !name.is_empty()
-            && !name.starts_with('.')
-            && !name.ends_with(".NFSLock")
-            && !name.contains(".NFSLock.")
-            && !mailspool_spool::name::is_nfslock_temp(&name)
-        {
+        if !name.is_empty() && !mailspool_spool::name::is_not_a_node(&name) {
             return true;
         }
         at = end;

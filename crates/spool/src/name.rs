@@ -117,6 +117,15 @@ pub enum Parsed {
     Unparsable,
 }
 
+/// Names in a tier directory that are never nodes: hidden files (our lock temps), locks,
+/// and File::NFSLock's temp files.
+pub fn is_not_a_node(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with(LOCK_SUFFIX)
+        || name.contains(".NFSLock.")
+        || is_nfslock_temp(name)
+}
+
 impl NodeName {
     /// Build a node name; `to` and `from` are encoded.
     pub fn new(time: u64, id: impl Into<String>, to: &str, from: &str) -> Self {
@@ -149,11 +158,7 @@ impl NodeName {
 
     /// Read a file name found in a tier directory.
     pub fn parse(name: &str) -> Parsed {
-        if name.starts_with('.')
-            || name.ends_with(LOCK_SUFFIX)
-            || name.contains(".NFSLock.")
-            || is_nfslock_temp(name)
-        {
+        if is_not_a_node(name) {
             return Parsed::NotANode;
         }
         let Some((time, rest)) = name.split_once('-') else {

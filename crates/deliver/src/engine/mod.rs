@@ -454,15 +454,7 @@ impl Engine {
         let mut opened: Vec<(NodeEntry, NodeLock, NodeFile)> = Vec::new();
         let mut in_progress: HashSet<(u64, u64)> = HashSet::new();
         for n in group.nodes {
-            let skipped = |reply: String| {
-                tracing::debug!(id = %n.name.id, to = %escape(&n.name.to), reason = %escape(&reply), "skipped for now");
-                NodeResult {
-                    id: n.name.id.clone(),
-                    to: n.name.to.clone(),
-                    outcome: Outcome::Skipped,
-                    reply,
-                }
-            };
+            let skipped = |reply: String| skipped_for_now(&n, reply);
             let lock = match self.spool.lock_node(&n) {
                 Ok(lock) => lock,
                 Err(e) => {
@@ -506,13 +498,7 @@ impl Engine {
             .into_iter()
             .partition(|(_, _, file)| !in_progress.contains(&file.identity()));
         for (n, _lock, _file) in waiting {
-            tracing::debug!(id = %n.name.id, to = %escape(&n.name.to), "skipped for now: its message's commit is still under way");
-            results.push(NodeResult {
-                id: n.name.id.clone(),
-                to: n.name.to.clone(),
-                outcome: Outcome::Skipped,
-                reply: "its commit is still under way".into(),
-            });
+            results.push(skipped_for_now(&n, "its commit is still under way".into()));
         }
         for claim in split_into_messages(opened) {
             let verdicts = match &routed {
@@ -545,6 +531,17 @@ impl Engine {
             results.extend(self.settle(&cfg, claim, verdicts, interactive));
         }
         results
+    }
+}
+
+/// A node left for a later pass, and why (logged at debug: it is not an attempt).
+fn skipped_for_now(n: &NodeEntry, reply: String) -> NodeResult {
+    tracing::debug!(id = %n.name.id, to = %escape(&n.name.to), reason = %escape(&reply), "skipped for now");
+    NodeResult {
+        id: n.name.id.clone(),
+        to: n.name.to.clone(),
+        outcome: Outcome::Skipped,
+        reply,
     }
 }
 
