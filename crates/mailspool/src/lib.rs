@@ -15,6 +15,8 @@
 //! Parts: `mailspool_spool` (the on-disk format), `mailspool_message` (intake parsing),
 //! and here the configuration, `send_mail`, and the `mailspool` command.
 
+pub mod admin;
+pub mod http;
 pub mod config;
 mod delivery;
 pub mod pickup;

@@ -24,6 +24,7 @@ mod error;
 pub mod fsck;
 pub mod lock;
 pub mod name;
+mod page;
 mod queue;
 pub mod side;
 pub mod storage;
@@ -39,6 +40,7 @@ pub use config::SpoolConfig;
 pub use error::{Result, SpoolError, account_entry, is_full, is_unwritable, user_name};
 pub use lock::{LockHolder, LockPolicy, NodeLock};
 pub use name::{NodeName, Parsed};
+pub use page::{Cursor, Page};
 pub use queue::{Found, NodeEntry, NodeFile, Scan};
 pub use storage::{FaultMode, FaultyStorage, OsStorage, Storage};
 

@@ -89,6 +89,17 @@ and ::1) and authenticated users only. SIGTERM stops accepting and lets sessions
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage HTTP API tokens (SHA-256 hashes in [http] tokens_file).
+    #[command(
+        after_help = "A token is shown once, when it is made, as the last line of `token add`; \
+only its hash is stored. Scopes: inject (POST /v1/messages), read (the queue, summary, usage, \
+the dashboard), admin (all of it, and hold/release/retry/delete). The daemon re-reads the file \
+when it changes."
+    )]
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Messages and bytes spooled and sent per day, from usage/raw.
     Usage {
         /// Days to show, ending today.
@@ -235,5 +246,27 @@ pub enum UserCommand {
         name: String,
     },
     /// List user names.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token (replacing one of the same name) and print it, once.
+    Add {
+        /// Token name: who or what it is for.
+        name: String,
+        /// What it may do: inject, read or admin.
+        #[arg(long, value_parser = ["inject", "read", "admin"])]
+        scope: String,
+        /// Lifetime: seconds, or with a unit (90d, 12h, 30m); default: no expiry.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// Remove a token: requests with it fail from the next second on.
+    Del {
+        /// Token name.
+        name: String,
+    },
+    /// List tokens (names, scopes, dates; never the secrets).
     List,
 }

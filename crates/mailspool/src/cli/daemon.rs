@@ -24,6 +24,14 @@ pub fn run(
         .map_err(|e| Failure::new(sysexits::SOFTWARE, e.to_string()))?;
     rt.block_on(async {
         let engine = ms.engine().map_err(|e| Failure::new(sysexits::CONFIG, e))?;
+        if let Some(http) = config.http.clone() {
+            let bound = mailspool::http::bind(ms.clone(), http.clone(), http.listen)
+                .await
+                .map_err(|e| Failure::new(sysexits::OSERR, e))?;
+            tracing::info!(address = %bound.local_addr(), "HTTP API listening");
+            // Ends with the runtime, after the delivery loop has stopped.
+            tokio::spawn(bound.run(std::future::pending()));
+        }
         let opts = DaemonOptions {
             tick: config.dequeue_timeout,
             grace: config.shutdown_grace,

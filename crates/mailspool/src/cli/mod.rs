@@ -10,6 +10,7 @@ mod queue;
 mod send;
 mod sendmail;
 mod serve;
+mod token;
 mod usage;
 
 use std::ffi::OsString;
@@ -125,7 +126,10 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
     let config = config(cli.config.as_deref(), cli.spool.as_deref())?;
     // Root works on a spool as its owner (the listener only once it has bound its
     // ports; `send` decides for itself: it may hand the message to the drop).
-    let serve = matches!(cli.command, args::Command::Serve | args::Command::Doctor);
+    let serve = matches!(
+        cli.command,
+        args::Command::Serve | args::Command::Doctor | args::Command::Token { .. }
+    );
     if rustix::process::geteuid().is_root() && !serve {
         privilege::access(&config)?;
     }
@@ -140,6 +144,7 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
         args::Command::Fsck { repair } => fsck(&config, repair),
         args::Command::Doctor => doctor::run(&config),
         args::Command::User { command } => serve::user(&config, command),
+        args::Command::Token { command } => token::run(&config, command),
     }
 }
 

@@ -45,6 +45,23 @@ pub fn run(config: &Config) -> CliResult {
         for addr in bound.local_addrs() {
             eprintln!("mailspool: listening on {addr}");
         }
+        let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut http_task = None;
+        if let Some(http) = config.http.clone()
+            && let Some(addr) = http.serve_listen
+        {
+            let ms = Arc::new(mailspool::Mailspool::with_spool(
+                config.clone(),
+                Spool::create(&config.spool_dir, config.spool.clone())?,
+            ));
+            let http_bound = mailspool::http::bind(ms, http, addr)
+                .await
+                .map_err(|e| Failure::new(sysexits::OSERR, e))?;
+            eprintln!("mailspool: HTTP API on {}", http_bound.local_addr());
+            http_task = Some(tokio::spawn(http_bound.run(async {
+                let _ = http_stopped.await;
+            })));
+        }
         // Bound (port 25 needs root or CAP_NET_BIND_SERVICE); root now becomes the
         // spool's owner, so every node it writes is the daemon's to read.
         if rustix::process::geteuid().is_root() {
@@ -64,6 +81,10 @@ pub fn run(config: &Config) -> CliResult {
             }
         };
         bound.run(stop).await;
+        let _ = http_stop.send(());
+        if let Some(t) = http_task {
+            let _ = t.await;
+        }
         Ok(())
     })
 }

@@ -22,9 +22,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod deliver;
+mod http;
 mod serve;
 
 use deliver::deliver_settings;
+pub use http::{HttpConfig, HttpFile, default_tokens_file};
 pub use serve::default_users_file;
 use serve::{default_serve, serve_settings};
 
@@ -100,6 +102,10 @@ pub struct ConfigFile {
     /// The spool is shared on purpose (several hosts over NFS, the 0.50 multi-host
     /// case): accept a group-writable spool or one another user owns.
     pub shared_spool: Option<bool>,
+    /// Log lines: "text" (default) or "json" (one object per event).
+    pub log_format: Option<String>,
+    /// The HTTP API, metrics and dashboard (off unless present).
+    pub http: Option<HttpFile>,
 }
 
 /// `[[listen]]`.
@@ -206,6 +212,10 @@ pub struct Config {
     /// The relay's user name and password file; the password is read only by
     /// [`Config::load_secrets`].
     pub relay_secret: Option<(String, PathBuf)>,
+    /// Log lines as JSON objects instead of text.
+    pub log_json: bool,
+    /// The HTTP server, when `[http]` is configured.
+    pub http: Option<HttpConfig>,
 }
 
 /// A configuration that cannot be used.
@@ -250,6 +260,8 @@ impl Default for Config {
             serve: default_serve(),
             found_file: false,
             relay_secret: None,
+            log_json: false,
+            http: None,
         }
     }
 }
@@ -427,6 +439,16 @@ impl Config {
         }
         deliver_settings(&mut c, &file)?;
         serve_settings(&mut c, &file)?;
+        c.log_json = match file.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "log_format {other:?}: expected \"text\" or \"json\""
+                )));
+            }
+        };
+        c.http = http::http_settings(&file, c.max_message_size)?;
         c.spool.validate().map_err(ConfigError::Invalid)?;
         Ok(c)
     }

@@ -1,0 +1,300 @@
+//! Queue administration, one implementation for the command line (`mailspool queue`)
+//! and the HTTP admin API: select nodes, change them, filter, summarise, describe.
+//!
+//! Works on any Mail::Spool 0.50 spool as well as ours: nothing is created by reading,
+//! and every change takes the node's `.NFSLock` first (in the spool crate).
+
+mod detail;
+mod filter;
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::ControlFlow;
+
+use mailspool_spool::{Found, NodeEntry, Spool, SpoolError};
+use serde::Serialize;
+
+pub use detail::{MessageDetail, NodeDetail, detail, header_block};
+pub use filter::Filter;
+
+/// Why a selector selected nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    /// No node has this id or file name.
+    #[error("no queued message or node {0:?}")]
+    NotFound(String),
+    /// The message has no node for that recipient.
+    #[error("no queued node of {key:?} is for <{}>", mailspool_spool::escape(.to))]
+    NoSuchRecipient {
+        /// The selector.
+        key: String,
+        /// The recipient asked for.
+        to: String,
+    },
+    /// Several messages share the id (Mail::Spool 0.50 reused ids): nothing is changed
+    /// until the caller names one.
+    #[error("{} messages share the id {key:?} (Mail::Spool 0.50 reused ids); name one by recipient or node file name", messages.len())]
+    Ambiguous {
+        /// The selector.
+        key: String,
+        /// The messages, each its nodes.
+        messages: Vec<Vec<NodeEntry>>,
+    },
+    /// The spool could not be read.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// The nodes a selector names: a node's file name (that node), or a message id (its
+/// nodes; with `to`, only that recipient's). An id that several messages share selects
+/// nothing: [`SelectError::Ambiguous`] lists them.
+pub fn select(spool: &Spool, key: &str, to: Option<&str>) -> Result<Vec<NodeEntry>, SelectError> {
+    let mut nodes = match spool.find(key) {
+        Ok(n) => n,
+        Err(SpoolError::NotFound(_)) => return Err(SelectError::NotFound(key.to_owned())),
+        Err(e) => return Err(e.into()),
+    };
+    if nodes.iter().any(|n| n.file_name == key) {
+        nodes.retain(|n| n.file_name == key);
+    }
+    if let Some(to) = to {
+        let want = mailspool_message::address::dedup_key(to.trim_matches(['<', '>']));
+        nodes.retain(|n| mailspool_message::address::dedup_key(&n.name.to) == want);
+        if nodes.is_empty() {
+            return Err(SelectError::NoSuchRecipient {
+                key: key.to_owned(),
+                to: to.to_owned(),
+            });
+        }
+    }
+    let messages = spool.group_messages(nodes.clone());
+    if messages.len() > 1 {
+        return Err(SelectError::Ambiguous {
+            key: key.to_owned(),
+            messages,
+        });
+    }
+    Ok(nodes)
+}
+
+/// A change an operator makes to queued nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Remove the node.
+    Delete,
+    /// Keep it queued but never deliver it.
+    Hold,
+    /// Put a held node back into its tier.
+    Release,
+    /// Make it due now.
+    Retry,
+}
+
+impl Change {
+    /// Parse the API's spelling: `delete`, `hold`, `release`, `retry`.
+    pub fn parse(word: &str) -> Option<Change> {
+        Some(match word {
+            "delete" => Change::Delete,
+            "hold" => Change::Hold,
+            "release" => Change::Release,
+            "retry" => Change::Retry,
+            _ => return None,
+        })
+    }
+
+    /// What was done, for reports and logs.
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Change::Delete => "deleted",
+            Change::Hold => "held",
+            Change::Release => "released",
+            Change::Retry => "made due now",
+        }
+    }
+
+    /// Apply to one node (under its lock); log the change.
+    pub fn apply(self, spool: &Spool, n: &NodeEntry) -> Result<(), SpoolError> {
+        match self {
+            Change::Delete => spool.delete(n),
+            Change::Hold => spool.hold(n).map(drop),
+            Change::Release => spool.release(n).map(drop),
+            Change::Retry => spool.retry_now(n).map(drop),
+        }?;
+        tracing::info!(
+            event = self.past_tense(),
+            id = %n.name.id,
+            to = %mailspool_spool::escape(&n.name.to),
+            from = %mailspool_spool::escape(&n.name.from),
+            "{}", self.past_tense()
+        );
+        Ok(())
+    }
+}
+
+/// What a change did to a set of nodes.
+#[derive(Debug, Default, Serialize)]
+pub struct ChangeReport {
+    /// Nodes the selector or filter named.
+    pub matched: usize,
+    /// Nodes changed.
+    pub changed: usize,
+    /// Nodes that could not be changed, with why (a locked node: try again).
+    pub failed: Vec<NodeFailure>,
+}
+
+/// One node a change could not be made to.
+#[derive(Debug, Serialize)]
+pub struct NodeFailure {
+    /// Message id.
+    pub id: String,
+    /// Recipient.
+    pub to: String,
+    /// Why.
+    pub error: String,
+    /// The sysexits code the command line exits with for it.
+    #[serde(skip)]
+    pub code: u8,
+}
+
+impl ChangeReport {
+    /// Apply `change` to `nodes`, collecting what failed.
+    pub fn apply(spool: &Spool, change: Change, nodes: &[NodeEntry]) -> ChangeReport {
+        let mut report = ChangeReport::default();
+        for n in nodes {
+            report.record(change, spool, n);
+        }
+        report
+    }
+
+    fn record(&mut self, change: Change, spool: &Spool, n: &NodeEntry) {
+        self.matched += 1;
+        match change.apply(spool, n) {
+            Ok(()) => self.changed += 1,
+            Err(e) => self.failed.push(NodeFailure {
+                id: n.name.id.clone(),
+                to: n.name.to.clone(),
+                code: crate::send::spool_exit_code(&e),
+                error: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Apply `change` to every node `filter` matches (the bulk form). The spool is walked
+/// once; matching nodes are collected first so a move never shows a node twice.
+pub fn change_matching(
+    spool: &Spool,
+    change: Change,
+    filter: &Filter,
+) -> Result<ChangeReport, SpoolError> {
+    let now = mailspool_spool::now();
+    let mut nodes = Vec::new();
+    spool.visit_all(&mut |found| {
+        if let Found::Node(n) = found
+            && filter.matches(&n, now)
+        {
+            nodes.push(n);
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(ChangeReport::apply(spool, change, &nodes))
+}
+
+/// Counts by tier and by domain.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    /// Nodes (one per recipient).
+    pub nodes: usize,
+    /// Distinct messages.
+    pub messages: usize,
+    /// Held nodes.
+    pub held: usize,
+    /// Files whose names do not parse.
+    pub unparsable: usize,
+    /// Per tier: queued and held.
+    pub tiers: Vec<TierCount>,
+    /// Per recipient domain, most nodes first.
+    pub domains: Vec<DomainCount>,
+    /// Queued time of the oldest node (unix), if any.
+    pub oldest: Option<u64>,
+}
+
+/// One tier's counts.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TierCount {
+    /// Tier number.
+    pub tier: usize,
+    /// Nodes waiting in it.
+    pub queued: usize,
+    /// Held nodes that return to it.
+    pub held: usize,
+    /// Seconds a node waits in it.
+    pub wait: u64,
+}
+
+/// One domain's count.
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainCount {
+    /// Recipient domain, lower-cased.
+    pub domain: String,
+    /// Nodes for it.
+    pub nodes: usize,
+}
+
+/// Walk the spool once and count. Keeps counts only (a million nodes in a few MB);
+/// `on_unparsable` and `on_rescued` let the command line warn.
+pub fn summary(
+    spool: &Spool,
+    on_unparsable: &mut dyn FnMut(&std::path::Path),
+    on_rescued: &mut dyn FnMut(&NodeEntry),
+) -> Result<Summary, SpoolError> {
+    let mut s = Summary {
+        tiers: (0..spool.config().tiers())
+            .map(|tier| TierCount {
+                tier,
+                wait: spool.config().period(tier),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut domains: BTreeMap<String, usize> = BTreeMap::new();
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut messages = HashSet::new();
+    spool.visit_all(&mut |found| {
+        match found {
+            Found::Node(n) => {
+                if n.rescued {
+                    on_rescued(&n);
+                }
+                s.nodes += 1;
+                if let Some(t) = s.tiers.get_mut(n.tier) {
+                    if n.held {
+                        t.held += 1;
+                    } else {
+                        t.queued += 1;
+                    }
+                }
+                s.held += usize::from(n.held);
+                s.oldest = Some(s.oldest.map_or(n.name.time, |o| o.min(n.name.time)));
+                *domains.entry(n.domain()).or_default() += 1;
+                messages.insert(std::hash::BuildHasher::hash_one(
+                    &hasher,
+                    (&n.name.id, &n.name.from),
+                ));
+            }
+            Found::Unparsable(p) => {
+                on_unparsable(&p);
+                s.unparsable += 1;
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    s.messages = messages.len();
+    s.domains = domains
+        .into_iter()
+        .map(|(domain, nodes)| DomainCount { domain, nodes })
+        .collect();
+    s.domains
+        .sort_by(|a, b| b.nodes.cmp(&a.nodes).then(a.domain.cmp(&b.domain)));
+    Ok(s)
+}

@@ -1,0 +1,137 @@
+//! The HTTP server: injection (`POST /v1/messages`), the admin API (`/v1/queue`...),
+//! Prometheus metrics (`/metrics`), a health check (`/healthz`) and the web dashboard
+//! (`/`). Off unless `[http]` is configured; served by the daemon, and by `serve`
+//! when `serve_listen` is set.
+//!
+//! Every endpoint but `/healthz` and `/metrics` needs a bearer token of the right scope
+//! (the dashboard keeps it in a session cookie). Every input is bounded: headers by
+//! hyper's limits and a read timeout, bodies by `max_body_size` and `request_timeout`,
+//! connections by `max_connections`.
+
+mod auth;
+mod dashboard;
+mod error;
+mod idempotency;
+mod inject;
+mod queue;
+mod sampler;
+mod server;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::Mailspool;
+use crate::config::HttpConfig;
+
+pub use error::ApiError;
+pub use server::{Bound, bind};
+
+/// What every handler shares.
+pub struct AppState {
+    /// The spool, opened for intake and administration.
+    pub ms: Arc<Mailspool>,
+    /// The `[http]` settings.
+    pub http: HttpConfig,
+    /// Tokens, re-read when their file changes.
+    pub tokens: tokens::TokenCache,
+    /// Dashboard sessions.
+    pub sessions: auth::Sessions,
+    /// Results of requests made with an `Idempotency-Key`.
+    pub idempotency: idempotency::Store,
+    /// Whether this server speaks HTTPS (cookies are then `Secure`).
+    pub tls: bool,
+    /// The last count of the spool (metrics and dashboard).
+    pub snapshot: sampler::Snapshot,
+}
+
+impl AppState {
+    /// Set up the shared state (reads the tokens file: an unreadable one is an error
+    /// now, not a lock-out later).
+    pub fn new(ms: Arc<Mailspool>, http: HttpConfig) -> Result<AppState, String> {
+        let tokens = tokens::TokenCache::new(&http.tokens_file).map_err(|e| e.to_string())?;
+        let idempotency = idempotency::Store::new(ms.spool().dir());
+        Ok(AppState {
+            tls: http.tls.is_some(),
+            ms,
+            http,
+            tokens,
+            sessions: auth::Sessions::default(),
+            idempotency,
+            snapshot: sampler::Snapshot::default(),
+        })
+    }
+}
+
+/// Every route.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/messages", post(inject::one))
+        .route("/v1/messages/batch", post(inject::batch))
+        .route("/v1/queue", get(queue::list))
+        .route("/v1/queue/bulk/{action}", post(queue::bulk_change))
+        .route("/v1/queue/{id}", get(queue::show).delete(queue::delete))
+        .route("/v1/queue/{id}/{action}", post(queue::change))
+        .route("/v1/summary", get(queue::summary))
+        .route("/v1/usage", get(queue::usage))
+        .merge(dashboard::routes())
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        mailspool_metrics::global().encode(),
+    )
+}
+
+/// Read a request body of at most `limit` bytes within `timeout`: a clear 413 or 408,
+/// never an unbounded buffer or a connection held open forever.
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<axum::body::Bytes, ApiError> {
+    use axum::http::StatusCode;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the request body did not arrive within {}s", timeout.as_secs()),
+        )),
+        // axum names no type for the limit error; it says so in its chain.
+        Ok(Err(e)) if error_chain(&e).contains("length limit exceeded") => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is larger than {limit} bytes (max_body_size)"),
+        )),
+        Ok(Err(e)) => Err(ApiError::bad_request(
+            "bad_body",
+            format!("cannot read the body: {e}"),
+        )),
+        Ok(Ok(b)) => Ok(b),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        next = s.source();
+    }
+    text
+}
