@@ -144,7 +144,8 @@ pub fn spool_bounce(
         .write_all(format!("\n--{boundary}--\n").as_bytes())
         .map_err(io)?;
     let committed = stage.commit("", &[sender.to_owned()])?;
-    tracing::info!(id, bounce = %committed.id, to = %mailspool_spool::escape(sender), "bounce queued");
+    mailspool_metrics::global().bounces.inc();
+    tracing::info!(event = "bounced", id, bounce = %committed.id, to = %mailspool_spool::escape(sender), "bounce queued");
     Ok(Some(committed.id))
 }
 

@@ -42,6 +42,39 @@ pub trait Resolve: Send + Sync {
 /// The hickory resolver: the system's configuration, or one given server.
 pub struct HickoryDns {
     resolver: TokioResolver,
+    /// Until when the resolver's cache holds each name's last answer: a lookup before
+    /// then is a cache hit (for the metrics; hickory does not count its hits).
+    fresh: std::sync::Mutex<std::collections::HashMap<(String, bool), std::time::Instant>>,
+}
+
+/// Names remembered for the cache-hit count (the resolver caches 4096 too).
+const FRESH_NAMES: usize = 4096;
+
+impl HickoryDns {
+    /// Count a lookup, and a hit when the last answer for it is still cached.
+    fn count(&self, name: &str, mx: bool) {
+        let m = mailspool_metrics::global();
+        m.dns_lookups.inc();
+        let fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        if fresh
+            .get(&(name.to_owned(), mx))
+            .is_some_and(|until| *until > std::time::Instant::now())
+        {
+            m.dns_cache_hits.inc();
+        }
+    }
+
+    fn remember(&self, name: &str, mx: bool, until: std::time::Instant) {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        if fresh.len() >= FRESH_NAMES {
+            let now = std::time::Instant::now();
+            fresh.retain(|_, u| *u > now);
+            if fresh.len() >= FRESH_NAMES {
+                fresh.clear();
+            }
+        }
+        fresh.insert((name.to_owned(), mx), until);
+    }
 }
 
 fn classify(e: NetError) -> LookupError {
@@ -87,6 +120,7 @@ impl HickoryDns {
         opts.cache_size = 4096;
         Ok(HickoryDns {
             resolver: builder.build().map_err(|e| e.to_string())?,
+            fresh: Default::default(),
         })
     }
 }
@@ -94,11 +128,13 @@ impl HickoryDns {
 impl Resolve for HickoryDns {
     fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<(u16, String)>, LookupError>> {
         Box::pin(async move {
+            self.count(domain, true);
             let lookup = self
                 .resolver
                 .mx_lookup(fqdn(domain))
                 .await
                 .map_err(classify)?;
+            self.remember(domain, true, lookup.valid_until());
             Ok(lookup
                 .answers()
                 .iter()
@@ -126,11 +162,13 @@ impl Resolve for HickoryDns {
             if let Ok(ip) = host.parse::<IpAddr>() {
                 return Ok(vec![ip]);
             }
+            self.count(host, false);
             let lookup = self
                 .resolver
                 .lookup_ip(fqdn(host))
                 .await
                 .map_err(classify)?;
+            self.remember(host, false, lookup.valid_until());
             let ips: Vec<IpAddr> = lookup.iter().collect();
             if ips.is_empty() {
                 return Err(LookupError::NoRecords);

@@ -197,7 +197,8 @@ impl Mailspool {
         });
         match self.send_mail(mail) {
             Ok(sent) => {
-                tracing::info!(id = %sent.id, uid = env.uid, from = %escape(&sent.from), to = ?sent.recipients, size = sent.size, "picked up");
+                mailspool_metrics::global().accepted("drop");
+                tracing::info!(event = "picked up", id = %sent.id, uid = env.uid, from = %escape(&sent.from), to = ?sent.recipients, size = sent.size, "picked up");
                 match fs::remove_file(path) {
                     Ok(()) => Verdict::Picked,
                     Err(e) => {

@@ -328,7 +328,7 @@ impl Mailspool {
                 })?;
         }
         let committed = stage.commit(&from, &recipients)?;
-        tracing::info!(id = %committed.id, from = %from, to = ?recipients, size = committed.size, "queued");
+        tracing::info!(event = "queued", id = %committed.id, from = %from, to = ?recipients, size = committed.size, "queued");
         let delivery = match mail.delivery {
             Delivery::Deferred => None,
             mode => Some(

@@ -186,7 +186,15 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 
 async fn handle(mut sock: TcpStream, addr: SocketAddr, ctx: Arc<Context>, limits: Arc<Limits>) {
     let ip = client_key(addr.ip());
+    let metrics = mailspool_metrics::global();
+    let refused = |reason| {
+        metrics
+            .smtp_refused
+            .get_or_create(&mailspool_metrics::ReasonLabel { reason })
+            .inc();
+    };
     let Ok(_total) = limits.total.clone().try_acquire_owned() else {
+        refused("max_connections");
         let _ = sock
             .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
             .await;
@@ -205,6 +213,7 @@ async fn handle(mut sock: TcpStream, addr: SocketAddr, ctx: Arc<Context>, limits
         ok
     };
     if !admitted {
+        refused("max_connections_per_ip");
         tracing::info!(client = %addr.ip(), key = %ip, "refused: too many connections from this address");
         let _ = sock
             .write_all(b"421 4.7.0 Too many connections from your address\r\n")
@@ -216,6 +225,9 @@ async fn handle(mut sock: TcpStream, addr: SocketAddr, ctx: Arc<Context>, limits
         ip,
     };
     let _ = sock.set_nodelay(true);
+    metrics.smtp_sessions.inc();
+    metrics.smtp_sessions_open.inc();
+    let _open = OpenSession(metrics);
     let peer = Peer {
         ip: Some(addr.ip()),
         trusted,
@@ -231,4 +243,13 @@ async fn handle(mut sock: TcpStream, addr: SocketAddr, ctx: Arc<Context>, limits
         return;
     }
     session::run(Box::new(sock), peer, ctx, false).await;
+}
+
+/// Counts a session open until it ends, however it ends.
+struct OpenSession(&'static mailspool_metrics::Metrics);
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.smtp_sessions_open.dec();
+    }
 }

@@ -86,6 +86,11 @@ impl Engine {
                 let ms = started.elapsed().as_millis() as u64;
                 match result {
                     Ok(outcome) => {
+                        let tls = if session.tls { "yes" } else { "no" };
+                        mailspool_metrics::global()
+                            .outbound_tls
+                            .get_or_create(&mailspool_metrics::TlsLabel { tls })
+                            .inc();
                         self.put_back(pool_key, session);
                         let mut verdicts = Vec::new();
                         for (i, (n, _)) in nodes.iter().enumerate() {

@@ -68,7 +68,7 @@ pub fn main() -> ExitCode {
         "sendmail" => sendmail::run(&prog, &args[1..]),
         "mailq" => {
             quiet_on_closed_pipe();
-            init_logging(0);
+            init_logging(0, false);
             config(None, None).and_then(|c| {
                 privilege::access(&c)?;
                 list::list(&c, &args::ListArgs::default())
@@ -106,13 +106,19 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
             };
         }
     };
+    // Logging starts once the configuration is read (it says the format); what fails
+    // before is reported on stderr by main.
+    let config = config(cli.config.as_deref(), cli.spool.as_deref())?;
     // The daemon reports what happens to each message by default.
     let daemon = matches!(cli.command, args::Command::Daemon | args::Command::Serve);
-    init_logging(if daemon {
-        cli.verbose.max(1)
-    } else {
-        cli.verbose
-    });
+    init_logging(
+        if daemon {
+            cli.verbose.max(1)
+        } else {
+            cli.verbose
+        },
+        config.log_json,
+    );
     let listing = match &cli.command {
         args::Command::Queue { command } => {
             !matches!(command, Some(args::QueueCommand::Run { .. }))
@@ -123,7 +129,6 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
     if listing {
         quiet_on_closed_pipe();
     }
-    let config = config(cli.config.as_deref(), cli.spool.as_deref())?;
     // Root works on a spool as its owner (the listener only once it has bound its
     // ports; `send` decides for itself: it may hand the message to the drop).
     let serve = matches!(
@@ -164,12 +169,14 @@ pub fn config(file: Option<&Path>, spool: Option<&Path>) -> Result<Config, Failu
 }
 
 /// Logs go to stderr: warnings by default, `-v` for info, `-vv` for debug;
-/// `MAILSPOOL_LOG` (a tracing filter such as `debug`) overrides.
-pub fn init_logging(verbose: u8) {
+/// `MAILSPOOL_LOG` (a tracing filter such as `debug`) overrides. `json`: one JSON object
+/// per event (`log_format = "json"`). Under systemd (`JOURNAL_STREAM` set) text lines
+/// carry no time stamp and no colour: the journal adds its own.
+pub fn init_logging(verbose: u8, json: bool) {
     use tracing_subscriber::EnvFilter;
     // Warnings are rare; skip the subscriber's set-up cost on the hot `send` path when
     // nothing asked for more. Errors reach the user through the exit path anyway.
-    if verbose == 0 && std::env::var_os("MAILSPOOL_LOG").is_none() {
+    if verbose == 0 && !json && std::env::var_os("MAILSPOOL_LOG").is_none() {
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::WARN)
             .with_writer(std::io::stderr)
@@ -186,12 +193,24 @@ pub fn init_logging(verbose: u8) {
     };
     let filter =
         EnvFilter::try_from_env("MAILSPOOL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    if json {
+        let _ = fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init();
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        let _ = fmt.with_ansi(false).without_time().try_init();
+    } else {
+        let _ = fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init();
+    }
 }
 
 /// `mailspool fsck [--repair]`.

@@ -112,7 +112,9 @@ pub fn queue_message(config: &Config, req: SendRequest) -> Result<Sent, Failure>
     } else {
         Delivery::Deferred
     };
-    Ok(spool.send_mail(mail)?)
+    let sent = spool.send_mail(mail)?;
+    mailspool_metrics::global().accepted("send");
+    Ok(sent)
 }
 
 /// Someone else owns the spool: the drop takes the message (the same checks, then one

@@ -36,7 +36,7 @@ fn parse(args: &[OsString]) -> Result<SendmailArgs, Failure> {
 
 pub fn run(prog: &str, args: &[OsString]) -> CliResult {
     let p = parse(args)?;
-    init_logging(p.verbose);
+    init_logging(p.verbose, false);
     match p.mode {
         Mode::Aliases => {
             println!("{prog}: mailspool does not use aliases; nothing to do");

@@ -176,7 +176,9 @@ impl Session {
         match committed {
             Ok(Ok((c, size))) => {
                 self.accepted += 1;
+                mailspool_metrics::global().accepted("smtp");
                 tracing::info!(
+                    event = "accepted",
                     client = %self.peer.literal(),
                     user = self.auth.as_deref().unwrap_or("-"),
                     id = %c.id,
