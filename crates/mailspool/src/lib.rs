@@ -16,14 +16,14 @@
 //! and here the configuration, `send_mail`, and the `mailspool` command.
 
 pub mod admin;
-pub mod http;
 pub mod config;
 mod delivery;
+pub mod http;
 pub mod pickup;
 pub mod send;
 pub mod sysexits;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, HttpConfig};
 pub use mailspool_deliver::{NodeResult, Outcome, Report};
 pub use mailspool_spool::{Spool, SpoolConfig, SpoolError, escape};
 pub use send::{Delivery, MessageSource, SendError, SendMail, Sent, Submitter};

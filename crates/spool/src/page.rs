@@ -72,13 +72,21 @@ impl Spool {
             } else {
                 self.tier_dir(tier)
             };
-            let flow = self.page_dir(&path, tier, held, &mut cursor, &mut page, |p| {
-                if p.nodes.len() >= limit || p.scanned >= max_scan {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            }, keep)?;
+            let flow = self.page_dir(
+                &path,
+                tier,
+                held,
+                &mut cursor,
+                &mut page,
+                |p| {
+                    if p.nodes.len() >= limit || p.scanned >= max_scan {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+                keep,
+            )?;
             if flow.is_break() {
                 page.next = Some(cursor);
                 return Ok(page);
@@ -115,7 +123,8 @@ impl Spool {
             Err(rustix::io::Errno::NOENT) => return Ok(ControlFlow::Continue(())),
             Err(e) => return Err(SpoolError::io("read", path, e.into())),
         };
-        let mut dir = rustix::fs::Dir::new(fd).map_err(|e| SpoolError::io("read", path, e.into()))?;
+        let mut dir =
+            rustix::fs::Dir::new(fd).map_err(|e| SpoolError::io("read", path, e.into()))?;
         if cursor.offset != 0 {
             dir.seek(cursor.offset)
                 .map_err(|e| SpoolError::io("seek in", path, e.into()))?;

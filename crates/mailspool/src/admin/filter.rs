@@ -89,19 +89,62 @@ mod tests {
         let now = 1_600;
         assert!(Filter::default().matches(&n, now));
         let f = |f: Filter| f.matches(&n, now);
-        assert!(f(Filter { tier: Some(2), ..Default::default() }));
-        assert!(!f(Filter { tier: Some(1), ..Default::default() }));
-        assert!(f(Filter { domain: Some("example.org".into()), ..Default::default() }));
-        assert!(!f(Filter { domain: Some("ample.org".into()), ..Default::default() }));
-        assert!(f(Filter { recipient: Some("<bob@example.org>".into()), ..Default::default() }));
-        assert!(!f(Filter { recipient: Some("bo@example.org".into()), ..Default::default() }));
-        assert!(f(Filter { sender: Some("APP@example.com".into()), ..Default::default() }));
-        assert!(!f(Filter { sender: Some("".into()), ..Default::default() }));
-        assert!(f(Filter { older_than: Some(600), ..Default::default() }));
-        assert!(!f(Filter { older_than: Some(601), ..Default::default() }));
-        assert!(f(Filter { held: Some(false), ..Default::default() }));
-        assert!(!f(Filter { held: Some(true), ..Default::default() }));
-        assert!(!f(Filter { id: Some("id2".into()), ..Default::default() }));
-        assert!(!f(Filter { tier: Some(2), held: Some(true), ..Default::default() }));
+        assert!(f(Filter {
+            tier: Some(2),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            tier: Some(1),
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            domain: Some("example.org".into()),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            domain: Some("ample.org".into()),
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            recipient: Some("<bob@example.org>".into()),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            recipient: Some("bo@example.org".into()),
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            sender: Some("APP@example.com".into()),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            sender: Some("".into()),
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            older_than: Some(600),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            older_than: Some(601),
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            held: Some(false),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            held: Some(true),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            id: Some("id2".into()),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            tier: Some(2),
+            held: Some(true),
+            ..Default::default()
+        }));
     }
 }

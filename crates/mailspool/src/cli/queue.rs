@@ -192,7 +192,9 @@ fn change(config: &Config, args: &SelectArgs, change: Change) -> CliResult {
 
 fn summary(config: &Config, json: bool) -> CliResult {
     let spool = open(config)?;
-    let s = admin::summary(&spool, &mut |p| warn_unparsable(p), &mut |n| warn_rescued(n))?;
+    let s = admin::summary(&spool, &mut |p| warn_unparsable(p), &mut |n| {
+        warn_rescued(n)
+    })?;
     if json {
         let obj = serde_json::json!({
             "nodes": s.nodes,
@@ -214,7 +216,10 @@ fn summary(config: &Config, json: bool) -> CliResult {
         spool.dir().display()
     );
     if s.unparsable > 0 {
-        println!("{} file(s) with names that do not parse (see warnings)", s.unparsable);
+        println!(
+            "{} file(s) with names that do not parse (see warnings)",
+            s.unparsable
+        );
     }
     println!(
         "\n{:>4} {:>8} {:>6} {:>10}",

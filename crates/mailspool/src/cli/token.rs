@@ -34,7 +34,8 @@ pub fn run(config: &Config, command: TokenCommand) -> CliResult {
         .as_ref()
         .map(|h| h.tokens_file.clone())
         .unwrap_or_else(mailspool::config::default_tokens_file);
-    let fail = |e: mailspool::http::tokens::TokenError| Failure::new(sysexits::CANTCREAT, e.to_string());
+    let fail =
+        |e: mailspool::http::tokens::TokenError| Failure::new(sysexits::CANTCREAT, e.to_string());
     let mut tokens =
         Tokens::load(&path).map_err(|e| Failure::new(sysexits::CONFIG, e.to_string()))?;
     // Root makes the file for the daemon's user: the spool's owner.
@@ -59,7 +60,9 @@ pub fn run(config: &Config, command: TokenCommand) -> CliResult {
                         + parse_duration(&e).ok_or_else(|| {
                             Failure::new(
                                 sysexits::USAGE,
-                                format!("--expires {e:?}: seconds, or a number with s, m, h, d or w"),
+                                format!(
+                                    "--expires {e:?}: seconds, or a number with s, m, h, d or w"
+                                ),
                             )
                         })?,
                 ),

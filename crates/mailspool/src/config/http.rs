@@ -99,7 +99,10 @@ pub(super) fn http_settings(
         }
     }
     let default_body = max_message_size.saturating_add(max_message_size / 3) + 64 * 1024;
-    let max_body_size = positive("http.max_body_size", h.max_body_size.unwrap_or(default_body))?;
+    let max_body_size = positive(
+        "http.max_body_size",
+        h.max_body_size.unwrap_or(default_body),
+    )?;
     Ok(Some(HttpConfig {
         listen,
         serve_listen,

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, header};
 
+use super::AppState;
 use super::error::ApiError;
 use super::tokens::{Lookup, Scope, sha256};
-use super::AppState;
 
 /// Name of the dashboard's session cookie.
 pub const COOKIE: &str = "mailspool_session";
@@ -136,10 +136,18 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, need: Scope) -> Result<C
                     csrf: None,
                 },
                 Lookup::Expired(_) => {
-                    return Err(refuse("expired", StatusCode::UNAUTHORIZED, "the token has expired"));
+                    return Err(refuse(
+                        "expired",
+                        StatusCode::UNAUTHORIZED,
+                        "the token has expired",
+                    ));
                 }
                 Lookup::Unknown => {
-                    return Err(refuse("unknown", StatusCode::UNAUTHORIZED, "the token is not valid"));
+                    return Err(refuse(
+                        "unknown",
+                        StatusCode::UNAUTHORIZED,
+                        "the token is not valid",
+                    ));
                 }
             }
         }

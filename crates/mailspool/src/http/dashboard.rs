@@ -1,5 +1,7 @@
 //! placeholder
-use std::sync::Arc;
-use axum::Router;
 use super::AppState;
-pub fn routes() -> Router<Arc<AppState>> { Router::new() }
+use axum::Router;
+use std::sync::Arc;
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+}

@@ -143,7 +143,8 @@ impl Store {
             .open(path)
             .ok()?;
         let meta = file.metadata().ok()?;
-        let fresh = mailspool_spool::now().saturating_sub(meta.mtime().max(0) as u64) < KEEP_SECONDS;
+        let fresh =
+            mailspool_spool::now().saturating_sub(meta.mtime().max(0) as u64) < KEEP_SECONDS;
         if !meta.is_file() || meta.uid() != rustix::process::geteuid().as_raw() || !fresh {
             return None;
         }
@@ -151,13 +152,16 @@ impl Store {
     }
 
     fn write(&self, path: &Path, stored: &Stored) -> std::io::Result<()> {
-        std::fs::DirBuilder::new().mode(0o700).create(&self.dir).or_else(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&self.dir)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
         let tmp = self
             .dir
             .join(format!(".{}", mailspool_spool::unique_token()));

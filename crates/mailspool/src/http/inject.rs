@@ -165,7 +165,10 @@ impl JsonMessage {
                 && name.len() <= 76
                 && name.bytes().all(|c| c.is_ascii_graphic() && c != b':');
             if !name_ok {
-                return Err(bad("bad_header", format!("header name {name:?} is not valid")));
+                return Err(bad(
+                    "bad_header",
+                    format!("header name {name:?} is not valid"),
+                ));
             }
             if STRUCTURAL.contains(&name.to_ascii_lowercase().as_str()) {
                 return Err(bad(
@@ -270,7 +273,10 @@ fn send_error(e: SendError) -> ApiError {
 
 /// The envelope of a raw message: query parameters, else `Mailspool-From` /
 /// `Mailspool-To` headers.
-fn raw_envelope(query: Option<&str>, headers: &HeaderMap) -> Result<(Option<String>, Vec<String>), ApiError> {
+fn raw_envelope(
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(Option<String>, Vec<String>), ApiError> {
     let mut from = None;
     let mut to = Vec::new();
     if let Some(q) = query {
@@ -421,7 +427,10 @@ pub async fn batch(
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "batch_too_large",
-            format!("{} messages; at most {MAX_BATCH} per batch", batch.messages.len()),
+            format!(
+                "{} messages; at most {MAX_BATCH} per batch",
+                batch.messages.len()
+            ),
         ));
     }
     let key = idempotency_key(&headers)?;
@@ -442,9 +451,7 @@ async fn run_batch(
     let mut results: Vec<serde_json::Value> = vec![serde_json::Value::Null; batch.messages.len()];
     let mut tasks = tokio::task::JoinSet::new();
     let mut pending = batch.messages.into_iter().enumerate();
-    let error_value = |e: ApiError| {
-        serde_json::json!({"status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}})
-    };
+    let error_value = |e: ApiError| serde_json::json!({"status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}});
     loop {
         while tasks.len() < BATCH_PARALLEL {
             let Some((i, m)) = pending.next() else { break };

@@ -109,7 +109,10 @@ pub(crate) async fn read_body(
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "timeout",
-            format!("the request body did not arrive within {}s", timeout.as_secs()),
+            format!(
+                "the request body did not arrive within {}s",
+                timeout.as_secs()
+            ),
         )),
         // axum names no type for the limit error; it says so in its chain.
         Ok(Err(e)) if error_chain(&e).contains("length limit exceeded") => Err(ApiError::new(

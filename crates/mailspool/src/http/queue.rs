@@ -62,7 +62,11 @@ impl ListQuery {
 }
 
 /// A node as the API lists it.
-pub fn node_json(spool: &mailspool_spool::Spool, n: &NodeEntry, size: Option<u64>) -> serde_json::Value {
+pub fn node_json(
+    spool: &mailspool_spool::Spool,
+    n: &NodeEntry,
+    size: Option<u64>,
+) -> serde_json::Value {
     serde_json::json!({
         "id": n.name.id,
         "node": n.file_name,
@@ -250,7 +254,14 @@ pub async fn summary(
     headers: HeaderMap,
 ) -> Result<Json<admin::Summary>, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
-    blocking(move || Ok(Json(admin::summary(state.ms.spool(), &mut |_| {}, &mut |_| {})?))).await
+    blocking(move || {
+        Ok(Json(admin::summary(
+            state.ms.spool(),
+            &mut |_| {},
+            &mut |_| {},
+        )?))
+    })
+    .await
 }
 
 /// `GET /v1/usage?days=N` query.

@@ -97,7 +97,9 @@ impl Bound {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                                 .await
                             {
-                                Ok(Ok(s)) => connection(TokioIo::new(s), service, &mut stop_rx).await,
+                                Ok(Ok(s)) => {
+                                    connection(TokioIo::new(s), service, &mut stop_rx).await
+                                }
                                 _ => tracing::debug!(%peer, "HTTPS handshake failed"),
                             }
                         }

@@ -396,7 +396,9 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let t = Tokens::load(&path).unwrap();
-        assert!(matches!(t.lookup(&a, 1000), Lookup::Valid(x) if x.name == "ci" && x.scope == Scope::Inject));
+        assert!(
+            matches!(t.lookup(&a, 1000), Lookup::Valid(x) if x.name == "ci" && x.scope == Scope::Inject)
+        );
         assert!(matches!(t.lookup(&b, 99), Lookup::Valid(_)));
         assert!(matches!(t.lookup(&b, 100), Lookup::Expired(_)));
         assert_eq!(t.lookup("mst_nope", 0), Lookup::Unknown);

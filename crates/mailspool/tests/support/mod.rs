@@ -99,3 +99,24 @@ pub fn spawn_serve(mut cmd: Command) -> (Child, u16) {
     std::thread::spawn(move || for _ in lines {});
     (child, port)
 }
+
+/// Every node file under a spool's tiers and `hold/` (lock files and hidden temps
+/// excluded), sorted.
+pub fn node_files(spool: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for top in [spool.to_path_buf(), spool.join("hold")] {
+        for tier in 0..10 {
+            let Ok(dir) = fs::read_dir(top.join(tier.to_string())) else {
+                continue;
+            };
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !mailspool_spool::name::is_not_a_node(&name) {
+                    out.push(e.path());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
