@@ -156,6 +156,29 @@ impl NodeName {
         }
     }
 
+    /// When the message was accepted: the time in its id when the id is one of ours (a
+    /// ULID keeps its creation time in its first ten characters), else the time the
+    /// node entered its tier (0.50 ids carry none; in tier 0 that is the acceptance).
+    pub fn accepted_at(&self) -> u64 {
+        const CROCKFORD: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+        let id = self.id.as_bytes();
+        if id.len() == 26 {
+            let mut ms: u64 = 0;
+            for &c in &id[..10] {
+                match CROCKFORD.iter().position(|&d| d == c.to_ascii_uppercase()) {
+                    Some(v) => ms = ms.wrapping_mul(32).wrapping_add(v as u64),
+                    None => return self.time,
+                }
+            }
+            let secs = ms / 1000;
+            // A ULID of the last ten years, not after the node's own time.
+            if secs <= self.time && secs + 10 * 365 * 86_400 > self.time {
+                return secs;
+            }
+        }
+        self.time
+    }
+
     /// Read a file name found in a tier directory.
     pub fn parse(name: &str) -> Parsed {
         if is_not_a_node(name) {
@@ -422,5 +445,23 @@ mod properties {
                 Parsed::NotANode | Parsed::Unparsable => {}
             }
         }
+    }
+
+    #[test]
+    fn accepted_at_reads_a_ulid_and_falls_back_to_the_node_time() {
+        let id = ulid::Ulid::from_parts(1_700_000_000_123, 42).to_string();
+        assert_eq!(
+            NodeName::new(1_700_009_000, &id, "a@b", "").accepted_at(),
+            1_700_000_000
+        );
+        // A 0.50 id, or a ULID "from the future" of the node: the node's time.
+        assert_eq!(
+            NodeName::new(1_700_009_000, "13949.1", "a@b", "").accepted_at(),
+            1_700_009_000
+        );
+        assert_eq!(
+            NodeName::new(1_600_000_000, &id, "a@b", "").accepted_at(),
+            1_600_000_000
+        );
     }
 }

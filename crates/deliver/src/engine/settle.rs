@@ -30,7 +30,7 @@ impl Engine {
             };
             match v {
                 Verdict::Delivered { reply } => {
-                    let accepted = accepted_at(&n.name);
+                    let accepted = n.name.accepted_at();
                     mailspool_metrics::global().delivery("delivered", &reply, Some(accepted));
                     tracing::info!(event = "delivered", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), reply = %escape(&reply), duration = now().saturating_sub(accepted), "delivered");
                     if let Err(e) = self.spool.delete_locked(n) {
@@ -122,7 +122,7 @@ impl Engine {
                 tracing::error!(node = %escape(&n.path.display().to_string()), error = %e, "cannot delete a failed node");
             }
             mailspool_metrics::global().delivery("failed", &f.diagnostic, None);
-            tracing::info!(event = "failed", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), status = %f.status, reply = %escape(&f.diagnostic), duration = now().saturating_sub(accepted_at(&n.name)), "failed");
+            tracing::info!(event = "failed", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), status = %f.status, reply = %escape(&f.diagnostic), duration = now().saturating_sub(n.name.accepted_at()), "failed");
             results.push(NodeResult {
                 id: n.name.id.clone(),
                 to: n.name.to.clone(),
@@ -132,28 +132,4 @@ impl Engine {
         }
         results
     }
-}
-
-/// When a node's message was accepted: the time in its id when the id is one of ours
-/// (a ULID keeps its creation time in its first ten characters), else the time the node
-/// entered its tier (0.50 ids carry none; for tier 0 that is the acceptance).
-fn accepted_at(name: &mailspool_spool::NodeName) -> u64 {
-    const CROCKFORD: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let id = name.id.as_bytes();
-    if id.len() == 26 {
-        let mut ms: u64 = 0;
-        let mut ok = true;
-        for &c in &id[..10] {
-            match CROCKFORD.iter().position(|&d| d == c.to_ascii_uppercase()) {
-                Some(v) => ms = ms.wrapping_mul(32).wrapping_add(v as u64),
-                None => ok = false,
-            }
-        }
-        let secs = ms / 1000;
-        // A ULID from the last ten years, not after the node's own time.
-        if ok && secs <= name.time && secs + 10 * 365 * 86_400 > name.time {
-            return secs;
-        }
-    }
-    name.time
 }

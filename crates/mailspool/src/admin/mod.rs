@@ -216,6 +216,102 @@ pub struct Summary {
     pub domains: Vec<DomainCount>,
     /// Queued time of the oldest node (unix), if any.
     pub oldest: Option<u64>,
+    /// The messages waiting longest (when asked for: see [`summary`]'s `tops`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub oldest_nodes: Vec<NodeBrief>,
+    /// The nodes deferred most (highest tier, then oldest).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub most_deferred: Vec<NodeBrief>,
+}
+
+/// A node in a summary's top lists.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeBrief {
+    /// Message id.
+    pub id: String,
+    /// The node's file name.
+    pub node: String,
+    /// Recipient.
+    pub to: String,
+    /// Sender.
+    pub from: String,
+    /// Tier.
+    pub tier: usize,
+    /// Held.
+    pub held: bool,
+    /// Unix time the message was accepted.
+    pub accepted_at: u64,
+    /// The last attempt's reply, if it failed.
+    pub last_error: Option<String>,
+}
+
+/// The `n` nodes with the smallest `key`, kept in a bounded heap while walking.
+struct Smallest<K: Ord> {
+    n: usize,
+    heap: std::collections::BinaryHeap<(K, u64, NodeEntryKey)>,
+    seq: u64,
+}
+
+/// What a top list keeps of a node (its key in the heap must be `Ord`).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct NodeEntryKey(String, String, String, String, usize, bool, u64);
+
+impl<K: Ord> Smallest<K> {
+    fn new(n: usize) -> Self {
+        Smallest {
+            n,
+            heap: Default::default(),
+            seq: 0,
+        }
+    }
+
+    fn offer(&mut self, key: K, n: &NodeEntry, accepted: u64) {
+        if self.n == 0 {
+            return;
+        }
+        if self.heap.len() >= self.n && self.heap.peek().is_some_and(|(k, ..)| key >= *k) {
+            return;
+        }
+        self.seq += 1;
+        self.heap.push((
+            key,
+            self.seq,
+            NodeEntryKey(
+                n.name.id.clone(),
+                n.file_name.clone(),
+                n.name.to.clone(),
+                n.name.from.clone(),
+                n.tier,
+                n.held,
+                accepted,
+            ),
+        ));
+        if self.heap.len() > self.n {
+            self.heap.pop();
+        }
+    }
+
+    fn finish(self, spool: &Spool) -> Vec<NodeBrief> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(
+                |(_, _, NodeEntryKey(id, node, to, from, tier, held, accepted_at))| {
+                    let name = mailspool_spool::NodeName::new(0, &id, &to, &from);
+                    NodeBrief {
+                        last_error: spool.last_error(&name),
+                        id,
+                        node,
+                        to,
+                        from,
+                        tier,
+                        held,
+                        accepted_at,
+                    }
+                },
+            )
+            .collect()
+    }
 }
 
 /// One tier's counts.
@@ -240,10 +336,12 @@ pub struct DomainCount {
     pub nodes: usize,
 }
 
-/// Walk the spool once and count. Keeps counts only (a million nodes in a few MB);
-/// `on_unparsable` and `on_rescued` let the command line warn.
+/// Walk the spool once and count. Keeps counts only (a million nodes in a few MB),
+/// plus, when `tops` > 0, the `tops` oldest and most deferred nodes; `on_unparsable`
+/// and `on_rescued` let the command line warn.
 pub fn summary(
     spool: &Spool,
+    tops: usize,
     on_unparsable: &mut dyn FnMut(&std::path::Path),
     on_rescued: &mut dyn FnMut(&NodeEntry),
 ) -> Result<Summary, SpoolError> {
@@ -260,6 +358,8 @@ pub fn summary(
     let mut domains: BTreeMap<String, usize> = BTreeMap::new();
     let hasher = std::collections::hash_map::RandomState::new();
     let mut messages = HashSet::new();
+    let mut oldest = Smallest::new(tops);
+    let mut deferred = Smallest::new(tops);
     spool.visit_all(&mut |found| {
         match found {
             Found::Node(n) => {
@@ -277,6 +377,13 @@ pub fn summary(
                 s.held += usize::from(n.held);
                 s.oldest = Some(s.oldest.map_or(n.name.time, |o| o.min(n.name.time)));
                 *domains.entry(n.domain()).or_default() += 1;
+                if tops > 0 {
+                    let accepted = n.name.accepted_at();
+                    oldest.offer(accepted, &n, accepted);
+                    if n.tier > 0 {
+                        deferred.offer((std::cmp::Reverse(n.tier), accepted), &n, accepted);
+                    }
+                }
                 messages.insert(std::hash::BuildHasher::hash_one(
                     &hasher,
                     (&n.name.id, &n.name.from),
@@ -290,6 +397,8 @@ pub fn summary(
         ControlFlow::Continue(())
     })?;
     s.messages = messages.len();
+    s.oldest_nodes = oldest.finish(spool);
+    s.most_deferred = deferred.finish(spool);
     s.domains = domains
         .into_iter()
         .map(|(domain, nodes)| DomainCount { domain, nodes })

@@ -192,7 +192,7 @@ fn change(config: &Config, args: &SelectArgs, change: Change) -> CliResult {
 
 fn summary(config: &Config, json: bool) -> CliResult {
     let spool = open(config)?;
-    let s = admin::summary(&spool, &mut |p| warn_unparsable(p), &mut |n| {
+    let s = admin::summary(&spool, 0, &mut |p| warn_unparsable(p), &mut |n| {
         warn_rescued(n)
     })?;
     if json {

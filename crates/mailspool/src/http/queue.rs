@@ -257,6 +257,7 @@ pub async fn summary(
     blocking(move || {
         Ok(Json(admin::summary(
             state.ms.spool(),
+            0,
             &mut |_| {},
             &mut |_| {},
         )?))

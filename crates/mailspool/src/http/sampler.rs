@@ -13,6 +13,8 @@ use crate::admin::{self, Summary};
 /// Domains exported by name (the rest are only in the total): the label set stays
 /// small whatever the queue holds.
 pub const TOP_DOMAINS: usize = 10;
+/// Oldest and most-deferred nodes kept for the dashboard.
+pub const TOP_NODES: usize = 10;
 
 /// The last count, shared with the dashboard.
 #[derive(Default)]
@@ -35,7 +37,7 @@ impl Snapshot {
 pub fn count(state: &AppState) {
     let started = Instant::now();
     let spool = state.ms.spool();
-    let summary = match admin::summary(spool, &mut |_| {}, &mut |_| {}) {
+    let summary = match admin::summary(spool, TOP_NODES, &mut |_| {}, &mut |_| {}) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "cannot count the spool for metrics");

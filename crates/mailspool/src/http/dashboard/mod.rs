@@ -1,0 +1,350 @@
+//! The web dashboard at `/`: server-rendered HTML, one small script (a confirmation
+//! before a change), no build step. The token is entered once on the login form and
+//! kept in a session cookie (HttpOnly, SameSite=Strict, Secure under HTTPS); changes
+//! are form posts carrying the session's anti-forgery token. A strict
+//! Content-Security-Policy allows only our own style sheet and script.
+
+mod page;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use super::auth::{COOKIE, SESSION_LIFETIME, authorize, session_cookie};
+use super::error::ApiError;
+use super::tokens::{Lookup, Scope};
+use super::{AppState, read_body};
+use crate::admin::{self, Change, ChangeReport, Filter};
+
+const STYLE: &str = include_str!("style.css");
+const SCRIPT: &str = include_str!("app.js");
+const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The dashboard's routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", get(home))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/ui/action", post(action))
+        .route("/ui/style.css", get(|| async { asset("text/css", STYLE) }))
+        .route(
+            "/ui/app.js",
+            get(|| async { asset("text/javascript", SCRIPT) }),
+        )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// An HTML page with the dashboard's security headers.
+fn html(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn redirect(to: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// `GET /` query: a search, and the result of the last change.
+#[derive(Debug, Default, Deserialize)]
+pub struct HomeQuery {
+    q: Option<String>,
+    done: Option<String>,
+    error: Option<String>,
+}
+
+async fn home(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<HomeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = query.map(|Query(q)| q).unwrap_or_default();
+    let caller = match authorize(&state, &headers, Scope::Read) {
+        Ok(c) if c.csrf.is_some() => c,
+        // A bearer token is for the API; the dashboard wants its session.
+        _ => return html(StatusCode::OK, page::login(None)),
+    };
+    let search = q.q.clone().filter(|s| !s.trim().is_empty());
+    let results = match &search {
+        Some(text) => {
+            let st = state.clone();
+            let filter = search_filter(text);
+            tokio::task::spawn_blocking(move || search_spool(&st, &filter))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        }
+        None => Ok((Vec::new(), false)),
+    };
+    let view = page::View {
+        hostname: &state.ms.config().hostname,
+        caller: &caller,
+        snapshot: state.snapshot.get(),
+        hour: mailspool_metrics::global().last_hour(),
+        search: search.as_deref(),
+        results,
+        done: q.done.as_deref(),
+        error: q.error.as_deref(),
+    };
+    html(StatusCode::OK, page::dashboard(&view))
+}
+
+/// What the search box means: an address is a recipient or a sender, `@domain` or a
+/// bare domain a recipient domain, anything else a message id.
+pub fn search_filter(text: &str) -> Filter {
+    let t = text.trim();
+    if let Some(d) = t.strip_prefix('@') {
+        return Filter {
+            domain: Some(d.to_owned()),
+            ..Default::default()
+        };
+    }
+    if t.contains('@') {
+        return Filter {
+            recipient: Some(t.to_owned()),
+            ..Default::default()
+        };
+    }
+    if t.contains('.') && !t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Filter {
+            domain: Some(t.to_owned()),
+            ..Default::default()
+        };
+    }
+    Filter {
+        id: Some(t.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Most results a search shows.
+const SEARCH_LIMIT: usize = 200;
+
+/// The nodes a search matches (the whole spool is walked, stopping at
+/// [`SEARCH_LIMIT`]): their JSON, and whether there were more.
+fn search_spool(
+    state: &AppState,
+    filter: &Filter,
+) -> Result<(Vec<serde_json::Value>, bool), String> {
+    let spool = state.ms.spool();
+    let now = mailspool_spool::now();
+    let mut found = Vec::new();
+    let mut more = false;
+    spool
+        .visit_all(&mut |f| {
+            if let mailspool_spool::Found::Node(n) = f
+                && filter.matches(&n, now)
+            {
+                if found.len() == SEARCH_LIMIT {
+                    more = true;
+                    return std::ops::ControlFlow::Break(());
+                }
+                found.push(n);
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+        .map_err(|e| e.to_string())?;
+    let nodes = found
+        .iter()
+        .map(|n| super::queue::node_json(spool, n, None))
+        .collect();
+    Ok((nodes, more))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(state): State<Arc<AppState>>, body: axum::body::Body) -> Response {
+    let Ok(bytes) = read_body(body, 4096, state.http.request_timeout).await else {
+        return html(
+            StatusCode::BAD_REQUEST,
+            page::login(Some("The form could not be read.")),
+        );
+    };
+    let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(&bytes) else {
+        return html(
+            StatusCode::BAD_REQUEST,
+            page::login(Some("The form could not be read.")),
+        );
+    };
+    let token = form.token.trim();
+    let tokens = state.tokens.current();
+    let refusal = match tokens.lookup(token, mailspool_spool::now()) {
+        Lookup::Valid(t) if t.scope.allows(Scope::Read) => None,
+        Lookup::Valid(_) => {
+            Some("This token may only inject mail; the dashboard needs a read or admin token.")
+        }
+        Lookup::Expired(_) => Some("This token has expired."),
+        Lookup::Unknown => Some("This token is not valid."),
+    };
+    if let Some(why) = refusal {
+        mailspool_metrics::global()
+            .http_auth_failures
+            .get_or_create(&mailspool_metrics::ReasonLabel {
+                reason: "dashboard_login",
+            })
+            .inc();
+        return html(StatusCode::UNAUTHORIZED, page::login(Some(why)));
+    }
+    let id = state.sessions.start(token);
+    let mut r = redirect("/");
+    let cookie = format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_LIFETIME.as_secs(),
+        if state.tls { "; Secure" } else { "" }
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(id) = session_cookie(&headers) {
+        state.sessions.end(id);
+    }
+    let mut r = redirect("/");
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "mailspool_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    r
+}
+
+#[derive(Deserialize)]
+struct ActionForm {
+    csrf: String,
+    action: String,
+    id: String,
+    to: Option<String>,
+    q: Option<String>,
+}
+
+async fn action(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let caller = match authorize(&state, &headers, Scope::Admin) {
+        Ok(c) if c.csrf.is_some() => c,
+        Ok(_) => {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "use the dashboard's own forms",
+            )
+            .into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
+    let bytes = match read_body(body, 8192, state.http.request_timeout).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(form) = serde_urlencoded::from_bytes::<ActionForm>(&bytes) else {
+        return ApiError::bad_request("bad_form", "the form could not be read").into_response();
+    };
+    let expected = caller.csrf.as_deref().unwrap_or_default();
+    if !same_secret(form.csrf.as_bytes(), expected.as_bytes()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the form is stale; reload the page",
+        )
+        .into_response();
+    }
+    let Some(change) = Change::parse(&form.action) else {
+        return ApiError::bad_request("bad_action", "no such action").into_response();
+    };
+    let st = state.clone();
+    let (id, to) = (form.id.clone(), form.to.clone().filter(|t| !t.is_empty()));
+    let outcome = tokio::task::spawn_blocking(move || {
+        let spool = st.ms.spool();
+        let nodes = admin::select(spool, &id, to.as_deref()).map_err(|e| e.to_string())?;
+        Ok::<ChangeReport, String>(ChangeReport::apply(spool, change, &nodes))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    tracing::info!(by = %caller.name, id = %mailspool_spool::escape(&form.id), "dashboard: {}", change.past_tense());
+    let back = |key: &str, text: &str| {
+        let mut params = vec![(key.to_owned(), text.to_owned())];
+        if let Some(q) = form.q.as_ref().filter(|q| !q.is_empty()) {
+            params.push(("q".into(), q.clone()));
+        }
+        format!(
+            "/?{}",
+            serde_urlencoded::to_string(params).unwrap_or_default()
+        )
+    };
+    match outcome {
+        Ok(r) if r.failed.is_empty() => redirect(&back(
+            "done",
+            &format!(
+                "{}: {} {} of {} node(s)",
+                form.id,
+                change.past_tense(),
+                r.changed,
+                r.matched
+            ),
+        )),
+        Ok(r) => redirect(&back(
+            "error",
+            &format!(
+                "{}: {} {} of {} node(s); {}",
+                form.id,
+                change.past_tense(),
+                r.changed,
+                r.matched,
+                r.failed
+                    .iter()
+                    .map(|f| f.error.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        )),
+        Err(e) => redirect(&back("error", &e)),
+    }
+}
+
+/// Compare secrets in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
