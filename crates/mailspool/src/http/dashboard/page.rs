@@ -117,7 +117,7 @@ fn buttons(s: &mut String, v: &View, id: &str, to: &str, held: bool) {
 }
 
 fn brief_table(s: &mut String, v: &View, title: &str, nodes: &[NodeBrief], now: u64) {
-    let _ = write!(s, "<section><h2>{}</h2>", esc(title));
+    let _ = write!(s, "<section class=\"wide\"><h2>{}</h2>", esc(title));
     if nodes.is_empty() {
         s.push_str("<p class=\"muted\">None.</p></section>");
         return;
