@@ -149,7 +149,8 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
     );
     let mut client = None;
     for _ in 0..100 {
-        let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        let mut builder =
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
         match builder
             .capabilities(caps.clone())
             .connect(&format!("http://127.0.0.1:{port}"))
@@ -178,7 +179,10 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
     assert!(text.starts_with("4 node(s) of 4 message(s)"), "{text}");
     let page = c.source().await.unwrap();
     assert!(page.contains("signed in as ops-dashboard (admin)"));
-    assert!(page.contains("Greylisted, please try again later"), "the last reply is shown");
+    assert!(
+        page.contains("Greylisted, please try again later"),
+        "the last reply is shown"
+    );
     assert!(page.contains("slow.example"));
 
     // Find the deferred message of user2 by its address.
@@ -207,7 +211,9 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
         let button = c
             .wait()
             .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(&format!("#results button[data-action={action}]")))
+            .for_element(Locator::Css(&format!(
+                "#results button[data-action={action}]"
+            )))
             .await
             .unwrap();
         button.click().await.unwrap();

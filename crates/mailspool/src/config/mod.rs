@@ -537,6 +537,7 @@ mod tests {
         let file: ConfigFile =
             toml::from_str(&examples).unwrap_or_else(|e| panic!("{e}\n{examples}"));
         assert!(file.relayhost.is_some() && file.routes.is_some() && file.timeouts.is_some());
+        assert!(file.http.as_ref().is_some_and(|h| h.listen.is_some()));
     }
 
     #[test]

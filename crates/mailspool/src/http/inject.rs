@@ -112,13 +112,13 @@ fn address_list(
 
 impl JsonMessage {
     /// The message bytes and its envelope (sender, recipients).
-    fn build(&self, hostname: &str) -> Result<(Vec<u8>, Option<String>, Vec<String>), ApiError> {
+    fn build(&self, hostname: &str) -> Result<Job, ApiError> {
         let mut recipients: Vec<String> = Vec::new();
         recipients.extend(self.to.iter().chain(&self.cc).chain(&self.bcc).cloned());
         let envelope_from = self
             .envelope_from
             .clone()
-            .or_else(|| self.from.as_deref().map(|f| sender_address(f)));
+            .or_else(|| self.from.as_deref().map(sender_address));
         if let Some(raw) = &self.raw {
             let parts = self.subject.is_some()
                 || self.text.is_some()
@@ -133,7 +133,11 @@ impl JsonMessage {
                     "`raw` is a whole message: give only from, envelope_from and to with it",
                 ));
             }
-            return Ok((raw.clone().into_bytes(), envelope_from, recipients));
+            return Ok(Job {
+                bytes: raw.clone().into_bytes(),
+                from: envelope_from,
+                to: recipients,
+            });
         }
         let from = self
             .from
@@ -213,7 +217,11 @@ impl JsonMessage {
         let bytes = b
             .write_to_vec()
             .map_err(|e| ApiError::internal(format!("cannot build the message: {e}")))?;
-        Ok((bytes, envelope_from, recipients))
+        Ok(Job {
+            bytes,
+            from: envelope_from,
+            to: recipients,
+        })
     }
 }
 
@@ -262,6 +270,13 @@ fn send_error(e: SendError) -> ApiError {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
         }
         SendError::Intake(IntakeError::Address(_)) => bad("bad_address", e.to_string()),
+        SendError::Intake(IntakeError::Write(ref io)) if mailspool_spool::is_full(io) => {
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "spool_full",
+                e.to_string(),
+            )
+        }
         SendError::Intake(IntakeError::Read(_) | IntakeError::Write(_)) => {
             ApiError::internal(e.to_string())
         }
@@ -371,8 +386,7 @@ pub async fn one(
         Some(true) => {
             let m: JsonMessage = serde_json::from_slice(&bytes)
                 .map_err(|e| bad("bad_json", format!("the body is not a message: {e}")))?;
-            let (bytes, from, to) = m.build(&state.ms.config().hostname)?;
-            Job { bytes, from, to }
+            m.build(&state.ms.config().hostname)?
         }
         Some(false) => {
             let (from, to) = raw_envelope(uri.query(), &headers)?;
@@ -456,9 +470,9 @@ async fn run_batch(
         while tasks.len() < BATCH_PARALLEL {
             let Some((i, m)) = pending.next() else { break };
             match m.build(&hostname) {
-                Ok((bytes, from, to)) => {
+                Ok(job) => {
                     let state = state.clone();
-                    tasks.spawn(async move { (i, commit(&state, Job { bytes, from, to }).await) });
+                    tasks.spawn(async move { (i, commit(&state, job).await) });
                 }
                 Err(e) => results[i] = error_value(e),
             }
