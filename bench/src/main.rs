@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use mailspool::{Config, Mailspool, MessageSource, SendMail};
 
+mod http_load;
 mod smtp_load;
 
 struct Args {
@@ -175,6 +176,8 @@ fn main() {
         Some("sink") => return smtp_load::sink(),
         Some("load") => return smtp_load::load(),
         Some("cert") => return smtp_load::cert(),
+        Some("http") => return http_load::post(),
+        Some("http-get") => return http_load::get(),
         _ => {}
     }
     let a = parse_args();

@@ -26,7 +26,7 @@ pub mod sysexits;
 pub use config::{Config, ConfigError, HttpConfig};
 pub use mailspool_deliver::{NodeResult, Outcome, Report};
 pub use mailspool_spool::{Spool, SpoolConfig, SpoolError, escape};
-pub use send::{Delivery, MessageSource, SendError, SendMail, Sent, Submitter};
+pub use send::{Delivery, MessageSource, Prepared, SendError, SendMail, Sent, Submitter};
 
 /// A spool opened for intake, with its configuration.
 #[derive(Debug)]

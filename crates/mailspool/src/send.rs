@@ -127,6 +127,15 @@ impl<'a> SendMail<'a> {
     }
 }
 
+/// A message parsed and staged, not yet committed (see [`Mailspool::prepare`]).
+#[derive(Debug)]
+pub struct Prepared<'s> {
+    stage: mailspool_spool::Stage<&'s Spool>,
+    from: String,
+    recipients: Vec<String>,
+    delivery: Delivery,
+}
+
 /// What was queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
@@ -224,6 +233,15 @@ pub fn spool_exit_code(e: &SpoolError) -> u8 {
 impl Mailspool {
     /// Queue a message: one node per recipient in tier 0. See the module comment.
     pub fn send_mail(&self, mail: SendMail<'_>) -> Result<Sent, SendError> {
+        let prepared = self.prepare(mail)?;
+        self.commit_prepared(prepared)
+    }
+
+    /// Everything of [`Mailspool::send_mail`] up to the commit: the message parsed,
+    /// checked and written to a stage in `tmp/`. Nothing is visible until
+    /// [`Mailspool::commit_prepared`] or [`Mailspool::commit_batch`]; dropping it
+    /// removes the stage.
+    pub fn prepare(&self, mail: SendMail<'_>) -> Result<Prepared<'_>, SendError> {
         let mut input: Box<dyn BufRead + '_> = match mail.message {
             MessageSource::Bytes(b) => Box::new(b),
             MessageSource::Reader(r) => Box::new(BufReader::with_capacity(64 * 1024, r)),
@@ -327,9 +345,51 @@ impl Mailspool {
                     e => e,
                 })?;
         }
+        Ok(Prepared {
+            stage,
+            from,
+            recipients,
+            delivery: mail.delivery,
+        })
+    }
+
+    /// Commit a prepared message (and deliver it now, in the modes that do).
+    pub fn commit_prepared(&self, prepared: Prepared<'_>) -> Result<Sent, SendError> {
+        let Prepared {
+            stage,
+            from,
+            recipients,
+            delivery,
+        } = prepared;
         let committed = stage.commit(&from, &recipients)?;
+        self.queued(committed, from, recipients, delivery)
+    }
+
+    /// Commit several prepared messages with shared flushes (see
+    /// [`mailspool_spool::commit_batch`]): each durable before its result says so.
+    pub fn commit_batch(&self, batch: Vec<Prepared<'_>>) -> Vec<Result<Sent, SendError>> {
+        let mut envelopes = Vec::with_capacity(batch.len());
+        let mut items = Vec::with_capacity(batch.len());
+        for p in batch {
+            envelopes.push((p.from.clone(), p.recipients.clone(), p.delivery));
+            items.push((p.stage, p.from, p.recipients));
+        }
+        mailspool_spool::commit_batch(items)
+            .into_iter()
+            .zip(envelopes)
+            .map(|(r, (from, recipients, delivery))| self.queued(r?, from, recipients, delivery))
+            .collect()
+    }
+
+    fn queued(
+        &self,
+        committed: mailspool_spool::Committed,
+        from: String,
+        recipients: Vec<String>,
+        delivery: Delivery,
+    ) -> Result<Sent, SendError> {
         tracing::info!(event = "queued", id = %committed.id, from = %from, to = ?recipients, size = committed.size, "queued");
-        let delivery = match mail.delivery {
+        let delivery = match delivery {
             Delivery::Deferred => None,
             mode => Some(
                 self.deliver_now(&committed.nodes, mode == Delivery::Interactive)

@@ -143,18 +143,34 @@ impl<S: Deref<Target = Spool>> Stage<S> {
     }
 
     fn try_commit(&mut self, from: &str, to: &[String]) -> Result<Committed> {
-        self.flush_buf()
-            .map_err(|e| SpoolError::io("write", &self.path, e))?;
-        let spool: &Spool = &self.spool;
-        let file = self.file.take().expect("stage file open until commit");
-        spool
+        let file = self.written_file()?;
+        self.spool
             .storage
             .sync_file(&file)
             .map_err(|e| SpoolError::io("fsync", &self.path, e))?;
         // `file` stays open, and its flock held, until the commit is over: a dequeuer
         // that finds one of the new nodes sees the lock on their shared inode and waits
         // for the rest of the message (see `Spool::commit_in_progress`).
+        let mut nodes = self.link_nodes(from, to)?;
+        let spool: &Spool = &self.spool;
+        if let Err(e) = spool.tier0_sync.sync(|dir| spool.storage.sync_dir(dir)) {
+            remove_all(spool, &mut nodes);
+            return Err(SpoolError::io("fsync", spool.tier_dir(0), e));
+        }
+        self.finish(nodes, file)
+    }
 
+    /// Flush what is buffered and take the file out of the stage (still open: its flock
+    /// marks the commit under way).
+    fn written_file(&mut self) -> Result<File> {
+        self.flush_buf()
+            .map_err(|e| SpoolError::io("write", &self.path, e))?;
+        Ok(self.file.take().expect("stage file open until commit"))
+    }
+
+    /// One hard link per recipient into tier 0 (not yet synced).
+    fn link_nodes(&mut self, from: &str, to: &[String]) -> Result<Vec<PathBuf>> {
+        let spool: &Spool = &self.spool;
         let tier0 = spool.tier_dir(0);
         let mut nodes = Vec::with_capacity(to.len());
         let mut renamed = false;
@@ -181,11 +197,12 @@ impl<S: Deref<Target = Spool>> Stage<S> {
                 }
             }
         }
-        let synced = spool.tier0_sync.sync(|dir| spool.storage.sync_dir(dir));
-        if let Err(e) = synced {
-            remove_all(spool, &mut nodes);
-            return Err(SpoolError::io("fsync", tier0, e));
-        }
+        Ok(nodes)
+    }
+
+    /// The nodes are durable: remove the stage's own name, count the usage.
+    fn finish(&mut self, mut nodes: Vec<PathBuf>, file: File) -> Result<Committed> {
+        let spool: &Spool = &self.spool;
         if let Err(e) = spool.storage.remove(&self.path) {
             remove_all(spool, &mut nodes);
             return Err(SpoolError::io("remove", &self.path, e));
@@ -208,6 +225,96 @@ impl<S: Deref<Target = Spool>> Stage<S> {
             self.path.clear();
         }
     }
+}
+
+/// One message of a batch: its stage and envelope.
+pub type BatchItem<S> = (Stage<S>, String, Vec<String>);
+
+/// Commit several staged messages at once, each with the guarantees of
+/// [`Stage::commit`] but sharing the flushes: one `syncfs` makes every stage's data
+/// durable (instead of an fsync each), then every message is linked, then one fsync of
+/// tier 0 makes all the names durable. Results are per message, in order; a failed
+/// flush fails every message (none is visible).
+pub fn commit_batch<S: Deref<Target = Spool>>(batch: Vec<BatchItem<S>>) -> Vec<Result<Committed>> {
+    let mut staged: Vec<Option<(Stage<S>, File, String, Vec<String>)>> = Vec::new();
+    let mut results: Vec<Option<Result<Committed>>> = Vec::new();
+    for (mut stage, from, to) in batch {
+        match stage.written_file() {
+            Ok(file) => {
+                staged.push(Some((stage, file, from, to)));
+                results.push(None);
+            }
+            Err(e) => {
+                stage.abort();
+                staged.push(None);
+                results.push(Some(Err(e)));
+            }
+        }
+    }
+    let Some((first, file)) = staged.iter().flatten().next().map(|(s, f, ..)| (s, f)) else {
+        return results.into_iter().flatten().collect();
+    };
+    let spool: &Spool = &first.spool;
+    if let Err(e) = spool.storage.sync_fs(file) {
+        let path = spool.dir.join("tmp");
+        for (i, item) in staged.iter_mut().enumerate() {
+            if let Some((mut stage, ..)) = item.take() {
+                stage.abort();
+                results[i] = Some(Err(SpoolError::io(
+                    "sync",
+                    &path,
+                    io::Error::new(e.kind(), e.to_string()),
+                )));
+            }
+        }
+        return results.into_iter().flatten().collect();
+    }
+    let mut linked: Vec<(usize, Vec<PathBuf>)> = Vec::new();
+    for (i, item) in staged.iter_mut().enumerate() {
+        let Some((stage, _, from, to)) = item.as_mut() else {
+            continue;
+        };
+        match stage.link_nodes(from, to) {
+            Ok(nodes) => linked.push((i, nodes)),
+            Err(e) => {
+                if let Some((mut stage, ..)) = item.take() {
+                    stage.abort();
+                }
+                results[i] = Some(Err(e));
+            }
+        }
+    }
+    let dir_synced = linked.first().map(|_| {
+        let spool: &Spool = &staged[linked[0].0].as_ref().expect("linked").0.spool;
+        spool.tier0_sync.sync(|dir| spool.storage.sync_dir(dir))
+    });
+    for (i, mut nodes) in linked {
+        let Some((mut stage, file, ..)) = staged[i].take() else {
+            continue;
+        };
+        results[i] = Some(match &dir_synced {
+            Some(Err(e)) => {
+                remove_all(&stage.spool, &mut nodes);
+                stage.abort();
+                Err(SpoolError::io(
+                    "fsync",
+                    stage.spool.tier_dir(0),
+                    io::Error::new(e.kind(), e.to_string()),
+                ))
+            }
+            _ => {
+                let r = stage.finish(nodes, file);
+                if r.is_err() {
+                    stage.abort();
+                }
+                r
+            }
+        });
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every message has a result"))
+        .collect()
 }
 
 /// Remove the node names a failed commit made. If that fails too, the state is what a

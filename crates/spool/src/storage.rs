@@ -26,6 +26,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn sync_file(&self, file: &File) -> io::Result<()> {
         file.sync_data()
     }
+    /// Make everything written to the file system under `file` durable (a batch
+    /// commit: one flush for many messages instead of one each).
+    fn sync_fs(&self, file: &File) -> io::Result<()> {
+        rustix::fs::syncfs(file).map_err(Into::into)
+    }
     /// Add a hard link; fails if `to` exists (never replaces).
     fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::hard_link(from, to)
@@ -189,6 +194,10 @@ impl Storage for FaultyStorage {
     fn sync_file(&self, file: &File) -> io::Result<()> {
         self.step("sync_file")?;
         file.sync_data()
+    }
+    fn sync_fs(&self, file: &File) -> io::Result<()> {
+        self.step("sync_fs")?;
+        rustix::fs::syncfs(file).map_err(Into::into)
     }
     fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.step("link")?;

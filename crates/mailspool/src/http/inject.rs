@@ -23,9 +23,6 @@ use crate::{MessageSource, SendError, SendMail};
 
 /// Most messages one batch request may carry.
 pub const MAX_BATCH: usize = 1000;
-/// Batch messages committed at once (each is its own durable commit; several in
-/// flight share the disk's flushes).
-const BATCH_PARALLEL: usize = 16;
 
 /// A message as JSON.
 #[derive(Debug, Default, Deserialize)]
@@ -253,13 +250,17 @@ async fn commit(state: &Arc<AppState>, job: Job) -> Result<serde_json::Value, Ap
     .map_err(|e| ApiError::internal(format!("commit task failed: {e}")))?
     .map_err(send_error)?;
     mailspool_metrics::global().accepted("http");
-    Ok(serde_json::json!({
+    Ok(sent_json(&sent))
+}
+
+fn sent_json(sent: &crate::Sent) -> serde_json::Value {
+    serde_json::json!({
         "id": sent.id,
         "from": sent.from,
         "recipients": sent.recipients,
         "size": sent.size,
         "nodes": sent.nodes.iter().filter_map(|p| p.file_name()?.to_str()).collect::<Vec<_>>(),
-    }))
+    })
 }
 
 fn send_error(e: SendError) -> ApiError {
@@ -461,37 +462,51 @@ async fn run_batch(
     state: Arc<AppState>,
     batch: Batch,
 ) -> Result<(StatusCode, serde_json::Value), ApiError> {
-    let hostname = state.ms.config().hostname.clone();
-    let mut results: Vec<serde_json::Value> = vec![serde_json::Value::Null; batch.messages.len()];
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut pending = batch.messages.into_iter().enumerate();
-    let error_value = |e: ApiError| serde_json::json!({"status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}});
-    loop {
-        while tasks.len() < BATCH_PARALLEL {
-            let Some((i, m)) = pending.next() else { break };
-            match m.build(&hostname) {
-                Ok(job) => {
-                    let state = state.clone();
-                    tasks.spawn(async move { (i, commit(&state, job).await) });
-                }
-                Err(e) => results[i] = error_value(e),
-            }
-        }
-        let Some(done) = tasks.join_next().await else {
-            break;
-        };
-        let (i, r) = done.map_err(|e| ApiError::internal(format!("commit task failed: {e}")))?;
-        results[i] = match r {
-            Ok(mut v) => {
-                v["status"] = 202.into();
-                v
-            }
-            Err(e) => error_value(e),
-        };
-    }
+    let st = state.clone();
+    let results = tokio::task::spawn_blocking(move || commit_all(&st, batch.messages))
+        .await
+        .map_err(|e| ApiError::internal(format!("commit task failed: {e}")))?;
     let accepted = results.iter().filter(|r| r["status"] == 202).count();
     Ok((
         StatusCode::OK,
         serde_json::json!({"accepted": accepted, "rejected": results.len() - accepted, "results": results}),
     ))
+}
+
+/// Build and stage every message, then commit them together: one flush of the file
+/// system for all their data and one fsync of tier 0 for all their names, instead of
+/// an fsync or two each (what makes a batch cheaper than as many single requests).
+fn commit_all(state: &AppState, messages: Vec<JsonMessage>) -> Vec<serde_json::Value> {
+    let error_value = |e: ApiError| serde_json::json!({"status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}});
+    let ms = &state.ms;
+    let hostname = ms.config().hostname.clone();
+    let mut results = vec![serde_json::Value::Null; messages.len()];
+    let mut staged = Vec::new();
+    let mut slots = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let prepared = m.build(&hostname).and_then(|job| {
+            let mut mail = SendMail::new(MessageSource::Bytes(&job.bytes)).to(job.to);
+            mail.from = job.from;
+            ms.prepare(mail).map_err(send_error)
+        });
+        match prepared {
+            Ok(p) => {
+                staged.push(p);
+                slots.push(i);
+            }
+            Err(e) => results[i] = error_value(e),
+        }
+    }
+    for (i, r) in slots.into_iter().zip(ms.commit_batch(staged)) {
+        results[i] = match r {
+            Ok(sent) => {
+                mailspool_metrics::global().accepted("http");
+                let mut v = sent_json(&sent);
+                v["status"] = 202.into();
+                v
+            }
+            Err(e) => error_value(send_error(e)),
+        };
+    }
+    results
 }
