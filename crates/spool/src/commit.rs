@@ -236,7 +236,9 @@ pub type BatchItem<S> = (Stage<S>, String, Vec<String>);
 /// tier 0 makes all the names durable. Results are per message, in order; a failed
 /// flush fails every message (none is visible).
 pub fn commit_batch<S: Deref<Target = Spool>>(batch: Vec<BatchItem<S>>) -> Vec<Result<Committed>> {
-    let mut staged: Vec<Option<(Stage<S>, File, String, Vec<String>)>> = Vec::new();
+    // A stage whose data is written, with its still-open file and envelope.
+    type Written<S> = (Stage<S>, File, String, Vec<String>);
+    let mut staged: Vec<Option<Written<S>>> = Vec::new();
     let mut results: Vec<Option<Result<Committed>>> = Vec::new();
     for (mut stage, from, to) in batch {
         match stage.written_file() {
