@@ -145,7 +145,7 @@ pub fn spool_bounce(
         .map_err(io)?;
     let committed = stage.commit("", &[sender.to_owned()])?;
     mailspool_metrics::global().bounces.inc();
-    tracing::info!(event = "bounced", id, bounce = %committed.id, to = %mailspool_spool::escape(sender), "bounce queued");
+    tracing::info!(event = "bounced", id = %id, bounce = %committed.id, to = %mailspool_spool::escape(sender), "bounce queued");
     Ok(Some(committed.id))
 }
 
