@@ -781,3 +781,124 @@ fn usage_and_metrics_follow_the_spool() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn the_dashboard_session_is_only_for_the_dashboard_and_its_forms_need_their_token() {
+    let api = start();
+    let agent = ureq::Agent::new_with_config(
+        ureq::config::Config::builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build(),
+    );
+    let form = |token: &str| {
+        reply(
+            agent
+                .post(format!("{}/login", api.base))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(format!("token={token}").as_bytes()),
+        )
+    };
+    // Not signed in: the login form, with a strict CSP.
+    let page = api.get("/", None);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("name=\"token\""));
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    // An inject token or a bad one cannot sign in.
+    assert_eq!(form(&api.inject).status, 401);
+    assert_eq!(form("mst_nope").status, 401);
+    assert_eq!(form(&api.expired).status, 401);
+    let ok = form(&api.admin);
+    assert_eq!(ok.status, 303);
+    let cookie = ok.header("set-cookie").unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let with_cookie = |method: &str, path: &str, body: &str| {
+        let uri = format!("{}{path}", api.base);
+        let req = match method {
+            "GET" => return reply(agent.get(uri).header("Cookie", &session).call()),
+            _ => agent.post(uri),
+        };
+        reply(
+            req.header("Cookie", &session)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(body.as_bytes()),
+        )
+    };
+    // A message whose last reply tries to inject markup.
+    let r = api.post_json("/v1/messages", &api.inject, &message("victim@example.org"));
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let spool = mailspool_spool::Spool::open(api.spool(), Default::default()).unwrap();
+    let node = mailspool_spool::NodeName::new(0, &id, "victim@example.org", "app@example.com");
+    spool
+        .record_attempt(
+            &node,
+            &mailspool_spool::side::Attempt {
+                time: 1,
+                host: "mx".into(),
+                reply: "451 <script>alert(1)</script>".into(),
+                delivered: false,
+            },
+        )
+        .unwrap();
+    let page = with_cookie("GET", "/?q=victim%40example.org", "");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("signed in as ops (admin)"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("451 &lt;script&gt;alert(1)&lt;/script&gt;")
+    );
+    assert!(!page.body.contains("<script>alert"));
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap()
+        .to_owned();
+    // The cookie is not an API credential.
+    let r = with_cookie("POST", &format!("/v1/queue/{id}/delete"), "");
+    assert_eq!(r.status, 401);
+    assert_eq!(api.get("/v1/summary", None).status, 401);
+    // A form without the session's anti-forgery token changes nothing.
+    let r = with_cookie(
+        "POST",
+        "/ui/action",
+        &format!("csrf=forged&action=delete&id={id}"),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(api.nodes().len(), 1);
+    // With it, the change is made.
+    let r = with_cookie(
+        "POST",
+        "/ui/action",
+        &format!("csrf={csrf}&action=hold&id={id}"),
+    );
+    assert_eq!(r.status, 303);
+    assert!(r.header("location").unwrap().contains("done="));
+    assert!(api.nodes()[0].to_string_lossy().contains("/hold/"));
+    // Signed out: the session is gone.
+    assert_eq!(with_cookie("POST", "/logout", "").status, 303);
+    let page = with_cookie("GET", "/", "");
+    assert!(page.body.contains("name=\"token\""));
+    assert_eq!(
+        with_cookie(
+            "POST",
+            "/ui/action",
+            &format!("csrf={csrf}&action=release&id={id}")
+        )
+        .status,
+        401
+    );
+}

@@ -112,72 +112,81 @@ fn refuse(reason: &'static str, status: StatusCode, message: &str) -> ApiError {
     ApiError::new(status, code, message)
 }
 
-/// Check that the request may do what needs `need`.
+/// Check that an API request may do what needs `need`: a bearer token only. (A
+/// dashboard session cookie is not accepted here: the API's POSTs carry no
+/// anti-forgery token, so a cookie must never be enough for them.)
 pub fn authorize(state: &AppState, headers: &HeaderMap, need: Scope) -> Result<Caller, ApiError> {
     let tokens = state.tokens.current();
     let now = mailspool_spool::now();
-    let caller = match headers.get(header::AUTHORIZATION) {
-        Some(value) => {
-            let value = value.to_str().unwrap_or("");
-            let Some(presented) = value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-            else {
-                return Err(refuse(
-                    "malformed",
-                    StatusCode::UNAUTHORIZED,
-                    "Authorization must be `Bearer <token>`",
-                ));
-            };
-            match tokens.lookup(presented.trim(), now) {
-                Lookup::Valid(t) => Caller {
-                    name: t.name.clone(),
-                    scope: t.scope,
-                    csrf: None,
-                },
-                Lookup::Expired(_) => {
-                    return Err(refuse(
-                        "expired",
-                        StatusCode::UNAUTHORIZED,
-                        "the token has expired",
-                    ));
-                }
-                Lookup::Unknown => {
-                    return Err(refuse(
-                        "unknown",
-                        StatusCode::UNAUTHORIZED,
-                        "the token is not valid",
-                    ));
-                }
-            }
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(refuse(
+            "missing",
+            StatusCode::UNAUTHORIZED,
+            "no token: send `Authorization: Bearer <token>` (mailspool token add)",
+        ));
+    };
+    let value = value.to_str().unwrap_or("");
+    let Some(presented) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    else {
+        return Err(refuse(
+            "malformed",
+            StatusCode::UNAUTHORIZED,
+            "Authorization must be `Bearer <token>`",
+        ));
+    };
+    let caller = match tokens.lookup(presented.trim(), now) {
+        Lookup::Valid(t) => Caller {
+            name: t.name.clone(),
+            scope: t.scope,
+            csrf: None,
+        },
+        Lookup::Expired(_) => {
+            return Err(refuse(
+                "expired",
+                StatusCode::UNAUTHORIZED,
+                "the token has expired",
+            ));
         }
-        None => {
-            let session = session_cookie(headers).and_then(|id| state.sessions.get(id));
-            match session {
-                Some((hash, csrf)) => match tokens.by_hash(&hash, now) {
-                    Some(t) => Caller {
-                        name: t.name.clone(),
-                        scope: t.scope,
-                        csrf: Some(csrf),
-                    },
-                    None => {
-                        return Err(refuse(
-                            "expired",
-                            StatusCode::UNAUTHORIZED,
-                            "the session's token was removed or has expired",
-                        ));
-                    }
-                },
-                None => {
-                    return Err(refuse(
-                        "missing",
-                        StatusCode::UNAUTHORIZED,
-                        "no token: send `Authorization: Bearer <token>` (mailspool token add)",
-                    ));
-                }
-            }
+        Lookup::Unknown => {
+            return Err(refuse(
+                "unknown",
+                StatusCode::UNAUTHORIZED,
+                "the token is not valid",
+            ));
         }
     };
+    check_scope(caller, need)
+}
+
+/// Check that a dashboard request (its session cookie) may do what needs `need`.
+pub fn authorize_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    need: Scope,
+) -> Result<Caller, ApiError> {
+    let tokens = state.tokens.current();
+    let now = mailspool_spool::now();
+    let Some((hash, csrf)) = session_cookie(headers).and_then(|id| state.sessions.get(id)) else {
+        return Err(refuse("missing", StatusCode::UNAUTHORIZED, "sign in first"));
+    };
+    let Some(t) = tokens.by_hash(&hash, now) else {
+        return Err(refuse(
+            "expired",
+            StatusCode::UNAUTHORIZED,
+            "the session's token was removed or has expired",
+        ));
+    };
+    let caller = Caller {
+        name: t.name.clone(),
+        scope: t.scope,
+        csrf: Some(csrf),
+    };
+    check_scope(caller, need)
+}
+
+fn check_scope(caller: Caller, need: Scope) -> Result<Caller, ApiError> {
     if !caller.scope.allows(need) {
         return Err(refuse(
             "scope",

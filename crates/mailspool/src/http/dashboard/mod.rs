@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use super::auth::{COOKIE, SESSION_LIFETIME, authorize, session_cookie};
+use super::auth::{COOKIE, SESSION_LIFETIME, authorize_session, session_cookie};
 use super::error::ApiError;
 use super::tokens::{Lookup, Scope};
 use super::{AppState, read_body};
@@ -94,10 +94,8 @@ async fn home(
     query: Result<Query<HomeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let q = query.map(|Query(q)| q).unwrap_or_default();
-    let caller = match authorize(&state, &headers, Scope::Read) {
-        Ok(c) if c.csrf.is_some() => c,
-        // A bearer token is for the API; the dashboard wants its session.
-        _ => return html(StatusCode::OK, page::login(None)),
+    let Ok(caller) = authorize_session(&state, &headers, Scope::Read) else {
+        return html(StatusCode::OK, page::login(None));
     };
     let search = q.q.clone().filter(|s| !s.trim().is_empty());
     let results = match &search {
@@ -263,16 +261,8 @@ async fn action(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let caller = match authorize(&state, &headers, Scope::Admin) {
-        Ok(c) if c.csrf.is_some() => c,
-        Ok(_) => {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "use the dashboard's own forms",
-            )
-            .into_response();
-        }
+    let caller = match authorize_session(&state, &headers, Scope::Admin) {
+        Ok(c) => c,
         Err(e) => return e.into_response(),
     };
     let bytes = match read_body(body, 8192, state.http.request_timeout).await {
