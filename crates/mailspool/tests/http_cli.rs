@@ -177,3 +177,90 @@ fn the_daemon_serves_the_api_and_logs_json_lines() {
     let status = daemon.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn serve_alone_serves_the_api_on_serve_listen_with_its_smtp_metrics() {
+    let env = Env::new();
+    std::fs::write(
+        env.config_path(),
+        format!(
+            "[[listen]]\naddress = \"127.0.0.1:0\"\n[http]\nserve_listen = \"127.0.0.1:0\"\ntokens_file = \"{}\"\n",
+            env.dir.path().join("tokens").display()
+        ),
+    )
+    .unwrap();
+    let out = env
+        .mailspool()
+        .args(["token", "add", "ops", "--scope", "read"])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin!("mailspool"))
+        .arg("serve")
+        .env("MAILSPOOL_SPOOL", env.spool())
+        .env("MAILSPOOL_CONFIG", env.config_path())
+        .env_remove("MAILSPOOL_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut smtp, mut http) = (0u16, 0u16);
+    while smtp == 0 || http == 0 {
+        let line = lines.next().expect("serve says where it listens").unwrap();
+        let port = || line.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        if line.starts_with("mailspool: listening on ") {
+            smtp = port();
+        } else if line.starts_with("mailspool: HTTP API on ") {
+            http = port();
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    // One SMTP session that queues one message.
+    let s = std::net::TcpStream::connect(("127.0.0.1", smtp)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut expect = |code: &str| loop {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        assert!(l.starts_with(code), "{l}");
+        if l.as_bytes().get(3) == Some(&b' ') {
+            break;
+        }
+    };
+    expect("220");
+    for (cmd, code) in [
+        ("EHLO client.example\r\n", "250"),
+        ("MAIL FROM:<a@example.com>\r\n", "250"),
+        ("RCPT TO:<b@example.org>\r\n", "250"),
+        ("DATA\r\n", "354"),
+        ("Subject: x\r\n\r\nhi\r\n.\r\n", "250"),
+        ("QUIT\r\n", "221"),
+    ] {
+        w.write_all(cmd.as_bytes()).unwrap();
+        expect(code);
+    }
+    drop(w);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = http_get(http, "/metrics", "");
+        if m.contains("mailspool_smtp_sessions_open 0")
+            && m.contains("mailspool_smtp_sessions_total 1")
+        {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        metrics.contains("mailspool_messages_accepted_total{source=\"smtp\"} 1"),
+        "{metrics}"
+    );
+    let summary = http_get(http, "/v1/summary", &token);
+    assert!(summary.contains("\"nodes\":1"), "{summary}");
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    );
+    assert!(child.wait().unwrap().success());
+}

@@ -253,11 +253,13 @@ pub fn commit_batch<S: Deref<Target = Spool>>(batch: Vec<BatchItem<S>>) -> Vec<R
             }
         }
     }
-    let Some((first, file)) = staged.iter().flatten().next().map(|(s, f, ..)| (s, f)) else {
+    let Some(first) = staged.iter().flatten().next().map(|(s, ..)| s) else {
         return results.into_iter().flatten().collect();
     };
     let spool: &Spool = &first.spool;
-    if let Err(e) = spool.storage.sync_fs(file) {
+    // Concurrent batches share a sync: one that started after this batch's data was
+    // written covers it.
+    if let Err(e) = spool.fs_sync.sync(|dir| spool.storage.sync_fs(dir)) {
         let path = spool.dir.join("tmp");
         for (i, item) in staged.iter_mut().enumerate() {
             if let Some((mut stage, ..)) = item.take() {

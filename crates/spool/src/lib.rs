@@ -106,6 +106,8 @@ pub struct Spool {
     config: SpoolConfig,
     storage: Arc<dyn Storage>,
     tier0_sync: GroupSync,
+    /// Batch commits at once share their file-system syncs too.
+    fs_sync: GroupSync,
     usage: bool,
     ids: Mutex<ulid::Generator>,
     /// Owner of the spool directory: the only user (besides us) whose nodes we read.
@@ -155,6 +157,7 @@ impl Spool {
         let usage = config.usage_log && dir.join("usage").is_dir();
         Ok(Spool {
             tier0_sync: GroupSync::new(dir.join("0")),
+            fs_sync: GroupSync::new(dir.join("tmp")),
             dir,
             config,
             storage: Arc::new(OsStorage),

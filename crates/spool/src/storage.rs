@@ -26,10 +26,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn sync_file(&self, file: &File) -> io::Result<()> {
         file.sync_data()
     }
-    /// Make everything written to the file system under `file` durable (a batch
+    /// Make everything written to the file system holding `dir` durable (a batch
     /// commit: one flush for many messages instead of one each).
-    fn sync_fs(&self, file: &File) -> io::Result<()> {
-        rustix::fs::syncfs(file).map_err(Into::into)
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        os::sync_fs(dir)
     }
     /// Add a hard link; fails if `to` exists (never replaces).
     fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -72,6 +72,11 @@ pub mod os {
     /// fsync a directory.
     pub fn sync_dir(dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    /// `syncfs` on the file system holding `dir`.
+    pub fn sync_fs(dir: &Path) -> io::Result<()> {
+        rustix::fs::syncfs(File::open(dir)?).map_err(Into::into)
     }
 
     /// `renameat2(RENAME_NOREPLACE)`, falling back to `link` + `unlink` where the
@@ -195,9 +200,9 @@ impl Storage for FaultyStorage {
         self.step("sync_file")?;
         file.sync_data()
     }
-    fn sync_fs(&self, file: &File) -> io::Result<()> {
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
         self.step("sync_fs")?;
-        rustix::fs::syncfs(file).map_err(Into::into)
+        os::sync_fs(dir)
     }
     fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.step("link")?;
