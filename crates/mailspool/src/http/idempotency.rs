@@ -166,12 +166,7 @@ impl Store {
             .dir
             .join(format!(".{}", mailspool_spool::unique_token()));
         let result = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
+            let mut f = mailspool_spool::storage::os::create_new(&tmp)?;
             f.write_all(&serde_json::to_vec(stored).unwrap_or_default())?;
             f.sync_data()?;
             std::fs::rename(&tmp, path)

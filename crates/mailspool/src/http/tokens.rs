@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -302,12 +302,7 @@ impl Tokens {
             ));
         }
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
+            let mut f = mailspool_spool::storage::os::create_new(&tmp)?;
             f.write_all(text.as_bytes())?;
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
