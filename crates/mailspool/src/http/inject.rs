@@ -473,6 +473,47 @@ async fn run_batch(
     ))
 }
 
+/// Batches staging their messages at once. Every stage is a new file in `tmp/`, and
+/// creating files in one directory serialises on its lock in the kernel: twenty batches
+/// staging together spend their CPU spinning on that lock (perf: a third of the
+/// process's time). A batch stages with the CPU to itself, then commits (its waits on
+/// the disk overlap with the next batch's staging).
+static PREPARING: Turns = Turns::new();
+
+/// A counting semaphore for blocking threads: at most as many holders as CPUs.
+struct Turns {
+    held: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+struct Turn<'a>(&'a Turns);
+
+impl Turns {
+    const fn new() -> Turns {
+        Turns {
+            held: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn enter(&self) -> Turn<'_> {
+        let max = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while *held >= max {
+            held = self.freed.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+        *held += 1;
+        Turn(self)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.0.held.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// Build and stage every message, then commit them together: one flush of the file
 /// system for all their data and one fsync of tier 0 for all their names, instead of
 /// an fsync or two each (what makes a batch cheaper than as many single requests).
@@ -483,6 +524,7 @@ fn commit_all(state: &AppState, messages: Vec<JsonMessage>) -> Vec<serde_json::V
     let mut results = vec![serde_json::Value::Null; messages.len()];
     let mut staged = Vec::new();
     let mut slots = Vec::new();
+    let _turn = PREPARING.enter();
     for (i, m) in messages.iter().enumerate() {
         let prepared = m.build(&hostname).and_then(|job| {
             let mut mail = SendMail::new(MessageSource::Bytes(&job.bytes)).to(job.to);
@@ -497,6 +539,7 @@ fn commit_all(state: &AppState, messages: Vec<JsonMessage>) -> Vec<serde_json::V
             Err(e) => results[i] = error_value(e),
         }
     }
+    drop(_turn);
     for (i, r) in slots.into_iter().zip(ms.commit_batch(staged)) {
         results[i] = match r {
             Ok(sent) => {

@@ -21,7 +21,7 @@ use mailspool_spool::{Cursor, NodeEntry};
 pub const MAX_PAGE: usize = 1000;
 /// Directory entries one page reads at most (a filter that matches little returns a
 /// short page with a cursor instead of reading a million names in one request).
-pub const MAX_SCAN: usize = 50_000;
+pub const MAX_SCAN: usize = 20_000;
 
 /// Run spool work off the async threads.
 async fn blocking<T: Send + 'static>(
