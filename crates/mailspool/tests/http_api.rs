@@ -221,6 +221,18 @@ fn health_and_metrics_need_no_token_everything_else_does() {
     let r = api.send("POST", "/v1/messages", None, "application/json", b"{}", &[]);
     assert_eq!(r.status, 401);
     assert!(api.nodes().is_empty());
+    // Unknown paths and methods answer JSON too.
+    let r = api.get("/v2/nothing", Some(&api.admin));
+    assert_eq!((r.status, r.code()), (404, "not_found".into()));
+    let r = api.send(
+        "PUT",
+        "/v1/summary",
+        Some(&api.admin),
+        "application/json",
+        b"{}",
+        &[],
+    );
+    assert_eq!((r.status, r.code()), (405, "method_not_allowed".into()));
 }
 
 #[test]

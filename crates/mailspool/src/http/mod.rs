@@ -80,6 +80,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/usage", get(queue::usage))
         .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
         .with_state(state)
 }
 
