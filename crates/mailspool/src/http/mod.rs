@@ -17,6 +17,7 @@ mod queue;
 mod sampler;
 mod server;
 pub mod tokens;
+mod turns;
 
 use std::sync::Arc;
 

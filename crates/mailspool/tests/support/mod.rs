@@ -1,6 +1,8 @@
 //! Helpers shared by the command-line tests.
 #![allow(dead_code)] // each test file uses its own part of these
 
+pub mod api;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
