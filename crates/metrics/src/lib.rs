@@ -80,6 +80,8 @@ pub struct Metrics {
     pub smtp_sessions: Counter,
     /// SMTP connections refused, by reason.
     pub smtp_refused: Family<ReasonLabel, Counter>,
+    /// SMTP sessions that turned TLS on (STARTTLS, or an smtps port's handshake).
+    pub smtp_tls_sessions: Counter,
     /// Outbound SMTP transactions, by whether TLS was used.
     pub outbound_tls: Family<TlsLabel, Counter>,
     /// DNS lookups asked of the resolver.
@@ -160,6 +162,7 @@ impl Metrics {
             smtp_sessions_open: Gauge::default(),
             smtp_sessions: Counter::default(),
             smtp_refused: Family::default(),
+            smtp_tls_sessions: Counter::default(),
             outbound_tls: Family::default(),
             dns_lookups: Counter::default(),
             dns_cache_hits: Counter::default(),
@@ -204,6 +207,11 @@ impl Metrics {
             "smtp_sessions_refused",
             "SMTP connections refused, by reason",
             m.smtp_refused.clone(),
+        );
+        r.register(
+            "smtp_tls_sessions",
+            "SMTP sessions that turned TLS on (STARTTLS or smtps)",
+            m.smtp_tls_sessions.clone(),
         );
         r.register(
             "outbound_transactions",

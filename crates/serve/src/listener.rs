@@ -238,6 +238,7 @@ async fn handle(mut sock: TcpStream, addr: SocketAddr, ctx: Arc<Context>, limits
         };
         let handshake = tokio::time::timeout(ctx.cfg.command_timeout, acceptor.accept(sock)).await;
         if let Ok(Ok(stream)) = handshake {
+            mailspool_metrics::global().smtp_tls_sessions.inc();
             session::run(Box::new(stream), peer, ctx, true).await;
         }
         return;

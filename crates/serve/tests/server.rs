@@ -438,6 +438,9 @@ async fn starttls_then_auth_with_a_real_client_and_no_pipelined_commands_under_t
         .await
         .unwrap();
     assert!(out.data.unwrap().is_positive());
+    // Both sessions turned TLS on, and the metrics say so (nextest runs each test in
+    // its own process, so the count is this test's).
+    assert_eq!(mailspool_metrics::global().smtp_tls_sessions.get(), 2);
     let nodes = s.nodes();
     assert_eq!(nodes.len(), 1);
     assert!(nodes[0].1.contains("with ESMTPSA id "), "{}", nodes[0].1);

@@ -299,6 +299,7 @@ impl Session {
                 .map_err(|_| "TLS handshake failed")?;
         self.io = Box::new(stream);
         self.tls = true;
+        mailspool_metrics::global().smtp_tls_sessions.inc();
         self.helo = None;
         self.esmtp = false;
         self.auth = None;
