@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${SINK_PORT:?the port of an SMTP sink}"
+: "${HTTP_PORT:?a free port for the HTTP API of the daemon}"
 export DEBIAN_FRONTEND=noninteractive
 
 # Leave the machine as it was: run only where nothing of ours or another MTA's is.
@@ -42,6 +43,8 @@ apt-get install -y -qq "$deb" >/dev/null
 [ "$(stat -c '%U %G %a' /var/spool/mailspool/maildrop)" = "mailspool mailspool-drop 1730" ] || fail "maildrop: $(stat -c '%U %G %a' /var/spool/mailspool/maildrop)"
 [ "$(stat -c '%U %G %a' /usr/sbin/mailspool-drop)" = "root mailspool-drop 2755" ] || fail "drop: $(stat -c '%U %G %a' /usr/sbin/mailspool-drop)"
 [ "$(readlink -f /usr/sbin/sendmail)" = /usr/sbin/mailspool-drop ] || fail "sendmail link"
+[ -f /usr/share/doc/mailspool/operations.md ] || fail "docs/operations.md not installed"
+[ -f /usr/share/doc/mailspool/examples/mailspool.rules.yml ] || fail "alert rules not installed"
 id -nG mailspool | grep -qw mailspool-drop || fail "mailspool is not in mailspool-drop"
 
 cat > /etc/mailspool/mailspool.toml <<EOF
@@ -51,7 +54,23 @@ tls = "none"
 dequeue_timeout = 1
 [routes]
 "example.test" = "127.0.0.1:${SINK_PORT}"
+[http]
+listen = "127.0.0.1:${HTTP_PORT}"
 EOF
+
+# The HTTP API as a sysadmin sets it up: root makes a token; the file is the daemon's
+# (it runs as mailspool) and nobody else's.
+token=$(/usr/bin/mailspool token add package-test --scope admin 2>/dev/null | tail -1)
+case "$token" in mst_*) ;; *) fail "token add printed no token" ;; esac
+[ "$(stat -c '%U %a' /etc/mailspool/tokens)" = "mailspool 600" ] || fail "tokens file: $(stat -c '%U %a' /etc/mailspool/tokens)"
+# http METHOD PATH BODY: one request over bash's /dev/tcp (no curl needed); prints the reply.
+http() {
+    exec 3<>"/dev/tcp/127.0.0.1/${HTTP_PORT}" || return 1
+    printf '%s %s HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s' \
+        "$1" "$2" "$token" "${#3}" "$3" >&3
+    cat <&3
+    exec 3<&-
+}
 
 for u in "${users[@]}"; do
     useradd --create-home --shell /bin/sh "$u"
@@ -75,6 +94,13 @@ send_batch 1 25
 runuser -u mailspool -- /usr/bin/mailspool daemon 2>/tmp/mailspool-package-daemon.log &
 daemon_pid=$!
 send_batch 26 50
+# (Replies are read whole before they are matched: `grep -q` closing the pipe early
+# would fail the request under pipefail.)
+for _ in $(seq 1 50); do reply=$(http GET /healthz "" 2>/dev/null || true); case "$reply" in *ok*) break ;; esac; sleep 0.2; done
+reply=$(http GET /v1/summary "")
+case "$reply" in "HTTP/1.1 200"*) ;; *) fail "the daemon does not serve the API with root's token: $reply" ;; esac
+reply=$(http POST /v1/messages '{"from": "app@server.test", "to": ["http@example.test"], "subject": "over http", "text": "hi"}')
+case "$reply" in "HTTP/1.1 202"*) ;; *) fail "POST /v1/messages: $reply" ;; esac
 
 # What a user might try. Each must fail.
 attack() { # description, command...
@@ -95,6 +121,7 @@ attack "delete someone's dropped mail" sh -c 'rm -f /var/spool/mailspool/maildro
 attack "list the queue" /usr/bin/mailspool queue
 attack "list the queue (mailq)" /usr/bin/mailq
 attack "delete from the queue" /usr/bin/mailspool --spool /var/spool/mailspool queue delete X
+attack "read the API tokens" cat /etc/mailspool/tokens
 attack "write the spool directly" sh -c 'echo hi | /usr/bin/mailspool --spool /var/spool/mailspool send --now a@example.test'
 # Redirecting the privileged drop elsewhere: ignored while it runs setgid.
 printf 'To: redirect@example.test\nSubject: env\n\nx\n' |

@@ -31,10 +31,17 @@ async fn the_package_serves_many_users_and_leaves_nothing_behind() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../contrib/debian/test-package.sh"
     );
+    // A free port for the daemon's HTTP API (bound, released, then bound by it).
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let out = tokio::task::block_in_place(|| {
         Command::new("bash")
             .arg(script)
             .env("SINK_PORT", sink.addr.port().to_string())
+            .env("HTTP_PORT", http_port.to_string())
             .output()
             .unwrap()
     });
@@ -57,9 +64,16 @@ async fn the_package_serves_many_users_and_leaves_nothing_behind() {
         .collect();
     assert_eq!(uids.len(), 2);
     let mut per_user: HashMap<String, usize> = HashMap::new();
+    let mut http_delivered = 0;
     for m in sink.received() {
         let body = String::from_utf8_lossy(&m.data);
         if m.to.iter().any(|t| t.starts_with("redirect@")) {
+            continue;
+        }
+        // The message posted to the HTTP API by root's token.
+        if m.to == ["http@example.test"] {
+            assert_eq!(m.from, "app@server.test");
+            http_delivered += 1;
             continue;
         }
         let user = m.from.split('@').next().unwrap().to_owned();
@@ -83,4 +97,5 @@ async fn the_package_serves_many_users_and_leaves_nothing_behind() {
     }
     assert_eq!(per_user.get("ms-alice"), Some(&50));
     assert_eq!(per_user.get("ms-bob"), Some(&50));
+    assert_eq!(http_delivered, 1, "the message posted over HTTP");
 }

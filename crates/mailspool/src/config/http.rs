@@ -18,7 +18,8 @@ pub struct HttpFile {
     /// `ip:port` `mailspool serve` serves on when it runs (default: none, so the two
     /// never fight over one port; set it to scrape the listener's own metrics).
     pub serve_listen: Option<String>,
-    /// Hashed API tokens (`mailspool token add`).
+    /// Hashed API tokens (`mailspool token add`); default: `tokens` beside the
+    /// configuration file.
     pub tokens_file: Option<PathBuf>,
     /// PEM certificate chain: serve HTTPS.
     pub tls_cert: Option<PathBuf>,
@@ -56,7 +57,9 @@ pub struct HttpConfig {
     pub metrics_interval: Duration,
 }
 
-/// `/etc/mailspool/tokens` for root, else `$XDG_CONFIG_HOME/mailspool/tokens`.
+/// Where tokens are kept when no configuration file says: `/etc/mailspool/tokens` for
+/// root, else `$XDG_CONFIG_HOME/mailspool/tokens`. With a configuration file, the
+/// default is `tokens` beside it (see `Config::from_file`).
 pub fn default_tokens_file() -> PathBuf {
     super::default_users_file().with_file_name("tokens")
 }

@@ -373,7 +373,17 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        Config::from_parts(file)
+        let tokens_given = file.http.as_ref().is_some_and(|h| h.tokens_file.is_some());
+        let mut config = Config::from_parts(file)?;
+        // API tokens live beside the configuration that enables the API, whoever reads
+        // it: root's `token add` and the daemon's user must find the same file.
+        if let Some(http) = config.http.as_mut()
+            && !tokens_given
+            && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        {
+            http.tokens_file = dir.join("tokens");
+        }
+        Ok(config)
     }
 
     /// Fill in defaults for what the file leaves out.
@@ -538,6 +548,20 @@ mod tests {
             toml::from_str(&examples).unwrap_or_else(|e| panic!("{e}\n{examples}"));
         assert!(file.relayhost.is_some() && file.routes.is_some() && file.timeouts.is_some());
         assert!(file.http.as_ref().is_some_and(|h| h.listen.is_some()));
+    }
+
+    #[test]
+    fn api_tokens_default_to_beside_the_configuration_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailspool.toml");
+        std::fs::write(&path, "[http]\nlisten = \"127.0.0.1:8025\"\n").unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.http.unwrap().tokens_file, dir.path().join("tokens"));
+        std::fs::write(&path, "[http]\ntokens_file = \"/srv/t\"\n").unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.http.unwrap().tokens_file, PathBuf::from("/srv/t"));
+        std::fs::write(&path, "").unwrap();
+        assert!(Config::from_file(&path).unwrap().http.is_none());
     }
 
     #[test]
