@@ -245,7 +245,8 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(in_hold(&spool), 0);
 
-    // The overview, for the docs.
+    // The overview, for the docs, once the sampler has counted the spool as it is now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     c.goto(&base).await.unwrap();
     c.wait()
         .at_most(Duration::from_secs(10))
