@@ -69,17 +69,78 @@ pub fn spool_bounce(
     failures: &[Failure],
     max_headers: usize,
 ) -> Result<Option<String>, SpoolError> {
+    spool_dsn(
+        spool,
+        hostname,
+        sender,
+        id,
+        node,
+        failures,
+        max_headers,
+        Report::Failed,
+    )
+}
+
+/// What a delivery status notification reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The recipients failed for good (a bounce).
+    Failed,
+    /// The recipients are still being tried (RFC 3464 `Action: delayed`), at the latest
+    /// until this unix time.
+    Delayed {
+        /// Unix time of arrival.
+        arrived: u64,
+        /// Unix time after which the message is returned.
+        until: u64,
+    },
+}
+
+/// Queue a DSN of `report` for `failures` to `sender` (never to the null sender),
+/// quoting the original's headers. Returns the DSN's id.
+#[allow(clippy::too_many_arguments)]
+pub fn spool_dsn(
+    spool: &Spool,
+    hostname: &str,
+    sender: &str,
+    id: &str,
+    node: &std::fs::File,
+    failures: &[Failure],
+    max_headers: usize,
+    report: Report,
+) -> Result<Option<String>, SpoolError> {
     if sender.is_empty() || failures.is_empty() {
         return Ok(None);
     }
+    let delayed = matches!(report, Report::Delayed { .. });
     let bounce_id = spool.new_id();
     let boundary = format!("{bounce_id}/{hostname}");
     let date = rfc5322_date(now());
+    let (subject, lead) = match report {
+        Report::Failed => (
+            "Undelivered Mail Returned to Sender".to_owned(),
+            "I'm sorry to have to inform you that your message could not\n\
+             be delivered to one or more recipients. The reasons are below.\n"
+                .to_owned(),
+        ),
+        Report::Delayed { arrived, until } => (
+            "Delayed Mail (still being retried)".to_owned(),
+            format!(
+                "This is a warning only: you do not need to send your message again.\n\
+                 \n\
+                 Your message could not be delivered for {} hours to the recipients\n\
+                 below. It will be retried until {} (UTC); only then, if it is\n\
+                 still not delivered, will it be returned.\n",
+                now().saturating_sub(arrived) / 3600,
+                rfc5322_date(until)
+            ),
+        ),
+    };
     let mut m = String::new();
     m.push_str(&format!(
         "From: MAILER-DAEMON@{hostname} (Mail Delivery System)\n\
          To: <{sender}>\n\
-         Subject: Undelivered Mail Returned to Sender\n\
+         Subject: {subject}\n\
          Date: {date}\n\
          Message-ID: <{bounce_id}@{hostname}>\n\
          Auto-Submitted: auto-replied\n\
@@ -94,8 +155,7 @@ pub fn spool_bounce(
          \n\
          This is the mail system at host {hostname}.\n\
          \n\
-         I'm sorry to have to inform you that your message could not\n\
-         be delivered to one or more recipients. The reasons are below.\n\
+         {lead}\
          \n"
     ));
     for f in failures {
@@ -112,9 +172,14 @@ pub fn spool_bounce(
     ));
     for f in failures {
         m.push_str(&format!(
-            "\nFinal-Recipient: rfc822; {}\nAction: failed\nStatus: {}\n",
-            f.recipient, f.status
+            "\nFinal-Recipient: rfc822; {}\nAction: {}\nStatus: {}\n",
+            f.recipient,
+            if delayed { "delayed" } else { "failed" },
+            f.status
         ));
+        if let Report::Delayed { until, .. } = report {
+            m.push_str(&format!("Will-Retry-Until: {}\n", rfc5322_date(until)));
+        }
         if let Some(mta) = &f.remote_mta {
             m.push_str(&format!("Remote-MTA: dns; {mta}\n"));
         }
@@ -144,8 +209,13 @@ pub fn spool_bounce(
         .write_all(format!("\n--{boundary}--\n").as_bytes())
         .map_err(io)?;
     let committed = stage.commit("", &[sender.to_owned()])?;
-    mailspool_metrics::global().bounces.inc();
-    tracing::info!(event = "bounced", id = %id, bounce = %committed.id, to = %mailspool_spool::escape(sender), "bounce queued");
+    if delayed {
+        mailspool_metrics::global().delay_warnings.inc();
+        tracing::info!(event = "delay warned", id = %id, report = %committed.id, to = %mailspool_spool::escape(sender), "delay warning queued");
+    } else {
+        mailspool_metrics::global().bounces.inc();
+        tracing::info!(event = "bounced", id = %id, bounce = %committed.id, to = %mailspool_spool::escape(sender), "bounce queued");
+    }
     Ok(Some(committed.id))
 }
 

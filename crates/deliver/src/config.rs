@@ -84,6 +84,9 @@ pub struct DeliverConfig {
     pub per_host_limit: usize,
     /// Largest part of the original message quoted in a bounce.
     pub bounce_max_headers: usize,
+    /// After this long in the queue a message's sender gets one "delayed" DSN (RFC
+    /// 3464 `Action: delayed`); `None`: never.
+    pub delay_warning_time: Option<std::time::Duration>,
 }
 
 impl Default for DeliverConfig {
@@ -102,6 +105,7 @@ impl Default for DeliverConfig {
             max_deliveries: 20,
             per_host_limit: 5,
             bounce_max_headers: 64 * 1024,
+            delay_warning_time: Some(std::time::Duration::from_secs(4 * 3600)),
         }
     }
 }

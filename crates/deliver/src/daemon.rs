@@ -167,6 +167,12 @@ pub async fn run(
                 tracing::info!(removed, "removed orphan lock files");
             }
             if prune {
+                // A message lives the sum of the tier periods: a day after that its
+                // "delayed" marker has nothing left to guard.
+                let life: u64 = (0..spool.config().tiers())
+                    .map(|t| spool.config().period(t))
+                    .sum();
+                spool.prune_delay_warnings(Duration::from_secs(life + 86_400));
                 match spool.prune_side_data() {
                     Ok(0) => {}
                     Ok(n) => {

@@ -525,3 +525,105 @@ async fn a_fallback_that_cannot_be_written_leaves_the_node_where_it_was() {
     engine.run_pass(&all()).await.unwrap();
     assert!(queued(&plain).is_empty());
 }
+
+/// Queue a message whose id says it arrived `age` seconds ago (our ids are ULIDs, and
+/// a message's age is read from its id).
+fn queue_aged(spool: &mailspool_spool::Spool, from: &str, to: &[&str], age: u64) -> String {
+    use std::io::Write;
+    let ms = (mailspool_spool::now() - age) * 1000;
+    let id = ulid::Ulid::from_parts(ms, 42).to_string();
+    let mut s = spool.stage(&id).unwrap();
+    s.write_all(MSG.as_bytes()).unwrap();
+    let to: Vec<String> = to.iter().map(|t| t.to_string()).collect();
+    s.commit(from, &to).unwrap();
+    id
+}
+
+fn delay_reports(spool: &mailspool_spool::Spool) -> Vec<(String, String)> {
+    dsns(spool)
+        .into_iter()
+        .filter(|(_, text)| text.contains("Action: delayed"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_message_delayed_past_delay_warning_time_gets_one_delayed_report() {
+    let sink = Sink::start(Script::default()).await;
+    for rcpt in ["x@slow.test", "y@slow.test"] {
+        sink.script()
+            .rcpt
+            .insert(rcpt.into(), "451 4.7.1 greylisted, try later".into());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    let mut cfg = config(&[("slow.test", sink.addr)]);
+    cfg.delay_warning_time = Some(std::time::Duration::from_secs(4 * 3600));
+    // Five hours old, two recipients; a fresh one; an old one from the null sender.
+    let old = queue_aged(
+        &spool,
+        "a@sender.test",
+        &["x@slow.test", "y@slow.test"],
+        5 * 3600,
+    );
+    queue_aged(&spool, "b@sender.test", &["x@slow.test"], 60);
+    queue_aged(&spool, "", &["y@slow.test"], 5 * 3600);
+    let engine = engine(spool.clone(), cfg);
+    let r = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(r.count(Outcome::Deferred), 4);
+    let reports = delay_reports(&spool);
+    assert_eq!(
+        reports.len(),
+        1,
+        "one report, for the old message only: {reports:?}"
+    );
+    let (to, text) = &reports[0];
+    assert_eq!(to, "a@sender.test");
+    for needle in [
+        "Subject: Delayed Mail (still being retried)",
+        "This is a warning only",
+        "Content-Type: message/delivery-status",
+        "Final-Recipient: rfc822; x@slow.test",
+        "Final-Recipient: rfc822; y@slow.test",
+        "Action: delayed",
+        "Status: 4.7.1",
+        "Will-Retry-Until: ",
+        "Diagnostic-Code: smtp; 451 4.7.1 greylisted, try later",
+        "Subject: hi",
+    ] {
+        assert!(text.contains(needle), "report lacks {needle:?}:\n{text}");
+    }
+    assert!(text.contains(&format!("X-Mailspool-Queue-ID: {old}")));
+    assert!(!text.contains("line one"), "the body is not returned");
+    // Tried again (and again deferred): never a second report.
+    for n in spool.scan().unwrap().nodes {
+        if !n.name.from.is_empty() {
+            spool.retry_now(&n).unwrap();
+        }
+    }
+    let r = engine.run_pass(&all()).await.unwrap();
+    assert!(r.count(Outcome::Deferred) >= 4, "{:?}", r.results);
+    assert_eq!(delay_reports(&spool).len(), 1);
+}
+
+#[tokio::test]
+async fn delay_warnings_can_be_turned_off() {
+    let sink = Sink::start(Script::default()).await;
+    sink.script()
+        .rcpt
+        .insert("x@slow.test".into(), "451 4.3.0 later".into());
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    let mut cfg = config(&[("slow.test", sink.addr)]);
+    cfg.delay_warning_time = None;
+    queue_aged(&spool, "a@sender.test", &["x@slow.test"], 30 * 3600);
+    let engine = engine(spool.clone(), cfg);
+    assert_eq!(
+        engine
+            .run_pass(&all())
+            .await
+            .unwrap()
+            .count(Outcome::Deferred),
+        1
+    );
+    assert!(delay_reports(&spool).is_empty());
+}

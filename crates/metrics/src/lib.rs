@@ -90,6 +90,8 @@ pub struct Metrics {
     pub dns_cache_hits: Counter,
     /// Bounces (non-delivery reports) queued.
     pub bounces: Counter,
+    /// "Delayed" reports (RFC 3464 `Action: delayed`) queued.
+    pub delay_warnings: Counter,
     /// HTTP requests refused for authentication, by reason.
     pub http_auth_failures: Family<ReasonLabel, Counter>,
     /// Nodes queued now, by tier and held.
@@ -167,6 +169,7 @@ impl Metrics {
             dns_lookups: Counter::default(),
             dns_cache_hits: Counter::default(),
             bounces: Counter::default(),
+            delay_warnings: Counter::default(),
             http_auth_failures: Family::default(),
             queue_nodes: Family::default(),
             oldest_node_age: Gauge::default(),
@@ -225,6 +228,11 @@ impl Metrics {
             m.dns_cache_hits.clone(),
         );
         r.register("bounces", "Bounces queued to senders", m.bounces.clone());
+        r.register(
+            "delay_warnings",
+            "Reports to senders that a message is delayed (RFC 3464 Action: delayed)",
+            m.delay_warnings.clone(),
+        );
         r.register(
             "http_auth_failures",
             "HTTP requests refused for authentication, by reason",

@@ -92,6 +92,39 @@ impl Spool {
         Ok(removed)
     }
 
+    /// Take the one "delayed" report of a message (its id and sender): true the first
+    /// time, for whoever creates `delayed/<id>-<sender>` (O_EXCL, so one process and one
+    /// host wins); false ever after.
+    pub fn claim_delay_warning(&self, node: &NodeName) -> Result<bool> {
+        let dir = self.dir.join("delayed");
+        os::ensure_dir(&dir).map_err(|e| SpoolError::io("create", &dir, e))?;
+        let path = dir.join(format!("{}-{}", node.id, encode(node.from.as_bytes())));
+        match os::create_new(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(SpoolError::io("create", path, e)),
+        }
+    }
+
+    /// Remove "delayed" markers older than `age`: by then their message has been
+    /// delivered or bounced (a message lives the sum of the tier periods).
+    pub fn prune_delay_warnings(&self, age: std::time::Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("delayed")) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+                    .is_some_and(|a| a >= age)
+            })
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+
     /// Append an attempt to a node's history.
     pub fn record_attempt(&self, node: &NodeName, attempt: &Attempt) -> Result<()> {
         let meta = self.dir.join("meta");

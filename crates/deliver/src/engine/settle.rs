@@ -5,7 +5,7 @@ use mailspool_spool::side::Attempt;
 use mailspool_spool::{NodeEntry, NodeLock, escape, now};
 
 use super::{Claim, Engine, NodeResult, Outcome, Verdict};
-use crate::bounce::{Failure, spool_bounce};
+use crate::bounce::{Failure, Report, spool_bounce, spool_dsn};
 use crate::config::DeliverConfig;
 
 impl Engine {
@@ -21,6 +21,8 @@ impl Engine {
         let last_tier = self.spool.config().tiers().saturating_sub(1);
         let mut results = Vec::new();
         let mut failures: Vec<(usize, Failure)> = Vec::new();
+        // Deferred here, for a "delayed" report if the message has waited long enough.
+        let mut delayed: Vec<Failure> = Vec::new();
         for (i, ((n, _lock), v)) in locked.iter().zip(verdicts).enumerate() {
             let result = |outcome, reply: String| NodeResult {
                 id: n.name.id.clone(),
@@ -79,7 +81,14 @@ impl Engine {
                     }
                     match self.spool.move_to_tier_locked(n, n.tier + 1) {
                         Ok(moved) => {
-                            tracing::info!(event = "deferred", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), tier = moved.tier, reply = %escape(&reply), "deferred")
+                            tracing::info!(event = "deferred", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), tier = moved.tier, reply = %escape(&reply), "deferred");
+                            delayed.push(Failure {
+                                recipient: n.name.to.clone(),
+                                status: temporary_status(&reply),
+                                remote_mta: (!host.is_empty()).then(|| host.clone()),
+                                diagnostic: reply.clone(),
+                                from_smtp: reply.as_bytes().first() == Some(&b'4'),
+                            });
                         }
                         Err(e) => {
                             tracing::error!(node = %escape(&n.path.display().to_string()), error = %e, "cannot move the node to the next tier; it stays where it is")
@@ -89,6 +98,9 @@ impl Engine {
                 }
                 Verdict::Permanent(f) => failures.push((i, f)),
             }
+        }
+        if !delayed.is_empty() && !interactive {
+            self.warn_delayed(cfg, &claim.file.file, &locked[0].0.name, &delayed);
         }
         if failures.is_empty() {
             return results;
@@ -132,4 +144,68 @@ impl Engine {
         }
         results
     }
+}
+
+impl Engine {
+    /// One "delayed" report per message, to its sender, once it has waited
+    /// `delay_warning_time`: never for the null sender, never twice (a marker in the
+    /// spool, taken with O_EXCL, so not twice across processes and hosts either).
+    fn warn_delayed(
+        &self,
+        cfg: &DeliverConfig,
+        file: &std::fs::File,
+        name: &mailspool_spool::NodeName,
+        delayed: &[Failure],
+    ) {
+        let Some(after) = cfg.delay_warning_time else {
+            return;
+        };
+        let arrived = name.accepted_at();
+        if name.from.is_empty() || now().saturating_sub(arrived) < after.as_secs() {
+            return;
+        }
+        match self.spool.claim_delay_warning(name) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(id = %name.id, error = %e, "cannot record the delay warning; none sent");
+                return;
+            }
+        }
+        let config = self.spool.config();
+        let life: u64 = (0..config.tiers()).map(|t| config.period(t)).sum();
+        let report = Report::Delayed {
+            arrived,
+            until: arrived.saturating_add(life),
+        };
+        if let Err(e) = spool_dsn(
+            &self.spool,
+            &cfg.hostname,
+            &name.from,
+            &name.id,
+            file,
+            delayed,
+            cfg.bounce_max_headers,
+            report,
+        ) {
+            tracing::error!(id = %name.id, error = %e, "cannot queue the delay warning");
+        }
+    }
+}
+
+/// The enhanced status of a temporary reply (`451 4.7.1 ...` gives 4.7.1), else 4.0.0.
+fn temporary_status(reply: &str) -> String {
+    reply
+        .split_whitespace()
+        .nth(1)
+        .filter(|s| {
+            let parts: Vec<&str> = s.split('.').collect();
+            parts.len() == 3
+                && parts[0] == "4"
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .unwrap_or("4.0.0")
+        .to_owned()
 }

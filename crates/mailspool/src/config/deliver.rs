@@ -129,6 +129,9 @@ pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), 
     if let Some(s) = file.legacy_lock_timeout {
         c.spool.legacy_lock_timeout = Duration::from_secs(s);
     }
+    if let Some(s) = file.delay_warning_time {
+        c.deliver.delay_warning_time = (s > 0).then(|| Duration::from_secs(s));
+    }
     if let Some(s) = file.shutdown_grace {
         c.shutdown_grace = Duration::from_secs(s);
     }

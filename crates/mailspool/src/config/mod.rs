@@ -84,6 +84,9 @@ pub struct ConfigFile {
     pub legacy_lock_timeout: Option<u64>,
     /// Seconds SIGTERM waits for deliveries under way (30).
     pub shutdown_grace: Option<u64>,
+    /// Seconds in the queue after which the sender is told the message is delayed
+    /// (one RFC 3464 "delayed" report; 14400; 0 = never).
+    pub delay_warning_time: Option<u64>,
     /// SMTP client timeouts in seconds.
     pub timeouts: Option<TimeoutsFile>,
     /// Listening ports of `mailspool serve`.
@@ -537,6 +540,7 @@ mod tests {
         assert_eq!(c.deliver.mx_tls, d.deliver.mx_tls);
         assert_eq!(c.deliver.per_host_limit, d.deliver.per_host_limit);
         assert_eq!(c.shutdown_grace, d.shutdown_grace);
+        assert_eq!(c.deliver.delay_warning_time, d.deliver.delay_warning_time);
         // The examples (## lines) parse too.
         let examples: String = text
             .lines()
