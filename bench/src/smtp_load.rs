@@ -231,6 +231,7 @@ async fn run_load(
             TlsPolicy::None
         },
         auth: None,
+        bind: Vec::new(),
     };
     // One set of connectors for every connection: rustls's client session cache is in
     // it, so later handshakes can resume.

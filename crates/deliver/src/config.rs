@@ -87,6 +87,8 @@ pub struct DeliverConfig {
     /// After this long in the queue a message's sender gets one "delayed" DSN (RFC
     /// 3464 `Action: delayed`); `None`: never.
     pub delay_warning_time: Option<std::time::Duration>,
+    /// Source addresses for outbound connections (one per family at most is used).
+    pub bind_addresses: Vec<std::net::IpAddr>,
 }
 
 impl Default for DeliverConfig {
@@ -106,6 +108,7 @@ impl Default for DeliverConfig {
             per_host_limit: 5,
             bounce_max_headers: 64 * 1024,
             delay_warning_time: Some(std::time::Duration::from_secs(4 * 3600)),
+            bind_addresses: Vec::new(),
         }
     }
 }

@@ -627,3 +627,26 @@ async fn delay_warnings_can_be_turned_off() {
     );
     assert!(delay_reports(&spool).is_empty());
 }
+
+#[tokio::test]
+async fn outbound_connections_come_from_bind_address() {
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    queue(&spool, "a@sender.test", &["x@one.test"], MSG);
+    let mut cfg = config(&[("one.test", sink.addr)]);
+    // Another loopback address (all of 127/8 is local on Linux), and an IPv6 one that
+    // must not be used for an IPv4 peer.
+    cfg.bind_addresses = vec!["127.0.0.2".parse().unwrap(), "::1".parse().unwrap()];
+    let engine = engine(spool.clone(), cfg);
+    let r = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(r.count(Outcome::Delivered), 1, "{:?}", r.results);
+    let peers = sink.state.peers.lock().unwrap().clone();
+    assert!(!peers.is_empty());
+    assert!(
+        peers
+            .iter()
+            .all(|p| p.ip() == "127.0.0.2".parse::<std::net::IpAddr>().unwrap()),
+        "{peers:?}"
+    );
+}

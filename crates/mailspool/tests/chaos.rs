@@ -152,6 +152,7 @@ async fn kill_nine_chaos_loses_nothing() {
                 timeouts: common::quick_timeouts(),
                 tls: mailspool_smtp::TlsPolicy::None,
                 auth: None,
+                bind: Vec::new(),
             };
             while !stop.load(Ordering::SeqCst) {
                 let addr = std::net::SocketAddr::from((

@@ -138,6 +138,7 @@ async fn a_full_spool_refuses_cleanly_and_recovers() {
         timeouts: common::quick_timeouts(),
         tls: mailspool_smtp::TlsPolicy::None,
         auth: None,
+        bind: Vec::new(),
     };
     let mut s = mailspool_smtp::Session::connect(addr, "127.0.0.1", &settings, &connector)
         .await

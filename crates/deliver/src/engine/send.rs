@@ -237,6 +237,7 @@ impl Engine {
             timeouts: cfg.timeouts.clone(),
             tls: target.tls,
             auth: target.auth.clone(),
+            bind: cfg.bind_addresses.clone(),
         };
         match Session::connect(addr, &target.host, &settings, &self.tls).await {
             Err(SmtpError::Tls(e))

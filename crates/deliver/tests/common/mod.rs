@@ -55,6 +55,8 @@ pub struct SinkState {
     pub received: Mutex<Vec<Received>>,
     pub script: Mutex<Script>,
     pub connections: AtomicUsize,
+    /// The address each connection came from.
+    pub peers: Mutex<Vec<SocketAddr>>,
     pub transactions: AtomicUsize,
 }
 
@@ -72,10 +74,11 @@ impl Sink {
         let st = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else {
+                let Ok((sock, peer)) = listener.accept().await else {
                     return;
                 };
                 st.connections.fetch_add(1, Ordering::SeqCst);
+                st.peers.lock().unwrap().push(peer);
                 let st = st.clone();
                 tokio::spawn(async move {
                     let _ = session(sock, st).await;

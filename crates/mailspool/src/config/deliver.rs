@@ -129,6 +129,31 @@ pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), 
     if let Some(s) = file.legacy_lock_timeout {
         c.spool.legacy_lock_timeout = Duration::from_secs(s);
     }
+    if let Some(b) = &file.bind_address {
+        let list: Vec<String> = match b {
+            OneOrMany::One(a) => vec![a.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        c.deliver.bind_addresses = list
+            .iter()
+            .map(|a| {
+                a.parse::<std::net::IpAddr>().map_err(|_| {
+                    ConfigError::Invalid(format!("bind_address {a:?}: expected an IP address"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let v4 = c
+            .deliver
+            .bind_addresses
+            .iter()
+            .filter(|a| a.is_ipv4())
+            .count();
+        if v4 > 1 || c.deliver.bind_addresses.len() - v4 > 1 {
+            return Err(ConfigError::Invalid(
+                "bind_address: at most one IPv4 and one IPv6 address".into(),
+            ));
+        }
+    }
     if let Some(s) = file.delay_warning_time {
         c.deliver.delay_warning_time = (s > 0).then(|| Duration::from_secs(s));
     }

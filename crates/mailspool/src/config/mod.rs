@@ -84,6 +84,8 @@ pub struct ConfigFile {
     pub legacy_lock_timeout: Option<u64>,
     /// Seconds SIGTERM waits for deliveries under way (30).
     pub shutdown_grace: Option<u64>,
+    /// Source address(es) of outbound SMTP: one IPv4 and/or one IPv6 address.
+    pub bind_address: Option<OneOrMany>,
     /// Seconds in the queue after which the sender is told the message is delayed
     /// (one RFC 3464 "delayed" report; 14400; 0 = never).
     pub delay_warning_time: Option<u64>,
@@ -584,5 +586,16 @@ mod tests {
         let file: ConfigFile =
             toml::from_str("dequeue_periods = [0, 60]\ndequeue_priority = [1]").unwrap();
         assert!(Config::from_parts(file).is_err());
+        let two_v4: ConfigFile =
+            toml::from_str("bind_address = [\"192.0.2.1\", \"192.0.2.2\"]").unwrap();
+        assert!(Config::from_parts(two_v4).is_err());
+        let bad: ConfigFile = toml::from_str("bind_address = \"eth0\"").unwrap();
+        assert!(Config::from_parts(bad).is_err());
+        let ok: ConfigFile =
+            toml::from_str("bind_address = [\"192.0.2.1\", \"2001:db8::1\"]").unwrap();
+        assert_eq!(
+            Config::from_parts(ok).unwrap().deliver.bind_addresses.len(),
+            2
+        );
     }
 }

@@ -75,7 +75,26 @@ impl Session {
         tls: &TlsConnectors,
     ) -> Result<Session, SmtpError> {
         let t = &settings.timeouts;
-        let tcp = tokio::time::timeout(t.connect, TcpStream::connect(peer))
+        let source = settings
+            .bind
+            .iter()
+            .find(|ip| ip.is_ipv4() == peer.is_ipv4())
+            .copied();
+        let connect = async move {
+            match source {
+                None => TcpStream::connect(peer).await,
+                Some(ip) => {
+                    let socket = if peer.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(peer).await
+                }
+            }
+        };
+        let tcp = tokio::time::timeout(t.connect, connect)
             .await
             .map_err(|_| SmtpError::Timeout(Phase::Connect))?
             .map_err(|source| SmtpError::Io {

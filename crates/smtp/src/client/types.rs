@@ -80,6 +80,9 @@ pub struct ClientSettings {
     pub tls: TlsPolicy,
     /// AUTH credentials (only ever sent under TLS).
     pub auth: Option<Credentials>,
+    /// Source addresses to connect from: the first of the peer's family is used (none
+    /// of it: the kernel chooses).
+    pub bind: Vec<std::net::IpAddr>,
 }
 
 /// The phase of a session an error or reply belongs to.
