@@ -271,3 +271,30 @@ fn an_idempotent_retry_returns_the_first_result_and_queues_once() {
     });
     assert_eq!(api.nodes().len(), 4);
 }
+
+#[test]
+fn a_message_id_or_date_the_caller_gives_replaces_ours() {
+    let api = start();
+    let r = api.post_json(
+        "/v1/messages",
+        &api.inject,
+        &json!({"from": "a@example.com", "to": ["b@example.org"], "text": "x",
+                "headers": {"message-id": "<order-77@shop.example>", "DATE": "Fri, 27 Nov 2026 06:00:00 +0000"}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let text = std::fs::read_to_string(&api.nodes()[0]).unwrap();
+    let count = |name: &str| {
+        text.lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+            .count()
+    };
+    assert_eq!((count("message-id"), count("date")), (1, 1), "{text}");
+    assert!(
+        text.contains("Message-ID: <order-77@shop.example>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Date: Fri, 27 Nov 2026 06:00:00 +0000"),
+        "{text}"
+    );
+}

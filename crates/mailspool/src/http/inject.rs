@@ -147,9 +147,13 @@ impl JsonMessage {
         if self.text.is_none() && self.html.is_none() && self.attachments.is_empty() {
             return Err(bad("bad_message", "give text, html or attachments"));
         }
-        let mut b = mail_builder::MessageBuilder::new()
-            .from(address(from)?)
-            .message_id(format!("{}@{hostname}", mailspool_spool::unique_token()));
+        let mut b = mail_builder::MessageBuilder::new().from(address(from)?);
+        // A Message-ID or Date the caller gives replaces ours (mail-builder adds its own
+        // unless it sees exactly these spellings): one of each, never two.
+        let given = |want: &str| self.headers.keys().any(|k| k.eq_ignore_ascii_case(want));
+        if !given("message-id") {
+            b = b.message_id(format!("{}@{hostname}", mailspool_spool::unique_token()));
+        }
         if !self.to.is_empty() {
             b = b.to(address_list(&self.to)?);
         }
@@ -184,10 +188,22 @@ impl JsonMessage {
                     format!("the value of {name} holds a line break or is too long"),
                 ));
             }
-            b = b.header(
-                name.clone(),
-                mail_builder::headers::raw::Raw::new(value.clone()),
-            );
+            b = if name.eq_ignore_ascii_case("message-id") {
+                b.message_id(
+                    value
+                        .trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_owned(),
+                )
+            } else if name.eq_ignore_ascii_case("date") {
+                b.header("Date", mail_builder::headers::raw::Raw::new(value.clone()))
+            } else {
+                b.header(
+                    name.clone(),
+                    mail_builder::headers::raw::Raw::new(value.clone()),
+                )
+            };
         }
         if let Some(t) = &self.text {
             b = b.text_body(t.clone());
