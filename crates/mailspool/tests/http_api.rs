@@ -453,7 +453,13 @@ fn the_dashboard_session_is_only_for_the_dashboard_and_its_forms_need_their_toke
         &format!("csrf={csrf}&action=hold&id={id}"),
     );
     assert_eq!(r.status, 303);
-    assert!(r.header("location").unwrap().contains("done="));
+    assert_eq!(r.header("location"), Some("/"));
+    // What it did is said once, on the next page, from the session (not the URL).
+    let next = with_cookie("GET", "/", "");
+    assert!(next.body.contains("held 1 of 1 node(s)"), "{}", next.body);
+    assert!(!with_cookie("GET", "/", "").body.contains("held 1 of 1"));
+    let crafted = with_cookie("GET", "/?done=Your+token+expired%2C+go+to+evil.example", "");
+    assert!(!crafted.body.contains("evil.example"));
     assert!(api.nodes()[0].to_string_lossy().contains("/hold/"));
     // Signed out: the session is gone.
     assert_eq!(with_cookie("POST", "/logout", "").status, 303);

@@ -35,6 +35,9 @@ struct Session {
     token_hash: [u8; 32],
     made: Instant,
     csrf: String,
+    /// What the last change did (ok, text), shown once by the next page: kept here, not
+    /// in the URL, so nobody can put words on the page with a crafted link.
+    flash: Option<(bool, String)>,
 }
 
 /// Dashboard sessions: a random id in a cookie, mapped to the token's hash.
@@ -67,6 +70,7 @@ impl Sessions {
                 token_hash: sha256(token.as_bytes()),
                 made: Instant::now(),
                 csrf: random_token(),
+                flash: None,
             },
         );
         id
@@ -76,6 +80,20 @@ impl Sessions {
     pub fn end(&self, id: &str) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(&sha256(id.as_bytes()));
+    }
+
+    /// Leave a message for the session's next page.
+    pub fn set_flash(&self, id: &str, ok: bool, text: String) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get_mut(&sha256(id.as_bytes())) {
+            s.flash = Some((ok, text));
+        }
+    }
+
+    /// Take the message left for this page, if any.
+    pub fn take_flash(&self, id: &str) -> Option<(bool, String)> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get_mut(&sha256(id.as_bytes()))?.flash.take()
     }
 
     fn get(&self, id: &str) -> Option<([u8; 32], String)> {

@@ -80,12 +80,10 @@ fn redirect(to: &str) -> Response {
     r
 }
 
-/// `GET /` query: a search, and the result of the last change.
+/// `GET /` query: a search.
 #[derive(Debug, Default, Deserialize)]
 pub struct HomeQuery {
     q: Option<String>,
-    done: Option<String>,
-    error: Option<String>,
 }
 
 async fn home(
@@ -97,6 +95,7 @@ async fn home(
     let Ok(caller) = authorize_session(&state, &headers, Scope::Read) else {
         return html(StatusCode::OK, page::login(None));
     };
+    let flash = session_cookie(&headers).and_then(|id| state.sessions.take_flash(id));
     let search = q.q.clone().filter(|s| !s.trim().is_empty());
     let results = match &search {
         Some(text) => {
@@ -115,13 +114,13 @@ async fn home(
         hour: mailspool_metrics::global().last_hour(),
         search: search.as_deref(),
         results,
-        done: q.done.as_deref(),
-        error: q.error.as_deref(),
+        done: flash.as_ref().filter(|f| f.0).map(|f| f.1.as_str()),
+        error: flash.as_ref().filter(|f| !f.0).map(|f| f.1.as_str()),
     };
     html(StatusCode::OK, page::dashboard(&view))
 }
 
-/// What the search box means: an address is a recipient or a sender, `@domain` or a
+/// What the search box means: an address is a recipient, `@domain` or a
 /// bare domain a recipient domain, anything else a message id.
 pub fn search_filter(text: &str) -> Filter {
     let t = text.trim();
@@ -294,30 +293,20 @@ async fn action(
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
     tracing::info!(by = %caller.name, id = %mailspool_spool::escape(&form.id), "dashboard: {}", change.past_tense());
-    let back = |key: &str, text: &str| {
-        let mut params = vec![(key.to_owned(), text.to_owned())];
-        if let Some(q) = form.q.as_ref().filter(|q| !q.is_empty()) {
-            params.push(("q".into(), q.clone()));
-        }
-        format!(
-            "/?{}",
-            serde_urlencoded::to_string(params).unwrap_or_default()
-        )
-    };
-    match outcome {
-        Ok(r) if r.failed.is_empty() => redirect(&back(
-            "done",
-            &format!(
+    let (ok, text) = match outcome {
+        Ok(r) if r.failed.is_empty() => (
+            true,
+            format!(
                 "{}: {} {} of {} node(s)",
                 form.id,
                 change.past_tense(),
                 r.changed,
                 r.matched
             ),
-        )),
-        Ok(r) => redirect(&back(
-            "error",
-            &format!(
+        ),
+        Ok(r) => (
+            false,
+            format!(
                 "{}: {} {} of {} node(s); {}",
                 form.id,
                 change.past_tense(),
@@ -329,8 +318,19 @@ async fn action(
                     .collect::<Vec<_>>()
                     .join("; ")
             ),
+        ),
+        Err(e) => (false, e),
+    };
+    if let Some(id) = session_cookie(&headers) {
+        state.sessions.set_flash(id, ok, text);
+    }
+    // Back to the page the form was on (its search kept).
+    match form.q.as_ref().filter(|q| !q.is_empty()) {
+        Some(q) => redirect(&format!(
+            "/?{}",
+            serde_urlencoded::to_string([("q", q)]).unwrap_or_default()
         )),
-        Err(e) => redirect(&back("error", &e)),
+        None => redirect("/"),
     }
 }
 
