@@ -89,6 +89,9 @@ pub struct DeliverConfig {
     pub delay_warning_time: Option<std::time::Duration>,
     /// Source addresses for outbound connections (one per family at most is used).
     pub bind_addresses: Vec<std::net::IpAddr>,
+    /// Say EHLO with the PTR name of the source address (when it resolves back to
+    /// that address), as receivers that check forward-confirmed reverse DNS expect.
+    pub ehlo_from_ptr: bool,
 }
 
 impl Default for DeliverConfig {
@@ -109,6 +112,7 @@ impl Default for DeliverConfig {
             bounce_max_headers: 64 * 1024,
             delay_warning_time: Some(std::time::Duration::from_secs(4 * 3600)),
             bind_addresses: Vec::new(),
+            ehlo_from_ptr: false,
         }
     }
 }

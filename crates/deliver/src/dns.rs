@@ -37,6 +37,11 @@ pub trait Resolve: Send + Sync {
     fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<(u16, String)>, LookupError>>;
     /// A and AAAA addresses of `host`.
     fn ips<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, LookupError>>;
+    /// PTR names of `ip`, without the final dot (default: none).
+    fn ptr<'a>(&'a self, ip: IpAddr) -> BoxFuture<'a, Result<Vec<String>, LookupError>> {
+        let _ = ip;
+        Box::pin(async { Err(LookupError::NoRecords) })
+    }
 }
 
 /// The hickory resolver: the system's configuration, or one given server.
@@ -126,6 +131,21 @@ impl HickoryDns {
 }
 
 impl Resolve for HickoryDns {
+    fn ptr<'a>(&'a self, ip: IpAddr) -> BoxFuture<'a, Result<Vec<String>, LookupError>> {
+        Box::pin(async move {
+            let lookup = self.resolver.reverse_lookup(ip).await.map_err(classify)?;
+            Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::PTR(p) => Some(p.0.to_ascii().trim_end_matches('.').to_owned()),
+                    _ => None,
+                })
+                .filter(|n| !n.is_empty())
+                .collect())
+        })
+    }
+
     fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<(u16, String)>, LookupError>> {
         Box::pin(async move {
             self.count(domain, true);

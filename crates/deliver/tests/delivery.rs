@@ -650,3 +650,88 @@ async fn outbound_connections_come_from_bind_address() {
         "{peers:?}"
     );
 }
+
+/// A resolver with fixed PTR and A answers. (hickory answers every name under
+/// 127.in-addr.arpa itself, as RFC 6761 asks, so a loopback source address cannot be
+/// given a PTR through the in-process DNS server.)
+struct PtrDns {
+    ptr: Vec<String>,
+    a: Vec<std::net::IpAddr>,
+}
+
+impl mailspool_deliver::dns::Resolve for PtrDns {
+    fn mx<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> mailspool_deliver::dns::BoxFuture<
+        'a,
+        Result<Vec<(u16, String)>, mailspool_deliver::dns::LookupError>,
+    > {
+        Box::pin(async { Err(mailspool_deliver::dns::LookupError::NoRecords) })
+    }
+    fn ips<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> mailspool_deliver::dns::BoxFuture<
+        'a,
+        Result<Vec<std::net::IpAddr>, mailspool_deliver::dns::LookupError>,
+    > {
+        let known = self.ptr.iter().any(|p| p == host);
+        let literal = host.parse::<std::net::IpAddr>().ok();
+        let a = self.a.clone();
+        Box::pin(async move {
+            if let Some(ip) = literal {
+                Ok(vec![ip])
+            } else if known {
+                Ok(a)
+            } else {
+                Err(mailspool_deliver::dns::LookupError::NxDomain)
+            }
+        })
+    }
+    fn ptr<'a>(
+        &'a self,
+        ip: std::net::IpAddr,
+    ) -> mailspool_deliver::dns::BoxFuture<
+        'a,
+        Result<Vec<String>, mailspool_deliver::dns::LookupError>,
+    > {
+        let names = self.ptr.clone();
+        Box::pin(async move {
+            if ip.to_string() == "127.0.0.2" {
+                Ok(names)
+            } else {
+                Err(mailspool_deliver::dns::LookupError::NoRecords)
+            }
+        })
+    }
+}
+
+/// Deliveries from 127.0.0.2 with `ehlo_from_ptr`: the EHLO name is its PTR name when
+/// that resolves back to it, else `hostname`.
+async fn ehlo_with(ptr: &str, a: &str) -> Vec<String> {
+    let sink = Sink::start(Script::default()).await;
+    let dns: std::sync::Arc<dyn mailspool_deliver::dns::Resolve> = std::sync::Arc::new(PtrDns {
+        ptr: vec![ptr.to_owned()],
+        a: vec![a.parse().unwrap()],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    queue(&spool, "a@sender.test", &["x@one.test"], MSG);
+    let mut cfg = config(&[("one.test", sink.addr)]);
+    cfg.bind_addresses = vec!["127.0.0.2".parse().unwrap()];
+    cfg.ehlo_from_ptr = true;
+    let engine = mailspool_deliver::Engine::new(spool.clone(), cfg, dns).unwrap();
+    let r = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(r.count(Outcome::Delivered), 1, "{:?}", r.results);
+    sink.state.helos.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn ehlo_names_the_source_addresss_forward_confirmed_ptr() {
+    let confirmed = ehlo_with("out1.mail.example", "127.0.0.2").await;
+    assert_eq!(confirmed, ["out1.mail.example"]);
+    // A PTR name that resolves elsewhere is not ours to claim: hostname instead.
+    let spoofed = ehlo_with("liar.example", "192.0.2.9").await;
+    assert_eq!(spoofed, ["mailspool.test"]);
+}

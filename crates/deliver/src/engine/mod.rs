@@ -160,6 +160,8 @@ pub struct Engine {
     stopping: AtomicBool,
     /// The daemon's wake-up, to look at tier 0 again soon (a node found mid-commit).
     waker: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// EHLO names found from source addresses' PTR records, and until when.
+    ehlo_names: Mutex<HashMap<std::net::IpAddr, (String, std::time::Instant)>>,
 }
 
 /// How one node ends, before we act on it.
@@ -195,6 +197,7 @@ impl Engine {
             in_flight: Mutex::new(HashSet::new()),
             stopping: AtomicBool::new(false),
             waker: Mutex::new(None),
+            ehlo_names: Mutex::new(HashMap::new()),
         }))
     }
 

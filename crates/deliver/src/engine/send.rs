@@ -226,6 +226,56 @@ impl Engine {
         self.connect(addr, target, cfg).await
     }
 
+    /// The name to say EHLO with: `hostname`, or with `ehlo_from_ptr` the PTR name of
+    /// the source address used for `peer` when that name resolves back to the address
+    /// (forward-confirmed); looked up once an hour per address.
+    async fn ehlo_name(&self, cfg: &DeliverConfig, peer: std::net::SocketAddr) -> String {
+        let source = cfg
+            .bind_addresses
+            .iter()
+            .find(|ip| ip.is_ipv4() == peer.is_ipv4())
+            .copied();
+        let Some(source) = source.filter(|_| cfg.ehlo_from_ptr) else {
+            return cfg.hostname.clone();
+        };
+        {
+            let names = self.ehlo_names.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((name, until)) = names.get(&source)
+                && *until > Instant::now()
+            {
+                return name.clone();
+            }
+        }
+        let mut chosen = cfg.hostname.clone();
+        if let Ok(names) = self.dns.ptr(source).await {
+            for name in names {
+                let confirmed = self
+                    .dns
+                    .ips(&name)
+                    .await
+                    .is_ok_and(|ips| ips.contains(&source));
+                if confirmed {
+                    chosen = name;
+                    break;
+                }
+            }
+        }
+        if chosen == cfg.hostname {
+            tracing::warn!(source = %source, "no PTR name of the source address resolves back to it; saying EHLO {}", escape(&cfg.hostname));
+        }
+        self.ehlo_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                source,
+                (
+                    chosen.clone(),
+                    Instant::now() + std::time::Duration::from_secs(3600),
+                ),
+            );
+        chosen
+    }
+
     async fn connect(
         &self,
         addr: std::net::SocketAddr,
@@ -233,7 +283,7 @@ impl Engine {
         cfg: &DeliverConfig,
     ) -> Result<Session, SmtpError> {
         let mut settings = ClientSettings {
-            helo_name: cfg.hostname.clone(),
+            helo_name: self.ehlo_name(cfg, addr).await,
             timeouts: cfg.timeouts.clone(),
             tls: target.tls,
             auth: target.auth.clone(),

@@ -57,6 +57,8 @@ pub struct SinkState {
     pub connections: AtomicUsize,
     /// The address each connection came from.
     pub peers: Mutex<Vec<SocketAddr>>,
+    /// The name each EHLO gave.
+    pub helos: Mutex<Vec<String>>,
     pub transactions: AtomicUsize,
 }
 
@@ -127,6 +129,12 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
         }
         let script = st.script.lock().unwrap().clone();
         let upper = line.to_ascii_uppercase();
+        if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            st.helos
+                .lock()
+                .unwrap()
+                .push(line.get(5..).unwrap_or("").trim().to_owned());
+        }
         let reply: String = if upper.starts_with("EHLO") {
             if script.no_ehlo {
                 "500 5.5.1 what".into()
@@ -308,6 +316,8 @@ pub fn tls_server(name: &str) -> (Arc<rustls::ServerConfig>, String) {
 pub enum Answer {
     Mx(Vec<(u16, String)>),
     A(Vec<std::net::Ipv4Addr>),
+    /// PTR names, keyed by the reverse name (`2.0.0.127.in-addr.arpa`).
+    Ptr(Vec<String>),
     NxDomain,
     ServFail,
 }
@@ -316,7 +326,7 @@ pub enum Answer {
 /// (lower-case name without the final dot, "MX" | "A" | "AAAA").
 pub async fn dns_server(table: HashMap<(String, String), Answer>) -> SocketAddr {
     use hickory_proto::op::{Message, ResponseCode};
-    use hickory_proto::rr::rdata::{A, MX};
+    use hickory_proto::rr::rdata::{A, MX, PTR};
     use hickory_proto::rr::{Name, RData, Record};
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = sock.local_addr().unwrap();
@@ -361,6 +371,17 @@ pub async fn dns_server(table: HashMap<(String, String), Answer>) -> SocketAddr 
                             300,
                             RData::A(A(*ip)),
                         ));
+                    }
+                }
+                Some(Answer::Ptr(names)) => {
+                    for n in names {
+                        if let Ok(name) = Name::from_ascii(format!("{n}.")) {
+                            r.add_answer(Record::from_rdata(
+                                query.name().clone(),
+                                300,
+                                RData::PTR(PTR(name)),
+                            ));
+                        }
                     }
                 }
                 Some(Answer::NxDomain) => r.metadata.response_code = ResponseCode::NXDomain,

@@ -154,6 +154,14 @@ pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), 
             ));
         }
     }
+    if let Some(p) = file.ehlo_from_ptr {
+        if p && c.deliver.bind_addresses.is_empty() {
+            return Err(ConfigError::Invalid(
+                "ehlo_from_ptr needs bind_address (the address whose PTR names us)".into(),
+            ));
+        }
+        c.deliver.ehlo_from_ptr = p;
+    }
     if let Some(s) = file.delay_warning_time {
         c.deliver.delay_warning_time = (s > 0).then(|| Duration::from_secs(s));
     }

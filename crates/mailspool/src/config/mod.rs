@@ -86,6 +86,8 @@ pub struct ConfigFile {
     pub shutdown_grace: Option<u64>,
     /// Source address(es) of outbound SMTP: one IPv4 and/or one IPv6 address.
     pub bind_address: Option<OneOrMany>,
+    /// Say EHLO with the source address's (forward-confirmed) PTR name.
+    pub ehlo_from_ptr: Option<bool>,
     /// Seconds in the queue after which the sender is told the message is delayed
     /// (one RFC 3464 "delayed" report; 14400; 0 = never).
     pub delay_warning_time: Option<u64>,
