@@ -34,6 +34,12 @@ pub struct Attempt {
 /// hundred of them in four days.
 const MAX_SIDE_BYTES: u64 = 1 << 20;
 
+/// How long ago a directory entry was last written.
+fn entry_age(e: &std::fs::DirEntry) -> Option<std::time::Duration> {
+    let modified = e.metadata().and_then(|m| m.modified()).ok()?;
+    std::time::SystemTime::now().duration_since(modified).ok()
+}
+
 /// The side-data file name of a node: its name without the time.
 pub fn side_key(node: &NodeName) -> String {
     format!(
@@ -62,15 +68,9 @@ impl Spool {
         let entries = std::fs::read_dir(&meta).map_err(|e| SpoolError::io("read", &meta, e))?;
         let mut old: std::collections::HashSet<String> = entries
             .flatten()
-            .filter(|e| {
-                // Young files may belong to a node the walk misses while it moves (a
-                // release, a fallback): only history written 10 minutes ago or more goes.
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
-                    .is_some_and(|a| a.as_secs() >= 600)
-            })
+            // Young files may belong to a node the walk misses while it moves (a
+            // release, a fallback): only history written 10 minutes ago or more goes.
+            .filter(|e| entry_age(e).is_some_and(|a| a.as_secs() >= 600))
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
         if old.is_empty() {
@@ -114,13 +114,7 @@ impl Spool {
         };
         entries
             .flatten()
-            .filter(|e| {
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
-                    .is_some_and(|a| a >= age)
-            })
+            .filter(|e| entry_age(e).is_some_and(|a| a >= age))
             .filter(|e| std::fs::remove_file(e.path()).is_ok())
             .count()
     }
