@@ -58,29 +58,6 @@ fn original_headers(node: &std::fs::File, max: usize) -> Vec<u8> {
     out
 }
 
-/// Spool a DSN to `sender` about `failures` of message `id` (the open node `node`).
-/// Returns the bounce's id, or `None` when the sender is the null sender.
-pub fn spool_bounce(
-    spool: &Spool,
-    hostname: &str,
-    sender: &str,
-    id: &str,
-    node: &std::fs::File,
-    failures: &[Failure],
-    max_headers: usize,
-) -> Result<Option<String>, SpoolError> {
-    spool_dsn(
-        spool,
-        hostname,
-        sender,
-        id,
-        node,
-        failures,
-        max_headers,
-        Report::Failed,
-    )
-}
-
 /// What a delivery status notification reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Report {

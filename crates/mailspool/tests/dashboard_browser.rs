@@ -33,14 +33,6 @@ impl Drop for Driver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn in_hold(spool: &std::path::Path) -> usize {
     support::node_files(spool)
         .iter()
@@ -124,7 +116,7 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // The browser.
-    let port = free_port();
+    let port = support::free_port();
     let _driver = Driver(
         Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))

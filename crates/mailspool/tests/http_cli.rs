@@ -94,15 +94,6 @@ fn an_http_listener_off_loopback_without_tls_is_a_configuration_error() {
     assert!(err.contains("not a loopback address"), "{err}");
 }
 
-/// A free port on loopback (bound and released; the daemon binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn http_get(port: u16, path: &str, token: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
@@ -118,7 +109,7 @@ fn http_get(port: u16, path: &str, token: &str) -> String {
 #[test]
 fn the_daemon_serves_the_api_and_logs_json_lines() {
     let env = Env::new();
-    let port = free_port();
+    let port = support::free_port();
     http_config(&env, &format!("listen = \"127.0.0.1:{port}\""));
     let mut cfg = std::fs::read_to_string(env.config_path()).unwrap();
     cfg.insert_str(0, "log_format = \"json\"\n");

@@ -98,12 +98,23 @@ impl Spool {
     pub fn claim_delay_warning(&self, node: &NodeName) -> Result<bool> {
         let dir = self.dir.join("delayed");
         os::ensure_dir(&dir).map_err(|e| SpoolError::io("create", &dir, e))?;
-        let path = dir.join(format!("{}-{}", node.id, encode(node.from.as_bytes())));
+        let path = self.delay_marker(node);
         match os::create_new(&path) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(SpoolError::io("create", path, e)),
         }
+    }
+
+    /// Undo [`Spool::claim_delay_warning`] (the report could not be queued).
+    pub fn release_delay_warning(&self, node: &NodeName) {
+        let _ = std::fs::remove_file(self.delay_marker(node));
+    }
+
+    fn delay_marker(&self, node: &NodeName) -> PathBuf {
+        self.dir
+            .join("delayed")
+            .join(format!("{}-{}", node.id, encode(node.from.as_bytes())))
     }
 
     /// Remove "delayed" markers older than `age`: by then their message has been

@@ -166,3 +166,28 @@ fn another_users_node_is_read_only_where_nobody_else_can_write() {
     let e = spool.open_node(&node).unwrap_err();
     assert!(e.to_string().contains("owned by uid 54321"), "{e}");
 }
+
+#[test]
+fn a_delay_warning_is_claimed_once_and_can_be_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::create(dir.path(), SpoolConfig::default()).unwrap();
+    let name = mailspool_spool::NodeName::new(1, "ID1", "b@y.test", "a@x.test");
+    let other = mailspool_spool::NodeName::new(1, "ID1", "c@y.test", "z@x.test");
+    assert!(spool.claim_delay_warning(&name).unwrap());
+    // Once per message (id and sender), whichever recipient asks.
+    let same_message = mailspool_spool::NodeName::new(9, "ID1", "c@y.test", "a@x.test");
+    assert!(!spool.claim_delay_warning(&same_message).unwrap());
+    assert!(
+        spool.claim_delay_warning(&other).unwrap(),
+        "another sender's message"
+    );
+    // A report that could not be queued gives the claim back.
+    spool.release_delay_warning(&name);
+    assert!(spool.claim_delay_warning(&name).unwrap());
+    assert_eq!(
+        spool.prune_delay_warnings(std::time::Duration::from_secs(3600)),
+        0
+    );
+    assert_eq!(spool.prune_delay_warnings(std::time::Duration::ZERO), 2);
+    assert!(spool.claim_delay_warning(&name).unwrap());
+}

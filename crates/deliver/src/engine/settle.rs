@@ -5,7 +5,7 @@ use mailspool_spool::side::Attempt;
 use mailspool_spool::{NodeEntry, NodeLock, escape, now};
 
 use super::{Claim, Engine, NodeResult, Outcome, Verdict};
-use crate::bounce::{Failure, Report, spool_bounce, spool_dsn};
+use crate::bounce::{Failure, Report, spool_dsn};
 use crate::config::DeliverConfig;
 
 impl Engine {
@@ -82,13 +82,15 @@ impl Engine {
                     match self.spool.move_to_tier_locked(n, n.tier + 1) {
                         Ok(moved) => {
                             tracing::info!(event = "deferred", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), tier = moved.tier, reply = %escape(&reply), "deferred");
-                            delayed.push(Failure {
-                                recipient: n.name.to.clone(),
-                                status: temporary_status(&reply),
-                                remote_mta: (!host.is_empty()).then(|| host.clone()),
-                                diagnostic: reply.clone(),
-                                from_smtp: reply.as_bytes().first() == Some(&b'4'),
-                            });
+                            if cfg.delay_warning_time.is_some() && !n.name.from.is_empty() {
+                                delayed.push(Failure {
+                                    recipient: n.name.to.clone(),
+                                    status: temporary_status(&reply),
+                                    remote_mta: (!host.is_empty()).then(|| host.clone()),
+                                    diagnostic: reply.clone(),
+                                    from_smtp: reply.as_bytes().first() == Some(&b'4'),
+                                });
+                            }
                         }
                         Err(e) => {
                             tracing::error!(node = %escape(&n.path.display().to_string()), error = %e, "cannot move the node to the next tier; it stays where it is")
@@ -113,7 +115,7 @@ impl Engine {
         let bounced = if interactive {
             Ok(None)
         } else {
-            spool_bounce(
+            spool_dsn(
                 &self.spool,
                 &cfg.hostname,
                 &first.name.from,
@@ -121,6 +123,7 @@ impl Engine {
                 &claim.file.file,
                 &list,
                 cfg.bounce_max_headers,
+                Report::Failed,
             )
         };
         if let Err(e) = &bounced {
@@ -188,6 +191,8 @@ impl Engine {
             cfg.bounce_max_headers,
             report,
         ) {
+            // Not sent: give the claim back, so a later deferral tries again.
+            self.spool.release_delay_warning(name);
             tracing::error!(id = %name.id, error = %e, "cannot queue the delay warning");
         }
     }

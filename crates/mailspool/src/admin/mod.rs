@@ -179,23 +179,39 @@ impl ChangeReport {
     }
 }
 
-/// Apply `change` to every node `filter` matches (the bulk form). The spool is walked
-/// once; matching nodes are collected first so a move never shows a node twice.
+/// The nodes `filter` matches, the spool walked once; at most `limit` of them, and
+/// whether more matched.
+pub fn matching(
+    spool: &Spool,
+    filter: &Filter,
+    limit: Option<usize>,
+) -> Result<(Vec<NodeEntry>, bool), SpoolError> {
+    let now = mailspool_spool::now();
+    let mut nodes = Vec::new();
+    let mut more = false;
+    spool.visit_all(&mut |found| {
+        if let Found::Node(n) = found
+            && filter.matches(&n, now)
+        {
+            if limit.is_some_and(|l| nodes.len() >= l) {
+                more = true;
+                return ControlFlow::Break(());
+            }
+            nodes.push(n);
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok((nodes, more))
+}
+
+/// Apply `change` to every node `filter` matches (the bulk form). Matching nodes are
+/// collected first, so a move never shows a node twice.
 pub fn change_matching(
     spool: &Spool,
     change: Change,
     filter: &Filter,
 ) -> Result<ChangeReport, SpoolError> {
-    let now = mailspool_spool::now();
-    let mut nodes = Vec::new();
-    spool.visit_all(&mut |found| {
-        if let Found::Node(n) = found
-            && filter.matches(&n, now)
-        {
-            nodes.push(n);
-        }
-        ControlFlow::Continue(())
-    })?;
+    let (nodes, _) = matching(spool, filter, None)?;
     Ok(ChangeReport::apply(spool, change, &nodes))
 }
 

@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::tokens::sha256;
+use super::tokens::{hex, sha256};
 
 /// How long a key is remembered.
 pub const KEEP_SECONDS: u64 = 24 * 3600;
@@ -36,10 +36,6 @@ struct Stored {
 pub struct Store {
     dir: PathBuf,
     inflight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl Store {

@@ -113,10 +113,14 @@ impl JsonMessage {
     fn build(&self, hostname: &str) -> Result<Job, ApiError> {
         let mut recipients: Vec<String> = Vec::new();
         recipients.extend(self.to.iter().chain(&self.cc).chain(&self.bcc).cloned());
-        let envelope_from = self
-            .envelope_from
-            .clone()
-            .or_else(|| self.from.as_deref().map(sender_address));
+        let envelope_from = match (&self.envelope_from, &self.from) {
+            (Some(e), _) => Some(e.clone()),
+            (None, Some(f)) => Some(
+                mailspool_message::address::parse_recipient(f)
+                    .map_err(|e| bad("bad_address", e.to_string()))?,
+            ),
+            (None, None) => None,
+        };
         if let Some(raw) = &self.raw {
             let parts = self.subject.is_some()
                 || self.text.is_some()
@@ -236,15 +240,6 @@ impl JsonMessage {
             from: envelope_from,
             to: recipients,
         })
-    }
-}
-
-/// The bare address of `Name <addr>`.
-fn sender_address(text: &str) -> String {
-    let t = text.trim();
-    match (t.rfind('<'), t.strip_suffix('>')) {
-        (Some(i), Some(inner)) if i < inner.len() => inner[i + 1..].to_owned(),
-        _ => t.to_owned(),
     }
 }
 

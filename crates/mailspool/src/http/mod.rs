@@ -122,8 +122,7 @@ pub(crate) async fn read_body(
                 timeout.as_secs()
             ),
         )),
-        // axum names no type for the limit error; it says so in its chain.
-        Ok(Err(e)) if error_chain(&e).contains("length limit exceeded") => Err(ApiError::new(
+        Ok(Err(e)) if over_limit(&e) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!("the request body is larger than {limit} bytes (max_body_size)"),
@@ -136,13 +135,15 @@ pub(crate) async fn read_body(
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        next = s.source();
+/// Whether reading a body failed on its size limit (http-body-util's error, somewhere
+/// in axum's chain).
+fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        next = err.source();
     }
-    text
+    false
 }

@@ -122,3 +122,12 @@ pub fn node_files(spool: &std::path::Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A free port on loopback (bound, released; the server under test binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

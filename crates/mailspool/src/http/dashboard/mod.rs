@@ -158,23 +158,8 @@ fn search_spool(
     filter: &Filter,
 ) -> Result<(Vec<serde_json::Value>, bool), String> {
     let spool = state.ms.spool();
-    let now = mailspool_spool::now();
-    let mut found = Vec::new();
-    let mut more = false;
-    spool
-        .visit_all(&mut |f| {
-            if let mailspool_spool::Found::Node(n) = f
-                && filter.matches(&n, now)
-            {
-                if found.len() == SEARCH_LIMIT {
-                    more = true;
-                    return std::ops::ControlFlow::Break(());
-                }
-                found.push(n);
-            }
-            std::ops::ControlFlow::Continue(())
-        })
-        .map_err(|e| e.to_string())?;
+    let (found, more) =
+        admin::matching(spool, filter, Some(SEARCH_LIMIT)).map_err(|e| e.to_string())?;
     let nodes = found
         .iter()
         .map(|n| super::queue::node_json(spool, n, None))
