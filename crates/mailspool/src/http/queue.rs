@@ -61,11 +61,13 @@ impl ListQuery {
     }
 }
 
-/// A node as the API lists it.
+/// A node as the API lists it. `side`: whether the spool has side data at all (asked
+/// once per listing, not once per node: without it there is no last error to open).
 pub fn node_json(
     spool: &mailspool_spool::Spool,
     n: &NodeEntry,
     size: Option<u64>,
+    side: bool,
 ) -> serde_json::Value {
     serde_json::json!({
         "id": n.name.id,
@@ -77,7 +79,7 @@ pub fn node_json(
         "queued_at": n.name.time,
         "due_at": spool.due_at(n),
         "size": size,
-        "last_error": spool.last_error(&n.name),
+        "last_error": if side { spool.last_error(&n.name) } else { None },
     })
 }
 
@@ -100,13 +102,14 @@ pub fn page(
         ));
     }
     let now = mailspool_spool::now();
+    let side = spool.has_side_data();
     let page = spool.page(start, limit, MAX_SCAN, &mut |n| filter.matches(n, now))?;
     let nodes = page
         .nodes
         .iter()
         .map(|n| {
             let size = std::fs::symlink_metadata(&n.path).ok().map(|m| m.len());
-            node_json(spool, n, size)
+            node_json(spool, n, size, side)
         })
         .collect();
     Ok((nodes, page.next.map(|c| c.to_string()), page.scanned))

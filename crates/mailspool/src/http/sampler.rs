@@ -86,6 +86,7 @@ pub fn spawn(state: Arc<AppState>) {
             if sweep {
                 last_sweep = Some(Instant::now());
             }
+            let started = Instant::now();
             let _ = tokio::task::spawn_blocking(move || {
                 count(&s);
                 if sweep {
@@ -93,7 +94,10 @@ pub fn spawn(state: Arc<AppState>) {
                 }
             })
             .await;
-            tokio::time::sleep(state.http.metrics_interval).await;
+            // A huge spool takes seconds to count: never spend more than a tenth of
+            // the time counting it.
+            let pause = state.http.metrics_interval.max(started.elapsed() * 10);
+            tokio::time::sleep(pause).await;
         }
     });
 }

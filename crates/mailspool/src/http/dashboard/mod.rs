@@ -160,9 +160,10 @@ fn search_spool(
     let spool = state.ms.spool();
     let (found, more) =
         admin::matching(spool, filter, Some(SEARCH_LIMIT)).map_err(|e| e.to_string())?;
+    let side = spool.has_side_data();
     let nodes = found
         .iter()
-        .map(|n| super::queue::node_json(spool, n, None))
+        .map(|n| super::queue::node_json(spool, n, None, side))
         .collect();
     Ok((nodes, more))
 }
