@@ -175,6 +175,10 @@ impl Tokens {
             let [name, scope, hash, created, expires] = w[..] else {
                 return Err(bad());
             };
+            // Names end up in logs and pages: the rules `token add` keeps, on load too.
+            if !valid_name(name) {
+                return Err(bad());
+            }
             let token = Token {
                 name: name.to_owned(),
                 scope: Scope::parse(scope).ok_or_else(bad)?,
