@@ -92,6 +92,8 @@ pub struct DeliverConfig {
     /// Say EHLO with the PTR name of the source address (when it resolves back to
     /// that address), as receivers that check forward-confirmed reverse DNS expect.
     pub ehlo_from_ptr: bool,
+    /// DKIM keys (`[[dkim]]`); none: mail goes unsigned.
+    pub dkim: Vec<std::sync::Arc<crate::dkim::DkimKey>>,
 }
 
 impl Default for DeliverConfig {
@@ -113,6 +115,7 @@ impl Default for DeliverConfig {
             delay_warning_time: Some(std::time::Duration::from_secs(4 * 3600)),
             bind_addresses: Vec::new(),
             ehlo_from_ptr: false,
+            dkim: Vec::new(),
         }
     }
 }

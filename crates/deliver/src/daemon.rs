@@ -173,6 +173,9 @@ pub async fn run(
                     .map(|t| spool.config().period(t))
                     .sum();
                 spool.prune_delay_warnings(Duration::from_secs(life + 86_400));
+                // Signatures go with their message's last node; these are of messages
+                // another dequeuer (0.50) or an operator removed.
+                spool.prune_dkim_signatures(Duration::from_secs(life + 86_400));
                 match spool.prune_side_data() {
                     Ok(0) => {}
                     Ok(n) => {

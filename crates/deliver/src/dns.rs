@@ -130,6 +130,31 @@ impl HickoryDns {
     }
 }
 
+impl HickoryDns {
+    /// TXT records of `name`, each record's strings joined (as DKIM and MTA-STS read
+    /// them).
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        let lookup = self
+            .resolver
+            .txt_lookup(fqdn(name))
+            .await
+            .map_err(classify)?;
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(t) => Some(
+                    t.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
 impl Resolve for HickoryDns {
     fn ptr<'a>(&'a self, ip: IpAddr) -> BoxFuture<'a, Result<Vec<String>, LookupError>> {
         Box::pin(async move {

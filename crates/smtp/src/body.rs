@@ -166,6 +166,36 @@ impl WireSize {
     }
 }
 
+/// A stored message as the receiver reads it after DATA: CRLF line ends (a bare CR
+/// made one, as [`DataEncoder`] does), no stuffing. What a DKIM signature covers.
+#[derive(Debug, Default)]
+pub struct WireText {
+    enc: DataEncoder,
+}
+
+/// Bytes without the stuffing dots.
+struct Unstuffed<'a>(&'a mut Vec<u8>);
+
+impl Output for Unstuffed<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+    fn stuffing_dot(&mut self) {}
+}
+
+impl WireText {
+    /// Convert `input`, appending to `out`.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len() + input.len() / 32 + 2);
+        self.enc.encode(input, &mut Unstuffed(out));
+    }
+
+    /// Close an unterminated last line.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.enc.close_last_line(&mut Unstuffed(out));
+    }
+}
+
 /// Decode SMTP DATA (without the final `.CRLF`) back to stored form; for tests.
 pub fn unstuff(data: &[u8]) -> Vec<u8> {
     let text = data.strip_suffix(b".\r\n").unwrap_or(data);

@@ -34,6 +34,31 @@ pub struct Attempt {
 /// hundred of them in four days.
 const MAX_SIDE_BYTES: u64 = 1 << 20;
 
+/// Longest DKIM signature field we read back (an RSA-4096 one is under 1.5 KiB).
+const MAX_SIGNATURE: u64 = 16 * 1024;
+
+/// One whole `DKIM-Signature` field: its name, folded lines only, a final CRLF, and
+/// nothing that could end the header block or add another field.
+fn is_signature_field(data: &[u8]) -> bool {
+    let Some(text) = data.strip_suffix(b"\r\n") else {
+        return false;
+    };
+    let mut lines = text.split(|&b| b == b'\n');
+    let clean = |line: &[u8]| !line.iter().any(|&b| b == b'\r' || b == 0);
+    let first = lines.next().unwrap_or_default();
+    let first = first.strip_suffix(b"\r").unwrap_or(first);
+    data.len() as u64 <= MAX_SIGNATURE
+        && first
+            .get(..15)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"DKIM-Signature:"))
+        && clean(first)
+        && text.split(|&b| b == b'\n').count() == text.windows(2).filter(|w| w == b"\r\n").count() + 1
+        && lines.all(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            clean(line) && matches!(line.first(), Some(b' ' | b'\t'))
+        })
+}
+
 /// How long ago a directory entry was last written.
 fn entry_age(e: &std::fs::DirEntry) -> Option<std::time::Duration> {
     let modified = e.metadata().and_then(|m| m.modified()).ok()?;
@@ -128,6 +153,61 @@ impl Spool {
             .filter(|e| entry_age(e).is_some_and(|a| a >= age))
             .filter(|e| std::fs::remove_file(e.path()).is_ok())
             .count()
+    }
+
+    /// The DKIM signature kept for a stored message (its inode and id), if any: the
+    /// `DKIM-Signature` field with its CRLF, as every delivery of the message sends it.
+    /// A file that is not one whole field (a crash while writing it) counts as none.
+    pub fn dkim_signature(&self, ino: u64, id: &str) -> Option<Vec<u8>> {
+        let file = os::open_read(&self.dkim_path(ino, id)).ok()?;
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_SIGNATURE), &mut data)
+            .ok()?;
+        is_signature_field(&data).then_some(data)
+    }
+
+    /// Keep the first signature made for a message: O_EXCL, so when two deliveries (or
+    /// two hosts) sign it at once, both send the one that was kept. Returns that one.
+    pub fn keep_dkim_signature(&self, ino: u64, id: &str, field: &[u8]) -> Result<Vec<u8>> {
+        use std::io::Write;
+        let dir = self.dir.join("dkim");
+        os::ensure_dir(&dir).map_err(|e| SpoolError::io("create", &dir, e))?;
+        let path = self.dkim_path(ino, id);
+        match os::create_new(&path) {
+            Ok(mut f) => {
+                f.write_all(field)
+                    .map_err(|e| SpoolError::io("write", &path, e))?;
+                Ok(field.to_vec())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Being written by the winner this instant, or torn by a crash: ours
+                // serves this delivery.
+                Ok(self.dkim_signature(ino, id).unwrap_or_else(|| field.to_vec()))
+            }
+            Err(e) => Err(SpoolError::io("create", path, e)),
+        }
+    }
+
+    /// Forget a message's signature (its last node is gone).
+    pub fn forget_dkim_signature(&self, ino: u64, id: &str) {
+        let _ = std::fs::remove_file(self.dkim_path(ino, id));
+    }
+
+    /// Remove signatures older than `age` (their message was delivered, bounced or
+    /// deleted by something that did not forget them).
+    pub fn prune_dkim_signatures(&self, age: std::time::Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("dkim")) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| entry_age(e).is_some_and(|a| a >= age))
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+
+    fn dkim_path(&self, ino: u64, id: &str) -> PathBuf {
+        self.dir.join("dkim").join(format!("{ino}-{}", encode(id.as_bytes())))
     }
 
     /// Append an attempt to a node's history.

@@ -39,6 +39,7 @@ use crate::route::route;
 
 mod send;
 mod settle;
+mod sign;
 
 use send::host_key;
 
@@ -531,7 +532,15 @@ impl Engine {
                 // stays small and the sending state lives on the heap.
                 Ok(targets) => Box::pin(self.send_to_targets(&cfg, targets, &claim)).await,
             };
+            // Kept open past settling to see whether the message's last name went.
+            let signed = (!cfg.dkim.is_empty())
+                .then(|| claim.file.file.try_clone().ok())
+                .flatten()
+                .map(|f| (f, claim.file.ino, claim.nodes[0].0.name.id.clone()));
             results.extend(self.settle(&cfg, claim, verdicts, interactive));
+            if let Some((file, ino, id)) = signed {
+                self.forget_signature_if_gone(&file, ino, &id);
+            }
         }
         results
     }

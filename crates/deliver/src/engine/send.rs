@@ -26,9 +26,9 @@ impl Engine {
         let nodes = &claim.nodes[..];
         let first = &nodes[0].0;
         let file = &claim.file.file;
-        let info = match read_message(file, claim.file.size).await {
+        let info = match self.prepare_message(cfg, claim).await {
             Ok(v) => v,
-            Err(e) => return temporary_all(nodes, format!("cannot read the node: {e}")),
+            Err(reply) => return temporary_all(nodes, reply),
         };
         let env = Envelope {
             from: first.name.from.clone(),
@@ -64,8 +64,7 @@ impl Engine {
                     }
                 };
                 let mut session = session;
-                let encoded = info.encoded.as_deref().map(Vec::as_slice);
-                let mut result = transmit(&mut session, &env, encoded, file).await;
+                let mut result = transmit(&mut session, &env, &info, file).await;
                 // A pooled connection the server closed while idle fails at its RSET,
                 // before any MAIL: open a fresh one and try again, once.
                 if let Err(e) = &result
@@ -75,7 +74,7 @@ impl Engine {
                     match self.connect(*addr, target, cfg).await {
                         Ok(fresh) => {
                             session = fresh;
-                            result = transmit(&mut session, &env, encoded, file).await;
+                            result = transmit(&mut session, &env, &info, file).await;
                         }
                         Err(e) => result = Err(e),
                     }
@@ -359,6 +358,8 @@ pub(super) struct MessageInfo {
     utf8_headers: bool,
     /// A small message's DATA, encoded once for every attempt.
     encoded: Option<Arc<Vec<u8>>>,
+    /// A field sent before a big message's stored bytes (its DKIM signature).
+    prefix: Option<Vec<u8>>,
 }
 
 /// Read all of a node through its open descriptor (pread: the offset is untouched).
@@ -419,10 +420,11 @@ impl HeaderEnd {
 /// than the read, and a blocking thread and its malloc arena per delivery under load),
 /// and encoded once as DATA for every attempt; a big one is scanned in 64 KiB chunks
 /// on the blocking pool (memory does not grow with its size) and streamed later.
-async fn read_message(file: &std::fs::File, size: u64) -> std::io::Result<MessageInfo> {
-    if size <= SMALL_MESSAGE {
-        return Ok(encode_small(&read_all_at(file, size)?));
-    }
+/// `prefix` (a signature field, CRLF line ends) goes before the stored bytes.
+pub(super) async fn scan_big_message(
+    file: &std::fs::File,
+    prefix: Option<Vec<u8>>,
+) -> std::io::Result<MessageInfo> {
     let file = file.try_clone()?;
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
@@ -432,6 +434,9 @@ async fn read_message(file: &std::fs::File, size: u64) -> std::io::Result<Messag
             ..Default::default()
         };
         let mut eight_bit = false;
+        if let Some(p) = &prefix {
+            wire.feed(p);
+        }
         let mut buf = vec![0u8; 64 * 1024];
         let mut at = 0u64;
         loop {
@@ -451,16 +456,22 @@ async fn read_message(file: &std::fs::File, size: u64) -> std::io::Result<Messag
             eight_bit,
             utf8_headers: head.non_ascii,
             encoded: None,
+            prefix,
         })
     })
     .await
     .map_err(std::io::Error::other)?
 }
 
-/// Encode a whole message as DATA and measure it from the result.
-fn encode_small(data: &[u8]) -> MessageInfo {
+/// Encode a whole message (after `prefix`, a signature field) as DATA and measure it
+/// from the result.
+pub(super) fn encode_small(prefix: Option<&[u8]>, data: &[u8]) -> MessageInfo {
     let mut enc = DataEncoder::default();
-    let mut out = Vec::with_capacity(data.len() + data.len() / 32 + 8);
+    let extra = prefix.map_or(0, <[u8]>::len);
+    let mut out = Vec::with_capacity(extra + data.len() + data.len() / 32 + 8);
+    if let Some(p) = prefix {
+        enc.feed(p, &mut out);
+    }
     enc.feed(data, &mut out);
     enc.finish(&mut out);
     let sent_bytes = out.len() as u64 - 3; // without the final ".\r\n"
@@ -475,6 +486,7 @@ fn encode_small(data: &[u8]) -> MessageInfo {
         eight_bit: !data.is_ascii(),
         utf8_headers: head.non_ascii,
         encoded: Some(Arc::new(out)),
+        prefix: None,
     }
 }
 
@@ -483,18 +495,19 @@ fn encode_small(data: &[u8]) -> MessageInfo {
 async fn transmit(
     session: &mut Session,
     env: &Envelope,
-    encoded: Option<&[u8]>,
+    info: &MessageInfo,
     file: &std::fs::File,
 ) -> Result<mailspool_smtp::TxOutcome, SmtpError> {
-    match encoded {
+    match &info.encoded {
         Some(data) => session.send_encoded(env, data).await,
         None => {
-            use tokio::io::AsyncSeekExt;
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
             let mut f = tokio::fs::File::from_std(file.try_clone().map_err(SmtpError::Source)?);
             f.seek(std::io::SeekFrom::Start(0))
                 .await
                 .map_err(SmtpError::Source)?;
-            session.send(env, &mut f).await
+            let prefix = std::io::Cursor::new(info.prefix.clone().unwrap_or_default());
+            session.send(env, &mut prefix.chain(f)).await
         }
     }
 }
@@ -517,7 +530,7 @@ mod tests {
             b"no header end\n.still",
             b"bare\rcr and crlf\r\n.x\r\n",
         ] {
-            let small = encode_small(text);
+            let small = encode_small(None, text);
             let mut wire = WireSize::default();
             for chunk in text.chunks(3) {
                 wire.feed(chunk);

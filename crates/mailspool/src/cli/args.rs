@@ -100,6 +100,16 @@ when it changes."
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// DKIM keys: make one and print the DNS record to publish, or check a published one.
+    #[command(
+        after_help = "Outgoing mail is signed when [[dkim]] entries in the configuration name \
+a domain, a selector and a key file; keygen prints the entry to add. Mail is signed with the \
+key of its From domain (or of a parent domain, else the fallback key), once per message."
+    )]
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// Messages and bytes spooled and sent per day, from usage/raw.
     Usage {
         /// Days to show, ending today.
@@ -247,6 +257,39 @@ pub enum UserCommand {
     },
     /// List user names.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DkimCommand {
+    /// Make a signing key (0600, for the daemon's user) and print its DNS TXT record.
+    Keygen {
+        /// Signing domain (the From domain, or a parent of it).
+        #[arg(long)]
+        domain: String,
+        /// Selector: the record is published at <selector>._domainkey.<domain>.
+        #[arg(long)]
+        selector: String,
+        /// rsa2048 (checked by every receiver) or ed25519 (RFC 8463; smaller, faster).
+        #[arg(long, default_value = "rsa2048", value_parser = ["rsa2048", "ed25519"])]
+        algorithm: String,
+        /// Where to write the key (never over an existing file); default: dkim/ beside
+        /// the configuration file.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+    },
+    /// Look up <selector>._domainkey.<domain> and say whether it holds the key.
+    Check {
+        /// Signing domain.
+        #[arg(long)]
+        domain: String,
+        /// Selector.
+        #[arg(long)]
+        selector: String,
+        /// The key to compare with; default: the [[dkim]] entry for this domain and
+        /// selector, else where keygen writes it.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

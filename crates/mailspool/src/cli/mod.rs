@@ -3,6 +3,7 @@
 
 mod args;
 mod daemon;
+mod dkim;
 mod doctor;
 mod list;
 mod privilege;
@@ -133,7 +134,10 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
     // ports; `send` decides for itself: it may hand the message to the drop).
     let serve = matches!(
         cli.command,
-        args::Command::Serve | args::Command::Doctor | args::Command::Token { .. }
+        args::Command::Serve
+            | args::Command::Doctor
+            | args::Command::Token { .. }
+            | args::Command::Dkim { .. }
     );
     if rustix::process::geteuid().is_root() && !serve {
         privilege::access(&config)?;
@@ -150,6 +154,7 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
         args::Command::Doctor => doctor::run(&config),
         args::Command::User { command } => serve::user(&config, command),
         args::Command::Token { command } => token::run(&config, command),
+        args::Command::Dkim { command } => dkim::run(&config, command),
     }
 }
 

@@ -33,8 +33,31 @@ fn host_port(what: &str, text: &str) -> Result<HostPort, ConfigError> {
     }
 }
 
-/// Read the relay password (the daemon, `queue run`, `send --now`: what delivers).
+/// Read the relay password and the DKIM keys (the daemon, `queue run`, `send --now`:
+/// what delivers).
 pub(super) fn load_secrets(c: &mut Config) -> Result<(), ConfigError> {
+    c.deliver.dkim = c
+        .dkim
+        .iter()
+        .map(|d| {
+            let algorithm = d
+                .algorithm
+                .as_deref()
+                .map(mailspool_deliver::dkim::Algorithm::parse)
+                .transpose()
+                .map_err(|e| ConfigError::Invalid(format!("[[dkim]] {}: {e}", d.domain)))?;
+            let mut key = mailspool_deliver::dkim::DkimKey::load(
+                &d.domain,
+                &d.selector,
+                &d.key_file,
+                algorithm,
+                d.headers.clone(),
+            )
+            .map_err(|e| ConfigError::Invalid(format!("[[dkim]] {}: {e}", d.domain)))?;
+            key.fallback = d.fallback;
+            Ok(std::sync::Arc::new(key))
+        })
+        .collect::<Result<_, ConfigError>>()?;
     let Some((user, pw_file)) = c.relay_secret.clone() else {
         return Ok(());
     };
@@ -51,6 +74,18 @@ pub(super) fn load_secrets(c: &mut Config) -> Result<(), ConfigError> {
 
 /// Fill in the delivery settings from the file.
 pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError> {
+    c.dkim = file.dkim.clone().unwrap_or_default();
+    for d in &c.dkim {
+        if let Some(a) = &d.algorithm {
+            mailspool_deliver::dkim::Algorithm::parse(a)
+                .map_err(|e| ConfigError::Invalid(format!("[[dkim]] {}: {e}", d.domain)))?;
+        }
+    }
+    if c.dkim.iter().filter(|d| d.fallback).count() > 1 {
+        return Err(ConfigError::Invalid(
+            "[[dkim]]: at most one key can be the fallback".into(),
+        ));
+    }
     let relay = file.relay.clone().unwrap_or_default();
     if let (Some(user), Some(pw_file)) = (&relay.username, &relay.password_file) {
         c.relay_secret = Some((user.clone(), pw_file.clone()));

@@ -113,6 +113,28 @@ pub struct ConfigFile {
     pub log_format: Option<String>,
     /// The HTTP API, metrics and dashboard (off unless present).
     pub http: Option<HttpFile>,
+    /// DKIM keys (`[[dkim]]`): outgoing mail is signed with the key of its From domain.
+    pub dkim: Option<Vec<DkimFile>>,
+}
+
+/// `[[dkim]]`: one signing key.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DkimFile {
+    /// Signing domain (`d=`): mail whose From is this domain or under it.
+    pub domain: String,
+    /// Selector (`s=`): the key's record is `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// PEM private key (`mailspool dkim keygen` writes one).
+    pub key_file: PathBuf,
+    /// "ed25519" or "rsa2048"; checked against the key when given.
+    pub algorithm: Option<String>,
+    /// Header names to sign (default: From twice, Subject, Date, To, Cc, Message-ID,
+    /// and the rest of `mailspool_deliver::dkim::DEFAULT_HEADERS`).
+    pub headers: Option<Vec<String>>,
+    /// Sign mail from domains with no key of their own with this one.
+    #[serde(default)]
+    pub fallback: bool,
 }
 
 /// `[[listen]]`.
@@ -219,6 +241,11 @@ pub struct Config {
     /// The relay's user name and password file; the password is read only by
     /// [`Config::load_secrets`].
     pub relay_secret: Option<(String, PathBuf)>,
+    /// `[[dkim]]` as written (key files made absolute against the configuration's
+    /// directory); the keys are read by [`Config::load_secrets`].
+    pub dkim: Vec<DkimFile>,
+    /// The directory of the configuration file read, if one was.
+    pub config_dir: Option<PathBuf>,
     /// Log lines as JSON objects instead of text.
     pub log_json: bool,
     /// The HTTP server, when `[http]` is configured.
@@ -267,6 +294,8 @@ impl Default for Config {
             serve: default_serve(),
             found_file: false,
             relay_secret: None,
+            dkim: Vec::new(),
+            config_dir: None,
             log_json: false,
             http: None,
         }
@@ -389,6 +418,12 @@ impl Config {
             && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         {
             http.tokens_file = dir.join("tokens");
+        }
+        config.config_dir = path.parent().map(Path::to_owned);
+        if let Some(dir) = &config.config_dir {
+            for d in &mut config.dkim {
+                d.key_file = dir.join(&d.key_file);
+            }
         }
         Ok(config)
     }

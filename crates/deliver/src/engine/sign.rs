@@ -1,0 +1,154 @@
+//! Reading a message for delivery, and DKIM-signing it once before its first attempt.
+
+use std::sync::Arc;
+
+use mailspool_smtp::body::WireText;
+use mailspool_spool::{Spool, escape};
+
+use super::send::{MessageInfo, SMALL_MESSAGE, encode_small, read_all_at, scan_big_message};
+use super::{Claim, Engine};
+use crate::config::DeliverConfig;
+use crate::dkim::{Algorithm, DkimKey, choose_key, head_facts};
+
+/// The header block is looked for in this much of a big message (intake's
+/// `max_header_size` keeps real ones far smaller).
+const HEAD_SCAN: usize = 256 * 1024;
+
+/// Chunks a big message is read in while it is signed.
+const CHUNK: usize = 64 * 1024;
+
+impl Engine {
+    /// Read (a small message) or measure (a big one) what this delivery sends: the
+    /// message after its DKIM signature when a key applies. Err is the temporary reply
+    /// every node of the claim gets.
+    pub(super) async fn prepare_message(
+        &self,
+        cfg: &DeliverConfig,
+        claim: &Claim,
+    ) -> Result<MessageInfo, String> {
+        let file = &claim.file.file;
+        let size = claim.file.size;
+        let unreadable = |e: std::io::Error| format!("cannot read the node: {e}");
+        let mut small = if size <= SMALL_MESSAGE {
+            Some(read_all_at(file, size).map_err(unreadable)?)
+        } else {
+            None
+        };
+        let (ino, id) = (claim.file.ino, claim.nodes[0].0.name.id.clone());
+        let mut field = None;
+        if !cfg.dkim.is_empty() {
+            // Signed on an earlier attempt, for another recipient, or by another host.
+            field = self.spool.dkim_signature(ino, &id);
+        }
+        if !cfg.dkim.is_empty() && field.is_none() {
+            // Ed25519 over a small message takes microseconds: no hop to a thread.
+            let inline = small.is_some()
+                && cfg.dkim.iter().all(|k| k.algorithm() == Algorithm::Ed25519);
+            if inline {
+                field = sign_once(&self.spool, &cfg.dkim, ino, &id, file, small.as_deref())?;
+            } else {
+                let (spool, keys) = (self.spool.clone(), cfg.dkim.clone());
+                let file = file.try_clone().map_err(unreadable)?;
+                let data = small.take();
+                let (signed, data) = tokio::task::spawn_blocking(move || {
+                    let signed = sign_once(&spool, &keys, ino, &id, &file, data.as_deref());
+                    (signed, data)
+                })
+                .await
+                .map_err(|e| format!("DKIM signing stopped: {e}"))?;
+                small = data;
+                field = signed?;
+            }
+        }
+        match small {
+            Some(data) => Ok(encode_small(field.as_deref(), &data)),
+            None => scan_big_message(file, field).await.map_err(unreadable),
+        }
+    }
+
+    /// After a claim settles: a message whose last name is gone needs its signature
+    /// no more.
+    pub(super) fn forget_signature_if_gone(&self, file: &std::fs::File, ino: u64, id: &str) {
+        use std::os::unix::fs::MetadataExt;
+        if file.metadata().is_ok_and(|m| m.nlink() == 0) {
+            self.spool.forget_dkim_signature(ino, id);
+        }
+    }
+}
+
+/// Sign a message with the key its From domain calls for, unless it has no From, no
+/// key applies, or it is already signed for that domain; keep the signature in the
+/// spool (the first one kept wins). `data` is the whole message when small.
+fn sign_once(
+    spool: &Spool,
+    keys: &[Arc<DkimKey>],
+    ino: u64,
+    id: &str,
+    file: &std::fs::File,
+    data: Option<&[u8]>,
+) -> Result<Option<Vec<u8>>, String> {
+    use std::os::unix::fs::FileExt;
+    let unreadable = |e: std::io::Error| format!("cannot read the node: {e}");
+    let mut head_buf = Vec::new();
+    let head = match data {
+        Some(d) => d,
+        None => {
+            head_buf.resize(HEAD_SCAN, 0);
+            let n = file.read_at(&mut head_buf, 0).map_err(unreadable)?;
+            head_buf.truncate(n);
+            &head_buf
+        }
+    };
+    let facts = head_facts(head);
+    let Some(from_domain) = &facts.from_domain else {
+        tracing::debug!(id = %escape(id), "not DKIM-signed: no From address");
+        return Ok(None);
+    };
+    let Some(key) = choose_key(keys, from_domain) else {
+        tracing::debug!(id = %escape(id), domain = %escape(from_domain), "not DKIM-signed: no key for the From domain");
+        return Ok(None);
+    };
+    if facts.signed_by.iter().any(|d| *d == key.domain) {
+        tracing::debug!(id = %escape(id), domain = %escape(&key.domain), "already DKIM-signed for the domain");
+        return Ok(None);
+    }
+    let mut failed = None;
+    let field = key.sign(|write| {
+        let mut wire = WireText::default();
+        let mut out = Vec::with_capacity(CHUNK + CHUNK / 16);
+        match data {
+            Some(d) => wire.feed(d, &mut out),
+            None => {
+                let mut buf = vec![0u8; CHUNK];
+                let mut at = 0u64;
+                loop {
+                    match file.read_at(&mut buf, at) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            at += n as u64;
+                            wire.feed(&buf[..n], &mut out);
+                            write(&out);
+                            out.clear();
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        wire.finish(&mut out);
+        write(&out);
+    })?;
+    if let Some(e) = failed {
+        return Err(unreadable(e));
+    }
+    // Not kept (the disk is full, say): this delivery still goes signed.
+    let kept = spool.keep_dkim_signature(ino, id, &field).unwrap_or_else(|e| {
+        tracing::warn!(id = %escape(id), error = %escape(&e.to_string()), "cannot keep the DKIM signature");
+        field
+    });
+    tracing::info!(id = %escape(id), domain = %key.domain, selector = %key.selector, algorithm = %key.algorithm(), event = "dkim signed", "DKIM-signed");
+    Ok(Some(kept))
+}
