@@ -123,7 +123,11 @@ impl DkimKey {
         headers: Option<Vec<String>>,
     ) -> Result<DkimKey, String> {
         let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-        if domain.is_empty() || !domain.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+        if domain.is_empty()
+            || !domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
             return Err(format!("dkim domain {domain:?}: expected a domain name"));
         }
         if selector.is_empty()
@@ -131,13 +135,15 @@ impl DkimKey {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
         {
-            return Err(format!("dkim selector {selector:?}: letters, digits, '-', '.' and '_' only"));
+            return Err(format!(
+                "dkim selector {selector:?}: letters, digits, '-', '.' and '_' only"
+            ));
         }
         let pem = read_bounded(key_file)?;
         let der = PrivateKeyDer::from_pem_slice(&pem)
             .map_err(|e| format!("{}: not a PEM private key ({e})", key_file.display()))?;
-        let headers = headers
-            .unwrap_or_else(|| DEFAULT_HEADERS.iter().map(|h| h.to_string()).collect());
+        let headers =
+            headers.unwrap_or_else(|| DEFAULT_HEADERS.iter().map(|h| h.to_string()).collect());
         if headers.is_empty() || !headers.iter().any(|h| h.eq_ignore_ascii_case("From")) {
             return Err("dkim headers must include From (RFC 6376 §5.4)".into());
         }
@@ -147,7 +153,10 @@ impl DkimKey {
                 let k = Ed25519Key::from_pkcs8_der(p.secret_pkcs8_der())
                     .map_err(|e| bad_key(e.to_string()))?;
                 let public = k.public_key();
-                (Secret::Ed25519(signer(k, &domain, selector, &headers)), public)
+                (
+                    Secret::Ed25519(signer(k, &domain, selector, &headers)),
+                    public,
+                )
             }
             PrivateKeyDer::Pkcs8(_) | PrivateKeyDer::Pkcs1(_) => {
                 let k = RsaKey::<Sha256>::from_key_der(der.clone_key())
@@ -246,7 +255,9 @@ where
 {
     let mut stream = signer.sign_streaming();
     feed(&mut |chunk| stream.write(chunk));
-    let signature = stream.finish().map_err(|e| format!("DKIM signing failed: {e}"))?;
+    let signature = stream
+        .finish()
+        .map_err(|e| format!("DKIM signing failed: {e}"))?;
     let mut field = Vec::with_capacity(800);
     signature.write_header(&mut field);
     if !field.ends_with(b"\r\n") {
@@ -266,7 +277,10 @@ fn rsa_spki(pkcs1: &[u8]) -> Option<Vec<u8>> {
 /// The key for mail from `from_domain`: the domain's own key, else the nearest parent
 /// domain's (mail from `news.example.org` signed as `example.org` still aligns under
 /// DMARC's relaxed mode), else the fallback key.
-pub fn choose_key<'a>(keys: &'a [std::sync::Arc<DkimKey>], from_domain: &str) -> Option<&'a DkimKey> {
+pub fn choose_key<'a>(
+    keys: &'a [std::sync::Arc<DkimKey>],
+    from_domain: &str,
+) -> Option<&'a DkimKey> {
     let from = from_domain.trim_end_matches('.').to_ascii_lowercase();
     let mut best: Option<&DkimKey> = None;
     for k in keys {
@@ -305,7 +319,9 @@ pub fn head_facts(message: &[u8]) -> HeadFacts {
             for tag in text.split(';') {
                 let tag: String = tag.chars().filter(|c| !c.is_whitespace()).collect();
                 if let Some(d) = tag.strip_prefix("d=") {
-                    facts.signed_by.push(d.trim_end_matches('.').to_ascii_lowercase());
+                    facts
+                        .signed_by
+                        .push(d.trim_end_matches('.').to_ascii_lowercase());
                 }
             }
         }
@@ -348,7 +364,9 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
         .custom_flags(libc_flags())
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let meta = f.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{}: not a regular file", path.display()));
     }

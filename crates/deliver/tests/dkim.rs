@@ -149,7 +149,15 @@ async fn signatures_verify_with_dkimpy_for_rsa_and_ed25519() {
         assert!(sig.contains("d=example.org"), "{sig}");
         assert!(sig.contains("s=sel1"), "{sig}");
         // From signed twice: a From added later breaks the signature.
-        let h: String = sig.split("h=").nth(1).unwrap().split(';').next().unwrap().split_whitespace().collect();
+        let h: String = sig
+            .split("h=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
         assert!(h.matches("from").count() >= 2, "From oversigned: {h}");
         assert!(
             dkimpy_verifies(&data, &k.record_name(), &k.record()),
@@ -158,12 +166,24 @@ async fn signatures_verify_with_dkimpy_for_rsa_and_ed25519() {
         );
         // The verifier is checking: each change after signing fails it.
         let body_changed = String::from_utf8_lossy(&data).replace("Hello   Bob", "Hello   Eve");
-        assert!(!dkimpy_verifies(body_changed.as_bytes(), &k.record_name(), &k.record()));
+        assert!(!dkimpy_verifies(
+            body_changed.as_bytes(),
+            &k.record_name(),
+            &k.record()
+        ));
         let subject_changed =
             String::from_utf8_lossy(&data).replace("and a long subject", "and a new subject");
-        assert!(!dkimpy_verifies(subject_changed.as_bytes(), &k.record_name(), &k.record()));
+        assert!(!dkimpy_verifies(
+            subject_changed.as_bytes(),
+            &k.record_name(),
+            &k.record()
+        ));
         let second_from = [b"From: mallory@evil.test\r\n".as_slice(), &data].concat();
-        assert!(!dkimpy_verifies(&second_from, &k.record_name(), &k.record()));
+        assert!(!dkimpy_verifies(
+            &second_from,
+            &k.record_name(),
+            &k.record()
+        ));
         // Another key published under the name: not verified.
         let other = key(dir.path(), "example.org", "sel2", algorithm);
         assert!(!dkimpy_verifies(&data, &k.record_name(), &other.record()));
@@ -213,7 +233,11 @@ async fn a_message_is_signed_once_for_every_recipient_and_retry() {
     assert_eq!(first.len(), 1);
     assert_eq!(first, second, "retries send the first signature");
     for g in &got {
-        assert!(dkimpy_verifies(&crlf(&g.data), &k.record_name(), &k.record()));
+        assert!(dkimpy_verifies(
+            &crlf(&g.data),
+            &k.record_name(),
+            &k.record()
+        ));
     }
     // The last node delivered: the signature is forgotten.
     let left: Vec<_> = std::fs::read_dir(dir.path().join("spool/dkim"))
@@ -248,9 +272,24 @@ async fn the_key_follows_the_from_domain_and_signed_mail_is_not_signed_again() {
         format!("{extra}From: {from}\nSubject: t\nMessage-ID: <{from}>\n\nbody\n")
     };
     queue(&spool, "a@x", &["1@dest.test"], &msg("a@example.org", ""));
-    queue(&spool, "a@x", &["2@dest.test"], &msg("b@deep.news.example.org", ""));
-    queue(&spool, "a@x", &["3@dest.test"], &msg("c@mail.example.org", ""));
-    queue(&spool, "a@x", &["4@dest.test"], &msg("d@elsewhere.test", ""));
+    queue(
+        &spool,
+        "a@x",
+        &["2@dest.test"],
+        &msg("b@deep.news.example.org", ""),
+    );
+    queue(
+        &spool,
+        "a@x",
+        &["3@dest.test"],
+        &msg("c@mail.example.org", ""),
+    );
+    queue(
+        &spool,
+        "a@x",
+        &["4@dest.test"],
+        &msg("d@elsewhere.test", ""),
+    );
     queue(
         &spool,
         "a@x",
@@ -260,7 +299,12 @@ async fn the_key_follows_the_from_domain_and_signed_mail_is_not_signed_again() {
             "DKIM-Signature: v=1; a=rsa-sha256; d=Example.ORG; s=old; b=abc; bh=def;\n h=from\n",
         ),
     );
-    queue(&spool, "a@x", &["6@dest.test"], "Subject: no from at all\n\nbody\n");
+    queue(
+        &spool,
+        "a@x",
+        &["6@dest.test"],
+        "Subject: no from at all\n\nbody\n",
+    );
     let engine = engine(spool.clone(), cfg);
     let r = engine.run_pass(&all()).await.unwrap();
     assert_eq!(r.count(Outcome::Delivered), 6, "{:?}", r.results);
@@ -278,7 +322,11 @@ async fn the_key_follows_the_from_domain_and_signed_mail_is_not_signed_again() {
             .collect::<Vec<_>>()
     };
     assert_eq!(by_rcpt("1@dest.test"), ["example.org"]);
-    assert_eq!(by_rcpt("2@dest.test"), ["news.example.org"], "the nearest parent");
+    assert_eq!(
+        by_rcpt("2@dest.test"),
+        ["news.example.org"],
+        "the nearest parent"
+    );
     assert_eq!(by_rcpt("3@dest.test"), ["example.org"]);
     assert_eq!(by_rcpt("4@dest.test"), ["relay.test"], "the fallback key");
     assert_eq!(by_rcpt("5@dest.test"), ["Example.ORG"], "not signed twice");
@@ -299,8 +347,15 @@ fn keys_are_checked_when_loaded() {
         Algorithm::Ed25519
     );
     let r = DkimKey::load("Example.ORG.", "s", &rsa, None, None).unwrap();
-    assert_eq!((r.algorithm(), r.domain.as_str()), (Algorithm::Rsa, "example.org"));
-    assert!(r.record().starts_with("v=DKIM1; k=rsa; p=MIIBIjAN"), "SPKI: {}", r.record());
+    assert_eq!(
+        (r.algorithm(), r.domain.as_str()),
+        (Algorithm::Rsa, "example.org")
+    );
+    assert!(
+        r.record().starts_with("v=DKIM1; k=rsa; p=MIIBIjAN"),
+        "SPKI: {}",
+        r.record()
+    );
     let e = DkimKey::load("example.org", "s", &ed, Some(Algorithm::Rsa), None).unwrap_err();
     assert!(e.contains("algorithm"), "{e}");
     let junk = dir.path().join("junk.pem");
@@ -313,5 +368,42 @@ fn keys_are_checked_when_loaded() {
     );
     let link = dir.path().join("link.pem");
     std::os::unix::fs::symlink(&ed, &link).unwrap();
-    assert!(DkimKey::load("example.org", "s", &link, None, None).is_err(), "no symlinks");
+    assert!(
+        DkimKey::load("example.org", "s", &link, None, None).is_err(),
+        "no symlinks"
+    );
+}
+
+#[tokio::test]
+async fn a_big_message_is_signed_while_streamed() {
+    if !have_dkimpy() {
+        return;
+    }
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir.path().join("spool"));
+    let mut cfg = config(&[("dest.test", sink.addr)]);
+    let k = key(dir.path(), "example.org", "big", Algorithm::Rsa);
+    cfg.dkim = vec![k.clone()];
+    // Well past the 256 KiB read at once: signed in 64 KiB chunks, LF and CRLF mixed,
+    // dot lines across chunk edges.
+    let mut msg = String::from("From: a@example.org\nTo: b@dest.test\nSubject: big\n\n");
+    let mut i = 0;
+    while msg.len() < 700 * 1024 {
+        msg.push_str(&format!(".line {i} with  spaces \t and a tab\r\n"));
+        msg.push_str("plain line\n");
+        i += 1;
+    }
+    queue(&spool, "a@example.org", &["b@dest.test"], &msg);
+    let engine = engine(spool.clone(), cfg);
+    let r = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(r.count(Outcome::Delivered), 1, "{:?}", r.results);
+    let got = sink.received();
+    assert!(got[0].data.len() > 600 * 1024);
+    let data = crlf(&got[0].data);
+    assert!(dkimpy_verifies(&data, &k.record_name(), &k.record()));
+    let mut cut = data.clone();
+    cut.truncate(data.len() - 20);
+    cut.extend_from_slice(b"\r\n");
+    assert!(!dkimpy_verifies(&cut, &k.record_name(), &k.record()));
 }

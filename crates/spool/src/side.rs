@@ -52,7 +52,8 @@ fn is_signature_field(data: &[u8]) -> bool {
             .get(..15)
             .is_some_and(|n| n.eq_ignore_ascii_case(b"DKIM-Signature:"))
         && clean(first)
-        && text.split(|&b| b == b'\n').count() == text.windows(2).filter(|w| w == b"\r\n").count() + 1
+        && text.split(|&b| b == b'\n').count()
+            == text.windows(2).filter(|w| w == b"\r\n").count() + 1
         && lines.all(|line| {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             clean(line) && matches!(line.first(), Some(b' ' | b'\t'))
@@ -182,7 +183,9 @@ impl Spool {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 // Being written by the winner this instant, or torn by a crash: ours
                 // serves this delivery.
-                Ok(self.dkim_signature(ino, id).unwrap_or_else(|| field.to_vec()))
+                Ok(self
+                    .dkim_signature(ino, id)
+                    .unwrap_or_else(|| field.to_vec()))
             }
             Err(e) => Err(SpoolError::io("create", path, e)),
         }
@@ -207,7 +210,9 @@ impl Spool {
     }
 
     fn dkim_path(&self, ino: u64, id: &str) -> PathBuf {
-        self.dir.join("dkim").join(format!("{ino}-{}", encode(id.as_bytes())))
+        self.dir
+            .join("dkim")
+            .join(format!("{ino}-{}", encode(id.as_bytes())))
     }
 
     /// Append an attempt to a node's history.
@@ -248,5 +253,58 @@ impl Spool {
     /// Whether any side data exists at all (saves a lookup per node in big listings).
     pub fn has_side_data(&self) -> bool {
         std::fs::read_dir(self.dir.join("meta")).is_ok_and(|mut d| d.next().is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIELD: &[u8] = b"DKIM-Signature: v=1; a=ed25519-sha256; d=example.org;\r\n\tb=abc=;\r\n";
+
+    #[test]
+    fn the_first_kept_signature_wins_and_torn_or_planted_files_are_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path(), crate::SpoolConfig::default()).unwrap();
+        assert_eq!(spool.dkim_signature(7, "id1"), None);
+        assert_eq!(spool.keep_dkim_signature(7, "id1", FIELD).unwrap(), FIELD);
+        let other = b"DKIM-Signature: v=1; d=other;\r\n";
+        assert_eq!(
+            spool.keep_dkim_signature(7, "id1", other).unwrap(),
+            FIELD,
+            "the first one kept"
+        );
+        assert_eq!(spool.dkim_signature(7, "id1").as_deref(), Some(FIELD));
+        assert_eq!(spool.dkim_signature(8, "id1"), None, "another inode");
+        // A crash mid-write, or a field that would add headers: not sent.
+        for bad in [
+            &b"DKIM-Signature: v=1; d=x"[..],
+            b"DKIM-Signature: v=1;\r\nBcc: a@b\r\n",
+            b"DKIM-Signature: v=1;\n\tb=x\r\n",
+            b"DKIM-Signature: v=1;\r\n\r\nbody\r\n",
+            b"X-Other: 1\r\n",
+            b"",
+        ] {
+            assert!(
+                !is_signature_field(bad),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        std::fs::write(spool.dkim_path(9, "torn"), b"DKIM-Signature: v=1; d=").unwrap();
+        assert_eq!(spool.dkim_signature(9, "torn"), None);
+        assert_eq!(
+            spool.keep_dkim_signature(9, "torn", FIELD).unwrap(),
+            FIELD,
+            "a torn file does not stop this delivery's own signature"
+        );
+        // A symlink planted in its place is never followed.
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, FIELD).unwrap();
+        std::os::unix::fs::symlink(&target, spool.dkim_path(10, "link")).unwrap();
+        assert_eq!(spool.dkim_signature(10, "link"), None);
+        spool.forget_dkim_signature(7, "id1");
+        assert_eq!(spool.dkim_signature(7, "id1"), None);
+        assert_eq!(spool.prune_dkim_signatures(std::time::Duration::ZERO), 2);
     }
 }

@@ -42,8 +42,8 @@ impl Engine {
         }
         if !cfg.dkim.is_empty() && field.is_none() {
             // Ed25519 over a small message takes microseconds: no hop to a thread.
-            let inline = small.is_some()
-                && cfg.dkim.iter().all(|k| k.algorithm() == Algorithm::Ed25519);
+            let inline =
+                small.is_some() && cfg.dkim.iter().all(|k| k.algorithm() == Algorithm::Ed25519);
             if inline {
                 field = sign_once(&self.spool, &cfg.dkim, ino, &id, file, small.as_deref())?;
             } else {
@@ -108,7 +108,7 @@ fn sign_once(
         tracing::debug!(id = %escape(id), domain = %escape(from_domain), "not DKIM-signed: no key for the From domain");
         return Ok(None);
     };
-    if facts.signed_by.iter().any(|d| *d == key.domain) {
+    if facts.signed_by.contains(&key.domain) {
         tracing::debug!(id = %escape(id), domain = %escape(&key.domain), "already DKIM-signed for the domain");
         return Ok(None);
     }

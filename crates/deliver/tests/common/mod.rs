@@ -318,6 +318,8 @@ pub enum Answer {
     A(Vec<std::net::Ipv4Addr>),
     /// PTR names, keyed by the reverse name (`2.0.0.127.in-addr.arpa`).
     Ptr(Vec<String>),
+    /// TXT records, each given as its character strings.
+    Txt(Vec<Vec<String>>),
     NxDomain,
     ServFail,
 }
@@ -326,7 +328,7 @@ pub enum Answer {
 /// (lower-case name without the final dot, "MX" | "A" | "AAAA").
 pub async fn dns_server(table: HashMap<(String, String), Answer>) -> SocketAddr {
     use hickory_proto::op::{Message, ResponseCode};
-    use hickory_proto::rr::rdata::{A, MX, PTR};
+    use hickory_proto::rr::rdata::{A, MX, PTR, TXT};
     use hickory_proto::rr::{Name, RData, Record};
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = sock.local_addr().unwrap();
@@ -382,6 +384,15 @@ pub async fn dns_server(table: HashMap<(String, String), Answer>) -> SocketAddr 
                                 RData::PTR(PTR(name)),
                             ));
                         }
+                    }
+                }
+                Some(Answer::Txt(records)) => {
+                    for strings in records {
+                        r.add_answer(Record::from_rdata(
+                            query.name().clone(),
+                            300,
+                            RData::TXT(TXT::new(strings.clone())),
+                        ));
                     }
                 }
                 Some(Answer::NxDomain) => r.metadata.response_code = ResponseCode::NXDomain,

@@ -129,12 +129,7 @@ fn zone_line(key: &DkimKey) -> String {
     format!("{}. IN TXT {}", key.record_name(), strings.join(" "))
 }
 
-fn check(
-    config: &Config,
-    domain: &str,
-    selector: &str,
-    key_file: Option<PathBuf>,
-) -> CliResult {
+fn check(config: &Config, domain: &str, selector: &str, key_file: Option<PathBuf>) -> CliResult {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let path = key_file
         .or_else(|| {
@@ -157,7 +152,10 @@ fn check(
     let records = runtime.block_on(dns.txt(&name)).map_err(|e| {
         Failure::new(
             sysexits::UNAVAILABLE,
-            format!("{name}: no TXT record ({e:?}); publish:\n{}", zone_line(&key)),
+            format!(
+                "{name}: no TXT record ({e:?}); publish:\n{}",
+                zone_line(&key)
+            ),
         )
     })?;
     let dkim: Vec<&String> = records
@@ -167,10 +165,7 @@ fn check(
     match dkim.as_slice() {
         [] => Err(Failure::new(
             sysexits::UNAVAILABLE,
-            format!(
-                "{name} has no DKIM record; publish:\n{}",
-                zone_line(&key)
-            ),
+            format!("{name} has no DKIM record; publish:\n{}", zone_line(&key)),
         )),
         [one] => match record_matches(&key, one) {
             Ok(()) => {

@@ -239,6 +239,8 @@ fn summary(config: &Config, json: bool) -> CliResult {
 
 /// `queue run [--all]`: one delivery pass, a line per node, a summary.
 pub fn run_queue(config: &Config, all: bool) -> CliResult {
+    // A relay password or DKIM key that cannot be read is the configuration's fault.
+    config.clone().load_secrets()?;
     let ms = mailspool::Mailspool::open(config.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
