@@ -92,6 +92,11 @@ pub struct DeliverConfig {
     /// Say EHLO with the PTR name of the source address (when it resolves back to
     /// that address), as receivers that check forward-confirmed reverse DNS expect.
     pub ehlo_from_ptr: bool,
+    /// Traffic shaping: destinations, their limits, cooling after throttling.
+    pub shaping: crate::shaping::Shaping,
+    /// Transactions on one connection before it is closed (destinations without a
+    /// rule of their own).
+    pub max_messages_per_connection: u32,
     /// DKIM keys (`[[dkim]]`); none: mail goes unsigned.
     pub dkim: Vec<std::sync::Arc<crate::dkim::DkimKey>>,
 }
@@ -116,11 +121,22 @@ impl Default for DeliverConfig {
             bind_addresses: Vec::new(),
             ehlo_from_ptr: false,
             dkim: Vec::new(),
+            shaping: crate::shaping::Shaping::default(),
+            max_messages_per_connection: 100,
         }
     }
 }
 
 impl DeliverConfig {
+    /// Limits of a destination no rule names: the per-host settings.
+    pub fn default_limits(&self) -> crate::shaping::Limits {
+        crate::shaping::Limits {
+            max_connections: self.per_host_limit.max(1),
+            max_messages_per_connection: self.max_messages_per_connection.max(1),
+            ..Default::default()
+        }
+    }
+
     /// The whole-session cap (max_connection_time).
     pub fn set_max_connection_time(&mut self, d: Duration) {
         self.timeouts.max_session = d;

@@ -13,6 +13,7 @@ pub mod dkim;
 pub mod dns;
 pub mod engine;
 pub mod route;
+pub mod shaping;
 
 pub use config::{DeliverConfig, HostPort};
 pub use dns::{HickoryDns, NoDns, Resolve};

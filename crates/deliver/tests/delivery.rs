@@ -285,8 +285,10 @@ async fn a_silent_server_times_out_without_holding_up_the_rest() {
     let report = pass.await.unwrap();
     assert_eq!(report.count(Outcome::Delivered), 20);
     assert_eq!(report.count(Outcome::Deferred), 6);
+    // The tarpit's window shrinks to one at a time as its connections fail (six
+    // timeouts of 6 s), but the pass still ends.
     assert!(
-        started.elapsed() < Duration::from_secs(25),
+        started.elapsed() < Duration::from_secs(45),
         "took {:?}",
         started.elapsed()
     );

@@ -92,6 +92,11 @@ pub struct Metrics {
     pub bounces: Counter,
     /// "Delayed" reports (RFC 3464 `Action: delayed`) queued.
     pub delay_warnings: Counter,
+    /// Throttling replies (421, 4.7.28, "rate limited") after which a destination's
+    /// mail was held back for a cooling period.
+    pub throttled: Counter,
+    /// Deliveries left for later by the shaping gate (cooling, rate, window full).
+    pub shaping_waits: Counter,
     /// HTTP requests refused for authentication, by reason.
     pub http_auth_failures: Family<ReasonLabel, Counter>,
     /// Nodes queued now, by tier and held.
@@ -170,6 +175,8 @@ impl Metrics {
             dns_cache_hits: Counter::default(),
             bounces: Counter::default(),
             delay_warnings: Counter::default(),
+            throttled: Counter::default(),
+            shaping_waits: Counter::default(),
             http_auth_failures: Family::default(),
             queue_nodes: Family::default(),
             oldest_node_age: Gauge::default(),
@@ -232,6 +239,16 @@ impl Metrics {
             "delay_warnings",
             "Reports to senders that a message is delayed (RFC 3464 Action: delayed)",
             m.delay_warnings.clone(),
+        );
+        r.register(
+            "throttled",
+            "Throttling replies from receivers (the destination then cools)",
+            m.throttled.clone(),
+        );
+        r.register(
+            "shaping_waits",
+            "Deliveries left for a later pass by traffic shaping",
+            m.shaping_waits.clone(),
         );
         r.register(
             "http_auth_failures",

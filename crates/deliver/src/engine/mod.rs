@@ -37,11 +37,10 @@ use crate::config::DeliverConfig;
 use crate::dns::Resolve;
 use crate::route::route;
 
+mod gate;
 mod send;
 mod settle;
 mod sign;
-
-use send::host_key;
 
 /// Which nodes a pass looks at.
 #[derive(Debug, Clone, Default)]
@@ -161,6 +160,10 @@ pub struct Engine {
     stopping: AtomicBool,
     /// The daemon's wake-up, to look at tier 0 again soon (a node found mid-commit).
     waker: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// Each destination's shaping gate.
+    destinations: gate::Destinations,
+    /// When the daemon is already due to look at tier 0 again (wake-ups coalesce).
+    next_look: Mutex<Option<std::time::Instant>>,
     /// EHLO names found from source addresses' PTR records, and until when.
     ehlo_names: Mutex<HashMap<std::net::IpAddr, (String, std::time::Instant)>>,
 }
@@ -177,6 +180,12 @@ enum Verdict {
         recorded: bool,
     },
     Permanent(Failure),
+    /// The receiver throttled us: the node waits in its tier while the destination
+    /// cools (unless it has waited there long enough; then it is deferred as usual).
+    Throttled {
+        host: String,
+        reply: String,
+    },
 }
 
 impl Engine {
@@ -199,6 +208,8 @@ impl Engine {
             stopping: AtomicBool::new(false),
             waker: Mutex::new(None),
             ehlo_names: Mutex::new(HashMap::new()),
+            destinations: gate::Destinations::default(),
+            next_look: Mutex::new(None),
         }))
     }
 
@@ -231,9 +242,27 @@ impl Engine {
         self.look_again_in(std::time::Duration::from_millis(2));
     }
 
+    /// Whether a daemon runs this engine (it set its waker), to come back to what is
+    /// left for later.
+    fn has_daemon(&self) -> bool {
+        self.waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     fn look_again_in(&self, delay: std::time::Duration) {
         let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(w) = waker {
+            // One timer for many: a look already due by then covers this one.
+            let at = std::time::Instant::now() + delay;
+            {
+                let mut next = self.next_look.lock().unwrap_or_else(|e| e.into_inner());
+                if next.is_some_and(|n| n > std::time::Instant::now() && n <= at) {
+                    return;
+                }
+                *next = Some(at);
+            }
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 w.notify_one();
@@ -435,14 +464,31 @@ impl Engine {
         // Wait for a slot before locking anything: a node lock is held only while we
         // deliver (never while queued behind a busy host, where it could go stale and
         // be broken by another daemon), and other daemons can take what we cannot.
-        let first_host = routed.as_ref().ok().and_then(|t| t.first()).map(host_key);
-        let _host = match &first_host {
-            Some(key) => Some(
-                self.host_slots(key, cfg.per_host_limit)
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore open"),
-            ),
+        // The destination's gate (its window, rates, cooling) replaces waiting for the
+        // first host: what cannot pass soon is left for a later pass, unlocked.
+        let dest = routed.as_ref().ok().and_then(|t| t.first()).map(|t| {
+            let (key, limits) = cfg.shaping.destination(
+                &group.domain,
+                &t.host,
+                &send::host_key(t),
+                &cfg.default_limits(),
+            );
+            self.destinations.get(&key, &limits)
+        });
+        let _pass = match &dest {
+            // Under the daemon, what cannot pass soon is left for its next pass.
+            Some(d) => match d.enter(!self.has_daemon()).await {
+                Ok(pass) => Some(pass),
+                Err(not_now) => {
+                    mailspool_metrics::global().shaping_waits.inc();
+                    self.look_again_in(not_now.after);
+                    return group
+                        .nodes
+                        .iter()
+                        .map(|n| skipped_for_now(n, not_now.reason.clone()))
+                        .collect();
+                }
+            },
             None => None,
         };
         let _global = self
@@ -530,7 +576,10 @@ impl Engine {
                     .collect(),
                 // Boxed: every delivery task is moved when spawned, so its future
                 // stays small and the sending state lives on the heap.
-                Ok(targets) => Box::pin(self.send_to_targets(&cfg, targets, &claim)).await,
+                Ok(targets) => {
+                    let dest = dest.as_deref().expect("routed mail has a destination");
+                    Box::pin(self.send_to_targets(&cfg, targets, &claim, dest)).await
+                }
             };
             // Kept open past settling to see whether the message's last name went.
             let signed = (!cfg.dkim.is_empty())

@@ -10,10 +10,12 @@ use mailspool_spool::side::Attempt;
 use mailspool_spool::{NodeEntry, NodeLock, escape, now};
 use tokio::sync::Semaphore;
 
+use super::gate::Destination;
 use super::{Claim, Engine, Verdict};
 use crate::bounce::Failure;
 use crate::config::DeliverConfig;
 use crate::route::Target;
+use crate::shaping::is_throttling;
 
 impl Engine {
     /// Try each address of each target until one takes the transaction.
@@ -22,6 +24,7 @@ impl Engine {
         cfg: &DeliverConfig,
         targets: &[Target],
         claim: &Claim,
+        dest: &Destination,
     ) -> Vec<Verdict> {
         let nodes = &claim.nodes[..];
         let first = &nodes[0].0;
@@ -39,8 +42,8 @@ impl Engine {
         };
         let mut last: (String, String) = (String::new(), "no server could be reached".into());
         for (ti, target) in targets.iter().enumerate() {
-            // The first target's slot is held by the caller; a failover target's is
-            // taken here.
+            // The first target's place is the destination gate's (taken by the
+            // caller); a failover target's slot is taken here.
             let _host = if ti == 0 {
                 None
             } else {
@@ -54,11 +57,33 @@ impl Engine {
             for addr in &target.addrs {
                 let started = Instant::now();
                 let pool_key = format!("{addr}/{}/{:?}", target.host, target.tls);
-                let session = match self.session(&pool_key, *addr, target, cfg).await {
+                let pooled = self.pooled(&pool_key);
+                if pooled.is_none() && !self.connection_allowed(dest).await {
+                    let reply = format!(
+                        "4.4.5 {}: our connection_rate is reached; waiting",
+                        dest.key
+                    );
+                    return nodes
+                        .iter()
+                        .map(|_| Verdict::Throttled {
+                            host: target.host.clone(),
+                            reply: reply.clone(),
+                        })
+                        .collect();
+                }
+                let connected = match pooled {
+                    Some(s) => Ok(s),
+                    None => self.connect(*addr, target, cfg).await,
+                };
+                let session = match connected {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::info!(id = %first.name.id, host = %escape(&target.host), addr = %addr, error = %escape(&e.to_string()), ms = started.elapsed().as_millis() as u64, "connection failed");
                         self.record_all(nodes, &target.host, &e.to_string());
+                        if let Some(held) = self.throttled_by(dest, nodes, &target.host, &e) {
+                            return held;
+                        }
+                        dest.connection_failed();
                         last = (target.host.clone(), e.to_string());
                         continue;
                     }
@@ -90,11 +115,19 @@ impl Engine {
                             .outbound_tls
                             .get_or_create(&mailspool_metrics::TlsLabel { tls })
                             .inc();
-                        self.put_back(pool_key, session);
+                        self.put_back(pool_key, session, dest);
+                        let throttling = (0..nodes.len())
+                            .map(|i| outcome.result(i).to_string())
+                            .find(|r| is_throttling(r));
+                        match &throttling {
+                            Some(reply) => self.cool(dest, &target.host, reply),
+                            None => dest.succeeded(),
+                        }
                         let mut verdicts = Vec::new();
                         for (i, (n, _)) in nodes.iter().enumerate() {
                             let reply = outcome.result(i);
                             tracing::info!(id = %n.name.id, to = %escape(&n.name.to), host = %escape(&target.host), addr = %addr, code = reply.code, reply = %escape(&reply.to_string()), ms, "delivery attempt");
+                            let text = reply.to_string();
                             verdicts.push(if reply.is_positive() {
                                 Verdict::Delivered {
                                     reply: reply.to_string(),
@@ -107,10 +140,15 @@ impl Engine {
                                     diagnostic: reply.to_string(),
                                     from_smtp: true,
                                 })
+                            } else if throttling.is_some() && is_throttling(&text) {
+                                Verdict::Throttled {
+                                    host: target.host.clone(),
+                                    reply: text,
+                                }
                             } else {
                                 Verdict::Temporary {
                                     host: target.host.clone(),
-                                    reply: reply.to_string(),
+                                    reply: text,
                                     recorded: false,
                                 }
                             });
@@ -131,7 +169,7 @@ impl Engine {
                                 | SmtpError::NeedsSmtpUtf8
                                 | SmtpError::TooLarge { .. }
                         ) {
-                            self.put_back(pool_key, session);
+                            self.put_back(pool_key, session, dest);
                         }
                         return nodes
                             .iter()
@@ -151,6 +189,9 @@ impl Engine {
                     Err(e) => {
                         tracing::info!(id = %first.name.id, host = %escape(&target.host), addr = %addr, error = %escape(&e.to_string()), ms, "delivery attempt");
                         self.record_all(nodes, &target.host, &e.to_string());
+                        if let Some(held) = self.throttled_by(dest, nodes, &target.host, &e) {
+                            return held;
+                        }
                         last = (target.host.clone(), e.to_string());
                         // A 4xx to MAIL is the server's verdict on this message: later.
                         if matches!(
@@ -160,7 +201,7 @@ impl Engine {
                                 ..
                             }
                         ) {
-                            self.put_back(pool_key, session);
+                            self.put_back(pool_key, session, dest);
                             break;
                         }
                     }
@@ -200,29 +241,65 @@ impl Engine {
             .clone()
     }
 
-    /// A pooled session (after a successful RSET), or a new one. Opportunistic TLS that
-    /// fails its handshake is retried once in plain text, as Postfix does.
-    async fn session(
-        &self,
-        key: &str,
-        addr: std::net::SocketAddr,
-        target: &Target,
-        cfg: &DeliverConfig,
-    ) -> Result<Session, SmtpError> {
+    /// A pooled session for `key` that is still good for another transaction.
+    fn pooled(&self, key: &str) -> Option<Session> {
         loop {
-            let pooled = self
+            let mut s = self
                 .pool
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get_mut(key)
-                .and_then(Vec::pop);
-            let Some(mut s) = pooled else { break };
+                .and_then(Vec::pop)?;
             if !s.expired() {
                 s.reset_before_next();
-                return Ok(s);
+                return Some(s);
             }
         }
-        self.connect(addr, target, cfg).await
+    }
+
+    /// Wait (briefly) for the destination's connection rate to allow a new connection.
+    async fn connection_allowed(&self, dest: &Destination) -> bool {
+        for _ in 0..20 {
+            if dest.may_connect() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// The receiver throttled us (a throttling reply, anywhere in the session): cool
+    /// the destination, and hold every node of the claim in its tier.
+    fn throttled_by(
+        &self,
+        dest: &Destination,
+        nodes: &[(NodeEntry, NodeLock)],
+        host: &str,
+        e: &SmtpError,
+    ) -> Option<Vec<Verdict>> {
+        let reply = e.reply()?.to_string();
+        if !is_throttling(&reply) {
+            return None;
+        }
+        self.cool(dest, host, &reply);
+        Some(
+            nodes
+                .iter()
+                .map(|_| Verdict::Throttled {
+                    host: host.to_owned(),
+                    reply: reply.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Start (or lengthen) a destination's cooling period after a throttling reply.
+    fn cool(&self, dest: &Destination, host: &str, reply: &str) {
+        let cfg = self.cfg();
+        let period = dest.throttled(cfg.shaping.cooling, cfg.shaping.max_cooling);
+        mailspool_metrics::global().throttled.inc();
+        tracing::warn!(event = "throttled", destination = %escape(&dest.key), host = %escape(host), reply = %escape(reply), cooling = period.as_secs(), window = dest.window(), "the receiver throttled us; its mail waits in place");
+        self.look_again_in(period);
     }
 
     /// The name to say EHLO with: `hostname`, or with `ehlo_from_ptr` the PTR name of
@@ -300,16 +377,22 @@ impl Engine {
         }
     }
 
-    fn put_back(&self, key: String, session: Session) {
-        if session.expired() {
+    /// Keep a session for the next message to the same host, unless it carried its
+    /// share of transactions or the destination's window no longer allows that many
+    /// connections (receivers count idle connections too).
+    fn put_back(&self, key: String, session: Session, dest: &Destination) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = pool.entry(key).or_default();
+        if session.expired()
+            || session.transactions >= dest.limits.max_messages_per_connection
+            || idle.len() >= dest.window()
+        {
+            drop(pool);
+            // QUIT politely, off this task.
+            tokio::spawn(session.quit());
             return;
         }
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .push(session);
+        idle.push(session);
     }
 
     /// QUIT every idle session.

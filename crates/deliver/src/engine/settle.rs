@@ -8,7 +8,17 @@ use super::{Claim, Engine, NodeResult, Outcome, Verdict};
 use crate::bounce::{Failure, Report, spool_dsn};
 use crate::config::DeliverConfig;
 
+/// How long past its due time a node may be held in its tier by throttling: its
+/// tier's period, and at least an hour.
+const HOLD_AT_LEAST: u64 = 3600;
+
 impl Engine {
+    /// Whether a throttled node may stay in its tier rather than move on.
+    fn may_hold(&self, n: &NodeEntry) -> bool {
+        let period = self.spool.config().period(n.tier).max(HOLD_AT_LEAST);
+        now() < self.spool.due_at(n).saturating_add(period)
+    }
+
     /// Act on the verdicts, under the nodes' locks: delete, fall back, or bounce.
     pub(super) fn settle(
         &self,
@@ -30,7 +40,34 @@ impl Engine {
                 outcome,
                 reply,
             };
+            // A throttled node waits in its tier while the destination cools, unless
+            // it has waited there long enough already (then the schedule goes on, so
+            // a destination that never stops throttling still ends in a bounce).
+            let v = match v {
+                Verdict::Throttled { host, reply } if interactive || !self.may_hold(n) => {
+                    Verdict::Temporary {
+                        host,
+                        reply,
+                        recorded: false,
+                    }
+                }
+                other => other,
+            };
             match v {
+                Verdict::Throttled { host, reply } => {
+                    mailspool_metrics::global().delivery("deferred", &reply, None);
+                    let _ = self.spool.record_attempt(
+                        &n.name,
+                        &Attempt {
+                            time: now(),
+                            host,
+                            reply: reply.clone(),
+                            delivered: false,
+                        },
+                    );
+                    tracing::info!(event = "held", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), tier = n.tier, reply = %escape(&reply), "held in its tier while the destination cools");
+                    results.push(result(Outcome::Deferred, reply));
+                }
                 Verdict::Delivered { reply } => {
                     let accepted = n.name.accepted_at();
                     mailspool_metrics::global().delivery("delivered", &reply, Some(accepted));

@@ -48,6 +48,11 @@ pub struct Script {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Offer AUTH PLAIN and LOGIN for this user and password.
     pub auth: Option<(String, String)>,
+    /// Greet a connection beyond this many at once with `421 4.7.28` (and close).
+    pub throttle_connections: Option<usize>,
+    /// Answer MAIL with `421 4.7.28` (and close) once this many messages were
+    /// accepted within the period.
+    pub throttle_rate: Option<(usize, Duration)>,
 }
 
 #[derive(Default)]
@@ -60,6 +65,22 @@ pub struct SinkState {
     /// The name each EHLO gave.
     pub helos: Mutex<Vec<String>>,
     pub transactions: AtomicUsize,
+    /// Sessions open now, and the most that were ever open and not turned away.
+    pub open: AtomicUsize,
+    pub peak_open: AtomicUsize,
+    /// Throttling replies sent.
+    pub throttled: AtomicUsize,
+    /// When each message was taken (MAIL accepted), for the rate limit.
+    pub taken: Mutex<VecDeque<std::time::Instant>>,
+}
+
+/// Counts a session open while it lives.
+struct OpenGuard(Arc<SinkState>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct Sink {
@@ -110,6 +131,16 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
         while sock.read(&mut buf).await? > 0 {}
         return Ok(());
     }
+    let open = st.open.fetch_add(1, Ordering::SeqCst) + 1;
+    let _open = OpenGuard(st.clone());
+    if script.throttle_connections.is_some_and(|n| open > n) {
+        st.throttled.fetch_add(1, Ordering::SeqCst);
+        let mut sock = sock;
+        sock.write_all(b"421 4.7.28 too many connections from your IP, try later\r\n")
+            .await?;
+        return Ok(());
+    }
+    st.peak_open.fetch_max(open, Ordering::SeqCst);
     let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(sock));
     let greeting = script
         .greeting
@@ -208,6 +239,27 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
                 "535 5.7.8 Authentication failed".into()
             }
         } else if upper.starts_with("MAIL FROM:") {
+            if let Some((max, period)) = script.throttle_rate {
+                let refuse = {
+                    let now = std::time::Instant::now();
+                    let mut taken = st.taken.lock().unwrap();
+                    while taken.front().is_some_and(|t| now - *t > period) {
+                        taken.pop_front();
+                    }
+                    let refuse = taken.len() >= max;
+                    if !refuse {
+                        taken.push_back(now);
+                    }
+                    refuse
+                };
+                if refuse {
+                    st.throttled.fetch_add(1, Ordering::SeqCst);
+                    io.get_mut()
+                        .write_all(b"421 4.7.28 rate limited, try again later\r\n")
+                        .await?;
+                    return Ok(());
+                }
+            }
             from = extract(&line);
             mail_params = line
                 .split_once('>')

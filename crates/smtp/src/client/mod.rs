@@ -370,11 +370,24 @@ impl Session {
                     });
                 }
             }
-            let mail_reply = self.read_reply(Phase::Mail, t.command).await?;
+            // A 421 ends the session (RFC 5321 §3.8): the server sends nothing after it,
+            // and its words (often "rate limited") are the transaction's result.
+            let closing = |phase, reply: Reply| {
+                if reply.code == 421 {
+                    Err(SmtpError::Rejected { phase, reply })
+                } else {
+                    Ok(reply)
+                }
+            };
+            let mail_reply = closing(Phase::Mail, self.read_reply(Phase::Mail, t.command).await?)?;
             for _ in &env.to {
-                rcpt_replies.push(self.read_reply(Phase::Rcpt, t.command).await?);
+                let r = closing(Phase::Rcpt, self.read_reply(Phase::Rcpt, t.command).await?)?;
+                rcpt_replies.push(r);
             }
-            let data_reply = self.read_reply(Phase::Data, t.data_init).await?;
+            let data_reply = closing(
+                Phase::Data,
+                self.read_reply(Phase::Data, t.data_init).await?,
+            )?;
             if !mail_reply.is_positive() {
                 return Err(SmtpError::Rejected {
                     phase: Phase::Mail,

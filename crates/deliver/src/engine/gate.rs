@@ -1,0 +1,341 @@
+//! The gate in front of each destination: an adaptive window of deliveries at once
+//! (grown on success, halved when the receiver throttles us, as Postfix adapts its
+//! destination concurrency), message and connection rates, and a cooling period after
+//! throttling during which the destination's mail waits in its tier.
+//!
+//! A delivery that cannot pass soon is not kept waiting: it is left for a later pass
+//! (its nodes unlocked, their tiers unchanged), so a slow or throttled destination
+//! never holds the task slots other destinations need.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::shaping::{Limits, Rate};
+
+/// A token bucket: `count` tokens per `per`, at most `count` saved.
+#[derive(Debug)]
+struct Bucket {
+    rate: Rate,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: Rate) -> Bucket {
+        Bucket {
+            rate,
+            tokens: f64::from(rate.count),
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let per_sec = f64::from(self.rate.count) / self.rate.per.as_secs_f64();
+        let gained = now.saturating_duration_since(self.last).as_secs_f64() * per_sec;
+        self.tokens = (self.tokens + gained).min(f64::from(self.rate.count));
+        self.last = now;
+    }
+
+    /// How long until a token is there (zero: now).
+    fn wait(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            return Duration::ZERO;
+        }
+        let per_sec = f64::from(self.rate.count) / self.rate.per.as_secs_f64();
+        Duration::from_secs_f64((1.0 - self.tokens) / per_sec)
+    }
+
+    fn take(&mut self) {
+        self.tokens -= 1.0;
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    active: usize,
+    waiting: usize,
+    /// The adaptive window: deliveries allowed at once (at least 1).
+    window: f64,
+    cooling_until: Option<Instant>,
+    /// Throttling replies in a row (each doubles the cooling period).
+    strikes: u32,
+    messages: Option<Bucket>,
+    connections: Option<Bucket>,
+}
+
+/// One destination's gate.
+#[derive(Debug)]
+pub(crate) struct Destination {
+    pub key: String,
+    pub limits: Limits,
+    state: Mutex<State>,
+    freed: Notify,
+}
+
+/// Why a delivery does not pass now, and when to look again.
+#[derive(Debug)]
+pub(crate) struct NotNow {
+    pub reason: String,
+    pub after: Duration,
+}
+
+/// A pass through the gate; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct Pass {
+    pub dest: Arc<Destination>,
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        self.dest.lock().active -= 1;
+        self.dest.freed.notify_one();
+    }
+}
+
+/// A rate wait shorter than this is slept through rather than left for a later pass.
+const SHORT_WAIT: Duration = Duration::from_millis(1500);
+
+impl Destination {
+    fn new(key: String, limits: Limits) -> Destination {
+        // Postfix starts a destination at 5 at once and adapts from there.
+        let window = limits.max_connections.clamp(1, 5) as f64;
+        Destination {
+            state: Mutex::new(State {
+                active: 0,
+                waiting: 0,
+                window,
+                cooling_until: None,
+                strikes: 0,
+                messages: limits.max_message_rate.map(Bucket::new),
+                connections: limits.connection_rate.map(Bucket::new),
+            }),
+            key,
+            limits,
+            freed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Deliveries allowed at once now.
+    pub fn window(&self) -> usize {
+        self.lock().window as usize
+    }
+
+    /// Enter for one message: wait a little for a place or a token, never long.
+    /// `patient` (a single pass, with no daemon to come back later): wait for a place
+    /// however many wait.
+    pub async fn enter(self: &Arc<Self>, patient: bool) -> Result<Pass, NotNow> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let sleep_for = {
+                let mut s = self.lock();
+                let now = Instant::now();
+                if let Some(until) = s.cooling_until {
+                    if until > now {
+                        return Err(NotNow {
+                            reason: format!(
+                                "{} throttled us; its mail waits {} s more",
+                                self.key,
+                                (until - now).as_secs() + 1
+                            ),
+                            after: until - now,
+                        });
+                    }
+                    s.cooling_until = None;
+                }
+                let allowed = (s.window as usize).max(1);
+                let rate_wait = s.messages.as_mut().map_or(Duration::ZERO, |b| b.wait(now));
+                if s.active < allowed && rate_wait.is_zero() {
+                    s.active += 1;
+                    if let Some(b) = s.messages.as_mut() {
+                        b.take();
+                    }
+                    return Ok(Pass { dest: self.clone() });
+                }
+                if rate_wait > SHORT_WAIT {
+                    return Err(NotNow {
+                        reason: format!("{}: message rate reached", self.key),
+                        after: rate_wait,
+                    });
+                }
+                // Waiters beyond the window's worth are turned away: they would only
+                // hold task slots other destinations could use.
+                if s.waiting >= allowed && !patient {
+                    return Err(NotNow {
+                        reason: format!("{}: {} deliveries at once already", self.key, s.active),
+                        after: Duration::from_secs(1),
+                    });
+                }
+                s.waiting += 1;
+                rate_wait
+            };
+            if sleep_for.is_zero() {
+                freed.await;
+            } else {
+                tokio::time::sleep(sleep_for).await;
+            }
+            self.lock().waiting -= 1;
+        }
+    }
+
+    /// Whether a new connection may be opened now (the connection rate); takes a token.
+    pub fn may_connect(&self) -> bool {
+        let mut s = self.lock();
+        let now = Instant::now();
+        let Some(b) = s.connections.as_mut() else {
+            return true;
+        };
+        if !b.wait(now).is_zero() {
+            return false;
+        }
+        b.take();
+        true
+    }
+
+    /// A delivery went through: widen the window by 1/window (one more at once per
+    /// window's worth of successes), up to `max_connections`.
+    pub fn succeeded(&self) {
+        let mut s = self.lock();
+        s.strikes = 0;
+        let max = self.limits.max_connections.max(1) as f64;
+        s.window = (s.window + 1.0 / s.window).min(max);
+    }
+
+    /// A connection failed: one fewer at once.
+    pub fn connection_failed(&self) {
+        let mut s = self.lock();
+        s.window = (s.window - 1.0).max(1.0);
+    }
+
+    /// The receiver throttled us: halve the window and leave the destination alone for
+    /// the cooling period (doubled for each throttling in a row). Returns the period.
+    pub fn throttled(&self, cooling: Duration, max_cooling: Duration) -> Duration {
+        let mut s = self.lock();
+        s.window = (s.window / 2.0).max(1.0);
+        let period = cooling
+            .saturating_mul(1u32 << s.strikes.min(16))
+            .min(max_cooling);
+        s.strikes = s.strikes.saturating_add(1);
+        let until = Instant::now() + period;
+        // Deliveries that were under way when it started do not extend it.
+        if s.cooling_until.is_none_or(|u| u < until) {
+            s.cooling_until = Some(until);
+        }
+        self.freed.notify_waiters();
+        period
+    }
+}
+
+/// Every destination seen, by key.
+#[derive(Debug, Default)]
+pub(crate) struct Destinations {
+    map: Mutex<HashMap<String, Arc<Destination>>>,
+}
+
+/// Destinations remembered at most; idle ones are forgotten beyond it.
+const MAX_DESTINATIONS: usize = 10_000;
+
+impl Destinations {
+    /// The gate of `key`, made with `limits` the first time (and again when the
+    /// configuration changed them).
+    pub fn get(&self, key: &str, limits: &Limits) -> Arc<Destination> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = map.get(key)
+            && d.limits == *limits
+        {
+            return d.clone();
+        }
+        if map.len() >= MAX_DESTINATIONS {
+            map.retain(|_, d| {
+                let s = d.lock();
+                s.active > 0 || s.waiting > 0 || s.cooling_until.is_some()
+            });
+        }
+        let d = Arc::new(Destination::new(key.to_owned(), limits.clone()));
+        map.insert(key.to_owned(), d.clone());
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize) -> Limits {
+        Limits {
+            max_connections: max,
+            ..Limits::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_window_grows_on_success_and_halves_on_throttling() {
+        let d = Arc::new(Destination::new("d".into(), limits(20)));
+        assert_eq!(d.window(), 5);
+        for _ in 0..40 {
+            d.succeeded();
+        }
+        assert!(d.window() > 5 && d.window() <= 20, "{}", d.window());
+        let before = d.window();
+        let cooled = d.throttled(Duration::from_secs(60), Duration::from_secs(900));
+        assert_eq!(cooled, Duration::from_secs(60));
+        assert_eq!(d.window(), before / 2);
+        assert_eq!(
+            d.throttled(Duration::from_secs(60), Duration::from_secs(900)),
+            Duration::from_secs(120),
+            "doubles in a row"
+        );
+        let e = d.enter(false).await.unwrap_err();
+        assert!(e.reason.contains("throttled"), "{}", e.reason);
+        assert!(e.after > Duration::from_secs(100));
+        for _ in 0..10 {
+            d.throttled(Duration::from_secs(60), Duration::from_secs(900));
+        }
+        assert_eq!(d.window(), 1, "never below one");
+    }
+
+    #[tokio::test]
+    async fn places_are_limited_and_excess_waiters_are_turned_away() {
+        let d = Arc::new(Destination::new("d".into(), limits(2)));
+        let a = d.enter(false).await.unwrap();
+        let _b = d.enter(false).await.unwrap();
+        // One may wait (the window's worth), the next is told to come back.
+        let d2 = d.clone();
+        let waiter = tokio::spawn(async move { d2.enter(false).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let d3 = d.clone();
+        let waiter2 = tokio::spawn(async move { d3.enter(false).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let turned = d.enter(false).await.unwrap_err();
+        assert!(turned.reason.contains("at once"), "{}", turned.reason);
+        drop(a);
+        waiter.await.unwrap().unwrap();
+        // waiter2 was the second waiter for a window of two: it got a place too.
+        waiter2.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_message_rate_is_kept() {
+        let d = Arc::new(Destination::new(
+            "d".into(),
+            Limits {
+                max_message_rate: Some(Rate::parse("2/min").unwrap()),
+                ..limits(5)
+            },
+        ));
+        drop(d.enter(false).await.unwrap());
+        drop(d.enter(false).await.unwrap());
+        let e = d.enter(false).await.unwrap_err();
+        assert!(e.reason.contains("rate"), "{}", e.reason);
+        assert!(e.after > Duration::from_secs(20), "{:?}", e.after);
+    }
+}
