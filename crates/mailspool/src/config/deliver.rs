@@ -72,8 +72,80 @@ pub(super) fn load_secrets(c: &mut Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `[shaping]` over the built-in provider groups.
+fn shaping_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError> {
+    use mailspool_deliver::shaping::{Limits, Rate, Rule};
+    let Some(sh) = &file.shaping else {
+        return Ok(());
+    };
+    let d = &mut c.deliver;
+    if let Some(s) = sh.cooling_period {
+        d.shaping.cooling = Duration::from_secs(s.max(1));
+    }
+    if let Some(s) = sh.max_cooling_period {
+        d.shaping.max_cooling = Duration::from_secs(s.max(1));
+    }
+    if d.shaping.max_cooling < d.shaping.cooling {
+        d.shaping.max_cooling = d.shaping.cooling;
+    }
+    if let Some(n) = sh.max_messages_per_connection {
+        d.max_messages_per_connection = n.max(1);
+    }
+    let rate = |name: &str, what: &str, text: &Option<String>| {
+        text.as_deref().map(Rate::parse).transpose().map_err(|e| {
+            ConfigError::Invalid(format!("[[shaping.destination]] {name} {what}: {e}"))
+        })
+    };
+    for f in sh.destination.iter().flatten() {
+        let name = f.name.trim().to_ascii_lowercase();
+        if name.is_empty() {
+            return Err(ConfigError::Invalid(
+                "[[shaping.destination]] needs a name".into(),
+            ));
+        }
+        let builtin = d.shaping.rules.iter().position(|r| r.name == name);
+        let base = builtin.map(|i| d.shaping.rules[i].clone()).unwrap_or(Rule {
+            name: name.clone(),
+            domains: Vec::new(),
+            mx: Vec::new(),
+            limits: Limits::default(),
+        });
+        let rule = Rule {
+            name: name.clone(),
+            domains: f.domains.clone().unwrap_or(base.domains),
+            mx: f.mx.clone().unwrap_or(base.mx),
+            limits: Limits {
+                max_connections: f
+                    .max_connections
+                    .unwrap_or(base.limits.max_connections)
+                    .max(1),
+                max_messages_per_connection: f
+                    .max_messages_per_connection
+                    .unwrap_or(base.limits.max_messages_per_connection)
+                    .max(1),
+                max_message_rate: rate(&name, "max_message_rate", &f.max_message_rate)?
+                    .or(base.limits.max_message_rate),
+                connection_rate: rate(&name, "connection_rate", &f.connection_rate)?
+                    .or(base.limits.connection_rate),
+            },
+        };
+        if rule.domains.is_empty() && rule.mx.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "[[shaping.destination]] {name}: give domains or mx patterns"
+            )));
+        }
+        match builtin {
+            Some(i) => d.shaping.rules[i] = rule,
+            // Before the built-ins: a rule naming a domain is meant to win.
+            None => d.shaping.rules.insert(0, rule),
+        }
+    }
+    Ok(())
+}
+
 /// Fill in the delivery settings from the file.
 pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError> {
+    shaping_settings(c, file)?;
     c.dkim = file.dkim.clone().unwrap_or_default();
     for d in &c.dkim {
         if let Some(a) = &d.algorithm {

@@ -115,6 +115,44 @@ pub struct ConfigFile {
     pub http: Option<HttpFile>,
     /// DKIM keys (`[[dkim]]`): outgoing mail is signed with the key of its From domain.
     pub dkim: Option<Vec<DkimFile>>,
+    /// Traffic shaping: per-destination limits and cooling after throttling.
+    pub shaping: Option<ShapingFile>,
+}
+
+/// `[shaping]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingFile {
+    /// Seconds a destination that throttled us is left alone, the first time (60);
+    /// doubled each time in a row.
+    pub cooling_period: Option<u64>,
+    /// The longest cooling period, seconds (900).
+    pub max_cooling_period: Option<u64>,
+    /// Transactions per connection for destinations without a rule (100).
+    pub max_messages_per_connection: Option<u32>,
+    /// Named destinations; a name of a built-in group (google, microsoft, yahoo,
+    /// apple) changes that group.
+    pub destination: Option<Vec<DestinationFile>>,
+}
+
+/// `[[shaping.destination]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationFile {
+    /// Its name, for logs (and to change a built-in group).
+    pub name: String,
+    /// Recipient domains (`example.com`, `*.example.com`).
+    pub domains: Option<Vec<String>>,
+    /// MX host patterns (`*.google.com`).
+    pub mx: Option<Vec<String>>,
+    /// Connections at once (the adaptive window's ceiling).
+    pub max_connections: Option<usize>,
+    /// Transactions per connection.
+    pub max_messages_per_connection: Option<u32>,
+    /// Messages per period: `100/min`, `10/s`, `5000/h`.
+    pub max_message_rate: Option<String>,
+    /// New connections per period.
+    pub connection_rate: Option<String>,
 }
 
 /// `[[dkim]]`: one signing key.
@@ -591,6 +629,47 @@ mod tests {
             toml::from_str(&examples).unwrap_or_else(|e| panic!("{e}\n{examples}"));
         assert!(file.relayhost.is_some() && file.routes.is_some() && file.timeouts.is_some());
         assert!(file.http.as_ref().is_some_and(|h| h.listen.is_some()));
+        assert_eq!(file.dkim.as_ref().map(Vec::len), Some(1));
+        // (Its password_file line was left out above.)
+        let c = Config::from_parts(ConfigFile {
+            relay: None,
+            ..file
+        })
+        .unwrap();
+        let google = c.deliver.shaping.rules.iter().find(|r| r.name == "google");
+        let google = google.unwrap();
+        assert_eq!(google.limits.max_connections, 10);
+        assert_eq!(google.mx, ["*.google.com", "*.googlemail.com"], "kept");
+        assert_eq!(
+            google.limits.max_message_rate.unwrap().per,
+            Duration::from_secs(60)
+        );
+        let (key, limits) = c.deliver.shaping.destination(
+            "sub.partner.example",
+            "mx.partner.example",
+            "mx.partner.example:25",
+            &c.deliver.default_limits(),
+        );
+        assert_eq!((key.as_str(), limits.max_connections), ("partner", 2));
+        assert_eq!(
+            c.dkim[0].key_file.to_str(),
+            Some("dkim/mail2026._domainkey.example.com.pem")
+        );
+    }
+
+    #[test]
+    fn shaping_mistakes_are_configuration_errors() {
+        for bad in [
+            "[shaping]\n[[shaping.destination]]\nname = \"x\"\n",
+            "[shaping]\n[[shaping.destination]]\nname = \"x\"\ndomains = [\"a.test\"]\nmax_message_rate = \"lots\"\n",
+            "[shaping]\nbogus = 1\n",
+            "[[dkim]]\ndomain = \"a.test\"\nselector = \"s\"\nkey_file = \"k\"\nalgorithm = \"dsa\"\n",
+        ] {
+            let parsed = toml::from_str::<ConfigFile>(bad)
+                .map_err(|e| e.to_string())
+                .and_then(|f| Config::from_parts(f).map_err(|e| e.to_string()));
+            assert!(parsed.is_err(), "{bad}");
+        }
     }
 
     #[test]
