@@ -97,6 +97,10 @@ pub struct DeliverConfig {
     /// Transactions on one connection before it is closed (destinations without a
     /// rule of their own).
     pub max_messages_per_connection: u32,
+    /// Honour MTA-STS policies of recipient domains (MX delivery only).
+    pub mta_sts: bool,
+    /// Port of the MTA-STS policy servers (443; tests use their own).
+    pub mta_sts_port: u16,
     /// DKIM keys (`[[dkim]]`); none: mail goes unsigned.
     pub dkim: Vec<std::sync::Arc<crate::dkim::DkimKey>>,
 }
@@ -121,6 +125,8 @@ impl Default for DeliverConfig {
             bind_addresses: Vec::new(),
             ehlo_from_ptr: false,
             dkim: Vec::new(),
+            mta_sts: true,
+            mta_sts_port: 443,
             shaping: crate::shaping::Shaping::default(),
             max_messages_per_connection: 100,
         }

@@ -42,6 +42,12 @@ pub trait Resolve: Send + Sync {
         let _ = ip;
         Box::pin(async { Err(LookupError::NoRecords) })
     }
+    /// TXT records of `name`, each record's strings joined (as DKIM and MTA-STS read
+    /// them); default: none.
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, LookupError>> {
+        let _ = name;
+        Box::pin(async { Err(LookupError::NoRecords) })
+    }
 }
 
 /// The hickory resolver: the system's configuration, or one given server.
@@ -130,32 +136,30 @@ impl HickoryDns {
     }
 }
 
-impl HickoryDns {
-    /// TXT records of `name`, each record's strings joined (as DKIM and MTA-STS read
-    /// them).
-    pub async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
-        let lookup = self
-            .resolver
-            .txt_lookup(fqdn(name))
-            .await
-            .map_err(classify)?;
-        Ok(lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::TXT(t) => Some(
-                    t.txt_data
-                        .iter()
-                        .map(|s| String::from_utf8_lossy(s).into_owned())
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect())
-    }
-}
-
 impl Resolve for HickoryDns {
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, LookupError>> {
+        Box::pin(async move {
+            let lookup = self
+                .resolver
+                .txt_lookup(fqdn(name))
+                .await
+                .map_err(classify)?;
+            Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => Some(
+                        t.txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s).into_owned())
+                            .collect(),
+                    ),
+                    _ => None,
+                })
+                .collect())
+        })
+    }
+
     fn ptr<'a>(&'a self, ip: IpAddr) -> BoxFuture<'a, Result<Vec<String>, LookupError>> {
         Box::pin(async move {
             let lookup = self.resolver.reverse_lookup(ip).await.map_err(classify)?;

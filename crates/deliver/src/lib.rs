@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dkim;
 pub mod dns;
 pub mod engine;
+pub mod mta_sts;
 pub mod route;
 pub mod shaping;
 

@@ -22,6 +22,20 @@ pub struct Target {
     pub tls: TlsPolicy,
     /// AUTH credentials.
     pub auth: Option<Credentials>,
+    /// Found through the domain's MX records (MTA-STS and DANE apply only then).
+    pub mx: bool,
+    /// The TLS policy this delivery follows, for logs and metrics: `dane`, `mta-sts`,
+    /// `required` (configured), or `opportunistic` (`plaintext` when it gets no TLS).
+    pub policy: &'static str,
+}
+
+/// The policy name of a configured TLS setting.
+pub fn configured_policy(tls: TlsPolicy) -> &'static str {
+    match tls {
+        TlsPolicy::Required | TlsPolicy::Implicit => "required",
+        TlsPolicy::None => "plaintext",
+        _ => "opportunistic",
+    }
 }
 
 /// Why a domain has no usable target.
@@ -36,7 +50,7 @@ pub struct RouteError {
 }
 
 impl RouteError {
-    fn temporary(status: &'static str, text: String) -> Self {
+    pub(crate) fn temporary(status: &'static str, text: String) -> Self {
         RouteError {
             permanent: false,
             status,
@@ -75,6 +89,8 @@ pub async fn route(
             addrs: vec![SocketAddr::new(ip, cfg.mx_port)],
             tls: cfg.mx_tls,
             auth: None,
+            mx: false,
+            policy: configured_policy(cfg.mx_tls),
         }]);
     }
     mx_targets(&domain, cfg, dns).await
@@ -105,6 +121,8 @@ async fn resolve_fixed(
                     .collect(),
                 tls,
                 auth: auth.clone(),
+                mx: false,
+                policy: configured_policy(tls),
             }),
             Err(e) => last = format!("{}: {e:?}", hp.host),
         }
@@ -165,6 +183,8 @@ async fn mx_targets(
                 host,
                 tls: cfg.mx_tls,
                 auth: None,
+                mx: true,
+                policy: configured_policy(cfg.mx_tls),
             }),
             Err(LookupError::Temporary(e)) => temporary = Some(format!("{host}: {e}")),
             Err(_) => {}

@@ -49,6 +49,13 @@ pub struct TlsLabel {
     pub tls: &'static str,
 }
 
+/// `policy` label: the TLS policy an outbound transaction followed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    /// `dane`, `mta-sts`, `required`, `opportunistic` or `plaintext`.
+    pub policy: &'static str,
+}
+
 /// Queue depth labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
@@ -84,6 +91,8 @@ pub struct Metrics {
     pub smtp_tls_sessions: Counter,
     /// Outbound SMTP transactions, by whether TLS was used.
     pub outbound_tls: Family<TlsLabel, Counter>,
+    /// Outbound transactions by the TLS policy they followed.
+    pub outbound_policy: Family<PolicyLabel, Counter>,
     /// DNS lookups asked of the resolver.
     pub dns_lookups: Counter,
     /// DNS answers served from the cache.
@@ -171,6 +180,7 @@ impl Metrics {
             smtp_refused: Family::default(),
             smtp_tls_sessions: Counter::default(),
             outbound_tls: Family::default(),
+            outbound_policy: Family::default(),
             dns_lookups: Counter::default(),
             dns_cache_hits: Counter::default(),
             bounces: Counter::default(),
@@ -227,6 +237,11 @@ impl Metrics {
             "outbound_transactions",
             "Outbound SMTP transactions, by whether TLS protected them",
             m.outbound_tls.clone(),
+        );
+        r.register(
+            "outbound_tls_policy",
+            "Outbound SMTP transactions, by the TLS policy followed (dane, mta-sts, required, opportunistic, plaintext)",
+            m.outbound_policy.clone(),
         );
         r.register("dns_lookups", "DNS lookups made", m.dns_lookups.clone());
         r.register(
@@ -311,6 +326,9 @@ impl Metrics {
         }
         for tls in ["yes", "no"] {
             let _ = m.outbound_tls.get_or_create(&TlsLabel { tls });
+        }
+        for policy in ["dane", "mta-sts", "required", "opportunistic", "plaintext"] {
+            let _ = m.outbound_policy.get_or_create(&PolicyLabel { policy });
         }
         Metrics { registry: r, ..m }
     }

@@ -38,6 +38,7 @@ use crate::dns::Resolve;
 use crate::route::route;
 
 mod gate;
+mod policy;
 mod send;
 mod settle;
 mod sign;
@@ -160,6 +161,8 @@ pub struct Engine {
     stopping: AtomicBool,
     /// The daemon's wake-up, to look at tier 0 again soon (a node found mid-commit).
     waker: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// MTA-STS policies, cached.
+    mta_sts: Arc<crate::mta_sts::MtaSts>,
     /// Each destination's shaping gate.
     destinations: gate::Destinations,
     /// When the daemon is already due to look at tier 0 again (wake-ups coalesce).
@@ -196,7 +199,13 @@ impl Engine {
         dns: Arc<dyn Resolve>,
     ) -> Result<Arc<Engine>, String> {
         let tls = TlsConnectors::new(cfg.tls_ca_file.as_deref())?;
+        let mta_sts = Arc::new(crate::mta_sts::MtaSts::new(
+            Some(spool.dir().join("mta-sts")),
+            cfg.mta_sts_port,
+            tls.verified.clone(),
+        ));
         Ok(Arc::new(Engine {
+            mta_sts,
             spool,
             global: Arc::new(Semaphore::new(cfg.max_deliveries.max(1))),
             cfg: RwLock::new(Arc::new(cfg)),
@@ -460,7 +469,12 @@ impl Engine {
 
     async fn deliver_locked_group(&self, group: Group, interactive: bool) -> Vec<NodeResult> {
         let cfg = self.cfg();
-        let routed = route(&group.domain, &cfg, self.dns.as_ref()).await;
+        let mut routed = route(&group.domain, &cfg, self.dns.as_ref()).await;
+        if let Ok(targets) = &mut routed
+            && let Err(e) = self.apply_tls_policies(&cfg, &group.domain, targets).await
+        {
+            routed = Err(e);
+        }
         // Wait for a slot before locking anything: a node lock is held only while we
         // deliver (never while queued behind a busy host, where it could go stale and
         // be broken by another daemon), and other daemons can take what we cannot.

@@ -111,9 +111,16 @@ impl Engine {
                 match result {
                     Ok(outcome) => {
                         let tls = if session.tls { "yes" } else { "no" };
-                        mailspool_metrics::global()
-                            .outbound_tls
+                        let policy = match target.policy {
+                            "opportunistic" if !session.tls => "plaintext",
+                            p => p,
+                        };
+                        let m = mailspool_metrics::global();
+                        m.outbound_tls
                             .get_or_create(&mailspool_metrics::TlsLabel { tls })
+                            .inc();
+                        m.outbound_policy
+                            .get_or_create(&mailspool_metrics::PolicyLabel { policy })
                             .inc();
                         self.put_back(pool_key, session, dest);
                         let throttling = (0..nodes.len())
@@ -126,7 +133,7 @@ impl Engine {
                         let mut verdicts = Vec::new();
                         for (i, (n, _)) in nodes.iter().enumerate() {
                             let reply = outcome.result(i);
-                            tracing::info!(id = %n.name.id, to = %escape(&n.name.to), host = %escape(&target.host), addr = %addr, code = reply.code, reply = %escape(&reply.to_string()), ms, "delivery attempt");
+                            tracing::info!(id = %n.name.id, to = %escape(&n.name.to), host = %escape(&target.host), addr = %addr, tls_policy = policy, code = reply.code, reply = %escape(&reply.to_string()), ms, "delivery attempt");
                             let text = reply.to_string();
                             verdicts.push(if reply.is_positive() {
                                 Verdict::Delivered {

@@ -5,6 +5,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use mailspool::{Config, sysexits};
+use mailspool_deliver::Resolve;
 use mailspool_deliver::dkim::{Algorithm, DkimKey, generate, record_matches};
 
 use super::args::DkimCommand;

@@ -88,6 +88,8 @@ pub struct ConfigFile {
     pub bind_address: Option<OneOrMany>,
     /// Say EHLO with the source address's (forward-confirmed) PTR name.
     pub ehlo_from_ptr: Option<bool>,
+    /// Honour recipient domains' MTA-STS policies (true).
+    pub mta_sts: Option<bool>,
     /// Seconds in the queue after which the sender is told the message is delayed
     /// (one RFC 3464 "delayed" report; 14400; 0 = never).
     pub delay_warning_time: Option<u64>,
@@ -618,6 +620,7 @@ mod tests {
         assert_eq!(c.deliver.per_host_limit, d.deliver.per_host_limit);
         assert_eq!(c.shutdown_grace, d.shutdown_grace);
         assert_eq!(c.deliver.delay_warning_time, d.deliver.delay_warning_time);
+        assert_eq!(c.deliver.mta_sts, d.deliver.mta_sts);
         // The examples (## lines) parse too.
         let examples: String = text
             .lines()
