@@ -29,6 +29,20 @@ pub struct Target {
     pub policy: &'static str,
 }
 
+/// Addresses in the order RFC 8305 tries them: IPv6 first, then the families
+/// alternating, each family's own order kept.
+pub fn happy_order(ips: Vec<IpAddr>) -> Vec<IpAddr> {
+    let (v6, v4): (Vec<IpAddr>, Vec<IpAddr>) = ips.into_iter().partition(IpAddr::is_ipv6);
+    let mut out = Vec::with_capacity(v6.len() + v4.len());
+    let (mut a, mut b) = (v6.into_iter(), v4.into_iter());
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return out,
+            (x, y) => out.extend(x.into_iter().chain(y)),
+        }
+    }
+}
+
 /// The policy name of a configured TLS setting.
 pub fn configured_policy(tls: TlsPolicy) -> &'static str {
     match tls {
@@ -115,7 +129,7 @@ async fn resolve_fixed(
         match dns.ips(&hp.host).await {
             Ok(ips) => out.push(Target {
                 host: hp.host.clone(),
-                addrs: ips
+                addrs: happy_order(ips)
                     .into_iter()
                     .map(|ip| SocketAddr::new(ip, hp.port))
                     .collect(),
@@ -176,7 +190,7 @@ async fn mx_targets(
     for (_, host) in mx {
         match dns.ips(&host).await {
             Ok(ips) => out.push(Target {
-                addrs: ips
+                addrs: happy_order(ips)
                     .into_iter()
                     .map(|ip| SocketAddr::new(ip, cfg.mx_port))
                     .collect(),

@@ -253,3 +253,91 @@ async fn relay_auth_under_required_tls() {
     assert_eq!(r.count(Outcome::Delivered), 1, "{:?}", r.results);
     assert!(sink.received()[0].tls);
 }
+
+#[test]
+fn addresses_are_tried_ipv6_first_then_alternating() {
+    use mailspool_deliver::route::happy_order;
+    use std::net::IpAddr;
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let order = happy_order(vec![
+        ip("192.0.2.1"),
+        ip("192.0.2.2"),
+        ip("192.0.2.3"),
+        ip("2001:db8::1"),
+        ip("2001:db8::2"),
+    ]);
+    assert_eq!(
+        order,
+        [
+            ip("2001:db8::1"),
+            ip("192.0.2.1"),
+            ip("2001:db8::2"),
+            ip("192.0.2.2"),
+            ip("192.0.2.3")
+        ]
+    );
+}
+
+/// An address whose SYNs are dropped (a listener whose backlog is full): what a
+/// blackholed IPv6 route looks like to a connecting client.
+async fn blackhole(
+    addr: std::net::SocketAddr,
+) -> (tokio::net::TcpListener, Vec<tokio::task::JoinHandle<()>>) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(addr).unwrap();
+    let listener = sock.listen(0).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        fillers.push(tokio::spawn(async move {
+            if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                drop(s);
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    (listener, fillers)
+}
+
+#[tokio::test]
+async fn a_silent_first_address_costs_a_quarter_second_not_a_timeout() {
+    let sink = Sink::start(Script::default()).await;
+    let port = sink.addr.port();
+    let silent: std::net::SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let (_hole, fillers) = blackhole(silent).await;
+    let mut t = HashMap::new();
+    t.insert(
+        key("two.test", "MX"),
+        Answer::Mx(vec![(10, "mx.two.test".into())]),
+    );
+    t.insert(
+        key("mx.two.test", "A"),
+        Answer::A(vec![Ipv4Addr::new(127, 0, 0, 2), LOCAL]),
+    );
+    let dns: Arc<dyn Resolve> = Arc::new(HickoryDns::new(Some(dns_server(t).await)).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    queue(&spool, "a@sender.test", &["x@two.test"], MSG);
+    let mut timeouts = quick_timeouts();
+    timeouts.connect = std::time::Duration::from_secs(5);
+    let cfg = DeliverConfig {
+        hostname: "mailspool.test".into(),
+        mx_port: port,
+        mx_tls: TlsPolicy::None,
+        mta_sts: false,
+        timeouts,
+        ..DeliverConfig::default()
+    };
+    let engine = Engine::new(spool.clone(), cfg, dns).unwrap();
+    let started = std::time::Instant::now();
+    let r = engine.run_pass(&PassOptions::default()).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.count(Outcome::Delivered), 1, "{:?}", r.results);
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "took {took:?}: the second address waited for the first's timeout"
+    );
+    for f in fillers {
+        f.abort();
+    }
+}

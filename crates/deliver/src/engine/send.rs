@@ -54,7 +54,7 @@ impl Engine {
                         .expect("semaphore open"),
                 )
             };
-            for addr in &target.addrs {
+            for (ai, addr) in target.addrs.iter().enumerate() {
                 let started = Instant::now();
                 let pool_key = format!("{addr}/{}/{:?}", target.host, target.tls);
                 let pooled = self.pooled(&pool_key);
@@ -73,7 +73,7 @@ impl Engine {
                 }
                 let connected = match pooled {
                     Some(s) => Ok(s),
-                    None => self.connect(*addr, target, cfg).await,
+                    None => self.connect(&target.addrs[ai..], target, cfg).await,
                 };
                 let session = match connected {
                     Ok(s) => s,
@@ -85,6 +85,10 @@ impl Engine {
                         }
                         dest.connection_failed();
                         last = (target.host.clone(), e.to_string());
+                        // No TCP connection: every address left was tried in the race.
+                        if e.phase() == Some(mailspool_smtp::Phase::Connect) {
+                            break;
+                        }
                         continue;
                     }
                 };
@@ -96,7 +100,7 @@ impl Engine {
                     && e.phase() == Some(mailspool_smtp::Phase::Rset)
                     && !matches!(e, SmtpError::Rejected { .. })
                 {
-                    match self.connect(*addr, target, cfg).await {
+                    match self.connect(&target.addrs[ai..], target, cfg).await {
                         Ok(fresh) => {
                             session = fresh;
                             result = transmit(&mut session, &env, &info, file).await;
@@ -359,12 +363,21 @@ impl Engine {
         chosen
     }
 
+    /// A new session to the first of `addrs` that answers (happy eyeballs: each next
+    /// address is tried 250 ms after the one before if it has not answered, so an
+    /// IPv6 route that drops packets costs a quarter second, not a timeout).
     async fn connect(
         &self,
-        addr: std::net::SocketAddr,
+        addrs: &[std::net::SocketAddr],
         target: &Target,
         cfg: &DeliverConfig,
     ) -> Result<Session, SmtpError> {
+        let Some(&addr) = addrs.first() else {
+            return Err(SmtpError::Io {
+                phase: mailspool_smtp::Phase::Connect,
+                source: std::io::Error::other("no address"),
+            });
+        };
         let mut settings = ClientSettings {
             helo_name: self.ehlo_name(cfg, addr).await,
             timeouts: cfg.timeouts.clone(),
@@ -372,13 +385,14 @@ impl Engine {
             auth: target.auth.clone(),
             bind: cfg.bind_addresses.clone(),
         };
-        match Session::connect(addr, &target.host, &settings, &self.tls).await {
+        let stagger = HAPPY_EYEBALLS_DELAY;
+        match Session::connect_any(addrs, &target.host, &settings, &self.tls, stagger).await {
             Err(SmtpError::Tls(e))
                 if target.tls == TlsPolicy::Opportunistic && target.auth.is_none() =>
             {
                 tracing::info!(host = %escape(&target.host), error = %escape(&e.to_string()), "TLS failed; retrying without TLS");
                 settings.tls = TlsPolicy::None;
-                Session::connect(addr, &target.host, &settings, &self.tls).await
+                Session::connect_any(addrs, &target.host, &settings, &self.tls, stagger).await
             }
             other => other,
         }
@@ -427,6 +441,9 @@ pub(super) fn temporary_all(nodes: &[(NodeEntry, NodeLock)], reply: String) -> V
         })
         .collect()
 }
+
+/// RFC 8305's recommended Connection Attempt Delay.
+const HAPPY_EYEBALLS_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The per-host limit applies to this key: host name and port.
 pub(super) fn host_key(t: &Target) -> String {

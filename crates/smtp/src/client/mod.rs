@@ -65,6 +65,77 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// A TCP connection to `peer`, from the configured source address of its family.
+async fn connect_tcp(peer: SocketAddr, settings: &ClientSettings) -> Result<TcpStream, SmtpError> {
+    let source = settings
+        .bind
+        .iter()
+        .find(|ip| ip.is_ipv4() == peer.is_ipv4())
+        .copied();
+    let connect = async move {
+        match source {
+            None => TcpStream::connect(peer).await,
+            Some(ip) => {
+                let socket = if peer.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(peer).await
+            }
+        }
+    };
+    tokio::time::timeout(settings.timeouts.connect, connect)
+        .await
+        .map_err(|_| SmtpError::Timeout(Phase::Connect))?
+        .map_err(|source| SmtpError::Io {
+            phase: Phase::Connect,
+            source,
+        })
+}
+
+/// Race connections to `peers` in order, starting each `stagger` after the one before
+/// (or at once when it failed); the first made wins, the others are dropped. The last
+/// error when none connects.
+async fn connect_first(
+    peers: &[SocketAddr],
+    settings: &ClientSettings,
+    stagger: Duration,
+) -> Result<(TcpStream, SocketAddr), SmtpError> {
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut next = 0;
+    let mut last = SmtpError::Io {
+        phase: Phase::Connect,
+        source: std::io::Error::other("no address to connect to"),
+    };
+    loop {
+        if attempts.is_empty() {
+            let Some(&peer) = peers.get(next) else {
+                return Err(last);
+            };
+            next += 1;
+            let settings = settings.clone();
+            attempts.spawn(async move { (connect_tcp(peer, &settings).await, peer) });
+        }
+        let more = next < peers.len();
+        tokio::select! {
+            done = attempts.join_next() => match done {
+                Some(Ok((Ok(tcp), peer))) => return Ok((tcp, peer)),
+                Some(Ok((Err(e), _))) => last = e,
+                Some(Err(e)) => last = SmtpError::Io { phase: Phase::Connect, source: std::io::Error::other(e) },
+                None => {}
+            },
+            _ = tokio::time::sleep(stagger), if more => {
+                let peer = peers[next];
+                next += 1;
+                let settings = settings.clone();
+                attempts.spawn(async move { (connect_tcp(peer, &settings).await, peer) });
+            }
+        }
+    }
+}
+
 impl Session {
     /// Connect to `peer` (named `host`), read the greeting, say EHLO, do TLS and AUTH as
     /// the settings say.
@@ -74,33 +145,32 @@ impl Session {
         settings: &ClientSettings,
         tls: &TlsConnectors,
     ) -> Result<Session, SmtpError> {
+        let tcp = connect_tcp(peer, settings).await?;
+        Session::start(tcp, peer, host, settings, tls).await
+    }
+
+    /// Connect to the first of `peers` that answers, RFC 8305 style (happy eyeballs):
+    /// each attempt starts when the one before failed or after `stagger`, and the
+    /// first connection made wins; then as [`Session::connect`].
+    pub async fn connect_any(
+        peers: &[SocketAddr],
+        host: &str,
+        settings: &ClientSettings,
+        tls: &TlsConnectors,
+        stagger: Duration,
+    ) -> Result<Session, SmtpError> {
+        let (tcp, peer) = connect_first(peers, settings, stagger).await?;
+        Session::start(tcp, peer, host, settings, tls).await
+    }
+
+    async fn start(
+        tcp: TcpStream,
+        peer: SocketAddr,
+        host: &str,
+        settings: &ClientSettings,
+        tls: &TlsConnectors,
+    ) -> Result<Session, SmtpError> {
         let t = &settings.timeouts;
-        let source = settings
-            .bind
-            .iter()
-            .find(|ip| ip.is_ipv4() == peer.is_ipv4())
-            .copied();
-        let connect = async move {
-            match source {
-                None => TcpStream::connect(peer).await,
-                Some(ip) => {
-                    let socket = if peer.is_ipv4() {
-                        tokio::net::TcpSocket::new_v4()?
-                    } else {
-                        tokio::net::TcpSocket::new_v6()?
-                    };
-                    socket.bind(SocketAddr::new(ip, 0))?;
-                    socket.connect(peer).await
-                }
-            }
-        };
-        let tcp = tokio::time::timeout(t.connect, connect)
-            .await
-            .map_err(|_| SmtpError::Timeout(Phase::Connect))?
-            .map_err(|source| SmtpError::Io {
-                phase: Phase::Connect,
-                source,
-            })?;
         let _ = tcp.set_nodelay(true);
         let mut s = Session {
             stream: Stream::Plain(tcp),
