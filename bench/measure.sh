@@ -38,7 +38,7 @@ sample_pss() {
 # sink saw them (retries: connections the client had to try again, 421 or no greeting).
 e2e() {
     local tx0 r0 c0 f0 s0 tx r c f s retries=0
-    read -r tx0 r0 c0 f0 s0 < <(counts)
+    read -r tx0 r0 c0 f0 s0 _ < <(counts)
     local want=$(( $4 * $5 )) t0 t1
     rm -f "$work/stop"
     sample_pss "$1" & local sampler=$!
@@ -51,7 +51,7 @@ e2e() {
             read -r _ _ retries < <(RUST_BACKTRACE=0 "$B" load --port "$2" --sessions "$3" --messages "$4" --rcpts "$5" $tls) ;;
     esac
     for _ in $(seq 1 12000); do
-        read -r tx r c f s < <(counts)
+        read -r tx r c f s _ < <(counts)
         [ $(( r - r0 )) -ge "$want" ] && break
         sleep 0.05
     done

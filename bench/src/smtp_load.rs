@@ -2,9 +2,10 @@
 //! generator that speaks through the project's own client (optionally STARTTLS), and a
 //! self-signed certificate for both ends and for Postfix.
 //!
-//! `mailspool-bench sink --port-file F --counts F [--tls-cert C --tls-key K]` writes
-//! "transactions recipients connections tls_full tls_resumed" to the counts file every
-//! 50 ms.
+//! `mailspool-bench sink --port-file F --counts F [--tls-cert C --tls-key K]
+//! [--max-connections N] [--max-rate M]` writes "transactions recipients connections
+//! tls_full tls_resumed throttled" to the counts file every 50 ms; with the limits it
+//! answers `421 4.7.28` above N connections at once or M messages a second.
 //! `mailspool-bench load --port P --sessions N --messages M [--rcpts R] [--per-connection K]
 //! [--tls]` sends M 4 KB messages over N parallel sessions, K per connection (default 1,
 //! like smtp-source), and prints "seconds connections retries" (retries: connections
@@ -25,15 +26,46 @@ static RCPT: AtomicU64 = AtomicU64::new(0);
 static CONNS: AtomicU64 = AtomicU64::new(0);
 static TLS_FULL: AtomicU64 = AtomicU64::new(0);
 static TLS_RESUMED: AtomicU64 = AtomicU64::new(0);
+static THROTTLED: AtomicU64 = AtomicU64::new(0);
+static OPEN: AtomicU64 = AtomicU64::new(0);
+
+/// How the sink throttles, like the big receivers: `421 4.7.28` above this many
+/// connections at once, or above this many messages in the last second.
+#[derive(Clone, Copy)]
+struct Throttle {
+    connections: Option<u64>,
+    per_second: Option<usize>,
+}
+
+static TAKEN: std::sync::Mutex<std::collections::VecDeque<Instant>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// Whether one more message in this second would exceed `per_second`.
+fn over_rate(per_second: usize) -> bool {
+    let now = Instant::now();
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    while taken
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(1))
+    {
+        taken.pop_front();
+    }
+    if taken.len() >= per_second {
+        return true;
+    }
+    taken.push_back(now);
+    false
+}
 
 fn counts_line() -> String {
     format!(
-        "{} {} {} {} {}\n",
+        "{} {} {} {} {} {}\n",
         TX.load(Relaxed),
         RCPT.load(Relaxed),
         CONNS.load(Relaxed),
         TLS_FULL.load(Relaxed),
-        TLS_RESUMED.load(Relaxed)
+        TLS_RESUMED.load(Relaxed),
+        THROTTLED.load(Relaxed)
     )
 }
 
@@ -62,6 +94,10 @@ pub(crate) fn sink() {
     let port_file = PathBuf::from(flag("--port-file").expect("--port-file"));
     let counts = PathBuf::from(flag("--counts").expect("--counts"));
     let tls = flag("--tls-cert").map(|c| server_config(&c, &flag("--tls-key").expect("--tls-key")));
+    let throttle = Throttle {
+        connections: flag("--max-connections").map(|n| n.parse().expect("--max-connections N")),
+        per_second: flag("--max-rate").map(|n| n.parse().expect("--max-rate N (per second)")),
+    };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     fs::write(
         &port_file,
@@ -82,11 +118,24 @@ pub(crate) fn sink() {
         let tls = tls.clone();
         std::thread::spawn(move || {
             CONNS.fetch_add(1, Relaxed);
+            let open = OPEN.fetch_add(1, Relaxed) + 1;
+            struct Close;
+            impl Drop for Close {
+                fn drop(&mut self) {
+                    OPEN.fetch_sub(1, Relaxed);
+                }
+            }
+            let _close = Close;
             // Replies go out at once: with Nagle's algorithm a pipelined client's
             // delayed ACK would add 40 ms to every transaction.
             let _ = stream.set_nodelay(true);
+            if throttle.connections.is_some_and(|n| open > n) {
+                THROTTLED.fetch_add(1, Relaxed);
+                let _ = (&stream).write_all(b"421 4.7.28 too many connections, try later\r\n");
+                return;
+            }
             let _ = (&stream).write_all(b"220 sink.test ESMTP\r\n");
-            let upgrade = sink_session(&mut BufReader::new(&stream), tls.is_some());
+            let upgrade = sink_session(&mut BufReader::new(&stream), tls.is_some(), throttle);
             let (Some(Upgrade), Some(cfg)) = (upgrade, tls) else {
                 return;
             };
@@ -103,7 +152,7 @@ pub(crate) fn sink() {
                 Some(rustls::HandshakeKind::Resumed) => TLS_RESUMED.fetch_add(1, Relaxed),
                 _ => TLS_FULL.fetch_add(1, Relaxed),
             };
-            sink_session(&mut BufReader::new(tls), false);
+            sink_session(&mut BufReader::new(tls), false, throttle);
         });
     }
 }
@@ -112,7 +161,11 @@ pub(crate) fn sink() {
 struct Upgrade;
 
 /// Serve SMTP until QUIT or EOF; `Some(Upgrade)` after a `220` to STARTTLS.
-fn sink_session<S: Read + Write>(input: &mut BufReader<S>, offer_tls: bool) -> Option<Upgrade> {
+fn sink_session<S: Read + Write>(
+    input: &mut BufReader<S>,
+    offer_tls: bool,
+    throttle: Throttle,
+) -> Option<Upgrade> {
     let mut line = String::new();
     let mut pending = Vec::new();
     loop {
@@ -131,6 +184,13 @@ fn sink_session<S: Read + Write>(input: &mut BufReader<S>, offer_tls: bool) -> O
                 let _ = input.get_mut().write_all(&pending);
                 let _ = input.get_mut().flush();
                 return Some(Upgrade);
+            }
+            "MAIL" if throttle.per_second.is_some_and(over_rate) => {
+                THROTTLED.fetch_add(1, Relaxed);
+                pending.extend_from_slice(b"421 4.7.28 rate limited, try again later\r\n");
+                let _ = input.get_mut().write_all(&pending);
+                let _ = input.get_mut().flush();
+                return None;
             }
             "MAIL" => {
                 TX.fetch_add(1, Relaxed);
@@ -232,6 +292,7 @@ async fn run_load(
         },
         auth: None,
         bind: Vec::new(),
+        verifier: None,
     };
     // One set of connectors for every connection: rustls's client session cache is in
     // it, so later handshakes can resume.

@@ -99,6 +99,10 @@ pub struct DeliverConfig {
     pub max_messages_per_connection: u32,
     /// Honour MTA-STS policies of recipient domains (MX delivery only).
     pub mta_sts: bool,
+    /// Apply DANE (RFC 7672): MX hosts with DNSSEC-validated TLSA records get TLS
+    /// checked against them. Off unless set: the resolver path must pass DNSSEC
+    /// records (most do), or signed domains' mail would wait.
+    pub dane: bool,
     /// Port of the MTA-STS policy servers (443; tests use their own).
     pub mta_sts_port: u16,
     /// DKIM keys (`[[dkim]]`); none: mail goes unsigned.
@@ -126,6 +130,7 @@ impl Default for DeliverConfig {
             ehlo_from_ptr: false,
             dkim: Vec::new(),
             mta_sts: true,
+            dane: false,
             mta_sts_port: 443,
             shaping: crate::shaping::Shaping::default(),
             max_messages_per_connection: 100,

@@ -42,6 +42,12 @@ pub trait Resolve: Send + Sync {
         let _ = ip;
         Box::pin(async { Err(LookupError::NoRecords) })
     }
+    /// TLSA records of `name` (`_25._tcp.<host>`), validated under DNSSEC; default:
+    /// none (DANE does not apply).
+    fn tlsa<'a>(&'a self, name: &'a str) -> BoxFuture<'a, crate::dane::TlsaAnswer> {
+        let _ = name;
+        Box::pin(async { crate::dane::TlsaAnswer::Insecure })
+    }
     /// TXT records of `name`, each record's strings joined (as DKIM and MTA-STS read
     /// them); default: none.
     fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, LookupError>> {
@@ -53,6 +59,8 @@ pub trait Resolve: Send + Sync {
 /// The hickory resolver: the system's configuration, or one given server.
 pub struct HickoryDns {
     resolver: TokioResolver,
+    /// The same servers, validating DNSSEC (for TLSA records: DANE).
+    validating: TokioResolver,
     /// Until when the resolver's cache holds each name's last answer: a lookup before
     /// then is a cache hit (for the metrics; hickory does not count its hits).
     fresh: std::sync::Mutex<std::collections::HashMap<(String, bool), std::time::Instant>>,
@@ -107,36 +115,90 @@ fn fqdn(name: &str) -> String {
 }
 
 impl HickoryDns {
-    /// Use `server` (udp and tcp) if given, else /etc/resolv.conf.
+    /// Use `server` (udp and tcp) if given, else /etc/resolv.conf. DNSSEC is validated
+    /// from the root's trust anchors.
     pub fn new(server: Option<SocketAddr>) -> Result<HickoryDns, String> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = match server {
-            Some(addr) => {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![ns]),
-                    provider,
-                )
+        HickoryDns::with_trust_anchors(server, None)
+    }
+
+    /// As [`HickoryDns::new`], validating DNSSEC from `anchors` (tests, private roots).
+    pub fn with_trust_anchors(
+        server: Option<SocketAddr>,
+        anchors: Option<std::sync::Arc<hickory_resolver::proto::dnssec::TrustAnchors>>,
+    ) -> Result<HickoryDns, String> {
+        let builder = |validate: bool| -> Result<TokioResolver, String> {
+            let provider = TokioRuntimeProvider::default();
+            let mut builder = match server {
+                Some(addr) => {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = addr.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+                    TokioResolver::builder_with_config(
+                        ResolverConfig::from_name_servers(vec![ns]),
+                        provider,
+                    )
+                }
+                None => TokioResolver::builder(provider).map_err(|e| e.to_string())?,
+            };
+            let opts: &mut ResolverOpts = builder.options_mut();
+            opts.timeout = Duration::from_secs(5);
+            opts.attempts = 2;
+            opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+            opts.cache_size = 4096;
+            opts.validate = validate;
+            if validate && let Some(a) = &anchors {
+                builder = builder.with_trust_anchor(a.clone());
             }
-            None => TokioResolver::builder(provider).map_err(|e| e.to_string())?,
+            builder.build().map_err(|e| e.to_string())
         };
-        let opts: &mut ResolverOpts = builder.options_mut();
-        opts.timeout = Duration::from_secs(5);
-        opts.attempts = 2;
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        opts.cache_size = 4096;
         Ok(HickoryDns {
-            resolver: builder.build().map_err(|e| e.to_string())?,
+            resolver: builder(false)?,
+            validating: builder(true)?,
             fresh: Default::default(),
         })
     }
 }
 
 impl Resolve for HickoryDns {
+    fn tlsa<'a>(&'a self, name: &'a str) -> BoxFuture<'a, crate::dane::TlsaAnswer> {
+        use crate::dane::{Tlsa, TlsaAnswer};
+        use hickory_resolver::proto::dnssec::Proof;
+        use hickory_resolver::proto::rr::RecordType;
+        Box::pin(async move {
+            let lookup = match self.validating.lookup(fqdn(name), RecordType::TLSA).await {
+                Ok(l) => l,
+                Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
+                    return TlsaAnswer::Insecure;
+                }
+                Err(e) => return TlsaAnswer::Bogus(e.to_string()),
+            };
+            let mut records = Vec::new();
+            let mut proofs = Vec::new();
+            for r in lookup.answers() {
+                if let RData::TLSA(t) = &r.data {
+                    proofs.push(r.proof);
+                    records.push(Tlsa {
+                        usage: u8::from(t.cert_usage),
+                        selector: u8::from(t.selector),
+                        matching: u8::from(t.matching),
+                        data: t.cert_data.clone(),
+                    });
+                }
+            }
+            if records.is_empty() {
+                TlsaAnswer::Insecure
+            } else if proofs.iter().all(|p| *p == Proof::Secure) {
+                TlsaAnswer::Secure(records)
+            } else if proofs.contains(&Proof::Bogus) {
+                TlsaAnswer::Bogus("the TLSA records' signatures do not validate".into())
+            } else {
+                TlsaAnswer::Insecure
+            }
+        })
+    }
+
     fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, LookupError>> {
         Box::pin(async move {
             let lookup = self

@@ -9,6 +9,7 @@
 pub mod bounce;
 pub mod config;
 pub mod daemon;
+pub mod dane;
 pub mod dkim;
 pub mod dns;
 pub mod engine;

@@ -27,6 +27,8 @@ pub struct Target {
     /// The TLS policy this delivery follows, for logs and metrics: `dane`, `mta-sts`,
     /// `required` (configured), or `opportunistic` (`plaintext` when it gets no TLS).
     pub policy: &'static str,
+    /// DANE: the certificate is checked against the host's TLSA records instead.
+    pub verifier: Option<mailspool_smtp::CustomTls>,
 }
 
 /// Addresses in the order RFC 8305 tries them: IPv6 first, then the families
@@ -105,6 +107,7 @@ pub async fn route(
             auth: None,
             mx: false,
             policy: configured_policy(cfg.mx_tls),
+            verifier: None,
         }]);
     }
     mx_targets(&domain, cfg, dns).await
@@ -137,6 +140,7 @@ async fn resolve_fixed(
                 auth: auth.clone(),
                 mx: false,
                 policy: configured_policy(tls),
+                verifier: None,
             }),
             Err(e) => last = format!("{}: {e:?}", hp.host),
         }
@@ -199,6 +203,7 @@ async fn mx_targets(
                 auth: None,
                 mx: true,
                 policy: configured_policy(cfg.mx_tls),
+                verifier: None,
             }),
             Err(LookupError::Temporary(e)) => temporary = Some(format!("{host}: {e}")),
             Err(_) => {}

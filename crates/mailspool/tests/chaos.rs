@@ -153,6 +153,7 @@ async fn kill_nine_chaos_loses_nothing() {
                 tls: mailspool_smtp::TlsPolicy::None,
                 auth: None,
                 bind: Vec::new(),
+                verifier: None,
             };
             while !stop.load(Ordering::SeqCst) {
                 let addr = std::net::SocketAddr::from((

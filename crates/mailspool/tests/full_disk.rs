@@ -139,6 +139,7 @@ async fn a_full_spool_refuses_cleanly_and_recovers() {
         tls: mailspool_smtp::TlsPolicy::None,
         auth: None,
         bind: Vec::new(),
+        verifier: None,
     };
     let mut s = mailspool_smtp::Session::connect(addr, "127.0.0.1", &settings, &connector)
         .await

@@ -422,6 +422,7 @@ async fn starttls_then_auth_with_a_real_client_and_no_pipelined_commands_under_t
             password: "s3cret".into(),
         }),
         bind: Vec::new(),
+        verifier: None,
     };
     let mut session = mailspool_smtp::Session::connect(s.addr, "127.0.0.1", &settings, &connector)
         .await
@@ -461,6 +462,7 @@ async fn a_hundred_concurrent_sessions_of_fifty_messages() {
         tls: mailspool_smtp::TlsPolicy::None,
         auth: None,
         bind: Vec::new(),
+        verifier: None,
     };
     let mut tasks = tokio::task::JoinSet::new();
     for session_no in 0..100 {
@@ -526,6 +528,7 @@ async fn smtps_is_tls_from_the_first_byte() {
         tls: mailspool_smtp::TlsPolicy::Implicit,
         auth: None,
         bind: Vec::new(),
+        verifier: None,
     };
     let env = mailspool_smtp::Envelope {
         from: "a@x.test".into(),

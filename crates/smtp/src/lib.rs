@@ -16,8 +16,8 @@ pub mod reply;
 pub mod tls;
 
 pub use client::{
-    ClientSettings, Credentials, Envelope, Phase, Session, SmtpError, Timeouts, TlsPolicy,
-    TxOutcome,
+    ClientSettings, Credentials, CustomTls, Envelope, Phase, Session, SmtpError, Timeouts,
+    TlsPolicy, TxOutcome,
 };
 pub use reply::Reply;
 pub use tls::TlsConnectors;

@@ -384,6 +384,7 @@ impl Engine {
             tls: target.tls,
             auth: target.auth.clone(),
             bind: cfg.bind_addresses.clone(),
+            verifier: target.verifier.clone(),
         };
         let stagger = HAPPY_EYEBALLS_DELAY;
         match Session::connect_any(addrs, &target.host, &settings, &self.tls, stagger).await {

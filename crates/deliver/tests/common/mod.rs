@@ -367,6 +367,8 @@ pub fn tls_server(name: &str) -> (Arc<rustls::ServerConfig>, String) {
 /// names it signs.
 pub struct TestCa {
     pub pem: String,
+    /// The CA certificate (DER).
+    pub der: Vec<u8>,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
@@ -385,6 +387,7 @@ impl TestCa {
         let cert = params.self_signed(&key).unwrap();
         TestCa {
             pem: cert.pem(),
+            der: cert.der().to_vec(),
             issuer: rcgen::Issuer::new(params, key),
         }
     }
@@ -403,6 +406,26 @@ impl TestCa {
             vec![cert.der().clone()],
             signing,
         ))
+    }
+
+    /// A server config presenting a certificate for `name` and this CA's certificate
+    /// after it (a chain, as DANE-TA servers send).
+    pub fn server_with_chain(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let chain = vec![cert.der().clone(), self.der.clone().into()];
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, der)
+            .unwrap(),
+        )
     }
 
     /// A server config with a certificate for `name` signed by this CA.

@@ -264,6 +264,9 @@ pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), 
     if let Some(m) = file.mta_sts {
         c.deliver.mta_sts = m;
     }
+    if let Some(d) = file.dane {
+        c.deliver.dane = d;
+    }
     if let Some(p) = file.ehlo_from_ptr {
         if p && c.deliver.bind_addresses.is_empty() {
             return Err(ConfigError::Invalid(

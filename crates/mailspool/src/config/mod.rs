@@ -90,6 +90,8 @@ pub struct ConfigFile {
     pub ehlo_from_ptr: Option<bool>,
     /// Honour recipient domains' MTA-STS policies (true).
     pub mta_sts: Option<bool>,
+    /// Check MX hosts' certificates against their DNSSEC-signed TLSA records (false).
+    pub dane: Option<bool>,
     /// Seconds in the queue after which the sender is told the message is delayed
     /// (one RFC 3464 "delayed" report; 14400; 0 = never).
     pub delay_warning_time: Option<u64>,

@@ -25,7 +25,8 @@ mod types;
 
 use stream::Stream;
 pub use types::{
-    ClientSettings, Credentials, Envelope, Phase, SmtpError, Timeouts, TlsPolicy, TxOutcome,
+    ClientSettings, Credentials, CustomTls, Envelope, Phase, SmtpError, Timeouts, TlsPolicy,
+    TxOutcome,
 };
 
 /// The body of a transaction: a stored message to encode on the way, or DATA encoded
@@ -237,10 +238,10 @@ impl Session {
         };
         let name = TlsConnectors::server_name(&self.host)
             .ok_or_else(|| SmtpError::Tls(format!("invalid server name {:?}", self.host)))?;
-        let connector = if verify {
-            &tls.verified
-        } else {
-            &tls.unverified
+        let connector = match (&self.settings.verifier, verify) {
+            (Some(custom), true) => &custom.0,
+            (None, true) => &tls.verified,
+            (_, false) => &tls.unverified,
         };
         let stream = self
             .timed(

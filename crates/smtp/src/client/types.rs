@@ -83,6 +83,19 @@ pub struct ClientSettings {
     /// Source addresses to connect from: the first of the peer's family is used (none
     /// of it: the kernel chooses).
     pub bind: Vec<std::net::IpAddr>,
+    /// Checks the certificate instead of the web PKI when verifying (DANE's TLSA
+    /// records); TLS is then required.
+    pub verifier: Option<CustomTls>,
+}
+
+/// A TLS client configuration with its own certificate check.
+#[derive(Clone)]
+pub struct CustomTls(pub tokio_rustls::TlsConnector);
+
+impl std::fmt::Debug for CustomTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CustomTls")
+    }
 }
 
 /// The phase of a session an error or reply belongs to.
