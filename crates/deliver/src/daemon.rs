@@ -16,7 +16,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::DeliverConfig;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 
 use crate::engine::{Engine, Group, NodeResult, PLAN_CHUNK, PassOptions};
 
@@ -100,12 +101,106 @@ fn new_node_among(events: &[u8]) -> bool {
     false
 }
 
+/// Planned groups, queued per recipient domain and started round-robin, at most
+/// `per_domain` tasks per domain at once: a domain with a deep queue, or one whose
+/// receiver throttles us (its tasks wait at its gate), cannot take the task slots that
+/// every other domain's mail needs (Postfix's queue manager keeps per-destination
+/// queues for the same reason).
+#[derive(Default)]
+struct Backlog {
+    queues: HashMap<String, VecDeque<Group>>,
+    /// Domains with queued groups, in turn.
+    order: VecDeque<String>,
+    len: usize,
+    /// Tasks running per domain (decremented by the task itself, even if it panics).
+    running: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// Counts a running task of its domain while it lives.
+struct Running(Arc<Mutex<HashMap<String, usize>>>, String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = running.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.1);
+            }
+        }
+    }
+}
+
+impl Backlog {
+    fn extend(&mut self, groups: Vec<Group>) {
+        for g in groups {
+            let q = self.queues.entry(g.domain().to_owned()).or_default();
+            if q.is_empty() {
+                self.order.push_back(g.domain().to_owned());
+            }
+            q.push_back(g);
+            self.len += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The next group whose domain has room, round-robin, with its running-task guard.
+    fn next(&mut self, per_domain: usize) -> Option<(Group, Running)> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..self.order.len() {
+            let domain = self.order.pop_front()?;
+            if running.get(&domain).copied().unwrap_or(0) >= per_domain {
+                self.order.push_back(domain);
+                continue;
+            }
+            let q = self
+                .queues
+                .get_mut(&domain)
+                .expect("a queued domain has a queue");
+            let g = q.pop_front().expect("queues in the order are not empty");
+            if q.is_empty() {
+                self.queues.remove(&domain);
+            } else {
+                self.order.push_back(domain.clone());
+            }
+            self.len -= 1;
+            *running.entry(domain.clone()).or_default() += 1;
+            return Some((g, Running(self.running.clone(), domain)));
+        }
+        None
+    }
+
+    /// Whether some queued group could start now.
+    fn has_startable(&self, per_domain: usize) -> bool {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        self.order
+            .iter()
+            .any(|d| running.get(d).copied().unwrap_or(0) < per_domain)
+    }
+}
+
+/// Tasks one domain may run at once: a quarter of the slots.
+fn per_domain(engine: &Engine) -> usize {
+    (engine.task_cap() / 4).max(1)
+}
+
+/// Groups held in the backlog at most before planning waits (a deep queue for one
+/// throttled domain is not read into memory whole).
+const BACKLOG_CAP: usize = 4 * PLAN_CHUNK;
+
 /// Plan a pass (off the async threads) into the backlog, at most one chunk; note in
 /// `more` how to continue when the chunk limit was hit.
 async fn plan_into(
     engine: &Arc<Engine>,
     mut pass: PassOptions,
-    backlog: &mut VecDeque<Group>,
+    backlog: &mut Backlog,
     more: &mut Option<PassOptions>,
 ) {
     pass.limit = Some(PLAN_CHUNK);
@@ -126,10 +221,17 @@ async fn plan_into(
 }
 
 /// Start backlog groups while there is room.
-fn fill(engine: &Arc<Engine>, tasks: &mut JoinSet<Vec<NodeResult>>, backlog: &mut VecDeque<Group>) {
+fn fill(engine: &Arc<Engine>, tasks: &mut JoinSet<Vec<NodeResult>>, backlog: &mut Backlog) {
+    let limit = per_domain(engine);
     while tasks.len() < engine.task_cap() {
-        let Some(g) = backlog.pop_front() else { break };
-        tasks.spawn(engine.clone().deliver_group(g, false));
+        let Some((g, running)) = backlog.next(limit) else {
+            break;
+        };
+        let engine = engine.clone();
+        tasks.spawn(async move {
+            let _running = running;
+            engine.deliver_group(g, false).await
+        });
     }
 }
 
@@ -193,12 +295,13 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut deliveries = JoinSet::new();
     // Planned groups wait here; at most `task_cap` run as tasks at once.
-    let mut backlog: VecDeque<Group> = VecDeque::new();
+    let mut backlog = Backlog::default();
     tracing::info!(spool = %engine.spool().dir().display(), tick = ?opts.tick, "daemon started");
     // A plan that stopped at its chunk limit is continued as soon as the backlog is empty.
     let mut more: Option<PassOptions> = None;
     loop {
-        if backlog.is_empty()
+        if !backlog.has_startable(per_domain(&engine))
+            && backlog.len() < BACKLOG_CAP
             && deliveries.len() < engine.task_cap() / 2
             && let Some(pass) = more.take()
         {
@@ -240,9 +343,11 @@ pub async fn run(
                 continue;
             }
         };
-        // With work still waiting, a new scan would find nothing new to start: skip it.
-        // What it would have found is planned when the backlog is done.
-        if !backlog.is_empty() {
+        // With work still waiting to start, a new scan would find nothing new to start:
+        // skip it. What it would have found is planned when the backlog is done. (Work
+        // that waits only for its domain's turn does not stop a scan: other domains'
+        // mail must not wait behind it.)
+        if backlog.has_startable(per_domain(&engine)) || backlog.len() >= BACKLOG_CAP {
             if more.is_none() {
                 more = Some(PassOptions {
                     limit: Some(PLAN_CHUNK),
@@ -313,5 +418,33 @@ mod tests {
             !new_node_among(&with_node[..20]),
             "a torn buffer reads safely"
         );
+    }
+}
+
+#[cfg(test)]
+mod backlog_tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_takes_domains_in_turn_and_caps_each() {
+        let mut b = Backlog::default();
+        b.extend((0..6).map(|_| Group::empty("deep.test")).collect());
+        b.extend(vec![Group::empty("a.test"), Group::empty("b.test")]);
+        let mut started = Vec::new();
+        let mut guards = Vec::new();
+        while let Some((g, r)) = b.next(2) {
+            started.push(g.domain().to_owned());
+            guards.push(r);
+        }
+        // Round-robin, and the deep domain stops at its two tasks.
+        assert_eq!(started, ["deep.test", "a.test", "b.test", "deep.test"]);
+        assert_eq!(b.len(), 4);
+        assert!(!b.has_startable(2), "only the capped domain is left");
+        // A task of the deep domain ends (its guard drops): one more may start.
+        guards.remove(0);
+        assert!(b.has_startable(2));
+        let (g, _running) = b.next(2).unwrap();
+        assert_eq!(g.domain(), "deep.test");
+        assert!(b.next(2).is_none());
     }
 }

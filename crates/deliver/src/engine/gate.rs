@@ -128,10 +128,9 @@ impl Destination {
         self.lock().window as usize
     }
 
-    /// Enter for one message: wait a little for a place or a token, never long.
-    /// `patient` (a single pass, with no daemon to come back later): wait for a place
-    /// however many wait.
-    pub async fn enter(self: &Arc<Self>, patient: bool) -> Result<Pass, NotNow> {
+    /// Enter for one message: wait for a place (at most `max_waiting` deliveries wait
+    /// here at once; the rest are told to come back), or briefly for a rate token.
+    pub async fn enter(self: &Arc<Self>, max_waiting: usize) -> Result<Pass, NotNow> {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
@@ -167,9 +166,9 @@ impl Destination {
                         after: rate_wait,
                     });
                 }
-                // Waiters beyond the window's worth are turned away: they would only
-                // hold task slots other destinations could use.
-                if s.waiting >= allowed && !patient {
+                // Waiters beyond the bound are turned away: they would only hold task
+                // slots other destinations could use.
+                if s.waiting >= max_waiting.max(allowed) {
                     return Err(NotNow {
                         reason: format!("{}: {} deliveries at once already", self.key, s.active),
                         after: Duration::from_secs(1),
@@ -294,7 +293,7 @@ mod tests {
             Duration::from_secs(120),
             "doubles in a row"
         );
-        let e = d.enter(false).await.unwrap_err();
+        let e = d.enter(2).await.unwrap_err();
         assert!(e.reason.contains("throttled"), "{}", e.reason);
         assert!(e.after > Duration::from_secs(100));
         for _ in 0..10 {
@@ -306,16 +305,16 @@ mod tests {
     #[tokio::test]
     async fn places_are_limited_and_excess_waiters_are_turned_away() {
         let d = Arc::new(Destination::new("d".into(), limits(2)));
-        let a = d.enter(false).await.unwrap();
-        let _b = d.enter(false).await.unwrap();
+        let a = d.enter(2).await.unwrap();
+        let _b = d.enter(2).await.unwrap();
         // One may wait (the window's worth), the next is told to come back.
         let d2 = d.clone();
-        let waiter = tokio::spawn(async move { d2.enter(false).await.map(|_| ()) });
+        let waiter = tokio::spawn(async move { d2.enter(2).await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(50)).await;
         let d3 = d.clone();
-        let waiter2 = tokio::spawn(async move { d3.enter(false).await.map(|_| ()) });
+        let waiter2 = tokio::spawn(async move { d3.enter(2).await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let turned = d.enter(false).await.unwrap_err();
+        let turned = d.enter(2).await.unwrap_err();
         assert!(turned.reason.contains("at once"), "{}", turned.reason);
         drop(a);
         waiter.await.unwrap().unwrap();
@@ -332,9 +331,9 @@ mod tests {
                 ..limits(5)
             },
         ));
-        drop(d.enter(false).await.unwrap());
-        drop(d.enter(false).await.unwrap());
-        let e = d.enter(false).await.unwrap_err();
+        drop(d.enter(2).await.unwrap());
+        drop(d.enter(2).await.unwrap());
+        let e = d.enter(2).await.unwrap_err();
         assert!(e.reason.contains("rate"), "{}", e.reason);
         assert!(e.after > Duration::from_secs(20), "{:?}", e.after);
     }

@@ -142,6 +142,22 @@ pub struct Group {
     domain: String,
 }
 
+impl Group {
+    /// The recipients' domain.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// A group of no nodes, for tests of what schedules groups.
+    #[cfg(test)]
+    pub(crate) fn empty(domain: &str) -> Group {
+        Group {
+            nodes: Vec::new(),
+            domain: domain.to_owned(),
+        }
+    }
+}
+
 /// The locked nodes of one stored message at one domain, with the message open.
 pub(super) struct Claim {
     nodes: Vec<(NodeEntry, NodeLock)>,
@@ -490,8 +506,18 @@ impl Engine {
             self.destinations.get(&key, &limits)
         });
         let _pass = match &dest {
-            // Under the daemon, what cannot pass soon is left for its next pass.
-            Some(d) => match d.enter(!self.has_daemon()).await {
+            // The daemon starts at most a quarter of its task slots per domain; a
+            // destination (a provider group spans domains) may keep half of them
+            // waiting at its gate, more is left for a later pass. A single pass (no
+            // daemon to come back) waits for its turn.
+            Some(d) => match d
+                .enter(if self.has_daemon() {
+                    self.task_cap() / 2
+                } else {
+                    usize::MAX
+                })
+                .await
+            {
                 Ok(pass) => Some(pass),
                 Err(not_now) => {
                     mailspool_metrics::global().shaping_waits.inc();
