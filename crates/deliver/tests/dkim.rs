@@ -407,3 +407,52 @@ async fn a_big_message_is_signed_while_streamed() {
     cut.extend_from_slice(b"\r\n");
     assert!(!dkimpy_verifies(&cut, &k.record_name(), &k.record()));
 }
+
+#[tokio::test]
+async fn a_lone_recipient_deferred_keeps_its_signature_for_the_retry() {
+    let sink = Sink::start(Script::default()).await;
+    sink.script()
+        .rcpt
+        .insert("later@slow.test".into(), "451 4.7.1 greylisted".into());
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir.path().join("spool"));
+    let mut cfg = config(&[("slow.test", sink.addr), ("fast.test", sink.addr)]);
+    cfg.dkim = vec![key(dir.path(), "example.org", "s", Algorithm::Ed25519)];
+    queue(&spool, "ann@example.org", &["later@slow.test"], MESSAGE);
+    queue(&spool, "ann@example.org", &["now@fast.test"], MESSAGE);
+    let engine = engine(spool.clone(), cfg);
+    engine.run_pass(&all()).await.unwrap();
+    // Delivered at once: its signature was never written to the spool. Deferred: kept.
+    let kept: Vec<_> = std::fs::read_dir(dir.path().join("spool/dkim"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "only the deferred message's signature is kept"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    sink.script().rcpt.clear();
+    for n in spool.scan().unwrap().nodes {
+        spool.retry_now(&n).unwrap();
+    }
+    engine.run_pass(&all()).await.unwrap();
+    let got = sink.received();
+    let retried = got.iter().find(|g| g.to == ["later@slow.test"]).unwrap();
+    let sent = signature_fields(&retried.data);
+    let kept_text = String::from_utf8(kept[0].clone())
+        .unwrap()
+        .replace("\r\n", "\n");
+    assert_eq!(
+        format!("{}\n", sent[0]),
+        kept_text,
+        "the retry sent the kept signature"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("spool/dkim"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

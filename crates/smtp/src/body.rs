@@ -187,7 +187,28 @@ impl WireText {
     /// Convert `input`, appending to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 32 + 2);
-        self.enc.encode(input, &mut Unstuffed(out));
+        if self.enc.cr || input.contains(&b'\r') {
+            self.enc.encode(input, &mut Unstuffed(out));
+            return;
+        }
+        // Stored messages have LF line ends only: copy whole lines, not bytes.
+        let mut rest = input;
+        while !rest.is_empty() {
+            self.enc.empty = false;
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    out.extend_from_slice(&rest[..i]);
+                    out.extend_from_slice(b"\r\n");
+                    self.enc.line_start = true;
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    out.extend_from_slice(rest);
+                    self.enc.line_start = false;
+                    rest = &[];
+                }
+            }
+        }
     }
 
     /// Close an unterminated last line.

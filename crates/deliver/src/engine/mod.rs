@@ -162,6 +162,9 @@ impl Group {
 pub(super) struct Claim {
     nodes: Vec<(NodeEntry, NodeLock)>,
     file: NodeFile,
+    /// A DKIM signature made for this delivery and not yet kept in the spool (the
+    /// claim had all of the message's nodes: kept only if some stay queued).
+    unsaved_signature: Mutex<Option<Vec<u8>>>,
 }
 
 /// The engine; share it in an `Arc`.
@@ -625,10 +628,17 @@ impl Engine {
             let signed = (!cfg.dkim.is_empty())
                 .then(|| claim.file.file.try_clone().ok())
                 .flatten()
-                .map(|f| (f, claim.file.ino, claim.nodes[0].0.name.id.clone()));
+                .map(|f| {
+                    let unsaved = claim
+                        .unsaved_signature
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    (f, claim.file.ino, claim.nodes[0].0.name.id.clone(), unsaved)
+                });
             results.extend(self.settle(&cfg, claim, verdicts, interactive));
-            if let Some((file, ino, id)) = signed {
-                self.forget_signature_if_gone(&file, ino, &id);
+            if let Some((file, ino, id, unsaved)) = signed {
+                self.settle_signature(&file, ino, &id, unsaved);
             }
         }
         results
@@ -660,6 +670,7 @@ fn split_into_messages(opened: Vec<(NodeEntry, NodeLock, NodeFile)>) -> Vec<Clai
                 claims.push(Claim {
                     nodes: vec![(n, lock)],
                     file,
+                    unsaved_signature: Mutex::new(None),
                 });
             }
         }

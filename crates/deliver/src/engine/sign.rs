@@ -35,6 +35,9 @@ impl Engine {
             None
         };
         let (ino, id) = (claim.file.ino, claim.nodes[0].0.name.id.clone());
+        // This delivery has all of the message's names: no other delivery needs the
+        // signature now, so it is written to the spool only if a node stays queued.
+        let whole = claim.nodes.len() as u64 >= claim.file.nlink;
         let mut field = None;
         if !cfg.dkim.is_empty() {
             // Signed on an earlier attempt, for another recipient, or by another host.
@@ -45,19 +48,33 @@ impl Engine {
             let inline =
                 small.is_some() && cfg.dkim.iter().all(|k| k.algorithm() == Algorithm::Ed25519);
             if inline {
-                field = sign_once(&self.spool, &cfg.dkim, ino, &id, file, small.as_deref())?;
+                field = sign_once(
+                    &self.spool,
+                    &cfg.dkim,
+                    ino,
+                    &id,
+                    file,
+                    small.as_deref(),
+                    !whole,
+                )?;
             } else {
                 let (spool, keys) = (self.spool.clone(), cfg.dkim.clone());
                 let file = file.try_clone().map_err(unreadable)?;
                 let data = small.take();
                 let (signed, data) = tokio::task::spawn_blocking(move || {
-                    let signed = sign_once(&spool, &keys, ino, &id, &file, data.as_deref());
+                    let signed = sign_once(&spool, &keys, ino, &id, &file, data.as_deref(), !whole);
                     (signed, data)
                 })
                 .await
                 .map_err(|e| format!("DKIM signing stopped: {e}"))?;
                 small = data;
                 field = signed?;
+            }
+            if whole && let Some(f) = &field {
+                *claim
+                    .unsaved_signature
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(f.clone());
             }
         }
         match small {
@@ -67,11 +84,27 @@ impl Engine {
     }
 
     /// After a claim settles: a message whose last name is gone needs its signature
-    /// no more.
-    pub(super) fn forget_signature_if_gone(&self, file: &std::fs::File, ino: u64, id: &str) {
+    /// no more; one with nodes still queued keeps the signature this delivery made, so
+    /// that their retries send the same one.
+    pub(super) fn settle_signature(
+        &self,
+        file: &std::fs::File,
+        ino: u64,
+        id: &str,
+        unsaved: Option<Vec<u8>>,
+    ) {
         use std::os::unix::fs::MetadataExt;
-        if file.metadata().is_ok_and(|m| m.nlink() == 0) {
-            self.spool.forget_dkim_signature(ino, id);
+        let gone = file.metadata().is_ok_and(|m| m.nlink() == 0);
+        match (gone, unsaved) {
+            // Never written: nothing to remove.
+            (true, Some(_)) => {}
+            (true, None) => self.spool.forget_dkim_signature(ino, id),
+            (false, Some(field)) => {
+                if let Err(e) = self.spool.keep_dkim_signature(ino, id, &field) {
+                    tracing::warn!(id = %escape(id), error = %escape(&e.to_string()), "cannot keep the DKIM signature");
+                }
+            }
+            (false, None) => {}
         }
     }
 }
@@ -86,6 +119,7 @@ fn sign_once(
     id: &str,
     file: &std::fs::File,
     data: Option<&[u8]>,
+    keep: bool,
 ) -> Result<Option<Vec<u8>>, String> {
     use std::os::unix::fs::FileExt;
     let unreadable = |e: std::io::Error| format!("cannot read the node: {e}");
@@ -144,11 +178,14 @@ fn sign_once(
     if let Some(e) = failed {
         return Err(unreadable(e));
     }
+    tracing::debug!(id = %escape(id), domain = %key.domain, selector = %key.selector, algorithm = %key.algorithm(), event = "dkim signed", "DKIM-signed");
+    if !keep {
+        return Ok(Some(field));
+    }
     // Not kept (the disk is full, say): this delivery still goes signed.
     let kept = spool.keep_dkim_signature(ino, id, &field).unwrap_or_else(|e| {
         tracing::warn!(id = %escape(id), error = %escape(&e.to_string()), "cannot keep the DKIM signature");
         field
     });
-    tracing::info!(id = %escape(id), domain = %key.domain, selector = %key.selector, algorithm = %key.algorithm(), event = "dkim signed", "DKIM-signed");
     Ok(Some(kept))
 }
