@@ -65,7 +65,7 @@ impl Engine {
                             delivered: false,
                         },
                     );
-                    tracing::info!(event = "held", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), tier = n.tier, reply = %escape(&reply), "held in its tier while the destination cools");
+                    tracing::info!(event = "held back", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), tier = n.tier, reply = %escape(&reply), "held in its tier while the destination cools");
                     results.push(result(Outcome::Deferred, reply));
                 }
                 Verdict::Delivered { reply } => {
