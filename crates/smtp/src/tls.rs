@@ -91,6 +91,35 @@ impl ServerCertVerifier for AcceptAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        HandshakeSignatures(&self.0).tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        HandshakeSignatures(&self.0).tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        HandshakeSignatures(&self.0).schemes()
+    }
+}
+
+/// The handshake-signature checks every certificate verifier needs whatever it thinks
+/// of the certificate (so the session keys are bound to it): the provider's.
+pub struct HandshakeSignatures<'a>(pub &'a CryptoProvider);
+
+impl HandshakeSignatures<'_> {
+    /// TLS 1.2 handshake signature.
+    pub fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(
             message,
             cert,
@@ -99,7 +128,8 @@ impl ServerCertVerifier for AcceptAny {
         )
     }
 
-    fn verify_tls13_signature(
+    /// TLS 1.3 handshake signature.
+    pub fn tls13(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
@@ -113,7 +143,8 @@ impl ServerCertVerifier for AcceptAny {
         )
     }
 
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+    /// The schemes the provider can check.
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -146,7 +146,12 @@ impl Spool {
     /// Remove "delayed" markers older than `age`: by then their message has been
     /// delivered or bounced (a message lives the sum of the tier periods).
     pub fn prune_delay_warnings(&self, age: std::time::Duration) -> usize {
-        let Ok(entries) = std::fs::read_dir(self.dir.join("delayed")) else {
+        self.prune_older(&self.dir.join("delayed"), age)
+    }
+
+    /// Remove the files of `dir` older than `age`; how many went.
+    fn prune_older(&self, dir: &std::path::Path, age: std::time::Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
             return 0;
         };
         entries
@@ -199,14 +204,7 @@ impl Spool {
     /// Remove signatures older than `age` (their message was delivered, bounced or
     /// deleted by something that did not forget them).
     pub fn prune_dkim_signatures(&self, age: std::time::Duration) -> usize {
-        let Ok(entries) = std::fs::read_dir(self.dir.join("dkim")) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .filter(|e| entry_age(e).is_some_and(|a| a >= age))
-            .filter(|e| std::fs::remove_file(e.path()).is_ok())
-            .count()
+        self.prune_older(&self.dir.join("dkim"), age)
     }
 
     fn dkim_path(&self, ino: u64, id: &str) -> PathBuf {

@@ -1,7 +1,7 @@
 //! `mailspool dkim keygen|check`: signing keys and their DNS records.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use mailspool::{Config, sysexits};
@@ -53,14 +53,8 @@ fn keygen(
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let path = key_file.unwrap_or_else(|| default_key_file(config, &domain, selector));
     let pem = generate(algorithm).map_err(|e| Failure::new(sysexits::SOFTWARE, e))?;
-    // Root makes the key for the daemon's user: the spool's owner.
-    let owner = if rustix::process::geteuid().is_root() {
-        std::fs::metadata(&config.spool_dir)
-            .ok()
-            .map(|m| (m.uid(), m.gid()))
-    } else {
-        None
-    };
+    // Root makes it for the daemon's user: the spool's owner.
+    let owner = super::privilege::daemon_owner(config);
     let cant = |e: std::io::Error, what: &Path| {
         Failure::new(
             sysexits::CANTCREAT,

@@ -109,3 +109,14 @@ pub fn exec_drop(config: &Config, args: Vec<OsString>, file: Option<&Path>) -> F
         format!("cannot run {}: {e}", prog.display()),
     )
 }
+
+/// Whom files made for the daemon belong to: the spool's owner when root makes them
+/// (`token add`, `dkim keygen`), else nobody else (the caller keeps them).
+pub fn daemon_owner(config: &Config) -> Option<(u32, u32)> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    std::fs::metadata(&config.spool_dir)
+        .ok()
+        .map(|m| (m.uid(), m.gid()))
+}

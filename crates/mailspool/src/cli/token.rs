@@ -1,7 +1,5 @@
 //! `mailspool token add|del|list`: the HTTP API's bearer tokens.
 
-use std::os::unix::fs::MetadataExt;
-
 use mailspool::http::tokens::{Scope, Tokens};
 use mailspool::{Config, sysexits};
 
@@ -38,14 +36,8 @@ pub fn run(config: &Config, command: TokenCommand) -> CliResult {
         |e: mailspool::http::tokens::TokenError| Failure::new(sysexits::CANTCREAT, e.to_string());
     let mut tokens =
         Tokens::load(&path).map_err(|e| Failure::new(sysexits::CONFIG, e.to_string()))?;
-    // Root makes the file for the daemon's user: the spool's owner.
-    let owner = if rustix::process::geteuid().is_root() {
-        std::fs::metadata(&config.spool_dir)
-            .ok()
-            .map(|m| (m.uid(), m.gid()))
-    } else {
-        None
-    };
+    // Root makes it for the daemon's user: the spool's owner.
+    let owner = super::privilege::daemon_owner(config);
     match command {
         TokenCommand::Add {
             name,
