@@ -58,6 +58,16 @@ dequeue_timeout = 1
 listen = "127.0.0.1:${HTTP_PORT}"
 EOF
 
+# DKIM as a sysadmin sets it up: root makes the key (the daemon's, nobody else's) and
+# adds the lines keygen prints.
+dkim_line=$(/usr/bin/mailspool dkim keygen --domain server.test --selector pkg --algorithm ed25519 2>/tmp/mailspool-keygen.err) ||
+    fail "dkim keygen: $(cat /tmp/mailspool-keygen.err)"
+case "$dkim_line" in 'pkg._domainkey.server.test. IN TXT "v=DKIM1; k=ed25519; p='*) ;; *) fail "keygen printed: $dkim_line" ;; esac
+[ "$(stat -c '%U %a' /etc/mailspool/dkim/pkg._domainkey.server.test.pem)" = "mailspool 600" ] || fail "DKIM key: $(stat -c '%U %a' /etc/mailspool/dkim/pkg._domainkey.server.test.pem)"
+[ "$(stat -c '%U %a' /etc/mailspool/dkim)" = "mailspool 700" ] || fail "DKIM key dir: $(stat -c '%U %a' /etc/mailspool/dkim)"
+grep -A3 '^\[\[dkim\]\]' /tmp/mailspool-keygen.err >> /etc/mailspool/mailspool.toml
+[ -f /usr/share/doc/mailspool/deliverability.md ] || fail "docs/deliverability.md not installed"
+
 # The HTTP API as a sysadmin sets it up: root makes a token; the file is the daemon's
 # (it runs as mailspool) and nobody else's.
 token=$(/usr/bin/mailspool token add package-test --scope admin 2>/dev/null | tail -1)
@@ -122,6 +132,7 @@ attack "list the queue" /usr/bin/mailspool queue
 attack "list the queue (mailq)" /usr/bin/mailq
 attack "delete from the queue" /usr/bin/mailspool --spool /var/spool/mailspool queue delete X
 attack "read the API tokens" cat /etc/mailspool/tokens
+attack "read the DKIM key" cat /etc/mailspool/dkim/pkg._domainkey.server.test.pem
 attack "write the spool directly" sh -c 'echo hi | /usr/bin/mailspool --spool /var/spool/mailspool send --now a@example.test'
 # Redirecting the privileged drop elsewhere: ignored while it runs setgid.
 printf 'To: redirect@example.test\nSubject: env\n\nx\n' |

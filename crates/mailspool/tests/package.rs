@@ -70,6 +70,11 @@ async fn the_package_serves_many_users_and_leaves_nothing_behind() {
         if m.to.iter().any(|t| t.starts_with("redirect@")) {
             continue;
         }
+        // Signed by the key root made with `dkim keygen` (read by the daemon's user).
+        assert!(
+            body.starts_with("DKIM-Signature: v=1; a=ed25519-sha256; s=pkg; d=server.test;"),
+            "{body}"
+        );
         // The message posted to the HTTP API by root's token.
         if m.to == ["http@example.test"] {
             assert_eq!(m.from, "app@server.test");
