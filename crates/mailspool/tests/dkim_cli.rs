@@ -243,3 +243,62 @@ async fn configured_keys_sign_what_send_now_delivers() {
     assert_eq!(run.status.code(), Some(78), "{}", text(&run));
     assert!(text(&run).contains("gone"), "{}", text(&run));
 }
+
+#[test]
+fn doctor_checks_the_dkim_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("mailspool.toml"), "").unwrap();
+    // A spool to look at.
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin!("mailspool"))
+        .env("MAILSPOOL_SPOOL", d.join("spool"))
+        .env("MAILSPOOL_CONFIG", d.join("mailspool.toml"))
+        .args(["send", "a@example.org"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: x\n\nhi\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let doctor = || String::from_utf8(mailspool(d, &["doctor"]).stdout).unwrap();
+    assert!(doctor().contains("no [[dkim]] keys"), "{}", doctor());
+    let out = mailspool(
+        d,
+        &[
+            "dkim",
+            "keygen",
+            "--domain",
+            "example.org",
+            "--selector",
+            "doc",
+            "--algorithm",
+            "ed25519",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(
+        d.join("mailspool.toml"),
+        "[[dkim]]\ndomain = \"example.org\"\nselector = \"doc\"\nkey_file = \"dkim/doc._domainkey.example.org.pem\"\n",
+    )
+    .unwrap();
+    let report = doctor();
+    assert!(
+        report.contains("ok    DKIM key of example.org (selector doc): ed25519 key"),
+        "{report}"
+    );
+    let key = d.join("dkim/doc._domainkey.example.org.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let report = doctor();
+    assert!(
+        report.contains("is world-readable") && report.contains("chmod 0600"),
+        "{report}"
+    );
+    std::fs::write(&key, "not a key").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(doctor().contains("mailspool dkim keygen"), "{}", doctor());
+}

@@ -92,6 +92,7 @@ pub fn run(config: &Config) -> CliResult {
     }
     check_drop(&mut r, spool, owner);
     check_secret(&mut r, config, owner);
+    check_dkim(&mut r, config, owner);
     check_network(&mut r, config);
     if spool != Path::new(mailspool::config::SYSTEM_SPOOL)
         && Path::new("/lib/systemd/system/mailspool.service").exists()
@@ -203,24 +204,56 @@ fn check_secret(r: &mut Report, config: &Config, owner: u32) {
     let Some((_, file)) = &config.relay_secret else {
         return;
     };
+    check_private_file(r, "relay password_file", file, owner);
+}
+
+/// A file only the daemon (the spool's owner) may read; true when it is fine.
+fn check_private_file(r: &mut Report, what: &str, file: &Path, owner: u32) -> bool {
     match std::fs::metadata(file) {
         Err(e) => r.fix(
-            &format!("relay password_file {}: {e}", file.display()),
+            &format!("{what} {}: {e}", file.display()),
             "create it, readable by the spool's owner only",
         ),
         Ok(m) if m.mode() & 0o004 != 0 => r.fix(
-            &format!("relay password_file {} is world-readable", file.display()),
+            &format!("{what} {} is world-readable", file.display()),
             "chmod 0600 it, owned by the spool's owner (only the daemon reads it)",
         ),
         Ok(m) if m.uid() != owner && m.mode() & 0o040 == 0 => r.fix(
             &format!(
-                "relay password_file {}: the daemon ({}) cannot read it",
+                "{what} {}: the daemon ({}) cannot read it",
                 file.display(),
                 user(owner)
             ),
             "chown it to the spool's owner, mode 0600",
         ),
-        Ok(_) => r.ok(&format!("relay password_file {}", file.display())),
+        Ok(_) => return true,
+    }
+    false
+}
+
+/// DKIM keys: readable by the daemon only, and keys at all (the big receivers junk
+/// unsigned mail).
+fn check_dkim(r: &mut Report, config: &Config, owner: u32) {
+    if config.dkim.is_empty() {
+        r.warn("no [[dkim]] keys: Gmail, Yahoo and Microsoft junk or refuse unsigned mail (mailspool dkim keygen; docs/deliverability.md)");
+        return;
+    }
+    for d in &config.dkim {
+        let what = format!("DKIM key of {} (selector {})", d.domain, d.selector);
+        if !check_private_file(r, &what, &d.key_file, owner) {
+            continue;
+        }
+        match mailspool_deliver::dkim::DkimKey::load(&d.domain, &d.selector, &d.key_file, None, None)
+        {
+            Ok(k) => r.ok(&format!(
+                "{what}: {} key in {}; `mailspool dkim check --domain {} --selector {}` compares it with DNS",
+                k.algorithm(),
+                d.key_file.display(),
+                d.domain,
+                d.selector
+            )),
+            Err(e) => r.fix(&format!("{what}: {e}"), "make a new one: mailspool dkim keygen"),
+        }
     }
 }
 
