@@ -48,6 +48,12 @@ pub trait Resolve: Send + Sync {
         let _ = name;
         Box::pin(async { crate::dane::TlsaAnswer::Insecure })
     }
+    /// Whether `domain`'s MX records validate under DNSSEC (RFC 7672 applies DANE only
+    /// then: an insecure MX host name could be an attacker's); default: no.
+    fn mx_secure<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, bool> {
+        let _ = domain;
+        Box::pin(async { false })
+    }
     /// TXT records of `name`, each record's strings joined (as DKIM and MTA-STS read
     /// them); default: none.
     fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, LookupError>> {
@@ -162,6 +168,23 @@ impl HickoryDns {
 }
 
 impl Resolve for HickoryDns {
+    fn mx_secure<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, bool> {
+        use hickory_resolver::proto::dnssec::Proof;
+        Box::pin(async move {
+            match self.validating.mx_lookup(fqdn(domain)).await {
+                Ok(lookup) => {
+                    let mut mx = lookup
+                        .answers()
+                        .iter()
+                        .filter(|r| matches!(r.data, RData::MX(_)))
+                        .peekable();
+                    mx.peek().is_some() && mx.all(|r| r.proof == Proof::Secure)
+                }
+                Err(_) => false,
+            }
+        })
+    }
+
     fn tlsa<'a>(&'a self, name: &'a str) -> BoxFuture<'a, crate::dane::TlsaAnswer> {
         use crate::dane::{Tlsa, TlsaAnswer};
         use hickory_resolver::proto::dnssec::Proof;

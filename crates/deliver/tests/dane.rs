@@ -135,6 +135,36 @@ async fn signed_zone(
     }
     let mut catalog = Catalog::new();
     catalog.upsert(LowerName::from(origin.clone()), vec![Arc::new(zone)]);
+    // An unsigned zone whose MX names a host of the signed one.
+    let other = Name::from_ascii("other.test.").unwrap();
+    let mut plain =
+        InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
+            other.clone(),
+            ZoneType::Primary,
+            AxfrPolicy::Deny,
+            None,
+        );
+    plain.upsert_mut(
+        Record::from_rdata(
+            other.clone(),
+            300,
+            RData::SOA(SOA::new(
+                Name::from_ascii("ns.other.test.").unwrap(),
+                Name::from_ascii("hostmaster.other.test.").unwrap(),
+                1,
+                3600,
+                600,
+                86400,
+                300,
+            )),
+        ),
+        1,
+    );
+    plain.upsert_mut(
+        Record::from_rdata(other.clone(), 300, mx("mx-wrong.dane.test.")),
+        1,
+    );
+    catalog.upsert(LowerName::from(other), vec![Arc::new(plain)]);
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = udp.local_addr().unwrap();
     let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
@@ -226,6 +256,7 @@ async fn tlsa_records_that_validate_decide_the_certificate() {
         "x@wrong.dane.test",
         "x@plain.dane.test",
         "x@bogus.dane.test",
+        "x@other.test",
     ] {
         queue(&spool, "a@sender.test", &[to], MSG);
     }
@@ -249,6 +280,15 @@ async fn tlsa_records_that_validate_decide_the_certificate() {
         Outcome::Delivered,
         "no TLSA: opportunistic"
     );
+    // The MX of other.test is not signed: DANE does not apply (RFC 7672 §2.2.1), even
+    // though the host it names has validated TLSA records (which this server's
+    // certificate does not match).
+    assert_eq!(
+        result("x@other.test").outcome,
+        Outcome::Delivered,
+        "{:?}",
+        r.results
+    );
     let wrong = result("x@wrong.dane.test");
     assert_eq!(wrong.outcome, Outcome::Deferred, "{wrong:?}");
     let bogus = result("x@bogus.dane.test");
@@ -257,7 +297,7 @@ async fn tlsa_records_that_validate_decide_the_certificate() {
     let got = ee_sink.received();
     let mut to: Vec<String> = got.iter().flat_map(|g| g.to.clone()).collect();
     to.sort();
-    assert_eq!(to, ["x@ee.dane.test", "x@plain.dane.test"]);
+    assert_eq!(to, ["x@ee.dane.test", "x@other.test", "x@plain.dane.test"]);
     assert!(got.iter().all(|g| g.tls));
     let wrong_node = spool
         .scan()

@@ -71,6 +71,11 @@ impl Engine {
         domain: &str,
         targets: &mut Vec<Target>,
     ) -> Result<bool, RouteError> {
+        // An insecure MX host name could be anyone's: DANE needs a signed MX RRset
+        // (RFC 7672 §2.2.1); without one, MTA-STS or opportunistic TLS.
+        if !self.dns.mx_secure(domain).await {
+            return Ok(false);
+        }
         let mut applies = false;
         let mut bogus = Vec::new();
         for t in targets.iter_mut() {
