@@ -63,6 +63,9 @@ struct State {
     cooling_until: Option<Instant>,
     /// Throttling replies in a row (each doubles the cooling period).
     strikes: u32,
+    /// The window the receiver last accepted before throttling us: above it the window
+    /// grows 16 times slower (TCP's slow-start threshold, for connections).
+    ceiling: Option<f64>,
     messages: Option<Bucket>,
     connections: Option<Bucket>,
 }
@@ -110,6 +113,7 @@ impl Destination {
                 window,
                 cooling_until: None,
                 strikes: 0,
+                ceiling: None,
                 messages: limits.max_message_rate.map(Bucket::new),
                 connections: limits.connection_rate.map(Bucket::new),
             }),
@@ -126,6 +130,11 @@ impl Destination {
     /// Deliveries allowed at once now.
     pub fn window(&self) -> usize {
         self.lock().window as usize
+    }
+
+    /// Deliveries under way now.
+    pub fn active(&self) -> usize {
+        self.lock().active
     }
 
     /// Enter for one message: wait for a place (at most `max_waiting` deliveries wait
@@ -201,12 +210,17 @@ impl Destination {
     }
 
     /// A delivery went through: widen the window by 1/window (one more at once per
-    /// window's worth of successes), up to `max_connections`.
+    /// window's worth of successes), up to `max_connections`; above the window the
+    /// receiver last throttled us at, 16 times slower (probing, not charging).
     pub fn succeeded(&self) {
         let mut s = self.lock();
         s.strikes = 0;
         let max = self.limits.max_connections.max(1) as f64;
-        s.window = (s.window + 1.0 / s.window).min(max);
+        let step = match s.ceiling {
+            Some(c) if s.window >= c => 1.0 / (16.0 * s.window),
+            _ => 1.0 / s.window,
+        };
+        s.window = (s.window + step).min(max);
     }
 
     /// A connection failed: one fewer at once.
@@ -216,19 +230,22 @@ impl Destination {
     }
 
     /// The receiver throttled us: halve the window and leave the destination alone for
-    /// the cooling period (doubled for each throttling in a row). Returns the period.
+    /// the cooling period (doubled for each throttling in a row). Refusals of deliveries
+    /// that were under way when it started are one throttling, not several: they
+    /// neither halve the window again nor lengthen the period. Returns the period left.
     pub fn throttled(&self, cooling: Duration, max_cooling: Duration) -> Duration {
         let mut s = self.lock();
+        let now = Instant::now();
+        if let Some(until) = s.cooling_until.filter(|u| *u > now) {
+            return until - now;
+        }
         s.window = (s.window / 2.0).max(1.0);
+        s.ceiling = Some(s.window);
         let period = cooling
             .saturating_mul(1u32 << s.strikes.min(16))
             .min(max_cooling);
         s.strikes = s.strikes.saturating_add(1);
-        let until = Instant::now() + period;
-        // Deliveries that were under way when it started do not extend it.
-        if s.cooling_until.is_none_or(|u| u < until) {
-            s.cooling_until = Some(until);
-        }
+        s.cooling_until = Some(now + period);
         self.freed.notify_waiters();
         period
     }
@@ -285,21 +302,33 @@ mod tests {
         }
         assert!(d.window() > 5 && d.window() <= 20, "{}", d.window());
         let before = d.window();
-        let cooled = d.throttled(Duration::from_secs(60), Duration::from_secs(900));
-        assert_eq!(cooled, Duration::from_secs(60));
+        let ms = Duration::from_millis;
+        let cooled = d.throttled(ms(60), ms(900));
+        assert_eq!(cooled, ms(60));
         assert_eq!(d.window(), before / 2);
-        assert_eq!(
-            d.throttled(Duration::from_secs(60), Duration::from_secs(900)),
-            Duration::from_secs(120),
-            "doubles in a row"
-        );
-        let e = d.enter(2).await.unwrap_err();
+        // More refusals of the same burst: one throttling.
+        assert!(d.throttled(ms(60), ms(900)) <= ms(60));
+        assert_eq!(d.window(), before / 2, "not halved again");
+        let e = d.enter(usize::MAX).await.unwrap_err();
         assert!(e.reason.contains("throttled"), "{}", e.reason);
-        assert!(e.after > Duration::from_secs(100));
+        // Once it has cooled, throttling again (no success between) doubles the period.
+        tokio::time::sleep(ms(70)).await;
+        assert_eq!(d.throttled(ms(60), ms(900)), ms(120), "doubles in a row");
+        tokio::time::sleep(ms(130)).await;
         for _ in 0..10 {
-            d.throttled(Duration::from_secs(60), Duration::from_secs(900));
+            d.throttled(ms(1), ms(1));
+            tokio::time::sleep(ms(2)).await;
         }
         assert_eq!(d.window(), 1, "never below one");
+        // Above the window it was throttled at, it grows 16 times slower.
+        for _ in 0..4 {
+            d.succeeded();
+        }
+        assert_eq!(d.window(), 1, "4 successes: still probing at one");
+        for _ in 0..24 {
+            d.succeeded();
+        }
+        assert_eq!(d.window(), 2, "about 24 successes to reach two");
     }
 
     #[tokio::test]

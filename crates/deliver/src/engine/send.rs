@@ -126,7 +126,7 @@ impl Engine {
                         m.outbound_policy
                             .get_or_create(&mailspool_metrics::PolicyLabel { policy })
                             .inc();
-                        self.put_back(pool_key, session, dest);
+                        self.put_back(pool_key, session, dest).await;
                         let throttling = (0..nodes.len())
                             .map(|i| outcome.result(i).to_string())
                             .find(|r| is_throttling(r));
@@ -180,7 +180,7 @@ impl Engine {
                                 | SmtpError::NeedsSmtpUtf8
                                 | SmtpError::TooLarge { .. }
                         ) {
-                            self.put_back(pool_key, session, dest);
+                            self.put_back(pool_key, session, dest).await;
                         }
                         return nodes
                             .iter()
@@ -212,7 +212,7 @@ impl Engine {
                                 ..
                             }
                         ) {
-                            self.put_back(pool_key, session, dest);
+                            self.put_back(pool_key, session, dest).await;
                             break;
                         }
                     }
@@ -400,21 +400,25 @@ impl Engine {
     }
 
     /// Keep a session for the next message to the same host, unless it carried its
-    /// share of transactions or the destination's window no longer allows that many
-    /// connections (receivers count idle connections too).
-    fn put_back(&self, key: String, session: Session, dest: &Destination) {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = pool.entry(key).or_default();
-        if session.expired()
-            || session.transactions >= dest.limits.max_messages_per_connection
-            || idle.len() >= dest.window()
-        {
-            drop(pool);
-            // QUIT politely, off this task.
-            tokio::spawn(session.quit());
-            return;
-        }
-        idle.push(session);
+    /// share of transactions or the destination's window would not allow it: receivers
+    /// count idle connections too, so deliveries under way plus idle connections stay
+    /// within the window. One not kept is closed (QUIT answered) before this delivery
+    /// frees its place, so a new connection never overlaps the old one's goodbye.
+    async fn put_back(&self, key: String, session: Session, dest: &Destination) {
+        let session = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let idle = pool.entry(key).or_default();
+            // This delivery still holds its place: `active` counts it.
+            if !session.expired()
+                && session.transactions < dest.limits.max_messages_per_connection
+                && idle.len() + dest.active() <= dest.window()
+            {
+                idle.push(session);
+                return;
+            }
+            session
+        };
+        session.quit().await;
     }
 
     /// QUIT every idle session.

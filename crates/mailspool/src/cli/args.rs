@@ -81,7 +81,7 @@ DATA means the message is on disk. Relaying is allowed for relay_networks (defau
 and ::1) and authenticated users only. SIGTERM stops accepting and lets sessions finish."
     )]
     Serve,
-    /// Check an installation (owners, modes, the setgid drop, the relay secret, DNS)
+    /// Check an installation (owners, modes, the setgid drop, the relay secret, DKIM keys, DNS)
     /// and say what to fix. Exit 0: nothing to fix; 1: something.
     Doctor,
     /// Manage SMTP AUTH users (argon2 hashes in users_file).
