@@ -77,6 +77,19 @@ pub(crate) struct Destination {
     pub limits: Limits,
     state: Mutex<State>,
     freed: Notify,
+    /// Connections deliveries are using (receivers count these plus the idle ones).
+    in_use: std::sync::atomic::AtomicUsize,
+}
+
+/// A connection in use by a delivery to a destination.
+pub(crate) struct InUse<'a>(&'a Destination);
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_use
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Why a delivery does not pass now, and when to look again.
@@ -120,6 +133,7 @@ impl Destination {
             key,
             limits,
             freed: Notify::new(),
+            in_use: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -132,9 +146,16 @@ impl Destination {
         self.lock().window as usize
     }
 
-    /// Deliveries under way now.
-    pub fn active(&self) -> usize {
-        self.lock().active
+    /// Connections in use by deliveries now (idle pooled ones not counted).
+    pub fn sessions_in_use(&self) -> usize {
+        self.in_use.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Count a connection in use until the guard drops.
+    pub fn session_in_use(&self) -> InUse<'_> {
+        self.in_use
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InUse(self)
     }
 
     /// Enter for one message: wait for a place (at most `max_waiting` deliveries wait

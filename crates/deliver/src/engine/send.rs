@@ -93,6 +93,8 @@ impl Engine {
                     }
                 };
                 let mut session = session;
+                // Counted while this delivery uses it (for the window, with the idle ones).
+                let _in_use = dest.session_in_use();
                 let mut result = transmit(&mut session, &env, &info, file).await;
                 // A pooled connection the server closed while idle fails at its RSET,
                 // before any MAIL: open a fresh one and try again, once.
@@ -408,10 +410,11 @@ impl Engine {
         let session = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             let idle = pool.entry(key).or_default();
-            // This delivery still holds its place: `active` counts it.
+            // `sessions_in_use` still counts this one: back in the pool, the
+            // destination's connections are the idle ones plus the others in use.
             if !session.expired()
                 && session.transactions < dest.limits.max_messages_per_connection
-                && idle.len() + dest.active() <= dest.window()
+                && idle.len() + dest.sessions_in_use() <= dest.window()
             {
                 idle.push(session);
                 return;
