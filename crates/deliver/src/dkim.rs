@@ -372,52 +372,36 @@ pub struct HeadFacts {
 
 /// Read the From domain and existing signatures from the start of a message.
 pub fn head_facts(message: &[u8]) -> HeadFacts {
-    let mut facts = HeadFacts::default();
-    for (name, value) in header_fields(message) {
-        if name.eq_ignore_ascii_case(b"From") && facts.from_domain.is_none() {
-            let text = String::from_utf8_lossy(&value);
-            facts.from_domain = mailspool_message::address::parse_address_list(&text)
-                .ok()
-                .and_then(|list| list.into_iter().next())
-                .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
-        } else if name.eq_ignore_ascii_case(b"DKIM-Signature") {
-            let text = String::from_utf8_lossy(&value);
-            for tag in text.split(';') {
-                let tag: String = tag.chars().filter(|c| !c.is_whitespace()).collect();
-                if let Some(d) = tag.strip_prefix("d=") {
-                    facts
-                        .signed_by
-                        .push(d.trim_end_matches('.').to_ascii_lowercase());
-                }
-            }
-        }
+    // The intake's own header reader: folding, line ends and bounds as at submission.
+    let Ok(head) = mailspool_message::header::read_head(&mut &message[..], message.len(), false)
+    else {
+        return HeadFacts::default();
+    };
+    HeadFacts {
+        from_domain: head
+            .headers
+            .from_address()
+            .ok()
+            .flatten()
+            .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())),
+        signed_by: head
+            .headers
+            .values("DKIM-Signature")
+            .filter_map(|v| {
+                tags(&v)
+                    .find(|(name, _)| name == "d")
+                    .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+            })
+            .collect(),
     }
-    facts
 }
 
-/// The fields of a header block, unfolded lines kept as they are: (name, value).
-fn header_fields(message: &[u8]) -> impl Iterator<Item = (&[u8], Vec<u8>)> {
-    let mut lines = message.split(|&b| b == b'\n').peekable();
-    std::iter::from_fn(move || {
-        loop {
-            let line = lines.next()?;
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() {
-                return None;
-            }
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
-                continue;
-            };
-            let mut value = line[colon + 1..].to_vec();
-            while let Some(next) = lines.peek() {
-                if !matches!(next.first(), Some(b' ' | b'\t')) {
-                    break;
-                }
-                let next = lines.next().expect("peeked");
-                value.extend_from_slice(next.strip_suffix(b"\r").unwrap_or(next));
-            }
-            return Some((&line[..colon], value));
-        }
+/// The `name=value` tags of a DKIM signature or key record, whitespace removed.
+fn tags(text: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    text.split(';').filter_map(|tag| {
+        let tag: String = tag.chars().filter(|c| !c.is_whitespace()).collect();
+        let (name, value) = tag.split_once('=')?;
+        Some((name.to_owned(), value.to_owned()))
     })
 }
 
@@ -471,12 +455,11 @@ pub fn generate(algorithm: Algorithm) -> Result<String, String> {
 pub fn record_matches(key: &DkimKey, record: &str) -> Result<(), String> {
     let mut p = None;
     let mut k = "rsa".to_owned();
-    for tag in record.split(';') {
-        let tag: String = tag.chars().filter(|c| !c.is_whitespace()).collect();
-        if let Some(v) = tag.strip_prefix("p=") {
-            p = Some(v.to_owned());
-        } else if let Some(v) = tag.strip_prefix("k=") {
-            k = v.to_ascii_lowercase();
+    for (name, value) in tags(record) {
+        match name.as_str() {
+            "p" => p = Some(value),
+            "k" => k = value.to_ascii_lowercase(),
+            _ => {}
         }
     }
     let p = p.ok_or("the record has no p= tag")?;

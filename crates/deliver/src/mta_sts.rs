@@ -289,17 +289,19 @@ impl MtaSts {
         match tokio::time::timeout(FETCH_TIMEOUT, self.fetch(domain, dns)).await {
             Ok(Ok(text)) => match parse_policy(&text, &id, now) {
                 Ok(p) => {
-                    tracing::info!(domain = %domain, id = %mailspool_spool::escape(&id), mode = ?p.mode, mx = %mailspool_spool::escape(&p.mx.join(",")), max_age = p.max_age, "MTA-STS policy fetched");
+                    tracing::info!(domain = %mailspool_spool::escape(domain), id = %mailspool_spool::escape(&id), mode = ?p.mode, mx = %mailspool_spool::escape(&p.mx.join(",")), max_age = p.max_age, "MTA-STS policy fetched");
                     self.remember(domain, &p, true);
                 }
                 Err(e) => {
-                    tracing::warn!(domain = %domain, error = %mailspool_spool::escape(&e), "MTA-STS policy unusable")
+                    tracing::warn!(domain = %mailspool_spool::escape(domain), error = %mailspool_spool::escape(&e), "MTA-STS policy unusable")
                 }
             },
             Ok(Err(e)) => {
-                tracing::warn!(domain = %domain, error = %mailspool_spool::escape(&e), "MTA-STS policy fetch failed")
+                tracing::warn!(domain = %mailspool_spool::escape(domain), error = %mailspool_spool::escape(&e), "MTA-STS policy fetch failed")
             }
-            Err(_) => tracing::warn!(domain = %domain, "MTA-STS policy fetch timed out"),
+            Err(_) => {
+                tracing::warn!(domain = %mailspool_spool::escape(domain), "MTA-STS policy fetch timed out")
+            }
         }
     }
 
@@ -368,11 +370,15 @@ fn write_file(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     }
     let tmp = path.with_extension(format!("tmp.{}", mailspool_spool::unique_token()));
     let mut f = mailspool_spool::storage::os::create_new(&tmp)?;
-    f.write_all(data)?;
-    drop(f);
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    // A failure at either step leaves nothing behind in the spool.
+    f.write_all(data)
+        .and_then(|()| {
+            drop(f);
+            std::fs::rename(&tmp, path)
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
 }
 
 #[cfg(test)]

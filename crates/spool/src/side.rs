@@ -181,8 +181,11 @@ impl Spool {
         let path = self.dkim_path(ino, id);
         match os::create_new(&path) {
             Ok(mut f) => {
-                f.write_all(field)
-                    .map_err(|e| SpoolError::io("write", &path, e))?;
+                if let Err(e) = f.write_all(field) {
+                    // No half-written field left for later deliveries to find.
+                    let _ = std::fs::remove_file(&path);
+                    return Err(SpoolError::io("write", &path, e));
+                }
                 Ok(field.to_vec())
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
