@@ -392,30 +392,38 @@ impl TestCa {
         }
     }
 
-    /// A certificate for `name` signed by this CA, with its key, for SNI resolvers.
-    pub fn certified_key(&self, name: &str) -> Arc<rustls::sign::CertifiedKey> {
+    /// A certificate for `name` signed by this CA, and its private key.
+    fn issue(
+        &self,
+        name: &str,
+    ) -> (
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        (
+            cert.der().clone(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+    }
+
+    /// A certificate for `name` signed by this CA, with its key, for SNI resolvers.
+    pub fn certified_key(&self, name: &str) -> Arc<rustls::sign::CertifiedKey> {
+        let (cert, der) = self.issue(name);
         let signing = rustls::crypto::ring::default_provider()
             .key_provider
             .load_private_key(der)
             .unwrap();
-        Arc::new(rustls::sign::CertifiedKey::new(
-            vec![cert.der().clone()],
-            signing,
-        ))
+        Arc::new(rustls::sign::CertifiedKey::new(vec![cert], signing))
     }
 
     /// A server config presenting a certificate for `name` and this CA's certificate
     /// after it (a chain, as DANE-TA servers send).
     pub fn server_with_chain(&self, name: &str) -> Arc<rustls::ServerConfig> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-        let chain = vec![cert.der().clone(), self.der.clone().into()];
+        let (cert, der) = self.issue(name);
+        let chain = vec![cert, self.der.clone().into()];
         Arc::new(
             rustls::ServerConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
@@ -430,10 +438,7 @@ impl TestCa {
 
     /// A server config with a certificate for `name` signed by this CA.
     pub fn server(&self, name: &str) -> Arc<rustls::ServerConfig> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let (cert, der) = self.issue(name);
         Arc::new(
             rustls::ServerConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
@@ -441,7 +446,7 @@ impl TestCa {
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], der)
+            .with_single_cert(vec![cert], der)
             .unwrap(),
         )
     }
