@@ -7,8 +7,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 
+use std::sync::Arc;
+
 use mailspool_spool::time::rfc5322_date;
-use mailspool_spool::{Spool, SpoolError, now};
+use mailspool_spool::{SpoolError, Store, now};
 
 /// Why one recipient failed for good.
 #[derive(Debug, Clone)]
@@ -77,7 +79,7 @@ pub enum Report {
 /// quoting the original's headers. Returns the DSN's id.
 #[allow(clippy::too_many_arguments)]
 pub fn spool_dsn(
-    spool: &Spool,
+    spool: &Arc<dyn Store>,
     hostname: &str,
     sender: &str,
     id: &str,
@@ -172,10 +174,10 @@ pub fn spool_dsn(
          Content-Type: text/rfc822-headers\n\
          \n"
     ));
-    let mut stage = spool.stage(&bounce_id)?;
+    let mut stage = spool.clone().stage(&bounce_id)?;
     let io = |e| SpoolError::Io {
         op: "write",
-        path: spool.dir().join("tmp"),
+        path: "a bounce's stage".into(),
         source: e,
     };
     stage.write_all(m.as_bytes()).map_err(io)?;

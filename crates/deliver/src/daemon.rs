@@ -244,8 +244,10 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let wake = Arc::new(Notify::new());
     engine.set_waker(wake.clone());
-    {
-        let dir = engine.spool().tier_dir(0);
+    // A file spool's tier 0 is watched for other writers' commits; a database's
+    // claims are looked for on every tick.
+    if let Some(files) = engine.spool().as_files() {
+        let dir = files.tier_dir(0);
         let wake = wake.clone();
         std::thread::Builder::new()
             .name("tier0-watch".into())
@@ -261,29 +263,25 @@ pub async fn run(
         let engine = engine.clone();
         std::thread::spawn(move || {
             let spool = engine.spool();
-            let policy = spool.config().lock_policy();
-            let removed: usize = (0..spool.config().tiers())
-                .map(|t| mailspool_spool::lock::sweep(&spool.tier_dir(t), &policy))
-                .sum();
-            if removed > 0 {
-                tracing::info!(removed, "removed orphan lock files");
+            if let Some(files) = spool.as_files() {
+                let policy = spool.config().lock_policy();
+                let removed: usize = (0..spool.config().tiers())
+                    .map(|t| mailspool_spool::lock::sweep(&files.tier_dir(t), &policy))
+                    .sum();
+                if removed > 0 {
+                    tracing::info!(removed, "removed orphan lock files");
+                }
             }
             if prune {
                 // A message lives the sum of the tier periods: a day after that its
-                // "delayed" marker has nothing left to guard.
+                // "delayed" marker and its kept signature have nothing left to guard;
+                // side data of nodes another dequeuer (0.50) delivered goes too.
                 let life: u64 = (0..spool.config().tiers())
                     .map(|t| spool.config().period(t))
                     .sum();
-                spool.prune_delay_warnings(Duration::from_secs(life + 86_400));
-                // Signatures go with their message's last node; these are of messages
-                // another dequeuer (0.50) or an operator removed.
-                spool.prune_dkim_signatures(Duration::from_secs(life + 86_400));
-                match spool.prune_side_data() {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(removed = n, "pruned side data of nodes delivered elsewhere")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot prune side data"),
+                match spool.sweep(Duration::from_secs(life + 86_400)) {
+                    0 => {}
+                    n => tracing::info!(removed = n, "pruned side data of nodes gone elsewhere"),
                 }
             }
         });
@@ -296,7 +294,7 @@ pub async fn run(
     let mut deliveries = JoinSet::new();
     // Planned groups wait here; at most `task_cap` run as tasks at once.
     let mut backlog = Backlog::default();
-    tracing::info!(spool = %engine.spool().dir().display(), tick = ?opts.tick, "daemon started");
+    tracing::info!(spool = %engine.spool().location(), tick = ?opts.tick, "daemon started");
     // A plan that stopped at its chunk limit is continued as soon as the backlog is empty.
     let mut more: Option<PassOptions> = None;
     loop {

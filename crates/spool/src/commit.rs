@@ -160,6 +160,18 @@ impl<S: Deref<Target = Spool>> Stage<S> {
         self.finish(nodes, file)
     }
 
+    /// Flush and fsync what was written and hand over the stage's path and file: the
+    /// caller links it where it belongs and removes the path (a migration's import).
+    pub(crate) fn into_synced(mut self) -> Result<(PathBuf, File)> {
+        let file = self.written_file()?;
+        self.spool
+            .storage
+            .sync_file(&file)
+            .map_err(|e| SpoolError::io("fsync", &self.path, e))?;
+        let path = std::mem::take(&mut self.path);
+        Ok((path, file))
+    }
+
     /// Flush what is buffered and take the file out of the stage (still open: its flock
     /// marks the commit under way).
     fn written_file(&mut self) -> Result<File> {

@@ -22,12 +22,14 @@ mod commit;
 pub mod config;
 mod error;
 pub mod fsck;
+mod import;
 pub mod lock;
 pub mod name;
 mod page;
 mod queue;
 pub mod side;
 pub mod storage;
+pub mod store;
 pub mod time;
 pub mod usage;
 
@@ -43,6 +45,7 @@ pub use name::{NodeName, Parsed};
 pub use page::{Cursor, Page};
 pub use queue::{Found, NodeEntry, NodeFile, Scan};
 pub use storage::{FaultMode, FaultyStorage, OsStorage, Storage};
+pub use store::{Placement, Staged, Store, Wanted};
 
 use commit::GroupSync;
 use storage::os;

@@ -133,6 +133,16 @@ fn unix_now() -> u64 {
 }
 
 impl NodeLock {
+    /// A lock that is not a file: the node is held by a back end's own claim (a
+    /// database row's lease), which that back end checks and gives back itself.
+    pub fn claimed() -> NodeLock {
+        NodeLock {
+            lock_path: PathBuf::new(),
+            line: String::new(),
+            released: true,
+        }
+    }
+
     /// Try once to lock `node`. `Ok(None)` means someone else holds it. A lock whose
     /// holder is gone (see [`LockPolicy`]) is broken and taken.
     pub fn try_lock(node: &Path, policy: &LockPolicy) -> io::Result<Option<NodeLock>> {

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use mailspool_smtp::{Session, TlsConnectors};
-use mailspool_spool::{Found, NodeEntry, NodeFile, NodeLock, Spool, SpoolError, escape, now};
+use mailspool_spool::{Found, NodeEntry, NodeFile, NodeLock, SpoolError, Store, escape, now};
 use std::ops::ControlFlow;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -169,7 +169,7 @@ pub(super) struct Claim {
 
 /// The engine; share it in an `Arc`.
 pub struct Engine {
-    spool: Arc<Spool>,
+    spool: Arc<dyn Store>,
     cfg: RwLock<Arc<DeliverConfig>>,
     dns: Arc<dyn Resolve>,
     tls: TlsConnectors,
@@ -213,13 +213,13 @@ enum Verdict {
 impl Engine {
     /// An engine on `spool`.
     pub fn new(
-        spool: Arc<Spool>,
+        spool: Arc<dyn Store>,
         cfg: DeliverConfig,
         dns: Arc<dyn Resolve>,
     ) -> Result<Arc<Engine>, String> {
         let tls = TlsConnectors::new(cfg.tls_ca_file.as_deref())?;
         let mta_sts = Arc::new(crate::mta_sts::MtaSts::new(
-            Some(spool.dir().join("mta-sts")),
+            spool.cache_dir().map(|d| d.join("mta-sts")),
             cfg.mta_sts_port,
             tls.verified.clone(),
         ));
@@ -251,7 +251,7 @@ impl Engine {
     }
 
     /// The spool.
-    pub fn spool(&self) -> &Spool {
+    pub fn spool(&self) -> &Arc<dyn Store> {
         &self.spool
     }
 
@@ -316,6 +316,9 @@ impl Engine {
         opts: &PassOptions,
         skip: &dyn Fn(&NodeEntry) -> bool,
     ) -> Result<Plan, SpoolError> {
+        if let Some(plan) = self.plan_claims(opts, skip) {
+            return plan;
+        }
         let config = self.spool.config();
         let now = now();
         let limit = opts.limit.unwrap_or(usize::MAX);
@@ -435,6 +438,59 @@ impl Engine {
         Ok(plan)
     }
 
+    /// A plan on a back end that claims (a database): the claimed nodes, grouped.
+    /// `None` when the back end has no claims (the file spool: see `plan_except`).
+    fn plan_claims(
+        &self,
+        opts: &PassOptions,
+        skip: &dyn Fn(&NodeEntry) -> bool,
+    ) -> Option<Result<Plan, SpoolError>> {
+        let config = self.spool.config();
+        // Claims are indexed by due time: no dice needed to keep a deep tier cheap.
+        let tiers: Vec<usize> = (0..config.tiers())
+            .filter(|t| opts.tiers.as_ref().is_none_or(|only| only.contains(t)))
+            .collect();
+        let limit = opts.limit.unwrap_or(PLAN_CHUNK).min(PLAN_CHUNK);
+        let wanted = match &opts.selection {
+            Selection::Due => mailspool_spool::Wanted::Due,
+            Selection::All => mailspool_spool::Wanted::All,
+            Selection::Nodes(keys) => mailspool_spool::Wanted::Nodes(keys),
+        };
+        let claimed = match self.spool.claim(&tiers, limit, wanted)? {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        let full = claimed.len() >= limit;
+        let (claimed, skipped): (Vec<_>, Vec<_>) = claimed.into_iter().partition(|n| !skip(n));
+        let skipped: Vec<PathBuf> = skipped.into_iter().map(|n| n.path).collect();
+        self.spool.release_claims(&skipped);
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut groups: HashMap<(String, String, String), Vec<NodeEntry>> = HashMap::new();
+        let mut order = Vec::new();
+        for n in claimed {
+            in_flight.insert(n.path.clone());
+            let key = (n.name.id.clone(), n.name.from.clone(), n.domain());
+            let entry = groups.entry(key.clone()).or_default();
+            if entry.is_empty() {
+                order.push(key);
+            }
+            entry.push(n);
+        }
+        let groups: Vec<Group> = order
+            .into_iter()
+            .map(|key| Group {
+                nodes: groups.remove(&key).unwrap_or_default(),
+                domain: key.2,
+            })
+            .collect();
+        Some(Ok(Plan {
+            // Nothing new taken (all skipped): stop, or a pass would spin.
+            truncated: full && !groups.is_empty(),
+            groups,
+            tiers,
+        }))
+    }
+
     /// One pass: plan (in chunks of `limit` nodes), deliver every group concurrently,
     /// wait for all. Each node is attempted at most once per pass.
     pub async fn run_pass(self: &Arc<Self>, opts: &PassOptions) -> Result<Report, SpoolError> {
@@ -479,6 +535,8 @@ impl Engine {
     ) -> Vec<NodeResult> {
         let paths: Vec<PathBuf> = group.nodes.iter().map(|n| n.path.clone()).collect();
         let results = self.deliver_locked_group(group, interactive).await;
+        // What was left for later goes back to every host (a back end with claims).
+        self.spool.release_claims(&paths);
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         for p in &paths {
             in_flight.remove(p);
@@ -572,7 +630,7 @@ impl Engine {
                 }
                 Err(e @ SpoolError::Untrusted { .. }) => {
                     let reply = match self.spool.quarantine(&n) {
-                        Ok(to) => format!("{e}; moved to {}", escape(&to.display().to_string())),
+                        Ok(to) => format!("{e}; moved to {}", escape(&to)),
                         Err(q) => format!("{e}; {q}"),
                     };
                     tracing::error!(node = %escape(&n.path.display().to_string()), reason = %reply, "refused to deliver");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use mailspool_smtp::body::WireText;
-use mailspool_spool::{Spool, escape};
+use mailspool_spool::{Store, escape};
 
 use super::send::{MessageInfo, SMALL_MESSAGE, encode_small, read_all_at, scan_big_message};
 use super::{Claim, Engine};
@@ -49,7 +49,7 @@ impl Engine {
                 small.is_some() && cfg.dkim.iter().all(|k| k.algorithm() == Algorithm::Ed25519);
             if inline {
                 field = sign_once(
-                    &self.spool,
+                    self.spool.as_ref(),
                     &cfg.dkim,
                     ino,
                     &id,
@@ -62,7 +62,7 @@ impl Engine {
                 let file = file.try_clone().map_err(unreadable)?;
                 let data = small.take();
                 let (signed, data) = tokio::task::spawn_blocking(move || {
-                    let signed = sign_once(&spool, &keys, ino, &id, &file, data.as_deref(), !whole);
+                    let signed = sign_once(spool.as_ref(), &keys, ino, &id, &file, data.as_deref(), !whole);
                     (signed, data)
                 })
                 .await
@@ -113,7 +113,7 @@ impl Engine {
 /// key applies, or it is already signed for that domain; keep the signature in the
 /// spool (the first one kept wins). `data` is the whole message when small.
 fn sign_once(
-    spool: &Spool,
+    spool: &dyn Store,
     keys: &[Arc<DkimKey>],
     ino: u64,
     id: &str,

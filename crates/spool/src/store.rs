@@ -1,0 +1,309 @@
+//! The back-end seam: what the intake paths, the delivery engine and the queue admin
+//! need from a spool, whatever stores it. The 0.50 file spool ([`Spool`]) is one
+//! implementation; the PostgreSQL spool (`mailspool-pg`) is the other. Nothing above
+//! this trait knows which one it has.
+//!
+//! The currency is [`NodeEntry`]: one recipient of one stored message. Its `path` is
+//! the back end's own key for the node (a file path here, an opaque row key in a
+//! database) and `ino` says which stored message it belongs to; callers only hand
+//! entries back. A [`NodeLock`] is a file lock here and a row lease in a database.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::side::Attempt;
+use crate::usage::DayUsage;
+use crate::{
+    Committed, Found, NodeEntry, NodeFile, NodeLock, NodeName, Result, Spool, SpoolConfig, Stage,
+};
+
+/// A message being written before its commit. Dropping it without committing leaves
+/// nothing behind.
+pub trait Staged: Write + Send + std::fmt::Debug {
+    /// The message id its nodes will carry.
+    fn id(&self) -> &str;
+    /// Bytes written so far.
+    fn written(&self) -> u64;
+    /// Make the message durable, one node per recipient in tier 0; only after this
+    /// returns `Ok` may anyone be told the message is accepted.
+    fn commit(self: Box<Self>, from: &str, to: &[String]) -> Result<Committed>;
+    /// The file spool's stage, for commits batched across messages; a back end that
+    /// does not batch returns itself.
+    fn into_file_stage(self: Box<Self>) -> std::result::Result<Stage<Arc<Spool>>, Box<dyn Staged>>;
+}
+
+/// Which nodes a claim takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Wanted<'a> {
+    /// Those whose tier wait is over.
+    Due,
+    /// All, due or not (`queue run --all`).
+    All,
+    /// These, due or not (`send --now`: the nodes it just committed), by their keys.
+    Nodes(&'a std::collections::HashSet<std::path::PathBuf>),
+}
+
+/// Where a node goes when it is moved in by [`Store::import`] (a migration).
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Its tier.
+    pub tier: usize,
+    /// When it entered that tier (unix seconds).
+    pub time: u64,
+    /// Held.
+    pub held: bool,
+    /// The recipient.
+    pub to: String,
+}
+
+/// A spool back end. Every method is synchronous: callers on an async runtime treat it
+/// as they treat file I/O (quick, bounded work per call).
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The settings in force (tiers, periods, limits).
+    fn config(&self) -> &SpoolConfig;
+    /// Where it is, for logs and `doctor` (a directory, or a database URL without its
+    /// password).
+    fn location(&self) -> String;
+    /// The file spool, when this is one (fsck, the drop directory, `usage/raw`).
+    fn as_files(&self) -> Option<&Spool> {
+        None
+    }
+    /// A local directory for this host's caches (MTA-STS policies), if any.
+    fn cache_dir(&self) -> Option<&Path> {
+        None
+    }
+
+    // --- intake ---
+
+    /// A fresh message id, unique across processes and hosts.
+    fn new_id(&self) -> String;
+    /// Whether a queued node carries message id `id`.
+    fn id_in_use(&self, id: &str) -> Result<bool>;
+    /// Refuse, before any byte is read, an envelope whose nodes could not be stored.
+    fn check_envelope(&self, id: &str, from: &str, to: &[String]) -> Result<()>;
+    /// Start writing message `id`.
+    fn stage(self: Arc<Self>, id: &str) -> Result<Box<dyn Staged>>;
+    /// Move a stored message in from another spool (a migration): `file` holds its
+    /// bytes; each placement keeps its tier, time and hold. `origin` names the source
+    /// node of each placement, so that a resumed migration never moves one twice: a
+    /// placement whose origin is already here is skipped. Returns how many were added.
+    fn import(
+        &self,
+        id: &str,
+        from: &str,
+        file: &std::fs::File,
+        placements: &[(Placement, String)],
+    ) -> Result<usize>;
+
+    // --- reading the queue ---
+
+    /// Unix time at which a node becomes due.
+    fn due_at(&self, entry: &NodeEntry) -> u64 {
+        entry
+            .name
+            .time
+            .saturating_add(self.config().period(entry.tier))
+    }
+    /// Visit the nodes of one tier (not held ones).
+    fn visit_tier(&self, tier: usize, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()>;
+    /// Visit every node: every tier, then the held ones.
+    fn visit_all(&self, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()>;
+    /// Group nodes into the stored messages they are.
+    fn group_messages(&self, nodes: Vec<NodeEntry>) -> Vec<Vec<NodeEntry>>;
+    /// The delivery attempts recorded for a node.
+    fn attempts(&self, node: &NodeName) -> Vec<Attempt>;
+    /// The last recorded failure of a node.
+    fn last_error(&self, node: &NodeName) -> Option<String> {
+        self.attempts(node)
+            .into_iter()
+            .rev()
+            .find(|a| !a.delivered)
+            .map(|a| a.reply)
+    }
+    /// Messages and bytes spooled and sent per day, for the last `days` days.
+    fn usage(&self, days: u64) -> Result<BTreeMap<u64, DayUsage>>;
+
+    // --- delivery ---
+
+    /// Claim up to `limit` due nodes of these tiers for this process at once (a
+    /// database's `FOR UPDATE SKIP LOCKED` with a lease). `None`: this back end has no
+    /// claims; the engine scans with [`Store::visit_tier`] and locks node by node.
+    fn claim(
+        &self,
+        _tiers: &[usize],
+        _limit: usize,
+        _wanted: Wanted<'_>,
+    ) -> Option<Result<Vec<NodeEntry>>> {
+        None
+    }
+    /// Give back claims of nodes this process did not settle (left for later); nodes
+    /// settled meanwhile are not touched. Nodes are named by their keys (`path`).
+    fn release_claims(&self, _keys: &[std::path::PathBuf]) {}
+    /// Lock a node for a change, or say who holds it.
+    fn lock_node(&self, entry: &NodeEntry) -> Result<NodeLock>;
+    /// Open what a node holds, for reading.
+    fn open_node(&self, entry: &NodeEntry) -> Result<NodeFile>;
+    /// Move an entry that is not a node we may read out of every dequeuer's sight;
+    /// says where.
+    fn quarantine(&self, entry: &NodeEntry) -> Result<String>;
+    /// Delete a node whose lock the caller holds (delivered, or bounced).
+    fn delete_locked(&self, entry: &NodeEntry) -> Result<()>;
+    /// Move a locked node to `tier` with a fresh time (a delivery fallback).
+    fn move_to_tier_locked(&self, entry: &NodeEntry, tier: usize) -> Result<NodeEntry>;
+    /// Record one delivery attempt of a node.
+    fn record_attempt(&self, node: &NodeName, attempt: &Attempt) -> Result<()>;
+    /// Count `nodes` nodes of `bytes` bytes as `kind` ("Spool" or "Sent").
+    fn log_usage_nodes(&self, bytes: u64, kind: &str, nodes: usize);
+    /// The DKIM signature kept for a message (see the file spool's `dkim/`).
+    fn dkim_signature(&self, ino: u64, id: &str) -> Option<Vec<u8>>;
+    /// Keep a message's DKIM signature; returns the one kept (an earlier one wins).
+    fn keep_dkim_signature(&self, ino: u64, id: &str, field: &[u8]) -> Result<Vec<u8>>;
+    /// Forget a message's DKIM signature (its last node is gone).
+    fn forget_dkim_signature(&self, ino: u64, id: &str);
+    /// Take the right to send a node's one delay warning (false: already sent).
+    fn claim_delay_warning(&self, node: &NodeName) -> Result<bool>;
+    /// Give that right back (the warning could not be queued).
+    fn release_delay_warning(&self, node: &NodeName);
+    /// Hourly housekeeping: expired side data, signatures, claims.
+    fn sweep(&self, max_age: std::time::Duration) -> usize;
+
+    // --- administration ---
+
+    /// Delete a node (taking its lock).
+    fn delete(&self, entry: &NodeEntry) -> Result<()>;
+    /// Hold a node: nothing delivers it until released.
+    fn hold(&self, entry: &NodeEntry) -> Result<NodeEntry>;
+    /// Release a held node into its tier, its time unchanged.
+    fn release(&self, entry: &NodeEntry) -> Result<NodeEntry>;
+    /// Make a node due now in its tier.
+    fn retry_now(&self, entry: &NodeEntry) -> Result<NodeEntry>;
+}
+
+/// A file spool's stage is a [`Staged`] message.
+impl Staged for Stage<Arc<Spool>> {
+    fn id(&self) -> &str {
+        Stage::id(self)
+    }
+    fn written(&self) -> u64 {
+        Stage::written(self)
+    }
+    fn commit(self: Box<Self>, from: &str, to: &[String]) -> Result<Committed> {
+        Stage::commit(*self, from, to)
+    }
+    fn into_file_stage(self: Box<Self>) -> std::result::Result<Stage<Arc<Spool>>, Box<dyn Staged>> {
+        Ok(*self)
+    }
+}
+
+impl Store for Spool {
+    fn config(&self) -> &SpoolConfig {
+        Spool::config(self)
+    }
+    fn location(&self) -> String {
+        self.dir().display().to_string()
+    }
+    fn as_files(&self) -> Option<&Spool> {
+        Some(self)
+    }
+    fn cache_dir(&self) -> Option<&Path> {
+        Some(self.dir())
+    }
+    fn new_id(&self) -> String {
+        Spool::new_id(self)
+    }
+    fn id_in_use(&self, id: &str) -> Result<bool> {
+        Spool::id_in_use(self, id)
+    }
+    fn check_envelope(&self, id: &str, from: &str, to: &[String]) -> Result<()> {
+        Spool::check_envelope(self, id, from, to)
+    }
+    fn stage(self: Arc<Self>, id: &str) -> Result<Box<dyn Staged>> {
+        Ok(Box::new(self.stage_arc(id)?))
+    }
+    fn import(
+        &self,
+        id: &str,
+        from: &str,
+        file: &std::fs::File,
+        placements: &[(Placement, String)],
+    ) -> Result<usize> {
+        Spool::import(self, id, from, file, placements)
+    }
+    fn due_at(&self, entry: &NodeEntry) -> u64 {
+        Spool::due_at(self, entry)
+    }
+    fn visit_tier(&self, tier: usize, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()> {
+        Spool::visit_tier(self, tier, f)
+    }
+    fn visit_all(&self, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()> {
+        Spool::visit_all(self, f)
+    }
+    fn group_messages(&self, nodes: Vec<NodeEntry>) -> Vec<Vec<NodeEntry>> {
+        Spool::group_messages(self, nodes)
+    }
+    fn attempts(&self, node: &NodeName) -> Vec<Attempt> {
+        Spool::attempts(self, node)
+    }
+    fn last_error(&self, node: &NodeName) -> Option<String> {
+        Spool::last_error(self, node)
+    }
+    fn usage(&self, days: u64) -> Result<BTreeMap<u64, DayUsage>> {
+        Spool::usage(self, days)
+    }
+    fn lock_node(&self, entry: &NodeEntry) -> Result<NodeLock> {
+        Spool::lock_node(self, entry)
+    }
+    fn open_node(&self, entry: &NodeEntry) -> Result<NodeFile> {
+        Spool::open_node(self, entry)
+    }
+    fn quarantine(&self, entry: &NodeEntry) -> Result<String> {
+        Spool::quarantine(self, entry).map(|p| p.display().to_string())
+    }
+    fn delete_locked(&self, entry: &NodeEntry) -> Result<()> {
+        Spool::delete_locked(self, entry)
+    }
+    fn move_to_tier_locked(&self, entry: &NodeEntry, tier: usize) -> Result<NodeEntry> {
+        Spool::move_to_tier_locked(self, entry, tier)
+    }
+    fn record_attempt(&self, node: &NodeName, attempt: &Attempt) -> Result<()> {
+        Spool::record_attempt(self, node, attempt)
+    }
+    fn log_usage_nodes(&self, bytes: u64, kind: &str, nodes: usize) {
+        Spool::log_usage_nodes(self, bytes, kind, nodes)
+    }
+    fn dkim_signature(&self, ino: u64, id: &str) -> Option<Vec<u8>> {
+        Spool::dkim_signature(self, ino, id)
+    }
+    fn keep_dkim_signature(&self, ino: u64, id: &str, field: &[u8]) -> Result<Vec<u8>> {
+        Spool::keep_dkim_signature(self, ino, id, field)
+    }
+    fn forget_dkim_signature(&self, ino: u64, id: &str) {
+        Spool::forget_dkim_signature(self, ino, id)
+    }
+    fn claim_delay_warning(&self, node: &NodeName) -> Result<bool> {
+        Spool::claim_delay_warning(self, node)
+    }
+    fn release_delay_warning(&self, node: &NodeName) {
+        Spool::release_delay_warning(self, node)
+    }
+    fn sweep(&self, max_age: std::time::Duration) -> usize {
+        let side = Spool::prune_side_data(self).unwrap_or(0);
+        side + Spool::prune_delay_warnings(self, max_age)
+            + Spool::prune_dkim_signatures(self, max_age)
+    }
+    fn delete(&self, entry: &NodeEntry) -> Result<()> {
+        Spool::delete(self, entry)
+    }
+    fn hold(&self, entry: &NodeEntry) -> Result<NodeEntry> {
+        Spool::hold(self, entry)
+    }
+    fn release(&self, entry: &NodeEntry) -> Result<NodeEntry> {
+        Spool::release(self, entry)
+    }
+    fn retry_now(&self, entry: &NodeEntry) -> Result<NodeEntry> {
+        Spool::retry_now(self, entry)
+    }
+}
