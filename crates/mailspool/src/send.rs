@@ -227,6 +227,7 @@ pub fn spool_exit_code(e: &SpoolError) -> u8 {
         SpoolError::NotFound(_) | SpoolError::Missing(_) => sysexits::NOINPUT,
         SpoolError::Config(_) | SpoolError::UnsafeSpool { .. } => sysexits::CONFIG,
         SpoolError::Io { source, .. } => io_exit_code(source),
+        SpoolError::Database(_) => sysexits::TEMPFAIL,
     }
 }
 

@@ -46,32 +46,38 @@ pub struct Committed {
     pub size: u64,
 }
 
+/// [`Spool::check_envelope`] for any back end: every back end keeps the file spool's
+/// limits, so that a spool can always be migrated to files.
+pub fn check_envelope_names(id: &str, from: &str, to: &[String]) -> Result<()> {
+    if !is_valid_id(id) {
+        return Err(SpoolError::InvalidId(id.to_owned()));
+    }
+    for rcpt in to {
+        // Ten digits of time: the length of every time until the year 2286.
+        let len = NodeName::new(9_999_999_999, id, rcpt, from)
+            .file_name()
+            .len();
+        if len > NODE_NAME_MAX {
+            let address = if len - from.len() > NODE_NAME_MAX {
+                rcpt
+            } else {
+                from
+            };
+            return Err(SpoolError::NameTooLong {
+                address: address.to_owned(),
+                len,
+                max: NODE_NAME_MAX,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Spool {
     /// Check that every node of this envelope would have a legal name, before any byte
     /// of the message is read: an address too long for NAME_MAX is refused up front.
     pub fn check_envelope(&self, id: &str, from: &str, to: &[String]) -> Result<()> {
-        if !is_valid_id(id) {
-            return Err(SpoolError::InvalidId(id.to_owned()));
-        }
-        for rcpt in to {
-            // Ten digits of time: the length of every time until the year 2286.
-            let len = NodeName::new(9_999_999_999, id, rcpt, from)
-                .file_name()
-                .len();
-            if len > NODE_NAME_MAX {
-                let address = if len - from.len() > NODE_NAME_MAX {
-                    rcpt
-                } else {
-                    from
-                };
-                return Err(SpoolError::NameTooLong {
-                    address: address.to_owned(),
-                    len,
-                    max: NODE_NAME_MAX,
-                });
-            }
-        }
-        Ok(())
+        check_envelope_names(id, from, to)
     }
 
     /// Start a commit for message `id` (see [`Spool::new_id`]).

@@ -70,6 +70,10 @@ pub enum SpoolError {
     /// Settings that cannot work.
     #[error("invalid spool settings: {0}")]
     Config(String),
+    /// A database back end failed (unreachable, restarting, a query refused): nothing
+    /// was changed by the failed operation; try again later.
+    #[error("spool database: {0}")]
+    Database(String),
 }
 
 /// For "permission denied": who owns the path (or the nearest directory above it that
@@ -113,6 +117,11 @@ pub fn account_entry(path: &str, id: u32) -> Option<Vec<String>> {
 pub type Result<T, E = SpoolError> = std::result::Result<T, E>;
 
 impl SpoolError {
+    /// A filesystem call on `path` failed (for back ends outside this crate).
+    pub fn io_path(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        SpoolError::io(op, path, source)
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         SpoolError::Io {
             op,

@@ -37,7 +37,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-pub use commit::{BatchItem, Committed, Stage, commit_batch, commit_in_progress};
+pub use commit::{
+    BatchItem, Committed, Stage, check_envelope_names, commit_batch, commit_in_progress,
+};
 pub use config::SpoolConfig;
 pub use error::{Result, SpoolError, account_entry, is_full, is_unwritable, user_name};
 pub use lock::{LockHolder, LockPolicy, NodeLock};

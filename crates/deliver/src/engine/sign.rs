@@ -62,7 +62,15 @@ impl Engine {
                 let file = file.try_clone().map_err(unreadable)?;
                 let data = small.take();
                 let (signed, data) = tokio::task::spawn_blocking(move || {
-                    let signed = sign_once(spool.as_ref(), &keys, ino, &id, &file, data.as_deref(), !whole);
+                    let signed = sign_once(
+                        spool.as_ref(),
+                        &keys,
+                        ino,
+                        &id,
+                        &file,
+                        data.as_deref(),
+                        !whole,
+                    );
                     (signed, data)
                 })
                 .await

@@ -1,0 +1,203 @@
+//! The mailspool spool in PostgreSQL: the second back end under
+//! [`mailspool_spool::Store`], for many hosts sharing one queue without NFS.
+//!
+//! ```text
+//! mailspool_messages   one row per stored message (id, sender, size, DKIM signature)
+//! mailspool_chunks     its bytes, 256 KiB a row, in order
+//! mailspool_nodes      one row per recipient: tier, entered, due, held, attempts,
+//!                      last reply, and the claim (lease host, pid, token, until)
+//! mailspool_attempts   each delivery attempt of a node
+//! mailspool_usage      0.50's usage/raw, as rows
+//! ```
+//!
+//! Promises, as the file spool's: a commit that returned `Ok` is committed with
+//! `synchronous_commit = on` (on the primary's disk, and on synchronous standbys if the
+//! cluster has them); a failed one left nothing. A node is worked on only under its
+//! claim: taken with `FOR UPDATE SKIP LOCKED`, so two hosts never take the same node,
+//! and leased for `lease` (renewed every third of it while this process lives), so a
+//! dead host's nodes are taken again once its lease runs out and a live host's never.
+//! Every change a delivery makes checks that the claim is still this process's.
+
+mod pool;
+mod queue;
+mod schema;
+mod stage;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailspool_spool::{SpoolConfig, SpoolError};
+
+pub use schema::{SCHEMA_VERSION, migrate, schema_version};
+
+use pool::{Driver, Pool};
+
+/// The default claim lease: long enough for a slow delivery, short enough that a dead
+/// host's mail waits minutes, not hours.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
+
+/// Bytes per chunk row.
+pub const CHUNK: usize = 256 * 1024;
+
+/// How a PostgreSQL spool is opened.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+    /// Most connections this process opens.
+    pub max_connections: usize,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            lease: DEFAULT_LEASE,
+            max_connections: 16,
+        }
+    }
+}
+
+/// Who holds a claim: this process, on this host, with a token no restart reuses.
+#[derive(Debug, Clone)]
+pub(crate) struct Holder {
+    pub host: String,
+    pub pid: i32,
+    pub token: String,
+}
+
+pub(crate) struct Inner {
+    pub pool: Pool,
+    pub config: SpoolConfig,
+    pub me: Holder,
+    pub lease: Duration,
+    /// Nodes this process has claimed and not yet settled or given back.
+    pub claims: Mutex<std::collections::HashSet<i64>>,
+}
+
+/// A spool in a PostgreSQL database.
+pub struct PgSpool {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) driver: Driver,
+    location: String,
+    ids: Mutex<ulid::Generator>,
+}
+
+impl std::fmt::Debug for PgSpool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSpool")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// A database error as a spool error (its text escaped: a server's words).
+pub(crate) fn db(op: &str, e: impl std::fmt::Display) -> SpoolError {
+    SpoolError::Database(format!("{op}: {}", mailspool_spool::escape(&e.to_string())))
+}
+
+/// Whether `spool` names a database rather than a directory.
+pub fn is_url(spool: &str) -> bool {
+    spool.starts_with("postgresql://") || spool.starts_with("postgres://")
+}
+
+/// A URL with its password replaced, for logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((auth, host)) => {
+            let user = auth.split_once(':').map_or(auth, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl PgSpool {
+    /// Connect to the spool at `url` (`postgresql://user@host1,host2/db?...`). The
+    /// schema must be at [`SCHEMA_VERSION`] (`mailspool db migrate` puts it there).
+    pub fn open(url: &str, config: SpoolConfig, options: PgOptions) -> Result<PgSpool, SpoolError> {
+        config.validate().map_err(SpoolError::Config)?;
+        let pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| SpoolError::Config(format!("spool URL {}: {e}", redact(url))))?;
+        let driver = Driver::new().map_err(|e| db("start the database runtime", e))?;
+        let token = ulid::Ulid::generate().to_string();
+        let inner = Arc::new(Inner {
+            pool: Pool::new(pg, options.max_connections),
+            config,
+            me: Holder {
+                host: mailspool_spool::lock::hostname(),
+                pid: std::process::id() as i32,
+                token,
+            },
+            lease: options.lease,
+            claims: Mutex::new(Default::default()),
+        });
+        let spool = PgSpool {
+            inner,
+            driver,
+            location: redact(url),
+            ids: Mutex::new(ulid::Generator::new()),
+        };
+        let at = {
+            let inner = spool.inner.clone();
+            spool.driver.run(async move {
+                let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+                schema_version(&*c).await
+            })?
+        };
+        if at != SCHEMA_VERSION {
+            return Err(SpoolError::Config(format!(
+                "the spool database {} is at schema version {at}, this mailspool needs \
+                 {SCHEMA_VERSION}: run `mailspool db migrate`",
+                spool.location
+            )));
+        }
+        spool.start_renewing();
+        Ok(spool)
+    }
+
+    /// Renew this process's claims every third of the lease while it lives.
+    fn start_renewing(&self) {
+        let inner = Arc::downgrade(&self.inner);
+        self.driver.spawn(async move {
+            loop {
+                let every = match inner.upgrade() {
+                    Some(i) => i.lease / 3,
+                    None => return,
+                };
+                tokio::time::sleep(every).await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                if inner
+                    .claims
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+                {
+                    continue;
+                }
+                if let Err(e) = queue::renew(&inner).await {
+                    tracing::warn!(error = %e, "cannot renew the claims on the spool database");
+                }
+            }
+        });
+    }
+
+    /// The holder of this process's claims, as other hosts see it.
+    pub fn holder(&self) -> String {
+        format!("{} pid {}", self.inner.me.host, self.inner.me.pid)
+    }
+
+    /// Run a database operation on the spool's runtime and wait for its result.
+    pub(crate) fn run<T, F>(&self, f: impl FnOnce(Arc<Inner>) -> F) -> Result<T, SpoolError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, SpoolError>> + Send + 'static,
+    {
+        self.driver.run(f(self.inner.clone()))
+    }
+}

@@ -1,0 +1,143 @@
+//! Connections: a small pool of tokio-postgres clients, driven by a runtime of the
+//! spool's own, so that synchronous callers (the `sendmail` path) and async ones (the
+//! engine, the listener) use the same clients.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::{Client, NoTls};
+
+/// How long to wait for a connection (and for a server that is restarting).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open clients, up to `max` at once.
+pub struct Pool {
+    config: tokio_postgres::Config,
+    idle: Mutex<Vec<Client>>,
+    permits: Arc<Semaphore>,
+}
+
+/// A client on loan; back to the pool when dropped (unless its connection died).
+pub struct Pooled<'a> {
+    pool: &'a Pool,
+    client: Option<Client>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("client until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("client until dropped")
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take()
+            && !c.is_closed()
+        {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(c);
+        }
+    }
+}
+
+impl Pool {
+    /// A pool for `config` (several hosts and `target_session_attrs=read-write` are
+    /// tokio-postgres's: a failover to a promoted standby is followed on reconnect).
+    pub fn new(mut config: tokio_postgres::Config, max: usize) -> Pool {
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.application_name("mailspool");
+        Pool {
+            config,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(max.max(1))),
+        }
+    }
+
+    /// A client: an idle one, or a new connection.
+    pub async fn get(&self) -> Result<Pooled<'_>, tokio_postgres::Error> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("pool semaphore open");
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match idle {
+                Some(c) if c.is_closed() => continue,
+                Some(c) => {
+                    return Ok(Pooled {
+                        pool: self,
+                        client: Some(c),
+                        _permit: permit,
+                    });
+                }
+                None => break,
+            }
+        }
+        let (client, connection) = self.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "database connection ended");
+            }
+        });
+        Ok(Pooled {
+            pool: self,
+            client: Some(client),
+            _permit: permit,
+        })
+    }
+
+    /// Drop every idle client (after a failover, so the next ones find the new primary).
+    pub fn forget_idle(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// The spool's own runtime: it drives the connections; callers on any thread (in a
+/// runtime or not) wait for what they asked it to do.
+pub struct Driver {
+    rt: tokio::runtime::Runtime,
+}
+
+impl Driver {
+    pub fn new() -> std::io::Result<Driver> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mailspool-pg")
+            .enable_all()
+            .build()?;
+        Ok(Driver { rt })
+    }
+
+    /// Run `f` on the spool's runtime and wait for it here. Never called from the
+    /// runtime's own threads (nothing of ours runs there but these futures).
+    pub fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv()
+            .expect("the database runtime runs until the spool is dropped")
+    }
+
+    /// Start `f` and do not wait (usage counts, giving back claims).
+    pub fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
+        self.rt.spawn(f);
+    }
+}
