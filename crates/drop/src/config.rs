@@ -70,7 +70,7 @@ impl DropConfig {
             };
             let value = value.split(" #").next().unwrap_or("").trim();
             match key.trim() {
-                "dequeue_dir" => self.spool = PathBuf::from(toml_string(value)?),
+                "dequeue_dir" | "spool" => self.spool = PathBuf::from(toml_string(value)?),
                 "max_message_size" => {
                     self.max_message_size = value
                         .replace('_', "")

@@ -24,6 +24,20 @@ pub mod submit;
 /// The drop directory inside a spool.
 pub const MAILDROP: &str = "maildrop";
 
+/// The drop directory when the spool is a database: on the local disk, since users'
+/// `sendmail` never gets the database's credentials; the daemon on this host picks it up.
+pub const DATABASE_MAILDROP: &str = "/var/lib/mailspool/maildrop";
+
+/// The drop directory of a spool (a directory, or a `postgresql://` URL).
+pub fn maildrop_dir(spool: &std::path::Path) -> std::path::PathBuf {
+    match spool.to_str() {
+        Some(s) if s.starts_with("postgresql://") || s.starts_with("postgres://") => {
+            std::path::PathBuf::from(DATABASE_MAILDROP)
+        }
+        _ => spool.join(MAILDROP),
+    }
+}
+
 /// The login name of `uid`, from the system's user database (never from the
 /// environment, which the caller controls).
 pub fn login_of(uid: u32) -> Option<String> {

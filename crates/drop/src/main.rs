@@ -9,7 +9,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use mailspool_drop::MAILDROP;
 use mailspool_drop::args::{self, Mode};
 use mailspool_drop::config::DropConfig;
 use mailspool_drop::format::Envelope;
@@ -72,7 +71,7 @@ fn run(prog: &str, argv: &[OsString]) -> Result<(), (u8, String)> {
         max_message_size: config.max_message_size,
         max_header_size: 1024 * 1024,
     };
-    let dir = config.spool.join(MAILDROP);
+    let dir = mailspool_drop::maildrop_dir(&config.spool);
     let stdin = std::io::stdin();
     let mut input = BufReader::with_capacity(64 * 1024, stdin.lock());
     match drop_message(&dir, &sub, &mut input) {

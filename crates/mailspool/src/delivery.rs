@@ -12,11 +12,12 @@ impl Mailspool {
     /// A delivery engine for this spool and configuration (call inside a tokio runtime).
     pub fn engine(&self) -> Result<Arc<Engine>, String> {
         let dns: Arc<dyn Resolve> = Arc::new(HickoryDns::new(self.config.deliver.resolver)?);
-        let spool = mailspool_spool::Spool::open(&self.config.spool_dir, self.config.spool.clone())
-            .map_err(|e| e.to_string())?;
+        // The spool this Mailspool has open: one back end (and one set of database
+        // connections and claims) for intake and delivery.
+        let spool = self.store().clone();
         let mut config = self.config.clone();
         config.load_secrets().map_err(|e| e.to_string())?;
-        Engine::new(Arc::new(spool), config.deliver, dns)
+        Engine::new(spool, config.deliver, dns)
     }
 
     /// One delivery pass; `all` ignores tier waits (`queue run --all`, `sendmail -q`).

@@ -23,27 +23,59 @@ pub mod pickup;
 pub mod send;
 pub mod sysexits;
 
+use std::sync::Arc;
+
 pub use config::{Config, ConfigError, HttpConfig};
 pub use mailspool_deliver::{NodeResult, Outcome, Report};
-pub use mailspool_spool::{Spool, SpoolConfig, SpoolError, escape};
+pub use mailspool_spool::{Spool, SpoolConfig, SpoolError, Store, escape};
 pub use send::{Delivery, MessageSource, Prepared, SendError, SendMail, Sent, Submitter};
+
+/// Open the back end `config.spool_dir` names: a database URL, or a directory
+/// (`create`: made if missing, as intake does; else opened as it is, creating nothing).
+pub fn open_store(config: &Config, create: bool) -> Result<Arc<dyn Store>, SpoolError> {
+    if let Some(url) = config.spool_url() {
+        let options = mailspool_pg::PgOptions {
+            lease: config.spool_lease,
+            ..Default::default()
+        };
+        return Ok(Arc::new(mailspool_pg::PgSpool::open(
+            url,
+            config.spool.clone(),
+            options,
+        )?));
+    }
+    Ok(Arc::new(if create {
+        Spool::create(&config.spool_dir, config.spool.clone())?
+    } else {
+        Spool::open(&config.spool_dir, config.spool.clone())?
+    }))
+}
 
 /// A spool opened for intake, with its configuration.
 #[derive(Debug)]
 pub struct Mailspool {
     config: Config,
-    spool: Spool,
+    spool: Arc<dyn Store>,
 }
 
 impl Mailspool {
-    /// Open (creating if needed) the spool of `config` for writing.
+    /// Open the spool of `config` for writing: a directory (created if needed) or, for
+    /// `spool = "postgresql://..."`, a database (see `mailspool db migrate`).
     pub fn open(config: Config) -> Result<Mailspool, SpoolError> {
-        let spool = Spool::create(&config.spool_dir, config.spool.clone())?;
+        let spool = open_store(&config, true)?;
         Ok(Mailspool { config, spool })
     }
 
     /// Wrap a spool that is already open (e.g. with a fault-injecting storage layer).
     pub fn with_spool(config: Config, spool: Spool) -> Mailspool {
+        Mailspool {
+            config,
+            spool: Arc::new(spool),
+        }
+    }
+
+    /// Wrap any back end that is already open.
+    pub fn with_store(config: Config, spool: Arc<dyn Store>) -> Mailspool {
         Mailspool { config, spool }
     }
 

@@ -48,7 +48,7 @@ enum Verdict {
 impl Mailspool {
     /// The drop directory of this spool.
     pub fn maildrop(&self) -> PathBuf {
-        self.config.spool_dir.join(mailspool_drop::MAILDROP)
+        mailspool_drop::maildrop_dir(&self.config.spool_dir)
     }
 
     /// One pass over the drop directory. A missing directory is an empty one.
@@ -218,7 +218,8 @@ impl Mailspool {
     }
 
     fn to_corrupt(&self, path: &Path, why: &str) {
-        let dir = self.config.spool_dir.join("corrupt");
+        // Beside the drop directory (the spool's own corrupt/ for a file spool).
+        let dir = self.maildrop().with_file_name("corrupt");
         let _ = mailspool_spool::storage::os::ensure_dir(&dir);
         let base = path
             .file_name()

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use mailspool_message::{BodyCopier, IntakeError, address, header::dedup, read_head};
 use mailspool_spool::time::rfc5322_date;
-use mailspool_spool::{Spool, SpoolError, name::is_valid_id};
+use mailspool_spool::{SpoolError, name::is_valid_id};
 
 use crate::Mailspool;
 use crate::sysexits;
@@ -130,10 +130,11 @@ impl<'a> SendMail<'a> {
 /// A message parsed and staged, not yet committed (see [`Mailspool::prepare`]).
 #[derive(Debug)]
 pub struct Prepared<'s> {
-    stage: mailspool_spool::Stage<&'s Spool>,
+    stage: Box<dyn mailspool_spool::Staged>,
     from: String,
     recipients: Vec<String>,
     delivery: Delivery,
+    _spool: std::marker::PhantomData<&'s Mailspool>,
 }
 
 /// What was queued.
@@ -332,7 +333,7 @@ impl Mailspool {
         if header_len > limit {
             return Err(IntakeError::TooLarge { limit }.into());
         }
-        let mut stage = self.spool.stage(&id)?;
+        let mut stage = self.spool.clone().stage(&id)?;
         headers
             .write_to(&mut stage)
             .and_then(|()| stage.write_all(b"\n"))
@@ -351,6 +352,7 @@ impl Mailspool {
             from,
             recipients,
             delivery: mail.delivery,
+            _spool: std::marker::PhantomData,
         })
     }
 
@@ -361,6 +363,7 @@ impl Mailspool {
             from,
             recipients,
             delivery,
+            ..
         } = prepared;
         let committed = stage.commit(&from, &recipients)?;
         self.queued(committed, from, recipients, delivery)
@@ -371,9 +374,26 @@ impl Mailspool {
     pub fn commit_batch(&self, batch: Vec<Prepared<'_>>) -> Vec<Result<Sent, SendError>> {
         let mut envelopes = Vec::with_capacity(batch.len());
         let mut items = Vec::with_capacity(batch.len());
+        let mut others = Vec::new();
         for p in batch {
-            envelopes.push((p.from.clone(), p.recipients.clone(), p.delivery));
-            items.push((p.stage, p.from, p.recipients));
+            match p.stage.into_file_stage() {
+                Ok(stage) => {
+                    envelopes.push((p.from.clone(), p.recipients.clone(), p.delivery));
+                    items.push((stage, p.from, p.recipients));
+                }
+                // A back end without shared flushes: one commit each (its own
+                // transaction); the results stay in order since a batch is one kind.
+                Err(stage) => others.push((stage, p.from, p.recipients, p.delivery)),
+            }
+        }
+        if !others.is_empty() {
+            return others
+                .into_iter()
+                .map(|(stage, from, recipients, delivery)| {
+                    let committed = stage.commit(&from, &recipients)?;
+                    self.queued(committed, from, recipients, delivery)
+                })
+                .collect();
         }
         mailspool_spool::commit_batch(items)
             .into_iter()
@@ -414,7 +434,12 @@ impl Mailspool {
     }
 
     /// The spool.
-    pub fn spool(&self) -> &Spool {
+    pub fn spool(&self) -> &dyn mailspool_spool::Store {
+        self.spool.as_ref()
+    }
+
+    /// The spool, to share.
+    pub fn store(&self) -> &std::sync::Arc<dyn mailspool_spool::Store> {
         &self.spool
     }
 }

@@ -102,11 +102,6 @@ impl Pool {
             _permit: permit,
         })
     }
-
-    /// Drop every idle client (after a failover, so the next ones find the new primary).
-    pub fn forget_idle(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
 }
 
 /// The spool's own runtime: it drives the connections; callers on any thread (in a

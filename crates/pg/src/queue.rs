@@ -11,8 +11,8 @@ use futures_util::{StreamExt, pin_mut};
 use mailspool_spool::side::Attempt;
 use mailspool_spool::usage::DayUsage;
 use mailspool_spool::{
-    Found, NodeEntry, NodeFile, NodeLock, NodeName, Placement, Result, SpoolConfig, SpoolError,
-    Staged, Store, Wanted, now,
+    Cursor, Found, NodeEntry, NodeFile, NodeLock, NodeName, Page, Placement, Result, SpoolConfig,
+    SpoolError, Staged, Store, Wanted, now,
 };
 use tokio_postgres::Row;
 
@@ -193,6 +193,79 @@ impl Store for PgSpool {
         self.visit("ORDER BY n.held, n.tier, n.pk".to_owned(), f)
     }
 
+    fn find(&self, key: &str) -> Result<Vec<NodeEntry>> {
+        let (k, pk) = (key.to_owned(), row(std::path::Path::new(key)).unwrap_or(-1));
+        let found = self.run(move |inner| async move {
+            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT {NODE_COLUMNS} FROM mailspool_nodes n
+                         JOIN mailspool_messages m ON m.pk = n.message
+                         WHERE m.id = $1 OR n.pk = $2 ORDER BY n.pk"
+                    ),
+                    &[&k, &pk],
+                )
+                .await
+                .map_err(|e| db("find nodes", e))?;
+            Ok(rows.iter().map(node_entry).collect::<Vec<_>>())
+        })?;
+        if found.is_empty() {
+            return Err(SpoolError::NotFound(key.to_owned()));
+        }
+        Ok(found)
+    }
+
+    fn page(
+        &self,
+        start: Cursor,
+        limit: usize,
+        max_scan: usize,
+        keep: &mut dyn FnMut(&NodeEntry) -> bool,
+    ) -> Result<Page> {
+        // Keyset paging on the node row: the cursor's offset is the last row returned.
+        let mut page = Page::default();
+        let mut after = start.offset;
+        loop {
+            let batch = (limit.max(1) * 2)
+                .min(max_scan.saturating_sub(page.scanned))
+                .max(1);
+            let rows = self.run(move |inner| async move {
+                let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+                let rows = c
+                    .query(
+                        &format!(
+                            "SELECT {NODE_COLUMNS} FROM mailspool_nodes n
+                             JOIN mailspool_messages m ON m.pk = n.message
+                             WHERE n.pk > $1 ORDER BY n.pk LIMIT $2"
+                        ),
+                        &[&after, &(batch as i64)],
+                    )
+                    .await
+                    .map_err(|e| db("list nodes", e))?;
+                Ok(rows.iter().map(node_entry).collect::<Vec<_>>())
+            })?;
+            let ended = rows.len() < batch;
+            for n in rows {
+                page.scanned += 1;
+                after = row(&n.path).unwrap_or(after);
+                if keep(&n) {
+                    page.nodes.push(n);
+                }
+                if page.nodes.len() >= limit || page.scanned >= max_scan {
+                    page.next = Some(Cursor {
+                        dir: 0,
+                        offset: after,
+                    });
+                    return Ok(page);
+                }
+            }
+            if ended {
+                return Ok(page);
+            }
+        }
+    }
+
     fn group_messages(&self, nodes: Vec<NodeEntry>) -> Vec<Vec<NodeEntry>> {
         // One message row is one message.
         let mut groups: Vec<Vec<NodeEntry>> = Vec::new();
@@ -356,9 +429,32 @@ impl Store for PgSpool {
         {
             return Ok(NodeLock::claimed());
         }
-        Err(SpoolError::Locked {
-            node: entry.file_name.clone(),
-            holder: "no claim of this process".into(),
+        // Not claimed by a plan (an operator's change, a migration): claim it alone.
+        let e = entry.clone();
+        self.run(move |inner| async move {
+            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let secs = inner.lease.as_secs_f64();
+            let n = c
+                .execute(
+                    &format!(
+                        "UPDATE mailspool_nodes SET lease_host = $3, lease_pid = $4,
+                           lease_token = $2, lease_until = now() + make_interval(secs => $5)
+                         WHERE pk = $1 AND {}",
+                        FREE.replace("$TOKEN", "$2")
+                    ),
+                    &[&pk, &inner.me.token, &inner.me.host, &inner.me.pid, &secs],
+                )
+                .await
+                .map_err(|e| db("claim a node", e))?;
+            if n == 0 {
+                return Err(refusal(&c, &e, pk).await);
+            }
+            inner
+                .claims
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(pk);
+            Ok(NodeLock::claimed())
         })
     }
 

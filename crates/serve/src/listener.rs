@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use mailspool_spool::Spool;
+use mailspool_spool::Store;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -44,7 +44,7 @@ pub struct Bound {
 }
 
 /// Bind every `[[listen]]` port (port 0 picks a free one: see [`Bound::local_addrs`]).
-pub async fn bind(cfg: ServeConfig, spool: Arc<Spool>, users: Users) -> Result<Bound, String> {
+pub async fn bind(cfg: ServeConfig, spool: Arc<dyn Store>, users: Users) -> Result<Bound, String> {
     let cfg = Arc::new(cfg);
     let users = Arc::new(users);
     let mut ports = Vec::new();

@@ -111,6 +111,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn visit_tier(&self, tier: usize, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()>;
     /// Visit every node: every tier, then the held ones.
     fn visit_all(&self, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()>;
+    /// Nodes whose message id, or whose key (`file_name`), is `key`.
+    fn find(&self, key: &str) -> Result<Vec<NodeEntry>> {
+        let mut out = Vec::new();
+        self.visit_all(&mut |f| {
+            if let Found::Node(n) = f
+                && (n.name.id == key || n.file_name == key)
+            {
+                out.push(n);
+            }
+            ControlFlow::Continue(())
+        })?;
+        if out.is_empty() {
+            return Err(crate::SpoolError::NotFound(key.to_owned()));
+        }
+        Ok(out)
+    }
+    /// Up to `limit` nodes that `keep` accepts, from `start`, looking at no more than
+    /// `max_scan`; the page says where the next one starts.
+    fn page(
+        &self,
+        start: crate::Cursor,
+        limit: usize,
+        max_scan: usize,
+        keep: &mut dyn FnMut(&NodeEntry) -> bool,
+    ) -> Result<crate::Page>;
+    /// Whether attempts are recorded (a file spool written by 0.50 alone has none).
+    fn has_side_data(&self) -> bool {
+        true
+    }
     /// Group nodes into the stored messages they are.
     fn group_messages(&self, nodes: Vec<NodeEntry>) -> Vec<Vec<NodeEntry>>;
     /// The delivery attempts recorded for a node.
@@ -243,6 +272,21 @@ impl Store for Spool {
     }
     fn group_messages(&self, nodes: Vec<NodeEntry>) -> Vec<Vec<NodeEntry>> {
         Spool::group_messages(self, nodes)
+    }
+    fn find(&self, key: &str) -> Result<Vec<NodeEntry>> {
+        Spool::find(self, key)
+    }
+    fn page(
+        &self,
+        start: crate::Cursor,
+        limit: usize,
+        max_scan: usize,
+        keep: &mut dyn FnMut(&NodeEntry) -> bool,
+    ) -> Result<crate::Page> {
+        Spool::page(self, start, limit, max_scan, keep)
+    }
+    fn has_side_data(&self) -> bool {
+        Spool::has_side_data(self)
     }
     fn attempts(&self, node: &NodeName) -> Vec<Attempt> {
         Spool::attempts(self, node)

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader, Read};
 
 use mailspool_spool::side::Attempt;
-use mailspool_spool::{NodeEntry, Spool, SpoolError, escape, lock};
+use mailspool_spool::{NodeEntry, SpoolError, Store, escape, lock};
 use serde::Serialize;
 
 /// One node of a message.
@@ -47,7 +47,7 @@ pub struct MessageDetail {
 }
 
 /// Describe the nodes of one message (as [`super::select`] returned them).
-pub fn detail(spool: &Spool, nodes: &[NodeEntry]) -> Result<MessageDetail, SpoolError> {
+pub fn detail(spool: &dyn Store, nodes: &[NodeEntry]) -> Result<MessageDetail, SpoolError> {
     let policy = spool.config().lock_policy();
     let first = nodes
         .first()
@@ -78,7 +78,7 @@ pub fn detail(spool: &Spool, nodes: &[NodeEntry]) -> Result<MessageDetail, Spool
 
 /// The header block of a node (at most 64 KiB of it), opened as a node must be: a
 /// symlink or a FIFO planted in a tier is refused, never followed or waited on.
-pub fn header_block(spool: &Spool, n: &NodeEntry) -> Result<Vec<String>, SpoolError> {
+pub fn header_block(spool: &dyn Store, n: &NodeEntry) -> Result<Vec<String>, SpoolError> {
     let file = spool.open_node(n)?.file;
     let mut reader = BufReader::new(file.take(64 * 1024));
     let mut line = Vec::new();

@@ -10,7 +10,7 @@ mod filter;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::ControlFlow;
 
-use mailspool_spool::{Found, NodeEntry, Spool, SpoolError};
+use mailspool_spool::{Found, NodeEntry, SpoolError, Store};
 use serde::Serialize;
 
 pub use detail::{MessageDetail, NodeDetail, detail, header_block};
@@ -47,7 +47,11 @@ pub enum SelectError {
 /// The nodes a selector names: a node's file name (that node), or a message id (its
 /// nodes; with `to`, only that recipient's). An id that several messages share selects
 /// nothing: [`SelectError::Ambiguous`] lists them.
-pub fn select(spool: &Spool, key: &str, to: Option<&str>) -> Result<Vec<NodeEntry>, SelectError> {
+pub fn select(
+    spool: &dyn Store,
+    key: &str,
+    to: Option<&str>,
+) -> Result<Vec<NodeEntry>, SelectError> {
     let mut nodes = match spool.find(key) {
         Ok(n) => n,
         Err(SpoolError::NotFound(_)) => return Err(SelectError::NotFound(key.to_owned())),
@@ -112,7 +116,7 @@ impl Change {
     }
 
     /// Apply to one node (under its lock); log the change.
-    pub fn apply(self, spool: &Spool, n: &NodeEntry) -> Result<(), SpoolError> {
+    pub fn apply(self, spool: &dyn Store, n: &NodeEntry) -> Result<(), SpoolError> {
         match self {
             Change::Delete => spool.delete(n),
             Change::Hold => spool.hold(n).map(drop),
@@ -157,7 +161,7 @@ pub struct NodeFailure {
 
 impl ChangeReport {
     /// Apply `change` to `nodes`, collecting what failed.
-    pub fn apply(spool: &Spool, change: Change, nodes: &[NodeEntry]) -> ChangeReport {
+    pub fn apply(spool: &dyn Store, change: Change, nodes: &[NodeEntry]) -> ChangeReport {
         let mut report = ChangeReport::default();
         for n in nodes {
             report.record(change, spool, n);
@@ -165,7 +169,7 @@ impl ChangeReport {
         report
     }
 
-    fn record(&mut self, change: Change, spool: &Spool, n: &NodeEntry) {
+    fn record(&mut self, change: Change, spool: &dyn Store, n: &NodeEntry) {
         self.matched += 1;
         match change.apply(spool, n) {
             Ok(()) => self.changed += 1,
@@ -182,7 +186,7 @@ impl ChangeReport {
 /// The nodes `filter` matches, the spool walked once; at most `limit` of them, and
 /// whether more matched.
 pub fn matching(
-    spool: &Spool,
+    spool: &dyn Store,
     filter: &Filter,
     limit: Option<usize>,
 ) -> Result<(Vec<NodeEntry>, bool), SpoolError> {
@@ -207,7 +211,7 @@ pub fn matching(
 /// Apply `change` to every node `filter` matches (the bulk form). Matching nodes are
 /// collected first, so a move never shows a node twice.
 pub fn change_matching(
-    spool: &Spool,
+    spool: &dyn Store,
     change: Change,
     filter: &Filter,
 ) -> Result<ChangeReport, SpoolError> {
@@ -307,7 +311,7 @@ impl<K: Ord> Smallest<K> {
         }
     }
 
-    fn finish(self, spool: &Spool) -> Vec<NodeBrief> {
+    fn finish(self, spool: &dyn Store) -> Vec<NodeBrief> {
         self.heap
             .into_sorted_vec()
             .into_iter()
@@ -356,7 +360,7 @@ pub struct DomainCount {
 /// plus, when `tops` > 0, the `tops` oldest and most deferred nodes; `on_unparsable`
 /// and `on_rescued` let the command line warn.
 pub fn summary(
-    spool: &Spool,
+    spool: &dyn Store,
     tops: usize,
     on_unparsable: &mut dyn FnMut(&std::path::Path),
     on_rescued: &mut dyn FnMut(&NodeEntry),

@@ -110,6 +110,25 @@ key of its From domain (or of a parent domain, else the fallback key), once per 
         #[command(subcommand)]
         command: DkimCommand,
     },
+    /// The PostgreSQL spool's schema.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Move queued mail from one spool to another (a directory or postgresql://...),
+    /// keeping each node's tier, time and hold. Resumable.
+    #[command(
+        after_help = "Each node is locked in the source, added to the destination, then removed from the source; run it again after an interruption and each node is moved exactly once (the destination recognises what it already has). Stop the daemons on the source first, or let them be: a node they hold is left for the next run (exit 75). Mail::Spool 0.50 spools are read as they are."
+    )]
+    Migrate {
+        /// The spool to empty: a directory or a database URL.
+        #[arg(long, value_name = "SPOOL")]
+        from: String,
+        /// The spool to fill: a directory (created if needed) or a database URL (its
+        /// schema migrated first with `mailspool db migrate`).
+        #[arg(long, value_name = "SPOOL")]
+        to: String,
+    },
     /// Messages and bytes spooled and sent per day, from usage/raw.
     Usage {
         /// Days to show, ending today.
@@ -118,6 +137,16 @@ key of its From domain (or of a parent domain, else the fallback key), once per 
         /// One JSON object per day.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create or upgrade the spool database's tables (versioned; safe to run again).
+    Migrate {
+        /// The database (default: the configured spool, when it is one).
+        #[arg(long, value_name = "postgresql://...")]
+        url: Option<String>,
     },
 }
 

@@ -13,7 +13,7 @@ use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use mailspool::{Config, Spool};
+use mailspool::{Config, Store};
 use mailspool_spool::{Found, NodeEntry, NodeName, Parsed, escape};
 
 use super::args::ListArgs;
@@ -52,7 +52,7 @@ impl Batch {
 
 /// What formatting a node needs; shared by the formatting threads.
 struct Context<'a> {
-    spool: &'a Spool,
+    spool: &'a dyn Store,
     json: bool,
     side: bool,
     now: u64,
@@ -219,7 +219,7 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
     let stdout = std::io::stdout();
     let mut printer = Printer {
         cx: Context {
-            spool: &spool,
+            spool: spool.as_ref(),
             json: args.json,
             side: spool.has_side_data(),
             now: mailspool_spool::now(),

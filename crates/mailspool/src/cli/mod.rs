@@ -3,6 +3,7 @@
 
 mod args;
 mod daemon;
+mod db;
 mod dkim;
 mod doctor;
 mod list;
@@ -155,6 +156,10 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
         args::Command::User { command } => serve::user(&config, command),
         args::Command::Token { command } => token::run(&config, command),
         args::Command::Dkim { command } => dkim::run(&config, command),
+        args::Command::Db {
+            command: args::DbCommand::Migrate { url },
+        } => db::migrate_schema(&config, url.as_deref()),
+        args::Command::Migrate { from, to } => db::migrate(&config, &from, &to),
     }
 }
 
@@ -220,6 +225,13 @@ pub fn init_logging(verbose: u8, json: bool) {
 
 /// `mailspool fsck [--repair]`.
 fn fsck(config: &Config, repair: bool) -> CliResult {
+    if config.spool_url().is_some() {
+        return Err(Failure::new(
+            sysexits::USAGE,
+            "fsck checks a spool directory; a database spool is kept consistent by its \
+             transactions (check it with PostgreSQL's own tools)",
+        ));
+    }
     let spool = mailspool::Spool::open(&config.spool_dir, config.spool.clone())?;
     let report = spool
         .fsck(repair)

@@ -5,7 +5,7 @@
 //! the node's `.NFSLock` first.
 
 use mailspool::admin::{self, Change, ChangeReport};
-use mailspool::{Config, Spool, SpoolError, sysexits};
+use mailspool::{Config, SpoolError, Store, sysexits};
 use mailspool_spool::{NodeEntry, escape, time::civil_from_days};
 
 use super::args::{ListArgs, QueueCommand, SelectArgs};
@@ -26,8 +26,8 @@ pub fn run(config: &Config, command: Option<QueueCommand>) -> CliResult {
 
 /// Open the spool for reading. A spool that does not exist is an error, not an empty
 /// queue: the usual cause is the wrong spool (another user's default, a typo).
-pub(super) fn open(config: &Config) -> Result<Spool, Failure> {
-    match Spool::open(&config.spool_dir, config.spool.clone()) {
+pub(super) fn open(config: &Config) -> Result<std::sync::Arc<dyn Store>, Failure> {
+    match mailspool::open_store(config, false) {
         Ok(s) => Ok(s),
         Err(e @ SpoolError::Missing(_)) => Err(Failure::new(
             sysexits::NOINPUT,
@@ -74,7 +74,11 @@ pub(super) fn write_failed(e: std::io::Error) -> Failure {
 
 /// The nodes a selector names (see [`mailspool::admin::select`]), as a CLI failure:
 /// an unknown id is 66; an id several messages share is 64, listing them.
-fn select(spool: &Spool, key: &str, to: Option<&str>) -> Result<Vec<NodeEntry>, Failure> {
+fn select(
+    spool: &dyn mailspool_spool::Store,
+    key: &str,
+    to: Option<&str>,
+) -> Result<Vec<NodeEntry>, Failure> {
     use mailspool::admin::SelectError;
     match admin::select(spool, key, to) {
         Ok(nodes) => Ok(nodes),
@@ -106,9 +110,9 @@ fn select(spool: &Spool, key: &str, to: Option<&str>) -> Result<Vec<NodeEntry>, 
 
 fn show(config: &Config, id: &str, to: Option<&str>) -> CliResult {
     let spool = open(config)?;
-    let nodes = select(&spool, id, to)?;
+    let nodes = select(spool.as_ref(), id, to)?;
     let now = mailspool_spool::now();
-    let detail = admin::detail(&spool, &nodes)?;
+    let detail = admin::detail(spool.as_ref(), &nodes)?;
     for (n, d) in nodes.iter().zip(&detail.nodes) {
         println!("node:      {}", escape(&n.path.display().to_string()));
         println!("id:        {}", n.name.id);
@@ -162,7 +166,7 @@ fn change(config: &Config, args: &SelectArgs, change: Change) -> CliResult {
     let spool = open(config)?;
     let mut code = 0u8;
     for id in &args.ids {
-        let nodes = match select(&spool, id, args.to.as_deref()) {
+        let nodes = match select(spool.as_ref(), id, args.to.as_deref()) {
             Ok(n) => n,
             Err(f) => {
                 eprintln!("{}", f.message);
@@ -170,7 +174,7 @@ fn change(config: &Config, args: &SelectArgs, change: Change) -> CliResult {
                 continue;
             }
         };
-        let report = ChangeReport::apply(&spool, change, &nodes);
+        let report = ChangeReport::apply(spool.as_ref(), change, &nodes);
         for f in &report.failed {
             eprintln!("{}: <{}>: {}", f.id, escape(&f.to), f.error);
             code = code.max(f.code);
@@ -192,7 +196,7 @@ fn change(config: &Config, args: &SelectArgs, change: Change) -> CliResult {
 
 fn summary(config: &Config, json: bool) -> CliResult {
     let spool = open(config)?;
-    let s = admin::summary(&spool, 0, &mut |p| warn_unparsable(p), &mut |n| {
+    let s = admin::summary(spool.as_ref(), 0, &mut |p| warn_unparsable(p), &mut |n| {
         warn_rescued(n)
     })?;
     if json {
@@ -213,7 +217,7 @@ fn summary(config: &Config, json: bool) -> CliResult {
         if s.nodes == 1 { "" } else { "s" },
         s.messages,
         if s.messages == 1 { "" } else { "s" },
-        spool.dir().display()
+        spool.location()
     );
     if s.unparsable > 0 {
         println!(

@@ -3,7 +3,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
-use mailspool::{Config, Spool, sysexits};
+use mailspool::{Config, sysexits};
 use mailspool_serve::session::{self, Context, Peer};
 use mailspool_serve::{Mode, Users};
 
@@ -36,10 +36,10 @@ pub fn run(config: &Config) -> CliResult {
             })?;
         }
     }
-    let spool = Arc::new(Spool::create(&config.spool_dir, config.spool.clone())?);
+    let spool = mailspool::open_store(config, true)?;
     let users = users(config)?;
     runtime()?.block_on(async {
-        let bound = mailspool_serve::bind(config.serve.clone(), spool, users)
+        let bound = mailspool_serve::bind(config.serve.clone(), spool.clone(), users)
             .await
             .map_err(|e| Failure::new(sysexits::OSERR, e))?;
         for addr in bound.local_addrs() {
@@ -50,9 +50,9 @@ pub fn run(config: &Config) -> CliResult {
         if let Some(http) = config.http.clone()
             && let Some(addr) = http.serve_listen
         {
-            let ms = Arc::new(mailspool::Mailspool::with_spool(
+            let ms = Arc::new(mailspool::Mailspool::with_store(
                 config.clone(),
-                Spool::create(&config.spool_dir, config.spool.clone())?,
+                spool.clone(),
             ));
             let http_bound = mailspool::http::bind(ms, http, addr)
                 .await
@@ -91,7 +91,7 @@ pub fn run(config: &Config) -> CliResult {
 
 /// `sendmail -bs`: one SMTP session on stdin/stdout, as the local (trusted) user.
 pub fn stdio(config: &Config) -> CliResult {
-    let spool = Arc::new(Spool::create(&config.spool_dir, config.spool.clone())?);
+    let spool = mailspool::open_store(config, true)?;
     let ctx = Arc::new(Context {
         cfg: Arc::new(config.serve.clone()),
         spool,

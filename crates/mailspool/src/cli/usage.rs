@@ -1,23 +1,26 @@
 //! `mailspool usage`: nodes and bytes spooled and sent per day, from usage/raw. Counted
 //! as Mail::Spool 0.50 counts: per node, so a message to three recipients is three.
 
-use mailspool::{Config, Spool, SpoolError, sysexits};
+use mailspool::{Config, SpoolError, sysexits};
 use mailspool_spool::time::day_string;
 
 use super::{CliResult, Failure};
 
 pub fn run(config: &Config, days: u64, json: bool) -> CliResult {
-    let spool = match Spool::open(&config.spool_dir, config.spool.clone()) {
+    let spool = match mailspool::open_store(config, false) {
         Ok(s) => s,
         Err(e @ SpoolError::Missing(_)) => {
             return Err(Failure::new(sysexits::NOINPUT, e.to_string()));
         }
         Err(e) => return Err(e.into()),
     };
-    if !spool.dir().join("usage").is_dir() && !json {
+    if let Some(files) = spool.as_files()
+        && !files.dir().join("usage").is_dir()
+        && !json
+    {
         println!(
             "usage logging is off: {} does not exist (usage_log = true creates it)",
-            spool.dir().join("usage").display()
+            files.dir().join("usage").display()
         );
         return Ok(());
     }

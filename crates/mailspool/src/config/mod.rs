@@ -121,6 +121,12 @@ pub struct ConfigFile {
     pub dkim: Option<Vec<DkimFile>>,
     /// Traffic shaping: per-destination limits and cooling after throttling.
     pub shaping: Option<ShapingFile>,
+    /// The spool: a directory (as `dequeue_dir`) or a PostgreSQL URL
+    /// (`postgresql://user@host1,host2/db?target_session_attrs=read-write`).
+    pub spool: Option<String>,
+    /// Seconds a database claim lasts unless renewed (a dead host's nodes wait this
+    /// long before another host takes them); 120.
+    pub spool_lease: Option<u64>,
 }
 
 /// `[shaping]`.
@@ -292,6 +298,8 @@ pub struct Config {
     pub log_json: bool,
     /// The HTTP server, when `[http]` is configured.
     pub http: Option<HttpConfig>,
+    /// How long a database claim lasts unless renewed.
+    pub spool_lease: Duration,
 }
 
 /// A configuration that cannot be used.
@@ -323,6 +331,7 @@ impl Default for Config {
         Config {
             spool_dir: default_spool_dir().unwrap_or_default(),
             spool: SpoolConfig::default(),
+            spool_lease: mailspool_pg::DEFAULT_LEASE,
             dequeue_timeout: Duration::from_secs(20),
             max_dequeue_processes: 20,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -370,6 +379,25 @@ pub fn default_spool_dir() -> Option<PathBuf> {
                 .map(|h| h.join(".local/state"))
         })?;
     Some(state.join("mailspool"))
+}
+
+/// This host's own state directory when the spool is a database (HTTP idempotency
+/// records): `/var/lib/mailspool` for root, else `$XDG_STATE_HOME/mailspool-local`.
+pub fn local_state_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/mailspool");
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|h| h.join(".local/state"))
+        })
+        .unwrap_or_else(std::env::temp_dir)
+        .join("mailspool-local")
 }
 
 /// Whether `dir` is a user's own default spool (not a configured or system one).
@@ -474,8 +502,23 @@ impl Config {
     pub fn from_parts(file: ConfigFile) -> Result<Config, ConfigError> {
         let mut c = Config::default();
         let mut periods_set = false;
-        if let Some(d) = &file.dequeue_dir {
-            c.spool_dir = d.clone();
+        match (&file.dequeue_dir, &file.spool) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "both dequeue_dir and spool name the spool; keep one".into(),
+                ));
+            }
+            (Some(d), None) => c.spool_dir = d.clone(),
+            (None, Some(s)) => c.spool_dir = PathBuf::from(s),
+            (None, None) => {}
+        }
+        if let Some(secs) = file.spool_lease {
+            if !(5..=86_400).contains(&secs) {
+                return Err(ConfigError::Invalid(format!(
+                    "spool_lease = {secs}: give 5 to 86400 seconds"
+                )));
+            }
+            c.spool_lease = Duration::from_secs(secs);
         }
         if let Some(p) = &file.dequeue_periods {
             c.spool.periods = p.clone();
@@ -551,6 +594,19 @@ impl Config {
     /// calls this: `sendmail`, `mailq` and `send` never read a secret.
     pub fn load_secrets(&mut self) -> Result<(), ConfigError> {
         deliver::load_secrets(self)
+    }
+
+    /// The spool's database URL, when the spool is a database rather than a directory.
+    pub fn spool_url(&self) -> Option<&str> {
+        self.spool_dir.to_str().filter(|s| mailspool_pg::is_url(s))
+    }
+
+    /// Where the spool is, for messages (a URL without its password).
+    pub fn spool_location(&self) -> String {
+        match self.spool_url() {
+            Some(url) => mailspool_pg::redact(url),
+            None => self.spool_dir.display().to_string(),
+        }
     }
 
     /// Load: the named file, or the first default file found, or built-in defaults; then

@@ -53,7 +53,12 @@ impl AppState {
     /// now, not a lock-out later).
     pub fn new(ms: Arc<Mailspool>, http: HttpConfig) -> Result<AppState, String> {
         let tokens = tokens::TokenCache::new(&http.tokens_file).map_err(|e| e.to_string())?;
-        let idempotency = idempotency::Store::new(ms.spool().dir());
+        // Kept beside a file spool; with a database, in this host's state directory (a
+        // retried request must come back to the same host to be recognised).
+        let idempotency = match ms.spool().cache_dir() {
+            Some(dir) => idempotency::Store::new(dir),
+            None => idempotency::Store::new(&crate::config::local_state_dir()),
+        };
         Ok(AppState {
             tls: http.tls.is_some(),
             ms,

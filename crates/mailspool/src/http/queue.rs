@@ -64,7 +64,7 @@ impl ListQuery {
 /// A node as the API lists it. `side`: whether the spool has side data at all (asked
 /// once per listing, not once per node: without it there is no last error to open).
 pub fn node_json(
-    spool: &mailspool_spool::Spool,
+    spool: &dyn mailspool_spool::Store,
     n: &NodeEntry,
     size: Option<u64>,
     side: bool,
@@ -85,7 +85,7 @@ pub fn node_json(
 
 /// One page of the queue (also used by the dashboard).
 pub fn page(
-    spool: &mailspool_spool::Spool,
+    spool: &dyn mailspool_spool::Store,
     filter: &Filter,
     cursor: Option<&str>,
     limit: usize,

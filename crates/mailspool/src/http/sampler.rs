@@ -66,7 +66,7 @@ pub fn count(state: &AppState) {
             })
             .set(d.nodes as i64);
     }
-    if let Ok(st) = rustix::fs::statvfs(spool.dir()) {
+    if let Some(Ok(st)) = spool.cache_dir().map(rustix::fs::statvfs) {
         m.disk_free
             .set(st.f_bavail.saturating_mul(st.f_frsize).min(i64::MAX as u64) as i64);
     }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailspool_spool::{Spool, Stage};
+use mailspool_spool::{Staged, Store};
 use smtp_proto::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -63,7 +63,7 @@ pub struct Context {
     /// Settings.
     pub cfg: Arc<ServeConfig>,
     /// The spool messages are committed to.
-    pub spool: Arc<Spool>,
+    pub spool: Arc<dyn Store>,
     /// AUTH users.
     pub users: Arc<Users>,
     /// STARTTLS (or smtps) certificate, if configured for this port.
@@ -86,7 +86,7 @@ struct Tx {
     id: String,
     smtputf8: bool,
     /// BDAT in progress: the stage and the reader.
-    bdat: Option<(Stage<Arc<Spool>>, DataReader)>,
+    bdat: Option<(Box<dyn Staged>, DataReader)>,
     /// BDAT that already failed: the reply to give at LAST.
     bdat_failed: Option<&'static str>,
 }

@@ -2,9 +2,8 @@
 //! commit on a blocking thread. 250 is sent only after the commit returned.
 
 use std::io::Write;
-use std::sync::Arc;
 
-use mailspool_spool::{Spool, SpoolError, Stage};
+use mailspool_spool::{SpoolError, Staged};
 
 use super::{Ended, Session, Tx};
 use crate::data::{DataReader, Violation};
@@ -26,8 +25,8 @@ fn io_reply(e: &std::io::Error) -> &'static str {
 
 impl Session {
     /// A stage for the transaction, with the Received header already in it.
-    fn open_stage(&self, tx: &Tx) -> Result<Stage<Arc<Spool>>, &'static str> {
-        let mut stage = self.ctx.spool.stage_arc(&tx.id).map_err(|e| {
+    fn open_stage(&self, tx: &Tx) -> Result<Box<dyn Staged>, &'static str> {
+        let mut stage = self.ctx.spool.clone().stage(&tx.id).map_err(|e| {
             tracing::error!(error = %e, "cannot stage a message");
             storage_reply(&e)
         })?;
@@ -149,7 +148,7 @@ impl Session {
     async fn finish(
         &mut self,
         tx: Tx,
-        stage: Stage<Arc<Spool>>,
+        stage: Box<dyn Staged>,
         violation: Option<Violation>,
         failed: Option<&'static str>,
     ) -> Ended {
