@@ -22,6 +22,8 @@ mod pool;
 mod queue;
 mod schema;
 mod stage;
+#[doc(hidden)]
+pub mod testing;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -90,9 +92,18 @@ impl std::fmt::Debug for PgSpool {
     }
 }
 
-/// A database error as a spool error (its text escaped: a server's words).
-pub(crate) fn db(op: &str, e: impl std::fmt::Display) -> SpoolError {
-    SpoolError::Database(format!("{op}: {}", mailspool_spool::escape(&e.to_string())))
+/// A database error as a spool error, with its causes (tokio-postgres says only
+/// "db error" at the top; the server's message is the source), escaped: a server's
+/// words.
+pub(crate) fn db(op: &str, e: impl std::error::Error) -> SpoolError {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    SpoolError::Database(format!("{op}: {}", mailspool_spool::escape(&text)))
 }
 
 /// Whether `spool` names a database rather than a directory.

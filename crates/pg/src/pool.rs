@@ -107,7 +107,18 @@ impl Pool {
 /// The spool's own runtime: it drives the connections; callers on any thread (in a
 /// runtime or not) wait for what they asked it to do.
 pub struct Driver {
-    rt: tokio::runtime::Runtime,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Driver {
+    /// Without waiting (a spool may be dropped inside another runtime, where blocking
+    /// is not allowed): what is in flight is cut, as a crash would; nothing promised
+    /// depends on it (a commit's caller waits for its result before it says yes).
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Driver {
@@ -117,14 +128,18 @@ impl Driver {
             .thread_name("mailspool-pg")
             .enable_all()
             .build()?;
-        Ok(Driver { rt })
+        Ok(Driver { rt: Some(rt) })
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt.as_ref().expect("runtime until dropped")
     }
 
     /// Run `f` on the spool's runtime and wait for it here. Never called from the
     /// runtime's own threads (nothing of ours runs there but these futures).
     pub fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.rt.spawn(async move {
+        self.rt().spawn(async move {
             let _ = tx.send(f.await);
         });
         rx.recv()
@@ -133,6 +148,6 @@ impl Driver {
 
     /// Start `f` and do not wait (usage counts, giving back claims).
     pub fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
-        self.rt.spawn(f);
+        self.rt().spawn(f);
     }
 }

@@ -492,6 +492,9 @@ impl Store for PgSpool {
                 file.write_all(r.get::<_, &[u8]>(0))
                     .map_err(|e| SpoolError::io_path("write", std::env::temp_dir(), e))?;
             }
+            // Read from the start, as a node file opened afresh is.
+            std::io::Seek::rewind(&mut file)
+                .map_err(|e| SpoolError::io_path("read", std::env::temp_dir(), e))?;
             Ok(NodeFile {
                 file,
                 dev: 0,
@@ -556,8 +559,8 @@ impl Store for PgSpool {
             let rows = c
                 .query(
                     &format!(
-                        "WITH n AS (UPDATE mailspool_nodes SET tier = $3, entered = $4,
-                           due = $4 + $5, attempts = attempts + 1, lease_host = NULL,
+                        "WITH n AS (UPDATE mailspool_nodes SET tier = $3, entered = $4::bigint,
+                           due = $4::bigint + $5::bigint, attempts = attempts + 1, lease_host = NULL,
                            lease_pid = NULL, lease_token = NULL, lease_until = NULL
                          WHERE pk = $1 AND lease_token = $2 RETURNING *)
                          SELECT {NODE_COLUMNS} FROM n

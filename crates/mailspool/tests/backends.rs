@@ -1,0 +1,508 @@
+//! One suite, two back ends: every intake path (the library's `send_mail`, the SMTP
+//! listener, the HTTP batch), every delivery outcome (delivered, deferred, bounced) and
+//! every queue operation (list, find, hold, release, retry, delete, usage) run against
+//! the 0.50 file spool and against PostgreSQL, through the same `Store` seam.
+//!
+//! The PostgreSQL half needs PostgreSQL's programs: `.ci/run` starts a throw-away
+//! cluster and names it in `MAILSPOOL_TEST_PG`; without that each test starts its own
+//! (or skips on a machine without PostgreSQL; under CI=true it fails instead).
+
+#[path = "../../deliver/tests/common/mod.rs"]
+mod common;
+
+use std::io::Read;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Script, Sink};
+use mailspool::{Config, Mailspool, MessageSource, SendMail, Store};
+use mailspool_deliver::{Engine, NoDns, Outcome, PassOptions, Resolve, Selection};
+use mailspool_pg::testing::TestDb;
+use mailspool_spool::{Found, NodeEntry, Spool, SpoolConfig};
+
+/// A spool of one kind or the other, and what keeps it alive.
+enum Back {
+    File(tempfile::TempDir),
+    Pg(TestDb),
+}
+
+impl Back {
+    fn file() -> Back {
+        Back::File(tempfile::tempdir().unwrap())
+    }
+    fn pg() -> Option<Back> {
+        TestDb::new().map(Back::Pg)
+    }
+    /// What `spool = ...` says.
+    fn location(&self) -> String {
+        match self {
+            Back::File(d) => d.path().join("spool").display().to_string(),
+            Back::Pg(db) => db.url.clone(),
+        }
+    }
+    fn config(&self) -> Config {
+        let mut c = Config {
+            spool_dir: self.location().into(),
+            hostname: "mailspool.test".into(),
+            ..Config::default()
+        };
+        c.spool.usage_log = true;
+        c
+    }
+    /// A handle on the spool, as a process opening it would have (a second call is a
+    /// second host: its own connections and claims).
+    fn open(&self) -> Arc<dyn Store> {
+        mailspool::open_store(&self.config(), true).unwrap()
+    }
+}
+
+fn nodes(store: &dyn Store) -> Vec<NodeEntry> {
+    let mut out = Vec::new();
+    store
+        .visit_all(&mut |f| {
+            if let Found::Node(n) = f {
+                out.push(n);
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    out.sort_by(|a, b| a.name.to.cmp(&b.name.to));
+    out
+}
+
+fn body(store: &dyn Store, n: &NodeEntry) -> String {
+    let mut s = String::new();
+    store
+        .open_node(n)
+        .unwrap()
+        .file
+        .read_to_string(&mut s)
+        .unwrap();
+    s
+}
+
+fn engine(store: Arc<dyn Store>, sink: &Sink) -> Arc<Engine> {
+    let cfg = common::config(&[("example.org", sink.addr), ("example.com", sink.addr)]);
+    let dns: Arc<dyn Resolve> = Arc::new(NoDns);
+    Engine::new(store, cfg, dns).unwrap()
+}
+
+fn all() -> PassOptions {
+    PassOptions {
+        selection: Selection::All,
+        ..Default::default()
+    }
+}
+
+fn send(ms: &Mailspool, text: &str) -> mailspool::Sent {
+    ms.send_mail(SendMail::new(MessageSource::Bytes(text.as_bytes())))
+        .unwrap()
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn file() {
+                super::$name(super::Back::file()).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(b) = super::Back::pg() {
+                    super::$name(b).await;
+                }
+            }
+        }
+    )*};
+}
+
+both!(
+    send_mail_stores_one_node_per_recipient_without_bcc,
+    delivered_nodes_are_removed_and_counted,
+    a_temporary_failure_falls_back_a_tier_with_its_reply,
+    a_permanent_failure_bounces_to_the_sender,
+    hold_release_retry_and_delete,
+    the_listener_commits_before_250,
+    the_http_batch_commits_each_message,
+    two_hosts_deliver_each_message_once,
+    a_big_message_is_stored_and_sent_whole,
+);
+
+async fn send_mail_stores_one_node_per_recipient_without_bcc(b: Back) {
+    let store = b.open();
+    let ms = Mailspool::with_store(b.config(), store.clone());
+    let sent = send(
+        &ms,
+        "From: app@example.com\nTo: a@example.org\nCc: b@example.org\nBcc: secret@example.org\nSubject: hi\n\nhello\n",
+    );
+    assert_eq!(sent.recipients.len(), 3);
+    let n = nodes(store.as_ref());
+    let to: Vec<&str> = n.iter().map(|n| n.name.to.as_str()).collect();
+    assert_eq!(to, ["a@example.org", "b@example.org", "secret@example.org"]);
+    assert!(
+        n.iter()
+            .all(|n| n.tier == 0 && !n.held && n.name.id == sent.id),
+        "{n:?} {}",
+        sent.id
+    );
+    assert!(n.iter().all(|n| n.name.from == "app@example.com"));
+    // One stored message: the nodes group as one, and its bytes have no Bcc.
+    assert_eq!(store.group_messages(n.clone()).len(), 1);
+    let text = body(store.as_ref(), &n[0]);
+    assert!(
+        text.contains("Subject: hi") && text.contains("hello"),
+        "{text}"
+    );
+    assert!(!text.contains("secret"), "Bcc kept: {text}");
+    assert!(store.id_in_use(&sent.id).unwrap());
+    assert!(!store.id_in_use("NOSUCHID").unwrap());
+    // A caller-chosen id already in use is refused.
+    let mut again = SendMail::new(MessageSource::Bytes(b"To: c@example.org\n\nx\n"));
+    again.id = Some(sent.id.clone());
+    assert!(ms.send_mail(again).is_err());
+    assert_eq!(store.find(&sent.id).unwrap().len(), 3);
+}
+
+async fn delivered_nodes_are_removed_and_counted(b: Back) {
+    let sink = Sink::start(Script::default()).await;
+    let store = b.open();
+    let ms = Mailspool::with_store(b.config(), store.clone());
+    send(
+        &ms,
+        "From: app@example.com\nTo: a@example.org, b@example.org\n\nbody\n",
+    );
+    let report = engine(store.clone(), &sink).run_pass(&all()).await.unwrap();
+    assert_eq!(report.count(Outcome::Delivered), 2, "{report:?}");
+    let got = sink.received();
+    assert_eq!(
+        got.len(),
+        1,
+        "one transaction for one message at one domain"
+    );
+    assert_eq!(got[0].to.len(), 2);
+    assert!(String::from_utf8_lossy(&got[0].data).contains("body"));
+    assert!(nodes(store.as_ref()).is_empty());
+    // Usage is counted in writing, so give the database's counter a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let usage = store.usage(1).unwrap();
+    let today = usage.values().next().expect("today's usage");
+    assert_eq!((today.spooled, today.sent), (2, 2), "{usage:?}");
+}
+
+async fn a_temporary_failure_falls_back_a_tier_with_its_reply(b: Back) {
+    let mut script = Script::default();
+    script
+        .rcpt
+        .insert("later@example.org".into(), "451 4.3.0 try later".into());
+    let sink = Sink::start(script).await;
+    let store = b.open();
+    let ms = Mailspool::with_store(b.config(), store.clone());
+    send(&ms, "From: app@example.com\nTo: later@example.org\n\nx\n");
+    let report = engine(store.clone(), &sink).run_pass(&all()).await.unwrap();
+    assert_eq!(report.count(Outcome::Deferred), 1, "{report:?}");
+    let n = nodes(store.as_ref());
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].tier, 1, "fell back one tier: {report:?} {n:?}");
+    assert!(n[0].name.time >= mailspool_spool::now() - 5, "a fresh time");
+    assert!(
+        store.due_at(&n[0]) > mailspool_spool::now(),
+        "not due again yet"
+    );
+    let last = store.last_error(&n[0].name).unwrap_or_default();
+    assert!(last.contains("451"), "{last:?}");
+    // Not due: a due-only pass leaves it.
+    let report = engine(store.clone(), &sink)
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
+    assert!(report.results.is_empty(), "{report:?}");
+    // Its time comes: delivered from tier 1.
+    sink.script().rcpt.clear();
+    let report = engine(store.clone(), &sink).run_pass(&all()).await.unwrap();
+    assert_eq!(report.count(Outcome::Delivered), 1, "{report:?}");
+    assert!(nodes(store.as_ref()).is_empty());
+}
+
+async fn a_permanent_failure_bounces_to_the_sender(b: Back) {
+    let mut script = Script::default();
+    script
+        .rcpt
+        .insert("nobody@example.org".into(), "550 5.1.1 no such user".into());
+    let sink = Sink::start(script).await;
+    let store = b.open();
+    let ms = Mailspool::with_store(b.config(), store.clone());
+    let sent = send(
+        &ms,
+        "From: app@example.com\nTo: nobody@example.org\nSubject: lost\n\nx\n",
+    );
+    let report = engine(store.clone(), &sink).run_pass(&all()).await.unwrap();
+    assert_eq!(report.count(Outcome::Failed), 1, "{report:?}");
+    // The original is gone; a bounce from the null sender waits for app@example.com.
+    let n = nodes(store.as_ref());
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert_eq!(n[0].name.to, "app@example.com");
+    assert_eq!(n[0].name.from, "");
+    assert_ne!(n[0].name.id, sent.id);
+    let dsn = body(store.as_ref(), &n[0]);
+    assert!(
+        dsn.contains("550 5.1.1") && dsn.contains("nobody@example.org"),
+        "{dsn}"
+    );
+    // The bounce is delivered like any message; a bounce of a bounce is never made.
+    sink.script()
+        .rcpt
+        .insert("app@example.com".into(), "550 5.1.1 gone too".into());
+    let report = engine(store.clone(), &sink).run_pass(&all()).await.unwrap();
+    assert_eq!(report.count(Outcome::Failed), 1, "{report:?}");
+    assert!(nodes(store.as_ref()).is_empty(), "no bounce of a bounce");
+}
+
+async fn hold_release_retry_and_delete(b: Back) {
+    let sink = Sink::start(Script::default()).await;
+    let store = b.open();
+    let ms = Mailspool::with_store(b.config(), store.clone());
+    let sent = send(&ms, "From: app@example.com\nTo: a@example.org\n\nx\n");
+    send(&ms, "From: app@example.com\nTo: b@example.org\n\ny\n");
+    let n = nodes(store.as_ref());
+    let held = store.hold(&n[0]).unwrap();
+    assert!(held.held);
+    let report = engine(store.clone(), &sink).run_pass(&all()).await.unwrap();
+    assert_eq!(report.count(Outcome::Delivered), 1, "only the one not held");
+    let left = nodes(store.as_ref());
+    assert_eq!(left.len(), 1);
+    assert!(left[0].held);
+    assert_eq!(left[0].name.to, "a@example.org");
+    // Paging sees it; find by id and by key.
+    let page = store
+        .page(Default::default(), 10, 1000, &mut |_| true)
+        .unwrap();
+    assert_eq!(page.nodes.len(), 1);
+    assert_eq!(store.find(&sent.id).unwrap().len(), 1);
+    assert_eq!(store.find(&left[0].file_name).unwrap().len(), 1);
+    // Released into its tier with its time; retry makes it due now.
+    let released = store.release(&left[0]).unwrap();
+    assert!(!released.held);
+    assert_eq!(released.name.time, left[0].name.time);
+    let retried = store.retry_now(&released).unwrap();
+    assert!(store.due_at(&retried) <= mailspool_spool::now());
+    store.delete(&retried).unwrap();
+    assert!(nodes(store.as_ref()).is_empty());
+    assert!(matches!(
+        store.delete(&retried),
+        Err(mailspool::SpoolError::NotFound(_))
+    ));
+}
+
+async fn the_listener_commits_before_250(b: Back) {
+    let store = b.open();
+    let cfg = mailspool_serve::ServeConfig {
+        listen: vec![mailspool_serve::Listen {
+            address: "127.0.0.1:0".parse().unwrap(),
+            mode: mailspool_serve::Mode::Relay,
+            tls_cert: None,
+            tls_key: None,
+        }],
+        hostname: "mx.test".into(),
+        ..Default::default()
+    };
+    let bound = mailspool_serve::bind(cfg, store.clone(), Default::default())
+        .await
+        .unwrap();
+    let addr = bound.local_addrs()[0];
+    tokio::spawn(bound.run(std::future::pending()));
+    let settings = mailspool_smtp::ClientSettings {
+        helo_name: "client.test".into(),
+        timeouts: common::quick_timeouts(),
+        tls: mailspool_smtp::TlsPolicy::None,
+        auth: None,
+        bind: Vec::new(),
+        verifier: None,
+    };
+    let tls = mailspool_smtp::TlsConnectors::new(None).unwrap();
+    let mut s = mailspool_smtp::Session::connect(addr, "127.0.0.1", &settings, &tls)
+        .await
+        .unwrap();
+    let text = "Subject: over smtp\r\n\r\nline\r\n.leading dot\r\n";
+    let env = mailspool_smtp::Envelope {
+        from: "app@example.com".into(),
+        to: vec!["x@example.org".into(), "y@example.org".into()],
+        size: text.len() as u64,
+        eight_bit: false,
+        utf8_headers: false,
+    };
+    let out = s.send(&env, &mut text.as_bytes()).await.unwrap();
+    let reply = out.data.unwrap();
+    assert!(reply.is_positive(), "{reply:?}");
+    // The 250 came after the commit: the nodes are there now.
+    let n = nodes(store.as_ref());
+    assert_eq!(n.len(), 2, "{n:?}");
+    let stored = body(store.as_ref(), &n[0]);
+    assert!(stored.starts_with("Received: from"), "{stored}");
+    assert!(
+        stored.contains("\n.leading dot\n"),
+        "dot unstuffed: {stored}"
+    );
+    assert!(reply.to_string().contains(&n[0].name.id), "{reply}");
+}
+
+async fn the_http_batch_commits_each_message(b: Back) {
+    let store = b.open();
+    let ms = Mailspool::with_store(b.config(), store.clone());
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        let text = format!("From: app@example.com\nTo: r{i}@example.org\n\nmessage {i}\n");
+        let prepared = ms
+            .prepare(SendMail::new(MessageSource::Bytes(text.as_bytes())))
+            .unwrap();
+        batch.push(prepared);
+    }
+    let results = ms.commit_batch(batch);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let n = nodes(store.as_ref());
+    assert_eq!(n.len(), 5);
+    for (i, node) in n.iter().enumerate() {
+        assert_eq!(node.name.to, format!("r{i}@example.org"));
+        assert!(body(store.as_ref(), node).contains(&format!("message {i}")));
+    }
+}
+
+async fn two_hosts_deliver_each_message_once(b: Back) {
+    let sink = Sink::start(Script::default()).await;
+    let intake = b.open();
+    let ms = Mailspool::with_store(b.config(), intake.clone());
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let text = format!("From: app@example.com\nTo: r{i}@example.org\n\nn {i}\n");
+        ids.push(send(&ms, &text).id);
+    }
+    // Two "hosts": separate handles (connections, claims) on one spool, at once.
+    let (a, c) = (engine(b.open(), &sink), engine(b.open(), &sink));
+    let opts = all();
+    let (ra, rc) = tokio::join!(a.run_pass(&opts), c.run_pass(&opts));
+    let (ra, rc) = (ra.unwrap(), rc.unwrap());
+    let delivered = ra.count(Outcome::Delivered) + rc.count(Outcome::Delivered);
+    // A node one host took is skipped by the other; a second pass picks up any left.
+    let rest = a.run_pass(&all()).await.unwrap();
+    assert_eq!(
+        delivered + rest.count(Outcome::Delivered),
+        60,
+        "{ra:?} {rc:?} {rest:?}"
+    );
+    let got = sink.received();
+    assert_eq!(got.len(), 60, "each message delivered once");
+    let mut tos: Vec<String> = got.iter().flat_map(|r| r.to.clone()).collect();
+    tos.sort();
+    tos.dedup();
+    assert_eq!(tos.len(), 60);
+    assert!(nodes(intake.as_ref()).is_empty());
+}
+
+async fn a_big_message_is_stored_and_sent_whole(b: Back) {
+    let sink = Sink::start(Script::default()).await;
+    let store = b.open();
+    let ms = Mailspool::with_store(b.config(), store.clone());
+    // Over three database chunks, and not a multiple of one.
+    let line = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\n";
+    let big: String = line.repeat(12_000);
+    let text = format!("From: app@example.com\nTo: big@example.org\n\n{big}the end\n");
+    let sent = send(&ms, &text);
+    assert!(sent.size > 3 * 256 * 1024, "{}", sent.size);
+    let n = nodes(store.as_ref());
+    let file = store.open_node(&n[0]).unwrap();
+    assert_eq!(file.size, sent.size);
+    assert_eq!(file.file.metadata().unwrap().len(), sent.size);
+    engine(store.clone(), &sink).run_pass(&all()).await.unwrap();
+    let got = sink.received();
+    assert_eq!(got.len(), 1);
+    let data = String::from_utf8_lossy(&got[0].data);
+    assert!(
+        data.ends_with(&format!("{big}the end\n")),
+        "body arrived whole"
+    );
+}
+
+/// The lease: a live host's claims are never taken (it renews them), a dead host's are
+/// taken once its lease ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_leases_outlive_their_holder_only_until_they_run_out() {
+    let Some(db) = TestDb::new() else { return };
+    let open = || {
+        mailspool_pg::PgSpool::open(
+            &db.url,
+            SpoolConfig::default(),
+            mailspool_pg::PgOptions {
+                lease: Duration::from_secs(2),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let (first, second) = (Arc::new(open()), Arc::new(open()));
+    let ms = Mailspool::with_store(
+        Config {
+            spool_dir: db.url.clone().into(),
+            ..Config::default()
+        },
+        first.clone(),
+    );
+    for i in 0..3 {
+        send(&ms, &format!("To: r{i}@example.org\n\nx\n"));
+    }
+    let wanted = mailspool_spool::Wanted::Due;
+    let taken = first.claim(&[0], 100, wanted).unwrap().unwrap();
+    assert_eq!(taken.len(), 3);
+    assert!(second.claim(&[0], 100, wanted).unwrap().unwrap().is_empty());
+    // Past the lease, the first host is alive and renewing: still nothing.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(second.claim(&[0], 100, wanted).unwrap().unwrap().is_empty());
+    // Its changes need its claim; the other host cannot delete what it holds.
+    assert!(matches!(
+        second.delete(&taken[0]),
+        Err(mailspool::SpoolError::Locked { .. })
+    ));
+    // The first host dies (its renewer with it): after the lease, the nodes are free.
+    drop(ms);
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let retaken = second.claim(&[0], 100, wanted).unwrap().unwrap();
+    assert_eq!(retaken.len(), 3);
+    // A settle by a holder whose lease was taken over is refused: nothing twice.
+    let stale = taken[0].clone();
+    let third = open();
+    assert!(third.lock_node(&stale).is_err(), "held by the second host");
+}
+
+/// A spool URL in the configuration is how a database is chosen; `db migrate` made
+/// the schema, and a database at another version is refused with what to run.
+#[test]
+fn postgres_schema_version_is_checked() {
+    let Some(db) = TestDb::new() else { return };
+    mailspool_pg::testing::admin_sql(
+        &db.url,
+        "INSERT INTO mailspool_schema (version) VALUES (99)",
+    )
+    .unwrap();
+    let err = mailspool_pg::PgSpool::open(&db.url, SpoolConfig::default(), Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("schema version 99") && err.contains("db migrate"),
+        "{err}"
+    );
+}
+
+/// The file spool half of the seam is the 0.50 layout, byte for byte: what the seam
+/// committed is an ordinary node file a 0.50 dequeuer reads.
+#[test]
+fn the_file_back_end_writes_plain_050_nodes() {
+    let b = Back::file();
+    let store = b.open();
+    let ms = Mailspool::with_store(b.config(), store.clone());
+    send(&ms, "To: a@example.org\nSubject: s\n\nbody\n");
+    let spool = Spool::open(b.location(), SpoolConfig::default()).unwrap();
+    let scan = spool.scan().unwrap();
+    assert_eq!(scan.nodes.len(), 1);
+    let text = std::fs::read_to_string(&scan.nodes[0].path).unwrap();
+    assert!(text.ends_with("\nbody\n"));
+}

@@ -1,0 +1,278 @@
+//! Throw-away PostgreSQL for tests and benchmarks: a cluster under a temporary
+//! directory on a free port (run as the `postgres` user when we are root, as initdb
+//! requires), or the one `.ci/run` started (`MAILSPOOL_TEST_PG`, a superuser URL), in
+//! which each test gets a database of its own that is dropped when it ends.
+//!
+//! Without PostgreSQL's programs a test skips on a developer's machine and fails with
+//! `CI=true` (as the other tests that need an outside program do).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A cluster this process started; stopped (and its directory removed) on drop.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    as_postgres: bool,
+}
+
+/// A database for one test.
+pub struct TestDb {
+    /// Its URL (schema migrated).
+    pub url: String,
+    admin: String,
+    name: String,
+    /// The cluster, when this test started its own.
+    pub cluster: Option<Cluster>,
+}
+
+/// Where PostgreSQL's server programs are: `initdb` on PATH, else Debian's newest
+/// `/usr/lib/postgresql/<v>/bin`.
+pub fn bin_dir() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, b)| b)
+}
+
+/// Say why PostgreSQL is missing: skip, or (CI) fail.
+fn missing(why: &str) -> Option<TestDb> {
+    if std::env::var_os("CI").is_some_and(|v| v == "true") {
+        panic!("PostgreSQL is needed under CI=true: {why}");
+    }
+    eprintln!("skipped: {why}");
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Cluster {
+    /// initdb and start a cluster (fsync off when `fast`: tests, not benchmarks).
+    pub fn start(fast: bool) -> Result<Cluster, String> {
+        let bin = bin_dir().ok_or("no PostgreSQL server programs (initdb) found")?;
+        let as_postgres = rustix::process::geteuid().is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("mailspool-pg")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err("cannot chown the cluster directory to postgres".into());
+            }
+        }
+        let cluster = Cluster {
+            dir,
+            bin,
+            port: free_port(),
+            as_postgres,
+        };
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        )?;
+        let mut conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
+             max_connections = 300\nshared_buffers = 128MB\n",
+            cluster.port,
+            cluster.dir.path().display()
+        );
+        if fast {
+            conf.push_str("fsync = off\nfull_page_writes = off\n");
+        }
+        std::fs::write(data.join("postgresql.auto.conf"), conf).map_err(|e| e.to_string())?;
+        cluster.ctl("start")?;
+        Ok(cluster)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let path = self.bin.join(program);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{program} {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    fn ctl(&self, what: &str) -> Result<(), String> {
+        let data = self.data();
+        let log = self.dir.path().join("log");
+        let mut args = vec![
+            what,
+            "-D",
+            data.to_str().unwrap_or_default(),
+            "-l",
+            log.to_str().unwrap_or_default(),
+            "-w",
+        ];
+        if what != "start" {
+            args.extend(["-m", "fast"]);
+        }
+        self.run("pg_ctl", &args)
+    }
+
+    /// Stop the server (fast shutdown: sessions are cut, as in a failover).
+    pub fn stop(&self) -> Result<(), String> {
+        self.ctl("stop")
+    }
+
+    /// Start it again after [`Cluster::stop`].
+    pub fn start_again(&self) -> Result<(), String> {
+        self.ctl("start")
+    }
+
+    /// Restart it (what a minor upgrade or a crash recovery looks like to clients).
+    pub fn restart(&self) -> Result<(), String> {
+        self.ctl("restart")
+    }
+
+    /// The superuser URL of its `postgres` database.
+    pub fn admin_url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Its directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.ctl("stop");
+    }
+}
+
+/// Run SQL as the superuser of `admin` (on a thread of its own, so that a test on a
+/// runtime may call it).
+pub fn admin_sql(admin: &str, sql: &str) -> Result<(), String> {
+    let (admin, sql) = (admin.to_owned(), sql.to_owned());
+    std::thread::spawn(move || admin_sql_here(&admin, &sql))
+        .join()
+        .map_err(|_| "the SQL thread panicked".to_owned())?
+}
+
+fn admin_sql_here(admin: &str, sql: &str) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        let task = tokio::spawn(conn);
+        let r = c.batch_execute(sql).await.map_err(|e| e.to_string());
+        drop(c);
+        let _ = task.await;
+        r
+    })
+}
+
+impl TestDb {
+    /// A fresh, migrated database: in the cluster `MAILSPOOL_TEST_PG` names, else in a
+    /// cluster of this test's own. `None` (skip) without PostgreSQL, except under CI.
+    pub fn new() -> Option<TestDb> {
+        let (admin, cluster) = match std::env::var("MAILSPOOL_TEST_PG") {
+            Ok(url) if !url.is_empty() => (url, None),
+            _ => match Cluster::start(true) {
+                Ok(c) => (c.admin_url(), Some(c)),
+                Err(e) => return missing(&e),
+            },
+        };
+        let name = format!("t_{}", ulid::Ulid::generate().to_string().to_lowercase());
+        if let Err(e) = admin_sql(&admin, &format!("CREATE DATABASE {name}")) {
+            return missing(&format!("cannot create a test database: {e}"));
+        }
+        let url = match admin.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => return missing("MAILSPOOL_TEST_PG is not a postgresql:// URL"),
+        };
+        let migrated = {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(crate::migrate(&url))
+                    .map(|_| ())
+            })
+            .join()
+            .expect("the migration thread")
+        };
+        migrated.expect("migrate the test database");
+        Some(TestDb {
+            url,
+            admin,
+            name,
+            cluster,
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.cluster.is_none() {
+            let _ = admin_sql(
+                &self.admin,
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            );
+        }
+    }
+}
