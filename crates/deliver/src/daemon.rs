@@ -143,6 +143,13 @@ impl Backlog {
         }
     }
 
+    /// Everything still waiting, in no particular order.
+    fn drain(&mut self) -> Vec<Group> {
+        self.order.clear();
+        self.len = 0;
+        self.queues.drain().flat_map(|(_, q)| q).collect()
+    }
+
     fn len(&self) -> usize {
         self.len
     }
@@ -252,6 +259,9 @@ pub async fn run(
         std::thread::Builder::new()
             .name("tier0-watch".into())
             .spawn(move || watch(dir, wake))?;
+    } else {
+        let wake = wake.clone();
+        engine.spool().watch(Arc::new(move || wake.notify_one()));
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -359,6 +369,9 @@ pub async fn run(
     }
     tracing::info!(in_flight = deliveries.len(), grace = ?opts.grace, "stopping: no new deliveries");
     engine.stop();
+    for group in backlog.drain() {
+        engine.abandon(group);
+    }
     let drained = tokio::time::timeout(opts.grace, async {
         while deliveries.join_next().await.is_some() {}
     })

@@ -111,16 +111,19 @@ pub fn is_url(spool: &str) -> bool {
     spool.starts_with("postgresql://") || spool.starts_with("postgres://")
 }
 
-/// A URL with its password replaced, for logs.
+/// A URL with its password replaced, for logs (a password in `?password=` is not
+/// shown either: the query is dropped).
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
+    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+    let url = &format!("{scheme}://{rest}");
     match rest.split_once('@') {
-        Some((auth, host)) => {
-            let user = auth.split_once(':').map_or(auth, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
-        }
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
         None => url.to_owned(),
     }
 }

@@ -68,6 +68,11 @@ impl Pool {
         }
     }
 
+    /// The connection settings.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
     /// A client: an idle one, or a new connection.
     pub async fn get(&self) -> Result<Pooled<'_>, tokio_postgres::Error> {
         let permit = self

@@ -11,8 +11,8 @@ use futures_util::{StreamExt, pin_mut};
 use mailspool_spool::side::Attempt;
 use mailspool_spool::usage::DayUsage;
 use mailspool_spool::{
-    Cursor, Found, NodeEntry, NodeFile, NodeLock, NodeName, Page, Placement, Result, SpoolConfig,
-    SpoolError, Staged, Store, Wanted, now,
+    Cursor, Found, Listed, NodeEntry, NodeFile, NodeLock, NodeName, Page, Placement, Result,
+    SpoolConfig, SpoolError, Staged, Store, Wanted, now,
 };
 use tokio_postgres::Row;
 
@@ -59,6 +59,37 @@ pub(crate) async fn renew(inner: &Inner) -> Result<u64> {
     )
     .await
     .map_err(|e| db("renew claims", e))
+}
+
+/// LISTEN for commits on a connection of its own until it ends.
+async fn listen(config: &tokio_postgres::Config, wake: &Arc<dyn Fn() + Send + Sync>) -> Result<()> {
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| db("connect", e))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                    let _ = tx.send(());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(db("listen", e)),
+            }
+        }
+        Ok(())
+    });
+    client
+        .batch_execute("LISTEN mailspool_queued")
+        .await
+        .map_err(|e| db("listen", e))?;
+    while rx.recv().await.is_some() {
+        wake();
+    }
+    drop(client);
+    driver.await.map_err(|e| db("listen", e))?
 }
 
 /// Why a node cannot be changed now: who holds it, or that it is gone.
@@ -191,6 +222,10 @@ impl Store for PgSpool {
 
     fn visit_all(&self, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()> {
         self.visit("ORDER BY n.held, n.tier, n.pk".to_owned(), f)
+    }
+
+    fn visit_listing(&self, f: &mut dyn FnMut(Listed) -> ControlFlow<()>) -> Result<()> {
+        self.listing(f)
     }
 
     fn find(&self, key: &str) -> Result<Vec<NodeEntry>> {
@@ -389,6 +424,22 @@ impl Store for PgSpool {
         Some(claimed)
     }
 
+    fn watch(&self, wake: Arc<dyn Fn() + Send + Sync>) -> bool {
+        let config = self.inner.pool.config().clone();
+        self.driver.spawn(async move {
+            loop {
+                match listen(&config, &wake).await {
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(error = %e, "lost the spool database's notifications; reconnecting"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                // What was queued while we were not listening is found by this look.
+                wake();
+            }
+        });
+        true
+    }
+
     fn release_claims(&self, keys: &[std::path::PathBuf]) {
         let pks: Vec<i64> = keys.iter().filter_map(|k| row(k)).collect();
         let held: Vec<i64> = {
@@ -399,23 +450,21 @@ impl Store for PgSpool {
             return;
         }
         self.forget_claims(&held);
-        let inner = self.inner.clone();
-        self.driver.spawn(async move {
-            let Ok(c) = inner.pool.get().await else {
-                return; // The leases run out by themselves.
-            };
-            if let Err(e) = c
-                .execute(
-                    "UPDATE mailspool_nodes SET lease_host = NULL, lease_pid = NULL,
-                       lease_token = NULL, lease_until = NULL
-                     WHERE pk = ANY($1) AND lease_token = $2",
-                    &[&held, &inner.me.token],
-                )
-                .await
-            {
-                tracing::debug!(error = %e, "cannot give back claims; they run out by themselves");
-            }
+        // Waited for: a daemon that stops gives its claims back before it exits.
+        let given = self.run(move |inner| async move {
+            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            c.execute(
+                "UPDATE mailspool_nodes SET lease_host = NULL, lease_pid = NULL,
+                   lease_token = NULL, lease_until = NULL
+                 WHERE pk = ANY($1) AND lease_token = $2",
+                &[&held, &inner.me.token],
+            )
+            .await
+            .map_err(|e| db("give back claims", e))
         });
+        if let Err(e) = given {
+            tracing::debug!(error = %e, "cannot give back claims; they run out by themselves");
+        }
     }
 
     fn lock_node(&self, entry: &NodeEntry) -> Result<NodeLock> {
@@ -771,6 +820,55 @@ impl Store for PgSpool {
 }
 
 impl PgSpool {
+    /// Stream listing rows (node, message size, last reply) to `f`.
+    pub(crate) fn listing(&self, f: &mut dyn FnMut(Listed) -> ControlFlow<()>) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Listed>>>(16);
+        let inner = self.inner.clone();
+        self.driver.spawn(async move {
+            let run = async {
+                let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
+                let stream = c
+                    .query_raw(
+                        &format!(
+                            "SELECT {NODE_COLUMNS}, m.size, n.last_reply FROM mailspool_nodes n
+                             JOIN mailspool_messages m ON m.pk = n.message
+                             ORDER BY n.held, n.tier, n.entered, n.pk"
+                        ),
+                        params,
+                    )
+                    .await
+                    .map_err(|e| db("list nodes", e))?;
+                pin_mut!(stream);
+                let mut batch = Vec::with_capacity(4096);
+                while let Some(r) = stream.next().await {
+                    let r = r.map_err(|e| db("list nodes", e))?;
+                    batch.push(Listed {
+                        node: node_entry(&r),
+                        size: r.get::<_, i64>(8) as u64,
+                        last_error: r.get(9),
+                    });
+                    if batch.len() == 4096 && tx.send(Ok(std::mem::take(&mut batch))).is_err() {
+                        return Ok(());
+                    }
+                }
+                let _ = tx.send(Ok(batch));
+                Ok::<(), SpoolError>(())
+            };
+            if let Err(e) = run.await {
+                let _ = tx.send(Err(e));
+            }
+        });
+        for batch in rx {
+            for l in batch? {
+                if f(l).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Stream node rows to `f` (a million rows never sit in memory at once).
     fn visit(&self, tail: String, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<NodeEntry>>>(16);

@@ -90,6 +90,10 @@ impl Staged for PgStage {
                 .await
                 .map_err(|e| db("insert the nodes", e))?;
             count_usage(&tx, written, "Spool", to.len()).await?;
+            // Daemons on every host LISTEN: delivered with the commit, never before.
+            tx.batch_execute("NOTIFY mailspool_queued")
+                .await
+                .map_err(|e| db("notify", e))?;
             tx.commit().await.map_err(|e| db("commit", e))?;
             Ok(rows.iter().map(|r| key(r.get(0))).collect::<Vec<_>>())
         })?;

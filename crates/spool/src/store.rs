@@ -35,6 +35,17 @@ pub trait Staged: Write + Send + std::fmt::Debug {
     fn into_file_stage(self: Box<Self>) -> std::result::Result<Stage<Arc<Spool>>, Box<dyn Staged>>;
 }
 
+/// A node as a listing shows it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// The node.
+    pub node: NodeEntry,
+    /// Its message's size in bytes.
+    pub size: u64,
+    /// Its last failure, if any.
+    pub last_error: Option<String>,
+}
+
 /// Which nodes a claim takes.
 #[derive(Debug, Clone, Copy)]
 pub enum Wanted<'a> {
@@ -111,6 +122,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn visit_tier(&self, tier: usize, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()>;
     /// Visit every node: every tier, then the held ones.
     fn visit_all(&self, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()>;
+    /// Every node with its size and last failure, every tier then the held ones (a
+    /// listing). The default asks for each node's size and history; a database
+    /// answers in one query.
+    fn visit_listing(&self, f: &mut dyn FnMut(Listed) -> ControlFlow<()>) -> Result<()> {
+        self.visit_all(&mut |found| match found {
+            Found::Node(node) => {
+                let size = self.open_node(&node).map_or(0, |n| n.size);
+                let last_error = self.last_error(&node.name);
+                f(Listed {
+                    node,
+                    size,
+                    last_error,
+                })
+            }
+            Found::Unparsable(_) => ControlFlow::Continue(()),
+        })
+    }
     /// Nodes whose message id, or whose key (`file_name`), is `key`.
     fn find(&self, key: &str) -> Result<Vec<NodeEntry>> {
         let mut out = Vec::new();
@@ -167,6 +195,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         _wanted: Wanted<'_>,
     ) -> Option<Result<Vec<NodeEntry>>> {
         None
+    }
+    /// Call `wake` whenever another process (on any host) queues mail, if this back end
+    /// can tell (a database's LISTEN/NOTIFY); false when it cannot (the file spool's
+    /// daemon watches tier 0 with inotify instead).
+    fn watch(&self, _wake: Arc<dyn Fn() + Send + Sync>) -> bool {
+        false
     }
     /// Give back claims of nodes this process did not settle (left for later); nodes
     /// settled meanwhile are not touched. Nodes are named by their keys (`path`).

@@ -450,7 +450,9 @@ impl Engine {
         let tiers: Vec<usize> = (0..config.tiers())
             .filter(|t| opts.tiers.as_ref().is_none_or(|only| only.contains(t)))
             .collect();
-        let limit = opts.limit.unwrap_or(PLAN_CHUNK).min(PLAN_CHUNK);
+        // A few rounds of this host's delivery slots at a time, not a whole chunk: what
+        // one host claims, the others cannot take, and they may be idle.
+        let limit = opts.limit.unwrap_or(PLAN_CHUNK).min(self.task_cap());
         let wanted = match &opts.selection {
             Selection::Due => mailspool_spool::Wanted::Due,
             Selection::All => mailspool_spool::Wanted::All,
@@ -525,6 +527,17 @@ impl Engine {
             collect(&mut report, r);
         }
         Ok(report)
+    }
+
+    /// A planned group that will not be delivered (the daemon is stopping): its nodes
+    /// are given back, to other hosts at once.
+    pub fn abandon(&self, group: Group) {
+        let paths: Vec<PathBuf> = group.nodes.iter().map(|n| n.path.clone()).collect();
+        self.spool.release_claims(&paths);
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for p in &paths {
+            in_flight.remove(p);
+        }
     }
 
     /// Deliver one group (the daemon spawns these itself).

@@ -156,24 +156,34 @@ impl Context<'_> {
         } else {
             None
         };
-        let due = n
-            .time
-            .saturating_add(self.spool.config().period(batch.tier));
+        self.write_line(out, (batch.tier, batch.held), n, size, last_error)
+    }
+
+    /// One node's line (or JSON object), for a node in `tier` (held or not).
+    fn write_line(
+        &self,
+        out: &mut Vec<u8>,
+        (tier, held): (usize, bool),
+        n: &NodeName,
+        size: u64,
+        last_error: Option<String>,
+    ) -> std::io::Result<()> {
+        let due = n.time.saturating_add(self.spool.config().period(tier));
         if self.json {
             let obj = serde_json::json!({
                 "id": n.id,
                 "to": n.to,
                 "from": n.from,
-                "tier": batch.tier,
+                "tier": tier,
                 "queued_at": n.time,
                 "due_at": due,
                 "size": size,
-                "held": batch.held,
+                "held": held,
                 "last_error": last_error,
             });
             return writeln!(out, "{obj}");
         }
-        let due = if batch.held {
+        let due = if held {
             "held".to_owned()
         } else {
             fmt_due(due, self.now)
@@ -182,7 +192,7 @@ impl Context<'_> {
             out,
             "{:<26} {:>4} {:<19} {:<8} {:>9}  <{}> -> <{}>",
             n.id,
-            batch.tier,
+            tier,
             fmt_time(n.time),
             due,
             size,
@@ -215,6 +225,9 @@ pub(super) fn fmt_due(due: u64, now: u64) -> String {
 
 pub fn list(config: &Config, args: &ListArgs) -> CliResult {
     let spool = open(config)?;
+    if spool.as_files().is_none() {
+        return list_rows(spool.as_ref(), args);
+    }
     let domain = args.domain.as_deref().map(str::to_ascii_lowercase);
     let stdout = std::io::stdout();
     let mut printer = Printer {
@@ -280,6 +293,70 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
                 "-- {shown} node{} of {messages} message{}",
                 if shown == 1 { "" } else { "s" },
                 if messages == 1 { "" } else { "s" }
+            )
+        };
+        r.map_err(write_failed)?;
+    }
+    out.flush().map_err(write_failed)
+}
+
+/// A listing from a back end that is not a directory (a database): one streamed query
+/// gives each node with its size and last failure, in tier order.
+fn list_rows(spool: &dyn Store, args: &ListArgs) -> CliResult {
+    let domain = args.domain.as_deref().map(str::to_ascii_lowercase);
+    let cx = Context {
+        spool,
+        json: args.json,
+        side: true,
+        now: mailspool_spool::now(),
+        hasher: Default::default(),
+    };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
+    let (mut shown, mut messages) = (0usize, HashSet::new());
+    let mut line = Vec::with_capacity(256);
+    let mut failed = None;
+    spool.visit_listing(&mut |l| {
+        let n = &l.node;
+        if args.tier.is_some_and(|t| t != n.tier) {
+            return ControlFlow::Continue(());
+        }
+        if let Some(d) = &domain {
+            let at = n.name.to.rsplit_once('@').map_or("", |(_, d)| d);
+            if !at.eq_ignore_ascii_case(d) {
+                return ControlFlow::Continue(());
+            }
+        }
+        line.clear();
+        if shown == 0 && !cx.json {
+            let _ = writeln!(
+                line,
+                "{:<26} {:>4} {:<19} {:<8} {:>9}  SENDER -> RECIPIENT",
+                "ID", "TIER", "QUEUED (UTC)", "DUE", "SIZE"
+            );
+        }
+        let _ = cx.write_line(&mut line, (n.tier, n.held), &n.name, l.size, l.last_error);
+        shown += 1;
+        messages.insert(n.ino);
+        if let Err(e) = out.write_all(&line) {
+            failed = Some(write_failed(e));
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if !args.json {
+        let r = if shown == 0 {
+            writeln!(out, "Mail queue is empty")
+        } else {
+            writeln!(
+                out,
+                "-- {shown} node{} of {} message{}",
+                if shown == 1 { "" } else { "s" },
+                messages.len(),
+                if messages.len() == 1 { "" } else { "s" }
             )
         };
         r.map_err(write_failed)?;
