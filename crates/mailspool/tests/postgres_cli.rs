@@ -321,7 +321,7 @@ fn migrate_a_050_spool_to_the_database_and_back() {
     );
     let late = back
         .join("2")
-        .join(NodeName::new(1_789_990_000, &format!("{id}0"), "late@example.org", "").file_name());
+        .join(NodeName::new(1_789_990_000, format!("{id}0"), "late@example.org", "").file_name());
     assert_eq!(std::fs::read_to_string(late).unwrap(), b);
     let count: usize = (0..7)
         .map(|t| std::fs::read_dir(back.join(t.to_string())).unwrap().count())

@@ -18,8 +18,10 @@
 //! dead host's nodes are taken again once its lease runs out and a live host's never.
 //! Every change a delivery makes checks that the claim is still this process's.
 
+mod claim;
 mod pool;
 mod queue;
+mod read;
 mod schema;
 mod stage;
 #[doc(hidden)]
@@ -194,7 +196,7 @@ impl PgSpool {
                 {
                     continue;
                 }
-                if let Err(e) = queue::renew(&inner).await {
+                if let Err(e) = claim::renew(&inner).await {
                     tracing::warn!(error = %e, "cannot renew the claims on the spool database");
                 }
             }

@@ -7,153 +7,17 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use futures_util::{StreamExt, pin_mut};
 use mailspool_spool::side::Attempt;
 use mailspool_spool::usage::DayUsage;
 use mailspool_spool::{
     Cursor, Found, Listed, NodeEntry, NodeFile, NodeLock, NodeName, Page, Placement, Result,
     SpoolConfig, SpoolError, Staged, Store, Wanted, now,
 };
-use tokio_postgres::Row;
 
-use crate::stage::{PgStage, count_usage, key, row};
-use crate::{Inner, PgSpool, db};
-
-/// The columns every node query returns, in this order (see [`node_entry`]).
-const NODE_COLUMNS: &str = "n.pk, n.message, n.rcpt, n.tier, n.entered, n.held, m.id, m.sender";
-
-/// A node row as the queue's currency.
-fn node_entry(r: &Row) -> NodeEntry {
-    let pk: i64 = r.get(0);
-    let message: i64 = r.get(1);
-    let path = key(pk);
-    NodeEntry {
-        tier: r.get::<_, i16>(3) as usize,
-        name: NodeName::new(
-            r.get::<_, i64>(4) as u64,
-            r.get::<_, &str>(6),
-            r.get::<_, &str>(2),
-            r.get::<_, &str>(7),
-        ),
-        file_name: path.display().to_string(),
-        path,
-        rescued: false,
-        held: r.get(5),
-        ino: message as u64,
-    }
-}
-
-/// The row of an entry this back end made.
-fn pk(entry: &NodeEntry) -> Result<i64> {
-    row(&entry.path).ok_or_else(|| SpoolError::NotFound(entry.file_name.clone()))
-}
-
-/// Extend this process's leases (the renewer calls this every third of the lease).
-pub(crate) async fn renew(inner: &Inner) -> Result<u64> {
-    let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-    let secs = inner.lease.as_secs_f64();
-    c.execute(
-        "UPDATE mailspool_nodes SET lease_until = now() + make_interval(secs => $2)
-         WHERE lease_token = $1",
-        &[&inner.me.token, &secs],
-    )
-    .await
-    .map_err(|e| db("renew claims", e))
-}
-
-/// LISTEN for commits on a connection of its own until it ends.
-async fn listen(config: &tokio_postgres::Config, wake: &Arc<dyn Fn() + Send + Sync>) -> Result<()> {
-    let (client, mut connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| db("connect", e))?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
-                    let _ = tx.send(());
-                }
-                Ok(_) => {}
-                Err(e) => return Err(db("listen", e)),
-            }
-        }
-        Ok(())
-    });
-    client
-        .batch_execute("LISTEN mailspool_queued")
-        .await
-        .map_err(|e| db("listen", e))?;
-    while rx.recv().await.is_some() {
-        wake();
-    }
-    drop(client);
-    driver.await.map_err(|e| db("listen", e))?
-}
-
-/// Why a node cannot be changed now: who holds it, or that it is gone.
-async fn refusal(c: &tokio_postgres::Client, entry: &NodeEntry, pk: i64) -> SpoolError {
-    match c
-        .query_opt(
-            "SELECT lease_host, lease_pid FROM mailspool_nodes WHERE pk = $1",
-            &[&pk],
-        )
-        .await
-    {
-        Ok(Some(r)) => SpoolError::Locked {
-            node: entry.file_name.clone(),
-            holder: format!(
-                "{} pid {}",
-                r.get::<_, Option<String>>(0).unwrap_or_default(),
-                r.get::<_, Option<i32>>(1).unwrap_or_default()
-            ),
-        },
-        Ok(None) => SpoolError::NotFound(entry.file_name.clone()),
-        Err(e) => db("read a node", e),
-    }
-}
-
-/// A claim nobody holds, or one that ran out, or ours.
-const FREE: &str = "(lease_until IS NULL OR lease_until < now() OR lease_token = $TOKEN)";
-
-impl PgSpool {
-    fn forget_claims(&self, pks: &[i64]) {
-        let mut claims = self.inner.claims.lock().unwrap_or_else(|e| e.into_inner());
-        for p in pks {
-            claims.remove(p);
-        }
-    }
-
-    /// One statement on one node, under the rule that it is free or ours; returns the
-    /// changed row, or why not.
-    fn change(&self, entry: &NodeEntry, set: &'static str) -> Result<NodeEntry> {
-        let pk = pk(entry)?;
-        let e = entry.clone();
-        let period_of: Vec<i64> = (0..self.inner.config.tiers())
-            .map(|t| self.inner.config.period(t) as i64)
-            .collect();
-        self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            let sql = format!(
-                "WITH n AS (UPDATE mailspool_nodes SET {set}
-                   WHERE pk = $1 AND {} AND $3::bigint IS NOT NULL
-                     AND $4::bigint[] IS NOT NULL RETURNING *)
-                 SELECT {NODE_COLUMNS} FROM n JOIN mailspool_messages m ON m.pk = n.message",
-                FREE.replace("$TOKEN", "$2")
-            );
-            let now = now() as i64;
-            let rows = c
-                .query(&sql, &[&pk, &inner.me.token, &now, &period_of])
-                .await
-                .map_err(|e| db("change a node", e))?;
-            match rows.first() {
-                Some(r) => Ok(node_entry(r)),
-                None => Err(refusal(&c, &e, pk).await),
-            }
-        })
-    }
-}
+use crate::claim::{FREE, refusal};
+use crate::read::{NODE_COLUMNS, node_entry, pk};
+use crate::stage::{PgStage, count_usage};
+use crate::{PgSpool, db};
 
 impl Store for PgSpool {
     fn config(&self) -> &SpoolConfig {
@@ -229,26 +93,7 @@ impl Store for PgSpool {
     }
 
     fn find(&self, key: &str) -> Result<Vec<NodeEntry>> {
-        let (k, pk) = (key.to_owned(), row(std::path::Path::new(key)).unwrap_or(-1));
-        let found = self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            let rows = c
-                .query(
-                    &format!(
-                        "SELECT {NODE_COLUMNS} FROM mailspool_nodes n
-                         JOIN mailspool_messages m ON m.pk = n.message
-                         WHERE m.id = $1 OR n.pk = $2 ORDER BY n.pk"
-                    ),
-                    &[&k, &pk],
-                )
-                .await
-                .map_err(|e| db("find nodes", e))?;
-            Ok(rows.iter().map(node_entry).collect::<Vec<_>>())
-        })?;
-        if found.is_empty() {
-            return Err(SpoolError::NotFound(key.to_owned()));
-        }
-        Ok(found)
+        self.find_nodes(key)
     }
 
     fn page(
@@ -258,49 +103,8 @@ impl Store for PgSpool {
         max_scan: usize,
         keep: &mut dyn FnMut(&NodeEntry) -> bool,
     ) -> Result<Page> {
-        // Keyset paging on the node row: the cursor's offset is the last row returned.
-        let mut page = Page::default();
-        let mut after = start.offset;
-        loop {
-            let batch = (limit.max(1) * 2)
-                .min(max_scan.saturating_sub(page.scanned))
-                .max(1);
-            let rows = self.run(move |inner| async move {
-                let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-                let rows = c
-                    .query(
-                        &format!(
-                            "SELECT {NODE_COLUMNS} FROM mailspool_nodes n
-                             JOIN mailspool_messages m ON m.pk = n.message
-                             WHERE n.pk > $1 ORDER BY n.pk LIMIT $2"
-                        ),
-                        &[&after, &(batch as i64)],
-                    )
-                    .await
-                    .map_err(|e| db("list nodes", e))?;
-                Ok(rows.iter().map(node_entry).collect::<Vec<_>>())
-            })?;
-            let ended = rows.len() < batch;
-            for n in rows {
-                page.scanned += 1;
-                after = row(&n.path).unwrap_or(after);
-                if keep(&n) {
-                    page.nodes.push(n);
-                }
-                if page.nodes.len() >= limit || page.scanned >= max_scan {
-                    page.next = Some(Cursor {
-                        dir: 0,
-                        offset: after,
-                    });
-                    return Ok(page);
-                }
-            }
-            if ended {
-                return Ok(page);
-            }
-        }
+        self.page_nodes(start, limit, max_scan, keep)
     }
-
     fn group_messages(&self, nodes: Vec<NodeEntry>) -> Vec<Vec<NodeEntry>> {
         // One message row is one message.
         let mut groups: Vec<Vec<NodeEntry>> = Vec::new();
@@ -376,184 +180,21 @@ impl Store for PgSpool {
         limit: usize,
         wanted: Wanted<'_>,
     ) -> Option<Result<Vec<NodeEntry>>> {
-        let tiers: Vec<i16> = tiers.iter().map(|&t| t as i16).collect();
-        let (due, only): (i64, Option<Vec<i64>>) = match wanted {
-            Wanted::Due => (now() as i64, None),
-            Wanted::All => (i64::MAX, None),
-            Wanted::Nodes(keys) => (i64::MAX, Some(keys.iter().filter_map(|k| row(k)).collect())),
-        };
-        let limit = limit as i64;
-        let claimed = self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            let secs = inner.lease.as_secs_f64();
-            let rows = c
-                .query(
-                    &format!(
-                        "WITH c AS (
-                           SELECT pk FROM mailspool_nodes
-                           WHERE NOT held AND tier = ANY($1) AND due <= $2
-                             AND ($3::bigint[] IS NULL OR pk = ANY($3))
-                             AND (lease_until IS NULL OR lease_until < now())
-                           ORDER BY due LIMIT $4
-                           FOR UPDATE SKIP LOCKED),
-                         n AS (
-                           UPDATE mailspool_nodes n SET lease_host = $5, lease_pid = $6,
-                             lease_token = $7, lease_until = now() + make_interval(secs => $8)
-                           FROM c WHERE n.pk = c.pk RETURNING n.*)
-                         SELECT {NODE_COLUMNS} FROM n JOIN mailspool_messages m ON m.pk = n.message
-                         ORDER BY n.message, n.pk"
-                    ),
-                    &[
-                        &tiers,
-                        &due,
-                        &only,
-                        &limit,
-                        &inner.me.host,
-                        &inner.me.pid,
-                        &inner.me.token,
-                        &secs,
-                    ],
-                )
-                .await
-                .map_err(|e| db("claim nodes", e))?;
-            let entries: Vec<NodeEntry> = rows.iter().map(node_entry).collect();
-            let mut claims = inner.claims.lock().unwrap_or_else(|e| e.into_inner());
-            claims.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
-            Ok(entries)
-        });
-        Some(claimed)
+        Some(self.claim_nodes(tiers, limit, wanted))
     }
-
     fn watch(&self, wake: Arc<dyn Fn() + Send + Sync>) -> bool {
-        let config = self.inner.pool.config().clone();
-        self.driver.spawn(async move {
-            loop {
-                match listen(&config, &wake).await {
-                    Ok(()) => {}
-                    Err(e) => tracing::warn!(error = %e, "lost the spool database's notifications; reconnecting"),
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                // What was queued while we were not listening is found by this look.
-                wake();
-            }
-        });
+        self.watch_commits(wake);
         true
     }
-
     fn release_claims(&self, keys: &[std::path::PathBuf]) {
-        let pks: Vec<i64> = keys.iter().filter_map(|k| row(k)).collect();
-        let held: Vec<i64> = {
-            let claims = self.inner.claims.lock().unwrap_or_else(|e| e.into_inner());
-            pks.into_iter().filter(|p| claims.contains(p)).collect()
-        };
-        if held.is_empty() {
-            return;
-        }
-        self.forget_claims(&held);
-        // Waited for: a daemon that stops gives its claims back before it exits.
-        let given = self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            c.execute(
-                "UPDATE mailspool_nodes SET lease_host = NULL, lease_pid = NULL,
-                   lease_token = NULL, lease_until = NULL
-                 WHERE pk = ANY($1) AND lease_token = $2",
-                &[&held, &inner.me.token],
-            )
-            .await
-            .map_err(|e| db("give back claims", e))
-        });
-        if let Err(e) = given {
-            tracing::debug!(error = %e, "cannot give back claims; they run out by themselves");
-        }
+        self.give_back(keys)
     }
-
     fn lock_node(&self, entry: &NodeEntry) -> Result<NodeLock> {
-        let pk = pk(entry)?;
-        if self
-            .inner
-            .claims
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&pk)
-        {
-            return Ok(NodeLock::claimed());
-        }
-        // Not claimed by a plan (an operator's change, a migration): claim it alone.
-        let e = entry.clone();
-        self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            let secs = inner.lease.as_secs_f64();
-            let n = c
-                .execute(
-                    &format!(
-                        "UPDATE mailspool_nodes SET lease_host = $3, lease_pid = $4,
-                           lease_token = $2, lease_until = now() + make_interval(secs => $5)
-                         WHERE pk = $1 AND {}",
-                        FREE.replace("$TOKEN", "$2")
-                    ),
-                    &[&pk, &inner.me.token, &inner.me.host, &inner.me.pid, &secs],
-                )
-                .await
-                .map_err(|e| db("claim a node", e))?;
-            if n == 0 {
-                return Err(refusal(&c, &e, pk).await);
-            }
-            inner
-                .claims
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(pk);
-            Ok(NodeLock::claimed())
-        })
+        self.lock_one(entry)
     }
-
     fn open_node(&self, entry: &NodeEntry) -> Result<NodeFile> {
-        let message = entry.ino as i64;
-        let name = entry.file_name.clone();
-        self.run(move |inner| async move {
-            use std::io::Write;
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            let size: i64 = match c
-                .query_opt(
-                    "SELECT size FROM mailspool_messages WHERE pk = $1",
-                    &[&message],
-                )
-                .await
-                .map_err(|e| db("read a message", e))?
-            {
-                Some(r) => r.get(0),
-                None => return Err(SpoolError::NotFound(name)),
-            };
-            let mut file = tempfile::tempfile()
-                .map_err(|e| SpoolError::io_path("create", std::env::temp_dir(), e))?;
-            // Chunk by chunk: memory holds one chunk, whatever the message's size.
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&message];
-            let stream = c
-                .query_raw(
-                    "SELECT data FROM mailspool_chunks WHERE message = $1 ORDER BY seq",
-                    params,
-                )
-                .await
-                .map_err(|e| db("read a message", e))?;
-            pin_mut!(stream);
-            while let Some(r) = stream.next().await {
-                let r = r.map_err(|e| db("read a message", e))?;
-                file.write_all(r.get::<_, &[u8]>(0))
-                    .map_err(|e| SpoolError::io_path("write", std::env::temp_dir(), e))?;
-            }
-            // Read from the start, as a node file opened afresh is.
-            std::io::Seek::rewind(&mut file)
-                .map_err(|e| SpoolError::io_path("read", std::env::temp_dir(), e))?;
-            Ok(NodeFile {
-                file,
-                dev: 0,
-                ino: message as u64,
-                size: size as u64,
-                nlink: 1,
-            })
-        })
+        self.open_message(entry)
     }
-
     fn quarantine(&self, entry: &NodeEntry) -> Result<String> {
         // A row is not a planted file: nothing here needs moving out of sight.
         Err(SpoolError::NotFound(entry.file_name.clone()))
@@ -816,99 +457,5 @@ impl Store for PgSpool {
             entry,
             "entered = $3 - ($4::bigint[])[tier + 1], due = $3, lease_until = NULL",
         )
-    }
-}
-
-impl PgSpool {
-    /// Stream listing rows (node, message size, last reply) to `f`.
-    pub(crate) fn listing(&self, f: &mut dyn FnMut(Listed) -> ControlFlow<()>) -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Listed>>>(16);
-        let inner = self.inner.clone();
-        self.driver.spawn(async move {
-            let run = async {
-                let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
-                let stream = c
-                    .query_raw(
-                        &format!(
-                            "SELECT {NODE_COLUMNS}, m.size, n.last_reply FROM mailspool_nodes n
-                             JOIN mailspool_messages m ON m.pk = n.message
-                             ORDER BY n.held, n.tier, n.entered, n.pk"
-                        ),
-                        params,
-                    )
-                    .await
-                    .map_err(|e| db("list nodes", e))?;
-                pin_mut!(stream);
-                let mut batch = Vec::with_capacity(4096);
-                while let Some(r) = stream.next().await {
-                    let r = r.map_err(|e| db("list nodes", e))?;
-                    batch.push(Listed {
-                        node: node_entry(&r),
-                        size: r.get::<_, i64>(8) as u64,
-                        last_error: r.get(9),
-                    });
-                    if batch.len() == 4096 && tx.send(Ok(std::mem::take(&mut batch))).is_err() {
-                        return Ok(());
-                    }
-                }
-                let _ = tx.send(Ok(batch));
-                Ok::<(), SpoolError>(())
-            };
-            if let Err(e) = run.await {
-                let _ = tx.send(Err(e));
-            }
-        });
-        for batch in rx {
-            for l in batch? {
-                if f(l).is_break() {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Stream node rows to `f` (a million rows never sit in memory at once).
-    fn visit(&self, tail: String, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<NodeEntry>>>(16);
-        let inner = self.inner.clone();
-        self.driver.spawn(async move {
-            let run = async {
-                let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
-                let stream = c
-                    .query_raw(
-                        &format!(
-                            "SELECT {NODE_COLUMNS} FROM mailspool_nodes n
-                             JOIN mailspool_messages m ON m.pk = n.message {tail}"
-                        ),
-                        params,
-                    )
-                    .await
-                    .map_err(|e| db("list nodes", e))?;
-                pin_mut!(stream);
-                let mut batch = Vec::with_capacity(1024);
-                while let Some(r) = stream.next().await {
-                    batch.push(node_entry(&r.map_err(|e| db("list nodes", e))?));
-                    if batch.len() == 1024 && tx.send(Ok(std::mem::take(&mut batch))).is_err() {
-                        return Ok(()); // The reader stopped.
-                    }
-                }
-                let _ = tx.send(Ok(batch));
-                Ok::<(), SpoolError>(())
-            };
-            if let Err(e) = run.await {
-                let _ = tx.send(Err(e));
-            }
-        });
-        for batch in rx {
-            for n in batch? {
-                if f(Found::Node(n)).is_break() {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
     }
 }

@@ -1,0 +1,205 @@
+//! Claims: nodes taken with `FOR UPDATE SKIP LOCKED` and leased to this process,
+//! renewed while it lives, given back when it is done with them.
+
+use mailspool_spool::{NodeEntry, NodeLock, Result, SpoolError, Wanted, now};
+
+use crate::read::{NODE_COLUMNS, node_entry, pk};
+use crate::stage::row;
+use crate::{Inner, PgSpool, db};
+
+/// Extend this process's leases (the renewer calls this every third of the lease).
+pub(crate) async fn renew(inner: &Inner) -> Result<u64> {
+    let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+    let secs = inner.lease.as_secs_f64();
+    c.execute(
+        "UPDATE mailspool_nodes SET lease_until = now() + make_interval(secs => $2)
+         WHERE lease_token = $1",
+        &[&inner.me.token, &secs],
+    )
+    .await
+    .map_err(|e| db("renew claims", e))
+}
+
+/// Why a node cannot be changed now: who holds it, or that it is gone.
+pub(crate) async fn refusal(c: &tokio_postgres::Client, entry: &NodeEntry, pk: i64) -> SpoolError {
+    match c
+        .query_opt(
+            "SELECT lease_host, lease_pid FROM mailspool_nodes WHERE pk = $1",
+            &[&pk],
+        )
+        .await
+    {
+        Ok(Some(r)) => SpoolError::Locked {
+            node: entry.file_name.clone(),
+            holder: format!(
+                "{} pid {}",
+                r.get::<_, Option<String>>(0).unwrap_or_default(),
+                r.get::<_, Option<i32>>(1).unwrap_or_default()
+            ),
+        },
+        Ok(None) => SpoolError::NotFound(entry.file_name.clone()),
+        Err(e) => db("read a node", e),
+    }
+}
+
+/// A claim nobody holds, or one that ran out, or ours.
+pub(crate) const FREE: &str =
+    "(lease_until IS NULL OR lease_until < now() OR lease_token = $TOKEN)";
+
+impl PgSpool {
+    pub(crate) fn forget_claims(&self, pks: &[i64]) {
+        let mut claims = self.inner.claims.lock().unwrap_or_else(|e| e.into_inner());
+        for p in pks {
+            claims.remove(p);
+        }
+    }
+
+    /// One statement on one node, under the rule that it is free or ours; returns the
+    /// changed row, or why not.
+    pub(crate) fn change(&self, entry: &NodeEntry, set: &'static str) -> Result<NodeEntry> {
+        let pk = pk(entry)?;
+        let e = entry.clone();
+        let period_of: Vec<i64> = (0..self.inner.config.tiers())
+            .map(|t| self.inner.config.period(t) as i64)
+            .collect();
+        self.run(move |inner| async move {
+            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let sql = format!(
+                "WITH n AS (UPDATE mailspool_nodes SET {set}
+                   WHERE pk = $1 AND {} AND $3::bigint IS NOT NULL
+                     AND $4::bigint[] IS NOT NULL RETURNING *)
+                 SELECT {NODE_COLUMNS} FROM n JOIN mailspool_messages m ON m.pk = n.message",
+                FREE.replace("$TOKEN", "$2")
+            );
+            let now = now() as i64;
+            let rows = c
+                .query(&sql, &[&pk, &inner.me.token, &now, &period_of])
+                .await
+                .map_err(|e| db("change a node", e))?;
+            match rows.first() {
+                Some(r) => Ok(node_entry(r)),
+                None => Err(refusal(&c, &e, pk).await),
+            }
+        })
+    }
+
+    pub(crate) fn claim_nodes(
+        &self,
+        tiers: &[usize],
+        limit: usize,
+        wanted: Wanted<'_>,
+    ) -> Result<Vec<NodeEntry>> {
+        let tiers: Vec<i16> = tiers.iter().map(|&t| t as i16).collect();
+        let (due, only): (i64, Option<Vec<i64>>) = match wanted {
+            Wanted::Due => (now() as i64, None),
+            Wanted::All => (i64::MAX, None),
+            Wanted::Nodes(keys) => (i64::MAX, Some(keys.iter().filter_map(|k| row(k)).collect())),
+        };
+        let limit = limit as i64;
+        self.run(move |inner| async move {
+            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let secs = inner.lease.as_secs_f64();
+            let rows = c
+                .query(
+                    &format!(
+                        "WITH c AS (
+                           SELECT pk FROM mailspool_nodes
+                           WHERE NOT held AND tier = ANY($1) AND due <= $2
+                             AND ($3::bigint[] IS NULL OR pk = ANY($3))
+                             AND (lease_until IS NULL OR lease_until < now())
+                           ORDER BY due LIMIT $4
+                           FOR UPDATE SKIP LOCKED),
+                         n AS (
+                           UPDATE mailspool_nodes n SET lease_host = $5, lease_pid = $6,
+                             lease_token = $7, lease_until = now() + make_interval(secs => $8)
+                           FROM c WHERE n.pk = c.pk RETURNING n.*)
+                         SELECT {NODE_COLUMNS} FROM n JOIN mailspool_messages m ON m.pk = n.message
+                         ORDER BY n.message, n.pk"
+                    ),
+                    &[
+                        &tiers,
+                        &due,
+                        &only,
+                        &limit,
+                        &inner.me.host,
+                        &inner.me.pid,
+                        &inner.me.token,
+                        &secs,
+                    ],
+                )
+                .await
+                .map_err(|e| db("claim nodes", e))?;
+            let entries: Vec<NodeEntry> = rows.iter().map(node_entry).collect();
+            let mut claims = inner.claims.lock().unwrap_or_else(|e| e.into_inner());
+            claims.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+            Ok(entries)
+        })
+    }
+
+    pub(crate) fn give_back(&self, keys: &[std::path::PathBuf]) {
+        let pks: Vec<i64> = keys.iter().filter_map(|k| row(k)).collect();
+        let held: Vec<i64> = {
+            let claims = self.inner.claims.lock().unwrap_or_else(|e| e.into_inner());
+            pks.into_iter().filter(|p| claims.contains(p)).collect()
+        };
+        if held.is_empty() {
+            return;
+        }
+        self.forget_claims(&held);
+        // Waited for: a daemon that stops gives its claims back before it exits.
+        let given = self.run(move |inner| async move {
+            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            c.execute(
+                "UPDATE mailspool_nodes SET lease_host = NULL, lease_pid = NULL,
+                   lease_token = NULL, lease_until = NULL
+                 WHERE pk = ANY($1) AND lease_token = $2",
+                &[&held, &inner.me.token],
+            )
+            .await
+            .map_err(|e| db("give back claims", e))
+        });
+        if let Err(e) = given {
+            tracing::debug!(error = %e, "cannot give back claims; they run out by themselves");
+        }
+    }
+
+    pub(crate) fn lock_one(&self, entry: &NodeEntry) -> Result<NodeLock> {
+        let pk = pk(entry)?;
+        if self
+            .inner
+            .claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&pk)
+        {
+            return Ok(NodeLock::claimed());
+        }
+        // Not claimed by a plan (an operator's change, a migration): claim it alone.
+        let e = entry.clone();
+        self.run(move |inner| async move {
+            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let secs = inner.lease.as_secs_f64();
+            let n = c
+                .execute(
+                    &format!(
+                        "UPDATE mailspool_nodes SET lease_host = $3, lease_pid = $4,
+                           lease_token = $2, lease_until = now() + make_interval(secs => $5)
+                         WHERE pk = $1 AND {}",
+                        FREE.replace("$TOKEN", "$2")
+                    ),
+                    &[&pk, &inner.me.token, &inner.me.host, &inner.me.pid, &secs],
+                )
+                .await
+                .map_err(|e| db("claim a node", e))?;
+            if n == 0 {
+                return Err(refusal(&c, &e, pk).await);
+            }
+            inner
+                .claims
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(pk);
+            Ok(NodeLock::claimed())
+        })
+    }
+}
