@@ -36,7 +36,9 @@ pub fn open_store(config: &Config, create: bool) -> Result<Arc<dyn Store>, Spool
     if let Some(url) = config.spool_url() {
         let options = mailspool_pg::PgOptions {
             lease: config.spool_lease,
-            ..Default::default()
+            // Deliveries at once, plus intake and the listener's commits.
+            max_connections: config.deliver.max_deliveries.clamp(4, 64) + 4,
+            host: Some(config.hostname.clone()),
         };
         return Ok(Arc::new(mailspool_pg::PgSpool::open(
             url,

@@ -8,13 +8,24 @@ use crate::stage::row;
 use crate::{Inner, PgSpool, db};
 
 /// Extend this process's leases (the renewer calls this every third of the lease).
+///
+/// Only the claims this process still counts as its own: one whose settling failed (the
+/// database went away mid-way) is dropped from that count and left to run out, so that
+/// another host (or this one) takes it again instead of it staying leased forever.
 pub(crate) async fn renew(inner: &Inner) -> Result<u64> {
+    let held: Vec<i64> = inner
+        .claims
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .copied()
+        .collect();
     let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
     let secs = inner.lease.as_secs_f64();
     c.execute(
         "UPDATE mailspool_nodes SET lease_until = now() + make_interval(secs => $2)
-         WHERE lease_token = $1",
-        &[&inner.me.token, &secs],
+         WHERE lease_token = $1 AND pk = ANY($3)",
+        &[&inner.me.token, &secs, &held],
     )
     .await
     .map_err(|e| db("renew claims", e))

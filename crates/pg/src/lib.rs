@@ -50,6 +50,9 @@ pub struct PgOptions {
     pub lease: Duration,
     /// Most connections this process opens.
     pub max_connections: usize,
+    /// The host name claims are taken under (shown to the other hosts; the
+    /// configured `hostname`, else the system's).
+    pub host: Option<String>,
 }
 
 impl Default for PgOptions {
@@ -57,6 +60,7 @@ impl Default for PgOptions {
         PgOptions {
             lease: DEFAULT_LEASE,
             max_connections: 16,
+            host: None,
         }
     }
 }
@@ -144,7 +148,7 @@ impl PgSpool {
             pool: Pool::new(pg, options.max_connections),
             config,
             me: Holder {
-                host: mailspool_spool::lock::hostname(),
+                host: options.host.unwrap_or_else(mailspool_spool::lock::hostname),
                 pid: std::process::id() as i32,
                 token,
             },

@@ -19,6 +19,31 @@ use crate::read::{NODE_COLUMNS, node_entry, pk};
 use crate::stage::{PgStage, count_usage};
 use crate::{PgSpool, db};
 
+/// Remove node `pk` if `condition` holds (it names the claim token as `$2`), and its
+/// message with it when no other node of the message is left. Two hosts removing a
+/// message's last two nodes at once may each see the other's: the message row is then
+/// left without nodes, never delivered, and [`Store::sweep`] removes it.
+async fn remove(c: &tokio_postgres::Client, pk: i64, condition: &str, token: &str) -> Result<bool> {
+    let removed: i64 = c
+        .query_one(
+            &format!(
+                "WITH d AS (
+                   DELETE FROM mailspool_nodes WHERE pk = $1 AND {condition} RETURNING message),
+                 m AS (
+                   DELETE FROM mailspool_messages m USING d WHERE m.pk = d.message
+                   AND NOT EXISTS (SELECT 1 FROM mailspool_nodes n
+                                   WHERE n.message = d.message AND n.pk <> $1)
+                   RETURNING 1)
+                 SELECT count(*) FROM d"
+            ),
+            &[&pk, &token],
+        )
+        .await
+        .map_err(|e| db("delete a node", e))?
+        .get(0);
+    Ok(removed > 0)
+}
+
 impl Store for PgSpool {
     fn config(&self) -> &SpoolConfig {
         &self.inner.config
@@ -201,39 +226,17 @@ impl Store for PgSpool {
     }
 
     fn delete_locked(&self, entry: &NodeEntry) -> Result<()> {
+        // One statement, one round trip: the window between a server's 250 and the
+        // node's removal (where a crash means the message is sent again) is as short
+        // as the database allows.
         let pk = pk(entry)?;
-        let name = entry.file_name.clone();
+        let e = entry.clone();
         let done = self.run(move |inner| async move {
-            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            let tx = c.transaction().await.map_err(|e| db("begin", e))?;
-            // The node, if still ours; then its message, locked, so that of two hosts
-            // removing its last two nodes one sees the other's and the message goes.
-            let Some(r) = tx
-                .query_opt(
-                    "DELETE FROM mailspool_nodes WHERE pk = $1 AND lease_token = $2
-                     RETURNING message",
-                    &[&pk, &inner.me.token],
-                )
-                .await
-                .map_err(|e| db("delete a node", e))?
-            else {
-                return Err(SpoolError::NotFound(name));
-            };
-            let message: i64 = r.get(0);
-            tx.execute(
-                "SELECT 1 FROM mailspool_messages WHERE pk = $1 FOR UPDATE",
-                &[&message],
-            )
-            .await
-            .map_err(|e| db("lock a message", e))?;
-            tx.execute(
-                "DELETE FROM mailspool_messages m WHERE pk = $1
-                 AND NOT EXISTS (SELECT 1 FROM mailspool_nodes WHERE message = $1)",
-                &[&message],
-            )
-            .await
-            .map_err(|e| db("delete a message", e))?;
-            tx.commit().await.map_err(|e| db("commit", e))
+            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            match remove(&c, pk, "lease_token = $2", &inner.me.token).await? {
+                true => Ok(()),
+                false => Err(SpoolError::NotFound(e.file_name)),
+            }
         });
         self.forget_claims(&[pk]);
         done
@@ -389,15 +392,16 @@ impl Store for PgSpool {
     }
 
     fn sweep(&self, max_age: std::time::Duration) -> usize {
-        // Usage rows older than the longest life are kept (they are the history); what
-        // could be left over is a message with no node (an operator's delete by hand).
+        // Usage rows are kept (they are the history). What can be left over is a
+        // message without nodes (see `remove`): a message and its nodes are committed
+        // together, so any committed message without one is such a leftover.
         let _ = max_age;
         self.run(move |inner| async move {
             let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             c.execute(
-                "DELETE FROM mailspool_messages m WHERE created < $1
-                 AND NOT EXISTS (SELECT 1 FROM mailspool_nodes n WHERE n.message = m.pk)",
-                &[&(now().saturating_sub(3600) as i64)],
+                "DELETE FROM mailspool_messages m
+                 WHERE NOT EXISTS (SELECT 1 FROM mailspool_nodes n WHERE n.message = m.pk)",
+                &[],
             )
             .await
             .map_err(|e| db("sweep", e))
@@ -409,37 +413,12 @@ impl Store for PgSpool {
         let pk = pk(entry)?;
         let e = entry.clone();
         self.run(move |inner| async move {
-            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            let tx = c.transaction().await.map_err(|e| db("begin", e))?;
-            let r = tx
-                .query_opt(
-                    &format!(
-                        "DELETE FROM mailspool_nodes WHERE pk = $1 AND {} RETURNING message",
-                        FREE.replace("$TOKEN", "$2")
-                    ),
-                    &[&pk, &inner.me.token],
-                )
-                .await
-                .map_err(|e| db("delete a node", e))?;
-            let Some(r) = r else {
-                drop(tx);
-                return Err(refusal(&c, &e, pk).await);
-            };
-            let message: i64 = r.get(0);
-            tx.execute(
-                "SELECT 1 FROM mailspool_messages WHERE pk = $1 FOR UPDATE",
-                &[&message],
-            )
-            .await
-            .map_err(|e| db("lock a message", e))?;
-            tx.execute(
-                "DELETE FROM mailspool_messages WHERE pk = $1
-                 AND NOT EXISTS (SELECT 1 FROM mailspool_nodes WHERE message = $1)",
-                &[&message],
-            )
-            .await
-            .map_err(|e| db("delete a message", e))?;
-            tx.commit().await.map_err(|e| db("commit", e))
+            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let free = FREE.replace("$TOKEN", "$2");
+            match remove(&c, pk, &free, &inner.me.token).await? {
+                true => Ok(()),
+                false => Err(refusal(&c, &e, pk).await),
+            }
         })
     }
 
