@@ -170,6 +170,7 @@ fn command(program: &Path, args: &[&str], dir: &Path, seconds: f64) -> f64 {
 fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("fill") => return fill(),
+        Some("send-rate") => return send_rate(),
         Some("tarpit") => return tarpit(),
         Some("command") => return command_rate(),
         Some("pickup") => return pickup(),
@@ -244,6 +245,25 @@ fn flag(name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// `send-rate --spool DIR|URL [--threads T] [--seconds S]`: library `send_mail` of 4 KB
+/// one-recipient messages into any back end; prints messages per second.
+fn send_rate() {
+    let spool = flag("--spool").expect("--spool");
+    let threads: usize = flag("--threads").map_or(1, |t| t.parse().unwrap());
+    let seconds: f64 = flag("--seconds").map_or(5.0, |s| s.parse().unwrap());
+    let config = Config {
+        spool_dir: PathBuf::from(spool),
+        ..Config::default()
+    };
+    let ms = Arc::new(Mailspool::open(config).unwrap());
+    let msg = message(1);
+    let r = rate(threads, seconds, || {
+        ms.send_mail(SendMail::new(MessageSource::Bytes(&msg)))
+            .unwrap();
+    });
+    println!("{r:.0}");
 }
 
 /// Write `count` nodes to `<domain>` into `tier`, due now.

@@ -142,8 +142,9 @@ async fn three_daemons_kills_and_a_database_restart_lose_nothing() {
 
     // Intake 1: `mailspool send` processes on two hosts.
     let mut senders = Vec::new();
-    for host in hosts.iter().take(2).cloned() {
-        let (acked, stop, serial) = (acked.clone(), stop.clone(), serial.clone());
+    for host in &hosts[..2] {
+        let (acked, stop, serial, host) =
+            (acked.clone(), stop.clone(), serial.clone(), host.clone());
         senders.push(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let token = format!("send-{}", serial.fetch_add(1, Ordering::SeqCst));

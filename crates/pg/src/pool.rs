@@ -141,14 +141,25 @@ impl Driver {
     }
 
     /// Run `f` on the spool's runtime and wait for it here. Never called from the
-    /// runtime's own threads (nothing of ours runs there but these futures).
+    /// runtime's own threads (nothing of ours runs there but these futures). A caller
+    /// on a multi-threaded runtime (the daemon's engine, the listener) waits in
+    /// `block_in_place`, so its other tasks move on while the database answers: a
+    /// round trip must not hold up a delivery thread.
     pub fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.rt().spawn(async move {
             let _ = tx.send(f.await);
         });
-        rx.recv()
-            .expect("the database runtime runs until the spool is dropped")
+        let wait = || {
+            rx.recv()
+                .expect("the database runtime runs until the spool is dropped")
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
     }
 
     /// Start `f` and do not wait (usage counts, giving back claims).
