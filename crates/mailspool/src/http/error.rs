@@ -65,6 +65,12 @@ impl From<mailspool_spool::SpoolError> for ApiError {
             SpoolError::Locked { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "locked", format!("{e}; try again"))
             }
+            // The database is restarting or failing over: nothing was committed.
+            SpoolError::Database(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "spool_unavailable",
+                format!("{e}; nothing was queued, try again"),
+            ),
             _ if e.is_full() => ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "spool_full",
