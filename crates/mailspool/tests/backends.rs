@@ -506,3 +506,80 @@ fn the_file_back_end_writes_plain_050_nodes() {
     let text = std::fs::read_to_string(&scan.nodes[0].path).unwrap();
     assert!(text.ends_with("\nbody\n"));
 }
+
+/// `sslmode=require` is TLS with the database's certificate verified: against the CA
+/// named by `spool_ca_file` it connects (and the server sees a TLS session); without
+/// that CA it is refused; without `sslmode` it is plain TCP.
+#[test]
+fn postgres_tls_is_verified_when_the_url_requires_it() {
+    let ca = common::TestCa::new();
+    let (cert, key) = ca.issue_pem("127.0.0.1");
+    let cluster = match mailspool_pg::testing::Cluster::start_with(true, Some((&cert, &key))) {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none_or(|v| v != "true"),
+                "PostgreSQL is needed under CI=true: {e}"
+            );
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let url = format!("{}?sslmode=require", cluster.admin_url());
+    let options = |ca: Option<std::path::PathBuf>| mailspool_pg::PgOptions {
+        ca_file: ca,
+        ..Default::default()
+    };
+    std::thread::spawn({
+        let (url, ca_file) = (url.clone(), ca_file.clone());
+        move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(mailspool_pg::migrate(&url, Some(&ca_file)))
+                .unwrap()
+        }
+    })
+    .join()
+    .unwrap();
+    let store =
+        mailspool_pg::PgSpool::open(&url, SpoolConfig::default(), options(Some(ca_file))).unwrap();
+    assert!(!store.id_in_use("X").unwrap());
+    let admin = cluster.admin_url();
+    let encrypted = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let (c, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let n: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+                         WHERE ssl AND application_name = 'mailspool'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                n
+            })
+    })
+    .join()
+    .unwrap();
+    assert!(encrypted >= 1, "no TLS session from mailspool");
+    // Not signed by a root we trust: refused, not silently plain.
+    let err = mailspool_pg::PgSpool::open(&url, SpoolConfig::default(), options(None))
+        .unwrap_err()
+        .to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // No sslmode: plain TCP to the same server.
+    mailspool_pg::PgSpool::open(&cluster.admin_url(), SpoolConfig::default(), options(None))
+        .unwrap();
+}

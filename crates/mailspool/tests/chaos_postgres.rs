@@ -110,7 +110,7 @@ async fn three_daemons_kills_and_a_database_restart_lose_nothing() {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(mailspool_pg::migrate(&url))
+                .block_on(mailspool_pg::migrate(&url, None))
         })
         .join()
         .unwrap()

@@ -50,6 +50,8 @@ pub struct PgOptions {
     pub lease: Duration,
     /// Most connections this process opens.
     pub max_connections: usize,
+    /// More trusted roots for `sslmode=require` (a private CA's PEM file).
+    pub ca_file: Option<std::path::PathBuf>,
     /// The host name claims are taken under (shown to the other hosts; the
     /// configured `hostname`, else the system's).
     pub host: Option<String>,
@@ -61,6 +63,7 @@ impl Default for PgOptions {
             lease: DEFAULT_LEASE,
             max_connections: 16,
             host: None,
+            ca_file: None,
         }
     }
 }
@@ -139,13 +142,12 @@ impl PgSpool {
     /// schema must be at [`SCHEMA_VERSION`] (`mailspool db migrate` puts it there).
     pub fn open(url: &str, config: SpoolConfig, options: PgOptions) -> Result<PgSpool, SpoolError> {
         config.validate().map_err(SpoolError::Config)?;
-        let pg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| SpoolError::Config(format!("spool URL {}: {e}", redact(url))))?;
+        let (pg, tls) = pool::settings(url, options.ca_file.as_deref())
+            .map_err(|e| SpoolError::Config(format!("spool {}: {e}", redact(url))))?;
         let driver = Driver::new().map_err(|e| db("start the database runtime", e))?;
         let token = ulid::Ulid::generate().to_string();
         let inner = Arc::new(Inner {
-            pool: Pool::new(pg, options.max_connections),
+            pool: Pool::new(pg, options.max_connections, tls),
             config,
             me: Holder {
                 host: options.host.unwrap_or_else(mailspool_spool::lock::hostname),

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How long to wait for a connection (and for a server that is restarting).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -15,6 +16,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open clients, up to `max` at once.
 pub struct Pool {
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     idle: Mutex<Vec<Client>>,
     permits: Arc<Semaphore>,
 }
@@ -56,21 +58,22 @@ impl Drop for Pooled<'_> {
 impl Pool {
     /// A pool for `config` (several hosts and `target_session_attrs=read-write` are
     /// tokio-postgres's: a failover to a promoted standby is followed on reconnect).
-    pub fn new(mut config: tokio_postgres::Config, max: usize) -> Pool {
+    pub fn new(mut config: tokio_postgres::Config, max: usize, tls: MakeRustlsConnect) -> Pool {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("mailspool");
         Pool {
             config,
+            tls,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(max.max(1))),
         }
     }
 
-    /// The connection settings.
-    pub fn config(&self) -> &tokio_postgres::Config {
-        &self.config
+    /// The connection settings and TLS (for a connection of its own: LISTEN).
+    pub fn settings(&self) -> (tokio_postgres::Config, MakeRustlsConnect) {
+        (self.config.clone(), self.tls.clone())
     }
 
     /// A client: an idle one, or a new connection.
@@ -95,7 +98,7 @@ impl Pool {
                 None => break,
             }
         }
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "database connection ended");
@@ -166,4 +169,43 @@ impl Driver {
     pub fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
         self.rt().spawn(f);
     }
+}
+
+/// The URL's settings, with TLS as the URL asks: `sslmode=require` is TLS with the
+/// server's certificate verified (the web PKI roots and `ca_file`; its name checked
+/// against the host); no `sslmode` is plain TCP (a Unix socket or a private network:
+/// tokio-postgres's own default, "prefer", would try TLS and then refuse the
+/// self-signed certificate a stock server has). `prefer` keeps its meaning.
+pub fn settings(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), String> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    if !url.contains("sslmode=") {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut added = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{}: no certificate in it", path.display()));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok((config, MakeRustlsConnect::new(tls)))
 }

@@ -44,9 +44,15 @@ pub(crate) fn pk(entry: &NodeEntry) -> Result<i64> {
 }
 
 /// LISTEN for commits on a connection of its own until it ends.
-async fn listen(config: &tokio_postgres::Config, wake: &Arc<dyn Fn() + Send + Sync>) -> Result<()> {
+async fn listen(
+    (config, tls): &(
+        tokio_postgres::Config,
+        tokio_postgres_rustls::MakeRustlsConnect,
+    ),
+    wake: &Arc<dyn Fn() + Send + Sync>,
+) -> Result<()> {
     let (client, mut connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(tls.clone())
         .await
         .map_err(|e| db("connect", e))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -196,7 +202,7 @@ impl PgSpool {
     }
 
     pub(crate) fn watch_commits(&self, wake: Arc<dyn Fn() + Send + Sync>) -> bool {
-        let config = self.inner.pool.config().clone();
+        let config = self.inner.pool.settings();
         self.driver.spawn(async move {
             loop {
                 match listen(&config, &wake).await {

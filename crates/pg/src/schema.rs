@@ -34,14 +34,10 @@ pub async fn schema_version(c: &impl tokio_postgres::GenericClient) -> Result<i3
 /// Bring the database to [`SCHEMA_VERSION`], each step in its own transaction; returns
 /// the versions applied (none when it was already there). A database newer than this
 /// mailspool is refused.
-pub async fn migrate(url: &str) -> Result<Vec<i32>, SpoolError> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| SpoolError::Config(format!("spool URL {}: {e}", crate::redact(url))))?;
-    let (mut c, conn) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| db("connect", e))?;
+pub async fn migrate(url: &str, ca_file: Option<&std::path::Path>) -> Result<Vec<i32>, SpoolError> {
+    let (config, tls) = crate::pool::settings(url, ca_file)
+        .map_err(|e| SpoolError::Config(format!("spool {}: {e}", crate::redact(url))))?;
+    let (mut c, conn) = config.connect(tls).await.map_err(|e| db("connect", e))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -71,6 +71,11 @@ fn free_port() -> u16 {
 impl Cluster {
     /// initdb and start a cluster (fsync off when `fast`: tests, not benchmarks).
     pub fn start(fast: bool) -> Result<Cluster, String> {
+        Cluster::start_with(fast, None)
+    }
+
+    /// [`Cluster::start`], serving TLS with this certificate and key (PEM) when given.
+    pub fn start_with(fast: bool, tls: Option<(&str, &str)>) -> Result<Cluster, String> {
         let bin = bin_dir().ok_or("no PostgreSQL server programs (initdb) found")?;
         let as_postgres = rustix::process::geteuid().is_root();
         let dir = tempfile::Builder::new()
@@ -115,6 +120,23 @@ impl Cluster {
         );
         if fast {
             conf.push_str("fsync = off\nfull_page_writes = off\n");
+        }
+        if let Some((cert, key)) = tls {
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).map_err(|e| e.to_string())?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| e.to_string())?;
+                if cluster.as_postgres {
+                    Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(&path)
+                        .status()
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            conf.push_str("ssl = on\n");
         }
         std::fs::write(data.join("postgresql.auto.conf"), conf).map_err(|e| e.to_string())?;
         cluster.ctl("start")?;
@@ -250,7 +272,7 @@ impl TestDb {
                     .enable_all()
                     .build()
                     .expect("runtime")
-                    .block_on(crate::migrate(&url))
+                    .block_on(crate::migrate(&url, None))
                     .map(|_| ())
             })
             .join()

@@ -409,6 +409,15 @@ impl TestCa {
         )
     }
 
+    /// A certificate for `name` (a DNS name or an IP address) signed by this CA, and
+    /// its key, both PEM (for servers configured by files: PostgreSQL).
+    pub fn issue_pem(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A certificate for `name` signed by this CA, with its key, for SNI resolvers.
     pub fn certified_key(&self, name: &str) -> Arc<rustls::sign::CertifiedKey> {
         let (cert, der) = self.issue(name);

@@ -31,7 +31,7 @@ pub fn migrate_schema(config: &Config, url: Option<&str>) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| Failure::new(sysexits::OSERR, e.to_string()))?;
-    let applied = rt.block_on(mailspool_pg::migrate(&url))?;
+    let applied = rt.block_on(mailspool_pg::migrate(&url, config.spool_ca_file.as_deref()))?;
     let at = mailspool_pg::SCHEMA_VERSION;
     if applied.is_empty() {
         println!(

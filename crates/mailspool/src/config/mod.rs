@@ -127,6 +127,9 @@ pub struct ConfigFile {
     /// Seconds a database claim lasts unless renewed (a dead host's nodes wait this
     /// long before another host takes them); 120.
     pub spool_lease: Option<u64>,
+    /// A PEM file of CA certificates the database's certificate may chain to, for
+    /// `sslmode=require` (besides the web PKI's roots).
+    pub spool_ca_file: Option<PathBuf>,
 }
 
 /// `[shaping]`.
@@ -300,6 +303,8 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// How long a database claim lasts unless renewed.
     pub spool_lease: Duration,
+    /// More roots for the database's certificate.
+    pub spool_ca_file: Option<PathBuf>,
 }
 
 /// A configuration that cannot be used.
@@ -332,6 +337,7 @@ impl Default for Config {
             spool_dir: default_spool_dir().unwrap_or_default(),
             spool: SpoolConfig::default(),
             spool_lease: mailspool_pg::DEFAULT_LEASE,
+            spool_ca_file: None,
             dequeue_timeout: Duration::from_secs(20),
             max_dequeue_processes: 20,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -494,6 +500,9 @@ impl Config {
             for d in &mut config.dkim {
                 d.key_file = dir.join(&d.key_file);
             }
+            if let Some(ca) = &mut config.spool_ca_file {
+                *ca = dir.join(&ca);
+            }
         }
         Ok(config)
     }
@@ -520,6 +529,7 @@ impl Config {
             }
             c.spool_lease = Duration::from_secs(secs);
         }
+        c.spool_ca_file = file.spool_ca_file.clone();
         if let Some(p) = &file.dequeue_periods {
             c.spool.periods = p.clone();
             periods_set = true;
