@@ -385,6 +385,7 @@ pub async fn run(
         while deliveries.join_next().await.is_some() {}
     }
     engine.close_idle().await;
+    engine.spool().flush();
     tracing::info!("daemon stopped");
     Ok(())
 }

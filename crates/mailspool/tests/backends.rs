@@ -183,11 +183,21 @@ async fn delivered_nodes_are_removed_and_counted(b: Back) {
     assert_eq!(got[0].to.len(), 2);
     assert!(String::from_utf8_lossy(&got[0].data).contains("body"));
     assert!(nodes(store.as_ref()).is_empty());
-    // Usage is counted in writing, so give the database's counter a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let usage = store.usage(1).unwrap();
-    let today = usage.values().next().expect("today's usage");
-    assert_eq!((today.spooled, today.sent), (2, 2), "{usage:?}");
+    // A database counts deliveries once a second: give it that long.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let counted = loop {
+        let usage = store.usage(1).unwrap();
+        let today = usage.values().next().cloned().unwrap_or_default();
+        if today.sent == 2 || std::time::Instant::now() > deadline {
+            break today;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((counted.spooled, counted.sent), (2, 2), "{counted:?}");
+    assert!(
+        counted.sent_bytes > 0 && counted.spooled_bytes > 0,
+        "{counted:?}"
+    );
 }
 
 async fn a_temporary_failure_falls_back_a_tier_with_its_reply(b: Back) {

@@ -4,8 +4,9 @@
 //! restarted once mid-run.
 //!
 //! At the end: every acknowledged message reached the sink; duplicates are at most one
-//! per kill (a daemon killed between the sink's 250 and its delete) plus the restart's
-//! (a delete cut by the restart); nothing is left queued.
+//! per kill (a daemon killed between the sink's 250 and its delete; a removal cut by the
+//! restart is retried until the database is back, so the restart adds none); nothing is
+//! left queued.
 //!
 //! `MAILSPOOL_CHAOS_KILLS=30 cargo test --release --test chaos_postgres -- --nocapture`
 //! runs a long one.

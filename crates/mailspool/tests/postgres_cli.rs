@@ -174,8 +174,10 @@ async fn send_queue_and_daemon_on_a_database() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(sink.received().len(), 3);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    // Stopped as systemd stops it: what it counted is written before it exits.
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
     let list = stdout(&cli().args(["queue"]).output().unwrap());
     assert!(list.contains("empty") || list.trim().is_empty(), "{list}");
     let usage = stdout(&cli().args(["usage", "--json"]).output().unwrap());

@@ -50,7 +50,8 @@ CREATE TABLE mailspool_attempts (
 );
 CREATE INDEX mailspool_attempts_node ON mailspool_attempts (node);
 
--- 0.50's usage/raw: "<time> <bytes> Spool|Sent", one row for `nodes` such lines.
+-- 0.50's usage/raw: "<time> <bytes> Spool|Sent" lines; a row stands for `nodes` of them
+-- and `bytes` is their sum.
 CREATE TABLE mailspool_usage (
     time  bigint  NOT NULL,
     bytes bigint  NOT NULL,

@@ -83,6 +83,40 @@ pub(crate) struct Inner {
     pub lease: Duration,
     /// Nodes this process has claimed and not yet settled or given back.
     pub claims: Mutex<std::collections::HashSet<i64>>,
+    /// Bytes and nodes delivered and not yet counted in `mailspool_usage`.
+    pub sent: Mutex<(u64, u64)>,
+}
+
+impl Inner {
+    /// Write the delivered bytes and nodes summed since the last time as one row.
+    pub(crate) async fn flush_sent(&self) {
+        let (bytes, nodes) =
+            std::mem::take(&mut *self.sent.lock().unwrap_or_else(|e| e.into_inner()));
+        if nodes == 0 {
+            return;
+        }
+        let written = async {
+            let mut c = self.pool.get().await.map_err(|e| db("connect", e))?;
+            c.execute(
+                "INSERT INTO mailspool_usage (time, bytes, kind, nodes) VALUES ($1, $2, 'Sent', $3)",
+                &[&(mailspool_spool::now() as i64), &(bytes as i64), &(nodes as i32)],
+            )
+            .await
+            .map_err(|e| db("count usage", e))
+        };
+        if let Err(e) = written.await {
+            tracing::debug!(error = %e, "usage not counted; kept for the next try");
+            let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+            sent.0 += bytes;
+            sent.1 += nodes;
+        }
+    }
+}
+
+impl Drop for PgSpool {
+    fn drop(&mut self) {
+        mailspool_spool::Store::flush(self);
+    }
 }
 
 /// A spool in a PostgreSQL database.
@@ -156,6 +190,7 @@ impl PgSpool {
             },
             lease: options.lease,
             claims: Mutex::new(Default::default()),
+            sent: Mutex::new((0, 0)),
         });
         let spool = PgSpool {
             inner,
@@ -178,6 +213,16 @@ impl PgSpool {
             )));
         }
         spool.start_renewing();
+        let counted = Arc::downgrade(&spool.inner);
+        spool.driver.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match counted.upgrade() {
+                    Some(inner) => inner.flush_sent().await,
+                    None => return,
+                }
+            }
+        });
         Ok(spool)
     }
 

@@ -6,8 +6,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::HashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::Client;
+
+use tokio_postgres::{Client, Error, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How long to wait for a connection (and for a server that is restarting).
@@ -17,34 +19,107 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Pool {
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
     permits: Arc<Semaphore>,
+}
+
+/// A connection and the statements prepared on it (tokio-postgres prepares a text
+/// query in a round trip of its own each time; a prepared one is one round trip).
+struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
 }
 
 /// A client on loan; back to the pool when dropped (unless its connection died).
 pub struct Pooled<'a> {
     pool: &'a Pool,
-    client: Option<Client>,
+    client: Option<Conn>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl std::ops::Deref for Pooled<'_> {
     type Target = Client;
     fn deref(&self) -> &Client {
-        self.client.as_ref().expect("client until dropped")
+        &self.client.as_ref().expect("client until dropped").client
     }
 }
 
 impl std::ops::DerefMut for Pooled<'_> {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client.as_mut().expect("client until dropped")
+        &mut self.client.as_mut().expect("client until dropped").client
+    }
+}
+
+impl Pooled<'_> {
+    /// `sql` prepared on this connection (once; then from its cache).
+    pub async fn prepared(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        let conn = self.client.as_mut().expect("client until dropped");
+        if let Some(s) = conn.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = conn.client.prepare(sql).await?;
+        conn.statements.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    // The client's query methods, on statements prepared once per connection. (A
+    // handful of fixed texts: the cache stays small.)
+
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        let s = self.prepared(sql).await?;
+        std::ops::Deref::deref(self).query(&s, params).await
+    }
+
+    pub async fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Row, Error> {
+        let s = self.prepared(sql).await?;
+        std::ops::Deref::deref(self).query_one(&s, params).await
+    }
+
+    pub async fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
+        let s = self.prepared(sql).await?;
+        std::ops::Deref::deref(self).query_opt(&s, params).await
+    }
+
+    pub async fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, Error> {
+        let s = self.prepared(sql).await?;
+        std::ops::Deref::deref(self).execute(&s, params).await
+    }
+
+    pub async fn query_raw<P, I>(
+        &mut self,
+        sql: &str,
+        params: I,
+    ) -> Result<tokio_postgres::RowStream, Error>
+    where
+        P: tokio_postgres::types::BorrowToSql,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let s = self.prepared(sql).await?;
+        std::ops::Deref::deref(self).query_raw(&s, params).await
     }
 }
 
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.client.take()
-            && !c.is_closed()
+            && !c.client.is_closed()
         {
             self.pool
                 .idle
@@ -87,7 +162,7 @@ impl Pool {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match idle {
-                Some(c) if c.is_closed() => continue,
+                Some(c) if c.client.is_closed() => continue,
                 Some(c) => {
                     return Ok(Pooled {
                         pool: self,
@@ -104,9 +179,15 @@ impl Pool {
                 tracing::debug!(error = %e, "database connection ended");
             }
         });
+        // Whatever the server's default: a commit returns once it is on disk (and on
+        // the synchronous standbys, if there are any).
+        client.batch_execute("SET synchronous_commit = on").await?;
         Ok(Pooled {
             pool: self,
-            client: Some(client),
+            client: Some(Conn {
+                client,
+                statements: HashMap::new(),
+            }),
             _permit: permit,
         })
     }

@@ -64,7 +64,7 @@ impl Store for PgSpool {
     fn id_in_use(&self, id: &str) -> Result<bool> {
         let id = id.to_owned();
         self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             c.query_one(
                 "SELECT EXISTS (SELECT 1 FROM mailspool_messages m
                    JOIN mailspool_nodes n ON n.message = m.pk WHERE m.id = $1)",
@@ -149,7 +149,7 @@ impl Store for PgSpool {
     fn attempts(&self, node: &NodeName) -> Vec<Attempt> {
         let (id, to, from) = (node.id.clone(), node.to.clone(), node.from.clone());
         self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             let rows = c
                 .query(
                     "SELECT a.time, a.host, a.reply, a.delivered FROM mailspool_attempts a
@@ -176,11 +176,10 @@ impl Store for PgSpool {
     fn usage(&self, days: u64) -> Result<BTreeMap<u64, DayUsage>> {
         let since = (now() / 86_400).saturating_sub(days.saturating_sub(1)) * 86_400;
         self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             let rows = c
                 .query(
-                    "SELECT time / 86400 * 86400, kind, sum(nodes)::bigint,
-                            sum(bytes * nodes)::bigint
+                    "SELECT time / 86400, kind, sum(nodes)::bigint, sum(bytes)::bigint
                      FROM mailspool_usage WHERE time >= $1 GROUP BY 1, 2",
                     &[&(since as i64)],
                 )
@@ -229,13 +228,30 @@ impl Store for PgSpool {
         // One statement, one round trip: the window between a server's 250 and the
         // node's removal (where a crash means the message is sent again) is as short
         // as the database allows.
+        //
+        // The database unreachable (a restart, a failover) is waited out for up to half
+        // a lease, the claim still ours and renewed meanwhile: the node was delivered,
+        // and giving up now would send it again once the lease ran out.
         let pk = pk(entry)?;
         let e = entry.clone();
         let done = self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            match remove(&c, pk, "lease_token = $2", &inner.me.token).await? {
-                true => Ok(()),
-                false => Err(SpoolError::NotFound(e.file_name)),
+            let started = std::time::Instant::now();
+            let mut pause = std::time::Duration::from_millis(50);
+            loop {
+                let attempt = async {
+                    let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+                    remove(&mut c, pk, "lease_token = $2", &inner.me.token).await
+                };
+                match attempt.await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => return Err(SpoolError::NotFound(e.file_name)),
+                    Err(SpoolError::Database(m)) if started.elapsed() + pause < inner.lease / 2 => {
+                        tracing::warn!(error = %m, "cannot remove a delivered node yet; trying again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                    }
+                    Err(err) => return Err(err),
+                }
             }
         });
         self.forget_claims(&[pk]);
@@ -247,7 +263,7 @@ impl Store for PgSpool {
         let name = entry.file_name.clone();
         let period = self.inner.config.period(tier) as i64;
         let moved = self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             let now = now() as i64;
             let rows = c
                 .query(
@@ -283,7 +299,7 @@ impl Store for PgSpool {
             attempt.clone(),
         );
         self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             c.execute(
                 "WITH n AS (UPDATE mailspool_nodes n SET last_reply = $4
                    FROM mailspool_messages m
@@ -311,6 +327,14 @@ impl Store for PgSpool {
         if nodes == 0 {
             return;
         }
+        if kind == "Sent" {
+            // Summed here and written once a second (see `PgSpool::open`): a row per
+            // delivered message would be a write per delivery.
+            let mut sent = self.inner.sent.lock().unwrap_or_else(|e| e.into_inner());
+            sent.0 += bytes.saturating_mul(nodes as u64);
+            sent.1 += nodes as u64;
+            return;
+        }
         let inner = self.inner.clone();
         let kind = kind.to_owned();
         self.driver.spawn(async move {
@@ -322,9 +346,14 @@ impl Store for PgSpool {
         });
     }
 
+    fn flush(&self) {
+        let inner = self.inner.clone();
+        self.driver.run(async move { inner.flush_sent().await });
+    }
+
     fn dkim_signature(&self, ino: u64, _id: &str) -> Option<Vec<u8>> {
         self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             let r = c
                 .query_opt(
                     "SELECT dkim FROM mailspool_messages WHERE pk = $1",
@@ -341,7 +370,7 @@ impl Store for PgSpool {
     fn keep_dkim_signature(&self, ino: u64, _id: &str, field: &[u8]) -> Result<Vec<u8>> {
         let field = field.to_vec();
         self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             // The first one kept wins: every host sends the same signature.
             let r = c
                 .query_opt(
@@ -363,7 +392,7 @@ impl Store for PgSpool {
     fn claim_delay_warning(&self, node: &NodeName) -> Result<bool> {
         let (id, to, from) = (node.id.clone(), node.to.clone(), node.from.clone());
         self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             let n = c
                 .execute(
                     "UPDATE mailspool_nodes n SET delay_warned = true FROM mailspool_messages m
@@ -380,7 +409,7 @@ impl Store for PgSpool {
     fn release_delay_warning(&self, node: &NodeName) {
         let (id, to, from) = (node.id.clone(), node.to.clone(), node.from.clone());
         let _ = self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             c.execute(
                 "UPDATE mailspool_nodes n SET delay_warned = false FROM mailspool_messages m
                  WHERE m.pk = n.message AND m.id = $1 AND n.rcpt = $2 AND m.sender = $3",
@@ -397,7 +426,7 @@ impl Store for PgSpool {
         // together, so any committed message without one is such a leftover.
         let _ = max_age;
         self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             c.execute(
                 "DELETE FROM mailspool_messages m
                  WHERE NOT EXISTS (SELECT 1 FROM mailspool_nodes n WHERE n.message = m.pk)",
@@ -413,9 +442,9 @@ impl Store for PgSpool {
         let pk = pk(entry)?;
         let e = entry.clone();
         self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             let free = FREE.replace("$TOKEN", "$2");
-            match remove(&c, pk, &free, &inner.me.token).await? {
+            match remove(&mut c, pk, &free, &inner.me.token).await? {
                 true => Ok(()),
                 false => Err(refusal(&c, &e, pk).await),
             }

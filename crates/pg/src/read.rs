@@ -84,7 +84,7 @@ impl PgSpool {
     pub(crate) fn find_nodes(&self, key: &str) -> Result<Vec<NodeEntry>> {
         let (k, pk) = (key.to_owned(), row(std::path::Path::new(key)).unwrap_or(-1));
         let found = self.run(move |inner| async move {
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             let rows = c
                 .query(
                     &format!(
@@ -119,7 +119,7 @@ impl PgSpool {
                 .min(max_scan.saturating_sub(page.scanned))
                 .max(1);
             let rows = self.run(move |inner| async move {
-                let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+                let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
                 let rows = c
                     .query(
                         &format!(
@@ -159,35 +159,34 @@ impl PgSpool {
         let name = entry.file_name.clone();
         self.run(move |inner| async move {
             use std::io::Write;
-            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            let size: i64 = match c
-                .query_opt(
-                    "SELECT size FROM mailspool_messages WHERE pk = $1",
-                    &[&message],
-                )
-                .await
-                .map_err(|e| db("read a message", e))?
-            {
-                Some(r) => r.get(0),
-                None => return Err(SpoolError::NotFound(name)),
-            };
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             let mut file = tempfile::tempfile()
                 .map_err(|e| SpoolError::io_path("create", std::env::temp_dir(), e))?;
-            // Chunk by chunk: memory holds one chunk, whatever the message's size.
+            // One query, streamed chunk by chunk: memory holds one chunk, whatever the
+            // message's size.
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&message];
             let stream = c
                 .query_raw(
-                    "SELECT data FROM mailspool_chunks WHERE message = $1 ORDER BY seq",
+                    "SELECT m.size, c.data FROM mailspool_messages m
+                     LEFT JOIN mailspool_chunks c ON c.message = m.pk
+                     WHERE m.pk = $1 ORDER BY c.seq",
                     params,
                 )
                 .await
                 .map_err(|e| db("read a message", e))?;
             pin_mut!(stream);
+            let mut size = None;
             while let Some(r) = stream.next().await {
                 let r = r.map_err(|e| db("read a message", e))?;
-                file.write_all(r.get::<_, &[u8]>(0))
-                    .map_err(|e| SpoolError::io_path("write", std::env::temp_dir(), e))?;
+                size = Some(r.get::<_, i64>(0));
+                if let Some(data) = r.get::<_, Option<&[u8]>>(1) {
+                    file.write_all(data)
+                        .map_err(|e| SpoolError::io_path("write", std::env::temp_dir(), e))?;
+                }
             }
+            let Some(size) = size else {
+                return Err(SpoolError::NotFound(name));
+            };
             // Read from the start, as a node file opened afresh is.
             std::io::Seek::rewind(&mut file)
                 .map_err(|e| SpoolError::io_path("read", std::env::temp_dir(), e))?;
@@ -225,7 +224,7 @@ impl PgSpool {
         let inner = self.inner.clone();
         self.driver.spawn(async move {
             let run = async {
-                let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+                let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
                 let stream = c
                     .query_raw(
@@ -278,7 +277,7 @@ impl PgSpool {
         let inner = self.inner.clone();
         self.driver.spawn(async move {
             let run = async {
-                let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+                let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
                 let stream = c
                     .query_raw(

@@ -76,8 +76,11 @@ impl Staged for PgStage {
         let id2 = id.clone();
         let nodes = spool.run(move |inner| async move {
             let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            let tx = c.transaction().await.map_err(|e| db("begin", e))?;
             let time = now() as i64;
+            if written as usize <= CHUNK {
+                return commit_small(&mut c, &inner, &id2, &from, &file, written, time, &to).await;
+            }
+            let tx = c.transaction().await.map_err(|e| db("begin", e))?;
             let message = insert_message(&tx, &id2, &from, &file, written, time).await?;
             let due = time + inner.config.period(0) as i64;
             let rows = tx
@@ -106,6 +109,52 @@ impl Staged for PgStage {
     fn into_file_stage(self: Box<Self>) -> std::result::Result<Stage<Arc<Spool>>, Box<dyn Staged>> {
         Err(self)
     }
+}
+
+/// A message of one chunk in one statement, one round trip: the message, its bytes,
+/// its nodes, its usage row and the notification, committed together (the connection
+/// runs with `synchronous_commit = on`).
+const COMMIT_SMALL: &str = "
+    WITH m AS (
+      INSERT INTO mailspool_messages (id, sender, size, created)
+      VALUES ($1, $2, $3, $4) RETURNING pk),
+    c AS (
+      INSERT INTO mailspool_chunks (message, seq, data) SELECT pk, 0, $5 FROM m),
+    n AS (
+      INSERT INTO mailspool_nodes (message, rcpt, tier, entered, due)
+      SELECT m.pk, t.r, 0, $4, $6 FROM m, unnest($7::text[]) WITH ORDINALITY AS t(r, i)
+      ORDER BY t.i RETURNING pk),
+    u AS (
+      INSERT INTO mailspool_usage (time, bytes, kind, nodes)
+      VALUES ($4, $3 * cardinality($7::text[]), 'Spool', cardinality($7::text[])))
+    SELECT n.pk FROM n, (SELECT pg_notify('mailspool_queued', '')) AS notified";
+
+#[allow(clippy::too_many_arguments)]
+async fn commit_small(
+    c: &mut crate::pool::Pooled<'_>,
+    inner: &Inner,
+    id: &str,
+    from: &str,
+    file: &File,
+    size: u64,
+    time: i64,
+    to: &[String],
+) -> Result<Vec<PathBuf>> {
+    let mut data = Vec::with_capacity(size as usize);
+    let mut reader = file;
+    reader
+        .seek(io::SeekFrom::Start(0))
+        .and_then(|_| reader.read_to_end(&mut data))
+        .map_err(|e| SpoolError::io_path("read", std::env::temp_dir(), e))?;
+    let due = time + inner.config.period(0) as i64;
+    let rows = c
+        .query(
+            COMMIT_SMALL,
+            &[&id, &from, &(size as i64), &time, &data, &due, &to],
+        )
+        .await
+        .map_err(|e| db("commit", e))?;
+    Ok(rows.iter().map(|r| key(r.get(0))).collect())
 }
 
 /// A node's key (what `NodeEntry::path` holds): `pg:<row>`.
@@ -175,7 +224,7 @@ async fn insert_message(
     Ok(message)
 }
 
-/// 0.50's usage line, `nodes` times, as one row.
+/// 0.50's usage line, `nodes` times, as one row (`bytes` in all).
 pub(crate) async fn count_usage(
     tx: &impl tokio_postgres::GenericClient,
     bytes: u64,
@@ -184,7 +233,12 @@ pub(crate) async fn count_usage(
 ) -> Result<()> {
     tx.execute(
         "INSERT INTO mailspool_usage (time, bytes, kind, nodes) VALUES ($1, $2, $3, $4)",
-        &[&(now() as i64), &(bytes as i64), &kind, &(nodes as i32)],
+        &[
+            &(now() as i64),
+            &(bytes.saturating_mul(nodes as u64) as i64),
+            &kind,
+            &(nodes as i32),
+        ],
     )
     .await
     .map_err(|e| db("count usage", e))?;

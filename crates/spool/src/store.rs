@@ -220,6 +220,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn record_attempt(&self, node: &NodeName, attempt: &Attempt) -> Result<()>;
     /// Count `nodes` nodes of `bytes` bytes as `kind` ("Spool" or "Sent").
     fn log_usage_nodes(&self, bytes: u64, kind: &str, nodes: usize);
+    /// Write out what is counted but not yet stored (a database sums deliveries and
+    /// writes them once a second); the daemon calls it as it stops.
+    fn flush(&self) {}
     /// The DKIM signature kept for a message (see the file spool's `dkim/`).
     fn dkim_signature(&self, ino: u64, id: &str) -> Option<Vec<u8>>;
     /// Keep a message's DKIM signature; returns the one kept (an earlier one wins).
