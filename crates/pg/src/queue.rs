@@ -23,7 +23,12 @@ use crate::{PgSpool, db};
 /// message with it when no other node of the message is left. Two hosts removing a
 /// message's last two nodes at once may each see the other's: the message row is then
 /// left without nodes, never delivered, and [`Store::sweep`] removes it.
-async fn remove(c: &tokio_postgres::Client, pk: i64, condition: &str, token: &str) -> Result<bool> {
+async fn remove(
+    c: &mut crate::pool::Pooled<'_>,
+    pk: i64,
+    condition: &str,
+    token: &str,
+) -> Result<bool> {
     let removed: i64 = c
         .query_one(
             &format!(
