@@ -1,6 +1,12 @@
 -- mailspool's PostgreSQL spool, version 1: what the 0.50 file spool keeps in names,
 -- directories and side files, as rows. One message row (its bytes in chunks), one
 -- node row per recipient.
+--
+-- No foreign keys on purpose: their triggers were most of the database's work per
+-- delivered message. mailspool writes a message with its chunks and nodes in one
+-- transaction and removes them in one statement (crates/pg/src/queue.rs, `remove`);
+-- what a race can leave (a message whose last two nodes two hosts removed at once) is
+-- removed by the hourly sweep.
 CREATE TABLE mailspool_messages (
     pk        bigserial PRIMARY KEY,
     id        text   NOT NULL,          -- the spool id (a ULID; a 0.50 id when migrated)
@@ -13,7 +19,7 @@ CREATE INDEX mailspool_messages_id ON mailspool_messages (id);
 
 -- The message's bytes, in order; 256 KiB a chunk, so nothing holds a big one whole.
 CREATE TABLE mailspool_chunks (
-    message bigint  NOT NULL REFERENCES mailspool_messages ON DELETE CASCADE,
+    message bigint  NOT NULL,   -- mailspool_messages.pk
     seq     integer NOT NULL,
     data    bytea   NOT NULL,
     PRIMARY KEY (message, seq)
@@ -21,7 +27,7 @@ CREATE TABLE mailspool_chunks (
 
 CREATE TABLE mailspool_nodes (
     pk           bigserial PRIMARY KEY,
-    message      bigint   NOT NULL REFERENCES mailspool_messages ON DELETE CASCADE,
+    message      bigint   NOT NULL,  -- mailspool_messages.pk
     rcpt         text     NOT NULL,
     tier         smallint NOT NULL,
     entered      bigint   NOT NULL,     -- unix seconds it entered its tier (0.50's name time)
@@ -36,13 +42,14 @@ CREATE TABLE mailspool_nodes (
     lease_pid    integer,
     lease_token  text,
     lease_until  timestamptz
-);
+-- Room on each page, and no index on the lease columns: taking, renewing and giving
+-- back a claim are then HOT updates (no index entry written).
+) WITH (fillfactor = 70);
 CREATE INDEX mailspool_nodes_due ON mailspool_nodes (due) WHERE NOT held;
 CREATE INDEX mailspool_nodes_message ON mailspool_nodes (message);
-CREATE INDEX mailspool_nodes_lease ON mailspool_nodes (lease_token) WHERE lease_token IS NOT NULL;
 
 CREATE TABLE mailspool_attempts (
-    node      bigint  NOT NULL REFERENCES mailspool_nodes ON DELETE CASCADE,
+    node      bigint  NOT NULL,     -- mailspool_nodes.pk
     time      bigint  NOT NULL,
     host      text    NOT NULL,
     reply     text    NOT NULL,

@@ -96,7 +96,7 @@ impl Inner {
             return;
         }
         let written = async {
-            let mut c = self.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = self.pool.settling().await.map_err(|e| db("connect", e))?;
             c.execute(
                 "INSERT INTO mailspool_usage (time, bytes, kind, nodes) VALUES ($1, $2, 'Sent', $3)",
                 &[&(mailspool_spool::now() as i64), &(bytes as i64), &(nodes as i32)],

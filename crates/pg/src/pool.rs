@@ -19,7 +19,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Pool {
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
-    idle: Mutex<Vec<Conn>>,
+    /// Idle connections: [durable, settling] (see [`Pool::settling`]).
+    idle: Mutex<[Vec<Conn>; 2]>,
     permits: Arc<Semaphore>,
 }
 
@@ -28,6 +29,8 @@ pub struct Pool {
 struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// Which idle list it goes back to (0: durable, 1: settling).
+    kind: usize,
 }
 
 /// A client on loan; back to the pool when dropped (unless its connection died).
@@ -121,11 +124,8 @@ impl Drop for Pooled<'_> {
         if let Some(c) = self.client.take()
             && !c.client.is_closed()
         {
-            self.pool
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(c);
+            let kind = c.kind;
+            self.pool.idle.lock().unwrap_or_else(|e| e.into_inner())[kind].push(c);
         }
     }
 }
@@ -141,7 +141,7 @@ impl Pool {
         Pool {
             config,
             tls,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new([Vec::new(), Vec::new()]),
             permits: Arc::new(Semaphore::new(max.max(1))),
         }
     }
@@ -151,8 +151,25 @@ impl Pool {
         (self.config.clone(), self.tls.clone())
     }
 
-    /// A client: an idle one, or a new connection.
+    /// A client for what must be durable when it returns (intake commits, imports,
+    /// an operator's changes): `synchronous_commit = on` whatever the server's
+    /// default, so a commit returns once it is on disk (and on the synchronous
+    /// standbys, if there are any).
     pub async fn get(&self) -> Result<Pooled<'_>, tokio_postgres::Error> {
+        self.take(0).await
+    }
+
+    /// A client for a delivery's bookkeeping (claims, renewals, removing a delivered
+    /// node, moving a deferred one): `synchronous_commit = off`. What a crash of the
+    /// database can lose of these (its last fraction of a second) only repeats work:
+    /// a lost claim is free again, a lost move is retried, a lost removal sends the
+    /// message again (the at-least-once window the file spool has too, since its
+    /// unlink is not fsynced). Nothing acknowledged depends on them.
+    pub async fn settling(&self) -> Result<Pooled<'_>, tokio_postgres::Error> {
+        self.take(1).await
+    }
+
+    async fn take(&self, kind: usize) -> Result<Pooled<'_>, tokio_postgres::Error> {
         let permit = self
             .permits
             .clone()
@@ -160,7 +177,7 @@ impl Pool {
             .await
             .expect("pool semaphore open");
         loop {
-            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner())[kind].pop();
             match idle {
                 Some(c) if c.client.is_closed() => continue,
                 Some(c) => {
@@ -179,14 +196,19 @@ impl Pool {
                 tracing::debug!(error = %e, "database connection ended");
             }
         });
-        // Whatever the server's default: a commit returns once it is on disk (and on
-        // the synchronous standbys, if there are any).
-        client.batch_execute("SET synchronous_commit = on").await?;
+        client
+            .batch_execute(if kind == 0 {
+                "SET synchronous_commit = on"
+            } else {
+                "SET synchronous_commit = off"
+            })
+            .await?;
         Ok(Pooled {
             pool: self,
             client: Some(Conn {
                 client,
                 statements: HashMap::new(),
+                kind,
             }),
             _permit: permit,
         })

@@ -34,11 +34,15 @@ async fn remove(
             &format!(
                 "WITH d AS (
                    DELETE FROM mailspool_nodes WHERE pk = $1 AND {condition} RETURNING message),
+                 a AS (
+                   DELETE FROM mailspool_attempts WHERE node = $1 AND EXISTS (SELECT 1 FROM d)),
                  m AS (
                    DELETE FROM mailspool_messages m USING d WHERE m.pk = d.message
                    AND NOT EXISTS (SELECT 1 FROM mailspool_nodes n
                                    WHERE n.message = d.message AND n.pk <> $1)
-                   RETURNING 1)
+                   RETURNING m.pk),
+                 c AS (
+                   DELETE FROM mailspool_chunks WHERE message IN (SELECT pk FROM m))
                  SELECT count(*) FROM d"
             ),
             &[&pk, &token],
@@ -244,7 +248,7 @@ impl Store for PgSpool {
             let mut pause = std::time::Duration::from_millis(50);
             loop {
                 let attempt = async {
-                    let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+                    let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
                     remove(&mut c, pk, "lease_token = $2", &inner.me.token).await
                 };
                 match attempt.await {
@@ -268,7 +272,7 @@ impl Store for PgSpool {
         let name = entry.file_name.clone();
         let period = self.inner.config.period(tier) as i64;
         let moved = self.run(move |inner| async move {
-            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
             let now = now() as i64;
             let rows = c
                 .query(
@@ -304,7 +308,7 @@ impl Store for PgSpool {
             attempt.clone(),
         );
         self.run(move |inner| async move {
-            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
             c.execute(
                 "WITH n AS (UPDATE mailspool_nodes n SET last_reply = $4
                    FROM mailspool_messages m
@@ -427,17 +431,22 @@ impl Store for PgSpool {
 
     fn sweep(&self, max_age: std::time::Duration) -> usize {
         // Usage rows are kept (they are the history). What can be left over is a
-        // message without nodes (see `remove`): a message and its nodes are committed
-        // together, so any committed message without one is such a leftover.
+        // message without nodes (see `remove`), and the chunks and attempts of rows
+        // gone: a message and its nodes are committed together, so any committed
+        // message without one is such a leftover.
         let _ = max_age;
         self.run(move |inner| async move {
-            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            c.execute(
+            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            c.batch_execute(
                 "DELETE FROM mailspool_messages m
-                 WHERE NOT EXISTS (SELECT 1 FROM mailspool_nodes n WHERE n.message = m.pk)",
-                &[],
+                   WHERE NOT EXISTS (SELECT 1 FROM mailspool_nodes n WHERE n.message = m.pk);
+                 DELETE FROM mailspool_chunks c
+                   WHERE NOT EXISTS (SELECT 1 FROM mailspool_messages m WHERE m.pk = c.message);
+                 DELETE FROM mailspool_attempts a
+                   WHERE NOT EXISTS (SELECT 1 FROM mailspool_nodes n WHERE n.pk = a.node);",
             )
             .await
+            .map(|()| 0u64)
             .map_err(|e| db("sweep", e))
         })
         .unwrap_or(0) as usize

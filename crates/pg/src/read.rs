@@ -159,7 +159,7 @@ impl PgSpool {
         let name = entry.file_name.clone();
         self.run(move |inner| async move {
             use std::io::Write;
-            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
             let mut file = tempfile::tempfile()
                 .map_err(|e| SpoolError::io_path("create", std::env::temp_dir(), e))?;
             // One query, streamed chunk by chunk: memory holds one chunk, whatever the
