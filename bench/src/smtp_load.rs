@@ -3,9 +3,10 @@
 //! self-signed certificate for both ends and for Postfix.
 //!
 //! `mailspool-bench sink --port-file F --counts F [--tls-cert C --tls-key K]
-//! [--max-connections N] [--max-rate M]` writes "transactions recipients connections
+//! [--max-connections N] [--max-rate M] [--delay-ms D]` writes "transactions recipients connections
 //! tls_full tls_resumed throttled" to the counts file every 50 ms; with the limits it
-//! answers `421 4.7.28` above N connections at once or M messages a second.
+//! answers `421 4.7.28` above N connections at once or M messages a second; with D it
+//! answers each message's final dot D ms late (a distant receiver).
 //! `mailspool-bench load --port P --sessions N --messages M [--rcpts R] [--per-connection K]
 //! [--tls]` sends M 4 KB messages over N parallel sessions, K per connection (default 1,
 //! like smtp-source), and prints "seconds connections retries" (retries: connections
@@ -35,6 +36,8 @@ static OPEN: AtomicU64 = AtomicU64::new(0);
 struct Throttle {
     connections: Option<u64>,
     per_second: Option<usize>,
+    /// Wait this long before answering the final dot (a distant receiver).
+    delay: Option<Duration>,
 }
 
 static TAKEN: std::sync::Mutex<std::collections::VecDeque<Instant>> =
@@ -97,6 +100,7 @@ pub(crate) fn sink() {
     let throttle = Throttle {
         connections: flag("--max-connections").map(|n| n.parse().expect("--max-connections N")),
         per_second: flag("--max-rate").map(|n| n.parse().expect("--max-rate N (per second)")),
+        delay: flag("--delay-ms").map(|n| Duration::from_millis(n.parse().expect("--delay-ms N"))),
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     fs::write(
@@ -213,6 +217,9 @@ fn sink_session<S: Read + Write>(
                     if line == ".\r\n" {
                         break;
                     }
+                }
+                if let Some(d) = throttle.delay {
+                    std::thread::sleep(d);
                 }
                 b"250 2.0.0 Ok: queued\r\n"
             }

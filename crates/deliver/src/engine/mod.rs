@@ -450,9 +450,13 @@ impl Engine {
         let tiers: Vec<usize> = (0..config.tiers())
             .filter(|t| opts.tiers.as_ref().is_none_or(|only| only.contains(t)))
             .collect();
-        // A few rounds of this host's delivery slots at a time, not a whole chunk: what
-        // one host claims, the others cannot take, and they may be idle.
-        let limit = opts.limit.unwrap_or(PLAN_CHUNK).min(self.task_cap());
+        // One round of this host's delivery slots at a time, not a whole chunk: what
+        // one host claims, the others cannot take, and they may be idle (a host that
+        // claimed 800 nodes for a slow receiver would keep the other hosts waiting).
+        let limit = opts
+            .limit
+            .unwrap_or(PLAN_CHUNK)
+            .min(self.cfg().max_deliveries.max(1));
         let wanted = match &opts.selection {
             Selection::Due => mailspool_spool::Wanted::Due,
             Selection::All => mailspool_spool::Wanted::All,
