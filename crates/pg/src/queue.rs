@@ -122,6 +122,32 @@ impl Store for PgSpool {
         self.visit("ORDER BY n.held, n.tier, n.pk".to_owned(), f)
     }
 
+    fn node_state(&self, entry: &NodeEntry) -> (Option<u64>, Option<String>) {
+        let Ok(pk) = pk(entry) else {
+            return (None, None);
+        };
+        self.run(move |inner| async move {
+            let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
+            let r = c
+                .query_opt(
+                    "SELECT m.size, CASE WHEN n.lease_until > now()
+                       THEN n.lease_host || ' pid ' || n.lease_pid END
+                     FROM mailspool_nodes n JOIN mailspool_messages m ON m.pk = n.message
+                     WHERE n.pk = $1",
+                    &[&pk],
+                )
+                .await
+                .map_err(|e| db("read a node", e))?;
+            Ok(r.map_or((None, None), |r| {
+                (
+                    Some(r.get::<_, i64>(0) as u64),
+                    r.get::<_, Option<String>>(1),
+                )
+            }))
+        })
+        .unwrap_or((None, None))
+    }
+
     fn visit_listing(&self, f: &mut dyn FnMut(Listed) -> ControlFlow<()>) -> Result<()> {
         self.listing(f)
     }

@@ -225,6 +225,11 @@ impl PgSpool {
         self.driver.spawn(async move {
             let run = async {
                 let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+                // Sorting a million rows in memory rather than on disk is most of
+                // the listing's time; reset below, before the connection goes back.
+                c.batch_execute("SET work_mem = '256MB'; SET jit = off")
+                    .await
+                    .map_err(|e| db("list nodes", e))?;
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
                 let stream = c
                     .query_raw(
@@ -237,21 +242,26 @@ impl PgSpool {
                     )
                     .await
                     .map_err(|e| db("list nodes", e))?;
-                pin_mut!(stream);
-                let mut batch = Vec::with_capacity(4096);
-                while let Some(r) = stream.next().await {
-                    let r = r.map_err(|e| db("list nodes", e))?;
-                    batch.push(Listed {
-                        node: node_entry(&r),
-                        size: r.get::<_, i64>(8) as u64,
-                        last_error: r.get(9),
-                    });
-                    if batch.len() == 4096 && tx.send(Ok(std::mem::take(&mut batch))).is_err() {
-                        return Ok(());
+                let streamed = async {
+                    pin_mut!(stream);
+                    let mut batch = Vec::with_capacity(4096);
+                    while let Some(r) = stream.next().await {
+                        let r = r.map_err(|e| db("list nodes", e))?;
+                        batch.push(Listed {
+                            node: node_entry(&r),
+                            size: r.get::<_, i64>(8) as u64,
+                            last_error: r.get(9),
+                        });
+                        if batch.len() == 4096 && tx.send(Ok(std::mem::take(&mut batch))).is_err() {
+                            return Ok(()); // The reader stopped.
+                        }
                     }
-                }
-                let _ = tx.send(Ok(batch));
-                Ok::<(), SpoolError>(())
+                    let _ = tx.send(Ok(batch));
+                    Ok::<(), SpoolError>(())
+                };
+                let result = streamed.await;
+                let _ = c.batch_execute("RESET work_mem; RESET jit").await;
+                result
             };
             if let Err(e) = run.await {
                 let _ = tx.send(Err(e));

@@ -164,6 +164,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         max_scan: usize,
         keep: &mut dyn FnMut(&NodeEntry) -> bool,
     ) -> Result<crate::Page>;
+    /// A node's size in bytes (its message's), and who works on it now, if anyone.
+    fn node_state(&self, entry: &NodeEntry) -> (Option<u64>, Option<String>);
     /// Whether attempts are recorded (a file spool written by 0.50 alone has none).
     fn has_side_data(&self) -> bool {
         true
@@ -324,6 +326,12 @@ impl Store for Spool {
     }
     fn has_side_data(&self) -> bool {
         Spool::has_side_data(self)
+    }
+    fn node_state(&self, entry: &NodeEntry) -> (Option<u64>, Option<String>) {
+        // Never through a symlink: a planted one says nothing about what it points to.
+        let size = std::fs::symlink_metadata(&entry.path).ok().map(|m| m.len());
+        let holder = crate::lock::holder(&entry.path, &self.config().lock_policy());
+        (size, holder.map(|h| h.to_string()))
     }
     fn attempts(&self, node: &NodeName) -> Vec<Attempt> {
         Spool::attempts(self, node)

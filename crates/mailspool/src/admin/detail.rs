@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader, Read};
 
 use mailspool_spool::side::Attempt;
-use mailspool_spool::{NodeEntry, SpoolError, Store, escape, lock};
+use mailspool_spool::{NodeEntry, SpoolError, Store, escape};
 use serde::Serialize;
 
 /// One node of a message.
@@ -48,24 +48,26 @@ pub struct MessageDetail {
 
 /// Describe the nodes of one message (as [`super::select`] returned them).
 pub fn detail(spool: &dyn Store, nodes: &[NodeEntry]) -> Result<MessageDetail, SpoolError> {
-    let policy = spool.config().lock_policy();
     let first = nodes
         .first()
         .ok_or_else(|| SpoolError::NotFound(String::new()))?;
     let details = nodes
         .iter()
-        .map(|n| NodeDetail {
-            node: n.file_name.clone(),
-            to: n.name.to.clone(),
-            tier: n.tier,
-            held: n.held,
-            queued_at: n.name.time,
-            due_at: spool.due_at(n),
-            size: std::fs::symlink_metadata(&n.path).map_or(0, |m| m.len()),
-            lock: lock::holder(&n.path, &policy).map(|h| h.to_string()),
-            rescued: n.rescued,
-            attempts: spool.attempts(&n.name),
-            last_error: spool.last_error(&n.name),
+        .map(|n| {
+            let (size, lock) = spool.node_state(n);
+            NodeDetail {
+                node: n.file_name.clone(),
+                to: n.name.to.clone(),
+                tier: n.tier,
+                held: n.held,
+                queued_at: n.name.time,
+                due_at: spool.due_at(n),
+                size: size.unwrap_or(0),
+                lock,
+                rescued: n.rescued,
+                attempts: spool.attempts(&n.name),
+                last_error: spool.last_error(&n.name),
+            }
         })
         .collect();
     Ok(MessageDetail {

@@ -193,7 +193,7 @@ impl Context<'_> {
             "{:<26} {:>4} {:<19} {:<8} {:>9}  <{}> -> <{}>",
             n.id,
             tier,
-            fmt_time(n.time),
+            queued_at(n.time),
             due,
             size,
             escape(&n.from),
@@ -204,6 +204,27 @@ impl Context<'_> {
         }
         Ok(())
     }
+}
+
+/// [`fmt_time`], remembered for the last time seen on this thread: a busy queue has
+/// thousands of nodes queued in the same second, and a million-line listing spent a
+/// fifth of its time formatting the same dates again.
+fn queued_at(unix: u64) -> std::rc::Rc<str> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, std::rc::Rc<str>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((t, s)) if *t == unix => s.clone(),
+            _ => {
+                let s: std::rc::Rc<str> = fmt_time(unix).into();
+                *last = Some((unix, s.clone()));
+                s
+            }
+        }
+    })
 }
 
 /// The node's size, looked up relative to its directory and never through a symlink.

@@ -108,7 +108,7 @@ pub fn page(
         .nodes
         .iter()
         .map(|n| {
-            let size = std::fs::symlink_metadata(&n.path).ok().map(|m| m.len());
+            let (size, _) = spool.node_state(n);
             node_json(spool, n, size, side)
         })
         .collect();
