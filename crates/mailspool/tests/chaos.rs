@@ -9,6 +9,8 @@
 //! CI runs 6 kills; `MAILSPOOL_CHAOS_KILLS=60 cargo test --release --test chaos -- --nocapture`
 //! runs a long one.
 
+#[path = "support/chaos_intake.rs"]
+mod chaos_intake;
 #[path = "../../deliver/tests/common/mod.rs"]
 mod common;
 mod support;
@@ -142,54 +144,12 @@ async fn kill_nine_chaos_loses_nothing() {
         }));
     }
     // Intake 2: SMTP into `mailspool serve`, reconnecting across its deaths.
-    let smtp = {
-        let (acked, stop, serial, port) =
-            (acked.clone(), stop.clone(), serial.clone(), port.clone());
-        tokio::spawn(async move {
-            let connector = mailspool_smtp::TlsConnectors::new(None).unwrap();
-            let settings = mailspool_smtp::ClientSettings {
-                helo_name: "chaos.client".into(),
-                timeouts: common::quick_timeouts(),
-                tls: mailspool_smtp::TlsPolicy::None,
-                auth: None,
-                bind: Vec::new(),
-                verifier: None,
-            };
-            while !stop.load(Ordering::SeqCst) {
-                let addr = std::net::SocketAddr::from((
-                    [127, 0, 0, 1],
-                    port.load(Ordering::SeqCst) as u16,
-                ));
-                let Ok(mut s) =
-                    mailspool_smtp::Session::connect(addr, "127.0.0.1", &settings, &connector)
-                        .await
-                else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                for i in 0..20 {
-                    let token = format!("smtp-{}", serial.fetch_add(1, Ordering::SeqCst));
-                    let body = format!("Subject: chaos\n\ntoken: {token}\n");
-                    if i > 0 {
-                        s.reset_before_next();
-                    }
-                    let env = mailspool_smtp::Envelope {
-                        from: "chaos@client.test".into(),
-                        to: vec!["rcpt@chaos.test".into()],
-                        size: body.len() as u64,
-                        eight_bit: false,
-                        utf8_headers: false,
-                    };
-                    match s.send(&env, &mut body.as_bytes()).await {
-                        Ok(o) if o.data.as_ref().is_some_and(|d| d.is_positive()) => {
-                            acked.lock().unwrap().push(token)
-                        }
-                        _ => break,
-                    }
-                }
-            }
-        })
-    };
+    let smtp = tokio::spawn(chaos_intake::smtp_intake(
+        port.clone(),
+        acked.clone(),
+        stop.clone(),
+        serial.clone(),
+    ));
 
     // The chaos: kill -9 the daemon or the listener at random moments, restart it.
     let started = Instant::now();

@@ -11,6 +11,8 @@
 //! `MAILSPOOL_CHAOS_KILLS=30 cargo test --release --test chaos_postgres -- --nocapture`
 //! runs a long one.
 
+#[path = "support/chaos_intake.rs"]
+mod chaos_intake;
 #[path = "../../deliver/tests/common/mod.rs"]
 mod common;
 mod support;
@@ -169,50 +171,12 @@ async fn three_daemons_kills_and_a_database_restart_lose_nothing() {
     }
     // Intake 2: SMTP into `mailspool serve` on the third host.
     let (mut serve, port) = support::spawn_serve(mailspool(&hosts[2]));
-    let smtp = {
-        let (acked, stop, serial) = (acked.clone(), stop.clone(), serial.clone());
-        tokio::spawn(async move {
-            let connector = mailspool_smtp::TlsConnectors::new(None).unwrap();
-            let settings = mailspool_smtp::ClientSettings {
-                helo_name: "chaos.client".into(),
-                timeouts: common::quick_timeouts(),
-                tls: mailspool_smtp::TlsPolicy::None,
-                auth: None,
-                bind: Vec::new(),
-                verifier: None,
-            };
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            while !stop.load(Ordering::SeqCst) {
-                let Ok(mut s) =
-                    mailspool_smtp::Session::connect(addr, "127.0.0.1", &settings, &connector)
-                        .await
-                else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                for i in 0..20 {
-                    let token = format!("smtp-{}", serial.fetch_add(1, Ordering::SeqCst));
-                    let body = format!("Subject: chaos\n\ntoken: {token}\n");
-                    if i > 0 {
-                        s.reset_before_next();
-                    }
-                    let env = mailspool_smtp::Envelope {
-                        from: "chaos@client.test".into(),
-                        to: vec!["rcpt@chaos.test".into()],
-                        size: body.len() as u64,
-                        eight_bit: false,
-                        utf8_headers: false,
-                    };
-                    match s.send(&env, &mut body.as_bytes()).await {
-                        Ok(o) if o.data.as_ref().is_some_and(|d| d.is_positive()) => {
-                            acked.lock().unwrap().push(token)
-                        }
-                        _ => break,
-                    }
-                }
-            }
-        })
-    };
+    let smtp = tokio::spawn(chaos_intake::smtp_intake(
+        Arc::new(AtomicUsize::new(port as usize)),
+        acked.clone(),
+        stop.clone(),
+        serial.clone(),
+    ));
 
     // The chaos: SIGKILL a random daemon and restart it; restart PostgreSQL once, half
     // way through.

@@ -306,17 +306,7 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
     let (shown, messages) = (printer.shown, printer.messages.len());
     let out = &mut printer.out;
     if !args.json {
-        let r = if shown == 0 {
-            writeln!(out, "Mail queue is empty")
-        } else {
-            writeln!(
-                out,
-                "-- {shown} node{} of {messages} message{}",
-                if shown == 1 { "" } else { "s" },
-                if messages == 1 { "" } else { "s" }
-            )
-        };
-        r.map_err(write_failed)?;
+        footer(out, shown, messages)?;
     }
     out.flush().map_err(write_failed)
 }
@@ -369,18 +359,22 @@ fn list_rows(spool: &dyn Store, args: &ListArgs) -> CliResult {
         return Err(e);
     }
     if !args.json {
-        let r = if shown == 0 {
-            writeln!(out, "Mail queue is empty")
-        } else {
-            writeln!(
-                out,
-                "-- {shown} node{} of {} message{}",
-                if shown == 1 { "" } else { "s" },
-                messages.len(),
-                if messages.len() == 1 { "" } else { "s" }
-            )
-        };
-        r.map_err(write_failed)?;
+        footer(&mut out, shown, messages.len())?;
     }
     out.flush().map_err(write_failed)
+}
+
+/// The listing's last line: how many nodes of how many messages, or that there are none.
+fn footer(out: &mut impl Write, shown: usize, messages: usize) -> Result<(), Failure> {
+    let r = if shown == 0 {
+        writeln!(out, "Mail queue is empty")
+    } else {
+        writeln!(
+            out,
+            "-- {shown} node{} of {messages} message{}",
+            if shown == 1 { "" } else { "s" },
+            if messages == 1 { "" } else { "s" }
+        )
+    };
+    r.map_err(write_failed)
 }

@@ -375,24 +375,11 @@ pub fn default_spool_dir() -> Option<PathBuf> {
     if is_root() || Path::new(SYSTEM_SPOOL).is_dir() {
         return Some(PathBuf::from(SYSTEM_SPOOL));
     }
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute())
-                .map(|h| h.join(".local/state"))
-        })?;
-    Some(state.join("mailspool"))
+    Some(state_home()?.join("mailspool"))
 }
 
-/// This host's own state directory when the spool is a database (HTTP idempotency
-/// records): `/var/lib/mailspool` for root, else `$XDG_STATE_HOME/mailspool-local`.
-pub fn local_state_dir() -> PathBuf {
-    if is_root() {
-        return PathBuf::from("/var/lib/mailspool");
-    }
+/// The user's `$XDG_STATE_HOME` (else `~/.local/state`), when absolute.
+fn state_home() -> Option<PathBuf> {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
@@ -402,8 +389,16 @@ pub fn local_state_dir() -> PathBuf {
                 .filter(|p| p.is_absolute())
                 .map(|h| h.join(".local/state"))
         })
-        .unwrap_or_else(std::env::temp_dir)
-        .join("mailspool-local")
+}
+
+/// This host's own state directory when the spool is a database (HTTP idempotency
+/// records): `/var/lib/mailspool` for root, else `$XDG_STATE_HOME/mailspool-local`;
+/// none without a home (never a shared fallback such as `/tmp`).
+pub fn local_state_dir() -> Option<PathBuf> {
+    if is_root() {
+        return Some(PathBuf::from("/var/lib/mailspool"));
+    }
+    Some(state_home()?.join("mailspool-local"))
 }
 
 /// Whether `dir` is a user's own default spool (not a configured or system one).

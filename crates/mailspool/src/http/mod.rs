@@ -55,9 +55,20 @@ impl AppState {
         let tokens = tokens::TokenCache::new(&http.tokens_file).map_err(|e| e.to_string())?;
         // Kept beside a file spool; with a database, in this host's state directory (a
         // retried request must come back to the same host to be recognised).
-        let idempotency = match ms.spool().cache_dir() {
-            Some(dir) => idempotency::Store::new(dir),
-            None => idempotency::Store::new(&crate::config::local_state_dir()),
+        let idempotency = match ms
+            .spool()
+            .cache_dir()
+            .map(std::path::Path::to_path_buf)
+            .or_else(crate::config::local_state_dir)
+        {
+            Some(dir) => idempotency::Store::new(&dir),
+            None => {
+                return Err(
+                    "no directory for HTTP idempotency records: the spool is a database and \
+                     neither HOME nor XDG_STATE_HOME is set"
+                        .into(),
+                );
+            }
         };
         Ok(AppState {
             tls: http.tls.is_some(),
