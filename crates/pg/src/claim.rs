@@ -174,6 +174,29 @@ impl PgSpool {
         }
     }
 
+    /// See [`mailspool_spool::Store::postpone`].
+    pub(crate) fn postpone_claims(&self, keys: &[std::path::PathBuf], until: u64) {
+        let pks: Vec<i64> = keys.iter().filter_map(|k| row(k)).collect();
+        if pks.is_empty() {
+            return;
+        }
+        self.forget_claims(&pks);
+        let done = self.run(move |inner| async move {
+            let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
+            c.execute(
+                "UPDATE mailspool_nodes SET due = greatest(due, $3), lease_host = NULL,
+                   lease_pid = NULL, lease_token = NULL, lease_until = NULL
+                 WHERE pk = ANY($1) AND lease_token = $2",
+                &[&pks, &inner.me.token, &(until as i64)],
+            )
+            .await
+            .map_err(|e| db("postpone nodes", e))
+        });
+        if let Err(e) = done {
+            tracing::debug!(error = %e, "cannot postpone nodes; their claims run out by themselves");
+        }
+    }
+
     pub(crate) fn lock_one(&self, entry: &NodeEntry) -> Result<NodeLock> {
         let pk = pk(entry)?;
         if self

@@ -245,6 +245,10 @@ impl Store for PgSpool {
         self.watch_commits(wake);
         true
     }
+    fn postpone(&self, keys: &[std::path::PathBuf], until: u64) {
+        self.postpone_claims(keys, until)
+    }
+
     fn release_claims(&self, keys: &[std::path::PathBuf]) {
         self.give_back(keys)
     }

@@ -198,6 +198,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Option<Result<Vec<NodeEntry>>> {
         None
     }
+    /// Nodes this process claimed that cannot go before `until` (unix seconds: their
+    /// destination cools after throttling us): a back end with claims makes them due
+    /// then and gives them back, so no host takes them again meanwhile. The file spool
+    /// has nothing to do (its scans are the daemon's ticks).
+    fn postpone(&self, _keys: &[std::path::PathBuf], _until: u64) {}
     /// Call `wake` whenever another process (on any host) queues mail, if this back end
     /// can tell (a database's LISTEN/NOTIFY); false when it cannot (the file spool's
     /// daemon watches tier 0 with inotify instead).

@@ -600,6 +600,12 @@ impl Engine {
                 Err(not_now) => {
                     mailspool_metrics::global().shaping_waits.inc();
                     self.look_again_in(not_now.after);
+                    // A database queue would hand these straight back to the next
+                    // plan (of any host): make them due when the destination may take
+                    // mail again.
+                    let keys: Vec<PathBuf> = group.nodes.iter().map(|n| n.path.clone()).collect();
+                    self.spool
+                        .postpone(&keys, now().saturating_add(not_now.after.as_secs().max(1)));
                     return group
                         .nodes
                         .iter()
