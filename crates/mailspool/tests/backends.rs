@@ -593,3 +593,48 @@ fn postgres_tls_is_verified_when_the_url_requires_it() {
     mailspool_pg::PgSpool::open(&cluster.admin_url(), SpoolConfig::default(), options(None))
         .unwrap();
 }
+
+/// A destination that throttles us cools for a while; on a database queue its nodes are
+/// then made due when it may take mail again, so the next plan (of any host) does not
+/// take them straight back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_postpones_mail_for_a_cooling_destination() {
+    let Some(b) = Back::pg() else { return };
+    let script = Script {
+        mail: Some("421 4.7.28 rate limited, try again later".into()),
+        ..Script::default()
+    };
+    let sink = Sink::start(script).await;
+    let store = b.open();
+    let ms = Mailspool::with_store(b.config(), store.clone());
+    for i in 0..3 {
+        send(
+            &ms,
+            &format!("From: app@example.com\nTo: r{i}@example.org\n\nx\n"),
+        );
+    }
+    let engine = engine(store.clone(), &sink);
+    // The first pass is throttled: the nodes stay in tier 0, no retry used.
+    engine.run_pass(&all()).await.unwrap();
+    assert!(nodes(store.as_ref()).iter().all(|n| n.tier == 0));
+    // The destination cools: the next pass leaves its mail alone and postpones it.
+    let report = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(report.count(Outcome::Delivered), 0, "{report:?}");
+    let left = nodes(store.as_ref());
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().all(|n| n.tier == 0 && !n.held));
+    // Not due for any host now (it would be at once without the postponement: tier 0
+    // has no wait), and not claimed by anyone.
+    let other = b.open();
+    let taken = other
+        .claim(&[0], 100, mailspool_spool::Wanted::Due)
+        .unwrap()
+        .unwrap();
+    assert!(taken.is_empty(), "{taken:?}");
+    // Still listed and deliverable on demand (`queue run --all` ignores due times).
+    let forced = other
+        .claim(&[0], 100, mailspool_spool::Wanted::All)
+        .unwrap()
+        .unwrap();
+    assert_eq!(forced.len(), 3);
+}
