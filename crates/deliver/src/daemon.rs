@@ -251,8 +251,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let wake = Arc::new(Notify::new());
     engine.set_waker(wake.clone());
-    // A file spool's tier 0 is watched for other writers' commits; a database's
-    // claims are looked for on every tick.
+    // A file spool's tier 0 is watched (inotify) for other writers' commits; a
+    // database tells its listeners of every host's commits (LISTEN/NOTIFY).
     if let Some(files) = engine.spool().as_files() {
         let dir = files.tier_dir(0);
         let wake = wake.clone();
