@@ -42,9 +42,10 @@ pub(crate) async fn refusal(c: &tokio_postgres::Client, entry: &NodeEntry, pk: i
     {
         Ok(Some(r)) => SpoolError::Locked {
             node: entry.file_name.clone(),
+            // Another host wrote it: escaped like any name from outside.
             holder: format!(
                 "{} pid {}",
-                r.get::<_, Option<String>>(0).unwrap_or_default(),
+                mailspool_spool::escape(&r.get::<_, Option<String>>(0).unwrap_or_default()),
                 r.get::<_, Option<i32>>(1).unwrap_or_default()
             ),
         },

@@ -141,7 +141,8 @@ impl Store for PgSpool {
             Ok(r.map_or((None, None), |r| {
                 (
                     Some(r.get::<_, i64>(0) as u64),
-                    r.get::<_, Option<String>>(1),
+                    r.get::<_, Option<&str>>(1)
+                        .map(|h| mailspool_spool::escape(h).into_owned()),
                 )
             }))
         })

@@ -218,63 +218,25 @@ impl PgSpool {
 }
 
 impl PgSpool {
-    /// Stream listing rows (node, message size, last reply) to `f`.
+    /// Stream listing rows (node, message size, last reply) to `f`. Sorting a million
+    /// rows in memory rather than on disk is most of the listing's time, hence the
+    /// session settings (reset before the connection goes back to the pool).
     pub(crate) fn listing(&self, f: &mut dyn FnMut(Listed) -> ControlFlow<()>) -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Listed>>>(16);
-        let inner = self.inner.clone();
-        self.driver.spawn(async move {
-            let run = async {
-                let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-                // Sorting a million rows in memory rather than on disk is most of
-                // the listing's time; reset below, before the connection goes back.
-                c.batch_execute("SET work_mem = '256MB'; SET jit = off")
-                    .await
-                    .map_err(|e| db("list nodes", e))?;
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
-                let stream = c
-                    .query_raw(
-                        &format!(
-                            "SELECT {NODE_COLUMNS}, m.size, n.last_reply FROM mailspool_nodes n
-                             JOIN mailspool_messages m ON m.pk = n.message
-                             ORDER BY n.held, n.tier, n.entered, n.pk"
-                        ),
-                        params,
-                    )
-                    .await
-                    .map_err(|e| db("list nodes", e))?;
-                let streamed = async {
-                    pin_mut!(stream);
-                    let mut batch = Vec::with_capacity(4096);
-                    while let Some(r) = stream.next().await {
-                        let r = r.map_err(|e| db("list nodes", e))?;
-                        batch.push(Listed {
-                            node: node_entry(&r),
-                            size: r.get::<_, i64>(8) as u64,
-                            last_error: r.get(9),
-                        });
-                        if batch.len() == 4096 && tx.send(Ok(std::mem::take(&mut batch))).is_err() {
-                            return Ok(()); // The reader stopped.
-                        }
-                    }
-                    let _ = tx.send(Ok(batch));
-                    Ok::<(), SpoolError>(())
-                };
-                let result = streamed.await;
-                let _ = c.batch_execute("RESET work_mem; RESET jit").await;
-                result
-            };
-            if let Err(e) = run.await {
-                let _ = tx.send(Err(e));
-            }
-        });
-        for batch in rx {
-            for l in batch? {
-                if f(l).is_break() {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
+        let sql = format!(
+            "SELECT {NODE_COLUMNS}, m.size, n.last_reply FROM mailspool_nodes n
+             JOIN mailspool_messages m ON m.pk = n.message
+             ORDER BY n.held, n.tier, n.entered, n.pk"
+        );
+        let settings = Some((
+            "SET work_mem = '256MB'; SET jit = off",
+            "RESET work_mem; RESET jit",
+        ));
+        let listed = |r: &Row| Listed {
+            node: node_entry(r),
+            size: r.get::<_, i64>(8) as u64,
+            last_error: r.get(9),
+        };
+        self.stream(sql, settings, listed, f)
     }
 
     /// Stream node rows to `f` (a million rows never sit in memory at once).
@@ -283,40 +245,65 @@ impl PgSpool {
         tail: String,
         f: &mut dyn FnMut(Found) -> ControlFlow<()>,
     ) -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<NodeEntry>>>(16);
+        let sql = format!(
+            "SELECT {NODE_COLUMNS} FROM mailspool_nodes n
+             JOIN mailspool_messages m ON m.pk = n.message {tail}"
+        );
+        self.stream(sql, None, |r| Found::Node(node_entry(r)), f)
+    }
+
+    /// Run `sql` (with `settings`: what to SET before and RESET after) on the spool's
+    /// runtime and hand each row, made by `make`, to `f` here, in batches through a
+    /// bounded channel; `f` breaking stops the query.
+    fn stream<T: Send + 'static>(
+        &self,
+        sql: String,
+        settings: Option<(&'static str, &'static str)>,
+        make: fn(&Row) -> T,
+        f: &mut dyn FnMut(T) -> ControlFlow<()>,
+    ) -> Result<()> {
+        const BATCH: usize = 4096;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<T>>>(16);
         let inner = self.inner.clone();
         self.driver.spawn(async move {
             let run = async {
                 let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
-                let stream = c
-                    .query_raw(
-                        &format!(
-                            "SELECT {NODE_COLUMNS} FROM mailspool_nodes n
-                             JOIN mailspool_messages m ON m.pk = n.message {tail}"
-                        ),
-                        params,
-                    )
-                    .await
-                    .map_err(|e| db("list nodes", e))?;
-                pin_mut!(stream);
-                let mut batch = Vec::with_capacity(1024);
-                while let Some(r) = stream.next().await {
-                    batch.push(node_entry(&r.map_err(|e| db("list nodes", e))?));
-                    if batch.len() == 1024 && tx.send(Ok(std::mem::take(&mut batch))).is_err() {
-                        return Ok(()); // The reader stopped.
-                    }
+                if let Some((set, _)) = settings {
+                    c.batch_execute(set)
+                        .await
+                        .map_err(|e| db("list nodes", e))?;
                 }
-                let _ = tx.send(Ok(batch));
-                Ok::<(), SpoolError>(())
+                let streamed = async {
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
+                    let stream = c
+                        .query_raw(&sql, params)
+                        .await
+                        .map_err(|e| db("list nodes", e))?;
+                    pin_mut!(stream);
+                    let mut batch = Vec::with_capacity(BATCH);
+                    while let Some(r) = stream.next().await {
+                        batch.push(make(&r.map_err(|e| db("list nodes", e))?));
+                        if batch.len() == BATCH && tx.send(Ok(std::mem::take(&mut batch))).is_err()
+                        {
+                            return Ok(()); // The reader stopped.
+                        }
+                    }
+                    let _ = tx.send(Ok(batch));
+                    Ok::<(), SpoolError>(())
+                };
+                let result = streamed.await;
+                if let Some((_, reset)) = settings {
+                    let _ = c.batch_execute(reset).await;
+                }
+                result
             };
             if let Err(e) = run.await {
                 let _ = tx.send(Err(e));
             }
         });
         for batch in rx {
-            for n in batch? {
-                if f(Found::Node(n)).is_break() {
+            for item in batch? {
+                if f(item).is_break() {
                     return Ok(());
                 }
             }

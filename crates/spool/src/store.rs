@@ -123,38 +123,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Visit every node: every tier, then the held ones.
     fn visit_all(&self, f: &mut dyn FnMut(Found) -> ControlFlow<()>) -> Result<()>;
     /// Every node with its size and last failure, every tier then the held ones (a
-    /// listing). The default asks for each node's size and history; a database
-    /// answers in one query.
-    fn visit_listing(&self, f: &mut dyn FnMut(Listed) -> ControlFlow<()>) -> Result<()> {
-        self.visit_all(&mut |found| match found {
-            Found::Node(node) => {
-                let size = self.open_node(&node).map_or(0, |n| n.size);
-                let last_error = self.last_error(&node.name);
-                f(Listed {
-                    node,
-                    size,
-                    last_error,
-                })
-            }
-            Found::Unparsable(_) => ControlFlow::Continue(()),
-        })
-    }
+    /// listing).
+    fn visit_listing(&self, f: &mut dyn FnMut(Listed) -> ControlFlow<()>) -> Result<()>;
     /// Nodes whose message id, or whose key (`file_name`), is `key`.
-    fn find(&self, key: &str) -> Result<Vec<NodeEntry>> {
-        let mut out = Vec::new();
-        self.visit_all(&mut |f| {
-            if let Found::Node(n) = f
-                && (n.name.id == key || n.file_name == key)
-            {
-                out.push(n);
-            }
-            ControlFlow::Continue(())
-        })?;
-        if out.is_empty() {
-            return Err(crate::SpoolError::NotFound(key.to_owned()));
-        }
-        Ok(out)
-    }
+    fn find(&self, key: &str) -> Result<Vec<NodeEntry>>;
     /// Up to `limit` nodes that `keep` accepts, from `start`, looking at no more than
     /// `max_scan`; the page says where the next one starts.
     fn page(
@@ -320,6 +292,22 @@ impl Store for Spool {
     fn find(&self, key: &str) -> Result<Vec<NodeEntry>> {
         Spool::find(self, key)
     }
+    fn visit_listing(&self, f: &mut dyn FnMut(Listed) -> ControlFlow<()>) -> Result<()> {
+        // `queue list` has its own faster way through a directory; this one serves
+        // callers that hold any back end.
+        self.visit_all(&mut |found| match found {
+            Found::Node(node) => {
+                let size = self.open_node(&node).map_or(0, |n| n.size);
+                let last_error = Spool::last_error(self, &node.name);
+                f(Listed {
+                    node,
+                    size,
+                    last_error,
+                })
+            }
+            Found::Unparsable(_) => ControlFlow::Continue(()),
+        })
+    }
     fn page(
         &self,
         start: crate::Cursor,
@@ -384,7 +372,10 @@ impl Store for Spool {
         Spool::release_delay_warning(self, node)
     }
     fn sweep(&self, max_age: std::time::Duration) -> usize {
-        let side = Spool::prune_side_data(self).unwrap_or(0);
+        let side = Spool::prune_side_data(self).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot prune side data");
+            0
+        });
         side + Spool::prune_delay_warnings(self, max_age)
             + Spool::prune_dkim_signatures(self, max_age)
     }
