@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod config;
 mod delivery;
+pub mod embed;
 pub mod http;
 pub mod pickup;
 pub mod send;
@@ -26,6 +27,7 @@ pub mod sysexits;
 use std::sync::Arc;
 
 pub use config::{Config, ConfigError, HttpConfig};
+pub use embed::{ErrorKind, OpenError, QueueEntry};
 pub use mailspool_deliver::{NodeResult, Outcome, Report};
 pub use mailspool_spool::{Spool, SpoolConfig, SpoolError, Store, escape};
 pub use send::{Delivery, MessageSource, Prepared, SendError, SendMail, Sent, Submitter};
