@@ -19,8 +19,10 @@ pub fn lib_dir() -> PathBuf {
 
 /// The spool's nodes, sorted by recipient then id.
 pub fn queue(spool: &Path) -> Vec<QueueEntry> {
-    let mut config = Config::default();
-    config.spool_dir = spool.to_owned();
+    let config = Config {
+        spool_dir: spool.to_owned(),
+        ..Config::default()
+    };
     let mut q = Mailspool::open(config).unwrap().queue().unwrap();
     q.sort_by(|a, b| (&a.to, &a.id).cmp(&(&b.to, &b.id)));
     q
