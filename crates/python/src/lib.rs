@@ -195,6 +195,34 @@ fn outcome_name(o: Outcome) -> &'static str {
     }
 }
 
+/// The Python view of what the library queued.
+fn sent_to_py(py: Python<'_>, sent: mailspool::Sent) -> PyResult<Sent> {
+    let delivery = match &sent.delivery {
+        None => None,
+        Some(rs) => Some(
+            rs.iter()
+                .map(|r| {
+                    Py::new(
+                        py,
+                        DeliveryResult {
+                            recipient: r.to.clone(),
+                            outcome: outcome_name(r.outcome),
+                            reply: r.reply.clone(),
+                        },
+                    )
+                })
+                .collect::<PyResult<_>>()?,
+        ),
+    };
+    Ok(Sent {
+        id: sent.id,
+        sender: sent.from,
+        recipients: sent.recipients,
+        size: sent.size,
+        delivery,
+    })
+}
+
 #[pymethods]
 impl Spool {
     /// Open a spool for intake. `config`: a mailspool.toml; without it the spool is found
@@ -267,30 +295,65 @@ impl Spool {
                 code,
             ));
         }
-        let delivery = match &sent.delivery {
-            None => None,
-            Some(rs) => Some(
-                rs.iter()
-                    .map(|r| {
-                        Py::new(
-                            py,
-                            DeliveryResult {
-                                recipient: r.to.clone(),
-                                outcome: outcome_name(r.outcome),
-                                reply: r.reply.clone(),
-                            },
-                        )
-                    })
-                    .collect::<PyResult<_>>()?,
-            ),
-        };
-        Ok(Sent {
-            id: sent.id,
-            sender: sent.from,
-            recipients: sent.recipients,
-            size: sent.size,
-            delivery,
-        })
+        sent_to_py(py, sent)
+    }
+
+    /// Queue many messages with shared disk flushes (far faster than one call each).
+    /// Returns, in order, a `Sent` or the `MailspoolError` (not raised) for each
+    /// message; each message is all or nothing, like `send_mail` in deferred mode.
+    #[pyo3(signature = (messages, to=None, sender=None))]
+    fn send_many(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        to: Option<&Bound<'_, PyAny>>,
+        sender: Option<String>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let inputs = messages
+            .try_iter()?
+            .map(|m| message_input(&m?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let to = recipients(to)?;
+        let sources: Vec<(&[u8], Option<PathBuf>)> = inputs
+            .iter()
+            .map(|i| match i {
+                Input::Bytes(b) => (b.as_bytes(), None),
+                Input::Owned(v) => (&v[..], None),
+                Input::Path(p) => (&[][..], Some(p.clone())),
+            })
+            .collect();
+        let results = py.detach(|| {
+            let mut slots: Vec<Option<Result<mailspool::Sent, SendError>>> = Vec::new();
+            let mut prepared = Vec::new();
+            let mut at = Vec::new();
+            for (bytes, path) in sources {
+                let source = match path {
+                    Some(p) => MessageSource::Path(p),
+                    None => MessageSource::Bytes(bytes),
+                };
+                let mut mail = SendMail::new(source).to(to.iter().cloned());
+                mail.from = sender.clone();
+                match self.inner.prepare(mail) {
+                    Ok(p) => {
+                        at.push(slots.len());
+                        slots.push(None);
+                        prepared.push(p);
+                    }
+                    Err(e) => slots.push(Some(Err(e))),
+                }
+            }
+            for (i, r) in at.into_iter().zip(self.inner.commit_batch(prepared)) {
+                slots[i] = Some(r);
+            }
+            slots.into_iter().flatten().collect::<Vec<_>>()
+        });
+        results
+            .into_iter()
+            .map(|r| match r {
+                Ok(sent) => Ok(Py::new(py, sent_to_py(py, sent)?)?.into_any()),
+                Err(e) => Ok(send_error(py, e).into_value(py).into_any()),
+            })
+            .collect()
     }
 
     /// Every queued node (one per recipient): every tier, then the held ones.

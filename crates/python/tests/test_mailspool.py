@@ -202,6 +202,26 @@ def test_queue_entries(spool, spool_dir):
     assert (spool_dir / "0" / e.node).exists()
 
 
+def test_send_many_commits_each_or_reports_it(spool, spool_dir):
+    good = [MSG, b"To: many@rcpt.test\nSubject: 2\n\nsecond\n"]
+    results = spool.send_many([good[0], b"Subject: nobody\n\nx\n", good[1]])
+    assert len(results) == 3
+    assert isinstance(results[0], mailspool.Sent) and isinstance(results[2], mailspool.Sent)
+    assert isinstance(results[1], mailspool.NoRecipients)
+    assert results[1].exit_code == 64
+    assert len(recipients_of(spool_dir, results[0].id)) == 4
+    assert recipients_of(spool_dir, results[2].id) == ["many@rcpt.test"]
+    assert len(nodes(spool_dir)) == 5
+    assert list((spool_dir / "tmp").iterdir()) == []
+    # An explicit envelope applies to every message.
+    results = spool.send_many((m for m in good), to="all@rcpt.test", sender="")
+    assert [(t, s) for r in results for i, t, s, _ in nodes(spool_dir) if i == r.id] == [
+        ("all@rcpt.test", ""),
+        ("all@rcpt.test", ""),
+    ]
+    assert spool.send_many([]) == []
+
+
 def test_threads_share_one_spool(spool, spool_dir):
     ids, errors = [], []
 

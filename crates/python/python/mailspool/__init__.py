@@ -18,6 +18,10 @@ nothing unless every recipient is delivered) or ``"background"`` (try now, queue
 is not delivered). ``id`` chooses the message id (refused with ``IdInUse`` when it is
 queued already). The Bcc header is never stored.
 
+``send_many(messages, to=None, sender=None)`` queues many messages (deferred) with
+shared disk flushes, several times faster than a call each; it returns, in order, a
+``Sent`` or the ``MailspoolError`` (returned, not raised) of each message.
+
 Failures raise a subclass of ``MailspoolError`` carrying ``kind`` and ``exit_code``
 (sendmail's code: 75 means try again later, as do the ``TemporaryFailure`` classes
 ``SpoolFull``, ``SpoolUnavailable`` and ``Locked``). The GIL is released while a

@@ -94,6 +94,14 @@ class Spool:
         delivery: DeliveryMode = "deferred",
         id: Optional[str] = None,
     ) -> Sent: ...
+    def send_many(
+        self,
+        messages: Iterable[Message],
+        to: Optional[Union[str, Iterable[str]]] = None,
+        sender: Optional[str] = None,
+    ) -> list[Union[Sent, MailspoolError]]:
+        """Queue many messages with shared disk flushes; each result is a Sent or the
+        error (returned, not raised) of that message."""
     def queue(self) -> list[QueueEntry]: ...
     @property
     def location(self) -> str: ...
