@@ -40,7 +40,7 @@ pub enum ErrorKind {
     SpoolUnavailable = 10,
     /// Someone else holds the lock: try again later.
     Locked = 11,
-    /// We may not write the spool (another user's, or read-only).
+    /// We may not write the spool (another user's, one others may write, or read-only).
     NoPermission = 12,
     /// The configuration or the spool's settings are wrong.
     Config = 13,
@@ -113,7 +113,9 @@ pub fn spool_error_kind(e: &SpoolError) -> ErrorKind {
         SpoolError::IdInUse(_) => ErrorKind::IdInUse,
         SpoolError::Locked { .. } => ErrorKind::Locked,
         SpoolError::NotFound(_) | SpoolError::Missing(_) => ErrorKind::NoInput,
-        SpoolError::UnsafeSpool { .. } | SpoolError::Config(_) => ErrorKind::Config,
+        // Another user's spool (or one others may write): not ours to use.
+        SpoolError::UnsafeSpool { .. } => ErrorKind::NoPermission,
+        SpoolError::Config(_) => ErrorKind::Config,
         SpoolError::Database(_) => ErrorKind::SpoolUnavailable,
     }
 }
