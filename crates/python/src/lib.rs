@@ -133,6 +133,31 @@ enum Input<'py> {
     Path(PathBuf),
 }
 
+/// An [`Input`] as plain data that may cross into the GIL-free closure.
+enum Plain<'a> {
+    Bytes(&'a [u8]),
+    Path(PathBuf),
+}
+
+impl Input<'_> {
+    fn plain(&self) -> Plain<'_> {
+        match self {
+            Input::Bytes(b) => Plain::Bytes(b.as_bytes()),
+            Input::Owned(v) => Plain::Bytes(v),
+            Input::Path(p) => Plain::Path(p.clone()),
+        }
+    }
+}
+
+impl<'a> Plain<'a> {
+    fn source(self) -> MessageSource<'a> {
+        match self {
+            Plain::Bytes(b) => MessageSource::Bytes(b),
+            Plain::Path(p) => MessageSource::Path(p),
+        }
+    }
+}
+
 fn message_input<'py>(message: &Bound<'py, PyAny>) -> PyResult<Input<'py>> {
     if let Ok(b) = message.cast::<PyBytes>() {
         return Ok(Input::Bytes(b.clone()));
@@ -253,20 +278,12 @@ impl Spool {
         let input = message_input(message)?;
         let to = recipients(to)?;
         let mode = delivery_mode(delivery)?;
-        let (bytes, path) = match &input {
-            Input::Bytes(b) => (b.as_bytes(), None),
-            Input::Owned(v) => (&v[..], None),
-            Input::Path(p) => (&[][..], Some(p.clone())),
-        };
+        let plain = input.plain();
         // Parsing, writing, fsync and the commit run without the GIL: other Python
         // threads go on meanwhile (and may call send_mail on the same Spool).
         let sent = py
             .detach(|| {
-                let source = match path {
-                    Some(p) => MessageSource::Path(p),
-                    None => MessageSource::Bytes(bytes),
-                };
-                let mut mail = SendMail::new(source).to(to);
+                let mut mail = SendMail::new(plain.source()).to(to);
                 mail.from = sender;
                 mail.id = id;
                 mail.delivery = mode;
@@ -314,24 +331,13 @@ impl Spool {
             .map(|m| message_input(&m?))
             .collect::<PyResult<Vec<_>>>()?;
         let to = recipients(to)?;
-        let sources: Vec<(&[u8], Option<PathBuf>)> = inputs
-            .iter()
-            .map(|i| match i {
-                Input::Bytes(b) => (b.as_bytes(), None),
-                Input::Owned(v) => (&v[..], None),
-                Input::Path(p) => (&[][..], Some(p.clone())),
-            })
-            .collect();
+        let plains: Vec<Plain<'_>> = inputs.iter().map(Input::plain).collect();
         let results = py.detach(|| {
             let mut slots: Vec<Option<Result<mailspool::Sent, SendError>>> = Vec::new();
             let mut prepared = Vec::new();
             let mut at = Vec::new();
-            for (bytes, path) in sources {
-                let source = match path {
-                    Some(p) => MessageSource::Path(p),
-                    None => MessageSource::Bytes(bytes),
-                };
-                let mut mail = SendMail::new(source).to(to.iter().cloned());
+            for plain in plains {
+                let mut mail = SendMail::new(plain.source()).to(to.iter().cloned());
                 mail.from = sender.clone();
                 match self.inner.prepare(mail) {
                     Ok(p) => {
