@@ -70,7 +70,11 @@ fn run(static_link: bool) {
     let headers_id = line("headers Ok ")
         .trim_start_matches("headers Ok ")
         .to_owned();
-    assert_eq!(line("explicit "), "explicit Ok Cid.1");
+    // Checked by the C program itself: one node per recipient (To x2, Cc, Bcc), mode
+    // 0600, no Bcc header, nothing in tmp/.
+    assert_eq!(line("headers nodes "), "headers nodes 4");
+    assert_eq!(line("explicit Ok"), "explicit Ok Cid.1");
+    assert_eq!(line("explicit nodes "), "explicit nodes 2");
     assert_eq!(line("again "), "again IdInUse exit=65");
     assert!(
         line("bad ").starts_with("bad BadAddress exit=65 error="),

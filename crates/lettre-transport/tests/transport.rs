@@ -68,7 +68,19 @@ fn sync_send_queues_one_node_per_recipient() {
         assert!(!head.contains("secret@"), "Bcc stored:\n{text}");
         assert!(head.contains("Subject: from lettre"), "{text}");
         assert!(text.contains("hello from lettre"), "{text}");
+        let path = dir.path().join("spool/0").join(&e.node);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o7777, 0o600);
     }
+    // Committed: nothing half-written is left in tmp/.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("spool/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]

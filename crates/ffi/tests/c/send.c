@@ -1,9 +1,12 @@
 /* Exercises mailspool.h as a C program would: open, send (headers, explicit envelope,
  * a file, errors), list the queue, and send from several threads on one handle.
  * Prints one line per step; tests/c_abi.rs checks the lines and the spool's nodes. */
+#include <dirent.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "mailspool.h"
 
@@ -17,6 +20,44 @@ static const char MSG[] =
     "hello from C\n";
 
 static mailspool_t *spool;
+static const char *spool_dir;
+
+/* The commit's rules seen from C: on success the message's nodes are in tier 0 (one per
+ * recipient, names TIME-ID-TO-FROM), mode 0600, without the Bcc header; nothing is left
+ * in tmp/. Returns the number of nodes of `id`, or -1 on a broken rule. */
+static int check_nodes(const char *id) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/0", spool_dir);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    int count = 0, broken = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *dash = strchr(e->d_name, '-');
+        if (e->d_name[0] == '.' || !dash || strncmp(dash + 1, id, strlen(id)) != 0 ||
+            dash[1 + strlen(id)] != '-')
+            continue;
+        count++;
+        char file[8192];
+        snprintf(file, sizeof file, "%s/%s", path, e->d_name);
+        struct stat st;
+        if (stat(file, &st) != 0 || (st.st_mode & 07777) != 0600) broken = 1;
+        FILE *f = fopen(file, "r");
+        if (!f) { broken = 1; continue; }
+        char line[1024];
+        while (fgets(line, sizeof line, f) && strcmp(line, "\n") != 0)
+            if (strncmp(line, "Bcc:", 4) == 0 || strstr(line, "secret@")) broken = 1;
+        fclose(f);
+    }
+    closedir(d);
+    snprintf(path, sizeof path, "%s/tmp", spool_dir);
+    if ((d = opendir(path))) {
+        while ((e = readdir(d)))
+            if (e->d_name[0] != '.') broken = 1;
+        closedir(d);
+    }
+    return broken ? -1 : count;
+}
 
 static void *sender_thread(void *arg) {
     long failures = 0;
@@ -36,6 +77,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: send SPOOL_DIR MESSAGE_FILE\n");
         return 2;
     }
+    spool_dir = argv[1];
     int rc = mailspool_open(NULL, argv[1], &spool);
     if (rc != MAILSPOOL_OK) {
         printf("open failed: %s %s\n", mailspool_status_name(rc), mailspool_last_error());
@@ -47,6 +89,7 @@ int main(int argc, char **argv) {
     rc = mailspool_send_mail(spool, (const uint8_t *)MSG, strlen(MSG), NULL, 0, NULL,
                              MAILSPOOL_DEFERRED, NULL, &id);
     printf("headers %s %s\n", mailspool_status_name(rc), id ? id : "-");
+    printf("headers nodes %d\n", id ? check_nodes(id) : -1);
     mailspool_free(id);
 
     const char *to[] = {"explicit@rcpt.test", "<other@rcpt.test>"};
@@ -54,6 +97,7 @@ int main(int argc, char **argv) {
     rc = mailspool_send_mail(spool, (const uint8_t *)MSG, strlen(MSG), to, 2, "",
                              MAILSPOOL_DEFERRED, "Cid.1", &id);
     printf("explicit %s %s\n", mailspool_status_name(rc), id ? id : "-");
+    printf("explicit nodes %d\n", id ? check_nodes(id) : -1);
     mailspool_free(id);
 
     rc = mailspool_send_mail(spool, (const uint8_t *)MSG, strlen(MSG), to, 2, "",
