@@ -114,4 +114,8 @@ waitpid($pid, 0);
 is($?, 0, 'child sent');
 is((nodes_of('ChildId'))[0]{to}, 'child@rcpt.test', 'child node');
 
+# 0.50's daemon side points at mailspool's daemon.
+ok(!eval { $spool->daemon; 1 }, 'daemon is not offered');
+like($@, qr/mailspool daemon/, 'and says what to run instead');
+
 done_testing;

@@ -120,6 +120,15 @@ sub send_mail {
     return $queued;
 }
 
+# 0.50's daemon side is `mailspool daemon` now: say so instead of "no such method".
+for my $method (qw(daemon dequeue list_spool_handles create_dequeue_dirs)) {
+    no strict 'refs';
+    *{$method} = sub {
+        Carp::croak("Mail::Spool::$method is not offered by mailspool's Mail::Spool: run "
+            . "`mailspool daemon` (or `mailspool queue run`) to deliver the spool");
+    };
+}
+
 # The object a function call (or a class method call) uses: one per process.
 my $default;
 sub _default { return $default //= __PACKAGE__->new }
