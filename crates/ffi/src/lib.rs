@@ -288,7 +288,8 @@ unsafe fn send(
     if to.is_null() && to_count > 0 {
         return Err(Failure::invalid("to is NULL but to_count is not 0"));
     }
-    let mut recipients = Vec::with_capacity(to_count);
+    // Not sized by `to_count` up front: a wrong count must not ask for a huge allocation.
+    let mut recipients = Vec::new();
     for i in 0..to_count {
         // SAFETY: `to` holds `to_count` pointers (checked non-NULL above).
         let p = unsafe { *to.add(i) };
