@@ -18,7 +18,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use mailspool::embed::{ErrorKind, OpenError};
-use mailspool::{Delivery, Mailspool, MessageSource, Outcome, SendError, SendMail};
+use mailspool::{Delivery, Mailspool, MessageSource, SendError, SendMail};
 
 /// A spool opened for intake. Opaque to C.
 pub struct Handle {
@@ -303,36 +303,14 @@ unsafe fn send(
     mail.id = unsafe { opt_str(id, "id") }?.map(str::to_owned);
     mail.delivery = delivery;
     let sent = h.spool.send_mail(mail)?;
-    if delivery == Delivery::Interactive {
-        let failed: Vec<String> = sent
-            .delivery
-            .iter()
-            .flatten()
-            .filter(|r| r.outcome != Outcome::Delivered)
-            .map(|r| {
-                format!(
-                    "<{}>: {}",
-                    mailspool::escape(&r.to),
-                    mailspool::escape(&r.reply)
-                )
-            })
-            .collect();
-        if !failed.is_empty() {
-            let permanent = sent
-                .delivery
-                .iter()
-                .flatten()
-                .any(|r| r.outcome == Outcome::Failed);
-            return Err(Failure {
-                kind: ErrorKind::NotDelivered,
-                message: format!("not delivered (nothing kept): {}", failed.join("; ")),
-                exit_code: if permanent {
-                    mailspool::sysexits::UNAVAILABLE
-                } else {
-                    mailspool::sysexits::TEMPFAIL
-                },
-            });
-        }
+    if delivery == Delivery::Interactive
+        && let Some((message, exit_code)) = mailspool::embed::not_delivered(&sent)
+    {
+        return Err(Failure {
+            kind: ErrorKind::NotDelivered,
+            message,
+            exit_code,
+        });
     }
     give_string(id_out, sent.id);
     Ok(())

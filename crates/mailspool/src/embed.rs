@@ -10,7 +10,7 @@ use mailspool_message::IntakeError;
 use mailspool_spool::SpoolError;
 use serde::Serialize;
 
-use crate::{Config, ConfigError, Mailspool, SendError};
+use crate::{Config, ConfigError, Mailspool, Outcome, SendError, Sent};
 
 /// Why a call failed, for callers that branch on it. The numbers are the C ABI's status
 /// codes (`MAILSPOOL_E_*`) and never change meaning; new kinds get new numbers.
@@ -148,6 +148,30 @@ impl SendError {
             SendError::Engine(_) => ErrorKind::NotDelivered,
         }
     }
+}
+
+/// After an interactive delivery: why not every recipient took the message (each one's
+/// reply, escaped) and sendmail's exit code for it (69 when one failed for good, else
+/// 75); `None` when all did. Interactive mode keeps nothing, so this is a failure.
+pub fn not_delivered(sent: &Sent) -> Option<(String, u8)> {
+    let results = sent.delivery.as_deref().unwrap_or_default();
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r.outcome != Outcome::Delivered)
+        .map(|r| format!("<{}>: {}", crate::escape(&r.to), crate::escape(&r.reply)))
+        .collect();
+    if failed.is_empty() {
+        return None;
+    }
+    let code = if results.iter().any(|r| r.outcome == Outcome::Failed) {
+        crate::sysexits::UNAVAILABLE
+    } else {
+        crate::sysexits::TEMPFAIL
+    };
+    Some((
+        format!("not delivered (nothing kept): {}", failed.join("; ")),
+        code,
+    ))
 }
 
 /// Why a spool could not be opened.

@@ -290,27 +290,10 @@ impl Spool {
                 self.inner.send_mail(mail)
             })
             .map_err(|e| send_error(py, e))?;
-        let results = sent.delivery.as_deref().unwrap_or_default();
         if mode == Delivery::Interactive
-            && let failed = results
-                .iter()
-                .filter(|r| r.outcome != Outcome::Delivered)
-                .map(|r| format!("<{}>: {}", r.to, r.reply))
-                .collect::<Vec<_>>()
-            && !failed.is_empty()
+            && let Some((message, code)) = mailspool::embed::not_delivered(&sent)
         {
-            let permanent = results.iter().any(|r| r.outcome == Outcome::Failed);
-            let code = if permanent {
-                mailspool::sysexits::UNAVAILABLE
-            } else {
-                mailspool::sysexits::TEMPFAIL
-            };
-            return Err(error(
-                py,
-                ErrorKind::NotDelivered,
-                format!("not delivered (nothing kept): {}", failed.join("; ")),
-                code,
-            ));
+            return Err(error(py, ErrorKind::NotDelivered, message, code));
         }
         sent_to_py(py, sent)
     }
