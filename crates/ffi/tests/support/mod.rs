@@ -7,14 +7,31 @@ use std::path::{Path, PathBuf};
 
 use mailspool::{Config, Mailspool, QueueEntry};
 
-/// target/debug (or release): where libmailspool.so and .a are.
+/// target/debug (or release), where libmailspool.so and .a are, after building them.
+/// `cargo test` builds no cdylib or staticlib for integration tests (they link only an
+/// rlib, and this crate has none), so the test asks cargo for them: with the test's own
+/// profile and target dir it only links what is already compiled.
 pub fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     // target/debug/deps/<test> -> target/debug
-    exe.parent()
+    let dir = exe
+        .parent()
         .and_then(Path::parent)
         .expect("target dir")
-        .to_owned()
+        .to_owned();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "--quiet", "--lib", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(dir.parent().expect("target dir"));
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "cargo build of libmailspool failed");
+    dir
 }
 
 /// The spool's nodes, sorted by recipient then id.
