@@ -126,6 +126,39 @@ struct QueueEntry {
     last_error: Option<String>,
 }
 
+/// What `Spool.queue()` returns: an iterator over the listing read when it was called.
+#[pyclass(frozen, module = "mailspool")]
+struct QueueIter {
+    entries: std::sync::Mutex<std::vec::IntoIter<mailspool::QueueEntry>>,
+}
+
+#[pymethods]
+impl QueueIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self) -> Option<QueueEntry> {
+        let e = self.entries.lock().ok()?.next()?;
+        Some(QueueEntry {
+            id: e.id,
+            node: e.node,
+            to: e.to,
+            sender: e.from,
+            tier: e.tier,
+            queued_at: e.queued_at,
+            due_at: e.due_at,
+            size: e.size,
+            held: e.held,
+            last_error: e.last_error,
+        })
+    }
+
+    fn __length_hint__(&self) -> usize {
+        self.entries.lock().map_or(0, |e| e.len())
+    }
+}
+
 /// The message argument, owned or borrowed so the GIL can be released while it is read.
 enum Input<'py> {
     Bytes(Bound<'py, PyBytes>),
@@ -346,7 +379,9 @@ impl Spool {
     }
 
     /// Every queued node (one per recipient): every tier, then the held ones.
-    fn queue(&self, py: Python<'_>) -> PyResult<Vec<QueueEntry>> {
+    fn queue(&self, py: Python<'_>) -> PyResult<QueueIter> {
+        // Read without the GIL; the Python objects are made one at a time as the
+        // caller iterates.
         let entries = py.detach(|| self.inner.queue()).map_err(|e| {
             let kind = mailspool::embed::spool_error_kind(&e);
             error(
@@ -356,21 +391,9 @@ impl Spool {
                 mailspool::send::spool_exit_code(&e),
             )
         })?;
-        Ok(entries
-            .into_iter()
-            .map(|e| QueueEntry {
-                id: e.id,
-                node: e.node,
-                to: e.to,
-                sender: e.from,
-                tier: e.tier,
-                queued_at: e.queued_at,
-                due_at: e.due_at,
-                size: e.size,
-                held: e.held,
-                last_error: e.last_error,
-            })
-            .collect())
+        Ok(QueueIter {
+            entries: std::sync::Mutex::new(entries.into_iter()),
+        })
     }
 
     /// Where the spool is: its directory, or its database URL without the password.
@@ -420,6 +443,7 @@ fn _mailspool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Sent>()?;
     m.add_class::<DeliveryResult>()?;
     m.add_class::<QueueEntry>()?;
+    m.add_class::<QueueIter>()?;
     add_exceptions(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

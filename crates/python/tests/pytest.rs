@@ -112,7 +112,7 @@ fn wheel_installs_and_its_pytest_suite_passes() {
             "import mailspool, sys\n\
              s = mailspool.Spool(sys.argv[1], spool=sys.argv[2])\n\
              print(s.send_mail(b'Subject: hi\\n\\nx\\n', to='bare@rcpt.test').id)\n\
-             print(len(s.queue()))",
+             print(len(list(s.queue())))",
         ])
         .arg(&config)
         .arg(&spool));

@@ -191,7 +191,10 @@ def test_found_like_the_command(spool_dir, monkeypatch):
 
 def test_queue_entries(spool, spool_dir):
     sent = spool.send_mail(MSG)
-    entries = spool.queue()
+    it = spool.queue()
+    assert iter(it) is it, "queue() yields entries"
+    entries = list(it)
+    assert entries and list(it) == []
     assert all(isinstance(e, mailspool.QueueEntry) for e in entries)
     mine = sorted((e for e in entries if e.id == sent.id), key=lambda e: e.to)
     assert [e.to for e in mine] == sorted(sent.recipients)

@@ -2,7 +2,7 @@
 
 import email.message
 import os
-from typing import Iterable, Literal, Optional, Union
+from typing import Iterable, Iterator, Literal, Optional, Union
 
 __version__: str
 
@@ -78,6 +78,9 @@ class QueueEntry:
     @property
     def last_error(self) -> Optional[str]: ...
 
+class QueueIter(Iterator[QueueEntry]):
+    def __next__(self) -> QueueEntry: ...
+
 class Spool:
     """A spool opened for intake; safe to share between threads."""
     def __init__(
@@ -102,6 +105,7 @@ class Spool:
     ) -> list[Union[Sent, MailspoolError]]:
         """Queue many messages with shared disk flushes; each result is a Sent or the
         error (returned, not raised) of that message."""
-    def queue(self) -> list[QueueEntry]: ...
+    def queue(self) -> QueueIter:
+        """The queue as it is now, one entry per node (recipient), yielded in turn."""
     @property
     def location(self) -> str: ...
