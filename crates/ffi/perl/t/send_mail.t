@@ -80,6 +80,15 @@ is((nodes_of($id))[0]{to}, 'func@rcpt.test', 'exported send_mail works as a func
 $id = Mail::Spool->new(dequeue_dir => $spool_dir)->send_mail(filename => "$dir/message.eml", to => 'file@rcpt.test');
 is((nodes_of($id))[0]{to}, 'file@rcpt.test', 'filename');
 
+{
+    # 0.50's package variable names the spool of objects that do not.
+    local $Mail::Spool::DEQUEUE_DIR = $spool_dir;
+    my $s = Mail::Spool->new;
+    is($s->dequeue_dir, $spool_dir, '$DEQUEUE_DIR is the default dequeue_dir');
+    $id = $s->send_mail(message => $msg, to => 'pkgvar@rcpt.test');
+    is((nodes_of($id))[0]{to}, 'pkgvar@rcpt.test', 'queued into $DEQUEUE_DIR');
+}
+
 # A chosen id is used, and refused once queued.
 $id = $spool->send_mail(message => $msg, to => 'id@rcpt.test', id => 'PerlId1');
 is($id, 'PerlId1', 'id argument used');

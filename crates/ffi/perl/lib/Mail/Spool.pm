@@ -20,6 +20,9 @@ our $VERSION = '0.51';
 # What the last failed send_mail said, beside the message in $@: its kind (SpoolFull,
 # BadAddress, ...; see mailspool.h) and sendmail's exit code (75 = try again later).
 our $ERROR_KIND = '';
+# 0.50's package default for dequeue_dir, read when an object has none. Unset here: the
+# spool is then found as the `mailspool` command finds it.
+our $DEQUEUE_DIR;
 our $EXIT_CODE  = 0;
 
 my %DELIVERY = (Deferred => 0, Standard => 0, Interactive => 1, Background => 2);
@@ -64,6 +67,7 @@ for my $property (qw(dequeue_dir dequeue_periods dequeue_priority dequeue_timeou
     *{$property} = sub {
         my $self = shift;
         my $old  = $self->{$property};
+        $old = $DEQUEUE_DIR if $property eq 'dequeue_dir' && !defined $old;
         if (@_) {
             $self->{$property} = shift;
             $self->_close;    # the spool may have moved
@@ -177,7 +181,7 @@ sub _handle {
     my $self = shift;
     return $self->{_mailspool} if $self->{_mailspool} && ($self->{_pid} // 0) == $$;
     my $h;
-    my $rc = mailspool_open($self->{config}, $self->{dequeue_dir}, \$h);
+    my $rc = mailspool_open($self->{config}, $self->{dequeue_dir} // $DEQUEUE_DIR, \$h);
     _fail(mailspool_status_name($rc), mailspool_last_exit_code(), mailspool_last_error())
         if $rc != 0;
     @$self{qw(_mailspool _pid)} = ($h, $$);
