@@ -269,6 +269,24 @@ pub unsafe extern "C" fn mailspool_send_file(
     })
 }
 
+/// `count` strings at `array` (NULL allowed when `count` is 0).
+unsafe fn string_array(array: *const *const c_char, count: usize) -> Result<Vec<String>, Failure> {
+    if array.is_null() && count > 0 {
+        return Err(Failure::invalid("to is NULL but to_count is not 0"));
+    }
+    // Not sized by `count` up front: a wrong count must not ask for a huge allocation.
+    let mut out = Vec::new();
+    for i in 0..count {
+        // SAFETY: `array` holds `count` pointers (checked non-NULL above).
+        let p = unsafe { *array.add(i) };
+        match unsafe { opt_str(p, "a recipient") }? {
+            Some(r) => out.push(r.to_owned()),
+            None => return Err(Failure::invalid(format!("to[{i}] is NULL"))),
+        }
+    }
+    Ok(out)
+}
+
 unsafe fn send(
     h: *const Handle,
     message: MessageSource<'_>,
@@ -285,19 +303,8 @@ unsafe fn send(
         2 => Delivery::Background,
         n => return Err(Failure::invalid(format!("unknown delivery mode {n}"))),
     };
-    if to.is_null() && to_count > 0 {
-        return Err(Failure::invalid("to is NULL but to_count is not 0"));
-    }
-    // Not sized by `to_count` up front: a wrong count must not ask for a huge allocation.
-    let mut recipients = Vec::new();
-    for i in 0..to_count {
-        // SAFETY: `to` holds `to_count` pointers (checked non-NULL above).
-        let p = unsafe { *to.add(i) };
-        match unsafe { opt_str(p, "a recipient") }? {
-            Some(r) => recipients.push(r.to_owned()),
-            None => return Err(Failure::invalid(format!("to[{i}] is NULL"))),
-        }
-    }
+    // SAFETY: `to` holds `to_count` strings (the header's contract).
+    let recipients = unsafe { string_array(to, to_count) }?;
     let mut mail = SendMail::new(message).to(recipients);
     mail.from = unsafe { opt_str(sender, "sender") }?.map(str::to_owned);
     mail.id = unsafe { opt_str(id, "id") }?.map(str::to_owned);
@@ -314,6 +321,94 @@ unsafe fn send(
     }
     give_string(id_out, sent.id);
     Ok(())
+}
+
+/// Queue `count` messages (`messages[i]`, `lengths[i]` bytes each) with shared disk
+/// flushes: far faster than one `mailspool_send_mail` each when the disk's flushes are
+/// slow. `to`, `to_count` and `sender` apply to every message, as in
+/// `mailspool_send_mail` (NULL/0: from each message's headers); delivery is deferred.
+/// Each message is queued whole or not at all: `statuses[i]` is its status and, when
+/// `ids` is not NULL, `ids[i]` its id (free each with `mailspool_free`) or NULL. Returns
+/// `MAILSPOOL_OK` when every message was queued, else the first failure's status (its
+/// message, with its index, is `mailspool_last_error()`).
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)] // The C signature: parallel arrays, no structs to fill.
+pub unsafe extern "C" fn mailspool_send_many(
+    h: *const Handle,
+    messages: *const *const u8,
+    lengths: *const usize,
+    count: usize,
+    to: *const *const c_char,
+    to_count: usize,
+    sender: *const c_char,
+    statuses: *mut i32,
+    ids: *mut *mut c_char,
+) -> i32 {
+    status(|| {
+        let h = handle(h)?;
+        if count > 0 && (messages.is_null() || lengths.is_null() || statuses.is_null()) {
+            return Err(Failure::invalid(
+                "messages, lengths and statuses must not be NULL",
+            ));
+        }
+        // SAFETY: the header's contract for `to` and `sender`.
+        let recipients = unsafe { string_array(to, to_count) }?;
+        let sender = unsafe { opt_str(sender, "sender") }?.map(str::to_owned);
+        let mut results: Vec<Option<Result<mailspool::Sent, SendError>>> = Vec::new();
+        let (mut prepared, mut at) = (Vec::new(), Vec::new());
+        for i in 0..count {
+            // SAFETY: `messages` and `lengths` hold `count` entries each.
+            let (p, len) = unsafe { (*messages.add(i), *lengths.add(i)) };
+            if p.is_null() && len > 0 {
+                return Err(Failure::invalid(format!("messages[{i}] is NULL")));
+            }
+            let bytes: &[u8] = if len == 0 {
+                &[]
+            } else {
+                // SAFETY: `len` readable bytes at `p`.
+                unsafe { std::slice::from_raw_parts(p, len) }
+            };
+            let mut mail =
+                SendMail::new(MessageSource::Bytes(bytes)).to(recipients.iter().cloned());
+            mail.from = sender.clone();
+            match h.spool.prepare(mail) {
+                Ok(p) => {
+                    at.push(results.len());
+                    results.push(None);
+                    prepared.push(p);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        for (i, r) in at.into_iter().zip(h.spool.commit_batch(prepared)) {
+            results[i] = Some(r);
+        }
+        let mut first_failure = None;
+        for (i, r) in results.into_iter().flatten().enumerate() {
+            let (code, id) = match r {
+                Ok(sent) => (MAILSPOOL_OK, Some(sent.id)),
+                Err(e) => {
+                    let failure = Failure::from(e);
+                    let code = failure.kind as i32;
+                    first_failure.get_or_insert(Failure {
+                        message: format!("message {i}: {}", failure.message),
+                        ..failure
+                    });
+                    (code, None)
+                }
+            };
+            // SAFETY: `statuses` (and `ids` when not NULL) hold `count` entries.
+            unsafe { *statuses.add(i) = code };
+            if !ids.is_null() {
+                let out = unsafe { ids.add(i) };
+                match id {
+                    Some(id) => give_string(out, id),
+                    None => unsafe { *out = std::ptr::null_mut() },
+                }
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
+    })
 }
 
 /// The queue as JSON: an array with one object per node (recipient): `id`, `node`, `to`,

@@ -86,6 +86,13 @@ fn run(static_link: bool) {
     let file_id = line("file Ok ").trim_start_matches("file Ok ").to_owned();
     assert_eq!(line("nofile "), "nofile NoInput exit=66");
     assert_eq!(line("threads "), "threads failures=0");
+    // A batch: each message whole or not at all, the failure named by its index.
+    assert_eq!(
+        line("many "),
+        "many NoRecipients Ok NoRecipients Ok error=message 1: no recipients: give \
+         addresses as arguments or in To/Cc/Bcc headers"
+    );
+    assert_eq!(line("many nodes "), "many nodes 4 null 1");
 
     let q = queue(&spool);
     // Headers: To + Cc + Bcc, one node each, the Bcc header not stored.

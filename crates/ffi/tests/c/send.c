@@ -142,6 +142,19 @@ int main(int argc, char **argv) {
     }
     printf("threads failures=%ld\n", failures);
 
+    const char *batch[] = {MSG, "Subject: nobody\n\nx\n", "To: batch@rcpt.test\n\nb\n"};
+    size_t lengths[] = {strlen(batch[0]), strlen(batch[1]), strlen(batch[2])};
+    int32_t statuses[3] = {-1, -1, -1};
+    char *ids[3] = {NULL, NULL, NULL};
+    rc = mailspool_send_many(spool, (const uint8_t *const *)batch, lengths, 3, NULL, 0, NULL,
+                             statuses, ids);
+    printf("many %s %s %s %s error=%s\n", mailspool_status_name(rc),
+           mailspool_status_name(statuses[0]), mailspool_status_name(statuses[1]),
+           mailspool_status_name(statuses[2]), mailspool_last_error());
+    printf("many nodes %d %s %d\n", ids[0] ? check_nodes(ids[0]) : -1, ids[1] ? "id" : "null",
+           ids[2] ? check_nodes(ids[2]) : -1);
+    for (int i = 0; i < 3; i++) mailspool_free(ids[i]);
+
     char *json = NULL;
     rc = mailspool_queue_json(spool, &json);
     printf("queue %s %zu\n", mailspool_status_name(rc), json ? strlen(json) : 0);
