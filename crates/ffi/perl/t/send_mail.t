@@ -123,6 +123,13 @@ waitpid($pid, 0);
 is($?, 0, 'child sent');
 is((nodes_of('ChildId'))[0]{to}, 'child@rcpt.test', 'child node');
 
+# A batch (a mailspool addition): each message whole or not at all.
+my ($ids, $errors) = $spool->send_many([$msg, "Subject: nobody\n\nx\n", "To: many\@rcpt.test\n\nm\n"]);
+ok(defined $ids->[0] && !defined $ids->[1] && defined $ids->[2], 'send_many: ids of the queued ones');
+like($errors->[1], qr/^NoRecipients: message 1: no recipients/, 'send_many: the refusal named');
+is(scalar(() = nodes_of($ids->[0])), 3, 'send_many: first message has its nodes');
+is((nodes_of($ids->[2]))[0]{to}, 'many@rcpt.test', 'send_many: third message queued');
+
 # 0.50's daemon side points at mailspool's daemon.
 ok(!eval { $spool->daemon; 1 }, 'daemon is not offered');
 like($@, qr/mailspool daemon/, 'and says what to run instead');

@@ -39,6 +39,9 @@ $ffi->attach(mailspool_queue_json  => ['opaque', 'opaque*'] => 'int');
 $ffi->attach(mailspool_send_mail =>
     ['opaque', 'opaque', 'size_t', 'string[]', 'size_t', 'string', 'int', 'string', 'opaque*']
     => 'int');
+$ffi->attach(mailspool_send_many =>
+    ['opaque', 'opaque[]', 'size_t[]', 'size_t', 'string[]', 'size_t', 'string', 'sint32[]', 'opaque[]']
+    => 'int');
 $ffi->attach(mailspool_send_file =>
     ['opaque', 'string', 'string[]', 'size_t', 'string', 'int', 'string', 'opaque*'] => 'int');
 
@@ -131,6 +134,42 @@ for my $method (qw(daemon dequeue list_spool_handles create_dequeue_dirs)) {
         Carp::croak("Mail::Spool::$method is not offered by mailspool's Mail::Spool: run "
             . "`mailspool daemon` (or `mailspool queue run`) to deliver the spool");
     };
+}
+
+# send_many(\@messages, to => ..., from => ...): a mailspool addition. Queues every
+# message (each a string, as `message` above) with shared disk flushes, far faster than a
+# send_mail each. Returns, in order, the id of each message or undef for one that was
+# refused; in list context also the reasons ("Kind: reason", undef where queued).
+sub send_many {
+    my ($self, $messages, %args) = @_;
+    my @to = !defined $args{to} ? () : ref($args{to}) eq 'ARRAY' ? @{ $args{to} } : ($args{to});
+    my @texts = map { my $t = _message_text({message => $_}); utf8::encode($t) if utf8::is_utf8($t); $t } @$messages;
+    my (@ptrs, @lens);
+    for (@texts) { my ($p, $n) = scalar_to_buffer($_); push @ptrs, $p; push @lens, $n; }
+    my $n = @texts;
+    my @statuses = (0) x $n;
+    my @id_ptrs = (undef) x $n;
+    ($ERROR_KIND, $EXIT_CODE) = ('', 0);
+    my $rc = mailspool_send_many($self->_handle, \@ptrs, \@lens, $n, \@to, scalar(@to),
+                                 $args{from}, \@statuses, \@id_ptrs);
+    my (@ids, @errors);
+    for my $i (0 .. $n - 1) {
+        if ($id_ptrs[$i]) {
+            push @ids, $ffi->cast('opaque' => 'string', $id_ptrs[$i]);
+            mailspool_free($id_ptrs[$i]);
+            push @errors, undef;
+        } else {
+            push @ids, undef;
+            push @errors, mailspool_status_name($statuses[$i]);
+        }
+    }
+    if ($rc != 0) {
+        ($ERROR_KIND, $EXIT_CODE) = (mailspool_status_name($rc), mailspool_last_exit_code());
+        # The library names the first failure; the others are known by kind.
+        my ($first) = grep { defined $errors[$_] } 0 .. $#errors;
+        $errors[$first] .= ': ' . mailspool_last_error() if defined $first;
+    }
+    return wantarray ? (\@ids, \@errors) : \@ids;
 }
 
 # The object a function call (or a class method call) uses: one per process.
