@@ -354,8 +354,7 @@ pub unsafe extern "C" fn mailspool_send_many(
         // SAFETY: the header's contract for `to` and `sender`.
         let recipients = unsafe { string_array(to, to_count) }?;
         let sender = unsafe { opt_str(sender, "sender") }?.map(str::to_owned);
-        let mut results: Vec<Option<Result<mailspool::Sent, SendError>>> = Vec::new();
-        let (mut prepared, mut at) = (Vec::new(), Vec::new());
+        let mut mails = Vec::new();
         for i in 0..count {
             // SAFETY: `messages` and `lengths` hold `count` entries each.
             let (p, len) = unsafe { (*messages.add(i), *lengths.add(i)) };
@@ -371,20 +370,10 @@ pub unsafe extern "C" fn mailspool_send_many(
             let mut mail =
                 SendMail::new(MessageSource::Bytes(bytes)).to(recipients.iter().cloned());
             mail.from = sender.clone();
-            match h.spool.prepare(mail) {
-                Ok(p) => {
-                    at.push(results.len());
-                    results.push(None);
-                    prepared.push(p);
-                }
-                Err(e) => results.push(Some(Err(e))),
-            }
-        }
-        for (i, r) in at.into_iter().zip(h.spool.commit_batch(prepared)) {
-            results[i] = Some(r);
+            mails.push(mail);
         }
         let mut first_failure = None;
-        for (i, r) in results.into_iter().flatten().enumerate() {
+        for (i, r) in h.spool.send_many(mails).into_iter().enumerate() {
             let (code, id) = match r {
                 Ok(sent) => (MAILSPOOL_OK, Some(sent.id)),
                 Err(e) => {

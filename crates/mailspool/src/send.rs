@@ -402,6 +402,34 @@ impl Mailspool {
             .collect()
     }
 
+    /// Queue several messages (each as [`Mailspool::send_mail`] in deferred mode) with
+    /// shared flushes: each is prepared in turn, then the prepared ones are committed as
+    /// one batch. The results are in the order given; each message is whole or absent.
+    pub fn send_many<'a>(
+        &self,
+        mails: impl IntoIterator<Item = SendMail<'a>>,
+    ) -> Vec<Result<Sent, SendError>> {
+        let mut results: Vec<Option<Result<Sent, SendError>>> = Vec::new();
+        let (mut prepared, mut slots) = (Vec::new(), Vec::new());
+        for mail in mails {
+            match self.prepare(SendMail {
+                delivery: Delivery::Deferred,
+                ..mail
+            }) {
+                Ok(p) => {
+                    slots.push(results.len());
+                    results.push(None);
+                    prepared.push(p);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        for (i, r) in slots.into_iter().zip(self.commit_batch(prepared)) {
+            results[i] = Some(r);
+        }
+        results.into_iter().flatten().collect()
+    }
+
     fn queued(
         &self,
         committed: mailspool_spool::Committed,

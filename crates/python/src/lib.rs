@@ -349,25 +349,11 @@ impl Spool {
         let to = recipients(to)?;
         let plains: Vec<Plain<'_>> = inputs.iter().map(Input::plain).collect();
         let results = py.detach(|| {
-            let mut slots: Vec<Option<Result<mailspool::Sent, SendError>>> = Vec::new();
-            let mut prepared = Vec::new();
-            let mut at = Vec::new();
-            for plain in plains {
+            self.inner.send_many(plains.into_iter().map(|plain| {
                 let mut mail = SendMail::new(plain.source()).to(to.iter().cloned());
                 mail.from = sender.clone();
-                match self.inner.prepare(mail) {
-                    Ok(p) => {
-                        at.push(slots.len());
-                        slots.push(None);
-                        prepared.push(p);
-                    }
-                    Err(e) => slots.push(Some(Err(e))),
-                }
-            }
-            for (i, r) in at.into_iter().zip(self.inner.commit_batch(prepared)) {
-                slots[i] = Some(r);
-            }
-            slots.into_iter().flatten().collect::<Vec<_>>()
+                mail
+            }))
         });
         results
             .into_iter()

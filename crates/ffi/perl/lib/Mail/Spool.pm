@@ -94,9 +94,7 @@ sub send_mail {
     my $args = @_ && ref($_[0]) eq 'HASH' ? shift : {@_};
     ($ERROR_KIND, $EXIT_CODE) = ('', 0);
 
-    my @to = !defined $args->{to} ? ()
-           : ref($args->{to}) eq 'ARRAY' ? @{ $args->{to} }
-           : ($args->{to});
+    my @to = _recipients($args->{to});
     my $from = $args->{from};
     my $delivery = $DELIVERY{ $args->{delivery} // 'Deferred' } // 0;
     my $id = $args->{id};
@@ -142,7 +140,7 @@ for my $method (qw(daemon dequeue list_spool_handles create_dequeue_dirs)) {
 # refused; in list context also the reasons ("Kind: reason", undef where queued).
 sub send_many {
     my ($self, $messages, %args) = @_;
-    my @to = !defined $args{to} ? () : ref($args{to}) eq 'ARRAY' ? @{ $args{to} } : ($args{to});
+    my @to = _recipients($args{to});
     my @texts = map { my $t = _message_text({message => $_}); utf8::encode($t) if utf8::is_utf8($t); $t } @$messages;
     my (@ptrs, @lens);
     for (@texts) { my ($p, $n) = scalar_to_buffer($_); push @ptrs, $p; push @lens, $n; }
@@ -208,6 +206,12 @@ sub _message_text {
     Carp::croak("Mail::Spool: message must be a string, a reference to one, an array "
         . "of lines or an object with as_string") if ref($m);
     return $m;
+}
+
+# 0.50's `to`: one address, an array ref of them, or none (from the headers).
+sub _recipients {
+    my $to = shift;
+    return !defined $to ? () : ref($to) eq 'ARRAY' ? @$to : ($to);
 }
 
 sub _fail {
