@@ -100,9 +100,12 @@ pub struct DeliverConfig {
     /// Honour MTA-STS policies of recipient domains (MX delivery only).
     pub mta_sts: bool,
     /// Apply DANE (RFC 7672): MX hosts with DNSSEC-validated TLSA records get TLS
-    /// checked against them. Off unless set: the resolver path must pass DNSSEC
-    /// records (most do), or signed domains' mail would wait.
+    /// checked against them, and mail waits when DNSSEC cannot vouch for an answer.
+    /// Off unless set: it needs a validating resolver (or `dnssec_trust_anchors`).
     pub dane: bool,
+    /// DANE's DNSSEC validated here from these trust anchors (DNSKEY or DS lines);
+    /// `None`: the resolver's AD bit is trusted (it must validate).
+    pub dnssec_trust_anchors: Option<std::path::PathBuf>,
     /// Port of the MTA-STS policy servers (443; tests use their own).
     pub mta_sts_port: u16,
     /// DKIM keys (`[[dkim]]`); none: mail goes unsigned.
@@ -131,6 +134,7 @@ impl Default for DeliverConfig {
             dkim: Vec::new(),
             mta_sts: true,
             dane: false,
+            dnssec_trust_anchors: None,
             mta_sts_port: 443,
             shaping: crate::shaping::Shaping::default(),
             max_messages_per_connection: 100,

@@ -28,17 +28,6 @@ pub struct Tlsa {
     pub data: Vec<u8>,
 }
 
-/// What a TLSA lookup proved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsaAnswer {
-    /// Signed and validated: DANE applies (the records may be empty of usable ones).
-    Secure(Vec<Tlsa>),
-    /// No records, or not signed: DANE does not apply.
-    Insecure,
-    /// Signatures that do not validate, or a lookup that failed: the host is not used.
-    Bogus(String),
-}
-
 impl Tlsa {
     /// Whether `cert` (DER) matches this record.
     pub fn matches(&self, cert: &[u8]) -> bool {
@@ -63,14 +52,31 @@ impl Tlsa {
         digest == self.data
     }
 
+    /// The TLSA records among `records` (a TLSA lookup's answer).
+    pub fn from_rdata(records: &[hickory_resolver::proto::rr::RData]) -> Vec<Tlsa> {
+        records
+            .iter()
+            .filter_map(|r| match r {
+                hickory_resolver::proto::rr::RData::TLSA(t) => Some(Tlsa {
+                    usage: u8::from(t.cert_usage),
+                    selector: u8::from(t.selector),
+                    matching: u8::from(t.matching),
+                    data: t.cert_data.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Usable for SMTP (RFC 7672 §3.1.3): DANE-TA and DANE-EE.
     pub fn usable(&self) -> bool {
         matches!(self.usage, 2 | 3) && self.selector <= 1 && self.matching <= 2
     }
 }
 
-/// A certificate's SubjectPublicKeyInfo, DER with its SEQUENCE header.
-fn spki(cert: &[u8]) -> Option<Vec<u8>> {
+/// A certificate's SubjectPublicKeyInfo, DER with its SEQUENCE header (what
+/// selector 1 hashes).
+pub fn spki(cert: &[u8]) -> Option<Vec<u8>> {
     let der = CertificateDer::from(cert);
     let ee = webpki::EndEntityCert::try_from(&der).ok()?;
     Some(ee.subject_public_key_info().as_ref().to_vec())

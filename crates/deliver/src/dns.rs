@@ -15,7 +15,17 @@ use hickory_resolver::config::{
 };
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{RData, RecordType};
+
+use crate::dnssec::{AnchorFile, LocalValidator, Proven, StubResolver};
+
+/// The source of DNSSEC status.
+enum Dnssec {
+    /// The resolver's AD bit.
+    Resolver(StubResolver),
+    /// Validation here.
+    Local(LocalValidator),
+}
 
 /// A boxed future, for the object-safe [`Resolve`] trait.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -42,17 +52,15 @@ pub trait Resolve: Send + Sync {
         let _ = ip;
         Box::pin(async { Err(LookupError::NoRecords) })
     }
-    /// TLSA records of `name` (`_25._tcp.<host>`), validated under DNSSEC; default:
-    /// none (DANE does not apply).
-    fn tlsa<'a>(&'a self, name: &'a str) -> BoxFuture<'a, crate::dane::TlsaAnswer> {
-        let _ = name;
-        Box::pin(async { crate::dane::TlsaAnswer::Insecure })
-    }
-    /// Whether `domain`'s MX records validate under DNSSEC (RFC 7672 applies DANE only
-    /// then: an insecure MX host name could be an attacker's); default: no.
-    fn mx_secure<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, bool> {
-        let _ = domain;
-        Box::pin(async { false })
+    /// `name`'s `rtype` records and what DNSSEC says of them, for DANE; default:
+    /// insecure (DANE does not apply).
+    fn dnssec<'a>(
+        &'a self,
+        name: &'a str,
+        rtype: RecordType,
+    ) -> BoxFuture<'a, crate::dnssec::Proven> {
+        let _ = (name, rtype);
+        Box::pin(async { crate::dnssec::Proven::insecure() })
     }
     /// TXT records of `name`, each record's strings joined (as DKIM and MTA-STS read
     /// them); default: none.
@@ -65,8 +73,9 @@ pub trait Resolve: Send + Sync {
 /// The hickory resolver: the system's configuration, or one given server.
 pub struct HickoryDns {
     resolver: TokioResolver,
-    /// The same servers, validating DNSSEC (for TLSA records: DANE).
-    validating: TokioResolver,
+    /// Where DANE's DNSSEC status comes from: the resolver's AD bit, or validation
+    /// here; `Err`: neither could be set up (every DANE lookup is then a failure).
+    dnssec: Result<Dnssec, String>,
     /// Until when the resolver's cache holds each name's last answer: a lookup before
     /// then is a cache hit (for the metrics; hickory does not count its hits).
     fresh: std::sync::Mutex<std::collections::HashMap<(String, bool), std::time::Instant>>,
@@ -121,103 +130,97 @@ fn fqdn(name: &str) -> String {
 }
 
 impl HickoryDns {
-    /// Use `server` (udp and tcp) if given, else /etc/resolv.conf. DNSSEC is validated
-    /// from the root's trust anchors.
+    /// Use `server` (udp and tcp) if given, else /etc/resolv.conf; DANE trusts that
+    /// resolver's DNSSEC validation (its AD bit).
     pub fn new(server: Option<SocketAddr>) -> Result<HickoryDns, String> {
-        HickoryDns::with_trust_anchors(server, None)
+        Ok(HickoryDns {
+            resolver: build_resolver(server, None)?,
+            dnssec: StubResolver::new(server).map(Dnssec::Resolver),
+            fresh: Default::default(),
+        })
     }
 
-    /// As [`HickoryDns::new`], validating DNSSEC from `anchors` (tests, private roots).
+    /// The resolver `cfg` asks for: `resolver` (else the system's), DNSSEC from its AD
+    /// bit, or validated here from `dnssec_trust_anchors`.
+    pub fn for_config(cfg: &crate::DeliverConfig) -> Result<HickoryDns, String> {
+        match &cfg.dnssec_trust_anchors {
+            Some(path) => HickoryDns::with_trust_anchors(cfg.resolver, AnchorFile::load(path)?),
+            None => HickoryDns::new(cfg.resolver),
+        }
+    }
+
+    /// Where DANE's DNSSEC status comes from, for the log and `doctor`.
+    pub fn dnssec_source(&self) -> String {
+        match &self.dnssec {
+            Ok(Dnssec::Resolver(stub)) => format!(
+                "the AD bit of the validating resolver {}",
+                stub.servers()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Ok(Dnssec::Local(_)) => "validation here from dnssec_trust_anchors".into(),
+            Err(e) => format!("nothing ({e}): DANE mail waits"),
+        }
+    }
+
+    /// As [`HickoryDns::new`], validating DNSSEC here from `anchors` instead.
     pub fn with_trust_anchors(
         server: Option<SocketAddr>,
-        anchors: Option<std::sync::Arc<hickory_resolver::proto::dnssec::TrustAnchors>>,
+        anchors: AnchorFile,
     ) -> Result<HickoryDns, String> {
-        let builder = |validate: bool| -> Result<TokioResolver, String> {
-            let provider = TokioRuntimeProvider::default();
-            let mut builder = match server {
-                Some(addr) => {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = addr.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = addr.port();
-                    let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-                    TokioResolver::builder_with_config(
-                        ResolverConfig::from_name_servers(vec![ns]),
-                        provider,
-                    )
-                }
-                None => TokioResolver::builder(provider).map_err(|e| e.to_string())?,
-            };
-            let opts: &mut ResolverOpts = builder.options_mut();
-            opts.timeout = Duration::from_secs(5);
-            opts.attempts = 2;
-            opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-            opts.cache_size = 4096;
-            opts.validate = validate;
-            if validate && let Some(a) = &anchors {
-                builder = builder.with_trust_anchor(a.clone());
-            }
-            builder.build().map_err(|e| e.to_string())
-        };
         Ok(HickoryDns {
-            resolver: builder(false)?,
-            validating: builder(true)?,
+            resolver: build_resolver(server, None)?,
+            dnssec: LocalValidator::new(anchors, server).map(Dnssec::Local),
             fresh: Default::default(),
         })
     }
 }
 
-impl Resolve for HickoryDns {
-    fn mx_secure<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, bool> {
-        use hickory_resolver::proto::dnssec::Proof;
-        Box::pin(async move {
-            match self.validating.mx_lookup(fqdn(domain)).await {
-                Ok(lookup) => {
-                    let mut mx = lookup
-                        .answers()
-                        .iter()
-                        .filter(|r| matches!(r.data, RData::MX(_)))
-                        .peekable();
-                    mx.peek().is_some() && mx.all(|r| r.proof == Proof::Secure)
-                }
-                Err(_) => false,
-            }
-        })
+/// A hickory resolver asking `server` (else /etc/resolv.conf's), validating DNSSEC
+/// from `anchors` when given.
+pub(crate) fn build_resolver(
+    server: Option<SocketAddr>,
+    anchors: Option<std::sync::Arc<hickory_resolver::proto::dnssec::TrustAnchors>>,
+) -> Result<TokioResolver, String> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = match server {
+        Some(addr) => {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = addr.port();
+            let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![ns]),
+                provider,
+            )
+        }
+        None => TokioResolver::builder(provider).map_err(|e| e.to_string())?,
+    };
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.timeout = Duration::from_secs(5);
+    opts.attempts = 2;
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    opts.cache_size = 4096;
+    opts.validate = anchors.is_some();
+    if let Some(a) = anchors {
+        builder = builder.with_trust_anchor(a);
     }
+    builder.build().map_err(|e| e.to_string())
+}
 
-    fn tlsa<'a>(&'a self, name: &'a str) -> BoxFuture<'a, crate::dane::TlsaAnswer> {
-        use crate::dane::{Tlsa, TlsaAnswer};
-        use hickory_resolver::proto::dnssec::Proof;
-        use hickory_resolver::proto::rr::RecordType;
+impl Resolve for HickoryDns {
+    fn dnssec<'a>(&'a self, name: &'a str, rtype: RecordType) -> BoxFuture<'a, Proven> {
         Box::pin(async move {
-            let lookup = match self.validating.lookup(fqdn(name), RecordType::TLSA).await {
-                Ok(l) => l,
-                Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
-                    return TlsaAnswer::Insecure;
-                }
-                Err(e) => return TlsaAnswer::Bogus(e.to_string()),
-            };
-            let mut records = Vec::new();
-            let mut proofs = Vec::new();
-            for r in lookup.answers() {
-                if let RData::TLSA(t) = &r.data {
-                    proofs.push(r.proof);
-                    records.push(Tlsa {
-                        usage: u8::from(t.cert_usage),
-                        selector: u8::from(t.selector),
-                        matching: u8::from(t.matching),
-                        data: t.cert_data.clone(),
-                    });
-                }
-            }
-            if records.is_empty() {
-                TlsaAnswer::Insecure
-            } else if proofs.iter().all(|p| *p == Proof::Secure) {
-                TlsaAnswer::Secure(records)
-            } else if proofs.contains(&Proof::Bogus) {
-                TlsaAnswer::Bogus("the TLSA records' signatures do not validate".into())
-            } else {
-                TlsaAnswer::Insecure
+            match &self.dnssec {
+                Ok(Dnssec::Resolver(stub)) => stub.proven(name, rtype).await,
+                Ok(Dnssec::Local(v)) => v.proven(name, rtype).await,
+                Err(e) => Proven {
+                    status: crate::dnssec::Dnssec::Bogus(format!("DNSSEC lookups: {e}")),
+                    records: Vec::new(),
+                },
             }
         })
     }

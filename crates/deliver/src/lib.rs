@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dane;
 pub mod dkim;
 pub mod dns;
+pub mod dnssec;
 pub mod engine;
 pub mod mta_sts;
 pub mod route;

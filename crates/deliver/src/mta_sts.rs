@@ -381,6 +381,79 @@ fn write_file(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
         })
 }
 
+/// MTA-STS `testing` (RFC 8461 §5): the certificate is checked as `enforce` would
+/// check it, and a failure is logged, not acted on: the delivery goes on as usual.
+pub fn reporting_verifier(
+    domain: &str,
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pkix = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Reporting {
+                domain: domain.to_owned(),
+                pkix,
+                provider,
+            }))
+            .with_no_client_auth(),
+    ))
+}
+
+#[derive(Debug)]
+struct Reporting {
+    domain: String,
+    pkix: Arc<rustls::client::WebPkiServerVerifier>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Reporting {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if let Err(e) =
+            self.pkix
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            let host = server_name.to_str();
+            tracing::warn!(domain = %mailspool_spool::escape(&self.domain), host = %mailspool_spool::escape(&host), error = %mailspool_spool::escape(&e.to_string()), "MTA-STS (testing): the MX host's certificate does not verify; enforce would refuse it (4.7.5); delivering as usual");
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        mailspool_smtp::tls::HandshakeSignatures(&self.provider).tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        mailspool_smtp::tls::HandshakeSignatures(&self.provider).tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        mailspool_smtp::tls::HandshakeSignatures(&self.provider).schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,8 @@ pub struct Target {
     /// The TLS policy this delivery follows, for logs and metrics: `dane`, `mta-sts`,
     /// `required` (configured), or `opportunistic` (`plaintext` when it gets no TLS).
     pub policy: &'static str,
+    /// Why that policy: logged with every attempt.
+    pub why: String,
     /// DANE: the certificate is checked against the host's TLSA records instead.
     pub verifier: Option<mailspool_smtp::CustomTls>,
 }
@@ -107,6 +109,7 @@ pub async fn route(
             auth: None,
             mx: false,
             policy: configured_policy(cfg.mx_tls),
+            why: "an address literal: the configured tls".into(),
             verifier: None,
         }]);
     }
@@ -140,6 +143,7 @@ async fn resolve_fixed(
                 auth: auth.clone(),
                 mx: false,
                 policy: configured_policy(tls),
+                why: "a relay or route: its configured tls".into(),
                 verifier: None,
             }),
             Err(e) => last = format!("{}: {e:?}", hp.host),
@@ -203,6 +207,7 @@ async fn mx_targets(
                 auth: None,
                 mx: true,
                 policy: configured_policy(cfg.mx_tls),
+                why: "the configured tls (no DANE or MTA-STS policy applies)".into(),
                 verifier: None,
             }),
             Err(LookupError::Temporary(e)) => temporary = Some(format!("{host}: {e}")),

@@ -12,12 +12,13 @@ use std::time::Duration;
 use common::*;
 use hickory_proto::dnssec::crypto::Ed25519SigningKey;
 use hickory_proto::dnssec::rdata::DNSKEY;
-use hickory_proto::dnssec::{DnssecSigner, SigningKey, TrustAnchors};
+use hickory_proto::dnssec::{DnssecSigner, SigningKey};
 use hickory_proto::rr::rdata::{A, MX, NS, SOA, TLSA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::dnssec::NxProofKind;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use mailspool_deliver::dnssec::AnchorFile;
 use mailspool_deliver::{HickoryDns, Outcome, PassOptions, Resolve, Selection};
 
 const MSG: &str = "From: a@sender.test\nSubject: hi\n\nhello\n";
@@ -59,7 +60,7 @@ fn self_signed(name: &str) -> (Arc<rustls::ServerConfig>, Vec<u8>) {
 async fn signed_zone(
     records: Vec<(String, RData)>,
     tamper: Option<&str>,
-) -> (std::net::SocketAddr, Arc<TrustAnchors>) {
+) -> (std::net::SocketAddr, AnchorFile) {
     let origin = Name::from_ascii("dane.test.").unwrap();
     let mut zone = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
         origin.clone(),
@@ -174,9 +175,9 @@ async fn signed_zone(
     tokio::spawn(async move {
         let _ = server.block_until_done().await;
     });
-    let mut anchors = TrustAnchors::empty();
-    anchors.insert_with_name(&public, LowerName::from(origin));
-    (addr, Arc::new(anchors))
+    // The zone's key as a `dnssec_trust_anchors` file has it.
+    let line = format!("dane.test. IN DNSKEY {}\n", DNSKEY::from_key(&public));
+    (addr, AnchorFile::parse(&line).unwrap())
 }
 
 fn tlsa(usage: u8, selector: u8, data: Vec<u8>) -> RData {
@@ -246,7 +247,7 @@ async fn tlsa_records_that_validate_decide_the_certificate() {
         cfg.dane = true;
         cfg.mta_sts = false;
         let dns: Arc<dyn Resolve> =
-            Arc::new(HickoryDns::with_trust_anchors(Some(dns), Some(anchors.clone())).unwrap());
+            Arc::new(HickoryDns::with_trust_anchors(Some(dns), anchors.clone()).unwrap());
         mailspool_deliver::Engine::new(spool, cfg, dns).unwrap()
     };
     let dir = tempfile::tempdir().unwrap();

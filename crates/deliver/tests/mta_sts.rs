@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use common::*;
 use mailspool_deliver::{HickoryDns, Outcome, PassOptions, Resolve, Selection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MSG: &str = "From: a@sender.test\nSubject: hi\n\nhello\n";
 
@@ -20,68 +19,6 @@ fn all() -> PassOptions {
         selection: Selection::All,
         ..Default::default()
     }
-}
-
-/// An HTTPS server answering `GET /.well-known/mta-sts.txt` with the policy of the
-/// Host asked for; each host's certificate from `ca`.
-async fn policy_server(ca: &TestCa, policies: HashMap<String, String>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // One certificate per name, chosen by SNI.
-    let mut resolver = rustls::server::ResolvesServerCertUsingSni::new();
-    for host in policies.keys() {
-        resolver
-            .add(host, (*ca.certified_key(host)).clone())
-            .unwrap();
-    }
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(resolver));
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    tokio::spawn(async move {
-        loop {
-            let Ok((sock, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            let policies = policies.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(sock).await else {
-                    return;
-                };
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
-                let host = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("host:"))
-                    .unwrap_or("")
-                    .trim()
-                    .to_owned();
-                let resp = match policies.get(&host) {
-                    Some(p) if text.starts_with("get /.well-known/mta-sts.txt ") => format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{p}",
-                        p.len()
-                    ),
-                    _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        .into(),
-                };
-                let _ = tls.write_all(resp.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 struct Case {
@@ -144,6 +81,7 @@ async fn enforce_delivers_only_to_listed_mx_hosts_over_verified_tls() {
     })
     .await;
     let https = policy_server(
+        "127.0.0.1:0",
         &ca,
         HashMap::from([
             (
@@ -215,6 +153,7 @@ async fn enforce_defers_when_the_certificate_is_not_valid() {
     })
     .await;
     let https = policy_server(
+        "127.0.0.1:0",
         &ca,
         HashMap::from([(
             "mta-sts.good.test".into(),
@@ -257,6 +196,7 @@ async fn testing_mode_delivers_and_a_kept_policy_outlives_its_server() {
     let ca = TestCa::new();
     let sink = Sink::start(Script::default()).await;
     let https = policy_server(
+        "127.0.0.1:0",
         &ca,
         HashMap::from([
             ("mta-sts.try.test".into(), policy("testing", "mx.try.test")),

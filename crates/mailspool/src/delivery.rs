@@ -11,7 +11,11 @@ use crate::Mailspool;
 impl Mailspool {
     /// A delivery engine for this spool and configuration (call inside a tokio runtime).
     pub fn engine(&self) -> Result<Arc<Engine>, String> {
-        let dns: Arc<dyn Resolve> = Arc::new(HickoryDns::new(self.config.deliver.resolver)?);
+        let dns = HickoryDns::for_config(&self.config.deliver)?;
+        if self.config.deliver.dane {
+            tracing::info!(source = %dns.dnssec_source(), "DANE on: DNSSEC status comes from");
+        }
+        let dns: Arc<dyn Resolve> = Arc::new(dns);
         // The spool this Mailspool has open: one back end (and one set of database
         // connections and claims) for intake and delivery.
         let spool = self.store().clone();

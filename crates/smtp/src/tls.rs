@@ -19,6 +19,9 @@ pub struct TlsConnectors {
     pub verified: TlsConnector,
     /// Encrypts without checking who is at the other end.
     pub unverified: TlsConnector,
+    /// The roots `verified` trusts (web PKI and the extra CAs), for verifiers built
+    /// elsewhere on the same trust (MTA-STS's testing mode).
+    pub roots: Arc<RootCertStore>,
 }
 
 impl std::fmt::Debug for TlsConnectors {
@@ -45,10 +48,11 @@ impl TlsConnectors {
                     .map_err(|e| format!("{}: {e}", path.display()))?;
             }
         }
+        let roots = Arc::new(roots);
         let verified = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
+            .with_root_certificates(roots.clone())
             .with_no_client_auth();
         let unverified = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -59,6 +63,7 @@ impl TlsConnectors {
         Ok(TlsConnectors {
             verified: TlsConnector::from(Arc::new(verified)),
             unverified: TlsConnector::from(Arc::new(unverified)),
+            roots,
         })
     }
 

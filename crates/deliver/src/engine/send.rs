@@ -56,7 +56,9 @@ impl Engine {
             };
             for (ai, addr) in target.addrs.iter().enumerate() {
                 let started = Instant::now();
-                let pool_key = format!("{addr}/{}/{:?}", target.host, target.tls);
+                // Sessions are shared only under the same policy: one authenticated
+                // by DANE is not one checked against the web PKI, nor the reverse.
+                let pool_key = format!("{addr}/{}/{:?}/{}", target.host, target.tls, target.policy);
                 let pooled = self.pooled(&pool_key);
                 if pooled.is_none() && !self.connection_allowed(dest).await {
                     let reply = format!(
@@ -78,13 +80,14 @@ impl Engine {
                 let session = match connected {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::info!(id = %first.name.id, host = %escape(&target.host), addr = %addr, error = %escape(&e.to_string()), ms = started.elapsed().as_millis() as u64, "connection failed");
-                        self.record_all(nodes, &target.host, &e.to_string());
+                        let text = failure_text(target, &e);
+                        tracing::info!(id = %first.name.id, host = %escape(&target.host), addr = %addr, tls_policy = target.policy, why = %escape(&target.why), error = %escape(&text), ms = started.elapsed().as_millis() as u64, "connection failed");
+                        self.record_all(nodes, &target.host, &text);
                         if let Some(held) = self.throttled_by(dest, nodes, &target.host, &e) {
                             return held;
                         }
                         dest.connection_failed();
-                        last = (target.host.clone(), e.to_string());
+                        last = (target.host.clone(), text);
                         // No TCP connection: every address left was tried in the race.
                         if e.phase() == Some(mailspool_smtp::Phase::Connect) {
                             break;
@@ -139,7 +142,7 @@ impl Engine {
                         let mut verdicts = Vec::new();
                         for (i, (n, _)) in nodes.iter().enumerate() {
                             let reply = outcome.result(i);
-                            tracing::info!(id = %n.name.id, to = %escape(&n.name.to), host = %escape(&target.host), addr = %addr, tls_policy = policy, code = reply.code, reply = %escape(&reply.to_string()), ms, "delivery attempt");
+                            tracing::info!(id = %n.name.id, to = %escape(&n.name.to), host = %escape(&target.host), addr = %addr, tls_policy = policy, why = %escape(&target.why), code = reply.code, reply = %escape(&reply.to_string()), ms, "delivery attempt");
                             let text = reply.to_string();
                             verdicts.push(if reply.is_positive() {
                                 Verdict::Delivered {
@@ -175,7 +178,7 @@ impl Engine {
                         return verdicts;
                     }
                     Err(e) if e.is_permanent() => {
-                        tracing::info!(id = %first.name.id, host = %escape(&target.host), addr = %addr, error = %escape(&e.to_string()), ms, "delivery attempt");
+                        tracing::info!(id = %first.name.id, host = %escape(&target.host), addr = %addr, tls_policy = target.policy, why = %escape(&target.why), error = %escape(&e.to_string()), ms, "delivery attempt");
                         if matches!(
                             e,
                             SmtpError::Rejected { .. }
@@ -200,12 +203,13 @@ impl Engine {
                             .collect();
                     }
                     Err(e) => {
-                        tracing::info!(id = %first.name.id, host = %escape(&target.host), addr = %addr, error = %escape(&e.to_string()), ms, "delivery attempt");
-                        self.record_all(nodes, &target.host, &e.to_string());
+                        let text = failure_text(target, &e);
+                        tracing::info!(id = %first.name.id, host = %escape(&target.host), addr = %addr, tls_policy = target.policy, why = %escape(&target.why), error = %escape(&text), ms, "delivery attempt");
+                        self.record_all(nodes, &target.host, &text);
                         if let Some(held) = self.throttled_by(dest, nodes, &target.host, &e) {
                             return held;
                         }
-                        last = (target.host.clone(), e.to_string());
+                        last = (target.host.clone(), text);
                         // A 4xx to MAIL is the server's verdict on this message: later.
                         if matches!(
                             &e,
@@ -624,6 +628,25 @@ async fn transmit(
             let prefix = std::io::Cursor::new(info.prefix.clone().unwrap_or_default());
             session.send(env, &mut prefix.chain(f)).await
         }
+    }
+}
+
+/// What a failed attempt records and reports: under DANE or MTA-STS, a failure to
+/// set up authenticated TLS is the policy's refusal, 4.7.5 (RFC 7672 §2.2, RFC 8461
+/// §4.2), naming the policy; anything else as it happened.
+fn failure_text(target: &Target, e: &SmtpError) -> String {
+    let tls = matches!(e, SmtpError::Tls(_) | SmtpError::TlsUnavailable)
+        || matches!(
+            e,
+            SmtpError::Rejected {
+                phase: mailspool_smtp::Phase::StartTls,
+                ..
+            }
+        );
+    match target.policy {
+        "dane" if tls => format!("4.7.5 DANE: {}: {e}", target.host),
+        "mta-sts" if tls => format!("4.7.5 MTA-STS (enforce): {}: {e}", target.host),
+        _ => e.to_string(),
     }
 }
 

@@ -2,6 +2,8 @@
 //! server, and helpers to queue messages. Everything binds 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod dns_world;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,7 +92,14 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start(script: Script) -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Sink::start_on("127.0.0.1:0".parse().unwrap(), script)
+            .await
+            .unwrap()
+    }
+
+    /// A sink on `bind` (another loopback address, a port another sink has there).
+    pub async fn start_on(bind: SocketAddr, script: Script) -> std::io::Result<Sink> {
+        let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(SinkState::default());
         *state.script.lock().unwrap() = script;
@@ -108,7 +117,7 @@ impl Sink {
                 });
             }
         });
-        Sink { addr, state }
+        Ok(Sink { addr, state })
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -630,4 +639,70 @@ pub fn queued(spool: &Spool) -> Vec<(usize, String)> {
         .collect();
     v.sort();
     v
+}
+
+/// An HTTPS server on `bind` answering `GET /.well-known/mta-sts.txt` with the policy of the
+/// Host asked for; each host's certificate from `ca`.
+pub async fn policy_server(
+    bind: &str,
+    ca: &TestCa,
+    policies: HashMap<String, String>,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // One certificate per name, chosen by SNI.
+    let mut resolver = rustls::server::ResolvesServerCertUsingSni::new();
+    for host in policies.keys() {
+        resolver
+            .add(host, (*ca.certified_key(host)).clone())
+            .unwrap();
+    }
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(resolver));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let policies = policies.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+                let host = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("host:"))
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                let resp = match policies.get(&host) {
+                    Some(p) if text.starts_with("get /.well-known/mta-sts.txt ") => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{p}",
+                        p.len()
+                    ),
+                    _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .into(),
+                };
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
 }

@@ -267,6 +267,13 @@ pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), 
     if let Some(d) = file.dane {
         c.deliver.dane = d;
     }
+    if let Some(path) = &file.dnssec_trust_anchors {
+        // Read now: a file that cannot be used is a configuration error, not mail
+        // that waits for no reason at every delivery.
+        mailspool_deliver::dnssec::AnchorFile::load(path)
+            .map_err(|e| ConfigError::Invalid(format!("dnssec_trust_anchors: {e}")))?;
+        c.deliver.dnssec_trust_anchors = Some(path.clone());
+    }
     if let Some(p) = file.ehlo_from_ptr {
         if p && c.deliver.bind_addresses.is_empty() {
             return Err(ConfigError::Invalid(

@@ -92,6 +92,9 @@ pub struct ConfigFile {
     pub mta_sts: Option<bool>,
     /// Check MX hosts' certificates against their DNSSEC-signed TLSA records (false).
     pub dane: Option<bool>,
+    /// DANE: validate DNSSEC here from the trust anchors in this file (DNSKEY or DS
+    /// lines) instead of trusting the resolver's AD bit.
+    pub dnssec_trust_anchors: Option<PathBuf>,
     /// Seconds in the queue after which the sender is told the message is delayed
     /// (one RFC 3464 "delayed" report; 14400; 0 = never).
     pub delay_warning_time: Option<u64>,

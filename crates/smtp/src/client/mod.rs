@@ -238,8 +238,10 @@ impl Session {
         };
         let name = TlsConnectors::server_name(&self.host)
             .ok_or_else(|| SmtpError::Tls(format!("invalid server name {:?}", self.host)))?;
+        // A custom verifier decides whenever there is one: DANE's (required TLS) or
+        // MTA-STS testing's, which reports and accepts (opportunistic TLS).
         let connector = match (&self.settings.verifier, verify) {
-            (Some(custom), true) => &custom.0,
+            (Some(custom), _) => &custom.0,
             (None, true) => &tls.verified,
             (_, false) => &tls.unverified,
         };

@@ -83,8 +83,8 @@ pub struct ClientSettings {
     /// Source addresses to connect from: the first of the peer's family is used (none
     /// of it: the kernel chooses).
     pub bind: Vec<std::net::IpAddr>,
-    /// Checks the certificate instead of the web PKI when verifying (DANE's TLSA
-    /// records); TLS is then required.
+    /// Checks the certificate instead of the built-in configurations: DANE's TLSA
+    /// records (TLS required), or MTA-STS testing's report-only check.
     pub verifier: Option<CustomTls>,
 }
 
