@@ -374,6 +374,54 @@ async fn every_case_gets_the_rfc_outcome_against_bind9_and_unbound() {
     assert_eq!(outcome("y@plain.test"), Outcome::Delivered, "{results:?}");
     assert!(rx.got("altered").is_empty());
 
+    // The root's DS record as the anchor instead: its key is fetched and checked
+    // against it, then used as above.
+    let spool = common::spool(&dir.path().join("ds"));
+    for to in ["z@forged.dane.test", "z@ee.dane.test", "z@plain.test"] {
+        queue(&spool, "a@sender.test", &[to], MSG);
+    }
+    let results = pass(
+        settings(world.iterating, Some(world.anchor_ds_file.clone())),
+        spool.clone(),
+    )
+    .await;
+    let outcome = |to: &str| result(&results, to).outcome;
+    assert_eq!(
+        outcome("z@forged.dane.test"),
+        Outcome::Deferred,
+        "{results:?}"
+    );
+    assert_eq!(outcome("z@ee.dane.test"), Outcome::Delivered, "{results:?}");
+    assert_eq!(outcome("z@plain.test"), Outcome::Delivered, "{results:?}");
+    let dane_lines = logs
+        .text()
+        .lines()
+        .filter(|l| l.contains("to=z@ee.dane.test") && l.contains("tls_policy=\"dane\""))
+        .count();
+    assert_eq!(dane_lines, 1, "authenticated by DANE from the DS anchor");
+
+    // doctor's readiness check: the validating resolver is ready; the other is not,
+    // unless the anchors validate here.
+    use mailspool_deliver::dnssec::{Finding, readiness};
+    let ready = |f: &[Finding], what: &str| {
+        f.iter()
+            .any(|f| matches!(f, Finding::Ok(t) if t.contains(what)))
+    };
+    let f = readiness(&settings(world.validating, None)).await;
+    assert!(ready(&f, "DANE ready: the resolver"), "{f:?}");
+    let f = readiness(&settings(world.iterating, None)).await;
+    assert!(
+        f.iter()
+            .any(|f| matches!(f, Finding::Fix(t, _) if t.contains("does not validate"))),
+        "{f:?}"
+    );
+    let f = readiness(&settings(
+        world.iterating,
+        Some(world.anchor_ds_file.clone()),
+    ))
+    .await;
+    assert!(ready(&f, "validates here"), "{f:?}");
+
     // The same non-validating resolver trusted for its AD bit: it never sets it, so
     // nothing is secure and DANE never applies (doctor warns of exactly this).
     let stub = mailspool_deliver::dnssec::StubResolver::new(Some(world.iterating)).unwrap();

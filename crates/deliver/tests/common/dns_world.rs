@@ -65,8 +65,10 @@ pub struct World {
     pub iterating: SocketAddr,
     /// bind9 itself.
     pub authoritative: SocketAddr,
-    /// The root's key as a `dnssec_trust_anchors` file has it.
+    /// The root's key as a `dnssec_trust_anchors` file has it (a DNSKEY line).
     pub anchor_file: PathBuf,
+    /// The same anchor as the root's DS record.
+    pub anchor_ds_file: PathBuf,
     children: Vec<Child>,
 }
 
@@ -211,6 +213,8 @@ impl World {
                 .join("\n"),
         )
         .unwrap();
+        let anchor_ds_file = d.join("root.ds");
+        std::fs::write(&anchor_ds_file, ds(d, &root_key)).unwrap();
         std::fs::write(d.join("plain.zone"), zone_text("plain.test.", &zones.plain)).unwrap();
 
         let bind_port = free_port();
@@ -272,6 +276,7 @@ impl World {
             iterating,
             authoritative: SocketAddr::from(([127, 0, 0, 1], bind_port)),
             anchor_file,
+            anchor_ds_file,
             children,
             dir,
         };

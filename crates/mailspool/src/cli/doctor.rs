@@ -259,12 +259,22 @@ fn check_dkim(r: &mut Report, config: &Config, owner: u32) {
 
 fn check_network(r: &mut Report, config: &Config) {
     if config.deliver.relayhosts.is_empty() {
-        // MX delivery: can we resolve at all?
-        match ("example.com", 25).to_socket_addrs() {
-            Ok(_) => r.ok("DNS answers"),
-            Err(e) => r.warn(&format!(
-                "DNS does not answer ({e}): MX delivery will wait and retry"
-            )),
+        // MX delivery: the configured resolver answers, and DANE can work as set.
+        let findings = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(mailspool_deliver::dnssec::readiness(&config.deliver)));
+        match findings {
+            Ok(findings) => {
+                for f in findings {
+                    match f {
+                        mailspool_deliver::dnssec::Finding::Ok(t) => r.ok(&t),
+                        mailspool_deliver::dnssec::Finding::Warn(t) => r.warn(&t),
+                        mailspool_deliver::dnssec::Finding::Fix(t, how) => r.fix(&t, &how),
+                    }
+                }
+            }
+            Err(e) => r.warn(&format!("DNS: cannot check ({e})")),
         }
         return;
     }
