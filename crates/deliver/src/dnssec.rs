@@ -3,9 +3,11 @@
 //! Two trust models, as Postfix and Exim have them:
 //! - **The resolver's word** (default): the configured `resolver` (else the system's
 //!   name servers) must validate, and is asked with AD and DO set (RFC 6840 §5.7); an
-//!   answer with AD is secure, one without is insecure, and SERVFAIL (what a
-//!   validating resolver answers for bogus data) or no answer is a lookup error. The
-//!   path to it must be trusted: normally it runs on this host, on loopback.
+//!   answer with AD is secure, an unsigned one without AD insecure, and SERVFAIL
+//!   (what a validating resolver answers for bogus data) or no answer a lookup error.
+//!   A signed answer without AD is insecure only if the resolver validates (it sets
+//!   AD on the signed root); from one that does not, it is indeterminate. The path to
+//!   the resolver must be trusted: normally it runs on this host, on loopback.
 //! - **Validated here** (`dnssec_trust_anchors = "FILE"`): hickory validates every
 //!   answer from the anchors in that file (DNSKEY or DS lines), for hosts whose
 //!   resolver does not validate. Names under no anchor are insecure.
@@ -68,10 +70,16 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const UDP_PAYLOAD: u16 = 1232;
 
 /// Asks the resolver with AD and DO set and reads its AD bit.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StubResolver {
     servers: Vec<SocketAddr>,
+    /// Whether the resolver validates (AD on the signed root), and until when that
+    /// answer is kept.
+    validates: std::sync::Mutex<Option<(Option<bool>, std::time::Instant)>>,
 }
+
+/// How long the resolver's "do you validate?" answer is kept.
+const PROBE_FOR: Duration = Duration::from_secs(600);
 
 /// One answer from a server: its code, its AD bit, the records of the type asked for.
 #[derive(Debug)]
@@ -82,7 +90,8 @@ pub struct StubAnswer {
     pub rcode: ResponseCode,
     /// Authenticated Data: the server validated the answer.
     pub ad: bool,
-    /// Whether the answer carried RRSIG records (the server passes DNSSEC data).
+    /// Whether the answer carried RRSIG records (the data is signed, and the server
+    /// passes DNSSEC records along).
     pub signed: bool,
     /// The records of the type asked for.
     pub records: Vec<RData>,
@@ -109,7 +118,32 @@ impl StubResolver {
         if servers.is_empty() {
             return Err("no name server configured".into());
         }
-        Ok(StubResolver { servers })
+        Ok(StubResolver {
+            servers,
+            validates: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Whether the resolver validates DNSSEC: it sets AD on the root's SOA (signed
+    /// whatever the trust anchor). `None`: it did not answer. Asked again every ten
+    /// minutes; a resolver that does not validate is logged each time.
+    pub async fn validates(&self) -> Option<bool> {
+        if let Some((v, until)) = *self.validates.lock().unwrap_or_else(|e| e.into_inner())
+            && until > std::time::Instant::now()
+        {
+            return v;
+        }
+        let v = match self.query(".", RecordType::SOA).await {
+            Ok(a) if a.rcode == ResponseCode::NoError => Some(a.ad),
+            _ => None,
+        };
+        if v != Some(true) {
+            let servers: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
+            tracing::warn!(resolver = %servers.join(","), answered = v.is_some(), "DANE: the resolver does not vouch for the signed root (no AD): signed domains' mail waits; use a validating resolver or dnssec_trust_anchors (mailspool doctor)");
+        }
+        *self.validates.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((v, std::time::Instant::now() + PROBE_FOR));
+        v
     }
 
     /// The servers asked, in order.
@@ -133,6 +167,7 @@ impl StubResolver {
                         signed: m
                             .answers
                             .iter()
+                            .chain(&m.authorities)
                             .any(|r| r.record_type() == RecordType::RRSIG),
                         records: m
                             .answers
@@ -152,14 +187,25 @@ impl StubResolver {
     pub async fn proven(&self, name: &str, rtype: RecordType) -> Proven {
         match self.query(name, rtype).await {
             Ok(a) => match a.rcode {
-                ResponseCode::NoError | ResponseCode::NXDomain => Proven {
-                    status: if a.ad {
+                ResponseCode::NoError | ResponseCode::NXDomain => {
+                    let status = if a.ad {
                         Dnssec::Secure
-                    } else {
+                    } else if !a.signed || self.validates().await == Some(true) {
+                        // Unsigned, or signed outside the validator's chain of trust.
                         Dnssec::Insecure
-                    },
-                    records: a.records,
-                },
+                    } else {
+                        // Signed data a resolver passed on without validating it could
+                        // be anyone's: indeterminate (RFC 7672 §2.1.1).
+                        Dnssec::Bogus(format!(
+                            "{name} {rtype} is signed but the resolver {} does not validate DNSSEC (no AD), so nothing vouches for it",
+                            a.server
+                        ))
+                    };
+                    Proven {
+                        status,
+                        records: a.records,
+                    }
+                }
                 code => Proven::bogus(format!(
                     "the resolver {} answered {code} for {name} {rtype} (a validating resolver's answer to data that does not validate)",
                     a.server

@@ -422,12 +422,26 @@ async fn every_case_gets_the_rfc_outcome_against_bind9_and_unbound() {
     .await;
     assert!(ready(&f, "validates here"), "{f:?}");
 
-    // The same non-validating resolver trusted for its AD bit: it never sets it, so
-    // nothing is secure and DANE never applies (doctor warns of exactly this).
+    // The same non-validating resolver trusted for its AD bit: it passes signatures
+    // without ever setting AD, so signed answers are indeterminate (RFC 7672 §2.1.1):
+    // signed domains wait, forged or not; unsigned ones deliver as usual.
     let stub = mailspool_deliver::dnssec::StubResolver::new(Some(world.iterating)).unwrap();
     let answer = stub
         .query("ee.dane.test", hickory_proto::rr::RecordType::MX)
         .await
         .unwrap();
     assert!(!answer.ad && answer.signed, "{answer:?}");
+    assert_eq!(stub.validates().await, Some(false));
+    let spool = common::spool(&dir.path().join("unvalidated"));
+    for to in ["w@forged.dane.test", "w@ee.dane.test", "w@plain.test"] {
+        queue(&spool, "a@sender.test", &[to], MSG);
+    }
+    let results = pass(settings(world.iterating, None), spool.clone()).await;
+    let outcome = |to: &str| result(&results, to);
+    let forged = outcome("w@forged.dane.test");
+    assert_eq!(forged.outcome, Outcome::Deferred, "{results:?}");
+    assert!(forged.reply.contains("does not validate DNSSEC"), "{forged:?}");
+    assert!(!rx.got("plain").contains(&"w@forged.dane.test".to_owned()));
+    assert_eq!(outcome("w@ee.dane.test").outcome, Outcome::Deferred);
+    assert_eq!(outcome("w@plain.test").outcome, Outcome::Delivered, "{results:?}");
 }
