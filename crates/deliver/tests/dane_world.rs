@@ -440,8 +440,15 @@ async fn every_case_gets_the_rfc_outcome_against_bind9_and_unbound() {
     let outcome = |to: &str| result(&results, to);
     let forged = outcome("w@forged.dane.test");
     assert_eq!(forged.outcome, Outcome::Deferred, "{results:?}");
-    assert!(forged.reply.contains("does not validate DNSSEC"), "{forged:?}");
+    assert!(
+        forged.reply.contains("does not validate DNSSEC"),
+        "{forged:?}"
+    );
     assert!(!rx.got("plain").contains(&"w@forged.dane.test".to_owned()));
     assert_eq!(outcome("w@ee.dane.test").outcome, Outcome::Deferred);
-    assert_eq!(outcome("w@plain.test").outcome, Outcome::Delivered, "{results:?}");
+    assert_eq!(
+        outcome("w@plain.test").outcome,
+        Outcome::Delivered,
+        "{results:?}"
+    );
 }
