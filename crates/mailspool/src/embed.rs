@@ -117,6 +117,7 @@ pub fn spool_error_kind(e: &SpoolError) -> ErrorKind {
         SpoolError::UnsafeSpool { .. } => ErrorKind::NoPermission,
         SpoolError::Config(_) => ErrorKind::Config,
         SpoolError::Database(_) => ErrorKind::SpoolUnavailable,
+        SpoolError::BelowReserve { .. } => ErrorKind::SpoolFull,
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use mailspool_drop::format::{Envelope, MAX_ENVELOPE};
 use mailspool_spool::escape;
 
-use crate::send::{SendError, Submitter};
+use crate::send::Submitter;
 use crate::{Mailspool, MessageSource, SendMail};
 
 /// A drop file still being written (mode 0000) older than this was left by a crash.
@@ -195,6 +195,8 @@ impl Mailspool {
             uid: env.uid,
             login,
         });
+        // The drop said 0 to its caller: this is accepted mail, not new mail.
+        mail.already_accepted = true;
         match self.send_mail(mail) {
             Ok(sent) => {
                 mailspool_metrics::global().accepted("drop");
@@ -207,9 +209,9 @@ impl Mailspool {
                     }
                 }
             }
-            Err(SendError::Spool(e))
-                if e.is_full() || matches!(e, mailspool_spool::SpoolError::Io { .. }) =>
-            {
+            // A full disk, a failing disk, a database that is away: the file stays and
+            // is tried again; only what is not mail goes to corrupt/.
+            Err(e) if e.is_temporary() => {
                 tracing::warn!(file = %escape(&path.display().to_string()), error = %e, "cannot queue a dropped message now; it waits");
                 Verdict::Left
             }

@@ -81,6 +81,9 @@ pub struct SendMail<'a> {
     /// Who submitted it, when not the user running us (the pickup of a dropped
     /// message): named in the Received line, and the default sender's login.
     pub submitter: Option<Submitter>,
+    /// Mail another intake already acknowledged (the drop's files): the free-space
+    /// reserve does not apply to it.
+    pub already_accepted: bool,
 }
 
 /// The local user a message comes from.
@@ -105,6 +108,7 @@ impl<'a> SendMail<'a> {
             dot_ends: false,
             message,
             submitter: None,
+            already_accepted: false,
         }
     }
 
@@ -186,6 +190,23 @@ impl From<address::AddressError> for SendError {
 }
 
 impl SendError {
+    /// A failure of this machine, not of the message: a full or failing disk, a spool
+    /// away or locked, an engine that could not start. Trying again later may work.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            SendError::Intake(IntakeError::Read(_) | IntakeError::Write(_)) => true,
+            SendError::Spool(e) => {
+                e.is_full()
+                    || matches!(
+                        e,
+                        SpoolError::Io { .. } | SpoolError::Database(_) | SpoolError::Locked { .. }
+                    )
+            }
+            SendError::Engine(_) => true,
+            _ => false,
+        }
+    }
+
     /// The sysexits.h code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -228,7 +249,7 @@ pub fn spool_exit_code(e: &SpoolError) -> u8 {
         SpoolError::NotFound(_) | SpoolError::Missing(_) => sysexits::NOINPUT,
         SpoolError::Config(_) | SpoolError::UnsafeSpool { .. } => sysexits::CONFIG,
         SpoolError::Io { source, .. } => io_exit_code(source),
-        SpoolError::Database(_) => sysexits::TEMPFAIL,
+        SpoolError::Database(_) | SpoolError::BelowReserve { .. } => sysexits::TEMPFAIL,
     }
 }
 
@@ -244,6 +265,13 @@ impl Mailspool {
     /// [`Mailspool::commit_prepared`] or [`Mailspool::commit_batch`]; dropping it
     /// removes the stage.
     pub fn prepare(&self, mail: SendMail<'_>) -> Result<Prepared<'_>, SendError> {
+        // Below the reserve new mail waits; what another intake already acknowledged (a
+        // dropped file) is let through, it only moves from one file to another.
+        if !mail.already_accepted
+            && let Some(dir) = self.spool.cache_dir()
+        {
+            mailspool_spool::check_reserve(dir, self.config.min_free_space)?;
+        }
         let mut input: Box<dyn BufRead + '_> = match mail.message {
             MessageSource::Bytes(b) => Box::new(b),
             MessageSource::Reader(r) => Box::new(BufReader::with_capacity(64 * 1024, r)),

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub domain_nodes: Family<DomainLabel, Gauge>,
     /// Bytes free for the spool's owner on its file system.
     pub disk_free: Gauge,
+    /// Files set aside in `corrupt/`, never delivered (should be 0).
+    pub corrupt_files: Gauge,
     /// Seconds the last count of the spool took.
     pub queue_count_duration: Gauge<f64, AtomicU64>,
     /// Unix time of the last count of the spool.
@@ -192,6 +194,7 @@ impl Metrics {
             oldest_node_age: Gauge::default(),
             domain_nodes: Family::default(),
             disk_free: Gauge::default(),
+            corrupt_files: Gauge::default(),
             queue_count_duration: Gauge::default(),
             queue_count_time: Gauge::default(),
             history: Mutex::default(),
@@ -291,6 +294,11 @@ impl Metrics {
             "Space free on the spool's file system",
             Unit::Bytes,
             m.disk_free.clone(),
+        );
+        r.register(
+            "spool_corrupt_files",
+            "Files set aside in corrupt/, never delivered: each needs a person",
+            m.corrupt_files.clone(),
         );
         r.register_with_unit(
             "queue_count_duration",
@@ -440,6 +448,7 @@ mod tests {
         );
         assert!(text.contains("mailspool_queue_nodes{tier=\"0\",held=\"false\"} 7"));
         assert!(text.contains("# TYPE mailspool_spool_disk_free_bytes gauge"));
+        assert!(text.contains("# TYPE mailspool_spool_corrupt_files gauge"));
         let hour = m.last_hour();
         assert_eq!(hour.len(), 60);
         let last = hour.last().unwrap();

@@ -109,6 +109,8 @@ pub struct ServeConfig {
     pub users_file: Option<PathBuf>,
     /// Message size limit.
     pub max_message_size: u64,
+    /// Bytes kept free on the spool's file system: below them MAIL gets 452 4.3.1.
+    pub min_free_space: u64,
     /// Recipients per transaction.
     pub max_recipients: usize,
     /// Each command (and each data read) must arrive within this (RFC 5321: 5 minutes).
@@ -146,6 +148,7 @@ impl Default for ServeConfig {
             ],
             users_file: None,
             max_message_size: 50 * 1024 * 1024,
+            min_free_space: 4 * 50 * 1024 * 1024,
             max_recipients: 1000,
             command_timeout: Duration::from_secs(300),
             session_timeout: Duration::from_secs(3600),

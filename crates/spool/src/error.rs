@@ -74,6 +74,15 @@ pub enum SpoolError {
     /// was changed by the failed operation; try again later.
     #[error("spool database: {0}")]
     Database(String),
+    /// The spool's file system is below its free-space reserve (`min_free_space`): new
+    /// mail waits so that mail already accepted can still move and bounce.
+    #[error("the spool's file system has {free} bytes free, below the min_free_space reserve of {reserve}: new mail is refused for now")]
+    BelowReserve {
+        /// Bytes free for us.
+        free: u64,
+        /// The reserve.
+        reserve: u64,
+    },
 }
 
 /// For "permission denied": who owns the path (or the nearest directory above it that
@@ -138,9 +147,9 @@ impl SpoolError {
         }
     }
 
-    /// The disk or quota is full: worth retrying later.
+    /// The disk or quota is full (or below its reserve): worth retrying later.
     pub fn is_full(&self) -> bool {
-        self.io_error().is_some_and(is_full)
+        matches!(self, SpoolError::BelowReserve { .. }) || self.io_error().is_some_and(is_full)
     }
 
     /// Permission denied or read-only filesystem: the spool cannot be written by us.
@@ -154,6 +163,23 @@ pub fn is_full(e: &io::Error) -> bool {
     e.raw_os_error().is_some_and(|n| {
         n == rustix::io::Errno::NOSPC.raw_os_error() || n == rustix::io::Errno::DQUOT.raw_os_error()
     })
+}
+
+/// `Err` when the file system holding `dir` has less than `reserve` bytes free for
+/// us (0: no reserve). A file system that cannot be asked is taken as having room: the
+/// write itself will say ENOSPC if it has not.
+pub fn check_reserve(dir: &std::path::Path, reserve: u64) -> Result<(), SpoolError> {
+    if reserve == 0 {
+        return Ok(());
+    }
+    let Ok(st) = rustix::fs::statvfs(dir) else {
+        return Ok(());
+    };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < reserve {
+        return Err(SpoolError::BelowReserve { free, reserve });
+    }
+    Ok(())
 }
 
 /// A system error meaning we may not write there (EACCES, EPERM, EROFS).

@@ -38,6 +38,8 @@ pub enum Finding {
     OrphanSideData(PathBuf),
     /// A tier entry that is not a node mailspool reads (symlink, FIFO, another user's).
     Untrusted(PathBuf, String),
+    /// A file in `corrupt/`: set aside, never delivered; for a person to look at.
+    Quarantined(PathBuf),
 }
 
 impl Finding {
@@ -58,6 +60,10 @@ impl Finding {
                 p.display()
             ),
             Finding::Untrusted(p, why) => format!("not a node ({why}): {}", p.display()),
+            Finding::Quarantined(p) => format!(
+                "in corrupt/, never delivered (look at it; requeue it with sendmail if it is mail, then remove it): {}",
+                p.display()
+            ),
         }
     }
 
@@ -88,6 +94,19 @@ fn age(path: &Path) -> Duration {
 }
 
 impl Spool {
+    /// The files in `corrupt/` (set aside by the daemon, the pickup or fsck), sorted.
+    pub fn quarantined(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut out = match fs::read_dir(self.dir.join("corrupt")) {
+            Ok(d) => d
+                .map(|e| e.map(|e| e.path()))
+                .collect::<std::io::Result<Vec<_>>>()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        out.sort();
+        Ok(out)
+    }
+
     /// Check the spool; with `repair`, fix what was found (see the module comment).
     /// A spool (or a tier) that cannot be read is an error, never "no problems".
     pub fn fsck(&self, repair: bool) -> std::io::Result<Report> {
@@ -107,6 +126,10 @@ impl Spool {
                 format!("spool directory {} does not exist", self.dir.display()),
             )
         })?;
+        // corrupt/: nothing here is repaired, all of it is reported.
+        for p in self.quarantined()? {
+            report.findings.push(Finding::Quarantined(p));
+        }
         // tmp/
         if let Some(entries) = read_dir(&self.dir.join("tmp"))? {
             for e in entries.flatten() {
@@ -203,7 +226,7 @@ impl Spool {
                 fs::remove_file(p)?;
                 Some(format!("removed {}", p.display()))
             }
-            Finding::LiveStage(_) => None,
+            Finding::LiveStage(_) | Finding::Quarantined(_) => None,
             Finding::Unparsable(p) | Finding::BadNode(p) | Finding::Untrusted(p, _) => {
                 Some(self.to_corrupt(p)?)
             }
@@ -342,11 +365,22 @@ mod tests {
         let r = spool.fsck(true).unwrap();
         assert_eq!(r.actions.len(), 9, "{:#?}", r.actions);
         let r = spool.fsck(false).unwrap();
+        // Repaired, but what went to corrupt/ is still reported, for a person.
         assert!(
-            r.findings.iter().all(|f| !f.is_problem()),
+            r.findings
+                .iter()
+                .all(|f| !f.is_problem() || matches!(f, Finding::Quarantined(_))),
             "{:#?}",
             r.findings
         );
+        assert_eq!(
+            r.findings
+                .iter()
+                .filter(|f| matches!(f, Finding::Quarantined(_)))
+                .count(),
+            4
+        );
+        assert!(r.findings.iter().any(|f| f.describe().contains("in corrupt/")));
         // Nothing lost: the garbage and the empty node are in corrupt/, the 0.50 node renamed.
         let corrupt: Vec<String> = fs::read_dir(dir.path().join("corrupt"))
             .unwrap()

@@ -41,7 +41,9 @@ pub use commit::{
     BatchItem, Committed, Stage, check_envelope_names, commit_batch, commit_in_progress,
 };
 pub use config::SpoolConfig;
-pub use error::{Result, SpoolError, account_entry, is_full, is_unwritable, user_name};
+pub use error::{
+    Result, SpoolError, account_entry, check_reserve, is_full, is_unwritable, user_name,
+};
 pub use lock::{LockHolder, LockPolicy, NodeLock};
 pub use name::{NodeName, Parsed};
 pub use page::{Cursor, Page};

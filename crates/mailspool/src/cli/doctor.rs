@@ -91,6 +91,7 @@ pub fn run(config: &Config) -> CliResult {
         r.warn("the spool belongs to root: run the daemon as a dedicated user (the package's `mailspool`)");
     }
     check_drop(&mut r, spool, owner);
+    check_quarantine(&mut r, spool);
     check_secret(&mut r, config, owner);
     check_dkim(&mut r, config, owner);
     check_network(&mut r, config);
@@ -103,6 +104,21 @@ pub fn run(config: &Config) -> CliResult {
         ));
     }
     finish(r)
+}
+
+/// Whatever was set aside in corrupt/ waits for a person: say so until it is gone.
+fn check_quarantine(r: &mut Report, spool: &Path) {
+    let n = std::fs::read_dir(spool.join("corrupt")).map_or(0, |d| d.count());
+    if n > 0 {
+        r.fix(
+            &format!(
+                "{n} file{} in {}/corrupt, never delivered",
+                if n == 1 { "" } else { "s" },
+                spool.display()
+            ),
+            "`mailspool fsck` lists them: requeue what is mail (sendmail -t < FILE), then remove them",
+        );
+    }
 }
 
 fn finish(r: Report) -> CliResult {

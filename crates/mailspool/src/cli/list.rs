@@ -307,6 +307,20 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
     let out = &mut printer.out;
     if !args.json {
         footer(out, shown, messages)?;
+        // What was set aside is not queued, but must not go unseen either.
+        let quarantined = spool
+            .as_files()
+            .and_then(|s| s.quarantined().ok())
+            .map_or(0, |q| q.len());
+        if quarantined > 0 {
+            writeln!(
+                out,
+                "-- and {quarantined} file{} in corrupt/, never delivered: `mailspool fsck` lists {}",
+                if quarantined == 1 { "" } else { "s" },
+                if quarantined == 1 { "it" } else { "them" }
+            )
+            .map_err(write_failed)?;
+        }
     }
     out.flush().map_err(write_failed)
 }

@@ -57,6 +57,10 @@ pub struct ConfigFile {
     pub usage_log: Option<bool>,
     /// Message size limit in bytes.
     pub max_message_size: Option<u64>,
+    /// Bytes kept free on the spool's file system: below it new mail is refused
+    /// (SMTP 452 4.3.1, sendmail 75, HTTP 507) while accepted mail still moves and
+    /// bounces (default: 4 × max_message_size; 0: no reserve).
+    pub min_free_space: Option<u64>,
     /// Our host name.
     pub hostname: Option<String>,
     /// Relay host(s): `"host:port"` or a list tried in order.
@@ -280,6 +284,8 @@ pub struct Config {
     pub max_dequeue_processes: usize,
     /// Message size limit in bytes.
     pub max_message_size: u64,
+    /// Free-space reserve of the spool's file system, bytes (0: none).
+    pub min_free_space: u64,
     /// Header block limit in bytes.
     pub max_header_size: usize,
     /// Our host name.
@@ -344,6 +350,7 @@ impl Default for Config {
             dequeue_timeout: Duration::from_secs(20),
             max_dequeue_processes: 20,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            min_free_space: 4 * DEFAULT_MAX_MESSAGE_SIZE,
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
             hostname: default_hostname(),
             deliver: mailspool_deliver::DeliverConfig {
@@ -571,6 +578,9 @@ impl Config {
         if let Some(m) = file.max_message_size {
             c.max_message_size = positive("max_message_size", m)?;
         }
+        c.min_free_space = file
+            .min_free_space
+            .unwrap_or(c.max_message_size.saturating_mul(4));
         if let Some(t) = file.max_connection_time {
             positive("max_connection_time", t)?;
         }

@@ -42,6 +42,7 @@ pub(super) fn serve_settings(c: &mut Config, file: &ConfigFile) -> Result<(), Co
         None => format!("postmaster@{}", c.hostname),
     };
     s.max_message_size = c.max_message_size;
+    s.min_free_space = c.min_free_space;
     s.shutdown_grace = c.shutdown_grace;
     if let Some(list) = &file.listen {
         s.listen = list

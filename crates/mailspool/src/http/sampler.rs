@@ -70,6 +70,9 @@ pub fn count(state: &AppState) {
         m.disk_free
             .set(st.f_bavail.saturating_mul(st.f_frsize).min(i64::MAX as u64) as i64);
     }
+    if let Some(Ok(q)) = spool.as_files().map(|s| s.quarantined()) {
+        m.corrupt_files.set(q.len() as i64);
+    }
     m.queue_count_duration.set(started.elapsed().as_secs_f64());
     m.queue_count_time.set(now as i64);
     state.snapshot.set(summary, now);

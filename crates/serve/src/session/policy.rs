@@ -26,6 +26,16 @@ impl Session {
         if self.ctx.mode != Mode::Relay && self.auth.is_none() && self.peer.ip.is_some() {
             return self.refuse("530 5.7.0 Authentication required").await;
         }
+        // Below the free-space reserve new mail waits (RFC 3463's 4.3.1), so that what
+        // was accepted can still move through the tiers and bounces can be written.
+        if let Some(dir) = self.ctx.spool.cache_dir()
+            && let Err(e) = mailspool_spool::check_reserve(dir, self.ctx.cfg.min_free_space)
+        {
+            tracing::warn!(error = %e, "MAIL refused: the spool is below its reserve");
+            return self
+                .refuse("452 4.3.1 Insufficient system storage, try again later")
+                .await;
+        }
         if from.size as u64 > self.ctx.cfg.max_message_size {
             return self
                 .refuse("552 5.3.4 Message size exceeds the limit")
