@@ -1,5 +1,6 @@
-//! What the drop reads of the configuration: the spool directory (`dequeue_dir`) and
-//! the size limit (`max_message_size`), top-level keys of the TOML file.
+//! What the drop reads of the configuration: the spool directory (`dequeue_dir`), the
+//! size limit (`max_message_size`) and the free-space reserve (`min_free_space`),
+//! top-level keys of the TOML file.
 //!
 //! Running with its group (setgid), the drop reads only the system file
 //! `/etc/mailspool/mailspool.toml` and ignores `-C`, `$MAILSPOOL_CONFIG` and
@@ -23,6 +24,9 @@ pub struct DropConfig {
     pub spool: PathBuf,
     /// Largest message accepted.
     pub max_message_size: u64,
+    /// Bytes kept free on the spool's file system (`None`: 4 × max_message_size, as the
+    /// full program's default).
+    pub min_free_space: Option<u64>,
 }
 
 impl DropConfig {
@@ -39,6 +43,7 @@ impl DropConfig {
         let mut c = DropConfig {
             spool: PathBuf::from(SYSTEM_SPOOL),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            min_free_space: None,
         };
         if let Some(path) = file {
             match std::fs::read_to_string(&path) {
@@ -57,8 +62,14 @@ impl DropConfig {
         Ok(c)
     }
 
-    /// Take the two keys from a TOML text (top-level only; everything else is the full
-    /// program's business and is skipped).
+    /// The reserve in force.
+    pub fn reserve(&self) -> u64 {
+        self.min_free_space
+            .unwrap_or(self.max_message_size.saturating_mul(4))
+    }
+
+    /// Take the drop's keys from a TOML text (top-level only; everything else is the
+    /// full program's business and is skipped).
     pub fn apply(&mut self, text: &str) -> Result<(), String> {
         for line in text.lines() {
             let line = line.trim();
@@ -79,6 +90,14 @@ impl DropConfig {
                     if self.max_message_size == 0 {
                         return Err("max_message_size = 0 cannot work".into());
                     }
+                }
+                "min_free_space" => {
+                    self.min_free_space = Some(
+                        value
+                            .replace('_', "")
+                            .parse()
+                            .map_err(|_| format!("min_free_space = {value}: not a number"))?,
+                    );
                 }
                 _ => {}
             }
@@ -118,10 +137,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_two_keys_and_nothing_else() {
+    fn reads_its_keys_and_nothing_else() {
         let mut c = DropConfig {
             spool: PathBuf::from(SYSTEM_SPOOL),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            min_free_space: None,
         };
         c.apply(
             "# comment\ndequeue_dir = \"/srv/mail spool\"   # here\nmax_message_size = 1_000\nhostname = \"x\"\n[relay]\ndequeue_dir = \"/not/this\"\n",
@@ -129,6 +149,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.spool, PathBuf::from("/srv/mail spool"));
         assert_eq!(c.max_message_size, 1000);
+        assert_eq!(c.reserve(), 4000, "4 x max_message_size unless set");
+        c.clone().apply("min_free_space = 0").unwrap();
+        let mut r = c.clone();
+        r.apply("min_free_space = 1_048_576").unwrap();
+        assert_eq!(r.reserve(), 1_048_576);
+        assert!(c.clone().apply("min_free_space = lots").is_err());
         assert!(c.clone().apply("max_message_size = 0").is_err());
         assert!(c.clone().apply("dequeue_dir = /bare").is_err());
         c.apply("dequeue_dir = '/lit\\eral'").unwrap();

@@ -70,7 +70,9 @@ fn run(prog: &str, argv: &[OsString]) -> Result<(), (u8, String)> {
         dot_ends: !a.ignore_dots,
         max_message_size: config.max_message_size,
         max_header_size: 1024 * 1024,
+        min_free_space: config.reserve(),
     };
+    mailspool_drop::submit::signals::install();
     let dir = mailspool_drop::maildrop_dir(&config.spool);
     let stdin = std::io::stdin();
     let mut input = BufReader::with_capacity(64 * 1024, stdin.lock());

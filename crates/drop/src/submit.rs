@@ -24,6 +24,8 @@ pub struct Submission {
     pub max_message_size: u64,
     /// Largest header block, bytes.
     pub max_header_size: usize,
+    /// Bytes to leave free on the spool's file system (0: none).
+    pub min_free_space: u64,
 }
 
 /// Why a message was not dropped; nothing of it is left behind.
@@ -35,6 +37,16 @@ pub enum DropError {
     /// The message or an address is refused.
     #[error(transparent)]
     Intake(#[from] IntakeError),
+    /// The spool's file system is below its reserve: try again later.
+    #[error(
+        "the spool's file system has {free} bytes free, below its min_free_space reserve of {reserve}: try again later"
+    )]
+    BelowReserve {
+        /// Bytes free.
+        free: u64,
+        /// The reserve.
+        reserve: u64,
+    },
     /// The drop directory cannot be written.
     #[error("cannot write to {}: {source}", path.display())]
     Io {
@@ -93,6 +105,7 @@ impl DropError {
             DropError::Intake(IntakeError::Write(e)) => io_code(e),
             DropError::Intake(_) => exit::DATAERR,
             DropError::Io { source, .. } => io_code(source),
+            DropError::BelowReserve { .. } => exit::TEMPFAIL,
         }
     }
 }
@@ -147,29 +160,101 @@ pub fn drop_message(
         ..env.clone()
     };
 
-    // Written in place under its final name, created mode 0000: the pickup cannot open
-    // it (nor would it take it) until the last byte is written and the mode is set to
-    // 0640; one fsync then makes data, mode and name durable together where the file
-    // system journals a new file's directory entry with its inode (XFS, btrfs, ext4
-    // with a journal), and a sync of the file system where it does not. A drop killed
-    // half-way leaves a mode-0000 file that the pickup removes after an hour.
+    // Below the reserve new mail waits, so that what was accepted can still move.
+    if sub.min_free_space > 0
+        && let Ok(st) = rustix::fs::statvfs(dir)
+    {
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < sub.min_free_space {
+            return Err(DropError::BelowReserve {
+                free,
+                reserve: sub.min_free_space,
+            });
+        }
+    }
+
+    // Written in place under its final name, created mode 0040 and locked (flock) until
+    // it is complete: the pickup takes only files of mode 0640, and an
+    // unfinished file it can lock has lost its writer (killed), so it is removed. The
+    // mode is set to 0640 when the last byte is written; one fsync then makes data,
+    // mode and name durable together where the file system journals a new file's
+    // directory entry with its inode (XFS, btrfs, ext4 with a journal), and a sync of
+    // the file system where it does not. A signal that ends the drop removes the file.
     let path = dir.join(unique_name());
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| DropError::Io { path, source }
     };
+    signals::writing(&path);
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o000)
+        .mode(WRITING_MODE)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&path)
-        .map_err(io(&path))?;
-    let result = write_all(file, &envelope, &head, input, sub);
+        .map_err(io(&path));
+    let result = file.and_then(|file| {
+        // Held until `write_all` is done with the file (mode 0640, synced).
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| DropError::Intake(IntakeError::Write(e.into())))?;
+        write_all(file, &envelope, &head, input, sub)
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&path);
     }
+    signals::written();
     result.map(|()| path)
+}
+
+/// The mode of a drop file being written: readable by the drop's group (the daemon),
+/// so that the pickup can tell, by its lock, whether its writer still lives.
+pub const WRITING_MODE: u32 = 0o040;
+
+/// A signal that ends the drop (SIGTERM, SIGHUP, SIGINT, SIGPIPE) removes the file it
+/// was writing: the caller was not told 0, so nothing of it may stay.
+pub mod signals {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicPtr, Ordering};
+
+    static WRITING: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
+
+    extern "C" fn remove_and_exit(sig: libc::c_int) {
+        let p = WRITING.load(Ordering::SeqCst);
+        // SAFETY: unlink and _exit are async-signal-safe; `p` is a leaked C string.
+        unsafe {
+            if !p.is_null() {
+                libc::unlink(p);
+            }
+            libc::_exit(128 + sig);
+        }
+    }
+
+    /// Install the handlers (the drop's main does, once).
+    pub fn install() {
+        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGPIPE] {
+            // SAFETY: a plain handler that only calls async-signal-safe functions.
+            unsafe {
+                libc::signal(sig, remove_and_exit as *const () as libc::sighandler_t);
+            }
+        }
+    }
+
+    pub(super) fn writing(path: &Path) {
+        if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+            let old = WRITING.swap(c.into_raw(), Ordering::SeqCst);
+            if !old.is_null() {
+                // SAFETY: made by CString::into_raw above, and no longer published.
+                drop(unsafe { CString::from_raw(old) });
+            }
+        }
+    }
+
+    pub(super) fn written() {
+        // Left allocated: a handler running now may still be reading it.
+        WRITING.store(std::ptr::null_mut(), Ordering::SeqCst);
+    }
 }
 
 fn write_all(
@@ -278,6 +363,7 @@ mod tests {
             dot_ends: true,
             max_message_size: 10_000,
             max_header_size: 4096,
+            min_free_space: 0,
         }
     }
 

@@ -234,15 +234,53 @@ impl Mailspool {
     }
 }
 
+/// An unfinished drop file: removed when its writer is gone. A file being written
+/// (mode 0040) is locked by its writer, so one we can lock, untouched for a minute
+/// (the lock is taken just after the file is made), lost its writer to a kill. One
+/// we cannot open (mode 0000, an older drop's) goes after an hour.
 fn remove_if_abandoned(path: &Path) {
-    let old = fs::symlink_metadata(path)
-        .and_then(|m| m.modified())
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    let age = meta
+        .modified()
         .ok()
         .and_then(|m| SystemTime::now().duration_since(m).ok())
-        .is_some_and(|age| age > ABANDONED);
-    if old {
+        .unwrap_or_default();
+    if meta.mode() & 0o777 == mailspool_drop::submit::WRITING_MODE && age > WRITER_GRACE {
+        if writer_gone(path, &meta) {
+            tracing::info!(file = %escape(&path.display().to_string()), "removed an unfinished dropped file: its writer is gone");
+            let _ = fs::remove_file(path);
+        }
+        return;
+    }
+    if age > ABANDONED {
         let _ = fs::remove_file(path);
     }
+}
+
+/// Time between a drop making its file and locking it, at most.
+const WRITER_GRACE: Duration = Duration::from_secs(60);
+
+/// Whether nobody holds the write lock of the unfinished drop file `path` any more (the
+/// same file as `meta`, still unfinished).
+fn writer_gone(path: &Path, meta: &fs::Metadata) -> bool {
+    let Ok(file) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)
+    else {
+        return false;
+    };
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return false;
+    }
+    file.metadata().is_ok_and(|m| {
+        m.ino() == meta.ino()
+            && m.dev() == meta.dev()
+            && m.file_type().is_file()
+            && m.mode() & 0o777 == mailspool_drop::submit::WRITING_MODE
+    })
 }
 
 /// Pick up in the background: at once when a file lands in the drop directory

@@ -194,4 +194,187 @@ fn planted_files_in_the_drop_never_become_mail() {
         dir.join(".young-hidden").exists(),
         "a drop being written is left alone"
     );
+    // What was set aside is reported everywhere a person looks.
+    let fsck = env.mailspool().arg("fsck").output().unwrap();
+    let text = String::from_utf8_lossy(&fsck.stdout);
+    assert_eq!(fsck.status.code(), Some(4), "{text}");
+    assert_eq!(
+        text.matches("in corrupt/, never delivered").count(),
+        5,
+        "{text}"
+    );
+    let queue = env.mailspool().arg("queue").output().unwrap();
+    let text = String::from_utf8_lossy(&queue.stdout);
+    assert!(text.contains("Mail queue is empty"), "{text}");
+    assert!(
+        text.contains("5 files in corrupt/, never delivered"),
+        "{text}"
+    );
+    let doctor = env.mailspool().arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains("5 files in") && text.contains("corrupt, never delivered"),
+        "{text}"
+    );
+}
+
+/// An unfinished drop file (mode 0040) as a writer leaves it: locked while it lives.
+fn unfinished(dir: &std::path::Path, name: &str, age: Duration) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    let f = fs::File::create(&p).unwrap();
+    std::io::Write::write_all(&mut &f, b"mailspool-drop 1\nuid 0\n").unwrap();
+    f.set_modified(std::time::SystemTime::now() - age).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o040)).unwrap();
+    p
+}
+
+#[test]
+fn an_unfinished_drop_whose_writer_is_gone_is_removed_and_a_live_ones_stays() {
+    let env = Env::new();
+    let ms = open(&env);
+    let dir = ms.maildrop();
+    let two_minutes = Duration::from_secs(120);
+    let dead = unfinished(&dir, "1.dead-writer", two_minutes);
+    let live = unfinished(&dir, "2.live-writer", two_minutes);
+    let young = unfinished(&dir, "3.just-made", Duration::ZERO);
+    // The live writer's lock, on its own open file (another process's, as far as
+    // flock is concerned).
+    let held = fs::File::open(&live).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let report = ms.pickup().unwrap();
+    assert_eq!((report.picked, report.corrupt), (0, 0), "{report:?}");
+    assert!(
+        !dead.exists(),
+        "a killed writer's file goes at once, not after an hour"
+    );
+    assert!(live.exists(), "a locked file has a writer: left alone");
+    assert!(
+        young.exists(),
+        "a file too new to be locked yet is left alone"
+    );
+    assert!(!env.spool().join("corrupt").exists());
+    drop(held);
+    ms.pickup().unwrap();
+    assert!(!live.exists(), "its writer gone, it goes too");
+}
+
+#[test]
+fn a_drop_ended_by_a_signal_leaves_nothing() {
+    use std::io::Write;
+    let env = Env::new();
+    let ms = open(&env);
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        let mut child = std::process::Command::new(drop_bin())
+            .env("MAILSPOOL_SPOOL", env.spool())
+            .env("MAILSPOOL_CONFIG", env.config_path())
+            .args(["-i", "a@example.org"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"Subject: half\n\nthe first half, then the writer dies\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        // Wait for the drop to make its file.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fs::read_dir(ms.maildrop()).unwrap().count() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the drop made no file"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        assert_eq!(
+            fs::read_dir(ms.maildrop()).unwrap().count(),
+            0,
+            "signal {sig}: the unfinished file is removed"
+        );
+        drop(stdin);
+    }
+}
+
+#[test]
+fn below_the_reserve_new_mail_waits_and_dropped_mail_still_moves() {
+    let env = Env::new();
+    let ms = open(&env);
+    // Dropped (and so acknowledged) before the disk got short.
+    drop_cmd(&env)
+        .arg("early@example.org")
+        .write_stdin("Subject: early\n\nx\n")
+        .assert()
+        .success();
+    // A reserve no file system has: everything is "below" it.
+    fs::write(
+        env.config_path(),
+        "min_free_space = 1_000_000_000_000_000_000\n",
+    )
+    .unwrap();
+    drop_cmd(&env)
+        .arg("late@example.org")
+        .write_stdin("Subject: late\n\nx\n")
+        .assert()
+        .code(75)
+        .stderr(predicates::str::contains("min_free_space"));
+    env.mailspool()
+        .args(["send", "late@example.org"])
+        .write_stdin("Subject: late\n\nx\n")
+        .assert()
+        .code(75)
+        .stderr(predicates::str::contains("min_free_space"));
+    // The pickup of accepted mail is not new mail.
+    let config = Config::load(Some(&env.config_path()), Some(&env.spool())).unwrap();
+    assert_eq!(config.min_free_space, 1_000_000_000_000_000_000);
+    let ms2 = Mailspool::open(config).unwrap();
+    let report = ms2.pickup().unwrap();
+    assert_eq!((report.picked, report.corrupt, report.left), (1, 0, 0));
+    let to: Vec<String> = env.nodes(0).into_iter().map(|(n, _)| n.to).collect();
+    assert_eq!(to, ["early@example.org"]);
+    drop(ms);
+
+    // serve: MAIL gets 452 4.3.1 (a temporary refusal: the client retries later).
+    fs::write(
+        env.config_path(),
+        "min_free_space = 1_000_000_000_000_000_000
+[[listen]]
+address = \"127.0.0.1:0\"
+",
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin!("mailspool"));
+    cmd.env("MAILSPOOL_SPOOL", env.spool())
+        .env("MAILSPOOL_CONFIG", env.config_path())
+        .env_remove("MAILSPOOL_LOG");
+    let (mut child, port) = support::spawn_serve(cmd);
+    let smtp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    smtp.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(smtp.try_clone().unwrap());
+    let mut said = |line: &str| {
+        use std::io::{BufRead, Write};
+        if !line.is_empty() {
+            (&smtp).write_all(line.as_bytes()).unwrap();
+        }
+        let mut reply = String::new();
+        loop {
+            let mut l = String::new();
+            reader.read_line(&mut l).unwrap();
+            reply.push_str(&l);
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return reply;
+            }
+        }
+    };
+    assert!(said("").starts_with("220"));
+    assert!(said("EHLO client.test\r\n").starts_with("250"));
+    let reply = said("MAIL FROM:<a@client.test>\r\n");
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
+    let _ = said("QUIT\r\n");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -1,5 +1,6 @@
 //! A full disk: the spool on a 4 MiB tmpfs. `send` exits 75, `serve` answers 452, nothing
-//! partial is left anywhere, and once space is freed everything queued is delivered.
+//! partial is left anywhere, and once space is freed everything queued is delivered. A
+//! dropped message whose pickup hits ENOSPC waits in maildrop/ and is queued later.
 //! Needs root for `mount`; skipped with a visible message otherwise.
 
 #[path = "../../deliver/tests/common/mod.rs"]
@@ -20,7 +21,7 @@ impl Drop for Tmpfs {
     }
 }
 
-fn mount_small_tmpfs(dir: &Path) -> Option<Tmpfs> {
+fn mount_small_tmpfs(dir: &Path, size: &str) -> Option<Tmpfs> {
     if !rustix::process::geteuid().is_root() {
         eprintln!("SKIPPED: the full-disk test needs root to mount a tmpfs");
         return None;
@@ -28,7 +29,7 @@ fn mount_small_tmpfs(dir: &Path) -> Option<Tmpfs> {
     let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(&mnt)
         .status()
         .is_ok_and(|s| s.success());
@@ -52,7 +53,7 @@ fn nodes(spool: &Path) -> Vec<(PathBuf, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_refuses_cleanly_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mnt) = mount_small_tmpfs(dir.path()) else {
+    let Some(mnt) = mount_small_tmpfs(dir.path(), "4m") else {
         return;
     };
     let spool = mnt.0.join("spool");
@@ -60,7 +61,8 @@ async fn a_full_spool_refuses_cleanly_and_recovers() {
     let config = dir.path().join("mailspool.toml");
     std::fs::write(
         &config,
-        format!("dequeue_dir = \"{}\"\ntls = \"none\"\nusage_log = false\n[routes]\n\"full.test\" = \"{}\"\n", spool.display(), sink.addr),
+        // No free-space reserve: this test is about the disk itself running out.
+        format!("dequeue_dir = \"{}\"\ntls = \"none\"\nusage_log = false\nmin_free_space = 0\n[routes]\n\"full.test\" = \"{}\"\n", spool.display(), sink.addr),
     )
     .unwrap();
     let body = format!("Subject: filler\n\n{}\n", "x".repeat(400 * 1024));
@@ -125,6 +127,7 @@ async fn a_full_spool_refuses_cleanly_and_recovers() {
             tls_cert: None,
             tls_key: None,
         }],
+        min_free_space: 0,
         ..Default::default()
     };
     let bound = mailspool_serve::bind(cfg, spool_handle, mailspool_serve::Users::default())
@@ -184,4 +187,100 @@ async fn a_full_spool_refuses_cleanly_and_recovers() {
     assert!(nodes(&spool).is_empty());
     // And intake works again.
     assert!(tokio::task::block_in_place(send).status.success());
+}
+
+/// The drop program, beside `mailspool` (the workspace's tests build both).
+fn drop_bin() -> PathBuf {
+    let p =
+        PathBuf::from(assert_cmd::cargo::cargo_bin!("mailspool")).with_file_name("mailspool-drop");
+    assert!(p.exists(), "{} missing: build the workspace", p.display());
+    p
+}
+
+#[test]
+fn a_dropped_message_the_pickup_cannot_copy_waits_and_is_queued_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mnt) = mount_small_tmpfs(dir.path(), "6m") else {
+        return;
+    };
+    let spool = mnt.0.join("spool");
+    let config = dir.path().join("mailspool.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "dequeue_dir = \"{}\"\nusage_log = false\nmin_free_space = 0\n",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    let ms =
+        mailspool::Mailspool::open(mailspool::Config::load(Some(&config), None).unwrap()).unwrap();
+    std::fs::create_dir_all(ms.maildrop()).unwrap();
+    let drop_cmd = || {
+        let mut c = Command::new(drop_bin());
+        c.env("MAILSPOOL_CONFIG", &config)
+            .env_remove("MAILSPOOL_SPOOL")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    // alice: 1.5 MB, accepted (exit 0).
+    let mut alice = drop_cmd().arg("alice@full.test").spawn().unwrap();
+    let mut input = alice.stdin.take().unwrap();
+    input
+        .write_all(format!("Subject: alice\n\n{}\n", "a".repeat(1_500_000)).as_bytes())
+        .unwrap();
+    drop(input);
+    let out = alice.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another user holds 3.4 MB on a drop's stdin, unfinished.
+    let mut hog = drop_cmd().arg("hog@full.test").spawn().unwrap();
+    let mut hog_in = hog.stdin.take().unwrap();
+    hog_in
+        .write_all(format!("Subject: hog\n\n{}", "h".repeat(3_400_000)).as_bytes())
+        .unwrap();
+    hog_in.flush().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_dir(ms.maildrop())
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum::<u64>()
+        < 4_800_000
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hog did not write"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The pickup's copy of alice's message does not fit: it waits, nothing is lost.
+    let report = ms.pickup().unwrap();
+    assert_eq!((report.picked, report.corrupt), (0, 0), "{report:?}");
+    assert!(report.left >= 1, "{report:?}");
+    assert!(!spool.join("corrupt").exists(), "nothing quarantined");
+    assert!(nodes(&spool).is_empty());
+    assert_eq!(
+        std::fs::read_dir(spool.join("tmp")).map_or(0, |d| d.count()),
+        0
+    );
+    // The hog gives up (SIGTERM): its file goes, and alice's message is queued.
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(hog.id() as i32, libc::SIGTERM) };
+    let _ = hog.wait();
+    drop(hog_in);
+    let report = ms.pickup().unwrap();
+    assert_eq!(
+        (report.picked, report.corrupt, report.left),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    let queued = nodes(&spool);
+    assert_eq!(queued.len(), 1);
+    assert!(queued[0].0.to_string_lossy().contains("alice@full.test"));
+    assert_eq!(std::fs::read_dir(ms.maildrop()).unwrap().count(), 0);
 }

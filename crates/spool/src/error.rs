@@ -76,7 +76,9 @@ pub enum SpoolError {
     Database(String),
     /// The spool's file system is below its free-space reserve (`min_free_space`): new
     /// mail waits so that mail already accepted can still move and bounce.
-    #[error("the spool's file system has {free} bytes free, below the min_free_space reserve of {reserve}: new mail is refused for now")]
+    #[error(
+        "the spool's file system has {free} bytes free, below the min_free_space reserve of {reserve}: new mail is refused for now"
+    )]
     BelowReserve {
         /// Bytes free for us.
         free: u64,

@@ -380,7 +380,11 @@ mod tests {
                 .count(),
             4
         );
-        assert!(r.findings.iter().any(|f| f.describe().contains("in corrupt/")));
+        assert!(
+            r.findings
+                .iter()
+                .any(|f| f.describe().contains("in corrupt/"))
+        );
         // Nothing lost: the garbage and the empty node are in corrupt/, the 0.50 node renamed.
         let corrupt: Vec<String> = fs::read_dir(dir.path().join("corrupt"))
             .unwrap()
