@@ -27,10 +27,11 @@ pub struct Failure {
     pub from_smtp: bool,
 }
 
-/// Reads a file from its start through `pread`, whatever its descriptor's offset.
-struct ReadAt<'a> {
-    file: &'a std::fs::File,
-    at: u64,
+/// Reads a file from its start through `pread`, whatever its descriptor's offset (a
+/// node's descriptor is shared: never move its offset).
+pub(crate) struct ReadAt<'a> {
+    pub(crate) file: &'a std::fs::File,
+    pub(crate) at: u64,
 }
 
 impl Read for ReadAt<'_> {

@@ -108,6 +108,10 @@ pub struct DeliverConfig {
     pub dnssec_trust_anchors: Option<std::path::PathBuf>,
     /// Port of the MTA-STS policy servers (443; tests use their own).
     pub mta_sts_port: u16,
+    /// Mail for this host: its domains, aliases, and where local users' mail goes.
+    pub local: crate::local::LocalConfig,
+    /// Local users' mailboxes (mbox files named after each user, Debian's `/var/mail`).
+    pub mail_spool_directory: std::path::PathBuf,
     /// DKIM keys (`[[dkim]]`); none: mail goes unsigned.
     pub dkim: Vec<std::sync::Arc<crate::dkim::DkimKey>>,
 }
@@ -135,6 +139,8 @@ impl Default for DeliverConfig {
             mta_sts: true,
             dane: false,
             dnssec_trust_anchors: None,
+            local: crate::local::LocalConfig::default(),
+            mail_spool_directory: std::path::PathBuf::from("/var/mail"),
             mta_sts_port: 443,
             shaping: crate::shaping::Shaping::default(),
             max_messages_per_connection: 100,

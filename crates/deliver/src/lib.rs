@@ -14,6 +14,7 @@ pub mod dkim;
 pub mod dns;
 pub mod dnssec;
 pub mod engine;
+pub mod local;
 pub mod mta_sts;
 pub mod route;
 pub mod shaping;

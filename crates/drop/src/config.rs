@@ -27,6 +27,9 @@ pub struct DropConfig {
     /// Bytes kept free on the spool's file system (`None`: 4 × max_message_size, as the
     /// full program's default).
     pub min_free_space: Option<u64>,
+    /// `qualify_domain`, else `hostname` (for checking bare names' lengths; the pickup
+    /// completes them itself).
+    pub qualify_domain: Option<String>,
 }
 
 impl DropConfig {
@@ -44,6 +47,7 @@ impl DropConfig {
             spool: PathBuf::from(SYSTEM_SPOOL),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             min_free_space: None,
+            qualify_domain: None,
         };
         if let Some(path) = file {
             match std::fs::read_to_string(&path) {
@@ -90,6 +94,10 @@ impl DropConfig {
                     if self.max_message_size == 0 {
                         return Err("max_message_size = 0 cannot work".into());
                     }
+                }
+                "qualify_domain" => self.qualify_domain = Some(toml_string(value)?),
+                "hostname" if self.qualify_domain.is_none() => {
+                    self.qualify_domain = Some(toml_string(value)?)
                 }
                 "min_free_space" => {
                     self.min_free_space = Some(
@@ -142,6 +150,7 @@ mod tests {
             spool: PathBuf::from(SYSTEM_SPOOL),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             min_free_space: None,
+            qualify_domain: None,
         };
         c.apply(
             "# comment\ndequeue_dir = \"/srv/mail spool\"   # here\nmax_message_size = 1_000\nhostname = \"x\"\n[relay]\ndequeue_dir = \"/not/this\"\n",

@@ -71,6 +71,14 @@ fn run(prog: &str, argv: &[OsString]) -> Result<(), (u8, String)> {
         max_message_size: config.max_message_size,
         max_header_size: 1024 * 1024,
         min_free_space: config.reserve(),
+        // The node name's length is what is checked: the kernel's name stands in for a
+        // qualify_domain the configuration does not give.
+        qualify_domain: config.qualify_domain.clone().unwrap_or_else(|| {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        }),
     };
     mailspool_drop::submit::signals::install();
     let dir = mailspool_drop::maildrop_dir(&config.spool);

@@ -26,6 +26,8 @@ pub struct Submission {
     pub max_header_size: usize,
     /// Bytes to leave free on the spool's file system (0: none).
     pub min_free_space: u64,
+    /// What completes a bare name for the checks (the pickup completes it for real).
+    pub qualify_domain: String,
 }
 
 /// Why a message was not dropped; nothing of it is left behind.
@@ -37,6 +39,9 @@ pub enum DropError {
     /// The message or an address is refused.
     #[error(transparent)]
     Intake(#[from] IntakeError),
+    /// An address too long for the spool to name a node after it.
+    #[error("{0}")]
+    Unnameable(String),
     /// The spool's file system is below its reserve: try again later.
     #[error(
         "the spool's file system has {free} bytes free, below its min_free_space reserve of {reserve}: try again later"
@@ -106,6 +111,7 @@ impl DropError {
             DropError::Intake(_) => exit::DATAERR,
             DropError::Io { source, .. } => io_code(source),
             DropError::BelowReserve { .. } => exit::TEMPFAIL,
+            DropError::Unnameable(_) => exit::DATAERR,
         }
     }
 }
@@ -134,19 +140,28 @@ pub fn drop_message(
 ) -> Result<PathBuf, DropError> {
     let env = &sub.envelope;
     // Everything the caller can get wrong is refused before a byte is written.
+    // A bare name (`root`) is this host's: accepted here, completed by the pickup with
+    // the daemon's qualify_domain (checked here with the one the drop knows).
+    let q = Some(sub.qualify_domain.as_str());
     let mut rcpts = Vec::with_capacity(env.rcpts.len());
     for r in &env.rcpts {
-        rcpts.push(address::parse_recipient(r)?);
+        rcpts.push(address::parse_recipient_in(r, q)?);
     }
     let from = match &env.from {
-        Some(f) => Some(address::parse_sender(f)?),
+        Some(f) => Some(address::parse_sender_in(f, q)?),
         None => None,
     };
     let head = read_head(input, sub.max_header_size, sub.dot_ends)?;
     if rcpts.is_empty() || env.extract {
-        rcpts.extend(head.headers.recipients()?);
+        rcpts.extend(head.headers.recipients_in(q)?);
     }
-    head.headers.from_address()?;
+    let header_from = head.headers.from_address_in(q)?;
+    // Refused now, not lost later: an address the spool cannot name (a node name is
+    // at most 255 bytes) is the caller's error, 65.
+    let sender = from.clone().or(header_from).unwrap_or_default();
+    let probe_id = "0".repeat(26);
+    mailspool_spool::check_envelope_names(&probe_id, &sender, &dedup(rcpts.clone()))
+        .map_err(|e| DropError::Unnameable(e.to_string()))?;
     if dedup(rcpts.clone()).is_empty() {
         return Err(DropError::NoRecipients);
     }
@@ -364,6 +379,7 @@ mod tests {
             max_message_size: 10_000,
             max_header_size: 4096,
             min_free_space: 0,
+            qualify_domain: "host.test".into(),
         }
     }
 

@@ -287,28 +287,31 @@ impl Mailspool {
         let head = read_head(&mut input, config.max_header_size, mail.dot_ends)?;
         let mut headers = head.headers;
 
+        // A bare name (`root`, as cron and mail(1) give it) is this host's: completed
+        // with qualify_domain wherever it appears.
+        let qualify = Some(self.config.qualify_domain());
         let mut recipients = Vec::new();
         for arg in &mail.to {
-            recipients.push(address::parse_recipient(arg)?);
+            recipients.push(address::parse_recipient_in(arg, qualify)?);
         }
         if mail.to.is_empty() || mail.extract_recipients {
-            recipients.extend(headers.recipients()?);
+            recipients.extend(headers.recipients_in(qualify)?);
         }
         let recipients = dedup(recipients);
         if recipients.is_empty() {
             return Err(SendError::NoRecipients);
         }
 
-        let header_from = headers.from_address()?;
+        let header_from = headers.from_address_in(qualify)?;
         let submitter = mail.submitter.clone().unwrap_or_else(|| Submitter {
             uid: rustix::process::getuid().as_raw(),
             login: login_name(),
         });
         let from = match &mail.from {
-            Some(f) => address::parse_sender(f)?,
+            Some(f) => address::parse_sender_in(f, qualify)?,
             None => match &header_from {
                 Some(f) => f.clone(),
-                None => format!("{}@{}", submitter.login, self.config.hostname),
+                None => format!("{}@{}", submitter.login, self.config.qualify_domain()),
             },
         };
         let id = match &mail.id {

@@ -132,6 +132,16 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Tok)>, AddressError> {
 /// recipient), each checked with [`check_address`]. Empty groups and empty list members
 /// are skipped.
 pub fn parse_address_list(text: &str) -> Result<Vec<String>, AddressError> {
+    parse_address_list_in(text, None)
+}
+
+/// [`parse_address_list`], with a bare local part (`root`, `<alice>`: one word, no `@`)
+/// taken as `local@qualify` when `qualify` is given (sendmail's and Postfix's
+/// `myorigin`), refused when not.
+pub fn parse_address_list_in(
+    text: &str,
+    qualify: Option<&str>,
+) -> Result<Vec<String>, AddressError> {
     let toks = tokenize(text)?;
     let mut out = Vec::new();
     let mut item_start = 0usize;
@@ -145,7 +155,7 @@ pub fn parse_address_list(text: &str) -> Result<Vec<String>, AddressError> {
                      end: usize|
      -> Result<(), AddressError> {
         let original = &text[start.min(text.len())..end.min(text.len())];
-        let spec = match angle.take() {
+        let (spec, one_word) = match angle.take() {
             Some(inner) => {
                 // Drop a source route: everything up to the last ':'.
                 let from = inner
@@ -155,9 +165,14 @@ pub fn parse_address_list(text: &str) -> Result<Vec<String>, AddressError> {
                 if !words.is_empty() {
                     return Err(bad(original, "text after the address"));
                 }
-                join(&inner[from..])
+                (join(&inner[from..]), inner.len() - from == 1)
             }
-            None => join(words),
+            None => (join(words), words.len() == 1),
+        };
+        // Only a lone word is a bare local part: "Alice Smith" is a name, not `AliceSmith`.
+        let spec = match qualify {
+            Some(domain) if one_word && !spec.contains('@') => format!("{spec}@{domain}"),
+            _ => spec,
         };
         words.clear();
         if spec.is_empty() {
@@ -374,6 +389,11 @@ fn check_domain(spec: &str, domain: &str) -> Result<(), AddressError> {
 /// never rewritten: two addresses, a group, a line break (`"x\nBcc: y"`), white space
 /// inside the address (`a b@x` is not `ab@x`).
 pub fn parse_recipient(text: &str) -> Result<String, AddressError> {
+    parse_recipient_in(text, None)
+}
+
+/// [`parse_recipient`], qualifying a bare local part (`root`) with `qualify`.
+pub fn parse_recipient_in(text: &str, qualify: Option<&str>) -> Result<String, AddressError> {
     if text.chars().any(|c| c.is_control()) {
         return Err(bad(
             text,
@@ -406,7 +426,7 @@ pub fn parse_recipient(text: &str) -> Result<String, AddressError> {
             ));
         }
     }
-    let addrs = parse_address_list(t)?;
+    let addrs = parse_address_list_in(t, qualify)?;
     match addrs.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(bad(text, "empty address")),
@@ -417,6 +437,11 @@ pub fn parse_recipient(text: &str) -> Result<String, AddressError> {
 /// The envelope sender as given by a user (`-f`): empty or `<>` is the null sender, and
 /// `<addr>` is taken without its brackets.
 pub fn parse_sender(text: &str) -> Result<String, AddressError> {
+    parse_sender_in(text, None)
+}
+
+/// [`parse_sender`], qualifying a bare local part (`-f root`) with `qualify`.
+pub fn parse_sender_in(text: &str, qualify: Option<&str>) -> Result<String, AddressError> {
     let t = text.trim();
     if t.starts_with('-') {
         return Err(bad(t, "addresses may not start with '-'"));
@@ -429,7 +454,12 @@ pub fn parse_sender(text: &str) -> Result<String, AddressError> {
     if inner.is_empty() {
         return Ok(String::new());
     }
-    check_address(inner)
+    match qualify {
+        Some(domain) if !inner.contains('@') && !inner.starts_with('-') => {
+            check_address(&format!("{inner}@{domain}"))
+        }
+        _ => check_address(inner),
+    }
 }
 
 /// The key two addresses are duplicates under: the local part as written, the domain
@@ -478,6 +508,39 @@ mod tests {
 
     fn list(s: &str) -> Vec<String> {
         parse_address_list(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    #[test]
+    fn bare_local_parts_are_qualified_only_when_asked() {
+        let q = Some("host.example");
+        assert_eq!(
+            parse_recipient_in("alice", q).unwrap(),
+            "alice@host.example"
+        );
+        assert_eq!(
+            parse_recipient_in("<root>", q).unwrap(),
+            "root@host.example"
+        );
+        assert_eq!(
+            parse_recipient_in("Cron Daemon <root>", q).unwrap(),
+            "root@host.example"
+        );
+        assert_eq!(parse_recipient_in("bob@x.org", q).unwrap(), "bob@x.org");
+        assert!(
+            parse_recipient("alice").is_err(),
+            "no domain without qualify"
+        );
+        assert!(parse_recipient_in("-oQ/tmp", q).is_err());
+        assert!(parse_recipient_in("alice\nBcc: x", q).is_err());
+        assert_eq!(
+            parse_address_list_in("root, Bob <bob@x.org>", q).unwrap(),
+            ["root@host.example", "bob@x.org"]
+        );
+        // A display name alone is not a mailbox.
+        assert!(parse_address_list_in("Alice Smith", q).is_err());
+        assert_eq!(parse_sender_in("daemon", q).unwrap(), "daemon@host.example");
+        assert_eq!(parse_sender_in("<>", q).unwrap(), "");
+        assert!(parse_sender_in("-f", q).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::io::{self, BufRead};
 
-use crate::address::{AddressError, dedup_key, parse_address_list};
+use crate::address::{AddressError, dedup_key, parse_address_list_in};
 use crate::{IntakeError, read_line_limited};
 
 /// One header field as submitted.
@@ -186,10 +186,15 @@ impl Headers {
 
     /// Recipients from To, Cc and Bcc, in order, without duplicates.
     pub fn recipients(&self) -> Result<Vec<String>, AddressError> {
+        self.recipients_in(None)
+    }
+
+    /// [`Headers::recipients`], bare local parts (`To: root`) qualified with `qualify`.
+    pub fn recipients_in(&self, qualify: Option<&str>) -> Result<Vec<String>, AddressError> {
         let mut out = Vec::new();
         for name in ["To", "Cc", "Bcc"] {
             for value in self.values(name) {
-                out.extend(parse_address_list(&value)?);
+                out.extend(parse_address_list_in(&value, qualify)?);
             }
         }
         Ok(dedup(out))
@@ -198,13 +203,18 @@ impl Headers {
     /// The first address of the first From field; `None` when there is no From.
     /// `From: <>` gives `Some("")`: the null sender.
     pub fn from_address(&self) -> Result<Option<String>, AddressError> {
+        self.from_address_in(None)
+    }
+
+    /// [`Headers::from_address`], a bare local part (`From: root`) qualified.
+    pub fn from_address_in(&self, qualify: Option<&str>) -> Result<Option<String>, AddressError> {
         let Some(value) = self.values("From").next() else {
             return Ok(None);
         };
         if value.trim() == "<>" {
             return Ok(Some(String::new()));
         }
-        Ok(parse_address_list(&value)?.into_iter().next())
+        Ok(parse_address_list_in(&value, qualify)?.into_iter().next())
     }
 
     /// Size of the block as written by [`Headers::write_to`].

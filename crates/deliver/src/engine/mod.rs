@@ -38,6 +38,7 @@ use crate::dns::Resolve;
 use crate::route::route;
 
 mod gate;
+mod local;
 mod policy;
 mod send;
 mod settle;
@@ -182,6 +183,8 @@ pub struct Engine {
     waker: Mutex<Option<Arc<tokio::sync::Notify>>>,
     /// MTA-STS policies, cached.
     mta_sts: Arc<crate::mta_sts::MtaSts>,
+    /// The aliases file, parsed when it changes.
+    aliases: crate::local::AliasCache,
     /// Each destination's shaping gate.
     destinations: gate::Destinations,
     /// When the daemon is already due to look at tier 0 again (wake-ups coalesce).
@@ -225,6 +228,7 @@ impl Engine {
         ));
         Ok(Arc::new(Engine {
             mta_sts,
+            aliases: Default::default(),
             spool,
             global: Arc::new(Semaphore::new(cfg.max_deliveries.max(1))),
             cfg: RwLock::new(Arc::new(cfg)),
@@ -563,8 +567,17 @@ impl Engine {
 
     async fn deliver_locked_group(&self, group: Group, interactive: bool) -> Vec<NodeResult> {
         let cfg = self.cfg();
-        let mut routed = route(&group.domain, &cfg, self.dns.as_ref()).await;
-        if let Ok(targets) = &mut routed
+        // This host's own mail is not routed: aliases and mailboxes (engine/local.rs),
+        // unless a `[routes]` entry sends the domain somewhere on purpose.
+        let local = cfg.local.is_local(&group.domain)
+            && !cfg.routes.contains_key(&group.domain.to_ascii_lowercase());
+        let mut routed = if local {
+            Ok(Vec::new())
+        } else {
+            route(&group.domain, &cfg, self.dns.as_ref()).await
+        };
+        if !local
+            && let Ok(targets) = &mut routed
             && let Err(e) = self.apply_tls_policies(&cfg, &group.domain, targets).await
         {
             routed = Err(e);
@@ -676,6 +689,7 @@ impl Engine {
         }
         for claim in split_into_messages(opened) {
             let verdicts = match &routed {
+                _ if local => self.deliver_local(&cfg, &claim).await,
                 Err(e) if e.permanent => claim
                     .nodes
                     .iter()

@@ -1,6 +1,7 @@
 //! Command-line front end: `mailspool <command>`, or the sendmail interface when
 //! invoked as `sendmail`, `mailq` or `newaliases`.
 
+mod aliases;
 mod args;
 mod daemon;
 mod db;
@@ -77,8 +78,8 @@ pub fn main() -> ExitCode {
             })
         }
         "newaliases" => {
-            println!("newaliases: mailspool does not use aliases; nothing to do");
-            Ok(())
+            init_logging(0, false);
+            config(None, None).and_then(|c| aliases::newaliases(&prog, &c))
         }
         _ => run_mailspool(args),
     };

@@ -39,8 +39,8 @@ pub fn run(prog: &str, args: &[OsString]) -> CliResult {
     init_logging(p.verbose, false);
     match p.mode {
         Mode::Aliases => {
-            println!("{prog}: mailspool does not use aliases; nothing to do");
-            Ok(())
+            let c = config(p.config.as_deref(), None)?;
+            super::aliases::newaliases(prog, &c)
         }
         Mode::ListQueue => {
             let c = config(p.config.as_deref(), None)?;

@@ -162,6 +162,7 @@ pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), 
     if let (Some(user), Some(pw_file)) = (&relay.username, &relay.password_file) {
         c.relay_secret = Some((user.clone(), pw_file.clone()));
     }
+    local_settings(c, file)?;
     let d = &mut c.deliver;
     d.hostname = c.hostname.clone();
     d.max_deliveries = c.max_dequeue_processes;
@@ -287,6 +288,52 @@ pub(super) fn deliver_settings(c: &mut Config, file: &ConfigFile) -> Result<(), 
     }
     if let Some(s) = file.shutdown_grace {
         c.shutdown_grace = Duration::from_secs(s);
+    }
+    Ok(())
+}
+
+/// Mail for this host: its domains, the aliases file, the admin address, the mailboxes.
+fn local_settings(c: &mut Config, file: &ConfigFile) -> Result<(), ConfigError> {
+    let qualify = c.qualify_domain().to_owned();
+    let mut domains: Vec<String> = match &file.local_domains {
+        Some(list) => list
+            .iter()
+            .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+            .collect(),
+        None => {
+            let mut d = vec![
+                c.hostname.to_ascii_lowercase(),
+                "localhost".to_owned(),
+                "localhost.localdomain".to_owned(),
+            ];
+            if !d.contains(&qualify) {
+                d.push(qualify.clone());
+            }
+            d
+        }
+    };
+    domains.dedup();
+    let local = &mut c.deliver.local;
+    local.domains = domains;
+    local.aliases = match &file.aliases {
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(p.clone()),
+        None => Some(std::path::PathBuf::from("/etc/aliases")),
+    };
+    if let Some(a) = &file.admin_address {
+        let a = mailspool_message::address::check_address(a)
+            .map_err(|e| ConfigError::Invalid(format!("admin_address: {e}")))?;
+        let domain = a.rsplit_once('@').map_or("", |(_, d)| d);
+        if local.is_local(domain) {
+            return Err(ConfigError::Invalid(format!(
+                "admin_address {a} is on a local domain: it would come back here (give an address elsewhere)"
+            )));
+        }
+        local.admin_address = Some(a);
+    }
+    if let Some(dir) = &file.mail_spool_directory {
+        c.deliver.mail_spool_directory = dir.clone();
     }
     Ok(())
 }

@@ -63,6 +63,19 @@ pub struct ConfigFile {
     pub min_free_space: Option<u64>,
     /// Our host name.
     pub hostname: Option<String>,
+    /// Domain that completes a bare name (`root`, `-f cron`) wherever mail enters
+    /// (default: hostname).
+    pub qualify_domain: Option<String>,
+    /// Domains that are this host: their mail goes through aliases to local mailboxes
+    /// (default: hostname, localhost, localhost.localdomain).
+    pub local_domains: Option<Vec<String>>,
+    /// The aliases file, sendmail's syntax (default /etc/aliases; "" for none).
+    pub aliases: Option<PathBuf>,
+    /// Send every local user's mail to this address instead of a mailbox (relay-only
+    /// hosts, like nullmailer's adminaddr).
+    pub admin_address: Option<String>,
+    /// Where local mailboxes are (default /var/mail).
+    pub mail_spool_directory: Option<PathBuf>,
     /// Relay host(s): `"host:port"` or a list tried in order.
     pub relayhost: Option<OneOrMany>,
     /// Relay settings.
@@ -290,6 +303,8 @@ pub struct Config {
     pub max_header_size: usize,
     /// Our host name.
     pub hostname: String,
+    /// Completes bare names at intake; `None`: the host name.
+    pub qualify_domain: Option<String>,
     /// Delivery settings.
     pub deliver: mailspool_deliver::DeliverConfig,
     /// Seconds SIGTERM waits for deliveries under way.
@@ -353,6 +368,7 @@ impl Default for Config {
             min_free_space: 4 * DEFAULT_MAX_MESSAGE_SIZE,
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
             hostname: default_hostname(),
+            qualify_domain: None,
             deliver: mailspool_deliver::DeliverConfig {
                 hostname: default_hostname(),
                 ..Default::default()
@@ -419,6 +435,13 @@ pub fn is_personal_default(dir: &Path) -> bool {
 /// This machine's fully qualified name, as `hostname -f` finds it without DNS: the
 /// kernel's node name if it has a dot, else the first dotted alias of that name in
 /// /etc/hosts, else the node name (the configured `hostname` wins over all of these).
+impl Config {
+    /// The domain that completes a bare name: `qualify_domain`, else the host name.
+    pub fn qualify_domain(&self) -> &str {
+        self.qualify_domain.as_deref().unwrap_or(&self.hostname)
+    }
+}
+
 pub fn default_hostname() -> String {
     let name = mailspool_spool::lock::hostname();
     if name.is_empty() {
@@ -591,6 +614,13 @@ impl Config {
                 )));
             }
             c.hostname = h;
+        }
+        if let Some(q) = &file.qualify_domain {
+            let q = q.trim().trim_end_matches('.').to_ascii_lowercase();
+            mailspool_message::address::check_address(&format!("x@{q}")).map_err(|_| {
+                ConfigError::Invalid(format!("qualify_domain {q:?} is not a domain"))
+            })?;
+            c.qualify_domain = Some(q);
         }
         deliver_settings(&mut c, &file)?;
         serve_settings(&mut c, &file)?;
