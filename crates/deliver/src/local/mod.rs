@@ -308,7 +308,7 @@ mod tests {
     #[test]
     fn aliases_expand_to_mailboxes_and_addresses_elsewhere() {
         let a = aliases(
-            "postmaster: root\nroot: alice, ops@example.org\nteam: alice, bob, team\nloop1: loop2\nloop2: loop1\ncmd: \"|/bin/sh\"\nfile: /tmp/x\nghost: nobody-here\n",
+            "postmaster: root\nroot: alice, ops@example.org\nteam: alice, bob\nbob: bob, bob@example.net\nloop1: loop2\nloop2: loop1\ncmd: \"|/bin/sh\"\nfile: /tmp/x\nghost: nobody-here\n",
         );
         let c = cfg(None);
         let r = resolve(&c, &a, "postmaster@host.test", &users).unwrap();
