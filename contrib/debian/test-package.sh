@@ -22,8 +22,8 @@ users=(ms-alice ms-bob)
 daemon_pid=
 cleanup() {
     [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null || true
-    apt-get purge -y -qq mailspool >/dev/null 2>&1 || true
-    for u in "${users[@]}"; do userdel -r "$u" >/dev/null 2>&1 || true; done
+    apt-get purge -y -qq bsd-mailx mailspool >/dev/null 2>&1 || true
+    for u in "${users[@]}"; do userdel -r "$u" >/dev/null 2>&1 || true; rm -f "/var/mail/$u"; done
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -47,11 +47,15 @@ apt-get install -y -qq "$deb" >/dev/null
 [ -f /usr/share/doc/mailspool/examples/mailspool.rules.yml ] || fail "alert rules not installed"
 id -nG mailspool | grep -qw mailspool-drop || fail "mailspool is not in mailspool-drop"
 
+# root's mail goes to ms-bob, as a sysadmin's /etc/aliases would say (a file of the
+# test's own, under /etc/mailspool: purged with the package).
+printf 'postmaster: root\nroot: ms-bob\n' > /etc/mailspool/aliases
 cat > /etc/mailspool/mailspool.toml <<EOF
 dequeue_dir = "/var/spool/mailspool"
 hostname = "server.test"
 tls = "none"
 dequeue_timeout = 1
+aliases = "/etc/mailspool/aliases"
 [routes]
 "example.test" = "127.0.0.1:${SINK_PORT}"
 [http]
@@ -112,6 +116,18 @@ case "$reply" in "HTTP/1.1 200"*) ;; *) fail "the daemon does not serve the API 
 reply=$(http POST /v1/messages '{"from": "app@server.test", "to": ["http@example.test"], "subject": "over http", "text": "hi"}')
 case "$reply" in "HTTP/1.1 202"*) ;; *) fail "POST /v1/messages: $reply" ;; esac
 
+# The mail a server makes: cron's exact call (the crontab's user as a bare name),
+# `sendmail root`, and mail(1) from Debian's bsd-mailx, which needs an MTA and takes
+# this package as one.
+printf 'From: root (Cron Daemon)\nTo: ms-alice\nSubject: Cron <ms-alice@server> /usr/local/bin/report\n\nreport output\n' |
+    runuser -u ms-alice -- env -i PATH=/usr/bin:/bin /usr/sbin/sendmail -FCronDaemon -i -B8BITMIME -oem ms-alice ||
+    fail "cron's sendmail call"
+printf 'Subject: smartd\n\ndisk 1 is failing\n' | runuser -u ms-alice -- /usr/sbin/sendmail root || fail "sendmail root"
+if ! command -v bsd-mailx >/dev/null; then
+    apt-get install -y -qq bsd-mailx >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bsd-mailx >/dev/null; }
+fi
+echo "sent with mail(1)" | runuser -u ms-alice -- mail -s "from mailx" root || fail "mail -s subject root"
+
 # What a user might try. Each must fail.
 attack() { # description, command...
     local what=$1; shift
@@ -148,10 +164,21 @@ for _ in $(seq 1 120); do
 done
 [ "$left" = 0 ] || { tail -20 /tmp/mailspool-package-daemon.log; fail "$left files still queued"; }
 grep -c "picked up" /tmp/mailspool-package-daemon.log | sed 's/^/picked up: /'
+# Each in the right mailbox, as Debian has mailboxes (USER:mail 0660), readable by mail -f.
+for box in ms-alice ms-bob; do
+    [ "$(stat -c '%U %G %a' /var/mail/$box 2>/dev/null)" = "$box mail 660" ] ||
+        { tail -20 /tmp/mailspool-package-daemon.log; fail "/var/mail/$box: $(stat -c '%U %G %a' /var/mail/$box 2>&1)"; }
+done
+alice_box=$(printf 'p 1\nq\n' | runuser -u ms-alice -- mail -f /var/mail/ms-alice 2>&1)
+case "$alice_box" in *"Subject: Cron <ms-alice@server>"*"report output"*) ;; *) fail "mail -f ms-alice: $alice_box" ;; esac
+bob_box=$(printf 'h\nq\n' | runuser -u ms-bob -- mail -f /var/mail/ms-bob 2>&1)
+case "$bob_box" in *"2 messages"*) ;; *) fail "mail -f ms-bob (root's alias, sendmail and mail -s): $bob_box" ;; esac
+case "$bob_box" in *"from mailx"*) ;; *) fail "mail -s landed elsewhere: $bob_box" ;; esac
+echo "local mail: cron to ms-alice, root (sendmail, mail -s) to ms-bob"
 /usr/bin/mailspool doctor || true
 kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=
 
-apt-get purge -y -qq mailspool >/dev/null
+apt-get purge -y -qq bsd-mailx mailspool >/dev/null
 ! getent passwd mailspool >/dev/null || fail "the mailspool user survived the purge"
 ! getent group mailspool-drop >/dev/null || fail "the mailspool-drop group survived the purge"
 [ ! -e /var/spool/mailspool ] || fail "the spool survived the purge"

@@ -88,6 +88,30 @@ fn open_or_create(path: &Path, uid: u32) -> Result<File, MboxError> {
     }
     let euid = rustix::process::geteuid().as_raw();
     if euid != 0 && euid != uid {
+        // The package's daemon is no root: its setuid helper makes /var/mail/USER
+        // (USER:mail 0660), which the daemon, in group mail, may then append to.
+        if path.parent() == Some(Path::new("/var/mail"))
+            && let Some(helper) = mbox_create_helper()
+            && let Some(user) = path.file_name().and_then(|n| n.to_str())
+        {
+            let made = std::process::Command::new(&helper)
+                .arg(user)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .map_err(|e| MboxError(format!("{}: {e}", helper.display())))?;
+            if !made.status.success() {
+                return Err(MboxError(format!(
+                    "{} {user}: {}",
+                    helper.display(),
+                    String::from_utf8_lossy(&made.stderr).trim()
+                )));
+            }
+            return std::fs::OpenOptions::new()
+                .append(true)
+                .custom_flags(flags)
+                .open(path)
+                .map_err(|e| MboxError(format!("{}: {e}", path.display())));
+        }
         return Err(MboxError(format!(
             "{} does not exist and only root or its user can make it (create it: install -m 0660 -o USER -g mail /dev/null {})",
             path.display(),
@@ -106,6 +130,23 @@ fn open_or_create(path: &Path, uid: u32) -> Result<File, MboxError> {
             .map_err(|e| MboxError(format!("chown {}: {e}", path.display())))?;
     }
     Ok(f)
+}
+
+/// The setuid helper that makes a missing `/var/mail/USER` (the package installs it
+/// in /usr/lib/mailspool; a build has it beside the program).
+fn mbox_create_helper() -> Option<std::path::PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("mailspool-mbox-create")));
+    [
+        Some(std::path::PathBuf::from(
+            "/usr/lib/mailspool/mailspool-mbox-create",
+        )),
+        beside,
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.is_file())
 }
 
 /// `<user>.lock` in the mail spool directory, made with O_EXCL; removed when dropped.
