@@ -77,6 +77,10 @@ grep -A3 '^\[\[dkim\]\]' /tmp/mailspool-keygen.err >> /etc/mailspool/mailspool.t
 token=$(/usr/bin/mailspool token add package-test --scope admin 2>/dev/null | tail -1)
 case "$token" in mst_*) ;; *) fail "token add printed no token" ;; esac
 [ "$(stat -c '%U %a' /etc/mailspool/tokens)" = "mailspool 600" ] || fail "tokens file: $(stat -c '%U %a' /etc/mailspool/tokens)"
+# SMTP AUTH users as a sysadmin adds them: root writes /etc/mailspool/users for the
+# listener's user, which runs as mailspool and reads it.
+printf 'pw-for-submitter\n' | /usr/bin/mailspool user add submitter >/dev/null || fail "mailspool user add as root"
+[ "$(stat -c '%U %a' /etc/mailspool/users)" = "mailspool 600" ] || fail "users file: $(stat -c '%U %a' /etc/mailspool/users)"
 # http METHOD PATH BODY: one request over bash's /dev/tcp (no curl needed); prints the reply.
 http() {
     exec 3<>"/dev/tcp/127.0.0.1/${HTTP_PORT}" || return 1

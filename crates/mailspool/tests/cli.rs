@@ -576,5 +576,11 @@ fn fsck_reports_then_repairs_a_050_spool() {
         1,
         "kept in corrupt/"
     );
+    // Repaired, but what went to corrupt/ waits for a person: said, and not 0.
+    let out = env.mailspool().args(["fsck"]).assert().code(4);
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains("in corrupt/, never delivered"), "{text}");
+    assert!(text.contains("1 problem found"), "{text}");
+    fs::remove_dir_all(env.spool().join("corrupt")).unwrap();
     env.mailspool().args(["fsck"]).assert().success();
 }

@@ -123,6 +123,12 @@ impl Users {
 
     /// Write the file back (atomically, 0600).
     pub fn save(&self) -> Result<(), UsersError> {
+        self.save_for(None)
+    }
+
+    /// [`Users::save`], the file given to `owner` (uid, gid): root saves it for the
+    /// listener's user, which must read it and nobody else may.
+    pub fn save_for(&self, owner: Option<(u32, u32)>) -> Result<(), UsersError> {
         let path = self
             .path
             .clone()
@@ -143,6 +149,9 @@ impl Users {
             .map_err(io)?;
         for (name, hash) in &self.users {
             writeln!(f, "{name}:{hash}").map_err(io)?;
+        }
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io)?;
         }
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)

@@ -103,6 +103,18 @@ impl<S: Deref<Target = Spool>> Stage<S> {
             .map_err(|e| SpoolError::io("create", &path, e))?;
         // Held until the stage is closed: a stage nobody holds is a crash's leftover.
         let _ = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+        // Root writing a spool that is another user's (a root program through the C or
+        // Perl binding) gives the message to that user: their daemon must read it.
+        if rustix::process::geteuid().is_root()
+            && let Ok(dir) = std::fs::metadata(&spool.dir)
+            && std::os::unix::fs::MetadataExt::uid(&dir) != 0
+        {
+            use std::os::unix::fs::MetadataExt;
+            if let Err(e) = std::os::unix::fs::fchown(&file, Some(dir.uid()), Some(dir.gid())) {
+                let _ = std::fs::remove_file(&path);
+                return Err(SpoolError::io("chown", &path, e));
+            }
+        }
         Ok(Stage {
             spool,
             id: id.to_owned(),

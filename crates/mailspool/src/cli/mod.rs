@@ -139,6 +139,7 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
         args::Command::Serve
             | args::Command::Doctor
             | args::Command::Token { .. }
+            | args::Command::User { .. }
             | args::Command::Dkim { .. }
     );
     if rustix::process::geteuid().is_root() && !serve {

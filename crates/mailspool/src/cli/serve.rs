@@ -148,20 +148,22 @@ pub fn user(config: &Config, command: UserCommand) -> CliResult {
     let mut users = users(config)?;
     let fail =
         |e: mailspool_serve::users::UsersError| Failure::new(sysexits::CANTCREAT, e.to_string());
+    // Root writes it (in root's /etc/mailspool) for the listener's user: the spool's owner.
+    let owner = super::privilege::daemon_owner(config);
     match command {
         UserCommand::Add { name } => {
             let pw = read_password(&name)?;
             users
                 .set(&name, &pw)
                 .map_err(|e| Failure::new(sysexits::DATAERR, e.to_string()))?;
-            users.save().map_err(fail)?;
+            users.save_for(owner).map_err(fail)?;
             println!("user {name} saved in {}", path.display());
         }
         UserCommand::Del { name } => {
             if !users.remove(&name) {
                 return Err(Failure::new(sysexits::NOINPUT, format!("no user {name}")));
             }
-            users.save().map_err(fail)?;
+            users.save_for(owner).map_err(fail)?;
             println!("user {name} removed");
         }
         UserCommand::List => {

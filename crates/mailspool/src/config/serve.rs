@@ -5,8 +5,14 @@ use std::time::Duration;
 
 use super::{Config, ConfigError, ConfigFile, default_hostname, is_root, positive};
 
+/// Port 25 where we may bind it (root, or the unit's CAP_NET_BIND_SERVICE), else 2525.
 pub(super) fn default_serve() -> mailspool_serve::ServeConfig {
-    let port = if is_root() { 25 } else { 2525 };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let port = if is_root() || may_bind_low_ports(&status) {
+        25
+    } else {
+        2525
+    };
     mailspool_serve::ServeConfig {
         hostname: default_hostname(),
         listen: vec![mailspool_serve::Listen {
@@ -18,6 +24,16 @@ pub(super) fn default_serve() -> mailspool_serve::ServeConfig {
         users_file: Some(default_users_file()),
         ..Default::default()
     }
+}
+
+/// Whether the effective capabilities in `/proc/self/status` (`CapEff:`, hex) hold
+/// CAP_NET_BIND_SERVICE (bit 10).
+fn may_bind_low_ports(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 10) != 0)
 }
 
 /// `/etc/mailspool/users` for root, else `$XDG_CONFIG_HOME/mailspool/users`.
@@ -89,6 +105,11 @@ pub(super) fn serve_settings(c: &mut Config, file: &ConfigFile) -> Result<(), Co
             })
             .collect::<Result<_, _>>()?;
     }
+    if file.users_file.is_none() && c.spool_dir == std::path::Path::new(super::SYSTEM_SPOOL) {
+        // The system spool's listener (the unit runs it as `mailspool`) reads the file
+        // root's `mailspool user add` writes.
+        s.users_file = Some(PathBuf::from("/etc/mailspool/users"));
+    }
     if let Some(f) = &file.users_file {
         s.users_file = Some(f.clone());
     }
@@ -122,4 +143,17 @@ pub(super) fn serve_settings(c: &mut Config, file: &ConfigFile) -> Result<(), Co
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cap_net_bind_service_is_read_from_capeff() {
+        let status =
+            |eff: &str| format!("Name:\tmailspool\nCapInh:\t0000000000000000\nCapEff:\t{eff}\n");
+        assert!(super::may_bind_low_ports(&status("0000000000000400")));
+        assert!(super::may_bind_low_ports(&status("000001ffffffffff")));
+        assert!(!super::may_bind_low_ports(&status("0000000000000000")));
+        assert!(!super::may_bind_low_ports("no such line"));
+    }
 }
