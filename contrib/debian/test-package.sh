@@ -19,10 +19,19 @@ if [ -e /var/spool/mailspool ] || [ -e /etc/mailspool ] || [ -e /usr/sbin/sendma
 fi
 
 users=(ms-alice ms-bob)
+ours=() # packages this test installed besides mailspool (purged at the end)
+installed() { dpkg-query -W -f '${Package}\n' 2>/dev/null | sort; }
+apt_add() { # packages...: install them, and remember everything that came with them
+    local before
+    before=$(installed)
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
+    mapfile -t -O "${#ours[@]}" ours < <(comm -13 <(echo "$before") <(installed))
+}
 daemon_pid=
 cleanup() {
     [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null || true
-    apt-get purge -y -qq bsd-mailx mailspool >/dev/null 2>&1 || true
+    apt-get purge -y -qq "${ours[@]}" mailspool >/dev/null 2>&1 || true
     for u in "${users[@]}"; do userdel -r "$u" >/dev/null 2>&1 || true; rm -f "/var/mail/$u"; done
 }
 trap cleanup EXIT
@@ -127,10 +136,16 @@ printf 'From: root (Cron Daemon)\nTo: ms-alice\nSubject: Cron <ms-alice@server> 
     runuser -u ms-alice -- env -i PATH=/usr/bin:/bin /usr/sbin/sendmail -FCronDaemon -i -B8BITMIME -oem ms-alice ||
     fail "cron's sendmail call"
 printf 'Subject: smartd\n\ndisk 1 is failing\n' | runuser -u ms-alice -- /usr/sbin/sendmail root || fail "sendmail root"
-if ! command -v bsd-mailx >/dev/null; then
-    apt-get install -y -qq bsd-mailx >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bsd-mailx >/dev/null; }
-fi
+command -v bsd-mailx >/dev/null || apt_add bsd-mailx
 echo "sent with mail(1)" | runuser -u ms-alice -- mail -s "from mailx" root || fail "mail -s subject root"
+# Symfony Mailer's default transport: `sendmail -bs`, SMTP on a pipe, as a user who does
+# not own the spool (each message goes through the drop).
+bs=$(printf 'EHLO app.test\r\nMAIL FROM:<ms-alice>\r\nRCPT TO:<ms-bob>\r\nDATA\r\nSubject: over sendmail -bs\r\n\r\nhello\r\n.\r\nQUIT\r\n' |
+    runuser -u ms-alice -- /usr/sbin/sendmail -bs) || fail "sendmail -bs exited $?: $bs"
+case "$bs" in *"250 2.0.0"*"221"*) ;; *) fail "sendmail -bs: $bs" ;; esac
+# PHP's mail() (it runs `sendmail -t -i`).
+command -v php >/dev/null || apt_add php-cli
+runuser -u ms-alice -- php -r 'exit(mail("ms-bob", "from php", "sent by mail()") ? 0 : 1);' || fail "PHP mail()"
 
 # What a user might try. Each must fail.
 attack() { # description, command...
@@ -176,13 +191,15 @@ done
 alice_box=$(printf 'p 1\nq\n' | runuser -u ms-alice -- mail -f /var/mail/ms-alice 2>&1)
 case "$alice_box" in *"Subject: Cron <ms-alice@server>"*"report output"*) ;; *) fail "mail -f ms-alice: $alice_box" ;; esac
 bob_box=$(printf 'h\nq\n' | runuser -u ms-bob -- mail -f /var/mail/ms-bob 2>&1)
-case "$bob_box" in *"2 messages"*) ;; *) fail "mail -f ms-bob (root's alias, sendmail and mail -s): $bob_box" ;; esac
-case "$bob_box" in *"from mailx"*) ;; *) fail "mail -s landed elsewhere: $bob_box" ;; esac
-echo "local mail: cron to ms-alice, root (sendmail, mail -s) to ms-bob"
+for subject in smartd "from mailx" "over sendmail -bs" "from php"; do
+    case "$bob_box" in *"$subject"*) ;; *) fail "'$subject' is not in ms-bob's mailbox: $bob_box" ;; esac
+done
+echo "local mail: cron to ms-alice; root (sendmail, mail -s), sendmail -bs and PHP mail() to ms-bob"
 /usr/bin/mailspool doctor || true
 kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=
 
-apt-get purge -y -qq bsd-mailx mailspool >/dev/null
+apt-get purge -y -qq "${ours[@]}" mailspool >/dev/null
+ours=()
 ! getent passwd mailspool >/dev/null || fail "the mailspool user survived the purge"
 ! getent group mailspool-drop >/dev/null || fail "the mailspool-drop group survived the purge"
 [ ! -e /var/spool/mailspool ] || fail "the spool survived the purge"

@@ -53,6 +53,25 @@ async fn remove(
     Ok(removed > 0)
 }
 
+impl mailspool_spool::Intake for PgSpool {
+    fn new_id(&self) -> String {
+        let mut generator = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        generator
+            .generate()
+            .unwrap_or_else(|overflow| overflow.commit_overflow_increment())
+            .to_string()
+    }
+
+    fn check_envelope(&self, id: &str, from: &str, to: &[String]) -> Result<()> {
+        // The file spool's limits, so that a migration back to files always fits.
+        mailspool_spool::check_envelope_names(id, from, to)
+    }
+
+    fn stage(self: Arc<Self>, id: &str) -> Result<Box<dyn Staged>> {
+        Ok(Box::new(PgStage::new(self, id)?))
+    }
+}
+
 impl Store for PgSpool {
     fn config(&self) -> &SpoolConfig {
         &self.inner.config
@@ -60,14 +79,6 @@ impl Store for PgSpool {
 
     fn location(&self) -> String {
         self.location.clone()
-    }
-
-    fn new_id(&self) -> String {
-        let mut generator = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        generator
-            .generate()
-            .unwrap_or_else(|overflow| overflow.commit_overflow_increment())
-            .to_string()
     }
 
     fn id_in_use(&self, id: &str) -> Result<bool> {
@@ -83,15 +94,6 @@ impl Store for PgSpool {
             .map(|r| r.get(0))
             .map_err(|e| db("look up an id", e))
         })
-    }
-
-    fn check_envelope(&self, id: &str, from: &str, to: &[String]) -> Result<()> {
-        // The file spool's limits, so that a migration back to files always fits.
-        mailspool_spool::check_envelope_names(id, from, to)
-    }
-
-    fn stage(self: Arc<Self>, id: &str) -> Result<Box<dyn Staged>> {
-        Ok(Box::new(PgStage::new(self, id)?))
     }
 
     fn import(

@@ -111,6 +111,9 @@ pub struct ServeConfig {
     pub max_message_size: u64,
     /// Bytes kept free on the spool's file system: below them MAIL gets 452 4.3.1.
     pub min_free_space: u64,
+    /// For trusted clients (relay networks, authenticated users, `sendmail -bs`): the
+    /// domain that completes a bare name (`RCPT TO:<root>`); `None`: refused.
+    pub qualify_domain: Option<String>,
     /// Recipients per transaction.
     pub max_recipients: usize,
     /// Each command (and each data read) must arrive within this (RFC 5321: 5 minutes).
@@ -149,6 +152,7 @@ impl Default for ServeConfig {
             users_file: None,
             max_message_size: 50 * 1024 * 1024,
             min_free_space: 4 * 50 * 1024 * 1024,
+            qualify_domain: None,
             max_recipients: 1000,
             command_timeout: Duration::from_secs(300),
             session_timeout: Duration::from_secs(3600),

@@ -49,7 +49,7 @@ pub use name::{NodeName, Parsed};
 pub use page::{Cursor, Page};
 pub use queue::{Found, NodeEntry, NodeFile, Scan};
 pub use storage::{FaultMode, FaultyStorage, OsStorage, Storage};
-pub use store::{Listed, Placement, Staged, Store, Wanted};
+pub use store::{Intake, Listed, Placement, Staged, Store, Wanted};
 
 use commit::GroupSync;
 use storage::os;

@@ -70,9 +70,26 @@ pub struct Placement {
     pub to: String,
 }
 
+/// What taking mail in needs of a spool: ids, the envelope check, a stage to write to,
+/// the directory whose free space the reserve is kept on. The SMTP listener takes
+/// mail into any of these: a [`Store`], or (`sendmail -bs` run by a user who does not
+/// own the spool) the setgid drop.
+pub trait Intake: Send + Sync {
+    /// A local directory for this host's caches (MTA-STS policies), if any.
+    fn cache_dir(&self) -> Option<&Path> {
+        None
+    }
+    /// A fresh message id, unique across processes and hosts.
+    fn new_id(&self) -> String;
+    /// Refuse, before any byte is read, an envelope whose nodes could not be stored.
+    fn check_envelope(&self, id: &str, from: &str, to: &[String]) -> Result<()>;
+    /// Start writing message `id`.
+    fn stage(self: Arc<Self>, id: &str) -> Result<Box<dyn Staged>>;
+}
+
 /// A spool back end. Every method is synchronous: callers on an async runtime treat it
 /// as they treat file I/O (quick, bounded work per call).
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: Intake + std::fmt::Debug {
     /// The settings in force (tiers, periods, limits).
     fn config(&self) -> &SpoolConfig;
     /// Where it is, for logs and `doctor` (a directory, or a database URL without its
@@ -82,21 +99,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn as_files(&self) -> Option<&Spool> {
         None
     }
-    /// A local directory for this host's caches (MTA-STS policies), if any.
-    fn cache_dir(&self) -> Option<&Path> {
-        None
-    }
 
     // --- intake ---
 
-    /// A fresh message id, unique across processes and hosts.
-    fn new_id(&self) -> String;
     /// Whether a queued node carries message id `id`.
     fn id_in_use(&self, id: &str) -> Result<bool>;
-    /// Refuse, before any byte is read, an envelope whose nodes could not be stored.
-    fn check_envelope(&self, id: &str, from: &str, to: &[String]) -> Result<()>;
-    /// Start writing message `id`.
-    fn stage(self: Arc<Self>, id: &str) -> Result<Box<dyn Staged>>;
     /// Move a stored message in from another spool (a migration): `file` holds its
     /// bytes; each placement keeps its tier, time and hold. `origin` names the source
     /// node of each placement, so that a resumed migration never moves one twice: a
@@ -243,6 +250,21 @@ impl Staged for Stage<Arc<Spool>> {
     }
 }
 
+impl Intake for Spool {
+    fn cache_dir(&self) -> Option<&Path> {
+        Some(self.dir())
+    }
+    fn new_id(&self) -> String {
+        Spool::new_id(self)
+    }
+    fn check_envelope(&self, id: &str, from: &str, to: &[String]) -> Result<()> {
+        Spool::check_envelope(self, id, from, to)
+    }
+    fn stage(self: Arc<Self>, id: &str) -> Result<Box<dyn Staged>> {
+        Ok(Box::new(self.stage_arc(id)?))
+    }
+}
+
 impl Store for Spool {
     fn config(&self) -> &SpoolConfig {
         Spool::config(self)
@@ -253,20 +275,8 @@ impl Store for Spool {
     fn as_files(&self) -> Option<&Spool> {
         Some(self)
     }
-    fn cache_dir(&self) -> Option<&Path> {
-        Some(self.dir())
-    }
-    fn new_id(&self) -> String {
-        Spool::new_id(self)
-    }
     fn id_in_use(&self, id: &str) -> Result<bool> {
         Spool::id_in_use(self, id)
-    }
-    fn check_envelope(&self, id: &str, from: &str, to: &[String]) -> Result<()> {
-        Spool::check_envelope(self, id, from, to)
-    }
-    fn stage(self: Arc<Self>, id: &str) -> Result<Box<dyn Staged>> {
-        Ok(Box::new(self.stage_arc(id)?))
     }
     fn import(
         &self,

@@ -7,6 +7,7 @@ mod daemon;
 mod db;
 mod dkim;
 mod doctor;
+mod drop_intake;
 mod list;
 mod privilege;
 mod queue;

@@ -7,6 +7,7 @@
 //! documents as ignored are accepted and ignored; unknown ones fail with EX_USAGE.
 
 use std::ffi::OsString;
+use std::sync::Arc;
 
 use mailspool::sysexits;
 use mailspool_drop::args::{Mode, SendmailArgs};
@@ -49,8 +50,22 @@ pub fn run(prog: &str, args: &[OsString]) -> CliResult {
         }
         Mode::Smtp => {
             let c = config(p.config.as_deref(), None)?;
-            privilege::access(&c)?;
-            super::serve::stdio(&c)
+            match privilege::access(&c)? {
+                privilege::Access::Owner => super::serve::stdio(&c),
+                // Another user's spool: each message goes through the setgid drop.
+                privilege::Access::Drop => {
+                    let program = privilege::drop_program().ok_or_else(|| {
+                        Failure::new(
+                            sysexits::CONFIG,
+                            "the spool is another user's and the drop (mailspool-drop) is not installed",
+                        )
+                    })?;
+                    super::serve::stdio_with(
+                        &c,
+                        Arc::new(super::drop_intake::DropIntake { program }),
+                    )
+                }
+            }
         }
         Mode::RunQueue => {
             let c = config(p.config.as_deref(), None)?;

@@ -92,6 +92,11 @@ pub fn run(config: &Config) -> CliResult {
 /// `sendmail -bs`: one SMTP session on stdin/stdout, as the local (trusted) user.
 pub fn stdio(config: &Config) -> CliResult {
     let spool = mailspool::open_store(config, true)?;
+    stdio_with(config, spool)
+}
+
+/// The SMTP dialogue on stdin/stdout, committing into `spool`.
+pub fn stdio_with(config: &Config, spool: Arc<dyn mailspool_spool::Intake>) -> CliResult {
     let ctx = Arc::new(Context {
         cfg: Arc::new(config.serve.clone()),
         spool,

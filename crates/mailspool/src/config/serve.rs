@@ -59,6 +59,11 @@ pub(super) fn serve_settings(c: &mut Config, file: &ConfigFile) -> Result<(), Co
     };
     s.max_message_size = c.max_message_size;
     s.min_free_space = c.min_free_space;
+    s.qualify_domain = Some(
+        c.qualify_domain
+            .clone()
+            .unwrap_or_else(|| c.hostname.clone()),
+    );
     s.shutdown_grace = c.shutdown_grace;
     if let Some(list) = &file.listen {
         s.listen = list

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailspool_spool::{Staged, Store};
+use mailspool_spool::{Intake, Staged};
 use smtp_proto::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -62,8 +62,9 @@ impl Peer {
 pub struct Context {
     /// Settings.
     pub cfg: Arc<ServeConfig>,
-    /// The spool messages are committed to.
-    pub spool: Arc<dyn Store>,
+    /// Where messages are committed: the spool, or the drop (`sendmail -bs` run by a
+    /// user who does not own the spool).
+    pub spool: Arc<dyn Intake>,
     /// AUTH users.
     pub users: Arc<Users>,
     /// STARTTLS (or smtps) certificate, if configured for this port.

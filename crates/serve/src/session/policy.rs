@@ -16,6 +16,24 @@ use super::{Ended, Session, Tx};
 use crate::config::Mode;
 
 impl Session {
+    /// A bare name from a trusted client (`RCPT TO:<root>` from cron's host, `sendmail
+    /// -bs`) completed with qualify_domain, as Postfix does for its own users; from
+    /// anyone else, or without qualify_domain, left to be refused.
+    fn qualified(&self, address: String) -> String {
+        match &self.ctx.cfg.qualify_domain {
+            Some(domain)
+                if (self.peer.trusted || self.auth.is_some())
+                    && !address.contains('@')
+                    && !address.eq_ignore_ascii_case("postmaster")
+                    && !address.starts_with('-')
+                    && !address.is_empty() =>
+            {
+                format!("{address}@{domain}")
+            }
+            _ => address,
+        }
+    }
+
     pub(super) async fn mail(&mut self, from: MailFrom<String>, path: Option<String>) -> Ended {
         if self.helo.is_none() {
             return self.refuse("503 5.5.1 Send HELO or EHLO first").await;
@@ -56,6 +74,11 @@ impl Session {
         let sender = strip_source_route(path.as_deref().unwrap_or(&from.address))
             .trim()
             .to_owned();
+        let sender = if sender.is_empty() {
+            sender
+        } else {
+            self.qualified(sender)
+        };
         if !sender.is_empty() {
             if let Err(e) = check_address(&sender) {
                 let r = format!("553 5.1.7 Bad sender address: {}", e.reason);
@@ -101,6 +124,7 @@ impl Session {
         let written = strip_source_route(path.as_deref().unwrap_or(&to.address))
             .trim()
             .to_owned();
+        let written = self.qualified(written);
         let postmaster = written.eq_ignore_ascii_case("postmaster");
         let address = if postmaster {
             self.ctx.cfg.postmaster.clone()
