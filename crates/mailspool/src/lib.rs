@@ -42,6 +42,7 @@ pub fn open_store(config: &Config, create: bool) -> Result<Arc<dyn Store>, Spool
             max_connections: config.deliver.max_deliveries.clamp(4, 64) + 4,
             host: Some(config.hostname.clone()),
             ca_file: config.spool_ca_file.clone(),
+            password_file: config.spool_password_file.clone(),
         };
         return Ok(Arc::new(mailspool_pg::PgSpool::open(
             url,

@@ -584,3 +584,63 @@ fn fsck_reports_then_repairs_a_050_spool() {
     fs::remove_dir_all(env.spool().join("corrupt")).unwrap();
     env.mailspool().args(["fsck"]).assert().success();
 }
+
+#[test]
+fn doctor_never_prints_a_database_password_and_names_an_unqualified_hostname() {
+    let env = Env::new();
+    fs::write(
+        env.config_path(),
+        "spool = \"postgresql://mailspool:s3cret-pw@127.0.0.1:1/mail\"\nhostname = \"vm\"\n",
+    )
+    .unwrap();
+    let out = env
+        .mailspool()
+        .env_remove("MAILSPOOL_SPOOL")
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("s3cret-pw"), "{text}");
+    assert!(
+        text.contains("spool: database postgresql://mailspool:***@127.0.0.1:1/mail"),
+        "{text}"
+    );
+    assert!(text.contains("move it to spool_password_file"), "{text}");
+    assert!(
+        !text.contains("does not exist"),
+        "a URL is no directory: {text}"
+    );
+    assert!(
+        text.contains("hostname \"vm\" is not fully qualified"),
+        "{text}"
+    );
+    // The password in its own file: read only by what opens the database.
+    let pw = env.dir.path().join("db-password");
+    fs::write(&pw, "s3cret-pw\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&pw, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(
+        env.config_path(),
+        "spool = \"postgresql://mailspool@127.0.0.1:1/mail\"\nhostname = \"mx.example.test\"\nspool_password_file = \"db-password\"\n",
+    )
+    .unwrap();
+    let out = env
+        .mailspool()
+        .env_remove("MAILSPOOL_SPOOL")
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("spool_password_file") && text.contains("world-readable"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("s3cret-pw") && !text.contains("not fully qualified"),
+        "{text}"
+    );
+}

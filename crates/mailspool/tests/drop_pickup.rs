@@ -118,6 +118,22 @@ fn the_drop_refuses_what_sendmail_refuses_and_leaves_nothing() {
             .assert()
             .code(code);
     }
+    // Addresses the spool cannot name a node after: refused now (65), never accepted
+    // and then lost with the other recipients' copies.
+    // (Each part within RFC 5321's limits; together over a node name's 255 bytes.)
+    let long = format!(
+        "{}@{}.{}.{}.org",
+        "l".repeat(60),
+        "a".repeat(55),
+        "b".repeat(55),
+        "c".repeat(55)
+    );
+    drop_cmd(&env)
+        .args(["-f", &long, &long, "ok@example.org"])
+        .write_stdin("Subject: x\n\nx\n")
+        .assert()
+        .code(65)
+        .stderr(predicates::str::contains("too long"));
     assert_eq!(fs::read_dir(ms.maildrop()).unwrap().count(), 0);
     // No maildrop/: a clear 73 that says what to check.
     fs::remove_dir(ms.maildrop()).unwrap();

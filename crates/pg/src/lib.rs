@@ -55,6 +55,9 @@ pub struct PgOptions {
     /// The host name claims are taken under (shown to the other hosts; the
     /// configured `hostname`, else the system's).
     pub host: Option<String>,
+    /// The database password, the first line of this file (`spool_password_file`):
+    /// kept out of the URL and the world-readable configuration.
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PgOptions {
@@ -62,6 +65,7 @@ impl Default for PgOptions {
         PgOptions {
             lease: DEFAULT_LEASE,
             max_connections: 16,
+            password_file: None,
             host: None,
             ca_file: None,
         }
@@ -149,6 +153,21 @@ pub(crate) fn db(op: &str, e: impl std::error::Error) -> SpoolError {
     SpoolError::Database(format!("{op}: {}", mailspool_spool::escape(&text)))
 }
 
+/// The first line of a password file, without its line end (an empty line is an
+/// error: a password file that holds none is a mistake to say, not to send).
+pub fn read_password(path: &std::path::Path) -> Result<String, SpoolError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SpoolError::Config(format!("spool_password_file {}: {e}", path.display())))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        return Err(SpoolError::Config(format!(
+            "spool_password_file {}: its first line is empty",
+            path.display()
+        )));
+    }
+    Ok(line.to_owned())
+}
+
 /// Whether `spool` names a database rather than a directory.
 pub fn is_url(spool: &str) -> bool {
     spool.starts_with("postgresql://") || spool.starts_with("postgres://")
@@ -176,8 +195,11 @@ impl PgSpool {
     /// schema must be at [`SCHEMA_VERSION`] (`mailspool db migrate` puts it there).
     pub fn open(url: &str, config: SpoolConfig, options: PgOptions) -> Result<PgSpool, SpoolError> {
         config.validate().map_err(SpoolError::Config)?;
-        let (pg, tls) = pool::settings(url, options.ca_file.as_deref())
+        let (mut pg, tls) = pool::settings(url, options.ca_file.as_deref())
             .map_err(|e| SpoolError::Config(format!("spool {}: {e}", redact(url))))?;
+        if let Some(path) = &options.password_file {
+            pg.password(read_password(path)?);
+        }
         let driver = Driver::new().map_err(|e| db("start the database runtime", e))?;
         let token = ulid::Ulid::generate().to_string();
         let inner = Arc::new(Inner {
@@ -266,5 +288,31 @@ impl PgSpool {
         F: std::future::Future<Output = Result<T, SpoolError>> + Send + 'static,
     {
         self.driver.run(f(self.inner.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_come_from_their_file_and_never_show() {
+        let dir = std::env::temp_dir().join(format!("mailspool-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("pw");
+        std::fs::write(&f, "s3cret\r\nignored\n").unwrap();
+        assert_eq!(read_password(&f).unwrap(), "s3cret");
+        std::fs::write(&f, "\n").unwrap();
+        assert!(
+            read_password(&f).is_err(),
+            "an empty first line is an error"
+        );
+        assert!(read_password(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            redact("postgresql://u:s3cret@db1,db2/mail?sslmode=require"),
+            "postgresql://u:***@db1,db2/mail"
+        );
+        assert_eq!(redact("postgresql://u@db/mail"), "postgresql://u@db/mail");
     }
 }

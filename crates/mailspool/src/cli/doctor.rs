@@ -61,6 +61,30 @@ pub fn run(config: &Config) -> CliResult {
         true => r.ok("configuration read"),
         false => r.warn("no configuration file: built-in defaults (/etc/mailspool/mailspool.toml is the system one)"),
     }
+    if !config.hostname.contains('.') {
+        r.warn(&format!(
+            "hostname {:?} is not fully qualified: bare names (cron's `alice`, `root`) become user@{} and mail leaves as from it; set hostname (or qualify_domain) to this host's FQDN",
+            config.hostname, config.qualify_domain()
+        ));
+    }
+    if config.spool_url().is_some() {
+        // A database spool: no directory to check, and its URL shown without a password.
+        r.ok(&format!("spool: database {}", config.spool_location()));
+        // Root checks for the daemon's user (the package's `mailspool`).
+        let owner = match mailspool_deliver::local::passwd_entry("mailspool") {
+            Some(f) if rustix::process::geteuid().is_root() => {
+                f.get(2).and_then(|u| u.parse().ok()).unwrap_or(0)
+            }
+            _ => rustix::process::geteuid().as_raw(),
+        };
+        if let Some(pw) = &config.spool_password_file {
+            check_private_file(&mut r, "spool_password_file", pw, owner);
+        } else if config.spool_location().contains(":***@") {
+            r.warn("the spool URL carries a password that every user who can read the configuration can read: move it to spool_password_file (mailspool 0600)");
+        }
+        check_network(&mut r, config);
+        return finish(r);
+    }
     let spool = &config.spool_dir;
     let Ok(meta) = std::fs::metadata(spool) else {
         r.fix(

@@ -150,6 +150,9 @@ pub struct ConfigFile {
     /// A PEM file of CA certificates the database's certificate may chain to, for
     /// `sslmode=require` (besides the web PKI's roots).
     pub spool_ca_file: Option<PathBuf>,
+    /// The database password's file (first line), for a `postgresql://` spool whose
+    /// URL carries none: owned by the daemon's user, mode 0600.
+    pub spool_password_file: Option<PathBuf>,
 }
 
 /// `[shaping]`.
@@ -329,6 +332,8 @@ pub struct Config {
     pub spool_lease: Duration,
     /// More roots for the database's certificate.
     pub spool_ca_file: Option<PathBuf>,
+    /// The database password's file.
+    pub spool_password_file: Option<PathBuf>,
 }
 
 /// A configuration that cannot be used.
@@ -362,6 +367,7 @@ impl Default for Config {
             spool: SpoolConfig::default(),
             spool_lease: mailspool_pg::DEFAULT_LEASE,
             spool_ca_file: None,
+            spool_password_file: None,
             dequeue_timeout: Duration::from_secs(20),
             max_dequeue_processes: 20,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -531,6 +537,9 @@ impl Config {
             if let Some(ca) = &mut config.spool_ca_file {
                 *ca = dir.join(&ca);
             }
+            if let Some(pw) = &mut config.spool_password_file {
+                *pw = dir.join(&pw);
+            }
         }
         Ok(config)
     }
@@ -558,6 +567,7 @@ impl Config {
             c.spool_lease = Duration::from_secs(secs);
         }
         c.spool_ca_file = file.spool_ca_file.clone();
+        c.spool_password_file = file.spool_password_file.clone();
         if let Some(p) = &file.dequeue_periods {
             c.spool.periods = p.clone();
             periods_set = true;
