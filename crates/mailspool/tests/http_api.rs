@@ -526,3 +526,52 @@ fn https_when_a_certificate_is_configured() {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.ends_with("ok\n"), "{body}");
 }
+
+#[test]
+fn what_is_in_corrupt_shows_in_the_metrics_and_on_the_dashboard() {
+    let api = start();
+    // Something set aside (a planted file the daemon moved away, say).
+    let corrupt = api.spool().join("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::write(corrupt.join("0.planted"), "not mail").unwrap();
+    let agent = ureq::Agent::new_with_config(
+        ureq::config::Config::builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build(),
+    );
+    let login = reply(
+        agent
+            .post(format!("{}/login", api.base))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(format!("token={}", api.admin).as_bytes()),
+    );
+    let session = login
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // The sampler counts every second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = api.get("/metrics", Some(&api.read));
+        if metrics.body.contains("mailspool_spool_corrupt_files 1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", metrics.body);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let page = reply(
+        agent
+            .get(format!("{}/", api.base))
+            .header("Cookie", &session)
+            .call(),
+    );
+    assert!(
+        page.body.contains("1 file in corrupt/, never delivered"),
+        "{}",
+        page.body
+    );
+}

@@ -72,7 +72,12 @@ impl Engine {
             let mut done = Vec::new();
             let mut failed = None;
             if !resolved.forward.is_empty() {
-                match self.forward(&file, &from, &to, &resolved.forward).await {
+                // A list's owner gets its bounces; a bounce stays a bounce (null sender).
+                let sender = match &resolved.bounces_to {
+                    Some(owner) if !from.is_empty() => owner.clone(),
+                    _ => from.clone(),
+                };
+                match self.forward(&file, &sender, &to, &resolved.forward).await {
                     Ok(id) => done.push(format!(
                         "forwarded to {} as {id}",
                         resolved.forward.join(", ")

@@ -63,6 +63,10 @@ pub struct Resolved {
     pub forward: Vec<String>,
     /// Users of this host whose mailbox gets it.
     pub mailboxes: Vec<String>,
+    /// Where the forwarded copies' bounces go: `owner-NAME@domain` when the alias
+    /// NAME has an `owner-NAME` alias (a list's owner, as sendmail and Postfix do);
+    /// `None`: the original sender.
+    pub bounces_to: Option<String>,
 }
 
 /// The aliases file, parsed once and again whenever it changes.
@@ -125,6 +129,11 @@ pub fn resolve(
         &mut out,
         user_exists,
     )?;
+    let (local, domain) = recipient.rsplit_once('@').unwrap_or((recipient, ""));
+    let owner = format!("owner-{}", local.to_ascii_lowercase());
+    if aliases.get(local).is_some() && aliases.get(&owner).is_some() && !domain.is_empty() {
+        out.bounces_to = Some(format!("{owner}@{domain}"));
+    }
     if let Some(admin) = &cfg.admin_address {
         // Relay-only: no mailboxes here, everything local goes to the admin.
         if !out.mailboxes.is_empty() {
@@ -349,6 +358,15 @@ mod tests {
         let chain: String = (0..30).map(|i| format!("a{i}: a{}\n", i + 1)).collect();
         let e = resolve(&c, &aliases(&chain), "a0@host.test", &users).unwrap_err();
         assert_eq!(e.status, "5.4.6");
+    }
+
+    #[test]
+    fn a_list_with_an_owner_sends_its_bounces_there() {
+        let a = aliases("staff: a@example.org, b@example.org\nowner-staff: alice\n");
+        let r = resolve(&cfg(None), &a, "staff@host.test", &users).unwrap();
+        assert_eq!(r.bounces_to.as_deref(), Some("owner-staff@host.test"));
+        let r = resolve(&cfg(None), &a, "alice@host.test", &users).unwrap();
+        assert_eq!(r.bounces_to, None);
     }
 
     #[test]

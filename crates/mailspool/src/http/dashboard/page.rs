@@ -255,6 +255,16 @@ pub fn dashboard(v: &View) -> String {
             esc(e)
         );
     }
+    // What was set aside waits for a person (the sampler counts it).
+    let corrupt = mailspool_metrics::global().corrupt_files.get();
+    if corrupt > 0 {
+        let _ = write!(
+            s,
+            "<p class=\"flash err\" role=\"alert\" id=\"corrupt\">{corrupt} file{} in corrupt/, never delivered: \
+             <code>mailspool fsck</code> lists them</p>",
+            if corrupt == 1 { "" } else { "s" }
+        );
+    }
     // Search.
     let _ = write!(
         s,
