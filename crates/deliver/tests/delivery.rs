@@ -303,6 +303,66 @@ async fn a_silent_server_times_out_without_holding_up_the_rest() {
 }
 
 #[tokio::test]
+async fn node_name_addresses_go_to_the_wire_as_050_sent_them_and_never_inject() {
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("0")).unwrap();
+    let msg = "From: x@old.test\n\nhello\n";
+    // 0.50 stored `to => 'Name <a@b>'` as given; its dequeue sent RCPT TO:<a@b>.
+    std::fs::write(
+        dir.path()
+            .join("0/1054328821-a1b2c3d4e6-Bob Smith <bob@one.test>-Me <me@old.test>"),
+        msg,
+    )
+    .unwrap();
+    // A planted name whose decoded recipient would add a command to the session.
+    let planted = "0/1054328822-a1b2c3d4e7-r1@one.test%0D%0ARCPT TO:<evil@one.test>-s@old.test";
+    std::fs::write(dir.path().join(planted), msg).unwrap();
+    // And one with an unbalanced bracket.
+    std::fs::write(
+        dir.path()
+            .join("0/1054328823-a1b2c3d4e8-<r2@one.test-s@old.test"),
+        msg,
+    )
+    .unwrap();
+    let spool = std::sync::Arc::new(
+        mailspool_spool::Spool::open(dir.path(), mailspool_spool::SpoolConfig::default()).unwrap(),
+    );
+    let engine = engine(spool.clone(), config(&[("one.test", sink.addr)]));
+    let r = engine.run_pass(&PassOptions::default()).await.unwrap();
+    assert_eq!(r.count(Outcome::Delivered), 1, "{:?}", r.results);
+    let got: Vec<(String, Vec<String>)> = sink
+        .received()
+        .into_iter()
+        .map(|r| (r.from, r.to))
+        .collect();
+    assert_eq!(
+        got,
+        [("me@old.test".to_owned(), vec!["bob@one.test".to_owned()])]
+    );
+    // fsck says so, and --repair sets them aside.
+    let report = spool.fsck(false).unwrap();
+    let problems: Vec<String> = report
+        .findings
+        .iter()
+        .filter(|f| f.is_problem())
+        .map(|f| f.describe())
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems.iter().all(|p| p.contains("does not parse")),
+        "{problems:?}"
+    );
+    spool.fsck(true).unwrap();
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("corrupt"))
+            .unwrap()
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
 async fn a_spool_written_by_050_is_delivered() {
     let sink = Sink::start(Script::default()).await;
     let dir = tempfile::tempdir().unwrap();

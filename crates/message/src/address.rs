@@ -281,6 +281,11 @@ pub fn check_address(spec: &str) -> Result<String, AddressError> {
     if addr.len() > MAX_ADDRESS {
         return Err(bad(spec, "address over 254 bytes"));
     }
+    // Legal inside quotes, but a node name holding one could not be told from 0.50's
+    // `Name <addr>` form: refused, as nobody needs them.
+    if addr.contains(['<', '>']) {
+        return Err(bad(spec, "angle brackets inside an address"));
+    }
     Ok(addr)
 }
 

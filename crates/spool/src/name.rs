@@ -203,14 +203,53 @@ impl NodeName {
         }
         let fields: Vec<&str> = rest.split('-').collect();
         if fields.len() == 2 && !fields[0].is_empty() {
-            return Parsed::Node(NodeName {
+            let name = NodeName {
                 time,
                 id: id.to_owned(),
                 to: lossy(fields[0]),
                 from: lossy(fields[1]),
-            });
+            };
+            // A name anyone could plant: its addresses go on the wire, so nothing that
+            // could end or add an SMTP command gets through (quarantined by fsck).
+            if !name.envelope_safe() {
+                return Parsed::Unparsable;
+            }
+            return Parsed::Node(name);
         }
-        rescue(time, id, rest).map_or(Parsed::Unparsable, Parsed::Rescued)
+        rescue(time, id, rest)
+            .filter(NodeName::envelope_safe)
+            .map_or(Parsed::Unparsable, Parsed::Rescued)
+    }
+
+    /// The recipient as it goes to `RCPT TO`: 0.50 stored `Name <a@b>` as given and its
+    /// dequeue (Net::SMTP) sent the part in angle brackets; a bare address as it is.
+    pub fn envelope_to(&self) -> &str {
+        envelope_address(&self.to)
+    }
+
+    /// The sender as it goes to `MAIL FROM` (see [`NodeName::envelope_to`]).
+    pub fn envelope_from(&self) -> &str {
+        envelope_address(&self.from)
+    }
+
+    /// No control character (CR, LF, NUL, ...) in either address, and angle brackets
+    /// only as one balanced `<...>` pair.
+    fn envelope_safe(&self) -> bool {
+        [&self.to, &self.from].iter().all(|a| {
+            !a.chars().any(char::is_control)
+                && a.matches('<').count() == a.matches('>').count()
+                && a.matches('<').count() <= 1
+                && a.find('<')
+                    .is_none_or(|open| a.find('>').is_some_and(|close| close > open))
+        })
+    }
+}
+
+/// The address inside `<...>` when there is one, else the field trimmed.
+fn envelope_address(field: &str) -> &str {
+    match (field.find('<'), field.find('>')) {
+        (Some(open), Some(close)) if close > open => field[open + 1..close].trim(),
+        _ => field.trim(),
     }
 }
 
@@ -297,7 +336,13 @@ mod tests {
             let name = node.file_name();
             prop_assert!(matches_050_pattern(&name), "{}", name);
             prop_assert!(name.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b'/'));
-            prop_assert_eq!(NodeName::parse(&name), Parsed::Node(node));
+            // Names whose addresses could not go on the wire as they are never parse.
+            let expected = if node.envelope_safe() {
+                Parsed::Node(node)
+            } else {
+                Parsed::Unparsable
+            };
+            prop_assert_eq!(NodeName::parse(&name), expected);
         }
     }
 

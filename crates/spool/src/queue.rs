@@ -79,7 +79,7 @@ impl NodeEntry {
     /// Recipient domain, lower-cased.
     pub fn domain(&self) -> String {
         self.name
-            .to
+            .envelope_to()
             .rsplit_once('@')
             .map(|(_, d)| d.to_ascii_lowercase())
             .unwrap_or_default()

@@ -38,8 +38,8 @@ impl Engine {
         };
         let mut verdicts = Vec::with_capacity(claim.nodes.len());
         for (n, _) in &claim.nodes {
-            let to = n.name.to.clone();
-            let from = n.name.from.clone();
+            let to = n.name.envelope_to().to_owned();
+            let from = n.name.envelope_from().to_owned();
             if delivered_to.iter().any(|d| d.eq_ignore_ascii_case(&to)) {
                 verdicts.push(permanent(
                     &to,

@@ -34,8 +34,11 @@ impl Engine {
             Err(reply) => return temporary_all(nodes, reply),
         };
         let env = Envelope {
-            from: first.name.from.clone(),
-            to: nodes.iter().map(|(n, _)| n.name.to.clone()).collect(),
+            from: first.name.envelope_from().to_owned(),
+            to: nodes
+                .iter()
+                .map(|(n, _)| n.name.envelope_to().to_owned())
+                .collect(),
             size: info.wire,
             eight_bit: info.eight_bit,
             utf8_headers: info.utf8_headers,

@@ -400,6 +400,18 @@ impl Session {
                 limit,
             });
         }
+        // Whatever the caller hands us, no address may end or add a command line.
+        for addr in std::iter::once(&env.from).chain(&env.to) {
+            if addr.chars().any(|c| c.is_control() || c == '<' || c == '>') {
+                return Err(SmtpError::Protocol {
+                    phase: Phase::Mail,
+                    what: format!(
+                        "refusing to send the address {:?}: it holds a control character or an angle bracket",
+                        addr.escape_debug().to_string()
+                    ),
+                });
+            }
+        }
         let mut mail = format!("MAIL FROM:<{}>", env.from);
         if self.esmtp {
             if caps & EXT_SIZE != 0 {
