@@ -157,7 +157,15 @@ fn sign_once(
     let mut failed = None;
     let field = key.sign(|write| {
         let mut wire = WireText::default();
+        let mut names = FieldNames::default();
         let mut out = Vec::with_capacity(CHUNK + CHUNK / 16);
+        let mut fixed = Vec::with_capacity(CHUNK + CHUNK / 16);
+        let mut emit = |out: &mut Vec<u8>, fixed: &mut Vec<u8>| {
+            names.feed(out, fixed);
+            write(fixed);
+            out.clear();
+            fixed.clear();
+        };
         match data {
             Some(d) => wire.feed(d, &mut out),
             None => {
@@ -169,8 +177,7 @@ fn sign_once(
                         Ok(n) => {
                             at += n as u64;
                             wire.feed(&buf[..n], &mut out);
-                            write(&out);
-                            out.clear();
+                            emit(&mut out, &mut fixed);
                         }
                         Err(e) => {
                             failed = Some(e);
@@ -181,7 +188,9 @@ fn sign_once(
             }
         }
         wire.finish(&mut out);
-        write(&out);
+        names.feed(&out, &mut fixed);
+        names.finish(&mut fixed);
+        write(&fixed);
     })?;
     if let Some(e) = failed {
         return Err(unreadable(e));
@@ -196,4 +205,140 @@ fn sign_once(
         field
     });
     Ok(Some(kept))
+}
+/// What the signer is fed of the header block: a field written with the obsolete
+/// white space before its colon (`Subject : hi`, `Date\t: ...`, RFC 5322 §4.5.3) is
+/// given as `Subject: hi`. Verifiers (Mail::DKIM, OpenDKIM) read such a field by its
+/// name, and relaxed canonicalization (RFC 6376 §3.4.2) drops that white space anyway,
+/// so the signature covers exactly what they check; fed as it is, the signer would take
+/// `Subject ` for the name and leave the field unsigned. The message sent is unchanged.
+#[derive(Default)]
+struct FieldNames {
+    state: NameState,
+    name: Vec<u8>,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum NameState {
+    /// At the start of a header line.
+    #[default]
+    LineStart,
+    /// A CR at the start of a line: the blank line that ends the header, if LF follows.
+    Cr,
+    /// Reading a field name, up to its colon.
+    Name,
+    /// In a field's value, or a continuation line.
+    Line,
+    /// In the body: everything passes.
+    Body,
+}
+
+/// Longest field name looked at; a longer one is passed on as it is.
+const MAX_FIELD_NAME: usize = 998;
+
+impl FieldNames {
+    /// A field name still being read when the message ends (a header line without a
+    /// colon): passed on as it was.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.state == NameState::Name {
+            out.extend_from_slice(&self.name);
+            self.state = NameState::Line;
+        }
+    }
+
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        if self.state == NameState::Body {
+            out.extend_from_slice(input);
+            return;
+        }
+        for (i, &b) in input.iter().enumerate() {
+            match self.state {
+                NameState::Body => {
+                    out.extend_from_slice(&input[i..]);
+                    return;
+                }
+                NameState::LineStart => match b {
+                    b'\r' => {
+                        out.push(b);
+                        self.state = NameState::Cr;
+                    }
+                    b'\n' => {
+                        out.push(b);
+                        self.state = NameState::Body;
+                    }
+                    b' ' | b'\t' => {
+                        out.push(b);
+                        self.state = NameState::Line;
+                    }
+                    _ => {
+                        self.name.clear();
+                        self.name.push(b);
+                        self.state = NameState::Name;
+                    }
+                },
+                NameState::Cr => {
+                    out.push(b);
+                    self.state = if b == b'\n' {
+                        NameState::Body
+                    } else {
+                        NameState::Line
+                    };
+                }
+                NameState::Name => match b {
+                    b':' => {
+                        let name = self.name.trim_ascii_end();
+                        out.extend_from_slice(name);
+                        out.push(b);
+                        self.state = NameState::Line;
+                    }
+                    b'\n' => {
+                        out.extend_from_slice(&self.name);
+                        out.push(b);
+                        self.state = NameState::LineStart;
+                    }
+                    _ if self.name.len() >= MAX_FIELD_NAME => {
+                        out.extend_from_slice(&self.name);
+                        out.push(b);
+                        self.state = NameState::Line;
+                    }
+                    _ => self.name.push(b),
+                },
+                NameState::Line => {
+                    out.push(b);
+                    if b == b'\n' {
+                        self.state = NameState::LineStart;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn obsolete_white_space_before_a_colon_is_dropped_in_the_header_only() {
+        let input = b"Subject : hi\r\nDate\t: Fri\r\n\tcont : y\r\nX-A:b\r\nFrom  :a@b\r\n\r\nBody : z\r\nTail";
+        // Any chunking gives the same bytes.
+        for size in [1, 2, 3, 7, input.len()] {
+            let mut names = FieldNames::default();
+            let mut out = Vec::new();
+            for chunk in input.chunks(size) {
+                names.feed(chunk, &mut out);
+            }
+            names.finish(&mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "Subject: hi\r\nDate: Fri\r\n\tcont : y\r\nX-A:b\r\nFrom:a@b\r\n\r\nBody : z\r\nTail",
+                "chunks of {size}"
+            );
+        }
+        let mut names = FieldNames::default();
+        let mut out = Vec::new();
+        names.feed(b"NoColon", &mut out);
+        names.finish(&mut out);
+        assert_eq!(out, b"NoColon");
+    }
 }
