@@ -36,26 +36,6 @@ fn sha256(data: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-/// A self-signed server certificate for `name`, and its SubjectPublicKeyInfo.
-fn self_signed(name: &str) -> (Arc<rustls::ServerConfig>, Vec<u8>) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.der().clone()], der)
-    .unwrap();
-    (Arc::new(cfg), spki)
-}
-
 /// The zone `dane.test.`, signed; returns the DNS server and the trust anchor.
 async fn signed_zone(
     records: Vec<(String, RData)>,

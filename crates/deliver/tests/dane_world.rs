@@ -47,23 +47,9 @@ fn sha256(data: &[u8]) -> String {
 }
 
 /// A self-signed certificate for `name`, and the SHA-256 of its key (TLSA 3 1 1).
-fn self_signed(name: &str) -> (Arc<rustls::ServerConfig>, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.der().clone()], der)
-    .unwrap();
-    (Arc::new(cfg), sha256(&spki))
+fn self_signed_3_1_1(name: &str) -> (Arc<rustls::ServerConfig>, String) {
+    let (cfg, spki) = common::self_signed(name);
+    (cfg, sha256(&spki))
 }
 
 /// The receivers: one per loopback address, all on one port (MX delivery has one).
@@ -136,9 +122,9 @@ async fn every_case_gets_the_rfc_outcome_against_bind9_and_unbound() {
 
     let ca = TestCa::new();
     let ca_spki = sha256(&mailspool_deliver::dane::spki(&ca.der).unwrap());
-    let (ee_tls, ee_key) = self_signed("mx-ee.dane.test");
-    let (wrong_tls, _) = self_signed("mx-wrong.dane.test");
-    let (altered_tls, altered_key) = self_signed("mx-altered.dane.test");
+    let (ee_tls, ee_key) = self_signed_3_1_1("mx-ee.dane.test");
+    let (wrong_tls, _) = self_signed_3_1_1("mx-wrong.dane.test");
+    let (altered_tls, altered_key) = self_signed_3_1_1("mx-altered.dane.test");
     let rx = receivers(vec![
         ("ee", 1, Some(ee_tls)),
         ("wrong", 2, Some(wrong_tls)),

@@ -7,10 +7,9 @@
 mod common;
 
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 
 use common::dns_world::{Rec, World, Zones};
-use common::{Script, Sink};
+use common::{Script, Sink, self_signed};
 
 fn mailspool(dir: &std::path::Path, args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
@@ -39,25 +38,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn self_signed(name: &str) -> (Arc<rustls::ServerConfig>, Vec<u8>) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.der().clone()], der)
-    .unwrap();
-    (Arc::new(cfg), spki)
 }
 
 fn hex(data: &[u8]) -> String {

@@ -355,6 +355,27 @@ fn extract(line: &str) -> String {
     line[start..end].to_owned()
 }
 
+/// A self-signed server certificate for `name`, and its SubjectPublicKeyInfo (what
+/// a DANE-EE `3 1 x` record hashes).
+pub fn self_signed(name: &str) -> (Arc<rustls::ServerConfig>, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], der)
+    .unwrap();
+    (Arc::new(cfg), spki)
+}
+
 /// A self-signed certificate for `name` and a server config using it; also the PEM of
 /// the certificate, for clients that must trust it.
 pub fn tls_server(name: &str) -> (Arc<rustls::ServerConfig>, String) {
