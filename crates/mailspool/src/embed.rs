@@ -141,9 +141,9 @@ impl SendError {
             SendError::Intake(
                 IntakeError::TooLarge { .. } | IntakeError::HeaderTooLarge { .. },
             ) => ErrorKind::MessageTooLarge,
-            SendError::Intake(IntakeError::Read(_) | IntakeError::NulInHeader { .. }) => {
-                ErrorKind::BadMessage
-            }
+            SendError::Intake(
+                IntakeError::Read(_) | IntakeError::NulInHeader { .. } | IntakeError::NulInBody,
+            ) => ErrorKind::BadMessage,
             SendError::Intake(IntakeError::Write(e)) => io_error_kind(e),
             SendError::Spool(e) => spool_error_kind(e),
             SendError::Engine(_) => ErrorKind::NotDelivered,

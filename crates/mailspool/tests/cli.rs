@@ -644,3 +644,15 @@ fn doctor_never_prints_a_database_password_and_names_an_unqualified_hostname() {
         "{text}"
     );
 }
+
+#[test]
+fn a_nul_byte_in_the_body_is_refused_at_intake_as_serve_refuses_it() {
+    let env = Env::new();
+    env.mailspool()
+        .args(["send", "a@example.org"])
+        .write_stdin(&b"Subject: x\n\nbefore\0after\n"[..])
+        .assert()
+        .code(65)
+        .stderr(predicates::str::contains("NUL byte in the message body"));
+    assert!(env.nodes(0).is_empty(), "nothing queued");
+}
