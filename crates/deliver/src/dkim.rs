@@ -377,12 +377,16 @@ pub fn head_facts(message: &[u8]) -> HeadFacts {
     else {
         return HeadFacts::default();
     };
+    // RFC 5322 allows one From field; verifiers (OpenDKIM) reject a message with two as
+    // malformed, so such a message is not signed rather than signed to fail.
+    let from_fields = head.headers.values("From").count();
     HeadFacts {
         from_domain: head
             .headers
             .from_address()
             .ok()
             .flatten()
+            .filter(|_| from_fields == 1)
             .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())),
         signed_by: head
             .headers
@@ -493,5 +497,18 @@ pub fn record_matches(key: &DkimKey, record: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("the published key is another key than the key file's".into())
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::head_facts;
+
+    #[test]
+    fn a_message_with_two_from_fields_names_no_signing_domain() {
+        let one = head_facts(b"From: a@example.org\nSubject: x\n\nbody\n");
+        assert_eq!(one.from_domain.as_deref(), Some("example.org"));
+        let two = head_facts(b"From: a@example.org\nFrom: b@evil.test\nSubject: x\n\nbody\n");
+        assert_eq!(two.from_domain, None, "not signed: verifiers reject it");
     }
 }

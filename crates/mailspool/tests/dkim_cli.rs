@@ -302,3 +302,88 @@ fn doctor_checks_the_dkim_keys() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(doctor().contains("mailspool dkim keygen"), "{}", doctor());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keygen_prints_a_key_file_the_configuration_finds_and_check_tells_a_timeout_from_no_record()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("mailspool.toml"), "").unwrap();
+    // A relative --key-file, from another directory than the configuration's.
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let out = Command::new(assert_cmd::cargo::cargo_bin!("mailspool"))
+        .current_dir(&elsewhere)
+        .env("MAILSPOOL_SPOOL", d.join("spool"))
+        .env("MAILSPOOL_CONFIG", d.join("mailspool.toml"))
+        .args([
+            "dkim",
+            "keygen",
+            "--domain",
+            "example.org",
+            "--selector",
+            "rel",
+            "--algorithm",
+            "ed25519",
+            "--key-file",
+            "rel.pem",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stderr);
+    let line = printed
+        .lines()
+        .find(|l| l.starts_with("key_file = "))
+        .unwrap_or_else(|| panic!("{printed}"));
+    let want = format!("key_file = \"{}\"", elsewhere.join("rel.pem").display());
+    assert_eq!(
+        line, want,
+        "an absolute path, valid wherever the configuration is"
+    );
+    // Pasted into the configuration as printed, the key loads.
+    std::fs::write(
+        d.join("mailspool.toml"),
+        format!("[[dkim]]\ndomain = \"example.org\"\nselector = \"rel\"\n{line}\n"),
+    )
+    .unwrap();
+    let q = mailspool(d, &["send", "--file", "/dev/null", "x@example.org"]);
+    assert_ne!(
+        q.status.code(),
+        Some(78),
+        "the configuration loads: {}",
+        text(&q)
+    );
+    // A resolver that fails (SERVFAIL) is not "no record": 75, try again.
+    let table = HashMap::from([(
+        ("rel._domainkey.example.org".to_owned(), "TXT".to_owned()),
+        Answer::ServFail,
+    )]);
+    let dns = dns_server(table).await;
+    std::fs::write(
+        d.join("mailspool.toml"),
+        format!(
+            "resolver = \"{dns}\"\n[[dkim]]\ndomain = \"example.org\"\nselector = \"rel\"\n{line}\n"
+        ),
+    )
+    .unwrap();
+    let failed = tokio::task::block_in_place(|| {
+        mailspool(
+            d,
+            &[
+                "dkim",
+                "check",
+                "--domain",
+                "example.org",
+                "--selector",
+                "rel",
+            ],
+        )
+    });
+    assert_eq!(failed.status.code(), Some(75), "{}", text(&failed));
+    assert!(
+        text(&failed).contains("did not answer"),
+        "{}",
+        text(&failed)
+    );
+}

@@ -143,7 +143,7 @@ fn sign_once(
     };
     let facts = head_facts(head);
     let Some(from_domain) = &facts.from_domain else {
-        tracing::debug!(id = %escape(id), "not DKIM-signed: no From address");
+        tracing::debug!(id = %escape(id), "not DKIM-signed: no From address, or more than one From field");
         return Ok(None);
     };
     let Some(key) = choose_key(keys, from_domain) else {

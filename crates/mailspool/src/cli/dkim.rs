@@ -100,6 +100,9 @@ fn keygen(
     }
     let key = DkimKey::load(&domain, selector, &path, Some(algorithm), None)
         .map_err(|e| Failure::new(sysexits::SOFTWARE, e))?;
+    // The configuration reads a relative key_file from its own directory, not from
+    // wherever keygen ran: print the path as it is from anywhere.
+    let path = std::path::absolute(&path).unwrap_or(path);
     eprintln!(
         "{} key written to {} (0600). Publish this TXT record, then add to the configuration:\n\n\
          [[dkim]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\nkey_file = \"{}\"\n\n\
@@ -144,14 +147,19 @@ fn check(config: &Config, domain: &str, selector: &str, key_file: Option<PathBuf
         .enable_all()
         .build()
         .map_err(|e| Failure::new(sysexits::OSERR, e.to_string()))?;
-    let records = runtime.block_on(dns.txt(&name)).map_err(|e| {
-        Failure::new(
+    let records = runtime.block_on(dns.txt(&name)).map_err(|e| match e {
+        // A timeout or SERVFAIL says nothing about the record: try again later (75).
+        mailspool_deliver::dns::LookupError::Temporary(why) => Failure::new(
+            sysexits::TEMPFAIL,
+            format!("{name}: DNS did not answer ({why}); try again"),
+        ),
+        e => Failure::new(
             sysexits::UNAVAILABLE,
             format!(
                 "{name}: no TXT record ({e:?}); publish:\n{}",
                 zone_line(&key)
             ),
-        )
+        ),
     })?;
     let dkim: Vec<&String> = records
         .iter()
