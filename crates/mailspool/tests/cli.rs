@@ -656,3 +656,46 @@ fn a_nul_byte_in_the_body_is_refused_at_intake_as_serve_refuses_it() {
         .stderr(predicates::str::contains("NUL byte in the message body"));
     assert!(env.nodes(0).is_empty(), "nothing queued");
 }
+
+#[test]
+fn roots_send_names_root_not_the_spools_owner() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (root's commands run as the spool's owner)");
+        return;
+    }
+    let env = Env::new();
+    // A spool that is another user's (nobody's), as the package's is mailspool's.
+    env.mailspool()
+        .args(["send", "--file", "/dev/null", "first@example.org"])
+        .assert()
+        .success();
+    for entry in walk(&env.spool()) {
+        std::os::unix::fs::lchown(&entry, Some(65534), Some(65534)).unwrap();
+    }
+    env.mailspool()
+        .env_remove("LOGNAME")
+        .env_remove("USER")
+        .args(["send", "a@example.org"])
+        .write_stdin("Subject: from root\n\nhi\n")
+        .assert()
+        .success();
+    let (node, body) = env
+        .nodes(0)
+        .into_iter()
+        .find(|(n, _)| n.to == "a@example.org")
+        .unwrap();
+    assert!(node.from.starts_with("root@"), "{}", node.from);
+    assert!(body.contains("(mailspool, from userid 0)"), "{body}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

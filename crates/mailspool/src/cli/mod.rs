@@ -61,6 +61,7 @@ pub type CliResult = Result<(), Failure>;
 
 /// Run the program and turn the outcome into an exit code.
 pub fn main() -> ExitCode {
+    privilege::remember_caller();
     let args: Vec<OsString> = std::env::args_os().collect();
     let prog = args
         .first()

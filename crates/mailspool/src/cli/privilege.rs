@@ -21,6 +21,24 @@ pub enum Access {
     Drop,
 }
 
+/// Who ran this command, as the process started (root stays root here after it has
+/// become the spool's owner): the submitter named in Received and the default sender,
+/// the same for `mailspool send` and `sendmail`.
+static CALLER: std::sync::OnceLock<mailspool::Submitter> = std::sync::OnceLock::new();
+
+/// Remember the caller; called first thing, before any change of user.
+pub fn remember_caller() {
+    let _ = CALLER.set(mailspool::Submitter {
+        uid: rustix::process::getuid().as_raw(),
+        login: mailspool::send::login_name(),
+    });
+}
+
+/// The caller (see [`remember_caller`]).
+pub fn caller() -> Option<mailspool::Submitter> {
+    CALLER.get().cloned()
+}
+
 /// Decide how we write the spool; root becomes the spool's owner on the way.
 pub fn access(config: &Config) -> Result<Access, Failure> {
     let meta = match std::fs::metadata(&config.spool_dir) {

@@ -100,6 +100,8 @@ pub fn queue_message(config: &Config, req: SendRequest) -> Result<Sent, Failure>
         None => MessageSource::Reader(Box::new(stdin.lock())),
     };
     let mut mail = SendMail::new(message).to(a.recipients);
+    // The caller, not the spool's owner root became on the way.
+    mail.submitter = privilege::caller();
     mail.extract_recipients = a.extract;
     mail.from = a.from;
     mail.full_name = a.full_name;
