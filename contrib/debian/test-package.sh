@@ -143,6 +143,11 @@ echo "sent with mail(1)" | runuser -u ms-alice -- mail -s "from mailx" root || f
 bs=$(printf 'EHLO app.test\r\nMAIL FROM:<ms-alice>\r\nRCPT TO:<ms-bob>\r\nDATA\r\nSubject: over sendmail -bs\r\n\r\nhello\r\n.\r\nQUIT\r\n' |
     runuser -u ms-alice -- /usr/sbin/sendmail -bs) || fail "sendmail -bs exited $?: $bs"
 case "$bs" in *"250 2.0.0"*"221"*) ;; *) fail "sendmail -bs: $bs" ;; esac
+# A spool the user names but may not write: said on stderr, not silently ignored.
+named=$(printf 'To: ms-bob\nSubject: named spool\n\nx\n' |
+    runuser -u ms-alice -- /usr/bin/mailspool --spool /var/spool/mailspool send -t 2>&1) ||
+    fail "mailspool --spool send as a user: $named"
+case "$named" in *"ignores --spool"*) ;; *) fail "a named spool is silently ignored: $named" ;; esac
 # PHP's mail() (it runs `sendmail -t -i`).
 command -v php >/dev/null || apt_add php-cli
 runuser -u ms-alice -- php -r 'exit(mail("ms-bob", "from php", "sent by mail()") ? 0 : 1);' || fail "PHP mail()"

@@ -168,6 +168,9 @@ pub(super) struct Claim {
     unsaved_signature: Mutex<Option<Vec<u8>>>,
 }
 
+/// Unparsable names remembered (more: forgotten and said again, memory bounded).
+const MAX_WARNED_NAMES: usize = 10_000;
+
 /// The engine; share it in an `Arc`.
 pub struct Engine {
     spool: Arc<dyn Store>,
@@ -185,6 +188,9 @@ pub struct Engine {
     mta_sts: Arc<crate::mta_sts::MtaSts>,
     /// The aliases file, parsed when it changes.
     aliases: crate::local::AliasCache,
+    /// Tier entries whose names do not parse, already warned about: each is said once
+    /// (fsck lists them all), not at every scan.
+    warned_names: Mutex<std::collections::HashSet<PathBuf>>,
     /// Each destination's shaping gate.
     destinations: gate::Destinations,
     /// When the daemon is already due to look at tier 0 again (wake-ups coalesce).
@@ -229,6 +235,7 @@ impl Engine {
         Ok(Arc::new(Engine {
             mta_sts,
             aliases: Default::default(),
+            warned_names: Default::default(),
             spool,
             global: Arc::new(Semaphore::new(cfg.max_deliveries.max(1))),
             cfg: RwLock::new(Arc::new(cfg)),
@@ -355,7 +362,16 @@ impl Engine {
                 let n = match found {
                     Found::Node(n) => n,
                     Found::Unparsable(path) => {
-                        tracing::warn!(path = %escape(&path.display().to_string()), "file name is not a node name; skipped");
+                        let mut warned =
+                            self.warned_names.lock().unwrap_or_else(|e| e.into_inner());
+                        if warned.len() >= MAX_WARNED_NAMES {
+                            warned.clear();
+                        }
+                        if warned.insert(path.clone()) {
+                            tracing::warn!(path = %escape(&path.display().to_string()), "file name is not a node name; skipped (said once; `mailspool fsck --repair` sets it aside)");
+                        } else {
+                            tracing::debug!(path = %escape(&path.display().to_string()), "file name is not a node name; skipped");
+                        }
                         return ControlFlow::Continue(());
                     }
                 };

@@ -103,6 +103,24 @@ pub fn exec_drop(config: &Config, args: Vec<OsString>, file: Option<&Path>) -> F
             ),
         );
     };
+    // A setgid drop writes only into the system's spool: a spool this user named
+    // (--spool, --config, $MAILSPOOL_SPOOL, $MAILSPOOL_CONFIG) is not where it goes. Said,
+    // not silently ignored.
+    let setgid = std::fs::metadata(&prog)
+        .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o2000 != 0);
+    let named = std::env::args().any(|a| {
+        a == "--spool" || a == "--config" || a.starts_with("--spool=") || a.starts_with("--config=")
+    }) || std::env::var_os("MAILSPOOL_SPOOL").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("MAILSPOOL_CONFIG").is_some_and(|v| !v.is_empty());
+    if setgid && named {
+        eprintln!(
+            "mailspool: {} is not yours to write, so the message goes to the system's mail \
+             system through {}, which ignores --spool, --config, $MAILSPOOL_SPOOL and \
+             $MAILSPOOL_CONFIG",
+            config.spool_dir.display(),
+            prog.display()
+        );
+    }
     let mut cmd = std::process::Command::new(&prog);
     cmd.arg0("sendmail").args(args);
     cmd.env("MAILSPOOL_SPOOL", &config.spool_dir);
