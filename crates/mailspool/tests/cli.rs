@@ -699,3 +699,30 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn doctor_flags_a_world_readable_tokens_file() {
+    let env = Env::new();
+    let tokens = env.dir.path().join("tokens");
+    fs::write(&tokens, "ops admin - $argon2id$v=19$m=19456,t=2,p=1$x$y\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&tokens, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(
+        env.config_path(),
+        format!(
+            "hostname = \"mx.example.test\"\n[http]\nlisten = \"127.0.0.1:0\"\ntokens_file = \"{}\"\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    env.mailspool()
+        .args(["send", "--file", "/dev/null", "a@example.org"])
+        .assert()
+        .success();
+    let out = env.mailspool().arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("HTTP tokens file") && text.contains("world-readable"),
+        "{text}"
+    );
+}

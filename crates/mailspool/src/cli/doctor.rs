@@ -241,10 +241,20 @@ fn owner_gid(uid: u32) -> u32 {
 }
 
 fn check_secret(r: &mut Report, config: &Config, owner: u32) {
-    let Some((_, file)) = &config.relay_secret else {
-        return;
-    };
-    check_private_file(r, "relay password_file", file, owner);
+    if let Some((_, file)) = &config.relay_secret {
+        check_private_file(r, "relay password_file", file, owner);
+    }
+    // The API tokens and SMTP users (hashes, but still the keys to the API and AUTH).
+    if let Some(http) = &config.http
+        && http.tokens_file.exists()
+    {
+        check_private_file(r, "HTTP tokens file", &http.tokens_file, owner);
+    }
+    if let Some(users) = &config.serve.users_file
+        && users.exists()
+    {
+        check_private_file(r, "SMTP users_file", users, owner);
+    }
 }
 
 /// A file only the daemon (the spool's owner) may read; true when it is fine.
