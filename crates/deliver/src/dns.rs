@@ -20,7 +20,7 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use crate::dnssec::{AnchorFile, LocalValidator, Proven, StubResolver};
 
 /// The source of DNSSEC status.
-enum Dnssec {
+enum DnssecSource {
     /// The resolver's AD bit.
     Resolver(StubResolver),
     /// Validation here.
@@ -75,7 +75,7 @@ pub struct HickoryDns {
     resolver: TokioResolver,
     /// Where DANE's DNSSEC status comes from: the resolver's AD bit, or validation
     /// here; `Err`: neither could be set up (every DANE lookup is then a failure).
-    dnssec: Result<Dnssec, String>,
+    dnssec: Result<DnssecSource, String>,
     /// Until when the resolver's cache holds each name's last answer: a lookup before
     /// then is a cache hit (for the metrics; hickory does not count its hits).
     fresh: std::sync::Mutex<std::collections::HashMap<(String, bool), std::time::Instant>>,
@@ -135,7 +135,7 @@ impl HickoryDns {
     pub fn new(server: Option<SocketAddr>) -> Result<HickoryDns, String> {
         Ok(HickoryDns {
             resolver: build_resolver(server, None)?,
-            dnssec: StubResolver::new(server).map(Dnssec::Resolver),
+            dnssec: StubResolver::new(server).map(DnssecSource::Resolver),
             fresh: Default::default(),
         })
     }
@@ -152,7 +152,7 @@ impl HickoryDns {
     /// Where DANE's DNSSEC status comes from, for the log and `doctor`.
     pub fn dnssec_source(&self) -> String {
         match &self.dnssec {
-            Ok(Dnssec::Resolver(stub)) => format!(
+            Ok(DnssecSource::Resolver(stub)) => format!(
                 "the AD bit of the validating resolver {}",
                 stub.servers()
                     .iter()
@@ -160,7 +160,7 @@ impl HickoryDns {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            Ok(Dnssec::Local(_)) => "validation here from dnssec_trust_anchors".into(),
+            Ok(DnssecSource::Local(_)) => "validation here from dnssec_trust_anchors".into(),
             Err(e) => format!("nothing ({e}): DANE mail waits"),
         }
     }
@@ -172,7 +172,7 @@ impl HickoryDns {
     ) -> Result<HickoryDns, String> {
         Ok(HickoryDns {
             resolver: build_resolver(server, None)?,
-            dnssec: LocalValidator::new(anchors, server).map(Dnssec::Local),
+            dnssec: LocalValidator::new(anchors, server).map(DnssecSource::Local),
             fresh: Default::default(),
         })
     }
@@ -215,8 +215,8 @@ impl Resolve for HickoryDns {
     fn dnssec<'a>(&'a self, name: &'a str, rtype: RecordType) -> BoxFuture<'a, Proven> {
         Box::pin(async move {
             match &self.dnssec {
-                Ok(Dnssec::Resolver(stub)) => stub.proven(name, rtype).await,
-                Ok(Dnssec::Local(v)) => v.proven(name, rtype).await,
+                Ok(DnssecSource::Resolver(stub)) => stub.proven(name, rtype).await,
+                Ok(DnssecSource::Local(v)) => v.proven(name, rtype).await,
                 Err(e) => Proven {
                     status: crate::dnssec::Dnssec::Bogus(format!("DNSSEC lookups: {e}")),
                     records: Vec::new(),

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use common::dns_world::{Rec, World, Zones};
 use common::*;
@@ -17,26 +17,6 @@ use mailspool_deliver::{
 };
 
 const MSG: &str = "From: a@sender.test\nSubject: hi\n\nhello\n";
-
-/// Log lines, as the daemon writes them, kept for the assertions.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 fn sha256(data: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, data)

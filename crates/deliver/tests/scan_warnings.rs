@@ -3,23 +3,8 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use common::*;
 use mailspool_deliver::{PassOptions, Selection};
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn an_unparsable_name_is_warned_about_once() {
@@ -42,7 +27,7 @@ async fn an_unparsable_name_is_warned_about_once() {
     for _ in 0..5 {
         engine.run_pass(&opts).await.unwrap();
     }
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     let warned = text.matches("is not a node name").count();
     assert_eq!(warned, 2, "once per name over five scans:\n{text}");
 }

@@ -124,6 +124,15 @@ pub fn account_entry(path: &str, id: u32) -> Option<Vec<String>> {
     })
 }
 
+/// The fields of the line of a colon-separated account file whose first field, the
+/// name, is `name`.
+pub fn account_by_name(path: &str, name: &str) -> Option<Vec<String>> {
+    std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(':').collect();
+        (fields.first() == Some(&name)).then(|| fields.iter().map(|f| (*f).to_owned()).collect())
+    })
+}
+
 /// Result of spool operations.
 pub type Result<T, E = SpoolError> = std::result::Result<T, E>;
 

@@ -42,7 +42,8 @@ pub use commit::{
 };
 pub use config::SpoolConfig;
 pub use error::{
-    Result, SpoolError, account_entry, check_reserve, is_full, is_unwritable, user_name,
+    Result, SpoolError, account_by_name, account_entry, check_reserve, is_full, is_unwritable,
+    user_name,
 };
 pub use lock::{LockHolder, LockPolicy, NodeLock};
 pub use name::{NodeName, Parsed};

@@ -284,12 +284,7 @@ pub fn system_user_exists(name: &str) -> bool {
 
 /// The `/etc/passwd` fields of user `name`.
 pub fn passwd_entry(name: &str) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string("/etc/passwd").ok()?;
-    text.lines().find_map(|l| {
-        let fields: Vec<&str> = l.split(':').collect();
-        (fields.first() == Some(&name) && fields.len() >= 7)
-            .then(|| fields.iter().map(|f| (*f).to_owned()).collect())
-    })
+    mailspool_spool::account_by_name("/etc/passwd", name).filter(|f| f.len() >= 7)
 }
 
 #[cfg(test)]
