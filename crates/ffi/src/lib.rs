@@ -56,7 +56,8 @@ pub const MAILSPOOL_E_NO_PERMISSION: i32 = 12;
 pub const MAILSPOOL_E_CONFIG: i32 = 13;
 /// Another system error.
 pub const MAILSPOOL_E_IO: i32 = 14;
-/// Interactive delivery did not deliver every recipient (nothing is kept).
+/// Interactive delivery: a recipient failed for good (not kept, no bounce); the others
+/// were delivered or stay queued, as `mailspool_last_error()` says, one by one.
 pub const MAILSPOOL_E_NOT_DELIVERED: i32 = 15;
 /// A bug in mailspool (a panic, caught). The handle is still usable.
 pub const MAILSPOOL_E_INTERNAL: i32 = 16;
@@ -203,8 +204,11 @@ pub unsafe extern "C" fn mailspool_close(h: *mut Handle) {
 /// line, the body; LF or CRLF line ends). `to`: `to_count` recipients, or 0 to take
 /// them from To/Cc/Bcc. `sender`: the envelope sender, "" for the null sender, NULL to
 /// take it from From. `delivery`: `MAILSPOOL_DEFERRED` (queue and return),
-/// `MAILSPOOL_INTERACTIVE` (deliver now; fails with nothing kept unless every recipient
-/// is delivered) or `MAILSPOOL_BACKGROUND` (try now, queue what is not delivered). `id`:
+/// `MAILSPOOL_INTERACTIVE` (deliver now; a recipient refused for good is not kept nor
+/// bounced and the call fails with `MAILSPOOL_E_NOT_DELIVERED` and exit code 69, its
+/// message naming each recipient's result; one that could not be reached now stays
+/// queued for retry, which is success: the message was accepted) or
+/// `MAILSPOOL_BACKGROUND` (try now, queue what is not delivered, bounce what fails). `id`:
 /// a message id to use (refused when queued already), or NULL for a new one. On
 /// success, when `id_out` is not NULL, `*id_out` is the message id (free it with
 /// `mailspool_free`). Bcc is never stored; MAILSPOOL_OK means durably queued.

@@ -37,8 +37,8 @@ impl Mailspool {
     }
 
     /// Deliver one message now: the nodes its commit made, nothing else (its id is
-    /// not what identifies it). `interactive`: no bounce, and what is not delivered is
-    /// removed (the caller is told); otherwise failures are handled as the daemon does.
+    /// not what identifies it). `interactive`: a permanent failure is removed without a
+    /// bounce (the caller is told); otherwise failures are handled as the daemon does.
     pub(crate) fn deliver_now(
         &self,
         nodes: &[std::path::PathBuf],

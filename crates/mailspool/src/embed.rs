@@ -46,7 +46,8 @@ pub enum ErrorKind {
     Config = 13,
     /// Another system error.
     Io = 14,
-    /// Interactive delivery did not deliver (nothing is kept), or could not start.
+    /// Interactive delivery: a recipient failed for good (not kept, no bounce); the
+    /// others were delivered or stay queued, as the message says.
     NotDelivered = 15,
     /// A bug: the library panicked. The handle is still usable.
     Internal = 16,
@@ -146,33 +147,50 @@ impl SendError {
             ) => ErrorKind::BadMessage,
             SendError::Intake(IntakeError::Write(e)) => io_error_kind(e),
             SendError::Spool(e) => spool_error_kind(e),
-            SendError::Engine(_) => ErrorKind::NotDelivered,
         }
     }
 }
 
-/// After an interactive delivery: why not every recipient took the message (each one's
-/// reply, escaped) and sendmail's exit code for it (69 when one failed for good, else
-/// 75); `None` when all did. Interactive mode keeps nothing, so this is a failure.
+/// After an interactive delivery: the recipients that failed for good (each one's reply,
+/// escaped), with what happened to the others, and sendmail's exit code for it (69);
+/// `None` when none failed. A failed recipient is not kept and not bounced (the caller
+/// is told here); a deferred one stays queued for retry and a skipped one is being
+/// delivered by another process, so neither is a failure to report: retrying the call
+/// would send the delivered and the queued recipients a second copy.
 pub fn not_delivered(sent: &Sent) -> Option<(String, u8)> {
     let results = sent.delivery.as_deref().unwrap_or_default();
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|r| r.outcome != Outcome::Delivered)
-        .map(|r| format!("<{}>: {}", crate::escape(&r.to), crate::escape(&r.reply)))
-        .collect();
-    if failed.is_empty() {
+    if !results.iter().any(|r| r.outcome == Outcome::Failed) {
         return None;
     }
-    let code = if results.iter().any(|r| r.outcome == Outcome::Failed) {
-        crate::sysexits::UNAVAILABLE
-    } else {
-        crate::sysexits::TEMPFAIL
-    };
+    let each: Vec<String> = results
+        .iter()
+        .map(|r| {
+            format!(
+                "<{}>: {}: {}",
+                crate::escape(&r.to),
+                outcome_text(r.outcome),
+                crate::escape(&r.reply)
+            )
+        })
+        .collect();
     Some((
-        format!("not delivered (nothing kept): {}", failed.join("; ")),
-        code,
+        format!(
+            "message {} not delivered to every recipient: {}",
+            sent.id,
+            each.join("; ")
+        ),
+        crate::sysexits::UNAVAILABLE,
     ))
+}
+
+/// What an immediate attempt's outcome means for the caller, in words.
+pub fn outcome_text(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Delivered => "delivered",
+        Outcome::Deferred => "queued for retry",
+        Outcome::Failed => "failed (not kept, no bounce)",
+        Outcome::Skipped => "queued (another process is delivering it)",
+    }
 }
 
 /// Why a spool could not be opened.

@@ -28,9 +28,10 @@ pub enum Delivery {
     /// Spool and return at once; the daemon delivers.
     #[default]
     Deferred,
-    /// Deliver before returning and fail loudly: what is not delivered is not kept
-    /// (the caller is told why, and no bounce is sent). Runs its own tokio runtime: call
-    /// it from synchronous code.
+    /// Deliver before returning and tell the caller each recipient's result: one
+    /// refused for good is not kept and not bounced (the caller has the reply); one
+    /// that cannot be reached now stays queued for retry, as in Deferred mode. Runs its
+    /// own tokio runtime: call it from synchronous code.
     Interactive,
     /// Try now; on a temporary failure the message stays queued for the daemon, on a
     /// permanent one it is bounced, as in Deferred mode.
@@ -178,9 +179,6 @@ pub enum SendError {
     /// The spool refused or failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    /// The delivery engine could not start (configuration, TLS files, DNS set-up).
-    #[error("cannot deliver now: {0}")]
-    Engine(String),
 }
 
 impl From<address::AddressError> for SendError {
@@ -202,7 +200,6 @@ impl SendError {
                         SpoolError::Io { .. } | SpoolError::Database(_) | SpoolError::Locked { .. }
                     )
             }
-            SendError::Engine(_) => true,
             _ => false,
         }
     }
@@ -221,7 +218,6 @@ impl SendError {
             SendError::Intake(IntakeError::Write(e)) => io_exit_code(e),
             SendError::Intake(_) => sysexits::DATAERR,
             SendError::Spool(e) => spool_exit_code(e),
-            SendError::Engine(_) => sysexits::CONFIG,
         }
     }
 }
@@ -472,8 +468,23 @@ impl Mailspool {
         let delivery = match delivery {
             Delivery::Deferred => None,
             mode => Some(
-                self.deliver_now(&committed.nodes, mode == Delivery::Interactive)
-                    .map_err(SendError::Engine)?,
+                match self.deliver_now(&committed.nodes, mode == Delivery::Interactive) {
+                    Ok(results) => results,
+                    // The nodes are committed: the message is accepted and waits for the
+                    // daemon, and the caller is told it was not tried.
+                    Err(e) => {
+                        tracing::warn!(id = %committed.id, error = %crate::escape(&e), "cannot deliver now; the message stays queued");
+                        recipients
+                            .iter()
+                            .map(|to| mailspool_deliver::NodeResult {
+                                id: committed.id.clone(),
+                                to: to.clone(),
+                                outcome: mailspool_deliver::Outcome::Deferred,
+                                reply: format!("not tried now: {e}"),
+                            })
+                            .collect()
+                    }
+                },
             ),
         };
         Ok(Sent {

@@ -133,12 +133,59 @@ async fn send_now_delivers_or_fails_loudly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("550 5.1.1 no such user here"));
     assert!(env.nodes().is_empty(), "no bounce, nothing queued");
 
+    // A temporary failure: the message is accepted and queued for retry (exit 0, the id
+    // printed), never "75, send again", which would give the others a second copy.
     sink.script()
         .rcpt
         .insert("x@one.test".into(), "451 4.3.0 later".into());
-    let out = tokio::task::block_in_place(|| env.send(&["--now", "x@one.test"]));
-    assert_eq!(code(&out), 75);
-    assert!(env.nodes().is_empty());
+    let before = sink.received().len();
+    let out = tokio::task::block_in_place(|| {
+        env.send(&["--now", "x@one.test", "y@one.test", "z@one.test"])
+    });
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(id.len(), 26, "kept: its id is printed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("<x@one.test>: queued for retry: 451 4.3.0 later"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("<y@one.test>: delivered"), "{stderr}");
+    assert_eq!(sink.received().len(), before + 1);
+    let nodes = env.nodes();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert!(nodes[0].parent().unwrap().ends_with("1"), "{nodes:?}");
+    let name = nodes[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.contains(&format!("-{id}-x@one.test-")), "{name}");
+    fs::remove_file(&nodes[0]).unwrap();
+
+    // Delivered, deferred and refused: 69 (a recipient refused for good is not kept and
+    // not bounced), each recipient named, the deferred one still queued.
+    sink.script()
+        .rcpt
+        .insert("z@one.test".into(), "550 5.1.1 z is gone".into());
+    let out = tokio::task::block_in_place(|| {
+        env.send(&["--now", "x@one.test", "y@one.test", "z@one.test"])
+    });
+    assert_eq!(code(&out), 69);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("<z@one.test>: failed (not kept, no bounce): 550 5.1.1 z is gone"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("<x@one.test>: queued for retry"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().len(), 26);
+    let nodes = env.nodes();
+    assert_eq!(
+        nodes.len(),
+        1,
+        "only the deferred one is kept (no bounce): {nodes:?}"
+    );
+    fs::remove_file(&nodes[0]).unwrap();
+    sink.script().rcpt.remove("z@one.test");
 
     let out = tokio::task::block_in_place(|| env.send(&["--background", "x@one.test"]));
     assert_eq!(code(&out), 0);
@@ -196,6 +243,52 @@ async fn the_daemon_wakes_at_once_and_stops_on_sigterm() {
     kill(&daemon, "-TERM");
     let status = tokio::task::block_in_place(|| daemon.wait().unwrap());
     assert!(status.success(), "{status:?}");
+}
+
+/// `send --now` racing a running daemon: when the daemon (which wakes on every new node)
+/// takes the lock first, the caller is told "accepted, another process is delivering
+/// it" with the id, never 75, which would make it send again what the daemon delivers.
+/// The daemon's lock is stood in for by a live holder's lock (this test's pid) on the
+/// names the commit will make: the id is chosen, the time is this second or the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_now_finding_its_node_locked_says_queued_not_failed() {
+    let sink = Sink::start(Script::default()).await;
+    let env = Env::new(&sink, "");
+    tokio::task::block_in_place(|| env.cmd().args(["queue"]).output().unwrap());
+    let tier0 = env.spool().join("0");
+    fs::create_dir_all(&tier0).unwrap();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let locks: Vec<PathBuf> = (now..now + 5)
+        .map(|t| tier0.join(format!("{t}-RACE1-x@one.test-app@sender.test.NFSLock")))
+        .collect();
+    for l in &locks {
+        fs::write(
+            l,
+            format!("{} {} {now} 1\n", host.trim(), std::process::id()),
+        )
+        .unwrap();
+    }
+    let out = tokio::task::block_in_place(|| env.send(&["--now", "--id", "RACE1", "x@one.test"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(
+        stderr.contains("<x@one.test>: queued (another process is delivering it)"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "RACE1");
+    assert!(sink.received().is_empty());
+    assert_eq!(env.nodes().len(), 1, "still queued for the lock's holder");
+    for l in &locks {
+        fs::remove_file(l).unwrap();
+    }
+    let out =
+        tokio::task::block_in_place(|| env.cmd().args(["queue", "run", "--all"]).output().unwrap());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("delivered 1, deferred 0"));
+    assert_eq!(sink.received().len(), 1, "delivered once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

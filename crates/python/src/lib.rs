@@ -54,7 +54,7 @@ kinds! {
     NoPermission(MailspoolError): "The spool is not ours to write (another user's, or read-only).",
     ConfigError(MailspoolError): "The configuration or the spool's settings are wrong.",
     IoError(MailspoolError): "Another system error.",
-    NotDelivered(MailspoolError): "Interactive delivery did not deliver every recipient (nothing is kept).",
+    NotDelivered(MailspoolError): "Interactive delivery: a recipient was refused for good (not kept, no bounce). `id` and `delivery` (each recipient's result) say what became of the others: delivered, or queued for retry.",
     InternalError(MailspoolError): "A bug in mailspool.",
 }
 
@@ -105,7 +105,9 @@ struct Sent {
 #[pyclass(frozen, get_all, module = "mailspool")]
 struct DeliveryResult {
     recipient: String,
-    /// "delivered", "deferred" (queued for retry), "failed" (bounced) or "skipped".
+    /// "delivered", "deferred" (queued for retry), "failed" (refused for good: bounced,
+    /// or in interactive mode reported instead) or "skipped" (queued; another process,
+    /// such as the daemon, is delivering it).
     outcome: &'static str,
     /// The receiving server's reply, or why no server was reached.
     reply: String,
@@ -326,7 +328,12 @@ impl Spool {
         if mode == Delivery::Interactive
             && let Some((message, code)) = mailspool::embed::not_delivered(&sent)
         {
-            return Err(error(py, ErrorKind::NotDelivered, message, code));
+            let err = error(py, ErrorKind::NotDelivered, message, code);
+            let sent = sent_to_py(py, sent)?;
+            let value = err.value(py);
+            value.setattr("id", sent.id)?;
+            value.setattr("delivery", sent.delivery)?;
+            return Err(err);
         }
         sent_to_py(py, sent)
     }

@@ -271,6 +271,8 @@ class SinkHandler(socketserver.StreamRequestHandler):
             elif verb == b"RCPT":
                 if b"reject" in line:
                     w(b"550 5.1.1 no such user\r\n")
+                elif b"later" in line:
+                    w(b"451 4.2.1 mailbox busy, try later\r\n")
                 else:
                     rcpts.append(line)
                     w(b"250 ok\r\n")
@@ -328,6 +330,42 @@ def test_interactive_failure_raises_and_keeps_nothing(sink_spool):
     assert "no such user" in str(e.value)
     assert e.value.exit_code == 69
     assert nodes(spool_dir) == []
+
+
+def test_interactive_mixed_results_say_each_recipient_and_keep_the_deferred(sink_spool):
+    spool, sink, spool_dir = sink_spool
+    # Delivered and deferred: no exception (the message is accepted), the deferred
+    # recipient queued for retry, and nothing a retrying caller would send twice.
+    sent = spool.send_mail(MSG, to=["ok@rcpt.test", "later@rcpt.test"], delivery="interactive")
+    got = {r.recipient: r.outcome for r in sent.delivery}
+    assert got == {"ok@rcpt.test": "delivered", "later@rcpt.test": "deferred"}
+    assert "mailbox busy" in [r.reply for r in sent.delivery if r.outcome == "deferred"][0]
+    assert len(sink.messages) == 1
+    queued = list(spool.queue())
+    assert [(q.id, q.to, q.tier) for q in queued] == [(sent.id, "later@rcpt.test", 1)]
+
+    # Delivered, deferred and refused: NotDelivered, which is not a TemporaryFailure and
+    # carries 69, names every recipient's result, and keeps the deferred one only.
+    with pytest.raises(mailspool.NotDelivered) as e:
+        spool.send_mail(
+            MSG,
+            to=["ok2@rcpt.test", "later2@rcpt.test", "reject@rcpt.test"],
+            delivery="interactive",
+        )
+    assert not isinstance(e.value, mailspool.TemporaryFailure)
+    assert e.value.exit_code == 69
+    text = str(e.value)
+    assert "<ok2@rcpt.test>: delivered" in text
+    assert "<later2@rcpt.test>: queued for retry" in text
+    assert "<reject@rcpt.test>: failed" in text and "no such user" in text
+    assert {r.recipient: r.outcome for r in e.value.delivery} == {
+        "ok2@rcpt.test": "delivered",
+        "later2@rcpt.test": "deferred",
+        "reject@rcpt.test": "failed",
+    }
+    assert e.value.id in text
+    assert sorted(q.to for q in spool.queue()) == ["later2@rcpt.test", "later@rcpt.test"]
+    assert len(sink.messages) == 2
 
 
 def test_background_delivery(sink_spool):

@@ -65,8 +65,9 @@ pub struct PassOptions {
     pub use_priority: bool,
     /// Only these tiers (the daemon's wake-up looks at tier 0 only).
     pub tiers: Option<Vec<usize>>,
-    /// The caller is told directly (`send --now`): no bounce, and a node that is not
-    /// delivered is removed rather than retried.
+    /// The caller is told directly (`send --now`, Interactive mode): a permanent
+    /// failure is removed without a bounce (the caller has the reply); a temporary one
+    /// stays queued for retry like any other, and the caller is told so.
     pub interactive: bool,
     /// Most nodes to plan at once (None: all).
     pub limit: Option<usize>,
@@ -77,11 +78,12 @@ pub struct PassOptions {
 pub enum Outcome {
     /// Accepted by a server; the node is gone.
     Delivered,
-    /// Temporary failure; the node moved to the next tier.
+    /// Temporary failure; the node moved to the next tier (queued for retry).
     Deferred,
     /// Permanent failure (or out of tiers); bounced (unless interactive or null sender).
     Failed,
-    /// Locked by another process, or gone before we could lock it.
+    /// Locked by another process (a daemon delivering it), or gone before we could
+    /// lock it: still queued, or already handled, by someone else.
     Skipped,
 }
 

@@ -94,15 +94,6 @@ impl Engine {
                             },
                         );
                     }
-                    if interactive {
-                        // `send --now`: the caller is told and keeps the message; nothing
-                        // stays queued behind its back.
-                        if let Err(e) = self.spool.delete_locked(n) {
-                            tracing::error!(node = %escape(&n.path.display().to_string()), error = %e, "cannot remove the node");
-                        }
-                        results.push(result(Outcome::Deferred, reply));
-                        continue;
-                    }
                     if n.tier >= last_tier {
                         failures.push((
                             i,

@@ -18,8 +18,8 @@ Invoked as `sendmail` (e.g. through a symlink) mailspool speaks the sendmail com
 line; invoked as `mailq` it lists the queue.
 
 Exit codes follow sysexits.h: 64 usage (also: a queue ID several messages share),
-65 bad data, 66 no input (also: the spool does not exist), 69 unavailable (send --now
-failed for good), 70 internal error, 71 system error (cannot listen), 73 cannot create,
+65 bad data, 66 no input (also: the spool does not exist), 69 unavailable (send --now:
+a recipient refused for good), 70 internal error, 71 system error (cannot listen), 73 cannot create,
 74 I/O error, 75 temporary failure (retry later), 77 permission, 78 configuration.
 fsck: 0 clean, 1 problems repaired, 4 problems found.";
 
@@ -171,8 +171,10 @@ pub struct SendArgs {
     /// Read the message from this file instead of stdin.
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
-    /// Deliver before returning (exit 0 delivered, 75 temporary failure, 69 permanent
-    /// failure, with the server's reply); nothing stays queued.
+    /// Deliver before returning, each recipient's result on stderr. Exit 0: accepted
+    /// (each recipient delivered, or queued for retry when its server could not take it
+    /// now: the id is printed then); 69: a recipient was refused for good, with the
+    /// server's reply (it is not kept and not bounced; the others are as listed).
     #[arg(long, conflicts_with = "background")]
     pub now: bool,
     /// Try to deliver now; on a temporary failure leave it queued for the daemon.

@@ -25,11 +25,13 @@ pub fn run(config: &Config, args: SendArgs) -> CliResult {
             dot_ends: false,
         },
     )?;
-    // The id names what stays queued; `--now` keeps nothing (delivered, or given back
-    // to the caller), `--background` keeps only what was deferred.
+    // The id names what stays queued: nothing once every recipient is delivered or
+    // refused for good.
     let kept = match &sent.delivery {
         None => true,
-        Some(results) => !now && results.iter().any(|r| r.outcome == Outcome::Deferred),
+        Some(results) => results
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Deferred | Outcome::Skipped)),
     };
     if kept {
         println!("{}", sent.id);
@@ -40,38 +42,26 @@ pub fn run(config: &Config, args: SendArgs) -> CliResult {
     }
 }
 
-/// Print each recipient's result; with --now, the exit code says the worst of them.
+/// Print each recipient's result. The exit code is 0 when the message was accepted
+/// (each recipient delivered, or queued: the printed id names it); with --now, 69 when
+/// a recipient was refused for good (not kept, and no bounce: the caller has the
+/// reply). Never 75: that would tell the caller to send again what is queued already.
 fn report(results: &[NodeResult], now: bool) -> CliResult {
-    let mut code = 0;
     for r in results {
         let what = match r.outcome {
-            Outcome::Delivered => "delivered",
-            Outcome::Deferred if now => "not delivered (temporary failure)",
-            Outcome::Deferred => "deferred, queued for retry",
-            Outcome::Failed => "failed",
-            Outcome::Skipped => "skipped",
+            Outcome::Failed if !now => "failed (bounced to the sender)",
+            o => mailspool::embed::outcome_text(o),
         };
         eprintln!(
             "<{}>: {what}: {}",
             mailspool::escape(&r.to),
             mailspool::escape(&r.reply)
         );
-        if now {
-            code = code.max(match r.outcome {
-                Outcome::Failed => sysexits::UNAVAILABLE,
-                Outcome::Deferred | Outcome::Skipped => sysexits::TEMPFAIL,
-                Outcome::Delivered => 0,
-            });
-        }
     }
-    // 69 (permanent) outranks 75 (temporary) though its number is smaller.
-    if results.iter().any(|r| now && r.outcome == Outcome::Failed) {
-        code = sysexits::UNAVAILABLE;
-    }
-    if code == 0 {
-        Ok(())
+    if now && results.iter().any(|r| r.outcome == Outcome::Failed) {
+        Err(Failure::new(sysexits::UNAVAILABLE, ""))
     } else {
-        Err(Failure::new(code, ""))
+        Ok(())
     }
 }
 

@@ -13,9 +13,11 @@ for about four days and bounces what cannot be delivered. ``message`` is ``bytes
 ``email.message.EmailMessage``. ``to`` is one address or an iterable of them; without
 it the recipients come from To, Cc and Bcc. ``sender`` is the envelope sender (``""``
 for the null sender); without it, the From address. ``delivery`` is ``"deferred"``
-(queue and return), ``"interactive"`` (deliver now; raises ``NotDelivered`` and keeps
-nothing unless every recipient is delivered) or ``"background"`` (try now, queue what
-is not delivered). ``id`` chooses the message id (refused with ``IdInUse`` when it is
+(queue and return), ``"interactive"`` (deliver now and report each recipient in
+``Sent.delivery``: one the server could not take now stays queued for retry; one
+refused for good is neither kept nor bounced and raises ``NotDelivered``, whose ``id``
+and ``delivery`` say what became of the others, so never call again for them) or
+``"background"`` (try now, queue what is not delivered, bounce what fails). ``id`` chooses the message id (refused with ``IdInUse`` when it is
 queued already). The Bcc header is never stored.
 
 ``send_many(messages, to=None, sender=None)`` queues many messages (deferred) with
