@@ -39,6 +39,7 @@ fn prove_runs_the_perl_suite() {
         .arg(perl.join("lib"))
         .arg(perl.join("t"))
         .env("MAILSPOOL_LIB", support::lib_dir().join("libmailspool.so"))
+        .env("MAILSPOOL_BIN", support::mailspool_bin())
         .output()
         .expect("prove (perl) runs");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -507,7 +507,7 @@ pub fn sweep(dir: &Path, policy: &LockPolicy) -> usize {
 }
 
 mod temp;
-pub use temp::remove_pooled_temps;
+pub use temp::{keep_temps_until_exit, remove_pooled_temps};
 
 #[cfg(test)]
 mod tests;

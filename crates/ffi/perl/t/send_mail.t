@@ -130,8 +130,4 @@ like($errors->[1], qr/^NoRecipients: message 1: no recipients/, 'send_many: the 
 is(scalar(() = nodes_of($ids->[0])), 3, 'send_many: first message has its nodes');
 is((nodes_of($ids->[2]))[0]{to}, 'many@rcpt.test', 'send_many: third message queued');
 
-# 0.50's daemon side points at mailspool's daemon.
-ok(!eval { $spool->daemon; 1 }, 'daemon is not offered');
-like($@, qr/mailspool daemon/, 'and says what to run instead');
-
 done_testing;

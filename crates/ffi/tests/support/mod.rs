@@ -34,6 +34,28 @@ pub fn lib_dir() -> PathBuf {
     dir
 }
 
+/// The `mailspool` program beside the library (the Perl module's daemon side runs it),
+/// built as `lib_dir` builds the library.
+pub fn mailspool_bin() -> PathBuf {
+    let dir = lib_dir();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", "mailspool", "--bin", "mailspool"])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"))
+        .arg("--target-dir")
+        .arg(dir.parent().expect("target dir"));
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().expect("cargo runs").success(),
+        "cargo build of mailspool failed"
+    );
+    dir.join("mailspool")
+}
+
 /// The spool's nodes, sorted by recipient then id.
 pub fn queue(spool: &Path) -> Vec<QueueEntry> {
     let config = Config {

@@ -62,6 +62,8 @@ pub type CliResult = Result<(), Failure>;
 /// Run the program and turn the outcome into an exit code.
 pub fn main() -> ExitCode {
     privilege::remember_caller();
+    // A daemon locks thousands of nodes a second: reuse lock temps (removed below).
+    mailspool_spool::lock::keep_temps_until_exit();
     let args: Vec<OsString> = std::env::args_os().collect();
     let prog = args
         .first()

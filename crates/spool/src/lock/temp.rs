@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +33,17 @@ pub(super) struct Temp {
     file: File,
     dev: u64,
     ino: u64,
+}
+
+/// Whether this process keeps temps for reuse: only a program that removes them before it
+/// exits ([`remove_pooled_temps`]) may; an embedding program (Perl, Python, C calling
+/// an interactive send) exits without asking us, so by default a temp goes with its lock.
+static KEEPING: AtomicBool = AtomicBool::new(false);
+
+/// Keep lock temps for reuse from now on; the caller promises to call
+/// [`remove_pooled_temps`] before it exits (the `mailspool` program does).
+pub fn keep_temps_until_exit() {
+    KEEPING.store(true, Ordering::Relaxed);
 }
 
 fn pool() -> &'static Mutex<HashMap<PathBuf, Vec<Temp>>> {
@@ -72,8 +83,12 @@ pub(super) fn take(dir: &Path) -> io::Result<Temp> {
     }
 }
 
-/// Return a temp for reuse (removed if the pool of its directory is full).
+/// Return a temp for reuse (removed if the pool of its directory is full, or if this
+/// process does not keep temps).
 pub(super) fn put_back(dir: &Path, t: Temp) {
+    if !KEEPING.load(Ordering::Relaxed) {
+        return discard(t);
+    }
     let mut pool = pool().lock().unwrap_or_else(|e| e.into_inner());
     let temps = pool.entry(dir.to_owned()).or_default();
     if temps.len() < KEEP {

@@ -3,6 +3,8 @@
 use super::*;
 
 fn policy() -> LockPolicy {
+    // As the daemon does: temps pooled for reuse, removed by remove_pooled_temps.
+    super::keep_temps_until_exit();
     LockPolicy {
         own_stale: Duration::from_secs(60),
         legacy_stale: Duration::from_secs(600),

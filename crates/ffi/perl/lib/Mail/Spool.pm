@@ -3,8 +3,10 @@ package Mail::Spool;
 # Mail::Spool 0.50's interface for the programs written against it, over mailspool's C
 # ABI (libmailspool) with FFI::Platypus: the same new() and send_mail() arguments, the
 # message committed by mailspool (one node per recipient in the 0.50 layout, durable
-# before send_mail returns, Bcc removed, a fresh id). The daemon side of 0.50 (daemon,
-# dequeue, list_spool_handles...) is `mailspool daemon`; it is not offered here.
+# before send_mail returns, Bcc removed, a fresh id). 0.50's daemon side runs the
+# `mailspool` program: daemon() becomes `mailspool daemon`, dequeue() runs one
+# `mailspool queue run`, create_dequeue_dirs() lays the spool out; the node-level
+# internals (list_spool_handles, Mail::Spool::Handle/Node) are not offered.
 
 use strict;
 use warnings;
@@ -14,7 +16,7 @@ use Exporter 'import';
 use FFI::Platypus 1.00;
 use FFI::Platypus::Buffer qw(scalar_to_buffer);
 
-our @EXPORT_OK = qw(send_mail);
+our @EXPORT_OK = qw(send_mail dequeue daemon create_dequeue_dirs);
 our $VERSION = '0.51';
 
 # What the last failed send_mail said, beside the message in $@: its kind (SpoolFull,
@@ -88,9 +90,7 @@ for my $property (qw(dequeue_dir dequeue_periods dequeue_priority dequeue_timeou
 # configuration's timeouts apply) and id. Returns the message id (a true value); dies
 # with the reason otherwise, setting $Mail::Spool::ERROR_KIND and $EXIT_CODE.
 sub send_mail {
-    my $self = (@_ && ref($_[0]) && eval { $_[0]->isa(__PACKAGE__) }) ? shift
-             : (@_ && !ref($_[0]) && $_[0] eq __PACKAGE__) ? do { shift; _default() }
-             : _default();
+    my $self = _invocant(\@_);
     my $args = @_ && ref($_[0]) eq 'HASH' ? shift : {@_};
     ($ERROR_KIND, $EXIT_CODE) = ('', 0);
 
@@ -125,12 +125,65 @@ sub send_mail {
     return $queued;
 }
 
-# 0.50's daemon side is `mailspool daemon` now: say so instead of "no such method".
-for my $method (qw(daemon dequeue list_spool_handles create_dequeue_dirs)) {
+# An object method, a class method or a plain function, as 0.50's subs were called:
+# the object (shifted off @$args) or the process's default one.
+sub _invocant {
+    my $args = shift;
+    return shift @$args if @$args && ref($args->[0]) && eval { $args->[0]->isa(__PACKAGE__) };
+    shift @$args if @$args && !ref($args->[0]) && $args->[0] eq __PACKAGE__;
+    return _default();
+}
+
+# create_dequeue_dirs(), as a method or a function: make the spool directory and its
+# tiers (and tmp/), mode 0700, as opening it for intake does; dies with the reason.
+sub create_dequeue_dirs {
+    my $self = _invocant(\@_);
+    $self->_handle;
+    return 1;
+}
+
+# daemon(): 0.50 ran its own dequeuer; this runs `mailspool daemon` in this process's
+# place (exec: it does not return), on this object's spool and config. It stays in the
+# foreground (run it under systemd, or with `&`), unlike 0.50's Net::Server setsid.
+# The program is $ENV{MAILSPOOL_BIN}, else `mailspool` on the PATH.
+sub daemon {
+    my $self = _invocant(\@_);
+    $self->create_dequeue_dirs;
+    $self->_close;
+    my ($bin, %env) = $self->_program;
+    local @ENV{keys %env} = values %env;
+    exec { $bin } $bin, 'daemon';
+    _fail('Unavailable', 69, "cannot run $bin daemon: $!");
+}
+
+# dequeue(): one delivery pass over what is due (`mailspool queue run`), as 0.50's
+# dequeue was one pass. Returns 1; dies when the pass could not run.
+sub dequeue {
+    my $self = _invocant(\@_);
+    my ($bin, %env) = $self->_program;
+    local @ENV{keys %env} = values %env;
+    system { $bin } $bin, 'queue', 'run';
+    _fail('Unavailable', 69, "cannot run $bin queue run: $!") if $? == -1;
+    _fail('Failed', $? >> 8, "$bin queue run exited with " . ($? >> 8)) if $?;
+    return 1;
+}
+
+# The mailspool program and the environment that points it at this object's spool.
+sub _program {
+    my $self = shift;
+    my %env;
+    my $dir = $self->{dequeue_dir} // $DEQUEUE_DIR;
+    $env{MAILSPOOL_SPOOL}  = $dir if defined $dir;
+    $env{MAILSPOOL_CONFIG} = $self->{config} if defined $self->{config};
+    return ($ENV{MAILSPOOL_BIN} || 'mailspool', %env);
+}
+
+# The node-level internals of 0.50's dequeuer have no counterpart: say so.
+for my $method (qw(list_spool_handles mail_spool_handle mail_spool_node)) {
     no strict 'refs';
     *{$method} = sub {
-        Carp::croak("Mail::Spool::$method is not offered by mailspool's Mail::Spool: run "
-            . "`mailspool daemon` (or `mailspool queue run`) to deliver the spool");
+        Carp::croak("Mail::Spool::$method is not offered by mailspool's Mail::Spool: "
+            . "dequeue() runs a delivery pass, daemon() runs `mailspool daemon`");
     };
 }
 
@@ -220,14 +273,20 @@ sub _fail {
     die "$kind: $message\n";
 }
 
+# The library's handle for this object's spool: opened again in a forked child, and when
+# the spool it names has changed ($DEQUEUE_DIR is read at each call, as 0.50 read it).
 sub _handle {
     my $self = shift;
-    return $self->{_mailspool} if $self->{_mailspool} && ($self->{_pid} // 0) == $$;
+    my $dir = $self->{dequeue_dir} // $DEQUEUE_DIR;
+    my $key = join("\0", $dir // '', $self->{config} // '');
+    return $self->{_mailspool}
+        if $self->{_mailspool} && ($self->{_pid} // 0) == $$ && $self->{_key} eq $key;
+    $self->_close;
     my $h;
-    my $rc = mailspool_open($self->{config}, $self->{dequeue_dir} // $DEQUEUE_DIR, \$h);
+    my $rc = mailspool_open($self->{config}, $dir, \$h);
     _fail(mailspool_status_name($rc), mailspool_last_exit_code(), mailspool_last_error())
         if $rc != 0;
-    @$self{qw(_mailspool _pid)} = ($h, $$);
+    @$self{qw(_mailspool _pid _key)} = ($h, $$, $key);
     return $h;
 }
 
@@ -266,7 +325,10 @@ Mail::Spool - Mail::Spool 0.50's send_mail, committed by mailspool
 The arguments and behaviour of Mail::Spool 0.50's C<new> and C<send_mail> (see the
 comments above each sub), written through libmailspool: the message is committed to
 the spool (the 0.50 layout, or a database) before C<send_mail> returns, one node per
-recipient, and C<mailspool daemon> delivers it. Differences from 0.50, on purpose: the
+recipient, and C<mailspool daemon> delivers it. C<daemon> runs C<mailspool daemon> in
+the process's place (in the foreground), C<dequeue> runs one C<mailspool queue run>,
+and C<create_dequeue_dirs> lays the spool out; set C<MAILSPOOL_BIN> when the program is
+not on the C<PATH>. Differences from 0.50, on purpose: the
 id never comes from a C<Received:> header the sender wrote (an id given as C<id> is
 refused when it is already queued); C<Bcc> is removed; C<timeout> is not used; errors
 die with C<Kind: reason>. Set C<MAILSPOOL_LIB> to use a libmailspool.so that is not
