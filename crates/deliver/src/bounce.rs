@@ -76,8 +76,19 @@ pub enum Report {
     },
 }
 
+/// What [`spool_dsn`] did.
+#[derive(Debug, Default)]
+pub struct Spooled {
+    /// The DSN's id (none for the null sender).
+    pub id: Option<String>,
+    /// Whether the nodes it replaces were removed in the same commit (else the caller
+    /// removes them now).
+    pub replaced: bool,
+}
+
 /// Queue a DSN of `report` for `failures` to `sender` (never to the null sender),
-/// quoting the original's headers. Returns the DSN's id.
+/// quoting the original's headers; `replaced`, the locked nodes it reports as failed, go
+/// in the same commit where the back end can (see [`mailspool_spool::Staged`]).
 #[allow(clippy::too_many_arguments)]
 pub fn spool_dsn(
     spool: &Arc<dyn Store>,
@@ -88,9 +99,10 @@ pub fn spool_dsn(
     failures: &[Failure],
     max_headers: usize,
     report: Report,
-) -> Result<Option<String>, SpoolError> {
+    replaced: &[mailspool_spool::NodeEntry],
+) -> Result<Spooled, SpoolError> {
     if sender.is_empty() || failures.is_empty() {
-        return Ok(None);
+        return Ok(Spooled::default());
     }
     let delayed = matches!(report, Report::Delayed { .. });
     let bounce_id = spool.new_id();
@@ -188,7 +200,7 @@ pub fn spool_dsn(
     stage
         .write_all(format!("\n--{boundary}--\n").as_bytes())
         .map_err(io)?;
-    let committed = stage.commit("", &[sender.to_owned()])?;
+    let (committed, replaced) = stage.commit_replacing("", &[sender.to_owned()], replaced)?;
     if delayed {
         mailspool_metrics::global().delay_warnings.inc();
         tracing::info!(event = "delay warned", id = %id, report = %committed.id, to = %mailspool_spool::escape(sender), "delay warning queued");
@@ -196,7 +208,10 @@ pub fn spool_dsn(
         mailspool_metrics::global().bounces.inc();
         tracing::info!(event = "bounced", id = %id, bounce = %committed.id, to = %mailspool_spool::escape(sender), "bounce queued");
     }
-    Ok(Some(committed.id))
+    Ok(Spooled {
+        id: Some(committed.id),
+        replaced,
+    })
 }
 
 fn one_line(s: &str) -> String {

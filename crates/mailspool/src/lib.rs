@@ -57,6 +57,32 @@ pub fn open_store(config: &Config, create: bool) -> Result<Arc<dyn Store>, Spool
     }))
 }
 
+/// [`open_store`] for a long-running service (`daemon`, `serve`): while the database
+/// cannot be reached, wait and try again (1 s, doubling to 30 s, each failure logged), as
+/// the service does when the database goes away later; a system-manager start before
+/// the database's is then not a failed unit. Any other error is returned at once.
+pub fn open_store_waiting(config: &Config, create: bool) -> Result<Arc<dyn Store>, SpoolError> {
+    let mut pause = std::time::Duration::from_secs(1);
+    let mut tries = 0u32;
+    loop {
+        match open_store(config, create) {
+            Err(SpoolError::Database(e)) => {
+                tries += 1;
+                tracing::warn!(error = %escape(&e), attempt = tries, retry_in_secs = pause.as_secs(), "the spool's database cannot be reached; waiting for it");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+            }
+            Ok(store) => {
+                if tries > 0 {
+                    tracing::info!(attempts = tries + 1, "the spool's database is reachable");
+                }
+                return Ok(store);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A spool opened for intake, with its configuration.
 #[derive(Debug)]
 pub struct Mailspool {
@@ -69,6 +95,13 @@ impl Mailspool {
     /// `spool = "postgresql://..."`, a database (see `mailspool db migrate`).
     pub fn open(config: Config) -> Result<Mailspool, SpoolError> {
         let spool = open_store(&config, true)?;
+        Ok(Mailspool { config, spool })
+    }
+
+    /// [`Mailspool::open`] for a service: waits for the database (see
+    /// [`open_store_waiting`]).
+    pub fn open_waiting(config: Config) -> Result<Mailspool, SpoolError> {
+        let spool = open_store_waiting(&config, true)?;
         Ok(Mailspool { config, spool })
     }
 

@@ -638,3 +638,47 @@ async fn postgres_postpones_mail_for_a_cooling_destination() {
         .unwrap();
     assert_eq!(forced.len(), 3);
 }
+
+/// PostgreSQL: the bounce and the removal of the node it reports are one transaction,
+/// so a daemon killed between two commits can neither lose the notice nor send a second
+/// one. The database itself checks it: a trigger refuses to delete the failed node in a
+/// transaction that has not also inserted the bounce (a message from the null sender).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bounce_and_removal_are_one_transaction() {
+    let Some(b) = Back::pg() else { return };
+    let Back::Pg(db) = &b else { unreachable!() };
+    mailspool_pg::testing::admin_sql(
+        &db.url,
+        "CREATE FUNCTION t_bounced_here() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NOT EXISTS (SELECT 1 FROM mailspool_messages WHERE sender = ''
+                          AND xmin::text::bigint = pg_current_xact_id()::text::bigint % 4294967296)
+           THEN RAISE EXCEPTION 'the failed node is removed outside its bounce''s transaction';
+           END IF;
+           RETURN OLD;
+         END $$;
+         CREATE TRIGGER t_bounced_here BEFORE DELETE ON mailspool_nodes FOR EACH ROW
+           WHEN (OLD.rcpt = 'nobody@example.org') EXECUTE FUNCTION t_bounced_here();",
+    )
+    .unwrap();
+    let mut script = Script::default();
+    script
+        .rcpt
+        .insert("nobody@example.org".into(), "550 5.1.1 no such user".into());
+    let sink = Sink::start(script).await;
+    let store = b.open();
+    let ms = Mailspool::with_store(b.config(), store.clone());
+    send(
+        &ms,
+        "From: app@example.com\nTo: nobody@example.org\nSubject: lost\n\nx\n",
+    );
+    let report = engine(store.clone(), &sink).run_pass(&all()).await.unwrap();
+    assert_eq!(report.count(Outcome::Failed), 1, "{report:?}");
+    let n = nodes(store.as_ref());
+    let to: Vec<&str> = n.iter().map(|n| n.name.to.as_str()).collect();
+    assert_eq!(
+        to,
+        ["app@example.com"],
+        "the bounce alone, the failed node gone"
+    );
+}

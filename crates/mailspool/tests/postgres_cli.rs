@@ -330,3 +330,100 @@ fn migrate_a_050_spool_to_the_database_and_back() {
         .sum();
     assert_eq!(count, 4);
 }
+
+/// `daemon` and `serve` started while the database is down (a boot where mailspool's
+/// unit starts before PostgreSQL's) wait for it with a logged backoff instead of exiting
+/// 75, then work: the daemon delivers what is queued once the database is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_and_serve_wait_for_a_database_that_is_down_at_start() {
+    let cluster = match mailspool_pg::testing::Cluster::start(true) {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none_or(|v| v != "true"),
+                "PostgreSQL is missing under CI: {e}"
+            );
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let url = cluster.admin_url();
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mailspool.toml"),
+        format!(
+            "spool = \"{url}\"\nhostname = \"db.test\"\ndequeue_timeout = 30\ntls = \"none\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n[routes]\n\"example.org\" = \"{}\"\n",
+            sink.addr
+        ),
+    )
+    .unwrap();
+    let cli = || {
+        let mut c = mailspool(dir.path(), "");
+        c.env_remove("MAILSPOOL_SPOOL");
+        c
+    };
+    assert!(
+        cli()
+            .args(["db", "migrate"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    cluster.stop().unwrap();
+
+    let start = |what: &str| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin!("mailspool"))
+            .arg(what)
+            .env("MAILSPOOL_CONFIG", dir.path().join("mailspool.toml"))
+            .env_remove("MAILSPOOL_SPOOL")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(format!("{what}.log"))).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut daemon = start("daemon");
+    let mut serve = start("serve");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon exited while the database was down"
+    );
+    assert!(
+        serve.try_wait().unwrap().is_none(),
+        "serve exited while the database was down"
+    );
+    for what in ["daemon", "serve"] {
+        let log =
+            std::fs::read_to_string(dir.path().join(format!("{what}.log"))).unwrap_or_default();
+        assert!(
+            log.contains("cannot be reached; waiting for it"),
+            "{what}: {log}"
+        );
+    }
+
+    cluster.start_again().unwrap();
+    let out = cli()
+        .args(["send", "late@example.org"])
+        .write_stdin("Subject: after the database came up\n\nhello\n")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let t = Instant::now();
+    while sink.received().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "the daemon never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(serve.try_wait().unwrap().is_none(), "serve runs on");
+    for c in [&mut daemon, &mut serve] {
+        std::process::Command::new("kill")
+            .arg(c.id().to_string())
+            .status()
+            .unwrap();
+        c.wait().unwrap();
+    }
+}

@@ -20,7 +20,7 @@ pub(crate) async fn renew(inner: &Inner) -> Result<u64> {
         .iter()
         .copied()
         .collect();
-    let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
+    let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
     let secs = inner.lease.as_secs_f64();
     c.execute(
         "UPDATE mailspool_nodes SET lease_until = now() + make_interval(secs => $2)
@@ -109,7 +109,7 @@ impl PgSpool {
         };
         let limit = limit as i64;
         self.run(move |inner| async move {
-            let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             let secs = inner.lease.as_secs_f64();
             let rows = c
                 .query(
@@ -212,7 +212,7 @@ impl PgSpool {
         // Not claimed by a plan (an operator's change, a migration): claim it alone.
         let e = entry.clone();
         self.run(move |inner| async move {
-            let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             let secs = inner.lease.as_secs_f64();
             let n = c
                 .execute(

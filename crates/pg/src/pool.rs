@@ -151,20 +151,21 @@ impl Pool {
         (self.config.clone(), self.tls.clone())
     }
 
-    /// A client for what must be durable when it returns (intake commits, imports,
-    /// an operator's changes): `synchronous_commit = on` whatever the server's
+    /// A client for what must be durable when it returns (intake commits, imports, an
+    /// operator's changes, and the delivery steps whose loss would send a message
+    /// twice: claims, lease renewals, removing a delivered node, a bounce with the
+    /// removal of what it reports): `synchronous_commit = on` whatever the server's
     /// default, so a commit returns once it is on disk (and on the synchronous
     /// standbys, if there are any).
     pub async fn get(&self) -> Result<Pooled<'_>, tokio_postgres::Error> {
         self.take(0).await
     }
 
-    /// A client for a delivery's bookkeeping (claims, renewals, removing a delivered
-    /// node, moving a deferred one): `synchronous_commit = off`. What a crash of the
-    /// database can lose of these (its last fraction of a second) only repeats work:
-    /// a lost claim is free again, a lost move is retried, a lost removal sends the
-    /// message again (the at-least-once window the file spool has too, since its
-    /// unlink is not fsynced). Nothing acknowledged depends on them.
+    /// A client for bookkeeping whose loss in a database crash (its last fraction of a
+    /// second) only repeats harmless work: moving a deferred node (a lost move is one
+    /// more attempt after the lease), recording an attempt's reply, giving claims back
+    /// (they run out instead), counting usage, reading. `synchronous_commit = off`.
+    /// Never for a step whose loss would deliver a message twice (see [`Pool::get`]).
     pub async fn settling(&self) -> Result<Pooled<'_>, tokio_postgres::Error> {
         self.take(1).await
     }

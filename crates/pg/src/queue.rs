@@ -23,8 +23,8 @@ use crate::{PgSpool, db};
 /// message with it when no other node of the message is left. Two hosts removing a
 /// message's last two nodes at once may each see the other's: the message row is then
 /// left without nodes, never delivered, and [`Store::sweep`] removes it.
-async fn remove(
-    c: &mut crate::pool::Pooled<'_>,
+pub(crate) async fn remove(
+    c: &impl tokio_postgres::GenericClient,
     pk: i64,
     condition: &str,
     token: &str,
@@ -281,8 +281,8 @@ impl Store for PgSpool {
             let mut pause = std::time::Duration::from_millis(50);
             loop {
                 let attempt = async {
-                    let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
-                    remove(&mut c, pk, "lease_token = $2", &inner.me.token).await
+                    let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+                    remove(&*c, pk, "lease_token = $2", &inner.me.token).await
                 };
                 match attempt.await {
                     Ok(true) => return Ok(()),
@@ -489,9 +489,9 @@ impl Store for PgSpool {
         let pk = pk(entry)?;
         let e = entry.clone();
         self.run(move |inner| async move {
-            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             let free = FREE.replace("$TOKEN", "$2");
-            match remove(&mut c, pk, &free, &inner.me.token).await? {
+            match remove(&*c, pk, &free, &inner.me.token).await? {
                 true => Ok(()),
                 false => Err(refusal(&c, &e, pk).await),
             }

@@ -8,9 +8,12 @@ use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mailspool_spool::{Committed, Placement, Result, Spool, SpoolError, Stage, Staged, now};
+use mailspool_spool::{
+    Committed, NodeEntry, Placement, Result, Spool, SpoolError, Stage, Staged, now,
+};
 use tokio_postgres::Transaction;
 
+use crate::read::pk;
 use crate::{CHUNK, Inner, PgSpool, db};
 
 /// A message on its way into the database.
@@ -63,6 +66,18 @@ impl Staged for PgStage {
         self.written
     }
     fn commit(self: Box<Self>, from: &str, to: &[String]) -> Result<Committed> {
+        Ok(self.commit_replacing(from, to, &[])?.0)
+    }
+
+    /// One transaction: the message and its nodes in, the replaced nodes out (only if
+    /// every one is still this process's claim; otherwise nothing is committed).
+    fn commit_replacing(
+        self: Box<Self>,
+        from: &str,
+        to: &[String],
+        replaced: &[NodeEntry],
+    ) -> Result<(Committed, bool)> {
+        let replaced_pks = replaced.iter().map(pk).collect::<Result<Vec<i64>>>()?;
         let PgStage {
             spool,
             id,
@@ -74,10 +89,11 @@ impl Staged for PgStage {
             .map_err(|e| SpoolError::io_path("write", std::env::temp_dir(), e.into_error()))?;
         let (from, to) = (from.to_owned(), to.to_vec());
         let id2 = id.clone();
+        let pks = replaced_pks.clone();
         let nodes = spool.run(move |inner| async move {
             let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
             let time = now() as i64;
-            if written as usize <= CHUNK {
+            if written as usize <= CHUNK && pks.is_empty() {
                 return commit_small(&mut c, &inner, &id2, &from, &file, written, time, &to).await;
             }
             let tx = c.transaction().await.map_err(|e| db("begin", e))?;
@@ -92,6 +108,12 @@ impl Staged for PgStage {
                 )
                 .await
                 .map_err(|e| db("insert the nodes", e))?;
+            for &node in &pks {
+                if !crate::queue::remove(&tx, node, "lease_token = $2", &inner.me.token).await? {
+                    // Not ours any more (or gone): whoever holds it now reports it.
+                    return Err(SpoolError::NotFound(key(node).display().to_string()));
+                }
+            }
             count_usage(&tx, written, "Spool", to.len()).await?;
             // Daemons on every host LISTEN: delivered with the commit, never before.
             tx.batch_execute("NOTIFY mailspool_queued")
@@ -100,11 +122,15 @@ impl Staged for PgStage {
             tx.commit().await.map_err(|e| db("commit", e))?;
             Ok(rows.iter().map(|r| key(r.get(0))).collect::<Vec<_>>())
         })?;
-        Ok(Committed {
-            id,
-            nodes,
-            size: written,
-        })
+        spool.forget_claims(&replaced_pks);
+        Ok((
+            Committed {
+                id,
+                nodes,
+                size: written,
+            },
+            !replaced_pks.is_empty(),
+        ))
     }
     fn into_file_stage(self: Box<Self>) -> std::result::Result<Stage<Arc<Spool>>, Box<dyn Staged>> {
         Err(self)

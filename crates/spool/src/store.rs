@@ -30,6 +30,20 @@ pub trait Staged: Write + Send + std::fmt::Debug {
     /// Make the message durable, one node per recipient in tier 0; only after this
     /// returns `Ok` may anyone be told the message is accepted.
     fn commit(self: Box<Self>, from: &str, to: &[String]) -> Result<Committed>;
+    /// Commit, and remove `replaced` (nodes this process holds locked: those a bounce
+    /// reports) in the same atomic step where the back end has one, so a crash between
+    /// the two can neither lose the notice nor send it twice. Returns whether they were
+    /// removed; when not (the file spool: a rename cannot be joined to an unlink), the
+    /// caller removes them after, and a crash between the two duplicates the notice.
+    fn commit_replacing(
+        self: Box<Self>,
+        from: &str,
+        to: &[String],
+        replaced: &[NodeEntry],
+    ) -> Result<(Committed, bool)> {
+        let _ = replaced;
+        Ok((self.commit(from, to)?, false))
+    }
     /// The file spool's stage, for commits batched across messages; a back end that
     /// does not batch returns itself.
     fn into_file_stage(self: Box<Self>) -> std::result::Result<Stage<Arc<Spool>>, Box<dyn Staged>>;

@@ -5,7 +5,7 @@ use mailspool_spool::side::Attempt;
 use mailspool_spool::{NodeEntry, NodeLock, escape, now};
 
 use super::{Claim, Engine, NodeResult, Outcome, Verdict};
-use crate::bounce::{Failure, Report, spool_dsn};
+use crate::bounce::{Failure, Report, Spooled, spool_dsn};
 use crate::config::DeliverConfig;
 
 /// How long past its due time a node may be held in its tier by throttling: its
@@ -135,13 +135,15 @@ impl Engine {
         if failures.is_empty() {
             return results;
         }
-        // One DSN for this one stored message, to its own sender. Bounce first
-        // (durably), then delete: a crash between them can only duplicate the bounce,
-        // never lose it.
+        // One DSN for this one stored message, to its own sender, committed together
+        // with the removal of the nodes it reports where the back end can (PostgreSQL:
+        // one transaction); else bounce first (durably), then delete: a crash between
+        // them can only duplicate the bounce, never lose it.
         let first = &locked[failures[0].0].0;
         let list: Vec<Failure> = failures.iter().map(|(_, f)| f.clone()).collect();
+        let failed: Vec<NodeEntry> = failures.iter().map(|(i, _)| locked[*i].0.clone()).collect();
         let bounced = if interactive {
-            Ok(None)
+            Ok(Spooled::default())
         } else {
             spool_dsn(
                 &self.spool,
@@ -152,6 +154,7 @@ impl Engine {
                 &list,
                 cfg.bounce_max_headers,
                 Report::Failed,
+                &failed,
             )
         };
         if let Err(e) = &bounced {
@@ -159,7 +162,7 @@ impl Engine {
         }
         for (i, f) in failures {
             let n = &locked[i].0;
-            if bounced.is_ok()
+            if bounced.as_ref().is_ok_and(|b| !b.replaced)
                 && let Err(e) = self.spool.delete_locked(n)
             {
                 tracing::error!(node = %escape(&n.path.display().to_string()), error = %e, "cannot delete a failed node");
@@ -218,6 +221,7 @@ impl Engine {
             delayed,
             cfg.bounce_max_headers,
             report,
+            &[],
         ) {
             // Not sent: give the claim back, so a later deferral tries again.
             self.spool.release_delay_warning(name);

@@ -13,7 +13,7 @@ pub fn run(
     spool: Option<PathBuf>,
     _verbose: u8,
 ) -> CliResult {
-    let ms = std::sync::Arc::new(Mailspool::open(config.clone())?);
+    let ms = std::sync::Arc::new(Mailspool::open_waiting(config.clone())?);
     // Users' dropped messages (mailspool-drop) become queued mail: new nodes in tier 0,
     // which wake the delivery loop below.
     mailspool::pickup::spawn(ms.clone(), config.dequeue_timeout)

@@ -36,7 +36,7 @@ pub fn run(config: &Config) -> CliResult {
             })?;
         }
     }
-    let spool = mailspool::open_store(config, true)?;
+    let spool = mailspool::open_store_waiting(config, true)?;
     let users = users(config)?;
     runtime()?.block_on(async {
         let bound = mailspool_serve::bind(config.serve.clone(), spool.clone(), users)
