@@ -427,3 +427,50 @@ async fn daemon_and_serve_wait_for_a_database_that_is_down_at_start() {
         c.wait().unwrap();
     }
 }
+
+/// Root migrating a 0.50 spool it owns into a database that has no tables yet, while the
+/// configured spool is a directory of another user (the package's layout): root works
+/// as the owner of the directory it names, not the configured spool's, and the
+/// destination's tables are made first (neither "belongs to root" nor 78).
+#[test]
+fn root_migrates_its_own_050_spool_into_an_empty_database() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let Some(db) = TestDb::new() else { return };
+    mailspool_pg::testing::admin_sql(&db.url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let configured = dir.path().join("configured");
+    std::fs::create_dir(&configured).unwrap();
+    std::os::unix::fs::chown(&configured, Some(65534), Some(65534)).unwrap();
+    std::fs::write(
+        dir.path().join("mailspool.toml"),
+        format!("dequeue_dir = \"{}\"\n", configured.display()),
+    )
+    .unwrap();
+    let old = dir.path().join("old");
+    for t in 0..7 {
+        std::fs::create_dir_all(old.join(t.to_string())).unwrap();
+    }
+    std::fs::write(
+        old.join("0")
+            .join("1790000000-d41d8cd98f00b204e9800998ecf8427e-x%40example.org-s%40example.com"),
+        "Subject: mine\n\nroot's queued mail\n",
+    )
+    .unwrap();
+    let out = mailspool(dir.path(), configured.to_str().unwrap())
+        .args(["migrate", "--from", old.to_str().unwrap(), "--to", &db.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("moved 1 node"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("created the spool's tables"),
+        "{out:?}"
+    );
+    let moved = all_nodes(&pg(&db.url));
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].name.to, "x@example.org");
+}

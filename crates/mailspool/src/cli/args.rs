@@ -118,14 +118,14 @@ key of its From domain (or of a parent domain, else the fallback key), once per 
     /// Move queued mail from one spool to another (a directory or postgresql://...),
     /// keeping each node's tier, time and hold. Resumable.
     #[command(
-        after_help = "Each node is locked in the source, added to the destination, then removed from the source; run it again after an interruption and each node is moved exactly once (the destination recognises what it already has). Stop the daemons on the source first, or let them be: a node they hold is left for the next run (exit 75). Mail::Spool 0.50 spools are read as they are."
+        after_help = "Each node is locked in the source, added to the destination, then removed from the source; run it again after an interruption and each node is moved exactly once (the destination recognises what it already has). Stop the daemons on the source first, or let them be: a node they hold is left for the next run (exit 75). Mail::Spool 0.50 spools are read as they are. Run as root, it works as the owner of the directory it names (the source's, else the destination's)."
     )]
     Migrate {
         /// The spool to empty: a directory or a database URL.
         #[arg(long, value_name = "SPOOL")]
         from: String,
         /// The spool to fill: a directory (created if needed) or a database URL (its
-        /// schema migrated first with `mailspool db migrate`).
+        /// tables created or upgraded first, as `mailspool db migrate` does).
         #[arg(long, value_name = "SPOOL")]
         to: String,
     },

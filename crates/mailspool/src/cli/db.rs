@@ -53,6 +53,35 @@ pub fn migrate_schema(config: &Config, url: Option<&str>) -> CliResult {
     Ok(())
 }
 
+/// Root works on the directory sides as their owner (a spool directory is read and
+/// written only by the user it belongs to): the source's, else the destination's if it
+/// exists. Two directories of different owners cannot both be ours: refused, saying so.
+fn act_as_directory_owner(from: &str, to: &str) -> Result<(), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = |side: &str| -> Option<(u32, u32)> {
+        if mailspool_pg::is_url(side) {
+            return None;
+        }
+        std::fs::metadata(side).ok().map(|m| (m.uid(), m.gid()))
+    };
+    let (src, dst) = (owner(from), owner(to));
+    if let (Some(a), Some(b)) = (src, dst)
+        && a.0 != b.0
+    {
+        return Err(Failure::new(
+            sysexits::USAGE,
+            format!(
+                "{from} belongs to uid {} and {to} to uid {}: a spool is used by its owner                  only, so chown one to the other's owner first",
+                a.0, b.0
+            ),
+        ));
+    }
+    match src.or(dst) {
+        Some((0, _)) | None => Ok(()),
+        Some((uid, gid)) => super::privilege::become_user(uid, gid),
+    }
+}
+
 /// Open one side of a migration: a directory or a database URL.
 fn open_side(config: &Config, spool: &str, create: bool) -> Result<Arc<dyn Store>, Failure> {
     let mut c = config.clone();
@@ -71,6 +100,25 @@ pub fn migrate(config: &Config, from: &str, to: &str) -> CliResult {
             sysexits::USAGE,
             "--from and --to are the same spool",
         ));
+    }
+    if rustix::process::geteuid().is_root() {
+        act_as_directory_owner(from, to)?;
+    }
+    // A database to fill gets its tables first (versioned: nothing changes if it has
+    // them), as `db migrate` would.
+    if mailspool_pg::is_url(to) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::new(sysexits::OSERR, e.to_string()))?;
+        let applied = rt.block_on(mailspool_pg::migrate(to, config.spool_ca_file.as_deref()))?;
+        if !applied.is_empty() {
+            eprintln!(
+                "mailspool: {}: created the spool's tables (schema version {})",
+                mailspool_pg::redact(to),
+                mailspool_pg::SCHEMA_VERSION
+            );
+        }
     }
     let src = open_side(config, from, false)?;
     let dst = open_side(config, to, true)?;

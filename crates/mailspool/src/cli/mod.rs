@@ -137,10 +137,12 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
         quiet_on_closed_pipe();
     }
     // Root works on a spool as its owner (the listener only once it has bound its
-    // ports; `send` decides for itself: it may hand the message to the drop).
+    // ports; `send` decides for itself: it may hand the message to the drop; `migrate`
+    // by the directories it names).
     let serve = matches!(
         cli.command,
         args::Command::Serve
+            | args::Command::Migrate { .. }
             | args::Command::Doctor
             | args::Command::Token { .. }
             | args::Command::User { .. }
