@@ -72,6 +72,7 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
         max_body_size: 1 << 20,
         request_timeout: Duration::from_secs(10),
         max_connections: 64,
+        max_connections_per_ip: 64,
         metrics_interval: Duration::from_secs(1),
     };
     let config = Config {

@@ -575,3 +575,63 @@ fn what_is_in_corrupt_shows_in_the_metrics_and_on_the_dashboard() {
         page.body
     );
 }
+
+/// A client holding idle connections cannot lock out the API, `/metrics` or `/healthz`:
+/// one address gets at most `max_connections_per_ip`, and when every slot is taken a new
+/// connection closes the one idle the longest. (Clients come from several loopback
+/// addresses, 127.0.0.2 and up, as distinct hosts would.)
+#[test]
+fn idle_connections_cannot_lock_out_the_api() {
+    let api = start_with(|h| {
+        h.max_connections = 8;
+        h.max_connections_per_ip = 4;
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = api.addr;
+    let open_from = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        rt.block_on(async move {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind((ip, 0).into()).unwrap();
+            s.connect(addr).await.unwrap().into_std().unwrap()
+        })
+    };
+    // Closed by the server within `wait` (EOF or reset; a timeout means still open).
+    fn closed_within(mut s: &std::net::TcpStream, wait: Duration) -> bool {
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(wait)).unwrap();
+        match s.read(&mut [0u8; 64]) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+    let mut held: Vec<std::net::TcpStream> = (0..4).map(|_| open_from("127.0.0.2")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let fifth = open_from("127.0.0.2");
+    assert!(
+        closed_within(&fifth, Duration::from_secs(5)),
+        "a fifth connection from one address is refused"
+    );
+    held.extend((0..4).map(|_| open_from("127.0.0.3")));
+    std::thread::sleep(Duration::from_millis(200));
+    // Eight idle connections fill the server; a request still gets through, at once.
+    let t = std::time::Instant::now();
+    let h = api.get("/healthz", None);
+    assert_eq!(h.status, 200);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let m = api.get("/metrics", None);
+    assert_eq!(m.status, 200);
+    // The oldest idle ones made room.
+    let closed = held
+        .iter()
+        .filter(|s| closed_within(s, Duration::from_millis(200)))
+        .count();
+    assert!(closed >= 1, "an idle connection was closed to make room");
+}

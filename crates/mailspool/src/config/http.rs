@@ -30,8 +30,11 @@ pub struct HttpFile {
     pub max_body_size: Option<u64>,
     /// Seconds a request may take, body included (60).
     pub request_timeout: Option<u64>,
-    /// Connections at once (256).
+    /// Connections at once (256). When all are taken, a new one closes the connection
+    /// idle the longest.
     pub max_connections: Option<usize>,
+    /// Connections at once from one client address (64; local clients share 127.0.0.1).
+    pub max_connections_per_ip: Option<usize>,
     /// Seconds between counts of the spool for the queue metrics (15).
     pub metrics_interval: Option<u64>,
 }
@@ -53,6 +56,8 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Connections at once.
     pub max_connections: usize,
+    /// Connections at once from one address.
+    pub max_connections_per_ip: usize,
     /// How often the queue metrics are refreshed.
     pub metrics_interval: Duration,
 }
@@ -117,6 +122,10 @@ pub(super) fn http_settings(
             h.request_timeout.unwrap_or(60),
         )?),
         max_connections: positive("http.max_connections", h.max_connections.unwrap_or(256))?,
+        max_connections_per_ip: positive(
+            "http.max_connections_per_ip",
+            h.max_connections_per_ip.unwrap_or(64),
+        )?,
         metrics_interval: Duration::from_secs(positive(
             "http.metrics_interval",
             h.metrics_interval.unwrap_or(15),

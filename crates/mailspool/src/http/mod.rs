@@ -6,7 +6,7 @@
 //! Every endpoint but `/healthz` and `/metrics` needs a bearer token of the right scope
 //! (the dashboard keeps it in a session cookie). Every input is bounded: headers by
 //! hyper's limits and a read timeout, bodies by `max_body_size` and `request_timeout`,
-//! connections by `max_connections`.
+//! connections by `max_connections` and `max_connections_per_ip` (idle ones give way).
 
 mod auth;
 mod dashboard;
@@ -16,6 +16,7 @@ mod inject;
 mod queue;
 mod sampler;
 mod server;
+mod slots;
 pub mod tokens;
 mod turns;
 

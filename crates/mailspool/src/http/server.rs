@@ -9,6 +9,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+use super::slots::{Conn, Refused, Slots};
 use super::{AppState, router, sampler};
 use crate::Mailspool;
 use crate::config::HttpConfig;
@@ -63,7 +64,10 @@ impl Bound {
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         sampler::spawn(self.state.clone());
         let app = router(self.state.clone());
-        let limit = Arc::new(tokio::sync::Semaphore::new(self.state.http.max_connections));
+        let slots = Slots::new(
+            self.state.http.max_connections,
+            self.state.http.max_connections_per_ip,
+        );
         let (stopping, stop_rx) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(stop);
@@ -79,18 +83,31 @@ impl Bound {
                     }
                 },
             };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "HTTP connection refused: max_connections reached");
-                drop(stream);
-                continue;
-            };
             let _ = stream.set_nodelay(true);
             let app = app.clone();
             let tls = self.tls.clone();
             let mut stop_rx = stop_rx.clone();
+            let slots = slots.clone();
             tasks.spawn(async move {
-                let _permit = permit;
-                let service = TowerToHyperService::new(app);
+                // Taken in the connection's task: waiting for an evicted connection to
+                // go must not hold up the accept loop.
+                let slot = match slots.take(peer.ip()).await {
+                    Ok(s) => s,
+                    Err(why) => {
+                        let limit = match why {
+                            Refused::PerIp => "max_connections_per_ip",
+                            Refused::Full => "max_connections (every connection busy)",
+                        };
+                        tracing::warn!(%peer, "HTTP connection refused: {limit} reached");
+                        return;
+                    }
+                };
+                let service = Tracked {
+                    inner: TowerToHyperService::new(app),
+                    conn: slot.conn.clone(),
+                    slots: slots.clone(),
+                };
+                let close = &slot.conn.close;
                 let serve = async {
                     match tls {
                         Some(acceptor) => {
@@ -98,12 +115,14 @@ impl Bound {
                                 .await
                             {
                                 Ok(Ok(s)) => {
-                                    connection(TokioIo::new(s), service, &mut stop_rx).await
+                                    connection(TokioIo::new(s), service, &mut stop_rx, close).await
                                 }
                                 _ => tracing::debug!(%peer, "HTTPS handshake failed"),
                             }
                         }
-                        None => connection(TokioIo::new(stream), service, &mut stop_rx).await,
+                        None => {
+                            connection(TokioIo::new(stream), service, &mut stop_rx, close).await
+                        }
                     }
                 };
                 let _ = tokio::time::timeout(CONNECTION_LIFETIME, serve).await;
@@ -118,8 +137,42 @@ impl Bound {
     }
 }
 
-async fn connection<I, S>(io: I, service: S, stop: &mut tokio::sync::watch::Receiver<bool>)
+/// The service, marking its connection busy while a request is inside it (an idle
+/// connection may be closed to make room for a new one).
+struct Tracked<S> {
+    inner: S,
+    conn: Arc<Conn>,
+    slots: Arc<Slots>,
+}
+
+impl<S, R> hyper::service::Service<R> for Tracked<S>
 where
+    S: hyper::service::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn call(&self, req: R) -> Self::Future {
+        self.conn.enter();
+        let future = self.inner.call(req);
+        let (conn, slots) = (self.conn.clone(), self.slots.clone());
+        Box::pin(async move {
+            let response = future.await;
+            conn.leave(&slots);
+            response
+        })
+    }
+}
+
+async fn connection<I, S>(
+    io: I,
+    service: S,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    close: &tokio::sync::Notify,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming> + Send,
     S::Future: Send + 'static,
@@ -135,7 +188,12 @@ where
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
-        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+        _ = async {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = close.notified() => {}
+            }
+        } => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

@@ -62,6 +62,7 @@ pub fn start_with(tune: impl FnOnce(&mut mailspool::HttpConfig)) -> Api {
         max_body_size: 256 * 1024,
         request_timeout: Duration::from_secs(5),
         max_connections: 64,
+        max_connections_per_ip: 64,
         metrics_interval: Duration::from_secs(1),
     };
     tune(&mut http);
