@@ -151,6 +151,30 @@ fn bad_bodies_get_a_clear_4xx_and_queue_nothing() {
     assert_eq!(left, 0);
 }
 
+/// An announced body over max_body_size is refused at once with 413, before any of it
+/// is sent: no `100 Continue` to a client that asked, no wait for the request timeout.
+#[test]
+fn an_oversized_content_length_gets_413_at_once() {
+    let api = start_with(|h| h.request_timeout = Duration::from_secs(30));
+    for expect in ["Expect: 100-continue\r\n", ""] {
+        let mut s = std::net::TcpStream::connect(api.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: message/rfc822\r\nContent-Length: 999999999\r\n{expect}\r\n",
+            api.inject
+        )
+        .unwrap();
+        let t = std::time::Instant::now();
+        let mut head = vec![0u8; 512];
+        let n = s.read(&mut head).unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 413"), "{expect:?}: {head}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+    assert!(api.nodes().is_empty());
+}
+
 #[test]
 fn a_body_that_stops_arriving_times_out() {
     let api = start_with(|h| h.request_timeout = Duration::from_secs(1));

@@ -130,6 +130,19 @@ pub(crate) async fn read_body(
     timeout: std::time::Duration,
 ) -> Result<axum::body::Bytes, ApiError> {
     use axum::http::StatusCode;
+    use http_body::Body as _;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is larger than {limit} bytes (max_body_size)"),
+        )
+    };
+    // A Content-Length over the limit is refused before a byte of the body is read (so
+    // hyper never sends `100 Continue` for it).
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -139,11 +152,7 @@ pub(crate) async fn read_body(
                 timeout.as_secs()
             ),
         )),
-        Ok(Err(e)) if over_limit(&e) => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the request body is larger than {limit} bytes (max_body_size)"),
-        )),
+        Ok(Err(e)) if over_limit(&e) => Err(too_large()),
         Ok(Err(e)) => Err(ApiError::bad_request(
             "bad_body",
             format!("cannot read the body: {e}"),
