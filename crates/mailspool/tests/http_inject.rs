@@ -130,6 +130,9 @@ fn bad_bodies_get_a_clear_4xx_and_queue_nothing() {
         ("application/json", br#"{"from":"a@example.com","to":["b@example.org"],"text":"x","attachments":[{"name":"a","content_base64":"!!"}]}"#.to_vec(), 400, "bad_attachment"),
         ("text/plain", b"hello".to_vec(), 415, "unsupported_media_type"),
         ("message/rfc822", b"Subject: no recipients\r\n\r\nx\r\n".to_vec(), 400, "no_recipients"),
+        // A bare CR, which `serve` refuses with 550: the same rule here.
+        ("message/rfc822", b"To: b@example.org\r\n\r\nx\r.\rMAIL FROM:<e@x>\r\n".to_vec(), 400, "bad_message"),
+        ("application/json", br#"{"to":["b@example.org"],"raw":"To: b@example.org\r\n\r\nx\ry\r\n"}"#.to_vec(), 400, "bad_message"),
         // Over max_body_size (256 KiB).
         ("message/rfc822", vec![b'x'; 300 * 1024], 413, "too_large"),
         // Under max_body_size but over max_message_size (128 KiB).

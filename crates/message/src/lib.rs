@@ -53,6 +53,15 @@ pub enum IntakeError {
     Address(#[from] AddressError),
 }
 
+/// Whether `data` holds a bare CR: one not followed by LF. Receivers disagree on whether
+/// it ends a line (the SMTP smuggling family), so the network intakes refuse it: the
+/// listener with 550, the HTTP API with 400.
+pub fn has_bare_cr(data: &[u8]) -> bool {
+    data.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && data.get(i + 1) != Some(&b'\n'))
+}
+
 /// Append one line (through LF) to `buf`, reading at most `max` bytes. Returns the bytes
 /// read; a line longer than `max` comes back cut, without its LF.
 pub fn read_line_limited<R: BufRead>(

@@ -135,11 +135,7 @@ impl JsonMessage {
                     "`raw` is a whole message: give only from, envelope_from and to with it",
                 ));
             }
-            return Ok(Job {
-                bytes: raw.clone().into_bytes(),
-                from: envelope_from,
-                to: recipients,
-            });
+            return Job::raw(raw.clone().into_bytes(), envelope_from, recipients);
         }
         let from = self
             .from
@@ -248,6 +244,21 @@ struct Job {
     bytes: Vec<u8>,
     from: Option<String>,
     to: Vec<String>,
+}
+
+impl Job {
+    /// A whole message as the caller wrote it: LF or CRLF line ends, but no bare CR,
+    /// which `serve` refuses too (one rule for every network intake).
+    fn raw(bytes: Vec<u8>, from: Option<String>, to: Vec<String>) -> Result<Job, ApiError> {
+        if mailspool_message::has_bare_cr(&bytes) {
+            return Err(bad(
+                "bad_message",
+                "bare CR in the message: only CRLF or LF may end a line (the SMTP listener \
+                 refuses it too)",
+            ));
+        }
+        Ok(Job { bytes, from, to })
+    }
 }
 
 /// Commit one message through `send_mail` on the blocking pool.
@@ -408,11 +419,7 @@ pub async fn one(
         }
         Some(false) => {
             let (from, to) = raw_envelope(uri.query(), &headers)?;
-            Job {
-                bytes: bytes.to_vec(),
-                from,
-                to,
-            }
+            Job::raw(bytes.to_vec(), from, to)?
         }
         None => {
             return Err(ApiError::new(
