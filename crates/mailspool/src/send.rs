@@ -85,6 +85,10 @@ pub struct SendMail<'a> {
     /// Mail another intake already acknowledged (the drop's files): the free-space
     /// reserve does not apply to it.
     pub already_accepted: bool,
+    /// Who submitted it when not a local user (`HTTP API token NAME`): named in the
+    /// Received line instead of a userid. Characters outside A-Z a-z 0-9 space and
+    /// `-_.@+` are dropped.
+    pub origin: Option<String>,
 }
 
 /// The local user a message comes from.
@@ -110,6 +114,7 @@ impl<'a> SendMail<'a> {
             message,
             submitter: None,
             already_accepted: false,
+            origin: None,
         }
     }
 
@@ -323,12 +328,18 @@ impl Mailspool {
         headers.remove("Bcc");
         let now = mailspool_spool::now();
         // Prepended: the newest trace field comes first (RFC 5321 4.4).
+        let from_whom = match &mail.origin {
+            Some(o) => o
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || " -_.@+".contains(*c))
+                .collect(),
+            None => format!("userid {}", submitter.uid),
+        };
         headers.prepend(
             "Received",
             &format!(
-                "by {} (mailspool, from userid {}) id {id}; {}",
+                "by {} (mailspool, from {from_whom}) id {id}; {}",
                 config.hostname,
-                submitter.uid,
                 rfc5322_date(now)
             ),
         );

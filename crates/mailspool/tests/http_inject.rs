@@ -62,10 +62,12 @@ fn json_injection_builds_mime_commits_and_keeps_bcc_out_of_the_message() {
         "text/html",
         "receipt.bin",
         "AAEC/w==",
-        "Received: by mx.example.test (mailspool",
+        // The submitter is the token, not the daemon's uid.
+        "Received: by mx.example.test (mailspool, from HTTP API token app) id ",
     ] {
         assert!(text.contains(want), "{want}: {text}");
     }
+    assert!(!text.contains("userid"), "{text}");
 }
 
 #[test]

@@ -259,14 +259,27 @@ impl Job {
         }
         Ok(Job { bytes, from, to })
     }
+
+    /// What `send_mail` is given: the envelope, and the token that submitted it (named
+    /// in the Received line, not the daemon's uid).
+    fn mail(&self, token: &str) -> SendMail<'_> {
+        let mut mail = SendMail::new(MessageSource::Bytes(&self.bytes)).to(self.to.clone());
+        mail.from = self.from.clone();
+        mail.origin = Some(format!("HTTP API token {token}"));
+        mail
+    }
 }
 
 /// Commit one message through `send_mail` on the blocking pool.
-async fn commit(state: &Arc<AppState>, job: Job) -> Result<serde_json::Value, ApiError> {
+async fn commit(
+    state: &Arc<AppState>,
+    job: Job,
+    token: &str,
+) -> Result<serde_json::Value, ApiError> {
     let ms = state.ms.clone();
+    let token = token.to_owned();
     let sent = tokio::task::spawn_blocking(move || {
-        let mut mail = SendMail::new(MessageSource::Bytes(&job.bytes)).to(job.to);
-        mail.from = job.from;
+        let mail = job.mail(&token);
         // Staged in turn (see PREPARING), committed with everyone: the fsyncs are
         // where concurrent requests gain by overlapping.
         let turn = PREPARING.enter();
@@ -399,7 +412,13 @@ async fn prologue(
     body: axum::body::Body,
 ) -> Result<(Caller, axum::body::Bytes), ApiError> {
     let caller = authorize(state, headers, Scope::Inject)?;
-    let bytes = read_body(body, state.http.max_body_size, state.http.request_timeout).await?;
+    let bytes = read_body(
+        headers,
+        body,
+        state.http.max_body_size,
+        state.http.request_timeout,
+    )
+    .await?;
     Ok((caller, bytes))
 }
 
@@ -433,7 +452,10 @@ pub async fn one(
     let (status, value, replayed) = state
         .idempotency
         .run(&caller.name, key.as_deref(), &bytes, || async {
-            Ok((StatusCode::ACCEPTED, commit(&state, job).await?))
+            Ok((
+                StatusCode::ACCEPTED,
+                commit(&state, job, &caller.name).await?,
+            ))
         })
         .await?;
     Ok(reply(status, value, replayed))
@@ -476,7 +498,7 @@ pub async fn batch(
     let (status, value, replayed) = state
         .idempotency
         .run(&caller.name, key.as_deref(), &bytes, || {
-            run_batch(state.clone(), batch)
+            run_batch(state.clone(), batch, caller.name.clone())
         })
         .await?;
     Ok(reply(status, value, replayed))
@@ -485,9 +507,10 @@ pub async fn batch(
 async fn run_batch(
     state: Arc<AppState>,
     batch: Batch,
+    token: String,
 ) -> Result<(StatusCode, serde_json::Value), ApiError> {
     let st = state.clone();
-    let results = tokio::task::spawn_blocking(move || commit_all(&st, batch.messages))
+    let results = tokio::task::spawn_blocking(move || commit_all(&st, batch.messages, &token))
         .await
         .map_err(|e| ApiError::internal(format!("commit task failed: {e}")))?;
     let accepted = results.iter().filter(|r| r["status"] == 202).count();
@@ -500,7 +523,7 @@ async fn run_batch(
 /// Build and stage every message, then commit them together: one flush of the file
 /// system for all their data and one fsync of tier 0 for all their names, instead of
 /// an fsync or two each (what makes a batch cheaper than as many single requests).
-fn commit_all(state: &AppState, messages: Vec<JsonMessage>) -> Vec<serde_json::Value> {
+fn commit_all(state: &AppState, messages: Vec<JsonMessage>, token: &str) -> Vec<serde_json::Value> {
     let error_value = |e: ApiError| serde_json::json!({"status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}});
     let ms = &state.ms;
     let hostname = ms.config().hostname.clone();
@@ -509,11 +532,9 @@ fn commit_all(state: &AppState, messages: Vec<JsonMessage>) -> Vec<serde_json::V
     let mut slots = Vec::new();
     let _turn = PREPARING.enter();
     for (i, m) in messages.iter().enumerate() {
-        let prepared = m.build(&hostname).and_then(|job| {
-            let mut mail = SendMail::new(MessageSource::Bytes(&job.bytes)).to(job.to);
-            mail.from = job.from;
-            ms.prepare(mail).map_err(send_error)
-        });
+        let prepared = m
+            .build(&hostname)
+            .and_then(|job| ms.prepare(job.mail(token)).map_err(send_error));
         match prepared {
             Ok(p) => {
                 staged.push(p);

@@ -125,6 +125,7 @@ async fn metrics() -> impl axum::response::IntoResponse {
 /// Read a request body of at most `limit` bytes within `timeout`: a clear 413 or 408,
 /// never an unbounded buffer or a connection held open forever.
 pub(crate) async fn read_body(
+    headers: &axum::http::HeaderMap,
     body: axum::body::Body,
     limit: usize,
     timeout: std::time::Duration,
@@ -138,9 +139,18 @@ pub(crate) async fn read_body(
             format!("the request body is larger than {limit} bytes (max_body_size)"),
         )
     };
-    // A Content-Length over the limit is refused before a byte of the body is read (so
-    // hyper never sends `100 Continue` for it).
+    // A Content-Length over the limit is refused before a byte of the body is read: a
+    // client that asked `Expect: 100-continue` gets the 413 instead of the go-ahead and
+    // sends nothing. One already sending gets the 413 at once too, while what it sends
+    // is read and dropped for a little while (a lingering close, as nginx does), so that
+    // it reads the answer instead of a reset.
     if body.size_hint().lower() > limit as u64 {
+        let waits = headers
+            .get(axum::http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !waits {
+            tokio::spawn(discard(body, limit.saturating_mul(2)));
+        }
         return Err(too_large());
     }
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
@@ -159,6 +169,22 @@ pub(crate) async fn read_body(
         )),
         Ok(Ok(b)) => Ok(b),
     }
+}
+
+/// Read and drop at most `most` bytes of a refused body, for at most 10 s.
+async fn discard(body: axum::body::Body, most: usize) {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while seen < most {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 /// Whether reading a body failed on its size limit (http-body-util's error, somewhere

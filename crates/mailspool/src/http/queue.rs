@@ -234,7 +234,7 @@ pub async fn bulk_change(
 ) -> Result<(StatusCode, Json<ChangeReport>), ApiError> {
     let change = parse_change(&action)?;
     let caller = authorize(&state, &headers, Scope::Admin)?;
-    let bytes = read_body(body, 64 * 1024, state.http.request_timeout).await?;
+    let bytes = read_body(&headers, body, 64 * 1024, state.http.request_timeout).await?;
     let filter: Filter = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not a filter: {e}")))?;
     if filter.is_empty() {

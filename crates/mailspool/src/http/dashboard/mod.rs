@@ -173,8 +173,12 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(state): State<Arc<AppState>>, body: axum::body::Body) -> Response {
-    let Ok(bytes) = read_body(body, 4096, state.http.request_timeout).await else {
+async fn login(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let Ok(bytes) = read_body(&headers, body, 4096, state.http.request_timeout).await else {
         return html(
             StatusCode::BAD_REQUEST,
             page::login(Some("The form could not be read.")),
@@ -250,7 +254,7 @@ async fn action(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let bytes = match read_body(body, 8192, state.http.request_timeout).await {
+    let bytes = match read_body(&headers, body, 8192, state.http.request_timeout).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
