@@ -349,6 +349,18 @@ fn queue_list_show_hold_release_retry_delete() {
         .success();
     assert!(env.nodes(0).is_empty(), "held nodes leave the tier");
     assert!(json_nodes(&env, &[]).iter().all(|n| n["held"] == true));
+    // Retry does not release: it says so, changes nothing and leaves the queue time.
+    let before = json_nodes(&env, &[]);
+    env.mailspool()
+        .args(["queue", "retry", &id])
+        .assert()
+        .code(65)
+        .stderr(predicates::str::contains("held: release it"));
+    assert_eq!(
+        json_nodes(&env, &[]),
+        before,
+        "a held node is left as it was"
+    );
     env.mailspool()
         .args(["queue", "release", &id])
         .assert()

@@ -155,3 +155,38 @@ fn doctor_says_what_to_fix() {
         .code(1)
         .stdout(predicates::str::contains("others can write it"));
 }
+
+/// `queue` lists messages only: a symlink or a FIFO planted under a node's name is left
+/// out and said on stderr (the daemon never delivers it either), not shown as mail.
+#[test]
+fn the_listing_shows_no_planted_names_as_messages() {
+    let env = Env::new();
+    env.mailspool()
+        .args(["send", "real@example.org"])
+        .write_stdin("Subject: x\n\nhi\n")
+        .assert()
+        .success();
+    let t0 = env.spool().join("0");
+    std::os::unix::fs::symlink(
+        "/etc/passwd",
+        t0.join("1700000001-planted1-a@example.org-b@example.org"),
+    )
+    .unwrap();
+    fifo(&t0.join("1700000002-planted2-a@example.org-b@example.org"));
+    let out = env
+        .mailspool()
+        .args(["queue"])
+        .timeout(Duration::from_secs(20))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("real@example.org"), "{stdout}");
+    assert!(!stdout.contains("planted"), "{stdout}");
+    assert!(stdout.contains("-- 1 node of 1 message"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("2 names in the tiers are not a message"),
+        "{stderr}"
+    );
+}

@@ -171,6 +171,17 @@ impl ChangeReport {
 
     fn record(&mut self, change: Change, spool: &dyn Store, n: &NodeEntry) {
         self.matched += 1;
+        if change == Change::Retry && n.held {
+            // Held means never delivered until released: a retry would change nothing
+            // but the node's queue time (and make it look older than it is).
+            self.failed.push(NodeFailure {
+                id: n.name.id.clone(),
+                to: n.name.to.clone(),
+                code: crate::sysexits::DATAERR,
+                error: "held: release it (`queue release`) to deliver it; retry does not".into(),
+            });
+            return;
+        }
         match change.apply(spool, n) {
             Ok(()) => self.changed += 1,
             Err(e) => self.failed.push(NodeFailure {

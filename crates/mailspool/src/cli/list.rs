@@ -53,6 +53,8 @@ impl Batch {
 /// What formatting a node needs; shared by the formatting threads.
 struct Context<'a> {
     spool: &'a dyn Store,
+    /// The spool directory's owner: a node file of anyone else was planted.
+    owner: u32,
     json: bool,
     side: bool,
     now: u64,
@@ -69,6 +71,8 @@ struct Printer<'a, W: Write> {
     cx: Context<'a>,
     out: W,
     shown: usize,
+    /// Names that are not messages: symlinks, FIFOs, other users' files.
+    untrusted: usize,
     messages: HashSet<u64>,
 }
 
@@ -93,7 +97,7 @@ impl<W: Write> Printer<'_, W> {
         let cx = &self.cx;
         let batch = &*batch;
         for round in batch.nodes.chunks(CHUNK * threads) {
-            let done: Vec<(Vec<u8>, Vec<u64>)> = std::thread::scope(|s| {
+            let done: Vec<(Vec<u8>, Vec<u64>, usize)> = std::thread::scope(|s| {
                 let workers: Vec<_> = round
                     .chunks(CHUNK)
                     .map(|chunk| s.spawn(|| cx.format(batch, dir.as_ref(), chunk)))
@@ -103,7 +107,8 @@ impl<W: Write> Printer<'_, W> {
                     .map(|w| w.join().expect("a formatting thread panicked"))
                     .collect()
             });
-            for (text, hashes) in done {
+            for (text, hashes, untrusted) in done {
+                self.untrusted += untrusted;
                 if self.shown == 0 && !cx.json && !hashes.is_empty() {
                     writeln!(
                         self.out,
@@ -122,26 +127,38 @@ impl<W: Write> Printer<'_, W> {
 }
 
 impl Context<'_> {
-    /// Format a chunk of nodes: their lines, and a hash of each one's message.
+    /// Format a chunk of nodes: their lines, a hash of each one's message, and how
+    /// many names were not messages (left out).
     fn format(
         &self,
         batch: &Batch,
         dir: Option<&rustix::fd::OwnedFd>,
         chunk: &[(u64, u32, u32)],
-    ) -> (Vec<u8>, Vec<u64>) {
+    ) -> (Vec<u8>, Vec<u64>, usize) {
         let mut text = Vec::with_capacity(chunk.len() * 128);
         let mut hashes = Vec::with_capacity(chunk.len());
+        let mut untrusted = 0;
         for node in chunk {
             let file_name = batch.name(node);
             let (Parsed::Node(n) | Parsed::Rescued(n)) = NodeName::parse(file_name) else {
                 continue;
             };
+            let size = match dir.map(|d| node_stat(d, file_name, self.owner)) {
+                Some(Stat::Node(size)) => size,
+                // Moved on (delivered, or to its next tier) since the directory was read:
+                // it is listed where it is now, or gone.
+                Some(Stat::Gone) => continue,
+                Some(Stat::Untrusted) => {
+                    untrusted += 1;
+                    continue;
+                }
+                None => 0,
+            };
             hashes.push(self.hasher.hash_one((&n.id, &n.from)));
-            let size = dir.map_or(0, |d| node_size(d, file_name));
             // Writing into a Vec cannot fail.
             let _ = self.line(&mut text, batch, &n, size);
         }
-        (text, hashes)
+        (text, hashes, untrusted)
     }
 
     fn line(
@@ -227,10 +244,30 @@ fn queued_at(unix: u64) -> std::rc::Rc<str> {
     })
 }
 
-/// The node's size, looked up relative to its directory and never through a symlink.
-fn node_size(dir: &rustix::fd::OwnedFd, file_name: &str) -> u64 {
-    rustix::fs::statat(dir, file_name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-        .map_or(0, |st| st.st_size as u64)
+/// What a node's name holds, looked up relative to its directory and never through a
+/// symlink.
+enum Stat {
+    /// A regular file of the spool's owner: a message of this size.
+    Node(u64),
+    /// Nothing any more.
+    Gone,
+    /// A symlink, a FIFO, another user's file: never a message (the daemon and `fsck`
+    /// refuse it too).
+    Untrusted,
+}
+
+fn node_stat(dir: &rustix::fd::OwnedFd, file_name: &str, owner: u32) -> Stat {
+    match rustix::fs::statat(dir, file_name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st)
+            if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                == rustix::fs::FileType::RegularFile
+                && st.st_uid == owner =>
+        {
+            Stat::Node(st.st_size as u64)
+        }
+        Ok(_) => Stat::Untrusted,
+        Err(_) => Stat::Gone,
+    }
 }
 
 pub(super) fn fmt_due(due: u64, now: u64) -> String {
@@ -250,10 +287,15 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
         return list_rows(spool.as_ref(), args);
     }
     let domain = args.domain.as_deref().map(str::to_ascii_lowercase);
+    let owner = spool.as_files().map_or(0, |s| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(s.dir()).map_or(0, |m| m.uid())
+    });
     let stdout = std::io::stdout();
     let mut printer = Printer {
         cx: Context {
             spool: spool.as_ref(),
+            owner,
             json: args.json,
             side: spool.has_side_data(),
             now: mailspool_spool::now(),
@@ -261,6 +303,7 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
         },
         out: BufWriter::with_capacity(256 * 1024, stdout.lock()),
         shown: 0,
+        untrusted: 0,
         messages: HashSet::new(),
     };
     let mut batch = Batch::default();
@@ -304,7 +347,18 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
     }
     printer.flush_batch(&mut batch)?;
     let (shown, messages) = (printer.shown, printer.messages.len());
+    let untrusted = printer.untrusted;
     let out = &mut printer.out;
+    if untrusted > 0 {
+        eprintln!(
+            "mailspool: {untrusted} name{} in the tiers {} not a message (a symlink, a FIFO or \
+             another user's file), left out and never delivered: `mailspool fsck --repair` \
+             sets {} aside",
+            if untrusted == 1 { "" } else { "s" },
+            if untrusted == 1 { "is" } else { "are" },
+            if untrusted == 1 { "it" } else { "them" },
+        );
+    }
     if !args.json {
         footer(out, shown, messages)?;
         // What was set aside is not queued, but must not go unseen either.
@@ -331,6 +385,7 @@ fn list_rows(spool: &dyn Store, args: &ListArgs) -> CliResult {
     let domain = args.domain.as_deref().map(str::to_ascii_lowercase);
     let cx = Context {
         spool,
+        owner: 0,
         json: args.json,
         side: true,
         now: mailspool_spool::now(),
