@@ -340,25 +340,35 @@ fn rsa_spki(pkcs1: &[u8]) -> Option<Vec<u8>> {
     Some(key.to_public_key_der().ok()?.as_bytes().to_vec())
 }
 
-/// The key for mail from `from_domain`: the domain's own key, else the nearest parent
+/// The keys for mail from `from_domain`: the domain's own, else the nearest parent
 /// domain's (mail from `news.example.org` signed as `example.org` still aligns under
-/// DMARC's relaxed mode), else the fallback key.
-pub fn choose_key<'a>(
+/// DMARC's relaxed mode), else the fallback keys. Every key configured for that domain
+/// signs, in the configuration's order: an RSA and an Ed25519 key side by side is how
+/// RFC 8463 §4 says to sign (a verifier that knows only RSA ignores the other).
+pub fn choose_keys<'a>(
     keys: &'a [std::sync::Arc<DkimKey>],
     from_domain: &str,
-) -> Option<&'a DkimKey> {
+) -> Vec<&'a DkimKey> {
     let from = from_domain.trim_end_matches('.').to_ascii_lowercase();
-    let mut best: Option<&DkimKey> = None;
-    for k in keys {
-        let matches = from == k.domain
+    let covers = |k: &DkimKey| {
+        from == k.domain
             || from
                 .strip_suffix(&k.domain)
-                .is_some_and(|rest| rest.ends_with('.'));
-        if matches && best.is_none_or(|b| k.domain.len() > b.domain.len()) {
-            best = Some(k);
-        }
+                .is_some_and(|rest| rest.ends_with('.'))
+    };
+    let best = keys
+        .iter()
+        .filter(|k| covers(k))
+        .map(|k| k.domain.len())
+        .max();
+    match best {
+        Some(len) => keys
+            .iter()
+            .filter(|k| covers(k) && k.domain.len() == len)
+            .map(|k| &**k)
+            .collect(),
+        None => keys.iter().filter(|k| k.fallback).map(|k| &**k).collect(),
     }
-    best.or_else(|| keys.iter().find(|k| k.fallback).map(|k| &**k))
 }
 
 /// What signing needs to know of a message's header block (wire form).

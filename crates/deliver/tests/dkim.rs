@@ -555,3 +555,56 @@ async fn obsolete_header_syntax_is_signed_as_other_verifiers_read_it() {
         );
     }
 }
+
+/// dkimpy's verdict on the `idx`th DKIM-Signature of `message` alone.
+fn dkimpy_verifies_nth(message: &[u8], idx: usize, name: &str, record: &str) -> bool {
+    let script = r#"
+import sys, dkim
+name, record, idx = sys.argv[1].encode(), sys.argv[2].encode(), int(sys.argv[3])
+def dnsfunc(q, timeout=5):
+    return record if q.rstrip(b".").lower() == name.lower() else None
+d = dkim.DKIM(sys.stdin.buffer.read())
+sys.exit(0 if d.verify(idx=idx, dnsfunc=dnsfunc) else 1)
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script, name, record, &idx.to_string()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    child.wait().unwrap().success()
+}
+
+/// Two `[[dkim]]` keys for one domain, RSA and Ed25519 (as docs/deliverability.md says to
+/// publish): both sign (RFC 8463 §4), each signature verifies on its own, and a verifier
+/// that knows only RSA (Debian 12's Mail::DKIM) still passes the message.
+#[tokio::test]
+async fn an_rsa_and_an_ed25519_key_for_one_domain_both_sign() {
+    if !have_dkimpy() || !have_mail_dkim() {
+        return;
+    }
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir.path().join("spool"));
+    let mut cfg = config(&[("dest.test", sink.addr)]);
+    let rsa = key(dir.path(), "example.org", "r1", Algorithm::Rsa);
+    let ed = key(dir.path(), "example.org", "e1", Algorithm::Ed25519);
+    let other = key(dir.path(), "other.test", "o1", Algorithm::Rsa);
+    cfg.dkim = vec![rsa.clone(), other, ed.clone()];
+    queue(&spool, "ann@example.org", &["bob@dest.test"], MESSAGE);
+    let r = engine(spool.clone(), cfg).run_pass(&all()).await.unwrap();
+    assert_eq!(r.count(Outcome::Delivered), 1, "{:?}", r.results);
+    let data = crlf(&sink.received()[0].data);
+    let fields = signature_fields(&data);
+    assert_eq!(fields.len(), 2, "{fields:?}");
+    assert!(fields[0].contains("a=rsa-sha256") && fields[0].contains("s=r1"), "{fields:?}");
+    assert!(fields[1].contains("a=ed25519-sha256") && fields[1].contains("s=e1"), "{fields:?}");
+    assert!(dkimpy_verifies_nth(&data, 0, &rsa.record_name(), &rsa.record()));
+    assert!(dkimpy_verifies_nth(&data, 1, &ed.record_name(), &ed.record()));
+    assert!(!dkimpy_verifies_nth(&data, 1, &ed.record_name(), &rsa.record()));
+    assert_eq!(
+        mail_dkim_verifies(&data, &rsa.record_name(), &rsa.record()),
+        Ok(true)
+    );
+}

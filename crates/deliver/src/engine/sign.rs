@@ -8,7 +8,7 @@ use mailspool_spool::{Store, escape};
 use super::send::{MessageInfo, SMALL_MESSAGE, encode_small, read_all_at, scan_big_message};
 use super::{Claim, Engine};
 use crate::config::DeliverConfig;
-use crate::dkim::{Algorithm, DkimKey, choose_key, head_facts};
+use crate::dkim::{Algorithm, DkimKey, choose_keys, head_facts};
 
 /// The header block is looked for in this much of a big message (intake's
 /// `max_header_size` keeps real ones far smaller).
@@ -117,8 +117,8 @@ impl Engine {
     }
 }
 
-/// Sign a message with the key its From domain calls for, unless it has no From, no
-/// key applies, or it is already signed for that domain; keep the signature in the
+/// Sign a message with the keys its From domain calls for (one field each), unless it
+/// has no From, no key applies, or it is already signed for that domain; keep the signature in the
 /// spool (the first one kept wins). `data` is the whole message when small.
 fn sign_once(
     spool: &dyn Store,
@@ -146,14 +146,41 @@ fn sign_once(
         tracing::debug!(id = %escape(id), "not DKIM-signed: no From address, or more than one From field");
         return Ok(None);
     };
-    let Some(key) = choose_key(keys, from_domain) else {
+    let chosen = choose_keys(keys, from_domain);
+    if chosen.is_empty() {
         tracing::debug!(id = %escape(id), domain = %escape(from_domain), "not DKIM-signed: no key for the From domain");
         return Ok(None);
-    };
-    if facts.signed_by.contains(&key.domain) {
-        tracing::debug!(id = %escape(id), domain = %escape(&key.domain), "already DKIM-signed for the domain");
+    }
+    if facts.signed_by.contains(&chosen[0].domain) {
+        tracing::debug!(id = %escape(id), domain = %escape(&chosen[0].domain), "already DKIM-signed for the domain");
         return Ok(None);
     }
+    // One field per key, each over the message as sent (the others' fields are not
+    // part of it: they are all added in front together).
+    let mut field = Vec::new();
+    for key in chosen {
+        field.extend(sign_with_key(key, file, data).map_err(unreadable)??);
+        tracing::debug!(id = %escape(id), domain = %key.domain, selector = %key.selector, algorithm = %key.algorithm(), event = "dkim signed", "DKIM-signed");
+    }
+    if !keep {
+        return Ok(Some(field));
+    }
+    // Not kept (the disk is full, say): this delivery still goes signed.
+    let kept = spool.keep_dkim_signature(ino, id, &field).unwrap_or_else(|e| {
+        tracing::warn!(id = %escape(id), error = %escape(&e.to_string()), "cannot keep the DKIM signature");
+        field
+    });
+    Ok(Some(kept))
+}
+
+/// One key's `DKIM-Signature` field over the message (`data`, or read from `file`):
+/// the outer error is a read failure, the inner one the signer's.
+fn sign_with_key(
+    key: &DkimKey,
+    file: &std::fs::File,
+    data: Option<&[u8]>,
+) -> Result<Result<Vec<u8>, String>, std::io::Error> {
+    use std::os::unix::fs::FileExt;
     let mut failed = None;
     let field = key.sign(|write| {
         let mut wire = WireText::default();
@@ -191,21 +218,13 @@ fn sign_once(
         names.feed(&out, &mut fixed);
         names.finish(&mut fixed);
         write(&fixed);
-    })?;
-    if let Some(e) = failed {
-        return Err(unreadable(e));
-    }
-    tracing::debug!(id = %escape(id), domain = %key.domain, selector = %key.selector, algorithm = %key.algorithm(), event = "dkim signed", "DKIM-signed");
-    if !keep {
-        return Ok(Some(field));
-    }
-    // Not kept (the disk is full, say): this delivery still goes signed.
-    let kept = spool.keep_dkim_signature(ino, id, &field).unwrap_or_else(|e| {
-        tracing::warn!(id = %escape(id), error = %escape(&e.to_string()), "cannot keep the DKIM signature");
-        field
     });
-    Ok(Some(kept))
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(field)
 }
+
 /// What the signer is fed of the header block: a field written with the obsolete
 /// white space before its colon (`Subject : hi`, `Date\t: ...`, RFC 5322 §4.5.3) is
 /// given as `Subject: hi`. Verifiers (Mail::DKIM, OpenDKIM) read such a field by its
