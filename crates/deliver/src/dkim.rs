@@ -345,10 +345,7 @@ fn rsa_spki(pkcs1: &[u8]) -> Option<Vec<u8>> {
 /// DMARC's relaxed mode), else the fallback keys. Every key configured for that domain
 /// signs, in the configuration's order: an RSA and an Ed25519 key side by side is how
 /// RFC 8463 §4 says to sign (a verifier that knows only RSA ignores the other).
-pub fn choose_keys<'a>(
-    keys: &'a [std::sync::Arc<DkimKey>],
-    from_domain: &str,
-) -> Vec<&'a DkimKey> {
+pub fn choose_keys<'a>(keys: &'a [std::sync::Arc<DkimKey>], from_domain: &str) -> Vec<&'a DkimKey> {
     let from = from_domain.trim_end_matches('.').to_ascii_lowercase();
     let covers = |k: &DkimKey| {
         from == k.domain

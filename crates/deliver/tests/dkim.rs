@@ -598,11 +598,32 @@ async fn an_rsa_and_an_ed25519_key_for_one_domain_both_sign() {
     let data = crlf(&sink.received()[0].data);
     let fields = signature_fields(&data);
     assert_eq!(fields.len(), 2, "{fields:?}");
-    assert!(fields[0].contains("a=rsa-sha256") && fields[0].contains("s=r1"), "{fields:?}");
-    assert!(fields[1].contains("a=ed25519-sha256") && fields[1].contains("s=e1"), "{fields:?}");
-    assert!(dkimpy_verifies_nth(&data, 0, &rsa.record_name(), &rsa.record()));
-    assert!(dkimpy_verifies_nth(&data, 1, &ed.record_name(), &ed.record()));
-    assert!(!dkimpy_verifies_nth(&data, 1, &ed.record_name(), &rsa.record()));
+    assert!(
+        fields[0].contains("a=rsa-sha256") && fields[0].contains("s=r1"),
+        "{fields:?}"
+    );
+    assert!(
+        fields[1].contains("a=ed25519-sha256") && fields[1].contains("s=e1"),
+        "{fields:?}"
+    );
+    assert!(dkimpy_verifies_nth(
+        &data,
+        0,
+        &rsa.record_name(),
+        &rsa.record()
+    ));
+    assert!(dkimpy_verifies_nth(
+        &data,
+        1,
+        &ed.record_name(),
+        &ed.record()
+    ));
+    assert!(!dkimpy_verifies_nth(
+        &data,
+        1,
+        &ed.record_name(),
+        &rsa.record()
+    ));
     assert_eq!(
         mail_dkim_verifies(&data, &rsa.record_name(), &rsa.record()),
         Ok(true)

@@ -381,3 +381,52 @@ async fn sighup_reloads_the_routes() {
     let status = tokio::task::block_in_place(|| daemon.wait().unwrap());
     assert!(status.success());
 }
+
+/// `[http]` added to the configuration of a running daemon starts the API on SIGHUP,
+/// and removing it stops the API again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_starts_and_stops_the_http_api() {
+    let sink = Sink::start(Script::default()).await;
+    let env = Env::new(&sink, "");
+    tokio::task::block_in_place(|| env.cmd().args(["queue"]).output().unwrap());
+    let mut daemon = env.daemon();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let health = move || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).ok()?;
+        Some(reply)
+    };
+    assert!(health().is_none(), "no API before [http] is configured");
+    let tokens = env.dir.path().join("tokens");
+    env.configure(
+        sink.addr,
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\ntokens_file = \"{}\"",
+            tokens.display()
+        ),
+    );
+    kill(&daemon, "-HUP");
+    wait_for("the API after the reload", Duration::from_secs(10), || {
+        health().is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    env.configure(sink.addr, "");
+    kill(&daemon, "-HUP");
+    wait_for("the API to stop", Duration::from_secs(10), || {
+        health().is_none()
+    })
+    .await;
+    kill(&daemon, "-TERM");
+    let status = tokio::task::block_in_place(|| daemon.wait().unwrap());
+    assert!(status.success());
+}
