@@ -50,6 +50,14 @@ apt-get install -y -qq "$deb" >/dev/null
 # Installed as promised.
 [ "$(stat -c '%U %G %a' /var/spool/mailspool)" = "mailspool mailspool-drop 710" ] || fail "spool owner/mode: $(stat -c '%U %G %a' /var/spool/mailspool)"
 [ "$(stat -c '%U %G %a' /var/spool/mailspool/maildrop)" = "mailspool mailspool-drop 1730" ] || fail "maildrop: $(stat -c '%U %G %a' /var/spool/mailspool/maildrop)"
+# A database spool's drop directory, and the daemon's state, exist and are writable
+# under the units' sandbox.
+[ "$(stat -c '%U %G %a' /var/lib/mailspool/maildrop)" = "mailspool mailspool-drop 1730" ] || fail "database maildrop: $(stat -c '%U %G %a' /var/lib/mailspool/maildrop 2>&1)"
+for unit in mailspool mailspool-serve; do
+    systemctl cat "$unit" 2>/dev/null | grep -q '^ReadWritePaths=.*/var/lib/mailspool' ||
+        grep -q '^ReadWritePaths=.*/var/lib/mailspool' "/lib/systemd/system/$unit.service" ||
+        fail "$unit.service cannot write /var/lib/mailspool"
+done
 [ "$(stat -c '%U %G %a' /usr/sbin/mailspool-drop)" = "root mailspool-drop 2755" ] || fail "drop: $(stat -c '%U %G %a' /usr/sbin/mailspool-drop)"
 [ "$(readlink -f /usr/sbin/sendmail)" = /usr/sbin/mailspool-drop ] || fail "sendmail link"
 [ -f /usr/share/doc/mailspool/operations.md ] || fail "docs/operations.md not installed"
@@ -76,8 +84,10 @@ EOF
 dkim_line=$(/usr/bin/mailspool dkim keygen --domain server.test --selector pkg --algorithm ed25519 2>/tmp/mailspool-keygen.err) ||
     fail "dkim keygen: $(cat /tmp/mailspool-keygen.err)"
 case "$dkim_line" in 'pkg._domainkey.server.test. IN TXT "v=DKIM1; k=ed25519; p='*) ;; *) fail "keygen printed: $dkim_line" ;; esac
-[ "$(stat -c '%U %a' /etc/mailspool/dkim/pkg._domainkey.server.test.pem)" = "mailspool 600" ] || fail "DKIM key: $(stat -c '%U %a' /etc/mailspool/dkim/pkg._domainkey.server.test.pem)"
-[ "$(stat -c '%U %a' /etc/mailspool/dkim)" = "mailspool 700" ] || fail "DKIM key dir: $(stat -c '%U %a' /etc/mailspool/dkim)"
+# Files made for the daemon are the daemon's, group included: never mailspool-drop, the
+# group every user's sendmail runs with.
+[ "$(stat -c '%U %G %a' /etc/mailspool/dkim/pkg._domainkey.server.test.pem)" = "mailspool mailspool 600" ] || fail "DKIM key: $(stat -c '%U %G %a' /etc/mailspool/dkim/pkg._domainkey.server.test.pem)"
+[ "$(stat -c '%U %G %a' /etc/mailspool/dkim)" = "mailspool mailspool 700" ] || fail "DKIM key dir: $(stat -c '%U %G %a' /etc/mailspool/dkim)"
 grep -A3 '^\[\[dkim\]\]' /tmp/mailspool-keygen.err >> /etc/mailspool/mailspool.toml
 [ -f /usr/share/doc/mailspool/deliverability.md ] || fail "docs/deliverability.md not installed"
 
@@ -85,11 +95,11 @@ grep -A3 '^\[\[dkim\]\]' /tmp/mailspool-keygen.err >> /etc/mailspool/mailspool.t
 # (it runs as mailspool) and nobody else's.
 token=$(/usr/bin/mailspool token add package-test --scope admin 2>/dev/null | tail -1)
 case "$token" in mst_*) ;; *) fail "token add printed no token" ;; esac
-[ "$(stat -c '%U %a' /etc/mailspool/tokens)" = "mailspool 600" ] || fail "tokens file: $(stat -c '%U %a' /etc/mailspool/tokens)"
+[ "$(stat -c '%U %G %a' /etc/mailspool/tokens)" = "mailspool mailspool 600" ] || fail "tokens file: $(stat -c '%U %G %a' /etc/mailspool/tokens)"
 # SMTP AUTH users as a sysadmin adds them: root writes /etc/mailspool/users for the
 # listener's user, which runs as mailspool and reads it.
 printf 'pw-for-submitter\n' | /usr/bin/mailspool user add submitter >/dev/null || fail "mailspool user add as root"
-[ "$(stat -c '%U %a' /etc/mailspool/users)" = "mailspool 600" ] || fail "users file: $(stat -c '%U %a' /etc/mailspool/users)"
+[ "$(stat -c '%U %G %a' /etc/mailspool/users)" = "mailspool mailspool 600" ] || fail "users file: $(stat -c '%U %G %a' /etc/mailspool/users)"
 # http METHOD PATH BODY: one request over bash's /dev/tcp (no curl needed); prints the reply.
 http() {
     exec 3<>"/dev/tcp/127.0.0.1/${HTTP_PORT}" || return 1
@@ -208,5 +218,6 @@ ours=()
 ! getent passwd mailspool >/dev/null || fail "the mailspool user survived the purge"
 ! getent group mailspool-drop >/dev/null || fail "the mailspool-drop group survived the purge"
 [ ! -e /var/spool/mailspool ] || fail "the spool survived the purge"
+[ ! -e /var/lib/mailspool ] || fail "/var/lib/mailspool survived the purge"
 [ ! -e /usr/sbin/sendmail ] || fail "/usr/sbin/sendmail survived the purge"
 echo PASS

@@ -58,14 +58,30 @@ pub fn access(config: &Config) -> Result<Access, Failure> {
     Ok(Access::Drop)
 }
 
-/// Root turns into the spool's owner (uid, its group, no other groups). Process-wide:
-/// glibc applies set*id to every thread.
-pub fn become_user(uid: u32, gid: u32) -> Result<(), Failure> {
-    // SAFETY: plain system calls with valid arguments; checked below.
+/// A user's primary group, from the password file.
+pub fn primary_group(uid: u32) -> Option<u32> {
+    mailspool_spool::account_entry("/etc/passwd", uid)?
+        .get(3)?
+        .parse()
+        .ok()
+}
+
+/// Root turns into the spool's owner: its uid, its own primary group (`fallback_gid`
+/// when the password file does not name one) and its supplementary groups (the
+/// daemon's user reads dropped files through `mailspool-drop`), so files made on its
+/// behalf get its group, never the spool directory's. Process-wide: glibc applies
+/// set*id to every thread.
+pub fn become_user(uid: u32, fallback_gid: u32) -> Result<(), Failure> {
+    let gid = primary_group(uid).unwrap_or(fallback_gid);
+    let name = mailspool_spool::user_name(uid).and_then(|n| std::ffi::CString::new(n).ok());
+    // SAFETY: plain system calls with valid arguments (a NUL-terminated name); checked
+    // below.
     let ok = unsafe {
-        libc::setgroups(1, &gid) == 0
-            && libc::setresgid(gid, gid, gid) == 0
-            && libc::setresuid(uid, uid, uid) == 0
+        let groups = match &name {
+            Some(n) => libc::initgroups(n.as_ptr(), gid) == 0,
+            None => libc::setgroups(1, &gid) == 0,
+        };
+        groups && libc::setresgid(gid, gid, gid) == 0 && libc::setresuid(uid, uid, uid) == 0
     };
     if !ok || rustix::process::geteuid().as_raw() != uid {
         return Err(Failure::new(
@@ -146,13 +162,15 @@ pub fn exec_drop(config: &Config, args: Vec<OsString>, file: Option<&Path>) -> F
     )
 }
 
-/// Whom files made for the daemon belong to: the spool's owner when root makes them
-/// (`token add`, `dkim keygen`), else nobody else (the caller keeps them).
+/// Whom files made for the daemon belong to: the spool's owner and its own group when
+/// root makes them (`token add`, `dkim keygen`, `user add`), never the spool
+/// directory's group (`mailspool-drop`, which every user's sendmail runs with); else
+/// nobody else (the caller keeps them).
 pub fn daemon_owner(config: &Config) -> Option<(u32, u32)> {
     if !rustix::process::geteuid().is_root() {
         return None;
     }
     std::fs::metadata(&config.spool_dir)
         .ok()
-        .map(|m| (m.uid(), m.gid()))
+        .map(|m| (m.uid(), primary_group(m.uid()).unwrap_or(m.gid())))
 }
