@@ -115,7 +115,7 @@ pub fn spool_error_kind(e: &SpoolError) -> ErrorKind {
         SpoolError::Locked { .. } => ErrorKind::Locked,
         SpoolError::NotFound(_) | SpoolError::Missing(_) => ErrorKind::NoInput,
         // Another user's spool (or one others may write): not ours to use.
-        SpoolError::UnsafeSpool { .. } => ErrorKind::NoPermission,
+        SpoolError::UnsafeSpool { .. } | SpoolError::NotOurs { .. } => ErrorKind::NoPermission,
         SpoolError::Config(_) => ErrorKind::Config,
         SpoolError::Database(_) => ErrorKind::SpoolUnavailable,
         SpoolError::BelowReserve { .. } => ErrorKind::SpoolFull,

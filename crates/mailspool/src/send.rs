@@ -249,6 +249,7 @@ pub fn spool_exit_code(e: &SpoolError) -> u8 {
         SpoolError::Locked { .. } => sysexits::TEMPFAIL,
         SpoolError::NotFound(_) | SpoolError::Missing(_) => sysexits::NOINPUT,
         SpoolError::Config(_) | SpoolError::UnsafeSpool { .. } => sysexits::CONFIG,
+        SpoolError::NotOurs { .. } => sysexits::NOPERM,
         SpoolError::Io { source, .. } => io_exit_code(source),
         SpoolError::Database(_) | SpoolError::BelowReserve { .. } => sysexits::TEMPFAIL,
     }

@@ -581,7 +581,14 @@ fn fsck_reports_then_repairs_a_050_spool() {
         env.spool().join("3/garbage-name").exists(),
         "fsck without --repair changes nothing"
     );
-    env.mailspool().args(["fsck", "--repair"]).assert().code(1);
+    // What cannot be repaired is set aside, not repaired: 4, and what to do is said.
+    let out = env.mailspool().args(["fsck", "--repair"]).assert().code(4);
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        text.contains("1 file in") && text.contains("NOT delivered and NOT bounced"),
+        "{text}"
+    );
+    assert!(text.contains("requeue it"), "{text}");
     assert!(!env.spool().join("3/garbage-name").exists());
     assert_eq!(
         fs::read_dir(env.spool().join("corrupt")).unwrap().count(),

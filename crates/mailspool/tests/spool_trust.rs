@@ -37,8 +37,31 @@ fn a_spool_others_can_write_is_refused_unless_shared_on_purpose() {
             .timeout(Duration::from_secs(20))
             .assert()
             .code(78)
-            .stderr(predicates::str::contains("others can write it"));
+            .stderr(predicates::str::contains("its group can write it"));
     }
+    // A refused spool is refused before anything is made in it.
+    fs::remove_dir(env.spool().join("tmp")).unwrap();
+    let _ = fs::remove_dir_all(env.spool().join("usage"));
+    env.mailspool()
+        .args(["send", "a@example.org"])
+        .write_stdin("Subject: x\n\nhi\n")
+        .assert()
+        .code(78);
+    assert!(
+        !env.spool().join("tmp").exists(),
+        "tmp/ made in a refused spool"
+    );
+    assert!(
+        !env.spool().join("usage").exists(),
+        "usage/ made in a refused spool"
+    );
+    fs::set_permissions(env.spool(), fs::Permissions::from_mode(0o702)).unwrap();
+    env.mailspool()
+        .arg("queue")
+        .assert()
+        .code(78)
+        .stderr(predicates::str::contains("everyone can write it"));
+    fs::set_permissions(env.spool(), fs::Permissions::from_mode(0o770)).unwrap();
     fs::write(env.config_path(), "shared_spool = true\n").unwrap();
     env.mailspool().arg("queue").assert().success();
 }
@@ -153,7 +176,9 @@ fn doctor_says_what_to_fix() {
         .timeout(Duration::from_secs(30))
         .assert()
         .code(1)
-        .stdout(predicates::str::contains("others can write it"));
+        .stdout(predicates::str::contains(
+            "other than its owner can write it",
+        ));
 }
 
 /// `queue` lists messages only: a symlink or a FIFO planted under a node's name is left
@@ -189,4 +214,56 @@ fn the_listing_shows_no_planted_names_as_messages() {
         stderr.contains("2 names in the tiers are not a message"),
         "{stderr}"
     );
+}
+
+/// A user looking at another user's spool (the package's, as anyone but root) is told
+/// plainly that only root and the owner may, with the same code whatever the command:
+/// 77 (permission), not 78 with a hint meant for root.
+#[test]
+fn another_users_spool_is_refused_plainly_and_alike() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: runs a command as another user (needs root; CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    env.mailspool()
+        .args(["send", "a@example.org"])
+        .write_stdin("Subject: x\n\nhi\n")
+        .assert()
+        .success();
+    // The spool is root's and 0700; the user may reach it, not enter it.
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(env.config_path(), fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |prog: &std::path::Path, args: &[&str]| {
+        use std::os::unix::process::CommandExt;
+        let mut c = std::process::Command::new(prog);
+        c.args(args)
+            .uid(65534)
+            .gid(65534)
+            .env("MAILSPOOL_SPOOL", env.spool())
+            .env("MAILSPOOL_CONFIG", env.config_path())
+            .env("HOME", "/nonexistent")
+            .env_remove("MAILSPOOL_LOG");
+        assert_cmd::Command::from_std(c)
+            .timeout(Duration::from_secs(20))
+            .output()
+            .unwrap()
+    };
+    let bin = assert_cmd::cargo::cargo_bin!("mailspool");
+    for (prog, args) in [
+        (bin, &["queue"][..]),
+        (bin, &["fsck"]),
+        (bin, &["daemon"]),
+        (bin, &["queue", "run"]),
+        (&env.dir.path().join("mailq"), &[]),
+    ] {
+        let out = as_nobody(prog, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(77), "{prog:?} {args:?}: {stderr}");
+        assert!(
+            stderr.contains("only root and root may look at it"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("shared_spool"), "{args:?}: {stderr}");
+    }
 }

@@ -64,6 +64,19 @@ pub enum SpoolError {
         /// Why.
         reason: String,
     },
+    /// Another user's spool: only root and its owner may look at it or deliver it.
+    #[error(
+        "the spool {} belongs to {owner} (uid {uid}): only root and {owner} may look at it or deliver it (run the command as root, e.g. `sudo mailq`); anyone may hand mail to sendmail",
+        crate::escape(&path.display().to_string())
+    )]
+    NotOurs {
+        /// The spool directory.
+        path: PathBuf,
+        /// Its owner's login name.
+        owner: String,
+        /// Its owner's uid.
+        uid: u32,
+    },
     /// The spool directory does not exist.
     #[error("spool directory {} does not exist", .0.display())]
     Missing(PathBuf),

@@ -83,6 +83,9 @@ pub struct Report {
     pub actions: Vec<String>,
     /// Nodes looked at.
     pub nodes: usize,
+    /// Files `--repair` moved to `corrupt/`: not repaired, set aside. What was mail in
+    /// them is neither delivered nor bounced until a person requeues it.
+    pub set_aside: usize,
 }
 
 fn age(path: &Path) -> Duration {
@@ -213,6 +216,12 @@ impl Spool {
         if repair {
             for f in report.findings.clone() {
                 if let Some(action) = self.repair(&f)? {
+                    if matches!(
+                        f,
+                        Finding::Unparsable(_) | Finding::BadNode(_) | Finding::Untrusted(..)
+                    ) {
+                        report.set_aside += 1;
+                    }
                     report.actions.push(action);
                 }
             }

@@ -122,6 +122,42 @@ pub struct Spool {
     owner: u32,
 }
 
+/// Whether a spool directory may be used by us: not writable by others (they could
+/// plant links, FIFOs and locks the daemon would trust) and ours (or root's to use),
+/// unless it is declared shared.
+fn check_trust(dir: &Path, meta: &std::fs::Metadata, config: &SpoolConfig) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if config.shared {
+        return Ok(());
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    let owner = crate::error::user_name(meta.uid()).unwrap_or_else(|| "?".into());
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+            (true, true) => "its group and everyone else can write it",
+            (true, false) => "its group can write it",
+            _ => "everyone can write it",
+        };
+        return Err(SpoolError::UnsafeSpool {
+            path: dir.to_owned(),
+            reason: format!(
+                "mode {mode:04o}: {who}, so they could plant links, FIFOs and locks the \
+                 daemon would trust; make it 0700 (or set shared_spool = true if it is \
+                 shared on purpose)"
+            ),
+        });
+    }
+    if meta.uid() != euid && euid != 0 {
+        return Err(SpoolError::NotOurs {
+            path: dir.to_owned(),
+            owner,
+            uid: meta.uid(),
+        });
+    }
+    Ok(())
+}
+
 impl Spool {
     /// Open an existing spool for reading and queue operations, creating nothing. A
     /// spool written by Mail::Spool 0.50 (missing tiers, no `tmp/`) opens fine.
@@ -137,31 +173,7 @@ impl Spool {
             Err(e) => return Err(SpoolError::io("open", dir, e)),
         };
         use std::os::unix::fs::MetadataExt;
-        if !config.shared {
-            let euid = rustix::process::geteuid().as_raw();
-            let owner = crate::error::user_name(meta.uid()).unwrap_or_else(|| "?".into());
-            if meta.mode() & 0o022 != 0 {
-                return Err(SpoolError::UnsafeSpool {
-                    path: dir,
-                    reason: format!(
-                        "mode {:04o}: others can write it, so they could plant links, FIFOs \
-                         and locks the daemon would trust; make it 0700 (or set \
-                         shared_spool = true if it is shared on purpose)",
-                        meta.mode() & 0o7777
-                    ),
-                });
-            }
-            if meta.uid() != euid && euid != 0 {
-                return Err(SpoolError::UnsafeSpool {
-                    path: dir,
-                    reason: format!(
-                        "it belongs to {owner} (uid {}); run as {owner}, or hand mail to \
-                         sendmail (set shared_spool = true if it is shared on purpose)",
-                        meta.uid()
-                    ),
-                });
-            }
-        }
+        check_trust(&dir, &meta, &config)?;
         let usage = config.usage_log && dir.join("usage").is_dir();
         Ok(Spool {
             tier0_sync: GroupSync::new(dir.join("0")),
@@ -177,10 +189,16 @@ impl Spool {
 
     /// Open a spool for writing: create it and its tiers, `tmp/` and (when `usage_log`
     /// is on) `usage/`, all mode 0700; then remove crash leftovers from `tmp/` that are
-    /// older than `tmp_max_age`.
+    /// older than `tmp_max_age`. A spool that exists but would be refused is refused
+    /// before anything is made in it.
     pub fn create(dir: impl Into<PathBuf>, config: SpoolConfig) -> Result<Spool> {
         config.validate().map_err(SpoolError::Config)?;
         let dir = dir.into();
+        if let Ok(meta) = std::fs::metadata(&dir)
+            && meta.is_dir()
+        {
+            check_trust(&dir, &meta, &config)?;
+        }
         // Fast path for the common case, a spool that is already laid out: one stat per
         // directory instead of a failing mkdir and a stat.
         let laid_out = (0..config.tiers())

@@ -21,7 +21,8 @@ Exit codes follow sysexits.h: 64 usage (also: a queue ID several messages share)
 65 bad data, 66 no input (also: the spool does not exist), 69 unavailable (send --now:
 a recipient refused for good), 70 internal error, 71 system error (cannot listen), 73 cannot create,
 74 I/O error, 75 temporary failure (retry later), 77 permission, 78 configuration.
-fsck: 0 clean, 1 problems repaired, 4 problems found.";
+fsck: 0 clean, 1 every problem repaired, 4 problems found, or mail set aside in corrupt/
+(neither delivered nor bounced until a person requeues it).";
 
 #[derive(Debug, Parser)]
 #[command(name = "mailspool", version, about = ABOUT, after_help = AFTER_HELP)]

@@ -97,7 +97,7 @@ pub fn run(config: &Config) -> CliResult {
     if meta.mode() & 0o022 != 0 && !config.spool.shared {
         r.fix(
             &format!(
-                "spool {} has mode {:04o}: others can write it",
+                "spool {} has mode {:04o}: users other than its owner can write it",
                 spool.display(),
                 meta.mode() & 0o7777
             ),

@@ -251,19 +251,36 @@ fn fsck(config: &Config, repair: bool) -> CliResult {
         println!("repair: {a}");
     }
     let problems = report.findings.iter().filter(|f| f.is_problem()).count();
+    // Quarantined files are not repaired by anyone but a person: never "repaired".
+    let quarantined = report
+        .findings
+        .iter()
+        .filter(|f| matches!(f, mailspool_spool::fsck::Finding::Quarantined(_)))
+        .count();
+    let unsettled = report.set_aside + quarantined;
     println!(
         "{} nodes checked, {problems} problem{} found{}",
         report.nodes,
         if problems == 1 { "" } else { "s" },
-        if repair && problems > 0 {
-            ", repaired"
-        } else {
-            ""
+        match (repair, problems - unsettled.min(problems)) {
+            (true, n) if n > 0 && unsettled > 0 => format!(", {n} repaired"),
+            (true, n) if n > 0 => ", repaired".to_owned(),
+            _ => String::new(),
         }
     );
+    if unsettled > 0 {
+        println!(
+            "{unsettled} file{s} in {}/corrupt {are} NOT delivered and NOT bounced: look at each; \
+             if it is mail, requeue it (`mailspool send --file FILE ADDRESS...`, or \
+             `sendmail -t -oi < FILE`), then remove it",
+            config.spool_dir.display(),
+            s = if unsettled == 1 { "" } else { "s" },
+            are = if unsettled == 1 { "is" } else { "are" },
+        );
+    }
     match (problems, repair) {
         (0, _) => Ok(()),
-        (_, true) => Err(Failure::new(1, "")),
-        (_, false) => Err(Failure::new(4, "")),
+        (_, true) if unsettled == 0 => Err(Failure::new(1, "")),
+        _ => Err(Failure::new(4, "")),
     }
 }
