@@ -266,4 +266,27 @@ fn another_users_spool_is_refused_plainly_and_alike() {
         );
         assert!(!stderr.contains("shared_spool"), "{args:?}: {stderr}");
     }
+    // doctor as that user: no false FIX for what only root may see, and a plain word
+    // on running it as root; a world-readable tokens file is still a FIX.
+    let tokens = env.dir.path().join("tokens");
+    fs::write(&tokens, "").unwrap();
+    fs::set_permissions(&tokens, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(
+        env.config_path(),
+        format!(
+            "hostname = \"mail.example.com\"\n[http]\ntokens_file = \"{}\"\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let out = as_nobody(bin, &["doctor"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("neither root nor the spool's owner"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sudo mailspool doctor"), "{stdout}");
+    assert!(!stdout.contains("maildrop"), "{stdout}");
+    assert!(stdout.contains("is world-readable"), "{stdout}");
+    assert!(stdout.contains("1 thing to fix"), "{stdout}");
 }

@@ -15,6 +15,9 @@ use super::{CliResult, Failure, privilege};
 #[derive(Default)]
 struct Report {
     problems: usize,
+    /// Run by neither root nor the spool's owner: what they alone may see is not
+    /// judged (a file we may not look at is not a file to fix).
+    outsider: bool,
 }
 
 impl Report {
@@ -114,8 +117,20 @@ pub fn run(config: &Config) -> CliResult {
     if owner == 0 {
         r.warn("the spool belongs to root: run the daemon as a dedicated user (the package's `mailspool`)");
     }
-    check_drop(&mut r, spool, owner);
-    check_quarantine(&mut r, spool);
+    let euid = rustix::process::geteuid();
+    r.outsider = !euid.is_root() && euid.as_raw() != owner;
+    if r.outsider {
+        r.warn(&format!(
+            "running as {}, neither root nor the spool's owner ({}): the drop directory, \
+             corrupt/ and the daemon's private files are not checked; run \
+             `sudo mailspool doctor` for every check",
+            user(euid.as_raw()),
+            user(owner)
+        ));
+    } else {
+        check_drop(&mut r, spool, owner);
+        check_quarantine(&mut r, spool);
+    }
     check_secret(&mut r, config, owner);
     check_dkim(&mut r, config, owner);
     check_network(&mut r, config);
@@ -260,6 +275,13 @@ fn check_secret(r: &mut Report, config: &Config, owner: u32) {
 /// A file only the daemon (the spool's owner) may read; true when it is fine.
 fn check_private_file(r: &mut Report, what: &str, file: &Path, owner: u32) -> bool {
     match std::fs::metadata(file) {
+        Err(e) if r.outsider && e.kind() == std::io::ErrorKind::PermissionDenied => {
+            r.warn(&format!(
+                "{what} {}: not visible to this user (checked by `sudo mailspool doctor`)",
+                file.display()
+            ));
+            return false;
+        }
         Err(e) => r.fix(
             &format!("{what} {}: {e}", file.display()),
             "create it, readable by the spool's owner only",
@@ -268,6 +290,8 @@ fn check_private_file(r: &mut Report, what: &str, file: &Path, owner: u32) -> bo
             &format!("{what} {} is world-readable", file.display()),
             "chmod 0600 it, owned by the spool's owner (only the daemon reads it)",
         ),
+        // Whether the daemon can read it is root's or the owner's to judge.
+        Ok(_) if r.outsider => {}
         Ok(m) if m.uid() != owner && m.mode() & 0o040 == 0 => r.fix(
             &format!(
                 "{what} {}: the daemon ({}) cannot read it",
