@@ -745,3 +745,74 @@ fn doctor_flags_a_world_readable_tokens_file() {
         "{text}"
     );
 }
+
+/// `mailq --help` is help, not the queue; the listing takes the API's filters: held,
+/// sender, recipient, age (with units).
+#[test]
+fn mailq_help_and_the_listing_filters() {
+    let env = Env::new();
+    let out = env.mailq().arg("--help").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("List the mail queue") && help.contains("--older-than"),
+        "{help}"
+    );
+    assert!(!help.contains("Mail queue is empty"), "{help}");
+    env.mailq().arg("--bogus").assert().code(64);
+
+    for (to, from) in [("a@example.org", "app@example.com"), ("b@example.org", "")] {
+        env.mailspool()
+            .args(["send", "-f", from, to])
+            .write_stdin("Subject: x\n\nhi\n")
+            .assert()
+            .success();
+    }
+    let listed = |args: &[&str]| -> Vec<String> {
+        let out = env
+            .mailspool()
+            .args(["queue", "list", "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["to"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(listed(&["--sender", "<>"]), ["b@example.org"]);
+    assert_eq!(listed(&["--sender", "APP@example.com"]), ["a@example.org"]);
+    assert_eq!(listed(&["--to", "b@example.org"]), ["b@example.org"]);
+    assert!(listed(&["--older-than", "1h"]).is_empty());
+    assert_eq!(listed(&["--older-than", "0"]).len(), 2);
+    assert!(listed(&["--held"]).is_empty());
+    let id = {
+        let out = env
+            .mailspool()
+            .args(["queue", "list", "--json", "--to", "a@example.org"])
+            .output()
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(
+            String::from_utf8_lossy(&out.stdout).lines().next().unwrap(),
+        )
+        .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    env.mailspool()
+        .args(["queue", "hold", &id])
+        .assert()
+        .success();
+    assert_eq!(listed(&["--held"]), ["a@example.org"]);
+    env.mailspool()
+        .args(["queue", "list", "--older-than", "3x"])
+        .assert()
+        .code(64);
+}

@@ -151,6 +151,18 @@ pub enum DbCommand {
     },
 }
 
+/// `mailq`: the queue, as `mailspool queue list` shows it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mailq",
+    version,
+    about = "List the mail queue (mailspool queue list): one line per recipient, oldest first in each tier."
+)]
+pub struct Mailq {
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Also take recipients from the To, Cc and Bcc headers.
@@ -256,6 +268,39 @@ pub struct ListArgs {
     /// Only recipients at this domain.
     #[arg(long, value_name = "D")]
     pub domain: Option<String>,
+    /// Only this envelope sender ("" or "<>" for the null sender: bounces).
+    #[arg(long, value_name = "ADDRESS")]
+    pub sender: Option<String>,
+    /// Only this recipient.
+    #[arg(long, value_name = "ADDRESS")]
+    pub to: Option<String>,
+    /// Only nodes waiting in their tier at least this long: seconds, or with a unit
+    /// (30m, 4h, 2d).
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub older_than: Option<u64>,
+    /// Only held messages.
+    #[arg(long)]
+    pub held: bool,
+}
+
+/// `90`, `90s`, `30m`, `4h`, `2d`: seconds.
+fn parse_age(text: &str) -> Result<u64, String> {
+    let (digits, unit) = text.trim().split_at(
+        text.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.trim().len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: give seconds, or a number with s, m, h or d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    Ok(n.saturating_mul(scale))
 }
 
 /// sendmail habits that clap cannot spell: `-oi` means `-i`. Only before `--`.

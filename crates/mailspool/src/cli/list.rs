@@ -4,8 +4,6 @@
 //! Built for a million nodes in a few seconds and well under 200 MB: the spool is read
 //! one directory at a time, each node kept only as its file name in one shared buffer
 //! plus its time (about 100 bytes a node instead of a parsed entry's ~400), sorted, then
-//! parsed again as it is printed. A `--domain` or `--tier` filter drops a node before
-//! anything is kept or any file is looked at: the name is the index.
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -286,7 +284,7 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
     if spool.as_files().is_none() {
         return list_rows(spool.as_ref(), args);
     }
-    let domain = args.domain.as_deref().map(str::to_ascii_lowercase);
+    let (filter, now) = (filter(args), mailspool_spool::now());
     let owner = spool.as_files().map_or(0, |s| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(s.dir()).map_or(0, |m| m.uid())
@@ -316,14 +314,8 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
                 return ControlFlow::Continue(());
             }
         };
-        if args.tier.is_some_and(|t| t != n.tier) {
+        if !filter.matches(&n, now) {
             return ControlFlow::Continue(());
-        }
-        if let Some(d) = &domain {
-            let at = n.name.to.rsplit_once('@').map_or("", |(_, d)| d);
-            if !at.eq_ignore_ascii_case(d) {
-                return ControlFlow::Continue(());
-            }
         }
         if n.rescued {
             warn_rescued(&n);
@@ -382,7 +374,7 @@ pub fn list(config: &Config, args: &ListArgs) -> CliResult {
 /// A listing from a back end that is not a directory (a database): one streamed query
 /// gives each node with its size and last failure, in tier order.
 fn list_rows(spool: &dyn Store, args: &ListArgs) -> CliResult {
-    let domain = args.domain.as_deref().map(str::to_ascii_lowercase);
+    let (filter, now) = (filter(args), mailspool_spool::now());
     let cx = Context {
         spool,
         owner: 0,
@@ -398,14 +390,8 @@ fn list_rows(spool: &dyn Store, args: &ListArgs) -> CliResult {
     let mut failed = None;
     spool.visit_listing(&mut |l| {
         let n = &l.node;
-        if args.tier.is_some_and(|t| t != n.tier) {
+        if !filter.matches(&n, now) {
             return ControlFlow::Continue(());
-        }
-        if let Some(d) = &domain {
-            let at = n.name.to.rsplit_once('@').map_or("", |(_, d)| d);
-            if !at.eq_ignore_ascii_case(d) {
-                return ControlFlow::Continue(());
-            }
         }
         line.clear();
         if shown == 0 && !cx.json {
@@ -431,6 +417,19 @@ fn list_rows(spool: &dyn Store, args: &ListArgs) -> CliResult {
         footer(&mut out, shown, messages.len())?;
     }
     out.flush().map_err(write_failed)
+}
+
+/// What the options select (the API's filter: one meaning everywhere).
+fn filter(args: &ListArgs) -> mailspool::admin::Filter {
+    mailspool::admin::Filter {
+        tier: args.tier,
+        domain: args.domain.clone(),
+        sender: args.sender.clone(),
+        recipient: args.to.clone(),
+        older_than: args.older_than,
+        held: args.held.then_some(true),
+        id: None,
+    }
 }
 
 /// The listing's last line: how many nodes of how many messages, or that there are none.

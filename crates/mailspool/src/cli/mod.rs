@@ -74,11 +74,21 @@ pub fn main() -> ExitCode {
     let result = match prog.as_str() {
         "sendmail" => sendmail::run(&prog, &args[1..]),
         "mailq" => {
+            // `mailq --help` and mistakes are clap's (exit 0 / 64); the listing's
+            // filters work here too.
+            let list_args = match <args::Mailq as clap::Parser>::try_parse_from(&args) {
+                Ok(m) => m.list,
+                Err(e) => {
+                    let code = if e.use_stderr() { sysexits::USAGE } else { 0 };
+                    let _ = e.print();
+                    return ExitCode::from(code);
+                }
+            };
             quiet_on_closed_pipe();
             init_logging(0, false);
             config(None, None).and_then(|c| {
                 privilege::access(&c)?;
-                list::list(&c, &args::ListArgs::default())
+                list::list(&c, &list_args)
             })
         }
         "newaliases" => {
