@@ -267,6 +267,35 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
         serde_json::Value::Bool(true),
         "the page is wider than a phone"
     );
+    // The message's own page, from its link: every attempt, and still a phone's width.
+    c.find(Locator::Css("#results a.mono"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#envelope"))
+        .await
+        .unwrap();
+    let attempts = c
+        .find_all(Locator::Css("table.attempts tbody tr"))
+        .await
+        .unwrap();
+    assert!(!attempts.is_empty(), "the deferred message's attempts");
+    let fits = c
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fits,
+        serde_json::Value::Bool(true),
+        "the message page is wider than a phone"
+    );
 
     // Signing out ends the session: the login form again.
     c.find(Locator::Css("header button"))

@@ -461,6 +461,47 @@ fn the_dashboard_session_is_only_for_the_dashboard_and_its_forms_need_their_toke
     let crafted = with_cookie("GET", "/?done=Your+token+expired%2C+go+to+evil.example", "");
     assert!(!crafted.body.contains("evil.example"));
     assert!(api.nodes()[0].to_string_lossy().contains("/hold/"));
+    // The message's own page: linked from the search, its envelope, each attempt with
+    // its reply (escaped), its headers, and actions that come back to it.
+    let found = with_cookie("GET", "/?q=victim%40example.org", "");
+    assert!(
+        found.body.contains(&format!("href=\"/ui/message/{id}\"")),
+        "{}",
+        found.body
+    );
+    let page = with_cookie("GET", &format!("/ui/message/{id}"), "");
+    assert_eq!(page.status, 200, "{}", page.body);
+    for want in [
+        "&lt;app@example.com&gt;",
+        "&lt;victim@example.org&gt;",
+        "held",
+        "1970-01-01 00:00:01",
+        "451 &lt;script&gt;alert(1)&lt;/script&gt;",
+        "Subject: ",
+        "value=\"release\"",
+    ] {
+        assert!(page.body.contains(want), "{want}: {}", page.body);
+    }
+    assert!(!page.body.contains("<script>alert"));
+    let r = with_cookie(
+        "POST",
+        "/ui/action",
+        &format!("csrf={csrf}&action=release&id={id}&back=message"),
+    );
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/ui/message/{id}").as_str())
+    );
+    let page = with_cookie("GET", &format!("/ui/message/{id}"), "");
+    assert!(
+        page.body.contains("released 1 of 1 node(s)"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("value=\"hold\""), "{}", page.body);
+    let gone = with_cookie("GET", "/ui/message/NO-SUCH-ID", "");
+    assert_eq!(gone.status, 404);
+    assert!(gone.body.contains("Not queued (any more)"), "{}", gone.body);
     // Signed out: the session is gone.
     assert_eq!(with_cookie("POST", "/logout", "").status, 303);
     let page = with_cookie("GET", "/", "");

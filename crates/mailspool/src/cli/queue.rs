@@ -6,7 +6,7 @@
 
 use mailspool::admin::{self, Change, ChangeReport};
 use mailspool::{Config, SpoolError, Store, sysexits};
-use mailspool_spool::{NodeEntry, escape, time::civil_from_days};
+use mailspool_spool::{NodeEntry, escape};
 
 use super::args::{ListArgs, QueueCommand, SelectArgs};
 use super::{CliResult, Failure};
@@ -58,14 +58,7 @@ pub(super) fn warn_rescued(n: &NodeEntry) {
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC.
 pub fn fmt_time(unix: u64) -> String {
-    let (y, m, d) = civil_from_days((unix / 86_400) as i64);
-    let s = unix % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    mailspool_spool::time::utc_time(unix)
 }
 
 pub(super) fn write_failed(e: std::io::Error) -> Failure {

@@ -33,6 +33,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/ui/action", post(action))
+        .route("/ui/message/{id}", get(message_page))
         .route("/ui/style.css", get(|| async { asset("text/css", STYLE) }))
         .route(
             "/ui/app.js",
@@ -118,6 +119,48 @@ async fn home(
         error: flash.as_ref().filter(|f| !f.0).map(|f| f.1.as_str()),
     };
     html(StatusCode::OK, page::dashboard(&view))
+}
+
+/// `GET /ui/message/{id}`: one message's envelope, headers, each recipient's attempts
+/// and the actions on it.
+async fn message_page(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let Ok(caller) = authorize_session(&state, &headers, Scope::Read) else {
+        return html(StatusCode::OK, page::login(None));
+    };
+    let flash = session_cookie(&headers).and_then(|s| state.sessions.take_flash(s));
+    let st = state.clone();
+    let key = id.clone();
+    let detail = tokio::task::spawn_blocking(move || {
+        let spool = st.ms.spool();
+        let nodes = admin::select(spool, &key, None).map_err(|e| match e {
+            admin::SelectError::NotFound(_) => {
+                "Not queued (any more): delivered, bounced or deleted; its log lines say which."
+                    .to_owned()
+            }
+            e => e.to_string(),
+        })?;
+        admin::detail(spool, &nodes).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    let status = if detail.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    let view = page::MessageView {
+        hostname: &state.ms.config().hostname,
+        caller: &caller,
+        detail,
+        id: &id,
+        done: flash.as_ref().filter(|f| f.0).map(|f| f.1.as_str()),
+        error: flash.as_ref().filter(|f| !f.0).map(|f| f.1.as_str()),
+    };
+    html(status, page::message(&view))
 }
 
 /// What the search box means: an address is a recipient, `@domain` or a
@@ -243,6 +286,8 @@ struct ActionForm {
     id: String,
     to: Option<String>,
     q: Option<String>,
+    /// `message`: back to the message's page rather than the dashboard.
+    back: Option<String>,
 }
 
 async fn action(
@@ -315,6 +360,9 @@ async fn action(
         state.sessions.set_flash(id, ok, text);
     }
     // Back to the page the form was on (its search kept).
+    if form.back.as_deref() == Some("message") {
+        return redirect(&format!("/ui/message/{}", page::percent(&form.id)));
+    }
     match form.q.as_ref().filter(|q| !q.is_empty()) {
         Some(q) => redirect(&format!(
             "/?{}",

@@ -78,13 +78,27 @@ fn ago(now: u64, t: u64) -> String {
     }
 }
 
-/// A message row's buttons (admin only): hold/release, retry, delete.
+/// A message row's buttons (admin only): hold/release, retry, delete. After the change
+/// the browser comes back to the search `q`, or to the message's page when `on_page`.
 fn buttons(s: &mut String, v: &View, id: &str, to: &str, held: bool) {
-    if v.caller.scope != Scope::Admin {
+    action_buttons(s, v.caller, v.search.unwrap_or(""), false, id, to, held);
+}
+
+fn action_buttons(
+    s: &mut String,
+    caller: &Caller,
+    q: &str,
+    on_page: bool,
+    id: &str,
+    to: &str,
+    held: bool,
+) {
+    if caller.scope != Scope::Admin {
         return;
     }
-    let csrf = esc(v.caller.csrf.as_deref().unwrap_or(""));
-    let q = esc(v.search.unwrap_or(""));
+    let csrf = esc(caller.csrf.as_deref().unwrap_or(""));
+    let q = esc(q);
+    let back = if on_page { "message" } else { "" };
     s.push_str("<div class=\"actions\">");
     let actions: &[(&str, &str, &str)] = if held {
         &[("release", "Release", ""), ("delete", "Delete", "danger")]
@@ -105,6 +119,7 @@ fn buttons(s: &mut String, v: &View, id: &str, to: &str, held: bool) {
              <input type=\"hidden\" name=\"id\" value=\"{}\">\
              <input type=\"hidden\" name=\"to\" value=\"{}\">\
              <input type=\"hidden\" name=\"q\" value=\"{q}\">\
+             <input type=\"hidden\" name=\"back\" value=\"{back}\">\
              <button type=\"submit\" class=\"{class}\" data-action=\"{action}\" \
              aria-label=\"{label} {}\">{label}</button></form>",
             esc(&confirm),
@@ -114,6 +129,157 @@ fn buttons(s: &mut String, v: &View, id: &str, to: &str, held: bool) {
         );
     }
     s.push_str("</div>");
+}
+
+/// A message id as a link to its page.
+fn message_link(id: &str) -> String {
+    format!(
+        "<a class=\"mono\" href=\"/ui/message/{}\">{}</a>",
+        esc(&percent(id)),
+        esc(id)
+    )
+}
+
+/// Percent-encode a path segment (ids are plain, but nothing from the spool is trusted).
+pub fn percent(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~+=".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// What the message page shows: one message's envelope, headers, and each recipient's
+/// attempts, with the actions an admin may take.
+pub struct MessageView<'a> {
+    pub hostname: &'a str,
+    pub caller: &'a Caller,
+    pub detail: Result<crate::admin::MessageDetail, String>,
+    pub id: &'a str,
+    pub done: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+/// The message page.
+pub fn message(v: &MessageView) -> String {
+    let now = mailspool_spool::now();
+    let mut s = head(&format!("{} on {}", v.id, v.hostname));
+    let _ = write!(
+        s,
+        "<header><h1><a href=\"/\" class=\"home\">mailspool on {}</a></h1>\
+         <span class=\"who\">signed in as {} ({})</span>\
+         <form class=\"inline\" method=\"post\" action=\"/logout\"><button type=\"submit\">Sign out</button></form>\
+         </header><main>",
+        esc(v.hostname),
+        esc(&v.caller.name),
+        v.caller.scope.as_str()
+    );
+    flashes(&mut s, v.done, v.error);
+    let d = match &v.detail {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = write!(
+                s,
+                "<section class=\"wide\"><h2>Message <span class=\"mono\">{}</span></h2>\
+                 <p id=\"gone\">{}</p><p><a href=\"/\">Back to the dashboard</a></p></section>\
+                 </main></body></html>",
+                esc(v.id),
+                esc(e)
+            );
+            return s;
+        }
+    };
+    let size = d.nodes.first().map_or(0, |n| n.size);
+    let _ = write!(
+        s,
+        "<section class=\"wide\" id=\"envelope\"><h2>Message <span class=\"mono\">{}</span></h2>\
+         <table><tbody><tr><th>Sender</th><td class=\"mono\">&lt;{}&gt;</td></tr>\
+         <tr><th>Recipients queued</th><td class=\"num\">{}</td></tr>\
+         <tr><th>Size</th><td class=\"num\">{size} bytes</td></tr></tbody></table>\
+         <p><a href=\"/\">Back to the dashboard</a></p></section>",
+        esc(&d.id),
+        esc(&d.from),
+        d.nodes.len()
+    );
+    for n in &d.nodes {
+        let _ = write!(
+            s,
+            "<section class=\"wide recipient\" data-to=\"{}\"><h2>To <span class=\"mono\">&lt;{}&gt;</span>{}</h2>\
+             <p>Tier {}, in it for {}; {}{}</p>",
+            esc(&n.to),
+            esc(&n.to),
+            if n.held {
+                " <strong class=\"held\">held</strong>"
+            } else {
+                ""
+            },
+            n.tier,
+            ago(now, n.queued_at),
+            if n.held {
+                "never delivered until released".to_owned()
+            } else if n.due_at <= now {
+                "due now".to_owned()
+            } else {
+                format!("due in {}", ago(n.due_at, now))
+            },
+            n.lock
+                .as_deref()
+                .map(|l| format!("; being delivered by {}", esc(l)))
+                .unwrap_or_default()
+        );
+        action_buttons(&mut s, v.caller, "", true, &d.id, &n.to, n.held);
+        if n.attempts.is_empty() {
+            s.push_str("<p class=\"muted\">No attempt yet.</p>");
+        } else {
+            s.push_str(
+                "<div class=\"scroll\"><table class=\"attempts\"><thead><tr><th>When (UTC)</th>\
+                 <th>Host</th><th>Reply</th></tr></thead><tbody>",
+            );
+            for a in &n.attempts {
+                let _ = write!(
+                    s,
+                    "<tr><td class=\"num\">{} <span class=\"muted\">({} ago)</span></td>\
+                     <td class=\"mono\">{}</td><td class=\"reply\">{}{}</td></tr>",
+                    mailspool_spool::time::utc_time(a.time),
+                    ago(now, a.time),
+                    esc(if a.host.is_empty() { "-" } else { &a.host }),
+                    if a.delivered { "delivered: " } else { "" },
+                    esc(&a.reply)
+                );
+            }
+            s.push_str("</tbody></table></div>");
+        }
+        s.push_str("</section>");
+    }
+    s.push_str("<section class=\"wide\"><h2>Headers</h2><pre class=\"headers\">");
+    for h in &d.headers {
+        s.push_str(&esc(h));
+        s.push('\n');
+    }
+    s.push_str("</pre></section></main></body></html>");
+    s
+}
+
+/// The result of the last action, once.
+fn flashes(s: &mut String, done: Option<&str>, error: Option<&str>) {
+    if let Some(d) = done {
+        let _ = write!(
+            s,
+            "<p class=\"flash\" role=\"status\" id=\"flash\">{}</p>",
+            esc(d)
+        );
+    }
+    if let Some(e) = error {
+        let _ = write!(
+            s,
+            "<p class=\"flash err\" role=\"alert\" id=\"flash\">{}</p>",
+            esc(e)
+        );
+    }
 }
 
 fn brief_table(s: &mut String, v: &View, title: &str, nodes: &[NodeBrief], now: u64) {
@@ -129,12 +295,12 @@ fn brief_table(s: &mut String, v: &View, title: &str, nodes: &[NodeBrief], now: 
     for n in nodes {
         let _ = write!(
             s,
-            "<tr><td class=\"num\">{}</td><td class=\"num\">{}{}</td><td><span class=\"mono\">{}</span><br>\
+            "<tr><td class=\"num\">{}</td><td class=\"num\">{}{}</td><td>{}<br>\
              &lt;{}&gt; → &lt;{}&gt;",
             ago(now, n.accepted_at),
             n.tier,
             if n.held { " held" } else { "" },
-            esc(&n.id),
+            message_link(&n.id),
             esc(&n.from),
             esc(&n.to)
         );
@@ -241,20 +407,7 @@ pub fn dashboard(v: &View) -> String {
         esc(&v.caller.name),
         v.caller.scope.as_str()
     );
-    if let Some(d) = v.done {
-        let _ = write!(
-            s,
-            "<p class=\"flash\" role=\"status\" id=\"flash\">{}</p>",
-            esc(d)
-        );
-    }
-    if let Some(e) = v.error {
-        let _ = write!(
-            s,
-            "<p class=\"flash err\" role=\"alert\" id=\"flash\">{}</p>",
-            esc(e)
-        );
-    }
+    flashes(&mut s, v.done, v.error);
     // What was set aside waits for a person (the sampler counts it).
     let corrupt = mailspool_metrics::global().corrupt_files.get();
     if corrupt > 0 {
@@ -297,10 +450,10 @@ pub fn dashboard(v: &View) -> String {
                     let held = n["held"].as_bool().unwrap_or(false);
                     let _ = write!(
                         s,
-                        "<tr data-node=\"{}\"><td><span class=\"mono\">{}</span><br>&lt;{}&gt; → &lt;{}&gt;</td>\
+                        "<tr data-node=\"{}\"><td>{}<br>&lt;{}&gt; → &lt;{}&gt;</td>\
                          <td class=\"num\">{}{}</td><td class=\"num\">{} ago</td><td class=\"reply\">{}</td><td>",
                         esc(&text("node")),
-                        esc(&text("id")),
+                        message_link(&text("id")),
                         esc(&text("from")),
                         esc(&text("to")),
                         n["tier"],
