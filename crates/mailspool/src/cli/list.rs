@@ -390,7 +390,7 @@ fn list_rows(spool: &dyn Store, args: &ListArgs) -> CliResult {
     let mut failed = None;
     spool.visit_listing(&mut |l| {
         let n = &l.node;
-        if !filter.matches(&n, now) {
+        if !filter.matches(n, now) {
             return ControlFlow::Continue(());
         }
         line.clear();
