@@ -290,3 +290,76 @@ fn another_users_spool_is_refused_plainly_and_alike() {
     assert!(stdout.contains("is world-readable"), "{stdout}");
     assert!(stdout.contains("1 thing to fix"), "{stdout}");
 }
+
+/// `shared_spool = true` on a spool of a group (root:nogroup 2770 here, as 0.50 setups
+/// share one between users): what is made in it is the group's to read and write
+/// (directories 2770, nodes 0640, whatever the umask), so a second user of the group
+/// queues directly, and the owner's commands read that user's nodes.
+#[test]
+fn a_shared_spool_is_the_groups() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: runs a command as another user (needs root; CI runs as root)");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(env.config_path(), "shared_spool = true\n").unwrap();
+    fs::set_permissions(env.config_path(), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::create_dir(env.spool()).unwrap();
+    std::os::unix::fs::chown(env.spool(), Some(0), Some(65534)).unwrap();
+    fs::set_permissions(env.spool(), fs::Permissions::from_mode(0o2770)).unwrap();
+    env.mailspool()
+        .args(["send", "root-sent@example.org"])
+        .write_stdin("Subject: x\n\nhi\n")
+        .assert()
+        .success();
+    let t0 = fs::metadata(env.spool().join("0")).unwrap();
+    assert_eq!(t0.mode() & 0o7777, 0o2770, "tier 0 is the group's");
+    assert_eq!(t0.gid(), 65534);
+    // The second user: in the group, not the owner.
+    let out = {
+        use std::os::unix::process::CommandExt;
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin!("mailspool"));
+        c.args(["send", "user-sent@example.org"])
+            .uid(65534)
+            .gid(65534)
+            .env("MAILSPOOL_SPOOL", env.spool())
+            .env("MAILSPOOL_CONFIG", env.config_path())
+            .env("HOME", "/nonexistent")
+            .env("LOGNAME", "nobody");
+        assert_cmd::Command::from_std(c)
+            .write_stdin("Subject: y\n\nhi\n")
+            .timeout(Duration::from_secs(20))
+            .output()
+            .unwrap()
+    };
+    assert!(out.status.success(), "{out:?}");
+    let nodes = env.nodes(0);
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    for (name, _) in &nodes {
+        let m = fs::metadata(env.spool().join("0").join(name.file_name())).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o640, "{}", name.to);
+        assert_eq!(m.gid(), 65534, "{}", name.to);
+    }
+    // The owner reads the other user's node like its own.
+    let out = env.mailspool().args(["queue"]).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.contains("user-sent@example.org") && list.contains("root-sent@example.org"),
+        "{list}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).is_empty(), "{out:?}");
+    let user_id = nodes
+        .iter()
+        .find(|(n, _)| n.to == "user-sent@example.org")
+        .unwrap()
+        .0
+        .id
+        .clone();
+    env.mailspool()
+        .args(["queue", "show", &user_id])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("Subject: y"));
+}

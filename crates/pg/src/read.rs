@@ -227,9 +227,12 @@ impl PgSpool {
              JOIN mailspool_messages m ON m.pk = n.message
              ORDER BY n.held, n.tier, n.entered, n.pk"
         );
+        // Room to sort in memory, no JIT for one big query, and the join and the sort
+        // spread over the server's cores (a gather merge keeps the order).
         let settings = Some((
-            "SET work_mem = '256MB'; SET jit = off",
-            "RESET work_mem; RESET jit",
+            "SET work_mem = '256MB'; SET jit = off; SET parallel_setup_cost = 0; \
+             SET parallel_tuple_cost = 0",
+            "RESET work_mem; RESET jit; RESET parallel_setup_cost; RESET parallel_tuple_cost",
         ));
         let listed = |r: &Row| Listed {
             node: node_entry(r),

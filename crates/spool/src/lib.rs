@@ -120,6 +120,8 @@ pub struct Spool {
     ids: Mutex<ulid::Generator>,
     /// Owner of the spool directory: the only user (besides us) whose nodes we read.
     owner: u32,
+    /// The spool's group when it is declared shared: its members' nodes are read too.
+    group: Option<u32>,
 }
 
 /// Whether a spool directory may be used by us: not writable by others (they could
@@ -174,6 +176,8 @@ impl Spool {
         };
         use std::os::unix::fs::MetadataExt;
         check_trust(&dir, &meta, &config)?;
+        os::set_shared(config.shared);
+        let group = config.shared.then_some(meta.gid());
         let usage = config.usage_log && dir.join("usage").is_dir();
         Ok(Spool {
             tier0_sync: GroupSync::new(dir.join("0")),
@@ -184,6 +188,7 @@ impl Spool {
             usage,
             ids: Mutex::new(ulid::Generator::new()),
             owner: meta.uid(),
+            group,
         })
     }
 
@@ -211,6 +216,7 @@ impl Spool {
             spool.remove_stale_stages();
             return Ok(spool);
         }
+        os::set_shared(config.shared);
         let mkdir = |p: &Path| os::ensure_dir(p).map_err(|e| SpoolError::io("create", p, e));
         if let Some(parent) = dir.parent()
             && !parent.as_os_str().is_empty()

@@ -316,6 +316,7 @@ impl Spool {
         }
         if meta.uid() != self.owner
             && meta.uid() != rustix::process::geteuid().as_raw()
+            && self.group != Some(meta.gid())
             && !Self::only_owner_writes(&entry.path)
         {
             return Err(self.untrusted(

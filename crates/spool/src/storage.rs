@@ -58,15 +58,50 @@ impl Storage for OsStorage {}
 /// Plain system calls shared by [`OsStorage`] and the rest of the crate.
 pub mod os {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
-    /// `open(O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600)` for writing.
+    /// Whether this process works on a spool declared shared (`shared_spool = true`):
+    /// its group may then read what is made and write where it is made (files 0640,
+    /// side data 0660, directories 2770 so files take the spool's group), whatever the
+    /// umask. Otherwise everything is the owner's alone (0600, 0700).
+    static SHARED: AtomicBool = AtomicBool::new(false);
+
+    /// Declare the spool this process works on shared (or not).
+    pub fn set_shared(shared: bool) {
+        SHARED.store(shared, Ordering::Relaxed);
+    }
+
+    fn shared() -> bool {
+        SHARED.load(Ordering::Relaxed)
+    }
+
+    /// The mode of a new file others must be able to read when sharing (a lock: another
+    /// user's dequeuer reads who holds it), else 0600.
+    pub fn readable_mode() -> u32 {
+        if shared() { 0o640 } else { 0o600 }
+    }
+
+    /// Give a new file or directory exactly `mode` (the umask does not apply), when
+    /// sharing: the group's bits are the point.
+    fn exact_mode(f: &File, mode: u32) -> io::Result<()> {
+        if shared() {
+            rustix::fs::fchmod(f, rustix::fs::Mode::from_raw_mode(mode))?;
+        }
+        Ok(())
+    }
+
+    /// `open(O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600)` for writing (0640 in a shared
+    /// spool).
     pub fn create_new(path: &Path) -> io::Result<File> {
-        OpenOptions::new()
+        let mode = if shared() { 0o640 } else { 0o600 };
+        let f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)
+            .open(path)?;
+        exact_mode(&f, mode)?;
+        Ok(f)
     }
 
     /// fsync a directory.
@@ -99,7 +134,7 @@ pub mod os {
         let mut f = OpenOptions::new()
             .append(true)
             .create(true)
-            .mode(0o600)
+            .mode(if shared() { 0o660 } else { 0o600 })
             .custom_flags(
                 (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
             )
@@ -125,12 +160,24 @@ pub mod os {
         Ok(f)
     }
 
-    /// Create a directory with mode 0700 if it is missing.
+    /// Create a directory with mode 0700 if it is missing (2770 in a shared spool).
     pub fn ensure_dir(path: &Path) -> io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         match std::fs::DirBuilder::new().mode(0o700).create(path) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
-            other => other,
+            Err(e) => Err(e),
+            Ok(()) if shared() => {
+                let dir = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(
+                        (rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW).bits()
+                            as i32,
+                    )
+                    .open(path)?;
+                rustix::fs::fchmod(&dir, rustix::fs::Mode::from_raw_mode(0o2770))?;
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 }

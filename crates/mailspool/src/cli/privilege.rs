@@ -55,6 +55,16 @@ pub fn access(config: &Config) -> Result<Access, Failure> {
         become_user(meta.uid(), meta.gid())?;
         return Ok(Access::Owner);
     }
+    // A spool declared shared is written directly by the members of its group.
+    if config.spool.shared
+        && rustix::fs::access(
+            &config.spool_dir,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .is_ok()
+    {
+        return Ok(Access::Owner);
+    }
     Ok(Access::Drop)
 }
 

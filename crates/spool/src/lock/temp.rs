@@ -144,7 +144,7 @@ fn create(dir: &Path) -> io::Result<Temp> {
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(crate::storage::os::readable_mode())
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&path)?;
     if let Err(e) = file.write_all(line.as_bytes()) {
