@@ -7,8 +7,8 @@ use std::sync::Arc;
 use mailspool_metrics::Minute;
 
 use crate::admin::{NodeBrief, Summary};
-use crate::http::auth::Caller;
-use crate::http::tokens::Scope;
+use crate::auth::Caller;
+use crate::tokens::Scope;
 
 /// What the dashboard page shows.
 pub struct View<'a> {

@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::tokens::Scope;
 use super::turns::PREPARING;
 use super::{AppState, read_body};
-use crate::{MessageSource, SendError, SendMail};
+use mailspool::{MessageSource, SendError, SendMail};
 
 /// Most messages one batch request may carry.
 pub const MAX_BATCH: usize = 1000;

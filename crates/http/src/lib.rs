@@ -1,4 +1,4 @@
-//! The HTTP server: injection (`POST /v1/messages`), the admin API (`/v1/queue`...),
+//! mailspool's HTTP server: injection (`POST /v1/messages`), the admin API (`/v1/queue`...),
 //! Prometheus metrics (`/metrics`), a health check (`/healthz`) and the web dashboard
 //! (`/`). Off unless `[http]` is configured; served by the daemon, and by `serve`
 //! when `serve_listen` is set.
@@ -25,8 +25,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post};
 
-use crate::Mailspool;
-use crate::config::HttpConfig;
+// The library's items under the names the modules use (`crate::admin`, ...).
+use mailspool::config::HttpConfig;
+use mailspool::{Mailspool, Sent, admin, config};
 
 pub use error::ApiError;
 pub use server::{Bound, bind};
