@@ -120,9 +120,22 @@ async fn send_now_and_doctor_follow_the_validating_resolver() {
         "{}",
         text(&doctor)
     );
+    // A certificate that matches no TLSA record is a temporary failure: the message is
+    // accepted and queued for retry (exit 0, its id printed), with 4.7.5 said.
     let wrong = run(&["send", "--now", "x@wrong.dane.test"]);
-    assert_eq!(wrong.status.code(), Some(75), "{}", text(&wrong));
-    assert!(text(&wrong).contains("4.7.5"), "{}", text(&wrong));
+    assert_eq!(wrong.status.code(), Some(0), "{}", text(&wrong));
+    assert!(
+        text(&wrong).contains("queued for retry: 4.7.5"),
+        "{}",
+        text(&wrong)
+    );
+    assert!(
+        !sink
+            .received()
+            .iter()
+            .any(|m| m.to == ["x@wrong.dane.test"]),
+        "nothing sent to a host that failed DANE"
+    );
     let plain = run(&["send", "--now", "-v", "x@plain.test"]);
     assert_eq!(plain.status.code(), Some(0), "{}", text(&plain));
     assert!(
@@ -162,7 +175,12 @@ async fn send_now_and_doctor_follow_the_validating_resolver() {
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
     assert!(text(&ok).contains("tls_policy=\"dane\""), "{}", text(&ok));
     let wrong = run(&["send", "--now", "y@wrong.dane.test"]);
-    assert_eq!(wrong.status.code(), Some(75), "{}", text(&wrong));
+    assert_eq!(wrong.status.code(), Some(0), "{}", text(&wrong));
+    assert!(
+        text(&wrong).contains("queued for retry: 4.7.5"),
+        "{}",
+        text(&wrong)
+    );
 
     // A trust anchor file that is not one is a configuration error, said at once.
     std::fs::write(d.join("bad.anchor"), "example. IN A 127.0.0.1\n").unwrap();
