@@ -255,13 +255,7 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
     // tables scroll inside their own boxes).
     c.set_window_size(390, 844).await.unwrap();
     c.goto(&format!("{base}/?q=slow.example")).await.unwrap();
-    let fits = c
-        .execute(
-            "return document.documentElement.scrollWidth <= window.innerWidth + 1",
-            vec![],
-        )
-        .await
-        .unwrap();
+    let fits = fits_the_window(&c).await;
     assert_eq!(
         fits,
         serde_json::Value::Bool(true),
@@ -284,13 +278,7 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
         .await
         .unwrap();
     assert!(!attempts.is_empty(), "the deferred message's attempts");
-    let fits = c
-        .execute(
-            "return document.documentElement.scrollWidth <= window.innerWidth + 1",
-            vec![],
-        )
-        .await
-        .unwrap();
+    let fits = fits_the_window(&c).await;
     assert_eq!(
         fits,
         serde_json::Value::Bool(true),
@@ -311,4 +299,14 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
         .unwrap();
     c.close().await.unwrap();
     drop(sink);
+}
+
+/// Whether nothing makes the page scroll sideways (tables scroll in their own boxes).
+async fn fits_the_window(c: &fantoccini::Client) -> serde_json::Value {
+    c.execute(
+        "return document.documentElement.scrollWidth <= window.innerWidth + 1",
+        vec![],
+    )
+    .await
+    .unwrap()
 }

@@ -168,16 +168,7 @@ pub struct MessageView<'a> {
 pub fn message(v: &MessageView) -> String {
     let now = mailspool_spool::now();
     let mut s = head(&format!("{} on {}", v.id, v.hostname));
-    let _ = write!(
-        s,
-        "<header><h1><a href=\"/\" class=\"home\">mailspool on {}</a></h1>\
-         <span class=\"who\">signed in as {} ({})</span>\
-         <form class=\"inline\" method=\"post\" action=\"/logout\"><button type=\"submit\">Sign out</button></form>\
-         </header><main>",
-        esc(v.hostname),
-        esc(&v.caller.name),
-        v.caller.scope.as_str()
-    );
+    top(&mut s, v.hostname, v.caller);
     flashes(&mut s, v.done, v.error);
     let d = match &v.detail {
         Ok(d) => d,
@@ -262,6 +253,21 @@ pub fn message(v: &MessageView) -> String {
     }
     s.push_str("</pre></section></main></body></html>");
     s
+}
+
+/// The page's header (the host, linking home; who is signed in; sign out) and the
+/// start of its main part.
+fn top(s: &mut String, hostname: &str, caller: &Caller) {
+    let _ = write!(
+        s,
+        "<header><h1><a href=\"/\" class=\"home\">mailspool on {}</a></h1>\
+         <span class=\"who\">signed in as {} ({})</span>\
+         <form class=\"inline\" method=\"post\" action=\"/logout\"><button type=\"submit\">Sign out</button></form>\
+         </header><main>",
+        esc(hostname),
+        esc(&caller.name),
+        caller.scope.as_str()
+    );
 }
 
 /// The result of the last action, once.
@@ -398,15 +404,7 @@ fn chart(s: &mut String, hour: &[Minute]) {
 pub fn dashboard(v: &View) -> String {
     let now = mailspool_spool::now();
     let mut s = head(&format!("mailspool on {}", v.hostname));
-    let _ = write!(
-        s,
-        "<header><h1>mailspool on {}</h1><span class=\"who\">signed in as {} ({})</span>\
-         <form class=\"inline\" method=\"post\" action=\"/logout\"><button type=\"submit\">Sign out</button></form>\
-         </header><main>",
-        esc(v.hostname),
-        esc(&v.caller.name),
-        v.caller.scope.as_str()
-    );
+    top(&mut s, v.hostname, v.caller);
     flashes(&mut s, v.done, v.error);
     // What was set aside waits for a person (the sampler counts it).
     let corrupt = mailspool_metrics::global().corrupt_files.get();
