@@ -79,7 +79,11 @@ pub fn node_json(
         "queued_at": n.name.time,
         "due_at": spool.due_at(n),
         "size": size,
-        "last_error": if side { spool.last_error(&n.name) } else { None },
+        "last_error": if side {
+            mailspool_spool::side::last_failure(spool.attempts(&n.name), n.ino)
+        } else {
+            None
+        },
     })
 }
 

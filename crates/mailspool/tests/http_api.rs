@@ -412,6 +412,7 @@ fn the_dashboard_session_is_only_for_the_dashboard_and_its_forms_need_their_toke
                 host: "mx".into(),
                 reply: "451 <script>alert(1)</script>".into(),
                 delivered: false,
+                node: None,
             },
         )
         .unwrap();

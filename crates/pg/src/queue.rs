@@ -205,6 +205,8 @@ impl Store for PgSpool {
                     host: r.get(1),
                     reply: r.get(2),
                     delivered: r.get(3),
+                    // A row's attempts are its own: no other node's can be read back.
+                    node: None,
                 })
                 .collect())
         })

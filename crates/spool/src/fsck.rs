@@ -354,6 +354,7 @@ mod tests {
                     host: "h".into(),
                     reply: "451".into(),
                     delivered: false,
+                    node: None,
                 },
             )
             .unwrap();

@@ -28,6 +28,29 @@ pub struct Attempt {
     /// Whether this attempt delivered the node.
     #[serde(default)]
     pub delivered: bool,
+    /// The stored message it was made for (the node file's inode): a 0.50 spool reuses
+    /// ids, so side data another dequeuer orphaned (it delivered that node) must not
+    /// show as the history of a new node of the same name. None in older side data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u64>,
+}
+
+/// The last failure among `attempts` made for the stored message `ino` (or recorded
+/// without one), when the last such attempt failed: what listings show as a node's
+/// last error.
+pub fn last_failure(attempts: Vec<Attempt>, ino: u64) -> Option<String> {
+    attempts_of(attempts, ino)
+        .pop()
+        .filter(|a| !a.delivered)
+        .map(|a| a.reply)
+}
+
+/// The attempts made for the stored message `ino` (or recorded without one).
+pub fn attempts_of(attempts: Vec<Attempt>, ino: u64) -> Vec<Attempt> {
+    attempts
+        .into_iter()
+        .filter(|a| a.node.is_none_or(|n| n == ino))
+        .collect()
 }
 
 /// Longest side-data file we read: attempts are short, and a node has at most a few

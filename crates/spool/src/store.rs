@@ -322,7 +322,8 @@ impl Store for Spool {
         self.visit_all(&mut |found| match found {
             Found::Node(node) => {
                 let size = self.open_node(&node).map_or(0, |n| n.size);
-                let last_error = Spool::last_error(self, &node.name);
+                let last_error =
+                    crate::side::last_failure(Spool::attempts(self, &node.name), node.ino);
                 f(Listed {
                     node,
                     size,

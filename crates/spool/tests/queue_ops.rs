@@ -29,6 +29,7 @@ fn side_data_follows_the_node_and_hold_hides_it() {
                 host: "mx.y.org".into(),
                 reply: "451 4.3.0 try later".into(),
                 delivered: false,
+                node: None,
             },
         )
         .unwrap();
@@ -92,6 +93,7 @@ fn side_data_of_a_node_another_dequeuer_delivered_is_pruned() {
         host: "mx".into(),
         reply: "451 later".into(),
         delivered: false,
+        node: None,
     };
     let kept = spool
         .find(&queue_one(&spool, "kept@y.org"))
@@ -190,4 +192,44 @@ fn a_delay_warning_is_claimed_once_and_can_be_given_back() {
     );
     assert_eq!(spool.prune_delay_warnings(std::time::Duration::ZERO), 2);
     assert!(spool.claim_delay_warning(&name).unwrap());
+}
+
+/// Side data another dequeuer left behind (0.50 delivered its node; 0.50 reuses ids, so
+/// a new node can carry the same name) is not shown as the new node's last error: each
+/// attempt names the stored message it was made for.
+#[test]
+fn an_orphaned_attempt_of_another_message_is_not_this_nodes_last_error() {
+    use mailspool_spool::{Listed, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::create(dir.path(), SpoolConfig::default()).unwrap();
+    let id = queue_one(&spool, "r@y.org");
+    let node = spool.find(&id).unwrap().remove(0);
+    let listed = |spool: &Spool| -> Option<String> {
+        let mut out = None;
+        Store::visit_listing(spool, &mut |l: Listed| {
+            out = l.last_error;
+            std::ops::ControlFlow::Break(())
+        })
+        .unwrap();
+        out
+    };
+    let attempt = |ino: u64, reply: &str| Attempt {
+        time: 1,
+        host: "mx".into(),
+        reply: reply.into(),
+        delivered: false,
+        node: Some(ino),
+    };
+    spool
+        .record_attempt(&node.name, &attempt(node.ino + 1, "451 an older message's"))
+        .unwrap();
+    assert_eq!(
+        listed(&spool),
+        None,
+        "another message's attempt is not shown"
+    );
+    spool
+        .record_attempt(&node.name, &attempt(node.ino, "451 this one's"))
+        .unwrap();
+    assert_eq!(listed(&spool).as_deref(), Some("451 this one's"));
 }

@@ -65,8 +65,8 @@ pub fn detail(spool: &dyn Store, nodes: &[NodeEntry]) -> Result<MessageDetail, S
                 size: size.unwrap_or(0),
                 lock,
                 rescued: n.rescued,
-                attempts: spool.attempts(&n.name),
-                last_error: spool.last_error(&n.name),
+                attempts: mailspool_spool::side::attempts_of(spool.attempts(&n.name), n.ino),
+                last_error: mailspool_spool::side::last_failure(spool.attempts(&n.name), n.ino),
             }
         })
         .collect();

@@ -285,7 +285,7 @@ struct Smallest<K: Ord> {
 
 /// What a top list keeps of a node (its key in the heap must be `Ord`).
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct NodeEntryKey(String, String, String, String, usize, bool, u64);
+struct NodeEntryKey(String, String, String, String, usize, bool, u64, u64);
 
 impl<K: Ord> Smallest<K> {
     fn new(n: usize) -> Self {
@@ -315,6 +315,7 @@ impl<K: Ord> Smallest<K> {
                 n.tier,
                 n.held,
                 accepted,
+                n.ino,
             ),
         ));
         if self.heap.len() > self.n {
@@ -327,10 +328,10 @@ impl<K: Ord> Smallest<K> {
             .into_sorted_vec()
             .into_iter()
             .map(
-                |(_, _, NodeEntryKey(id, node, to, from, tier, held, accepted_at))| {
+                |(_, _, NodeEntryKey(id, node, to, from, tier, held, accepted_at, ino))| {
                     let name = mailspool_spool::NodeName::new(0, &id, &to, &from);
                     NodeBrief {
-                        last_error: spool.last_error(&name),
+                        last_error: mailspool_spool::side::last_failure(spool.attempts(&name), ino),
                         id,
                         node,
                         to,

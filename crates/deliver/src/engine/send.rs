@@ -247,6 +247,7 @@ impl Engine {
                     host: host.to_owned(),
                     reply: reply.to_owned(),
                     delivered: false,
+                    node: Some(n.ino),
                 },
             );
         }

@@ -63,6 +63,7 @@ impl Engine {
                             host,
                             reply: reply.clone(),
                             delivered: false,
+                            node: Some(n.ino),
                         },
                     );
                     tracing::info!(event = "held back", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), tier = n.tier, reply = %escape(&reply), "held in its tier while the destination cools");
@@ -91,6 +92,7 @@ impl Engine {
                                 host: host.clone(),
                                 reply: reply.clone(),
                                 delivered: false,
+                                node: Some(n.ino),
                             },
                         );
                     }

@@ -142,8 +142,8 @@ impl Context<'_> {
             let (Parsed::Node(n) | Parsed::Rescued(n)) = NodeName::parse(file_name) else {
                 continue;
             };
-            let size = match dir.map(|d| node_stat(d, file_name, self.owner)) {
-                Some(Stat::Node(size)) => size,
+            let (size, ino) = match dir.map(|d| node_stat(d, file_name, self.owner)) {
+                Some(Stat::Node(size, ino)) => (size, Some(ino)),
                 // Moved on (delivered, or to its next tier) since the directory was read:
                 // it is listed where it is now, or gone.
                 Some(Stat::Gone) => continue,
@@ -151,11 +151,11 @@ impl Context<'_> {
                     untrusted += 1;
                     continue;
                 }
-                None => 0,
+                None => (0, None),
             };
             hashes.push(self.hasher.hash_one((&n.id, &n.from)));
             // Writing into a Vec cannot fail.
-            let _ = self.line(&mut text, batch, &n, size);
+            let _ = self.line(&mut text, batch, &n, size, ino);
         }
         (text, hashes, untrusted)
     }
@@ -166,11 +166,13 @@ impl Context<'_> {
         batch: &Batch,
         n: &NodeName,
         size: u64,
+        ino: Option<u64>,
     ) -> std::io::Result<()> {
-        let last_error = if self.side {
-            self.spool.last_error(n)
-        } else {
-            None
+        // What other messages of the same name (0.50 reuses ids) left is not this one's.
+        let last_error = match (self.side, ino) {
+            (false, _) => None,
+            (true, Some(ino)) => mailspool_spool::side::last_failure(self.spool.attempts(n), ino),
+            (true, None) => self.spool.last_error(n),
         };
         self.write_line(out, (batch.tier, batch.held), n, size, last_error)
     }
@@ -246,8 +248,8 @@ fn queued_at(unix: u64) -> std::rc::Rc<str> {
 /// What a node's name holds, looked up relative to its directory and never through a
 /// symlink.
 enum Stat {
-    /// A regular file of the spool's owner: a message of this size.
-    Node(u64),
+    /// A regular file of the spool's owner: a message of this size, this inode.
+    Node(u64, u64),
     /// Nothing any more.
     Gone,
     /// A symlink, a FIFO, another user's file: never a message (the daemon and `fsck`
@@ -262,7 +264,7 @@ fn node_stat(dir: &rustix::fd::OwnedFd, file_name: &str, (uid, gid): (u32, Optio
                 == rustix::fs::FileType::RegularFile
                 && (st.st_uid == uid || gid == Some(st.st_gid)) =>
         {
-            Stat::Node(st.st_size as u64)
+            Stat::Node(st.st_size as u64, st.st_ino)
         }
         Ok(_) => Stat::Untrusted,
         Err(_) => Stat::Gone,
