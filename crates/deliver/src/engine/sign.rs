@@ -5,7 +5,7 @@ use std::sync::Arc;
 use mailspool_smtp::body::WireText;
 use mailspool_spool::{Store, escape};
 
-use super::send::{MessageInfo, SMALL_MESSAGE, encode_small, read_all_at, scan_big_message};
+use super::wire::{MessageInfo, SMALL_MESSAGE, encode_small, read_all_at, scan_big_message};
 use super::{Claim, Engine};
 use crate::config::DeliverConfig;
 use crate::dkim::{Algorithm, DkimKey, choose_keys, head_facts};

@@ -1,0 +1,209 @@
+//! Planning a pass: which due nodes this process takes (a scan of the tiers, or the
+//! database's claims), grouped by message and destination for delivery.
+
+use super::*;
+
+impl Engine {
+    /// Scan the spool and group what this pass should deliver. Nodes this process has
+    /// already planned are left out; every group returned must go to
+    /// [`Engine::deliver_group`] (which releases its nodes when done).
+    pub fn plan(&self, opts: &PassOptions) -> Result<Plan, SpoolError> {
+        self.plan_except(opts, &|_| false)
+    }
+
+    /// [`Engine::plan`], leaving out the nodes `skip` names.
+    pub fn plan_except(
+        &self,
+        opts: &PassOptions,
+        skip: &dyn Fn(&NodeEntry) -> bool,
+    ) -> Result<Plan, SpoolError> {
+        if let Some(plan) = self.plan_claims(opts, skip) {
+            return plan;
+        }
+        let config = self.spool.config();
+        let now = now();
+        let limit = opts.limit.unwrap_or(usize::MAX);
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut groups: HashMap<(String, String, String), Vec<NodeEntry>> = HashMap::new();
+        let mut order = Vec::new();
+        let mut plan = Plan::default();
+        let mut taken = 0usize;
+        // Names of each inode this scan saw, planned or not (see `incomplete_messages`).
+        let mut names_seen: HashMap<u64, u64> = HashMap::new();
+        let mut planned: HashSet<u64> = HashSet::new();
+        // Planned inodes with names this scan has not reached yet: past the limit, the
+        // scan reads on until there are none.
+        let mut unseen: HashMap<u64, u64> = HashMap::new();
+        for tier in 0..config.tiers() {
+            if opts.tiers.as_ref().is_some_and(|t| !t.contains(&tier)) {
+                continue;
+            }
+            if opts.use_priority {
+                let p = config.priorities.get(tier).copied().unwrap_or(1).max(1);
+                if rand::random_range(0..p) != 0 {
+                    continue;
+                }
+            }
+            plan.tiers.push(tier);
+            if plan.truncated {
+                continue;
+            }
+            self.spool.visit_tier(tier, &mut |found| {
+                let n = match found {
+                    Found::Node(n) => n,
+                    Found::Unparsable(path) => {
+                        let mut warned =
+                            self.warned_names.lock().unwrap_or_else(|e| e.into_inner());
+                        if warned.len() >= MAX_WARNED_NAMES {
+                            warned.clear();
+                        }
+                        if warned.insert(path.clone()) {
+                            tracing::warn!(path = %escape(&path.display().to_string()), "file name is not a node name; skipped (said once; `mailspool fsck --repair` sets it aside)");
+                        } else {
+                            tracing::debug!(path = %escape(&path.display().to_string()), "file name is not a node name; skipped");
+                        }
+                        return ControlFlow::Continue(());
+                    }
+                };
+                let seen = names_seen.entry(n.ino).or_default();
+                *seen += 1;
+                let seen = *seen;
+                if let Some(left) = unseen.get_mut(&n.ino) {
+                    *left -= 1;
+                    if *left == 0 {
+                        unseen.remove(&n.ino);
+                    }
+                }
+                let wanted = match &opts.selection {
+                    Selection::Due => self.spool.due_at(&n) <= now,
+                    Selection::All => true,
+                    Selection::Nodes(paths) => paths.contains(&n.path),
+                };
+                if !wanted || in_flight.contains(&n.path) || skip(&n) {
+                    return ControlFlow::Continue(());
+                }
+                // Past the limit, the directory is read on only for the other names of
+                // messages already planned: a chunk never cuts a message (names come in
+                // hash order, so a message's are spread over the directory).
+                let completing = taken >= limit;
+                if completing && !planned.contains(&n.ino) {
+                    plan.truncated = true;
+                    return if unseen.is_empty() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    };
+                }
+                if planned.insert(n.ino) {
+                    // How many of its names are still to come (never through a symlink;
+                    // a name gone meanwhile is the delivery's to see).
+                    if let Ok(meta) = std::fs::symlink_metadata(&n.path) {
+                        let left = meta.nlink().saturating_sub(seen);
+                        if meta.ino() == n.ino && left > 0 {
+                            unseen.insert(n.ino, left);
+                        }
+                    }
+                }
+                // Planned nodes count as in flight until their group is done, so a
+                // later pass does not plan them again.
+                in_flight.insert(n.path.clone());
+                let key = (n.name.id.clone(), n.name.from.clone(), n.domain());
+                let entry = groups.entry(key.clone()).or_default();
+                if entry.is_empty() {
+                    order.push(key);
+                }
+                entry.push(n);
+                if !completing {
+                    taken += 1;
+                }
+                if taken >= limit && unseen.is_empty() {
+                    // Every planned message is whole: the rest waits for the next chunk.
+                    plan.truncated = true;
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            })?;
+        }
+        let incomplete = incomplete_messages(&groups, &names_seen);
+        if !incomplete.is_empty() {
+            for nodes in groups.values_mut() {
+                nodes.retain(|n| {
+                    let keep = !incomplete.contains(&n.ino);
+                    if !keep {
+                        in_flight.remove(&n.path);
+                    }
+                    keep
+                });
+            }
+            self.look_again_in(std::time::Duration::from_millis(10));
+        }
+        plan.groups = order
+            .into_iter()
+            .map(|key| Group {
+                nodes: groups.remove(&key).unwrap_or_default(),
+                domain: key.2,
+            })
+            .filter(|g| !g.nodes.is_empty())
+            .collect();
+        Ok(plan)
+    }
+
+    /// A plan on a back end that claims (a database): the claimed nodes, grouped.
+    /// `None` when the back end has no claims (the file spool: see `plan_except`).
+    fn plan_claims(
+        &self,
+        opts: &PassOptions,
+        skip: &dyn Fn(&NodeEntry) -> bool,
+    ) -> Option<Result<Plan, SpoolError>> {
+        let config = self.spool.config();
+        // Claims are indexed by due time: no dice needed to keep a deep tier cheap.
+        let tiers: Vec<usize> = (0..config.tiers())
+            .filter(|t| opts.tiers.as_ref().is_none_or(|only| only.contains(t)))
+            .collect();
+        // One round of this host's delivery slots at a time, not a whole chunk: what
+        // one host claims, the others cannot take, and they may be idle (a host that
+        // claimed 800 nodes for a slow receiver would keep the other hosts waiting).
+        let limit = opts
+            .limit
+            .unwrap_or(PLAN_CHUNK)
+            .min(self.cfg().max_deliveries.max(1));
+        let wanted = match &opts.selection {
+            Selection::Due => mailspool_spool::Wanted::Due,
+            Selection::All => mailspool_spool::Wanted::All,
+            Selection::Nodes(keys) => mailspool_spool::Wanted::Nodes(keys),
+        };
+        let claimed = match self.spool.claim(&tiers, limit, wanted)? {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        let full = claimed.len() >= limit;
+        let (claimed, skipped): (Vec<_>, Vec<_>) = claimed.into_iter().partition(|n| !skip(n));
+        let skipped: Vec<PathBuf> = skipped.into_iter().map(|n| n.path).collect();
+        self.spool.release_claims(&skipped);
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut groups: HashMap<(String, String, String), Vec<NodeEntry>> = HashMap::new();
+        let mut order = Vec::new();
+        for n in claimed {
+            in_flight.insert(n.path.clone());
+            let key = (n.name.id.clone(), n.name.from.clone(), n.domain());
+            let entry = groups.entry(key.clone()).or_default();
+            if entry.is_empty() {
+                order.push(key);
+            }
+            entry.push(n);
+        }
+        let groups: Vec<Group> = order
+            .into_iter()
+            .map(|key| Group {
+                nodes: groups.remove(&key).unwrap_or_default(),
+                domain: key.2,
+            })
+            .collect();
+        Some(Ok(Plan {
+            // Nothing new taken (all skipped): stop, or a pass would spin.
+            truncated: full && !groups.is_empty(),
+            groups,
+            tiers,
+        }))
+    }
+}
