@@ -10,6 +10,31 @@ use std::time::Duration;
 
 use support::Env;
 
+/// Run `prog` as nobody (uid and gid 65534) on the test's spool and configuration,
+/// `stdin` on its standard input.
+fn as_nobody(
+    env: &Env,
+    prog: &std::path::Path,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new(prog);
+    c.args(args)
+        .uid(65534)
+        .gid(65534)
+        .env("MAILSPOOL_SPOOL", env.spool())
+        .env("MAILSPOOL_CONFIG", env.config_path())
+        .env("HOME", "/nonexistent")
+        .env("LOGNAME", "nobody")
+        .env_remove("MAILSPOOL_LOG");
+    assert_cmd::Command::from_std(c)
+        .write_stdin(stdin)
+        .timeout(Duration::from_secs(20))
+        .output()
+        .unwrap()
+}
+
 fn fifo(path: &std::path::Path) {
     rustix::fs::mknodat(
         rustix::fs::CWD,
@@ -234,21 +259,7 @@ fn another_users_spool_is_refused_plainly_and_alike() {
     // The spool is root's and 0700; the user may reach it, not enter it.
     fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(env.config_path(), fs::Permissions::from_mode(0o644)).unwrap();
-    let as_nobody = |prog: &std::path::Path, args: &[&str]| {
-        use std::os::unix::process::CommandExt;
-        let mut c = std::process::Command::new(prog);
-        c.args(args)
-            .uid(65534)
-            .gid(65534)
-            .env("MAILSPOOL_SPOOL", env.spool())
-            .env("MAILSPOOL_CONFIG", env.config_path())
-            .env("HOME", "/nonexistent")
-            .env_remove("MAILSPOOL_LOG");
-        assert_cmd::Command::from_std(c)
-            .timeout(Duration::from_secs(20))
-            .output()
-            .unwrap()
-    };
+    let nobody = |prog: &std::path::Path, args: &[&str]| as_nobody(&env, prog, args, "");
     let bin = assert_cmd::cargo::cargo_bin!("mailspool");
     for (prog, args) in [
         (bin, &["queue"][..]),
@@ -257,7 +268,7 @@ fn another_users_spool_is_refused_plainly_and_alike() {
         (bin, &["queue", "run"]),
         (&env.dir.path().join("mailq"), &[]),
     ] {
-        let out = as_nobody(prog, args);
+        let out = nobody(prog, args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(77), "{prog:?} {args:?}: {stderr}");
         assert!(
@@ -279,7 +290,7 @@ fn another_users_spool_is_refused_plainly_and_alike() {
         ),
     )
     .unwrap();
-    let out = as_nobody(bin, &["doctor"]);
+    let out = nobody(bin, &["doctor"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("neither root nor the spool's owner"),
@@ -318,22 +329,12 @@ fn a_shared_spool_is_the_groups() {
     assert_eq!(t0.mode() & 0o7777, 0o2770, "tier 0 is the group's");
     assert_eq!(t0.gid(), 65534);
     // The second user: in the group, not the owner.
-    let out = {
-        use std::os::unix::process::CommandExt;
-        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin!("mailspool"));
-        c.args(["send", "user-sent@example.org"])
-            .uid(65534)
-            .gid(65534)
-            .env("MAILSPOOL_SPOOL", env.spool())
-            .env("MAILSPOOL_CONFIG", env.config_path())
-            .env("HOME", "/nonexistent")
-            .env("LOGNAME", "nobody");
-        assert_cmd::Command::from_std(c)
-            .write_stdin("Subject: y\n\nhi\n")
-            .timeout(Duration::from_secs(20))
-            .output()
-            .unwrap()
-    };
+    let out = as_nobody(
+        &env,
+        assert_cmd::cargo::cargo_bin!("mailspool"),
+        &["send", "user-sent@example.org"],
+        "Subject: y\n\nhi\n",
+    );
     assert!(out.status.success(), "{out:?}");
     let nodes = env.nodes(0);
     assert_eq!(nodes.len(), 2, "{nodes:?}");
