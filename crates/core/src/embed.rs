@@ -138,7 +138,9 @@ impl SendError {
         match self {
             SendError::NoRecipients => ErrorKind::NoRecipients,
             SendError::NoInput { .. } => ErrorKind::NoInput,
-            SendError::Intake(IntakeError::Address(_)) => ErrorKind::BadAddress,
+            SendError::Intake(IntakeError::Address(_)) | SendError::Suppressed { .. } => {
+                ErrorKind::BadAddress
+            }
             SendError::Intake(
                 IntakeError::TooLarge { .. } | IntakeError::HeaderTooLarge { .. },
             ) => ErrorKind::MessageTooLarge,

@@ -197,6 +197,7 @@ impl Mailspool {
         });
         // The drop said 0 to its caller: this is accepted mail, not new mail.
         mail.already_accepted = true;
+        mail.source = "drop";
         match self.send_mail(mail) {
             Ok(sent) => {
                 mailspool_metrics::global().accepted("drop");

@@ -89,6 +89,9 @@ pub struct SendMail<'a> {
     /// Received line instead of a userid. Characters outside A-Z a-z 0-9 space and
     /// `-_.@+` are dropped.
     pub origin: Option<String>,
+    /// Where it comes in, for its `accepted` event: `sendmail`, `drop`, `http`,
+    /// `library` (the default).
+    pub source: &'static str,
 }
 
 /// The local user a message comes from.
@@ -115,6 +118,7 @@ impl<'a> SendMail<'a> {
             submitter: None,
             already_accepted: false,
             origin: None,
+            source: "library",
         }
     }
 
@@ -144,7 +148,17 @@ pub struct Prepared<'s> {
     from: String,
     recipients: Vec<String>,
     delivery: Delivery,
+    /// What its `accepted` events say.
+    intake: Intake,
     _spool: std::marker::PhantomData<&'s Mailspool>,
+}
+
+/// Where a message came from and who handed it in, for its `accepted` events.
+#[derive(Debug, Clone)]
+struct Intake {
+    source: &'static str,
+    submitter: String,
+    message_id: Option<String>,
 }
 
 /// What was queued.
@@ -184,6 +198,14 @@ pub enum SendError {
     /// The spool refused or failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// A recipient is on the suppression list (`[suppression] action = "refuse"`).
+    #[error("{recipient}: suppressed ({reason}); remove it with `mailspool suppress remove {recipient}`")]
+    Suppressed {
+        /// The recipient.
+        recipient: String,
+        /// Why it is suppressed.
+        reason: String,
+    },
 }
 
 impl From<address::AddressError> for SendError {
@@ -221,7 +243,7 @@ impl SendError {
             SendError::NoInput { .. } => sysexits::NOINPUT,
             SendError::Intake(IntakeError::Read(_)) => sysexits::IOERR,
             SendError::Intake(IntakeError::Write(e)) => io_exit_code(e),
-            SendError::Intake(_) => sysexits::DATAERR,
+            SendError::Intake(_) | SendError::Suppressed { .. } => sysexits::DATAERR,
             SendError::Spool(e) => spool_exit_code(e),
         }
     }
@@ -325,6 +347,19 @@ impl Mailspool {
             None => self.spool.new_id(),
         };
         self.spool.check_envelope(&id, &from, &recipients)?;
+        // A suppressed recipient is refused here; with `action = "drop"` the message is
+        // taken and the daemon drops the recipient with a `suppressed` event.
+        let policy = &self.config.deliver.suppression;
+        if policy.enabled && policy.refuse && !mail.already_accepted {
+            for to in &recipients {
+                if let Some(s) = self.spool.suppressed(&from, to) {
+                    return Err(SendError::Suppressed {
+                        recipient: crate::escape(to).into_owned(),
+                        reason: s.reason,
+                    });
+                }
+            }
+        }
 
         headers.remove("Bcc");
         let now = mailspool_spool::now();
@@ -368,6 +403,14 @@ impl Mailspool {
         }
 
         let limit = config.max_message_size;
+        let intake = Intake {
+            source: mail.source,
+            submitter: match &mail.origin {
+                Some(o) => o.clone(),
+                None => format!("{} (uid {})", submitter.login, submitter.uid),
+            },
+            message_id: headers.values("Message-ID").next(),
+        };
         let header_len = headers.len() as u64 + 1;
         if header_len > limit {
             return Err(IntakeError::TooLarge { limit }.into());
@@ -391,6 +434,7 @@ impl Mailspool {
             from,
             recipients,
             delivery: mail.delivery,
+            intake,
             _spool: std::marker::PhantomData,
         })
     }
@@ -402,10 +446,11 @@ impl Mailspool {
             from,
             recipients,
             delivery,
+            intake,
             ..
         } = prepared;
         let committed = stage.commit(&from, &recipients)?;
-        self.queued(committed, from, recipients, delivery)
+        self.queued(committed, from, recipients, delivery, &intake)
     }
 
     /// Commit several prepared messages with shared flushes (see
@@ -417,27 +462,29 @@ impl Mailspool {
         for p in batch {
             match p.stage.into_file_stage() {
                 Ok(stage) => {
-                    envelopes.push((p.from.clone(), p.recipients.clone(), p.delivery));
+                    envelopes.push((p.from.clone(), p.recipients.clone(), p.delivery, p.intake));
                     items.push((stage, p.from, p.recipients));
                 }
                 // A back end without shared flushes: one commit each (its own
                 // transaction); the results stay in order since a batch is one kind.
-                Err(stage) => others.push((stage, p.from, p.recipients, p.delivery)),
+                Err(stage) => others.push((stage, p.from, p.recipients, p.delivery, p.intake)),
             }
         }
         if !others.is_empty() {
             return others
                 .into_iter()
-                .map(|(stage, from, recipients, delivery)| {
+                .map(|(stage, from, recipients, delivery, intake)| {
                     let committed = stage.commit(&from, &recipients)?;
-                    self.queued(committed, from, recipients, delivery)
+                    self.queued(committed, from, recipients, delivery, &intake)
                 })
                 .collect();
         }
         mailspool_spool::commit_batch(items)
             .into_iter()
             .zip(envelopes)
-            .map(|(r, (from, recipients, delivery))| self.queued(r?, from, recipients, delivery))
+            .map(|(r, (from, recipients, delivery, intake))| {
+                self.queued(r?, from, recipients, delivery, &intake)
+            })
             .collect()
     }
 
@@ -475,8 +522,27 @@ impl Mailspool {
         from: String,
         recipients: Vec<String>,
         delivery: Delivery,
+        intake: &Intake,
     ) -> Result<Sent, SendError> {
         tracing::info!(event = "queued", id = %committed.id, from = %from, to = ?recipients, size = committed.size, "queued");
+        // Not synced on its own: the next durable event (any delivery) carries it, and
+        // the message itself is what the commit made durable.
+        let events: Vec<mailspool_events::Event> = recipients
+            .iter()
+            .map(|to| {
+                let mut e = mailspool_events::Event::new(
+                    mailspool_events::Kind::Accepted,
+                    &committed.id,
+                    &from,
+                    to,
+                )
+                .with_message_id(intake.message_id.as_deref());
+                e.source = Some(intake.source.to_owned());
+                e.submitter = Some(intake.submitter.clone());
+                e
+            })
+            .collect();
+        let _ = mailspool_spool::store::emit(&*self.spool, &events, false);
         let delivery = match delivery {
             Delivery::Deferred => None,
             mode => Some(

@@ -205,7 +205,7 @@ pub fn spool_dsn(
         mailspool_metrics::global().delay_warnings.inc();
         tracing::info!(event = "delay warned", id = %id, report = %committed.id, to = %mailspool_spool::escape(sender), "delay warning queued");
     } else {
-        mailspool_metrics::global().bounces.inc();
+        mailspool_metrics::global().bounce_reports.inc();
         tracing::info!(event = "bounced", id = %id, bounce = %committed.id, to = %mailspool_spool::escape(sender), "bounce queued");
     }
     Ok(Spooled {

@@ -114,6 +114,10 @@ pub struct DeliverConfig {
     pub mail_spool_directory: std::path::PathBuf,
     /// DKIM keys (`[[dkim]]`); none: mail goes unsigned.
     pub dkim: Vec<std::sync::Arc<crate::dkim::DkimKey>>,
+    /// Failure classification (`[events] bounce_rules` after the built-in rules).
+    pub rules: std::sync::Arc<mailspool_events::Rules>,
+    /// What hard bounces do to the suppression list (`[suppression]`).
+    pub suppression: mailspool_events::Policy,
 }
 
 impl Default for DeliverConfig {
@@ -144,6 +148,8 @@ impl Default for DeliverConfig {
             mta_sts_port: 443,
             shaping: crate::shaping::Shaping::default(),
             max_messages_per_connection: 100,
+            rules: Default::default(),
+            suppression: Default::default(),
         }
     }
 }

@@ -14,7 +14,7 @@ mod suppress;
 
 pub use class::{Class, RuleError, Rules, enhanced_status};
 pub use query::{Query, is_address, is_message_id};
-pub use suppress::{Scope, Suppression, domain_of, hard_bounce};
+pub use suppress::{Policy, Scope, Suppression, domain_of, hard_bounce};
 
 use serde::{Deserialize, Serialize};
 

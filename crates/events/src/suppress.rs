@@ -33,6 +33,33 @@ impl Scope {
     }
 }
 
+/// What the suppression list does (`[suppression]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Hard bounces and complaints add entries, and entries keep mail from being sent.
+    pub enabled: bool,
+    /// Entries added by a bounce apply to the sender's domain only (`scope = "domain"`),
+    /// not to every sender (`"global"`, the default).
+    pub per_domain: bool,
+    /// Refuse a suppressed recipient at intake (SMTP 550, sendmail 65, HTTP per
+    /// recipient); false: take the message and drop the recipient with a `suppressed`
+    /// event (`action = "drop"`).
+    pub refuse: bool,
+    /// Entries added by a bounce expire after this many days (none: never).
+    pub expire_days: Option<u64>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            enabled: true,
+            per_domain: false,
+            refuse: true,
+            expire_days: None,
+        }
+    }
+}
+
 /// One suppressed recipient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Suppression {
@@ -90,7 +117,11 @@ pub fn domain_of(address: &str) -> &str {
 /// The suppression a failure event calls for, if any: a permanent refusal saying the
 /// recipient does not exist (5.1.1 unknown user, 5.1.10 null MX, ...) or a complaint.
 /// `per_domain`: the entry applies to the sender's domain only.
-pub fn hard_bounce(event: &Event, per_domain: bool) -> Option<Suppression> {
+pub fn hard_bounce(event: &Event, policy: &Policy) -> Option<Suppression> {
+    if !policy.enabled {
+        return None;
+    }
+    let per_domain = policy.per_domain;
     let reason = match (event.kind, event.class) {
         (Kind::Complained, _) => "complaint",
         (Kind::Bounced, Some(Class::InvalidRecipient))
@@ -110,6 +141,9 @@ pub fn hard_bounce(event: &Event, per_domain: bool) -> Option<Suppression> {
         _ => Scope::Global,
     };
     let mut s = Suppression::new(&event.recipient, &scope, reason, event.time);
+    s.expires = policy
+        .expire_days
+        .map(|d| event.time.saturating_add(d.saturating_mul(86_400)));
     s.source = Some(event.event_id.clone());
     s.detail = event.reply.clone();
     Some(s)
@@ -124,7 +158,9 @@ mod tests {
         let mut e = Event::new(Kind::Bounced, "01M", "app@shop.example", "Gone@Example.net")
             .with_reply("550 5.1.1 <gone@example.net>: User unknown");
         e.class = Some(Class::InvalidRecipient);
-        let s = hard_bounce(&e, false).unwrap();
+        let global = Policy::default();
+        let s = hard_bounce(&e, &global).unwrap();
+        assert_eq!(s.expires, None);
         assert_eq!(
             (s.address.as_str(), s.domain.as_str()),
             ("gone@example.net", "")
@@ -132,18 +168,29 @@ mod tests {
         assert_eq!(s.reason, "invalid_recipient");
         assert_eq!(s.source.as_deref(), Some(e.event_id.as_str()));
         assert!(s.applies("anyone@else.example", e.time));
-        let s = hard_bounce(&e, true).unwrap();
+        let domain = Policy {
+            per_domain: true,
+            expire_days: Some(2),
+            ..Policy::default()
+        };
+        let s = hard_bounce(&e, &domain).unwrap();
+        assert_eq!(s.expires, Some(e.time + 2 * 86_400));
+        let off = Policy {
+            enabled: false,
+            ..Policy::default()
+        };
+        assert!(hard_bounce(&e, &off).is_none());
         assert_eq!(s.domain, "shop.example");
         assert!(s.applies("other@SHOP.example", e.time) && !s.applies("x@else.example", e.time));
 
         let mut full = e.clone();
         full.class = Some(Class::MailboxFull);
-        assert!(hard_bounce(&full, false).is_none());
+        assert!(hard_bounce(&full, &global).is_none());
         let mut temporary = e.clone();
         temporary.reply = Some("450 4.1.1 try later".into());
-        assert!(hard_bounce(&temporary, false).is_none());
+        assert!(hard_bounce(&temporary, &global).is_none());
         let complaint = Event::new(Kind::Complained, "01M", "a@x", "c@y");
-        assert_eq!(hard_bounce(&complaint, false).unwrap().reason, "complaint");
+        assert_eq!(hard_bounce(&complaint, &global).unwrap().reason, "complaint");
     }
 
     #[test]

@@ -266,6 +266,7 @@ impl Job {
         let mut mail = SendMail::new(MessageSource::Bytes(&self.bytes)).to(self.to.clone());
         mail.from = self.from.clone();
         mail.origin = Some(format!("HTTP API token {token}"));
+        mail.source = "http";
         mail
     }
 }

@@ -56,6 +56,13 @@ pub struct PolicyLabel {
     pub policy: &'static str,
 }
 
+/// `class` label: a failure's class (`invalid_recipient`, `reputation_block`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// The class.
+    pub class: &'static str,
+}
+
 /// Queue depth labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
@@ -97,8 +104,10 @@ pub struct Metrics {
     pub dns_lookups: Counter,
     /// DNS answers served from the cache.
     pub dns_cache_hits: Counter,
-    /// Bounces (non-delivery reports) queued.
-    pub bounces: Counter,
+    /// Recipients refused for good or expired, by failure class.
+    pub bounces: Family<ClassLabel, Counter>,
+    /// Bounce reports (non-delivery reports) queued to senders.
+    pub bounce_reports: Counter,
     /// "Delayed" reports (RFC 3464 `Action: delayed`) queued.
     pub delay_warnings: Counter,
     /// Throttling replies (421, 4.7.28, "rate limited") after which a destination's
@@ -185,7 +194,8 @@ impl Metrics {
             outbound_policy: Family::default(),
             dns_lookups: Counter::default(),
             dns_cache_hits: Counter::default(),
-            bounces: Counter::default(),
+            bounces: Family::default(),
+            bounce_reports: Counter::default(),
             delay_warnings: Counter::default(),
             throttled: Counter::default(),
             shaping_waits: Counter::default(),
@@ -252,7 +262,16 @@ impl Metrics {
             "DNS answers served from the cache",
             m.dns_cache_hits.clone(),
         );
-        r.register("bounces", "Bounces queued to senders", m.bounces.clone());
+        r.register(
+            "bounces",
+            "Recipients refused for good or expired, by failure class",
+            m.bounces.clone(),
+        );
+        r.register(
+            "bounce_reports",
+            "Bounce reports queued to senders",
+            m.bounce_reports.clone(),
+        );
         r.register(
             "delay_warnings",
             "Reports to senders that a message is delayed (RFC 3464 Action: delayed)",
@@ -373,6 +392,11 @@ impl Metrics {
             "deferred" => m.deferred += 1,
             _ => m.failed += 1,
         });
+    }
+
+    /// A recipient bounced or expired with a failure of `class`.
+    pub fn bounce(&self, class: &'static str) {
+        self.bounces.get_or_create(&ClassLabel { class }).inc();
     }
 
     fn bump(&self, f: impl FnOnce(&mut Minute)) {

@@ -19,6 +19,7 @@
 //! Every change a delivery makes checks that the claim is still this process's.
 
 mod claim;
+mod events;
 mod pool;
 mod queue;
 mod read;
@@ -129,6 +130,7 @@ pub struct PgSpool {
     pub(crate) driver: Driver,
     location: String,
     ids: Mutex<ulid::Generator>,
+    suppressions: Mutex<events::SuppressionCache>,
 }
 
 impl std::fmt::Debug for PgSpool {
@@ -219,6 +221,7 @@ impl PgSpool {
             driver,
             location: redact(url),
             ids: Mutex::new(ulid::Generator::new()),
+            suppressions: Mutex::new(Default::default()),
         };
         let at = {
             let inner = spool.inner.clone();

@@ -70,6 +70,14 @@ impl mailspool_spool::Intake for PgSpool {
     fn stage(self: Arc<Self>, id: &str) -> Result<Box<dyn Staged>> {
         Ok(Box::new(PgStage::new(self, id)?))
     }
+
+    fn suppressed(&self, from: &str, to: &str) -> Option<mailspool_events::Suppression> {
+        self.lookup_suppression(from, to)
+    }
+
+    fn record_events(&self, events: &[mailspool_events::Event], durable: bool) -> Result<()> {
+        self.insert_events(events, durable)
+    }
 }
 
 impl Store for PgSpool {
@@ -464,7 +472,27 @@ impl Store for PgSpool {
         });
     }
 
+    fn read_events(&self, q: &mailspool_events::Query) -> Result<mailspool_spool::events::EventPage> {
+        self.select_events(q)
+    }
+
+    fn suppressions(&self) -> Result<Vec<mailspool_events::Suppression>> {
+        self.all_suppressions()
+    }
+
+    fn suppress(&self, entry: &mailspool_events::Suppression) -> Result<()> {
+        self.upsert_suppression(entry)
+    }
+
+    fn unsuppress(&self, address: &str, domain: &str) -> Result<bool> {
+        self.delete_suppression(address, domain)
+    }
+
     fn sweep(&self, max_age: std::time::Duration) -> usize {
+        let pruned = self.prune_events();
+        if pruned > 0 {
+            tracing::info!(events = pruned, "removed events past their retention");
+        }
         // Usage rows are kept (they are the history). What can be left over is a
         // message without nodes (see `remove`), and the chunks and attempts of rows
         // gone: a message and its nodes are committed together, so any committed

@@ -5,10 +5,13 @@ use mailspool_spool::SpoolError;
 use crate::db;
 
 /// The schema this mailspool reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Each version's SQL, in order: version i+1 is `MIGRATIONS[i]`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_spool.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_spool.sql"),
+    include_str!("../migrations/0002_events.sql"),
+];
 
 /// Key of the advisory lock that keeps two `db migrate` runs from racing.
 const MIGRATE_LOCK: i64 = 0x6d61_696c_7370_6f6f; // "mailspoo"

@@ -116,6 +116,9 @@ pub struct ServeConfig {
     pub qualify_domain: Option<String>,
     /// Recipients per transaction.
     pub max_recipients: usize,
+    /// Refuse recipients on the suppression list at RCPT (`[suppression] action =
+    /// "refuse"` and the list enabled).
+    pub refuse_suppressed: bool,
     /// Each command (and each data read) must arrive within this (RFC 5321: 5 minutes).
     pub command_timeout: Duration,
     /// A whole session ends after this.
@@ -154,6 +157,7 @@ impl Default for ServeConfig {
             min_free_space: 4 * 50 * 1024 * 1024,
             qualify_domain: None,
             max_recipients: 1000,
+            refuse_suppressed: true,
             command_timeout: Duration::from_secs(300),
             session_timeout: Duration::from_secs(3600),
             max_connections: 1000,

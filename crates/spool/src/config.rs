@@ -29,6 +29,10 @@ pub struct SpoolConfig {
     /// multi-host case): a group- or world-writable spool, or one owned by another user,
     /// is then accepted (nothing in it is followed or opened blocking either way).
     pub shared: bool,
+    /// Keep every event of every message in the spool (`[events] enabled`).
+    pub events: bool,
+    /// Days the history keeps events (`[events] retention_days`).
+    pub event_retention_days: u64,
 }
 
 impl Default for SpoolConfig {
@@ -42,6 +46,8 @@ impl Default for SpoolConfig {
             usage_log: true,
             tmp_max_age: Duration::from_secs(3600),
             shared: false,
+            events: true,
+            event_retention_days: 30,
         }
     }
 }

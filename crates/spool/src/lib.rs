@@ -20,6 +20,7 @@
 
 mod commit;
 pub mod config;
+pub mod events;
 mod error;
 pub mod fsck;
 mod import;
@@ -122,6 +123,10 @@ pub struct Spool {
     owner: u32,
     /// The spool's group when it is declared shared: its members' nodes are read too.
     group: Option<u32>,
+    /// What happened to each message (`events/`).
+    events: events::EventLog,
+    /// Recipients mail is not sent to (`suppress/list.jsonl`).
+    suppressions: events::SuppressionFile,
 }
 
 /// Whether a spool directory may be used by us: not writable by others (they could
@@ -179,6 +184,8 @@ impl Spool {
         os::set_shared(config.shared);
         let group = config.shared.then_some(meta.gid());
         let usage = config.usage_log && dir.join("usage").is_dir();
+        let events = events::EventLog::new(dir.join("events"));
+        let suppressions = events::SuppressionFile::new(dir.join("suppress").join("list.jsonl"));
         Ok(Spool {
             tier0_sync: GroupSync::new(dir.join("0")),
             fs_sync: GroupSync::new(dir.join("tmp")),
@@ -189,6 +196,8 @@ impl Spool {
             ids: Mutex::new(ulid::Generator::new()),
             owner: meta.uid(),
             group,
+            events,
+            suppressions,
         })
     }
 

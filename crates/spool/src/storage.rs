@@ -145,6 +145,37 @@ pub mod os {
         f.write_all(line.as_bytes())
     }
 
+    /// Open `path` for appending, creating it (0600; 0660 shared) if it is missing:
+    /// never through a symlink, never a FIFO or another user's planted file kept open.
+    /// Says whether this call created it (its name then still needs a directory fsync).
+    pub fn open_append(path: &Path) -> io::Result<(File, bool)> {
+        let mode = if shared() { 0o660 } else { 0o600 };
+        let flags = (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32;
+        let (f, created) = match OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(flags)
+            .open(path)
+        {
+            Ok(f) => {
+                exact_mode(&f, mode)?;
+                (f, true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (
+                OpenOptions::new().append(true).custom_flags(flags).open(path)?,
+                false,
+            ),
+            Err(e) => return Err(e),
+        };
+        let meta = f.metadata()?;
+        use std::os::unix::fs::MetadataExt;
+        if !meta.is_file() || (!shared() && meta.uid() != rustix::process::geteuid().as_raw()) {
+            return Err(io::Error::other("not a regular file of ours"));
+        }
+        Ok((f, created))
+    }
+
     /// Open a file of the spool for reading: never through a symlink, never blocking on
     /// a FIFO, and only a regular file.
     pub fn open_read(path: &Path) -> io::Result<File> {

@@ -14,6 +14,9 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
+use mailspool_events::{Event, Query, Suppression};
+
+use crate::events::EventPage;
 use crate::side::Attempt;
 use crate::usage::DayUsage;
 use crate::{
@@ -99,6 +102,32 @@ pub trait Intake: Send + Sync {
     fn check_envelope(&self, id: &str, from: &str, to: &[String]) -> Result<()>;
     /// Start writing message `id`.
     fn stage(self: Arc<Self>, id: &str) -> Result<Box<dyn Staged>>;
+    /// The suppression entry that keeps mail from `from` to `to`, if one does (none
+    /// where the list cannot be read: the setgid drop; the pickup checks again).
+    fn suppressed(&self, from: &str, to: &str) -> Option<Suppression> {
+        let _ = (from, to);
+        None
+    }
+    /// Store events in the history; with `durable`, return only once they would
+    /// survive a crash. A back end that keeps none (the drop) does nothing.
+    fn record_events(&self, events: &[Event], durable: bool) -> Result<()> {
+        let _ = (events, durable);
+        Ok(())
+    }
+}
+
+/// Record events in `store`'s history and write each to the log as a JSON line
+/// (target `mailspool::event`); a failure to store them is logged, and returned.
+pub fn emit(store: &(impl Intake + ?Sized), events: &[Event], durable: bool) -> Result<()> {
+    for e in events {
+        // JSON escapes every control character: a line a sender cannot forge.
+        tracing::info!(target: "mailspool::event", event = %e.to_line().trim_end(), "{}", e.kind);
+    }
+    let r = store.record_events(events, durable);
+    if let Err(err) = &r {
+        tracing::error!(error = %err, events = events.len(), "cannot store events in the history");
+    }
+    r
 }
 
 /// A spool back end. Every method is synchronous: callers on an async runtime treat it
@@ -233,6 +262,15 @@ pub trait Store: Intake + std::fmt::Debug {
     fn claim_delay_warning(&self, node: &NodeName) -> Result<bool>;
     /// Give that right back (the warning could not be queued).
     fn release_delay_warning(&self, node: &NodeName);
+    /// One page of the history.
+    fn read_events(&self, q: &Query) -> Result<EventPage>;
+    /// Every suppression entry (expired ones too, until removed).
+    fn suppressions(&self) -> Result<Vec<Suppression>>;
+    /// Add or replace a suppression entry.
+    fn suppress(&self, entry: &Suppression) -> Result<()>;
+    /// Remove the entry for `address` in scope `domain` ("" global); says whether
+    /// there was one.
+    fn unsuppress(&self, address: &str, domain: &str) -> Result<bool>;
     /// Hourly housekeeping: expired side data, signatures, claims.
     fn sweep(&self, max_age: std::time::Duration) -> usize;
 
@@ -276,6 +314,15 @@ impl Intake for Spool {
     }
     fn stage(self: Arc<Self>, id: &str) -> Result<Box<dyn Staged>> {
         Ok(Box::new(self.stage_arc(id)?))
+    }
+    fn suppressed(&self, from: &str, to: &str) -> Option<Suppression> {
+        self.suppressions.lookup(from, to, crate::now())
+    }
+    fn record_events(&self, events: &[Event], durable: bool) -> Result<()> {
+        match self.config().events {
+            true => self.events.append(events, durable),
+            false => Ok(()),
+        }
     }
 }
 
@@ -396,7 +443,25 @@ impl Store for Spool {
     fn release_delay_warning(&self, node: &NodeName) {
         Spool::release_delay_warning(self, node)
     }
+    fn read_events(&self, q: &Query) -> Result<EventPage> {
+        self.events.read(q)
+    }
+    fn suppressions(&self) -> Result<Vec<Suppression>> {
+        let mut all: Vec<Suppression> = self.suppressions.with(|m| m.values().cloned().collect());
+        all.sort_by(|a, b| (&a.address, &a.domain).cmp(&(&b.address, &b.domain)));
+        Ok(all)
+    }
+    fn suppress(&self, entry: &Suppression) -> Result<()> {
+        self.suppressions.add(entry)
+    }
+    fn unsuppress(&self, address: &str, domain: &str) -> Result<bool> {
+        self.suppressions.remove(address, domain)
+    }
     fn sweep(&self, max_age: std::time::Duration) -> usize {
+        let pruned = self.events.prune(self.config().event_retention_days);
+        if pruned > 0 {
+            tracing::info!(days = pruned, "removed event files past their retention");
+        }
         let side = Spool::prune_side_data(self).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot prune side data");
             0

@@ -109,6 +109,10 @@ pub struct ConfigFile {
     pub http: Option<HttpFile>,
     /// DKIM keys (`[[dkim]]`): outgoing mail is signed with the key of its From domain.
     pub dkim: Option<Vec<DkimFile>>,
+    /// The history of every message (`[events]`).
+    pub events: Option<super::EventsFile>,
+    /// The suppression list (`[suppression]`).
+    pub suppression: Option<super::SuppressionFile>,
     /// Traffic shaping: per-destination limits and cooling after throttling.
     pub shaping: Option<ShapingFile>,
     /// The spool: a directory (as `dequeue_dir`) or a PostgreSQL URL

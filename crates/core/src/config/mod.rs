@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod deliver;
+mod events;
 mod file;
 mod http;
 mod serve;
@@ -29,6 +30,7 @@ pub use file::{
     ConfigFile, DestinationFile, DkimFile, ListenFile, OneOrMany, RelayFile, ServeFile,
     ShapingFile, TimeoutsFile,
 };
+pub use events::{EventsFile, SuppressionFile};
 pub use http::{HttpConfig, HttpFile, default_tokens_file};
 pub use serve::default_users_file;
 use serve::{default_serve, serve_settings};
@@ -43,6 +45,8 @@ pub const DEFAULT_MAX_HEADER_SIZE: usize = 1024 * 1024;
 /// Everything mailspool needs to run, with defaults filled in.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `[events] bounce_rules` as written (read into `deliver.rules`).
+    pub bounce_rules: Option<PathBuf>,
     /// Spool directory.
     pub spool_dir: PathBuf,
     /// Spool layout and aging.
@@ -138,6 +142,7 @@ impl Default for Config {
             relay_secret: None,
             dkim: Vec::new(),
             config_dir: None,
+            bounce_rules: None,
             log_json: false,
             http: None,
         }
@@ -294,6 +299,7 @@ impl Config {
                 *pw = dir.join(&pw);
             }
         }
+        events::load_rules(&mut config)?;
         Ok(config)
     }
 
@@ -387,6 +393,8 @@ impl Config {
         }
         deliver_settings(&mut c, &file)?;
         serve_settings(&mut c, &file)?;
+        events::events_settings(&mut c, file.events.as_ref(), file.suppression.as_ref())?;
+        c.serve.refuse_suppressed = c.deliver.suppression.enabled && c.deliver.suppression.refuse;
         c.log_json = match file.log_format.as_deref() {
             None | Some("text") => false,
             Some("json") => true,

@@ -104,7 +104,7 @@ impl Engine {
                 None => {
                     let reply = format!("250 2.0.0 {}", done.join("; "));
                     tracing::info!(id = %n.name.id, to = %escape(&to), reply = %escape(&reply), "local delivery");
-                    verdicts.push(Verdict::Delivered { reply });
+                    verdicts.push(Verdict::Delivered { reply, via: None });
                 }
             }
         }

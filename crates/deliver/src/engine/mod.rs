@@ -38,6 +38,7 @@ use crate::dns::Resolve;
 use crate::route::route;
 
 mod gate;
+mod record;
 mod local;
 mod plan;
 mod policy;
@@ -207,6 +208,8 @@ pub struct Engine {
 enum Verdict {
     Delivered {
         reply: String,
+        /// Where it went (none for local mailboxes).
+        via: Option<record::Via>,
     },
     Temporary {
         host: String,
@@ -504,7 +507,11 @@ impl Engine {
         for (n, _lock, _file) in waiting {
             results.push(skipped_for_now(&n, "its commit is still under way".into()));
         }
-        for claim in split_into_messages(opened) {
+        for mut claim in split_into_messages(opened) {
+            results.extend(self.drop_suppressed(&cfg, &mut claim));
+            if claim.nodes.is_empty() {
+                continue;
+            }
             let verdicts = match &routed {
                 _ if local => self.deliver_local(&cfg, &claim).await,
                 Err(e) if e.permanent => claim

@@ -123,6 +123,7 @@ impl Engine {
                 match result {
                     Ok(outcome) => {
                         let tls = if session.tls { "yes" } else { "no" };
+                        let tls_info = session.tls_info();
                         let policy = match target.policy {
                             "opportunistic" if !session.tls => "plaintext",
                             p => p,
@@ -142,6 +143,12 @@ impl Engine {
                             Some(reply) => self.cool(dest, &target.host, reply),
                             None => dest.succeeded(),
                         }
+                        let via = super::record::Via {
+                            host: target.host.clone(),
+                            addr: addr.to_string(),
+                            tls: tls_info,
+                            policy,
+                        };
                         let mut verdicts = Vec::new();
                         for (i, (n, _)) in nodes.iter().enumerate() {
                             let reply = outcome.result(i);
@@ -150,6 +157,7 @@ impl Engine {
                             verdicts.push(if reply.is_positive() {
                                 Verdict::Delivered {
                                     reply: reply.to_string(),
+                                    via: Some(via.clone()),
                                 }
                             } else if reply.is_permanent() {
                                 Verdict::Permanent(Failure {

@@ -33,17 +33,13 @@ impl Engine {
         let mut failures: Vec<(usize, Failure)> = Vec::new();
         // Deferred here, for a "delayed" report if the message has waited long enough.
         let mut delayed: Vec<Failure> = Vec::new();
-        for (i, ((n, _lock), v)) in locked.iter().zip(verdicts).enumerate() {
-            let result = |outcome, reply: String| NodeResult {
-                id: n.name.id.clone(),
-                to: n.name.to.clone(),
-                outcome,
-                reply,
-            };
-            // A throttled node waits in its tier while the destination cools, unless
-            // it has waited there long enough already (then the schedule goes on, so
-            // a destination that never stops throttling still ends in a bounce).
-            let v = match v {
+        // A throttled node waits in its tier while the destination cools, unless it has
+        // waited there long enough already (then the schedule goes on, so a destination
+        // that never stops throttling still ends in a bounce).
+        let verdicts: Vec<Verdict> = locked
+            .iter()
+            .zip(verdicts)
+            .map(|((n, _), v)| match v {
                 Verdict::Throttled { host, reply } if interactive || !self.may_hold(n) => {
                     Verdict::Temporary {
                         host,
@@ -52,6 +48,16 @@ impl Engine {
                     }
                 }
                 other => other,
+            })
+            .collect();
+        // What happened is on disk before anything is deleted or moved.
+        self.record_outcomes(cfg, &locked, &claim.file.file, &verdicts);
+        for (i, ((n, _lock), v)) in locked.iter().zip(verdicts).enumerate() {
+            let result = |outcome, reply: String| NodeResult {
+                id: n.name.id.clone(),
+                to: n.name.to.clone(),
+                outcome,
+                reply,
             };
             match v {
                 Verdict::Throttled { host, reply } => {
@@ -69,7 +75,7 @@ impl Engine {
                     tracing::info!(event = "held back", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), tier = n.tier, reply = %escape(&reply), "held in its tier while the destination cools");
                     results.push(result(Outcome::Deferred, reply));
                 }
-                Verdict::Delivered { reply } => {
+                Verdict::Delivered { reply, .. } => {
                     let accepted = n.name.accepted_at();
                     mailspool_metrics::global().delivery("delivered", &reply, Some(accepted));
                     tracing::info!(event = "delivered", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), reply = %escape(&reply), duration = now().saturating_sub(accepted), "delivered");
@@ -228,7 +234,10 @@ impl Engine {
             // Not sent: give the claim back, so a later deferral tries again.
             self.spool.release_delay_warning(name);
             tracing::error!(id = %name.id, error = %e, "cannot queue the delay warning");
+            return;
         }
+        let recipients: Vec<String> = delayed.iter().map(|f| f.recipient.clone()).collect();
+        self.record_delayed(file, name, &recipients);
     }
 }
 

@@ -92,6 +92,7 @@ pub fn queue_message(config: &Config, req: SendRequest) -> Result<Sent, Failure>
     let mut mail = SendMail::new(message).to(a.recipients);
     // The caller, not the spool's owner root became on the way.
     mail.submitter = privilege::caller();
+    mail.source = "sendmail";
     mail.extract_recipients = a.extract;
     mail.from = a.from;
     mail.full_name = a.full_name;

@@ -165,6 +165,16 @@ impl Session {
             };
             return self.refuse(r).await;
         }
+        // Mail to an address that bounced for good (or complained) is refused here,
+        // before it can hurt the sender's reputation; postmaster never is.
+        if self.ctx.cfg.refuse_suppressed
+            && !postmaster
+            && let Some(tx) = &self.tx
+            && let Some(s) = self.ctx.spool.suppressed(&tx.from, &address)
+        {
+            tracing::info!(to = %mailspool_spool::escape(&address), reason = %s.reason, "refused a suppressed recipient");
+            return self.refuse("550 5.1.1 Recipient suppressed: it bounced or complained before").await;
+        }
         if let Some(tx) = &mut self.tx
             && !tx.rcpts.iter().any(|r| r.eq_ignore_ascii_case(&address))
         {

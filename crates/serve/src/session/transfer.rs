@@ -186,6 +186,26 @@ impl Session {
                     to = ?tx.rcpts,
                     "accepted"
                 );
+                let submitter = match &self.auth {
+                    Some(user) => format!("{} (AUTH {})", self.peer.literal(), mailspool_spool::escape(user)),
+                    None => self.peer.literal().to_string(),
+                };
+                let events: Vec<mailspool_events::Event> = tx
+                    .rcpts
+                    .iter()
+                    .map(|to| {
+                        let mut e = mailspool_events::Event::new(
+                            mailspool_events::Kind::Accepted,
+                            &c.id,
+                            &tx.from,
+                            to,
+                        );
+                        e.source = Some("smtp".into());
+                        e.submitter = Some(submitter.clone());
+                        e
+                    })
+                    .collect();
+                let _ = mailspool_spool::store::emit(&*self.ctx.spool, &events, false);
                 let r = format!("250 2.0.0 Ok: queued as {}", c.id);
                 self.reply(&r).await
             }

@@ -138,6 +138,19 @@ async fn connect_first(
 }
 
 impl Session {
+    /// The TLS version and cipher suite in use (`TLSv1_3`, `TLS13_AES_256_GCM_SHA384`),
+    /// none on a plaintext session.
+    pub fn tls_info(&self) -> Option<(String, String)> {
+        let Stream::Tls(s) = &self.stream else {
+            return None;
+        };
+        let conn = s.get_ref().1;
+        Some((
+            format!("{:?}", conn.protocol_version()?),
+            format!("{:?}", conn.negotiated_cipher_suite()?.suite()),
+        ))
+    }
+
     /// Connect to `peer` (named `host`), read the greeting, say EHLO, do TLS and AUTH as
     /// the settings say.
     pub async fn connect(
