@@ -13,7 +13,7 @@ mod query;
 mod suppress;
 
 pub use class::{Class, RuleError, Rules, enhanced_status};
-pub use query::{Query, is_address, is_message_id};
+pub use query::{MAX_PAGE, Query, is_address, is_message_id};
 pub use suppress::{Policy, Scope, Suppression, domain_of, hard_bounce};
 
 use serde::{Deserialize, Serialize};

@@ -24,7 +24,7 @@ pub const MAX_PAGE: usize = 1000;
 pub const MAX_SCAN: usize = 20_000;
 
 /// Run spool work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -198,7 +198,8 @@ async fn change_one(
     blocking(move || {
         let spool = state.ms.spool();
         let nodes = admin::select(spool, &id, to.as_deref())?;
-        let report = ChangeReport::apply(spool, change, &nodes);
+        let by = format!("HTTP API token {}", caller.name);
+        let report = ChangeReport::apply(spool, change, &nodes, &by);
         tracing::info!(by = %caller.name, id = %mailspool_spool::escape(&id), changed = report.changed, "API: {}", change.past_tense());
         Ok(change_reply(report))
     })
@@ -248,7 +249,8 @@ pub async fn bulk_change(
         ));
     }
     blocking(move || {
-        let report = admin::change_matching(state.ms.spool(), change, &filter)?;
+        let by = format!("HTTP API token {}", caller.name);
+        let report = admin::change_matching(state.ms.spool(), change, &filter, &by)?;
         tracing::info!(by = %caller.name, filter = ?filter, matched = report.matched, changed = report.changed, "API bulk: {}", change.past_tense());
         Ok(change_reply(report))
     })

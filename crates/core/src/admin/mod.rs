@@ -115,8 +115,9 @@ impl Change {
         }
     }
 
-    /// Apply to one node (under its lock); log the change.
-    pub fn apply(self, spool: &dyn Store, n: &NodeEntry) -> Result<(), SpoolError> {
+    /// Apply to one node (under its lock); log the change, and record it in the
+    /// history with who made it (`by`).
+    pub fn apply(self, spool: &dyn Store, n: &NodeEntry, by: &str) -> Result<(), SpoolError> {
         match self {
             Change::Delete => spool.delete(n),
             Change::Hold => spool.hold(n).map(drop),
@@ -130,6 +131,15 @@ impl Change {
             from = %mailspool_spool::escape(&n.name.from),
             "{}", self.past_tense()
         );
+        let kind = match self {
+            Change::Delete => mailspool_events::Kind::Deleted,
+            Change::Hold => mailspool_events::Kind::Held,
+            Change::Release => mailspool_events::Kind::Released,
+            Change::Retry => return Ok(()),
+        };
+        let mut e = mailspool_events::Event::new(kind, &n.name.id, &n.name.from, &n.name.to);
+        e.by = Some(by.to_owned());
+        let _ = mailspool_spool::store::emit(spool, &[e], self == Change::Delete);
         Ok(())
     }
 }
@@ -161,15 +171,15 @@ pub struct NodeFailure {
 
 impl ChangeReport {
     /// Apply `change` to `nodes`, collecting what failed.
-    pub fn apply(spool: &dyn Store, change: Change, nodes: &[NodeEntry]) -> ChangeReport {
+    pub fn apply(spool: &dyn Store, change: Change, nodes: &[NodeEntry], by: &str) -> ChangeReport {
         let mut report = ChangeReport::default();
         for n in nodes {
-            report.record(change, spool, n);
+            report.record(change, spool, n, by);
         }
         report
     }
 
-    fn record(&mut self, change: Change, spool: &dyn Store, n: &NodeEntry) {
+    fn record(&mut self, change: Change, spool: &dyn Store, n: &NodeEntry, by: &str) {
         self.matched += 1;
         if change == Change::Retry && n.held {
             // Held means never delivered until released: a retry would change nothing
@@ -182,7 +192,7 @@ impl ChangeReport {
             });
             return;
         }
-        match change.apply(spool, n) {
+        match change.apply(spool, n, by) {
             Ok(()) => self.changed += 1,
             Err(e) => self.failed.push(NodeFailure {
                 id: n.name.id.clone(),
@@ -225,9 +235,10 @@ pub fn change_matching(
     spool: &dyn Store,
     change: Change,
     filter: &Filter,
+    by: &str,
 ) -> Result<ChangeReport, SpoolError> {
     let (nodes, _) = matching(spool, filter, None)?;
-    Ok(ChangeReport::apply(spool, change, &nodes))
+    Ok(ChangeReport::apply(spool, change, &nodes, by))
 }
 
 /// Counts by tier and by domain.

@@ -320,10 +320,11 @@ async fn action(
     };
     let st = state.clone();
     let (id, to) = (form.id.clone(), form.to.clone().filter(|t| !t.is_empty()));
+    let by = format!("dashboard, token {}", caller.name);
     let outcome = tokio::task::spawn_blocking(move || {
         let spool = st.ms.spool();
         let nodes = admin::select(spool, &id, to.as_deref()).map_err(|e| e.to_string())?;
-        Ok::<ChangeReport, String>(ChangeReport::apply(spool, change, &nodes))
+        Ok::<ChangeReport, String>(ChangeReport::apply(spool, change, &nodes, &by))
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));

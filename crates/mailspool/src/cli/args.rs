@@ -130,6 +130,31 @@ key of its From domain (or of a parent domain, else the fallback key), once per 
         #[arg(long, value_name = "SPOOL")]
         to: String,
     },
+    /// What happened to a message or a recipient: every event (accepted, delivered,
+    /// deferred, bounced, ...), also after delivery.
+    #[command(
+        after_help = "KEY is a message id (as `queue list` and the logs show it), a Message-ID (<...@...>) or a recipient address. Events are kept for [events] retention_days (30). Exit 0: events found; 1: none."
+    )]
+    Log {
+        /// A message id, a Message-ID or a recipient address.
+        key: String,
+        /// One JSON object per event, as the API and webhooks carry them.
+        #[arg(long)]
+        json: bool,
+        /// Only events this recent: seconds, or with a unit (30m, 4h, 2d).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        since: Option<u64>,
+        /// Only these kinds (accepted, delivered, deferred, bounced, expired, delayed,
+        /// suppressed, complained, held, released, deleted); repeat or separate with commas.
+        #[arg(long = "type", value_name = "TYPE", value_delimiter = ',')]
+        kinds: Vec<String>,
+    },
+    /// The suppression list: recipients mail is no longer sent to (hard bounces,
+    /// complaints, or by hand).
+    Suppress {
+        #[command(subcommand)]
+        command: SuppressCommand,
+    },
     /// Messages and bytes spooled and sent per day, from usage/raw.
     Usage {
         /// Days to show, ending today.
@@ -138,6 +163,47 @@ key of its From domain (or of a parent domain, else the fallback key), once per 
         /// One JSON object per day.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SuppressCommand {
+    /// Every entry: address, scope, reason, when, expiry.
+    List {
+        /// One JSON object per entry.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sending to ADDRESS.
+    Add {
+        /// The recipient.
+        address: String,
+        /// Only for mail from this sending domain (default: every sender).
+        #[arg(long, value_name = "DOMAIN")]
+        domain: Option<String>,
+        /// Why (kept with the entry).
+        #[arg(long, default_value = "manual")]
+        reason: String,
+        /// The entry lapses after this long: seconds, or with a unit (30m, 4h, 2d).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        expires: Option<u64>,
+    },
+    /// Send to ADDRESS again.
+    Remove {
+        /// The recipient.
+        address: String,
+        /// The entry's sending domain, if it has one.
+        #[arg(long, value_name = "DOMAIN")]
+        domain: Option<String>,
+    },
+    /// Add addresses from a file (one per line, `#` comments; `address,domain,reason`
+    /// also read, as exports from other senders give them); `-` for stdin.
+    Import {
+        /// The file.
+        file: std::path::PathBuf,
+        /// Reason for entries that give none.
+        #[arg(long, default_value = "import")]
+        reason: String,
     },
 }
 

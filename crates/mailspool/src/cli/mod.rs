@@ -8,6 +8,7 @@ mod db;
 mod dkim;
 mod doctor;
 mod drop_intake;
+mod history;
 mod list;
 mod privilege;
 mod queue;
@@ -140,7 +141,10 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
         args::Command::Queue { command } => {
             !matches!(command, Some(args::QueueCommand::Run { .. }))
         }
-        args::Command::Usage { .. } | args::Command::Fsck { .. } => true,
+        args::Command::Usage { .. }
+        | args::Command::Fsck { .. }
+        | args::Command::Log { .. }
+        | args::Command::Suppress { .. } => true,
         _ => false,
     };
     if listing {
@@ -165,6 +169,13 @@ fn run_mailspool(args: Vec<OsString>) -> CliResult {
         args::Command::Send(a) => send::run(&config, a),
         args::Command::Queue { command } => queue::run(&config, command),
         args::Command::Usage { days, json } => usage::run(&config, days, json),
+        args::Command::Log {
+            key,
+            json,
+            since,
+            kinds,
+        } => history::log(&config, &key, json, since, &kinds),
+        args::Command::Suppress { command } => history::suppress(&config, command),
         args::Command::Daemon => {
             daemon::run(config, cli.config.clone(), cli.spool.clone(), cli.verbose)
         }

@@ -158,6 +158,10 @@ fn show(config: &Config, id: &str, to: Option<&str>) -> CliResult {
 fn change(config: &Config, args: &SelectArgs, change: Change) -> CliResult {
     let spool = open(config)?;
     let mut code = 0u8;
+    let by = match super::privilege::caller() {
+        Some(who) => format!("{} (uid {})", who.login, who.uid),
+        None => format!("uid {}", rustix::process::getuid().as_raw()),
+    };
     for id in &args.ids {
         let nodes = match select(spool.as_ref(), id, args.to.as_deref()) {
             Ok(n) => n,
@@ -167,7 +171,7 @@ fn change(config: &Config, args: &SelectArgs, change: Change) -> CliResult {
                 continue;
             }
         };
-        let report = ChangeReport::apply(spool.as_ref(), change, &nodes);
+        let report = ChangeReport::apply(spool.as_ref(), change, &nodes, &by);
         for f in &report.failed {
             eprintln!("{}: <{}>: {}", f.id, escape(&f.to), f.error);
             code = code.max(f.code);
