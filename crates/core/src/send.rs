@@ -199,7 +199,9 @@ pub enum SendError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
     /// A recipient is on the suppression list (`[suppression] action = "refuse"`).
-    #[error("{recipient}: suppressed ({reason}); remove it with `mailspool suppress remove {recipient}`")]
+    #[error(
+        "{recipient}: suppressed ({reason}); remove it with `mailspool suppress remove {recipient}`"
+    )]
     Suppressed {
         /// The recipient.
         recipient: String,

@@ -190,7 +190,10 @@ mod tests {
         temporary.reply = Some("450 4.1.1 try later".into());
         assert!(hard_bounce(&temporary, &global).is_none());
         let complaint = Event::new(Kind::Complained, "01M", "a@x", "c@y");
-        assert_eq!(hard_bounce(&complaint, &global).unwrap().reason, "complaint");
+        assert_eq!(
+            hard_bounce(&complaint, &global).unwrap().reason,
+            "complaint"
+        );
     }
 
     #[test]

@@ -37,7 +37,8 @@ fn kinds(text: Option<&str>) -> Result<Vec<Kind>, ApiError> {
         .split(',')
         .filter(|k| !k.is_empty())
         .map(|k| {
-            Kind::parse(k).ok_or_else(|| ApiError::bad_request("bad_type", format!("no event type {k:?}")))
+            Kind::parse(k)
+                .ok_or_else(|| ApiError::bad_request("bad_type", format!("no event type {k:?}")))
         })
         .collect()
 }
@@ -88,7 +89,10 @@ pub async fn of_message(
     blocking(move || {
         let page = state.ms.spool().read_events(&query)?;
         if page.events.is_empty() && query.cursor.is_none() {
-            return Err(ApiError::not_found(format!("no events for {}", mailspool_spool::escape(&id))));
+            return Err(ApiError::not_found(format!(
+                "no events for {}",
+                mailspool_spool::escape(&id)
+            )));
         }
         Ok(page_json(page))
     })

@@ -100,8 +100,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/usage", get(queue::usage))
         .route("/v1/events", get(history::list))
         .route("/v1/messages/{id}/events", get(history::of_message))
-        .route("/v1/suppressions", get(history::suppressions).post(history::add))
-        .route("/v1/suppressions/{address}", axum::routing::delete(history::remove))
+        .route(
+            "/v1/suppressions",
+            get(history::suppressions).post(history::add),
+        )
+        .route(
+            "/v1/suppressions/{address}",
+            axum::routing::delete(history::remove),
+        )
         .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

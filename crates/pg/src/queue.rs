@@ -472,7 +472,10 @@ impl Store for PgSpool {
         });
     }
 
-    fn read_events(&self, q: &mailspool_events::Query) -> Result<mailspool_spool::events::EventPage> {
+    fn read_events(
+        &self,
+        q: &mailspool_events::Query,
+    ) -> Result<mailspool_spool::events::EventPage> {
         self.select_events(q)
     }
 

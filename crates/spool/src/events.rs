@@ -187,8 +187,10 @@ impl EventLog {
             if offset == u64::MAX {
                 // A fresh day: start at `since`, found by bisection, or at the top.
                 offset = match q.since {
-                    Some(t) if day_of(t) == d => seek_time(&mut file, t.saturating_sub(DISORDER))
-                        .map_err(|e| SpoolError::io("read", &self.dir, e))?,
+                    Some(t) if day_of(t) == d => {
+                        seek_time(&mut file, t.saturating_sub(DISORDER))
+                            .map_err(|e| SpoolError::io("read", &self.dir, e))?
+                    }
                     _ => 0,
                 };
             }
@@ -253,9 +255,13 @@ fn time_after(file: &mut File, at: u64) -> std::io::Result<Option<(u64, u64)>> {
     file.seek(SeekFrom::Start(at))?;
     let mut r = BufReader::new(&*file);
     let mut skip = Vec::new();
-    let skipped = (&mut r).take(MAX_LINE as u64).read_until(b'\n', &mut skip)?;
+    let skipped = (&mut r)
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut skip)?;
     let mut line = Vec::new();
-    (&mut r).take(MAX_LINE as u64).read_until(b'\n', &mut line)?;
+    (&mut r)
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut line)?;
     #[derive(serde::Deserialize)]
     struct Time {
         time: u64,
@@ -414,7 +420,12 @@ mod tests {
         for day in [0u64, 59, 60, 20_426, 100_000] {
             assert_eq!(parse_day(&file_name(day)), Some(day));
         }
-        for bad in ["2026-13-01.jsonl", "2026-02-30.jsonl", "x.jsonl", "2026-12-04.json"] {
+        for bad in [
+            "2026-13-01.jsonl",
+            "2026-02-30.jsonl",
+            "x.jsonl",
+            "2026-12-04.json",
+        ] {
             assert_eq!(parse_day(bad), None, "{bad}");
         }
     }
@@ -468,7 +479,13 @@ mod tests {
             })
             .unwrap();
         assert_eq!(page.events.len(), 1);
-        assert!(log.read(&Query { cursor: Some("nope".into()), ..Default::default() }).is_err());
+        assert!(
+            log.read(&Query {
+                cursor: Some("nope".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 
     #[test]
@@ -480,7 +497,10 @@ mod tests {
         std::fs::write(&target, "").unwrap();
         std::os::unix::fs::symlink(&target, events.join(file_name(day_of(crate::now())))).unwrap();
         let log = EventLog::new(events);
-        assert!(log.append(&[Event::new(Kind::Held, "M", "a@x", "b@y")], true).is_err());
+        assert!(
+            log.append(&[Event::new(Kind::Held, "M", "a@x", "b@y")], true)
+                .is_err()
+        );
         assert_eq!(std::fs::read(&target).unwrap(), b"");
     }
 
@@ -488,17 +508,31 @@ mod tests {
     fn the_suppression_list_sees_other_writers_and_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("suppress/list.jsonl");
-        let (a, b) = (SuppressionFile::new(path.clone()), SuppressionFile::new(path));
+        let (a, b) = (
+            SuppressionFile::new(path.clone()),
+            SuppressionFile::new(path),
+        );
         let mut s = Suppression::new("Gone@Example.net", &Scope::Global, "invalid_recipient", 100);
         a.add(&s).unwrap();
-        assert!(b.lookup("x@shop.example", "gone@EXAMPLE.net", 200).is_some());
-        let d = Suppression::new("c@example.net", &Scope::parse("shop.example"), "manual", 100);
+        assert!(
+            b.lookup("x@shop.example", "gone@EXAMPLE.net", 200)
+                .is_some()
+        );
+        let d = Suppression::new(
+            "c@example.net",
+            &Scope::parse("shop.example"),
+            "manual",
+            100,
+        );
         b.add(&d).unwrap();
         assert!(a.lookup("x@shop.example", "c@example.net", 200).is_some());
         assert!(a.lookup("x@other.example", "c@example.net", 200).is_none());
         s.expires = Some(150);
         a.add(&s).unwrap();
-        assert!(b.lookup("x@shop.example", "gone@example.net", 200).is_none());
+        assert!(
+            b.lookup("x@shop.example", "gone@example.net", 200)
+                .is_none()
+        );
         assert!(b.remove("c@example.net", "shop.example").unwrap());
         assert!(!b.remove("c@example.net", "shop.example").unwrap());
         assert!(a.lookup("x@shop.example", "c@example.net", 200).is_none());

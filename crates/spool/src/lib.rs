@@ -20,8 +20,8 @@
 
 mod commit;
 pub mod config;
-pub mod events;
 mod error;
+pub mod events;
 pub mod fsck;
 mod import;
 pub mod lock;

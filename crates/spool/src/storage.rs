@@ -163,7 +163,10 @@ pub mod os {
                 (f, true)
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (
-                OpenOptions::new().append(true).custom_flags(flags).open(path)?,
+                OpenOptions::new()
+                    .append(true)
+                    .custom_flags(flags)
+                    .open(path)?,
                 false,
             ),
             Err(e) => return Err(e),

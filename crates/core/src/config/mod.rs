@@ -26,11 +26,11 @@ mod http;
 mod serve;
 
 use deliver::deliver_settings;
+pub use events::{EventsFile, SuppressionFile};
 pub use file::{
     ConfigFile, DestinationFile, DkimFile, ListenFile, OneOrMany, RelayFile, ServeFile,
     ShapingFile, TimeoutsFile,
 };
-pub use events::{EventsFile, SuppressionFile};
 pub use http::{HttpConfig, HttpFile, default_tokens_file};
 pub use serve::default_users_file;
 use serve::{default_serve, serve_settings};

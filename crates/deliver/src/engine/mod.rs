@@ -38,10 +38,10 @@ use crate::dns::Resolve;
 use crate::route::route;
 
 mod gate;
-mod record;
 mod local;
 mod plan;
 mod policy;
+mod record;
 mod send;
 mod settle;
 mod sign;

@@ -46,14 +46,22 @@ impl Engine {
                 if let Some(via) = via {
                     e.mx = Some(via.host.clone());
                     e.address = (!via.addr.is_empty()).then(|| via.addr.clone());
-                    e.tls = via.tls.clone().map(|(version, cipher)| Tls { version, cipher });
+                    e.tls = via
+                        .tls
+                        .clone()
+                        .map(|(version, cipher)| Tls { version, cipher });
                     e.tls_policy = Some(via.policy.to_owned());
                 }
                 e
             }
             Verdict::Temporary { host, reply, .. } | Verdict::Throttled { host, reply } => {
                 let expired = matches!(v, Verdict::Temporary { .. }) && n.tier >= last_tier;
-                let mut e = new(if expired { Kind::Expired } else { Kind::Deferred }).with_reply(reply);
+                let mut e = new(if expired {
+                    Kind::Expired
+                } else {
+                    Kind::Deferred
+                })
+                .with_reply(reply);
                 e.mx = (!host.is_empty()).then(|| host.clone());
                 e.class = Some(cfg.rules.classify(reply, None));
                 if !expired {
@@ -64,7 +72,8 @@ impl Engine {
                     };
                     e.tier = Some(tier);
                     if matches!(v, Verdict::Temporary { .. }) {
-                        e.next_attempt = Some(now().saturating_add(self.spool.config().period(tier)));
+                        e.next_attempt =
+                            Some(now().saturating_add(self.spool.config().period(tier)));
                     }
                 }
                 e
@@ -92,7 +101,10 @@ impl Engine {
         let events: Vec<Event> = nodes
             .iter()
             .zip(verdicts)
-            .map(|((n, _), v)| self.event_of(cfg, n, v, last_tier).with_message_id(message_id.as_deref()))
+            .map(|((n, _), v)| {
+                self.event_of(cfg, n, v, last_tier)
+                    .with_message_id(message_id.as_deref())
+            })
             .collect();
         // A failure to store them is logged by `emit`; the outcome is acted on anyway
         // (a delivered node kept for want of a history line would be sent again).
@@ -104,8 +116,12 @@ impl Engine {
             }
             if let Some(entry) = hard_bounce(e, &cfg.suppression) {
                 match self.spool.suppress(&entry) {
-                    Ok(()) => tracing::info!(to = %escape(&entry.address), reason = %entry.reason, domain = %escape(&entry.domain), "suppressed after a hard bounce"),
-                    Err(err) => tracing::error!(to = %escape(&entry.address), error = %err, "cannot add to the suppression list"),
+                    Ok(()) => {
+                        tracing::info!(to = %escape(&entry.address), reason = %entry.reason, domain = %escape(&entry.domain), "suppressed after a hard bounce")
+                    }
+                    Err(err) => {
+                        tracing::error!(to = %escape(&entry.address), error = %err, "cannot add to the suppression list")
+                    }
                 }
             }
         }
@@ -113,7 +129,11 @@ impl Engine {
 
     /// Take the claim's suppressed recipients out of it: each is removed from the spool
     /// with a `suppressed` event, before anything is sent.
-    pub(super) fn drop_suppressed(&self, cfg: &DeliverConfig, claim: &mut Claim) -> Vec<NodeResult> {
+    pub(super) fn drop_suppressed(
+        &self,
+        cfg: &DeliverConfig,
+        claim: &mut Claim,
+    ) -> Vec<NodeResult> {
         if !cfg.suppression.enabled {
             return Vec::new();
         }
@@ -158,11 +178,19 @@ impl Engine {
     }
 
     /// `delayed` events, once the notice to the sender is queued.
-    pub(super) fn record_delayed(&self, claim_file: &std::fs::File, name: &mailspool_spool::NodeName, recipients: &[String]) {
+    pub(super) fn record_delayed(
+        &self,
+        claim_file: &std::fs::File,
+        name: &mailspool_spool::NodeName,
+        recipients: &[String],
+    ) {
         let message_id = message_id_of(claim_file);
         let events: Vec<Event> = recipients
             .iter()
-            .map(|to| Event::new(Kind::Delayed, &name.id, &name.from, to).with_message_id(message_id.as_deref()))
+            .map(|to| {
+                Event::new(Kind::Delayed, &name.id, &name.from, to)
+                    .with_message_id(message_id.as_deref())
+            })
             .collect();
         let _ = emit(&*self.spool, &events, false);
     }

@@ -50,7 +50,13 @@ fn human(e: &Event) -> String {
     line
 }
 
-pub fn log(config: &Config, key: &str, json: bool, since: Option<u64>, kinds: &[String]) -> CliResult {
+pub fn log(
+    config: &Config,
+    key: &str,
+    json: bool,
+    since: Option<u64>,
+    kinds: &[String],
+) -> CliResult {
     let kinds = kinds
         .iter()
         .map(|k| {
@@ -78,12 +84,20 @@ pub fn log(config: &Config, key: &str, json: bool, since: Option<u64>, kinds: &[
     let keys: Vec<String> = match mailspool_events::is_message_id(key) {
         true => {
             let mut ids = Vec::new();
-            each_event(&*spool, Query { key: Some(key.to_owned()), kinds: Vec::new(), ..base.clone() }, &mut |e| {
-                if !ids.contains(&e.message) && ids.len() < 100 {
-                    ids.push(e.message.clone());
-                }
-                true
-            })?;
+            each_event(
+                &*spool,
+                Query {
+                    key: Some(key.to_owned()),
+                    kinds: Vec::new(),
+                    ..base.clone()
+                },
+                &mut |e| {
+                    if !ids.contains(&e.message) && ids.len() < 100 {
+                        ids.push(e.message.clone());
+                    }
+                    true
+                },
+            )?;
             ids
         }
         false => vec![key.to_owned()],
@@ -160,7 +174,13 @@ fn checked_address(text: &str) -> Result<String, Failure> {
 }
 
 pub fn suppress(config: &Config, command: SuppressCommand) -> CliResult {
-    let spool = open(config)?;
+    // Adding to the list of a spool nothing was queued in yet makes the spool.
+    let spool = match command {
+        SuppressCommand::Add { .. } | SuppressCommand::Import { .. } => {
+            mailspool::open_store(config, true)?
+        }
+        _ => open(config)?,
+    };
     let who = match super::privilege::caller() {
         Some(s) => format!("{} (uid {})", s.login, s.uid),
         None => format!("uid {}", rustix::process::getuid().as_raw()),
@@ -221,7 +241,11 @@ pub fn suppress(config: &Config, command: SuppressCommand) -> CliResult {
                 }
                 false => Err(Failure::new(
                     1,
-                    format!("{} is not suppressed ({})", escape(&address), scope_name(&scope)),
+                    format!(
+                        "{} is not suppressed ({})",
+                        escape(&address),
+                        scope_name(&scope)
+                    ),
                 )),
             }
         }
@@ -230,7 +254,10 @@ pub fn suppress(config: &Config, command: SuppressCommand) -> CliResult {
                 Box::new(std::io::BufReader::new(std::io::stdin()))
             } else {
                 let f = std::fs::File::open(&file).map_err(|e| {
-                    Failure::new(sysexits::NOINPUT, format!("cannot open {}: {e}", file.display()))
+                    Failure::new(
+                        sysexits::NOINPUT,
+                        format!("cannot open {}: {e}", file.display()),
+                    )
                 })?;
                 Box::new(std::io::BufReader::new(f))
             };
@@ -258,7 +285,14 @@ pub fn suppress(config: &Config, command: SuppressCommand) -> CliResult {
                     }
                 }
             }
-            println!("imported {added} entries{}", if bad > 0 { format!(", {bad} lines refused") } else { String::new() });
+            println!(
+                "imported {added} entries{}",
+                if bad > 0 {
+                    format!(", {bad} lines refused")
+                } else {
+                    String::new()
+                }
+            );
             match bad {
                 0 => Ok(()),
                 _ => Err(Failure::new(sysexits::DATAERR, "")),

@@ -173,7 +173,9 @@ impl Session {
             && let Some(s) = self.ctx.spool.suppressed(&tx.from, &address)
         {
             tracing::info!(to = %mailspool_spool::escape(&address), reason = %s.reason, "refused a suppressed recipient");
-            return self.refuse("550 5.1.1 Recipient suppressed: it bounced or complained before").await;
+            return self
+                .refuse("550 5.1.1 Recipient suppressed: it bounced or complained before")
+                .await;
         }
         if let Some(tx) = &mut self.tx
             && !tx.rcpts.iter().any(|r| r.eq_ignore_ascii_case(&address))

@@ -187,7 +187,11 @@ impl Session {
                     "accepted"
                 );
                 let submitter = match &self.auth {
-                    Some(user) => format!("{} (AUTH {})", self.peer.literal(), mailspool_spool::escape(user)),
+                    Some(user) => format!(
+                        "{} (AUTH {})",
+                        self.peer.literal(),
+                        mailspool_spool::escape(user)
+                    ),
                     None => self.peer.literal().to_string(),
                 };
                 let events: Vec<mailspool_events::Event> = tx
