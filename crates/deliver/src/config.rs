@@ -118,6 +118,8 @@ pub struct DeliverConfig {
     pub rules: std::sync::Arc<mailspool_events::Rules>,
     /// What hard bounces do to the suppression list (`[suppression]`).
     pub suppression: mailspool_events::Policy,
+    /// Where events are POSTed (`[[webhook]]`; the daemon sends).
+    pub webhooks: Vec<std::sync::Arc<crate::webhook::Webhook>>,
 }
 
 impl Default for DeliverConfig {
@@ -150,6 +152,7 @@ impl Default for DeliverConfig {
             max_messages_per_connection: 100,
             rules: Default::default(),
             suppression: Default::default(),
+            webhooks: Vec::new(),
         }
     }
 }

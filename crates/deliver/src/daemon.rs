@@ -297,6 +297,13 @@ pub async fn run(
         });
     };
     sweep(&engine, true);
+    // Events to webhooks: a sender per `[[webhook]]`, restarted on a reload.
+    let mut webhooks = crate::webhook::Senders::default();
+    let start_webhooks = |senders: &mut crate::webhook::Senders| {
+        let (hooks, dns, tls) = engine.webhook_parts();
+        senders.restart(&hooks, engine.spool(), &dns, &tls);
+    };
+    start_webhooks(&mut webhooks);
     let sweep_every = (Duration::from_secs(60).as_secs() / opts.tick.as_secs().max(1)).max(1);
     let mut ticks = 0u64;
     let mut tick = tokio::time::interval(opts.tick);
@@ -335,6 +342,7 @@ pub async fn run(
             _ = hup.recv() => {
                 if let Some(cfg) = reload() {
                     engine.reconfigure(cfg);
+                    start_webhooks(&mut webhooks);
                     tracing::info!("configuration reloaded");
                 }
                 continue;

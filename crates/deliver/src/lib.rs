@@ -19,6 +19,7 @@ pub mod local;
 pub mod mta_sts;
 pub mod route;
 pub mod shaping;
+pub mod webhook;
 
 pub use config::{DeliverConfig, HostPort};
 pub use dns::{HickoryDns, NoDns, Resolve};

@@ -29,7 +29,7 @@ pub struct EventsQuery {
 }
 
 fn page_json(page: mailspool_spool::events::EventPage) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "events": page.events, "next": page.next }))
+    Json(serde_json::json!({ "events": page.events, "next": page.next, "more": page.more }))
 }
 
 fn kinds(text: Option<&str>) -> Result<Vec<Kind>, ApiError> {

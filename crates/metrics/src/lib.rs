@@ -63,6 +63,22 @@ pub struct ClassLabel {
     pub class: &'static str,
 }
 
+/// Labels of a webhook's requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The webhook's name.
+    pub webhook: String,
+    /// `delivered` or `failed`.
+    pub result: &'static str,
+}
+
+/// `webhook` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabel {
+    /// The webhook's name.
+    pub webhook: String,
+}
+
 /// Queue depth labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
@@ -108,6 +124,10 @@ pub struct Metrics {
     pub bounces: Family<ClassLabel, Counter>,
     /// Bounce reports (non-delivery reports) queued to senders.
     pub bounce_reports: Counter,
+    /// Webhook requests, by webhook and result.
+    pub webhook_requests: Family<WebhookLabels, Counter>,
+    /// 1 for a webhook disabled after failing too long.
+    pub webhook_disabled: Family<WebhookLabel, Gauge>,
     /// "Delayed" reports (RFC 3464 `Action: delayed`) queued.
     pub delay_warnings: Counter,
     /// Throttling replies (421, 4.7.28, "rate limited") after which a destination's
@@ -196,6 +216,8 @@ impl Metrics {
             dns_cache_hits: Counter::default(),
             bounces: Family::default(),
             bounce_reports: Counter::default(),
+            webhook_requests: Family::default(),
+            webhook_disabled: Family::default(),
             delay_warnings: Counter::default(),
             throttled: Counter::default(),
             shaping_waits: Counter::default(),
@@ -268,6 +290,16 @@ impl Metrics {
             m.bounces.clone(),
         );
         r.register(
+            "webhook_requests",
+            "Webhook requests, by webhook and result",
+            m.webhook_requests.clone(),
+        );
+        r.register(
+            "webhook_disabled",
+            "1 for a webhook disabled after failing too long",
+            m.webhook_disabled.clone(),
+        );
+        r.register(
             "bounce_reports",
             "Bounce reports queued to senders",
             m.bounce_reports.clone(),
@@ -334,6 +366,20 @@ impl Metrics {
         for source in ["send", "drop", "smtp", "http"] {
             let _ = m.accepted.get_or_create(&SourceLabel { source });
         }
+        // The failure classes of mailspool-events' `Class`.
+        for class in [
+            "invalid_recipient",
+            "mailbox_full",
+            "policy_block",
+            "reputation_block",
+            "dns_failure",
+            "tls_failure",
+            "rate_limit",
+            "too_large",
+            "other",
+        ] {
+            let _ = m.bounces.get_or_create(&ClassLabel { class });
+        }
         for (result, class) in [
             ("delivered", "2"),
             ("deferred", "4"),
@@ -392,6 +438,25 @@ impl Metrics {
             "deferred" => m.deferred += 1,
             _ => m.failed += 1,
         });
+    }
+
+    /// A webhook request ended (`delivered` or `failed`).
+    pub fn webhook(&self, webhook: &str, result: &'static str) {
+        self.webhook_requests
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    /// A webhook was disabled (or started again).
+    pub fn webhook_disabled(&self, webhook: &str, disabled: bool) {
+        self.webhook_disabled
+            .get_or_create(&WebhookLabel {
+                webhook: webhook.to_owned(),
+            })
+            .set(i64::from(disabled));
     }
 
     /// A recipient bounced or expired with a failure of `class`.

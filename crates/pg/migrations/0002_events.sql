@@ -22,3 +22,18 @@ CREATE TABLE mailspool_suppressions (
     entry   text NOT NULL,             -- the entry's JSON
     PRIMARY KEY (address, domain)
 );
+
+-- Where each reader of the history (a webhook's sender) is: saved once what it read
+-- was delivered.
+CREATE TABLE mailspool_cursors (
+    name   text PRIMARY KEY,
+    cursor text NOT NULL
+);
+
+-- Work one process in the cluster does at a time (a webhook's sender): a lease its
+-- holder renews.
+CREATE TABLE mailspool_jobs (
+    name   text PRIMARY KEY,
+    holder text   NOT NULL,
+    until  bigint NOT NULL
+);

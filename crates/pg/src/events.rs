@@ -118,9 +118,8 @@ impl PgSpool {
                 page.events.push(e);
             }
         }
-        if rows.len() >= limit {
-            page.next = Some(last.to_string());
-        }
+        page.next = Some(last.to_string());
+        page.more = rows.len() >= limit;
         Ok(page)
     }
 
@@ -134,6 +133,54 @@ impl PgSpool {
                 .map_err(|e| db("prune events", e))
         })
         .unwrap_or(0) as usize
+    }
+
+    pub(crate) fn cursor(&self, name: &str) -> Option<String> {
+        let name = name.to_owned();
+        self.run(move |inner| async move {
+            let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
+            c.query_opt("SELECT cursor FROM mailspool_cursors WHERE name = $1", &[&name])
+                .await
+                .map(|r| r.map(|r| r.get::<_, String>(0)))
+                .map_err(|e| db("read a cursor", e))
+        })
+        .ok()
+        .flatten()
+    }
+
+    pub(crate) fn set_cursor(&self, name: &str, cursor: &str) -> Result<()> {
+        let (name, cursor) = (name.to_owned(), cursor.to_owned());
+        self.run(move |inner| async move {
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            c.execute(
+                "INSERT INTO mailspool_cursors (name, cursor) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET cursor = EXCLUDED.cursor",
+                &[&name, &cursor],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| db("save a cursor", e))
+        })
+    }
+
+    /// Take or renew a job's lease (a minute).
+    pub(crate) fn lease_job(&self, name: &str) -> bool {
+        let name = name.to_owned();
+        let now = mailspool_spool::now() as i64;
+        self.run(move |inner| async move {
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            c.query_opt(
+                "INSERT INTO mailspool_jobs (name, holder, until) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
+                   WHERE mailspool_jobs.holder = EXCLUDED.holder OR mailspool_jobs.until < $4
+                 RETURNING holder",
+                &[&name, &inner.me.token, &(now + 60), &now],
+            )
+            .await
+            .map(|r| r.is_some())
+            .map_err(|e| db("take a job", e))
+        })
+        .unwrap_or(false)
     }
 
     pub(crate) fn all_suppressions(&self) -> Result<Vec<Suppression>> {

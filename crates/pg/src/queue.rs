@@ -479,6 +479,18 @@ impl Store for PgSpool {
         self.select_events(q)
     }
 
+    fn load_cursor(&self, name: &str) -> Option<String> {
+        self.cursor(name)
+    }
+
+    fn save_cursor(&self, name: &str, cursor: &str) -> Result<()> {
+        self.set_cursor(name, cursor)
+    }
+
+    fn take_job(&self, name: &str) -> bool {
+        self.lease_job(name)
+    }
+
     fn suppressions(&self) -> Result<Vec<mailspool_events::Suppression>> {
         self.all_suppressions()
     }

@@ -40,8 +40,11 @@ const DISORDER: u64 = 120;
 pub struct EventPage {
     /// The events, oldest first.
     pub events: Vec<Event>,
-    /// Where the next page starts; none when the history was read to its end.
+    /// Where the next page starts (at the end of the history: where events written
+    /// later will be); none only when there is no history at all.
     pub next: Option<String>,
+    /// Whether more events may follow at once (false: the history was read to its end).
+    pub more: bool,
 }
 
 /// Today's file, kept open, with its own group commit.
@@ -202,6 +205,7 @@ impl EventLog {
             loop {
                 if page.events.len() >= limit || budget == 0 {
                     page.next = Some(format!("{}:{offset}", day_string(d)));
+                    page.more = true;
                     return Ok(page);
                 }
                 line.clear();
@@ -211,6 +215,7 @@ impl EventLog {
                     .map_err(|e| SpoolError::io("read", &self.dir, e))?;
                 if n == 0 || line.last() != Some(&b'\n') {
                     // The end, or a line being written now: read it next time.
+                    page.next = Some(format!("{}:{offset}", day_string(d)));
                     break;
                 }
                 offset += n as u64;
@@ -269,6 +274,47 @@ fn time_after(file: &mut File, at: u64) -> std::io::Result<Option<(u64, u64)>> {
     Ok(serde_json::from_slice::<Time>(&line)
         .ok()
         .map(|t| (at + skipped as u64, t.time)))
+}
+
+/// Write a small file of `dir` whole and durably: a temporary name, fsync, rename.
+pub(crate) fn write_small(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    os::ensure_dir(dir).map_err(|e| SpoolError::io("create", dir, e))?;
+    let tmp = dir.join(format!(".{name}.{}", crate::unique_token()));
+    let path = dir.join(name);
+    let done = os::create_new(&tmp)
+        .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_data()))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| os::sync_dir(dir));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done.map_err(|e| SpoolError::io("write", &path, e))
+}
+
+/// Jobs this process holds (a file lock each, refreshed while held).
+#[derive(Debug, Default)]
+pub struct Jobs {
+    held: Mutex<HashMap<String, crate::NodeLock>>,
+}
+
+impl Jobs {
+    /// Take job `name` (a lock on `dir/name`), or say whether we still hold it.
+    pub fn take(&self, dir: &Path, name: &str, policy: &crate::LockPolicy) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.contains_key(name) {
+            return true;
+        }
+        if os::ensure_dir(dir).is_err() {
+            return false;
+        }
+        match crate::NodeLock::try_lock(&dir.join(name), policy) {
+            Ok(Some(lock)) => {
+                held.insert(name.to_owned(), lock);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The file spool's suppression list: `suppress/list.jsonl`, appended `add` and
@@ -454,9 +500,9 @@ mod tests {
         loop {
             let page = log.read(&q).unwrap();
             seen.extend(page.events.iter().map(|e| e.message.clone()));
-            match page.next {
-                Some(c) => q.cursor = Some(c),
-                None => break,
+            q.cursor = page.next;
+            if !page.more {
+                break;
             }
         }
         let want: Vec<String> = events.iter().map(|e| e.message.clone()).collect();

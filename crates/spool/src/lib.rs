@@ -127,6 +127,8 @@ pub struct Spool {
     events: events::EventLog,
     /// Recipients mail is not sent to (`suppress/list.jsonl`).
     suppressions: events::SuppressionFile,
+    /// Jobs this process holds (`jobs/`).
+    jobs: events::Jobs,
 }
 
 /// Whether a spool directory may be used by us: not writable by others (they could
@@ -198,6 +200,7 @@ impl Spool {
             group,
             events,
             suppressions,
+            jobs: Default::default(),
         })
     }
 

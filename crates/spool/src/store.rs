@@ -271,6 +271,14 @@ pub trait Store: Intake + std::fmt::Debug {
     /// Remove the entry for `address` in scope `domain` ("" global); says whether
     /// there was one.
     fn unsuppress(&self, address: &str, domain: &str) -> Result<bool>;
+    /// Where the reader `name` of the history (a webhook) is, if it saved a place.
+    fn load_cursor(&self, name: &str) -> Option<String>;
+    /// Save reader `name`'s place in the history.
+    fn save_cursor(&self, name: &str, cursor: &str) -> Result<()>;
+    /// Take, or keep, the job `name` (work one process of a cluster does at a time):
+    /// true while this process holds it. Call it again every few seconds: a holder that
+    /// stops renewing loses it (a minute on a database; the lock's staleness on files).
+    fn take_job(&self, name: &str) -> bool;
     /// Hourly housekeeping: expired side data, signatures, claims.
     fn sweep(&self, max_age: std::time::Duration) -> usize;
 
@@ -445,6 +453,19 @@ impl Store for Spool {
     }
     fn read_events(&self, q: &Query) -> Result<EventPage> {
         self.events.read(q)
+    }
+    fn load_cursor(&self, name: &str) -> Option<String> {
+        let f = crate::storage::os::open_read(&self.dir().join("cursors").join(name)).ok()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(f, 1024), &mut text).ok()?;
+        Some(text.trim().to_owned()).filter(|t| !t.is_empty())
+    }
+    fn save_cursor(&self, name: &str, cursor: &str) -> Result<()> {
+        let dir = self.dir().join("cursors");
+        crate::events::write_small(&dir, name, cursor.as_bytes())
+    }
+    fn take_job(&self, name: &str) -> bool {
+        self.jobs.take(&self.dir().join("jobs"), name, &self.config().lock_policy())
     }
     fn suppressions(&self) -> Result<Vec<Suppression>> {
         let mut all: Vec<Suppression> = self.suppressions.with(|m| m.values().cloned().collect());

@@ -37,12 +37,125 @@ pub struct SuppressionFile {
     pub expire_days: Option<u64>,
 }
 
+/// `[[webhook]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    /// Names its place in the history (default: from the URL); letters, digits, `.-_`.
+    pub name: Option<String>,
+    /// `https://...` (or `http://` to a loopback address).
+    pub url: String,
+    /// The event types it wants (default: all).
+    pub events: Option<Vec<String>>,
+    /// The signing secret's file: `whsec_<base64>` (Standard Webhooks), owned by the
+    /// daemon's user; relative to the configuration file's directory.
+    pub secret_file: PathBuf,
+    /// Most events in one request when several wait (100; 1: never batch).
+    pub max_batch: Option<usize>,
+    /// Hours of failures in a row after which it is disabled (72).
+    pub give_up_after_hours: Option<u64>,
+}
+
+/// A webhook checked, its secret not yet read.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    name: String,
+    url: mailspool_deliver::webhook::Target,
+    kinds: Vec<mailspool_events::Kind>,
+    /// The secret's file.
+    pub secret_file: PathBuf,
+    max_batch: usize,
+    give_up_after: std::time::Duration,
+}
+
+fn webhook_settings(w: &WebhookFile) -> Result<WebhookSettings, ConfigError> {
+    let bad = |m: String| ConfigError::Invalid(format!("[[webhook]] {}: {m}", w.url));
+    let url = mailspool_deliver::webhook::Target::parse(&w.url).map_err(bad)?;
+    let name = w.name.clone().unwrap_or_else(|| url.default_name());
+    if name.is_empty()
+        || name.len() > 100
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        || name.starts_with('.')
+    {
+        return Err(bad(format!("name {name:?}: use letters, digits, '.', '-' and '_'")));
+    }
+    let kinds = w
+        .events
+        .iter()
+        .flatten()
+        .map(|k| {
+            mailspool_events::Kind::parse(k).ok_or_else(|| {
+                bad(format!(
+                    "no event type {k:?}; use {}",
+                    mailspool_events::Kind::ALL.map(mailspool_events::Kind::as_str).join(", ")
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_batch = w.max_batch.unwrap_or(100);
+    if !(1..=1000).contains(&max_batch) {
+        return Err(bad("max_batch must be 1-1000".into()));
+    }
+    let hours = w.give_up_after_hours.unwrap_or(72);
+    if hours < 24 {
+        return Err(bad("give_up_after_hours must be 24 or more (a day of retries at least)".into()));
+    }
+    Ok(WebhookSettings {
+        name,
+        url,
+        kinds,
+        secret_file: w.secret_file.clone(),
+        max_batch,
+        give_up_after: std::time::Duration::from_secs(hours * 3600),
+    })
+}
+
+/// Read the webhooks' secrets (what delivers: the daemon).
+pub(super) fn load_webhooks(c: &mut Config) -> Result<(), ConfigError> {
+    c.deliver.webhooks = c
+        .webhooks
+        .iter()
+        .map(|w| {
+            let text = std::fs::read_to_string(&w.secret_file).map_err(|source| ConfigError::Read {
+                path: w.secret_file.clone(),
+                source,
+            })?;
+            let secret = mailspool_deliver::webhook::parse_secret(&text).map_err(|e| {
+                ConfigError::Invalid(format!("[[webhook]] {}: {}: {e}", w.name, w.secret_file.display()))
+            })?;
+            Ok(std::sync::Arc::new(mailspool_deliver::webhook::Webhook {
+                name: w.name.clone(),
+                url: w.url.clone(),
+                kinds: w.kinds.clone(),
+                secret,
+                max_batch: w.max_batch,
+                give_up_after: w.give_up_after,
+            }))
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    Ok(())
+}
+
 /// Fill in `[events]` and `[suppression]`.
 pub(super) fn events_settings(
     c: &mut Config,
     events: Option<&EventsFile>,
     suppression: Option<&SuppressionFile>,
+    webhooks: Option<&Vec<WebhookFile>>,
 ) -> Result<(), ConfigError> {
+    c.webhooks = webhooks
+        .into_iter()
+        .flatten()
+        .map(webhook_settings)
+        .collect::<Result<_, _>>()?;
+    let mut names: Vec<&str> = c.webhooks.iter().map(|w| w.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ConfigError::Invalid(format!(
+            "two [[webhook]] tables are named {:?}: give each its own name",
+            w[0]
+        )));
+    }
     if let Some(e) = events {
         if let Some(on) = e.enabled {
             c.spool.events = on;

@@ -113,6 +113,8 @@ pub struct ConfigFile {
     pub events: Option<super::EventsFile>,
     /// The suppression list (`[suppression]`).
     pub suppression: Option<super::SuppressionFile>,
+    /// Where events are POSTed (`[[webhook]]`, several).
+    pub webhook: Option<Vec<super::WebhookFile>>,
     /// Traffic shaping: per-destination limits and cooling after throttling.
     pub shaping: Option<ShapingFile>,
     /// The spool: a directory (as `dequeue_dir`) or a PostgreSQL URL

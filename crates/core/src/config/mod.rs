@@ -26,7 +26,7 @@ mod http;
 mod serve;
 
 use deliver::deliver_settings;
-pub use events::{EventsFile, SuppressionFile};
+pub use events::{EventsFile, SuppressionFile, WebhookFile, WebhookSettings};
 pub use file::{
     ConfigFile, DestinationFile, DkimFile, ListenFile, OneOrMany, RelayFile, ServeFile,
     ShapingFile, TimeoutsFile,
@@ -45,6 +45,8 @@ pub const DEFAULT_MAX_HEADER_SIZE: usize = 1024 * 1024;
 /// Everything mailspool needs to run, with defaults filled in.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `[[webhook]]`, checked (their secrets are read by `load_secrets`).
+    pub webhooks: Vec<WebhookSettings>,
     /// `[events] bounce_rules` as written (read into `deliver.rules`).
     pub bounce_rules: Option<PathBuf>,
     /// Spool directory.
@@ -143,6 +145,7 @@ impl Default for Config {
             dkim: Vec::new(),
             config_dir: None,
             bounce_rules: None,
+            webhooks: Vec::new(),
             log_json: false,
             http: None,
         }
@@ -298,6 +301,9 @@ impl Config {
             if let Some(pw) = &mut config.spool_password_file {
                 *pw = dir.join(&pw);
             }
+            for w in &mut config.webhooks {
+                w.secret_file = dir.join(&w.secret_file);
+            }
         }
         events::load_rules(&mut config)?;
         Ok(config)
@@ -393,7 +399,12 @@ impl Config {
         }
         deliver_settings(&mut c, &file)?;
         serve_settings(&mut c, &file)?;
-        events::events_settings(&mut c, file.events.as_ref(), file.suppression.as_ref())?;
+        events::events_settings(
+            &mut c,
+            file.events.as_ref(),
+            file.suppression.as_ref(),
+            file.webhook.as_ref(),
+        )?;
         c.serve.refuse_suppressed = c.deliver.suppression.enabled && c.deliver.suppression.refuse;
         c.log_json = match file.log_format.as_deref() {
             None | Some("text") => false,
@@ -412,6 +423,7 @@ impl Config {
     /// Read the secrets that delivery needs (the relay password). Only what delivers
     /// calls this: `sendmail`, `mailq` and `send` never read a secret.
     pub fn load_secrets(&mut self) -> Result<(), ConfigError> {
+        events::load_webhooks(self)?;
         deliver::load_secrets(self)
     }
 

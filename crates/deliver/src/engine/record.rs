@@ -88,13 +88,15 @@ impl Engine {
     }
 
     /// Record, durably, what the verdicts say happened, before they are acted on; add
-    /// the recipients of hard bounces to the suppression list; count failures by class.
+    /// the recipients of hard bounces to the suppression list (not for an interactive
+    /// send: its caller has the refusal); count failures by class.
     pub(super) fn record_outcomes(
         &self,
         cfg: &DeliverConfig,
         nodes: &[(NodeEntry, NodeLock)],
         file: &std::fs::File,
         verdicts: &[Verdict],
+        interactive: bool,
     ) {
         let last_tier = self.spool.config().tiers().saturating_sub(1);
         let message_id = message_id_of(file);
@@ -114,7 +116,8 @@ impl Engine {
             if let (Kind::Bounced | Kind::Expired, Some(class)) = (e.kind, e.class) {
                 m.bounce(class.as_str());
             }
-            if let Some(entry) = hard_bounce(e, &cfg.suppression) {
+            // An interactive caller was told the refusal itself, and decides.
+            if let Some(entry) = hard_bounce(e, &cfg.suppression).filter(|_| !interactive) {
                 match self.spool.suppress(&entry) {
                     Ok(()) => {
                         tracing::info!(to = %escape(&entry.address), reason = %entry.reason, domain = %escape(&entry.domain), "suppressed after a hard bounce")

@@ -51,7 +51,7 @@ impl Engine {
             })
             .collect();
         // What happened is on disk before anything is deleted or moved.
-        self.record_outcomes(cfg, &locked, &claim.file.file, &verdicts);
+        self.record_outcomes(cfg, &locked, &claim.file.file, &verdicts, interactive);
         for (i, ((n, _lock), v)) in locked.iter().zip(verdicts).enumerate() {
             let result = |outcome, reply: String| NodeResult {
                 id: n.name.id.clone(),

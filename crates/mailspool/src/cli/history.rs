@@ -159,10 +159,10 @@ fn each_event(
                 return Ok(());
             }
         }
-        match page.next {
-            Some(c) => q.cursor = Some(c),
-            None => return Ok(()),
+        if !page.more {
+            return Ok(());
         }
+        q.cursor = page.next;
     }
 }
 
