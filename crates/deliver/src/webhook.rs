@@ -103,10 +103,14 @@ impl Target {
             None => (rest, "/"),
         };
         if authority.contains('@') {
-            return Err(format!("{url:?}: credentials in the URL are not sent; sign with secret_file"));
+            return Err(format!(
+                "{url:?}: credentials in the URL are not sent; sign with secret_file"
+            ));
         }
         let (host, port) = if let Some(r) = authority.strip_prefix('[') {
-            let (h, p) = r.split_once(']').ok_or_else(|| format!("{url:?}: unclosed ["))?;
+            let (h, p) = r
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: unclosed ["))?;
             (h.to_owned(), p.strip_prefix(':'))
         } else {
             match authority.rsplit_once(':') {
@@ -123,7 +127,9 @@ impl Target {
             return Err(format!("{url:?}: not a URL"));
         }
         let loopback = host == "localhost"
-            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
         if !https && !loopback {
             return Err(format!(
                 "{url:?}: events leave this host only over https:// (http:// only to a loopback address)"
@@ -141,7 +147,13 @@ impl Target {
     pub fn default_name(&self) -> String {
         format!("{}{}", self.host, self.path)
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .take(100)
             .collect()
     }
@@ -231,7 +243,8 @@ impl Sender {
     }
 
     /// The cursor at the end of the history now (a new webhook starts there: it is sent
-    /// what happens from now on, not 30 days of history).
+    /// what happens from now on, not 30 days of history); "" (the beginning) when there
+    /// is no history yet.
     async fn end_of_history(&self) -> Option<String> {
         self.blocking(|spool| {
             let mut q = Query {
@@ -242,7 +255,7 @@ impl Sender {
             loop {
                 let page = spool.read_events(&q).ok()?;
                 if !page.more {
-                    return page.next;
+                    return Some(page.next.unwrap_or_default());
                 }
                 q.cursor = page.next;
             }
@@ -364,17 +377,20 @@ impl Sender {
         };
         let mut last = format!("{}: no address", t.host);
         for ip in ips {
-            let tcp = match tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect((ip, t.port))).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    last = format!("{} [{ip}]: {e}", t.host);
-                    continue;
-                }
-                Err(_) => {
-                    last = format!("{} [{ip}]: connect timed out", t.host);
-                    continue;
-                }
-            };
+            let tcp =
+                match tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect((ip, t.port)))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        last = format!("{} [{ip}]: {e}", t.host);
+                        continue;
+                    }
+                    Err(_) => {
+                        last = format!("{} [{ip}]: connect timed out", t.host);
+                        continue;
+                    }
+                };
             let timestamp = mailspool_spool::now();
             let req = hyper::Request::post(&t.path)
                 .header(hyper::header::HOST, &t.host)
@@ -382,7 +398,10 @@ impl Sender {
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .header("webhook-id", id)
                 .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", sign(&self.hook.secret, id, timestamp, body))
+                .header(
+                    "webhook-signature",
+                    sign(&self.hook.secret, id, timestamp, body),
+                )
                 .body(Full::new(Bytes::copy_from_slice(body)))
                 .map_err(|e| e.to_string())?;
             let status = if t.https {
@@ -410,9 +429,10 @@ async fn exchange<S>(io: S, req: hyper::Request<Full<Bytes>>) -> Result<hyper::S
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
     let conn = tokio::spawn(conn);
     let resp = sender.send_request(req).await.map_err(|e| e.to_string());
     let result = match resp {
@@ -470,7 +490,10 @@ mod tests {
     #[test]
     fn urls_are_https_or_loopback_http() {
         let t = Target::parse("https://hooks.example.com/mail/events?x=1").unwrap();
-        assert_eq!((t.https, t.host.as_str(), t.port, t.path.as_str()), (true, "hooks.example.com", 443, "/mail/events?x=1"));
+        assert_eq!(
+            (t.https, t.host.as_str(), t.port, t.path.as_str()),
+            (true, "hooks.example.com", 443, "/mail/events?x=1")
+        );
         assert_eq!(t.default_name(), "hooks.example.com_mail_events_x_1");
         let t = Target::parse("http://127.0.0.1:8080").unwrap();
         assert_eq!((t.port, t.path.as_str()), (8080, "/"));

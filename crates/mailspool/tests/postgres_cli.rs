@@ -56,7 +56,10 @@ fn db_migrate_is_versioned_and_safe_to_repeat() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let at = mailspool_pg::SCHEMA_VERSION;
-    assert!(stdout(&out).contains(&format!("already at version {at}")), "{out:?}");
+    assert!(
+        stdout(&out).contains(&format!("already at version {at}")),
+        "{out:?}"
+    );
     assert!(!stdout(&out).contains(":***@") || db.url.contains(':'));
     // A fresh database: migrated to the current version, step by step.
     let fresh = format!("{}_fresh", db.url);

@@ -79,10 +79,10 @@ impl PgSpool {
 
     pub(crate) fn select_events(&self, q: &Query) -> Result<EventPage> {
         let after: i64 = match q.cursor.as_deref() {
+            Some("") | None => 0,
             Some(c) => c
                 .parse()
                 .map_err(|_| SpoolError::Config(format!("not a history cursor: {c:?}")))?,
-            None => 0,
         };
         let limit = q.page_size();
         let since = q.since.map(|t| t as i64);
@@ -139,10 +139,13 @@ impl PgSpool {
         let name = name.to_owned();
         self.run(move |inner| async move {
             let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
-            c.query_opt("SELECT cursor FROM mailspool_cursors WHERE name = $1", &[&name])
-                .await
-                .map(|r| r.map(|r| r.get::<_, String>(0)))
-                .map_err(|e| db("read a cursor", e))
+            c.query_opt(
+                "SELECT cursor FROM mailspool_cursors WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map(|r| r.map(|r| r.get::<_, String>(0)))
+            .map_err(|e| db("read a cursor", e))
         })
         .ok()
         .flatten()

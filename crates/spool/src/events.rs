@@ -173,6 +173,8 @@ impl EventLog {
     pub fn read(&self, q: &Query) -> Result<EventPage> {
         let limit = q.page_size();
         let (mut day, mut offset) = match q.cursor.as_deref() {
+            // The beginning (a reader placed when there was no history yet).
+            Some("") => (0, u64::MAX),
             Some(c) => parse_cursor(c)
                 .ok_or_else(|| SpoolError::Config(format!("not a history cursor: {c:?}")))?,
             None => (q.since.map_or(0, day_of), u64::MAX),

@@ -262,7 +262,7 @@ pub trait Store: Intake + std::fmt::Debug {
     fn claim_delay_warning(&self, node: &NodeName) -> Result<bool>;
     /// Give that right back (the warning could not be queued).
     fn release_delay_warning(&self, node: &NodeName);
-    /// One page of the history.
+    /// One page of the history (the cursor "" is its beginning).
     fn read_events(&self, q: &Query) -> Result<EventPage>;
     /// Every suppression entry (expired ones too, until removed).
     fn suppressions(&self) -> Result<Vec<Suppression>>;
@@ -458,14 +458,16 @@ impl Store for Spool {
         let f = crate::storage::os::open_read(&self.dir().join("cursors").join(name)).ok()?;
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::Read::take(f, 1024), &mut text).ok()?;
-        Some(text.trim().to_owned()).filter(|t| !t.is_empty())
+        // Empty is a place too: the beginning (written whole: temp, fsync, rename).
+        Some(text.trim().to_owned())
     }
     fn save_cursor(&self, name: &str, cursor: &str) -> Result<()> {
         let dir = self.dir().join("cursors");
         crate::events::write_small(&dir, name, cursor.as_bytes())
     }
     fn take_job(&self, name: &str) -> bool {
-        self.jobs.take(&self.dir().join("jobs"), name, &self.config().lock_policy())
+        self.jobs
+            .take(&self.dir().join("jobs"), name, &self.config().lock_policy())
     }
     fn suppressions(&self) -> Result<Vec<Suppression>> {
         let mut all: Vec<Suppression> = self.suppressions.with(|m| m.values().cloned().collect());

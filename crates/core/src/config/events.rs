@@ -74,10 +74,14 @@ fn webhook_settings(w: &WebhookFile) -> Result<WebhookSettings, ConfigError> {
     let name = w.name.clone().unwrap_or_else(|| url.default_name());
     if name.is_empty()
         || name.len() > 100
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         || name.starts_with('.')
     {
-        return Err(bad(format!("name {name:?}: use letters, digits, '.', '-' and '_'")));
+        return Err(bad(format!(
+            "name {name:?}: use letters, digits, '.', '-' and '_'"
+        )));
     }
     let kinds = w
         .events
@@ -87,7 +91,9 @@ fn webhook_settings(w: &WebhookFile) -> Result<WebhookSettings, ConfigError> {
             mailspool_events::Kind::parse(k).ok_or_else(|| {
                 bad(format!(
                     "no event type {k:?}; use {}",
-                    mailspool_events::Kind::ALL.map(mailspool_events::Kind::as_str).join(", ")
+                    mailspool_events::Kind::ALL
+                        .map(mailspool_events::Kind::as_str)
+                        .join(", ")
                 ))
             })
         })
@@ -98,7 +104,9 @@ fn webhook_settings(w: &WebhookFile) -> Result<WebhookSettings, ConfigError> {
     }
     let hours = w.give_up_after_hours.unwrap_or(72);
     if hours < 24 {
-        return Err(bad("give_up_after_hours must be 24 or more (a day of retries at least)".into()));
+        return Err(bad(
+            "give_up_after_hours must be 24 or more (a day of retries at least)".into(),
+        ));
     }
     Ok(WebhookSettings {
         name,
@@ -116,12 +124,17 @@ pub(super) fn load_webhooks(c: &mut Config) -> Result<(), ConfigError> {
         .webhooks
         .iter()
         .map(|w| {
-            let text = std::fs::read_to_string(&w.secret_file).map_err(|source| ConfigError::Read {
-                path: w.secret_file.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(&w.secret_file).map_err(|source| ConfigError::Read {
+                    path: w.secret_file.clone(),
+                    source,
+                })?;
             let secret = mailspool_deliver::webhook::parse_secret(&text).map_err(|e| {
-                ConfigError::Invalid(format!("[[webhook]] {}: {}: {e}", w.name, w.secret_file.display()))
+                ConfigError::Invalid(format!(
+                    "[[webhook]] {}: {}: {e}",
+                    w.name,
+                    w.secret_file.display()
+                ))
             })?;
             Ok(std::sync::Arc::new(mailspool_deliver::webhook::Webhook {
                 name: w.name.clone(),

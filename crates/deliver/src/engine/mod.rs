@@ -261,8 +261,18 @@ impl Engine {
 
     /// Replace the settings (SIGHUP). Limits already in force keep their size.
     /// What the webhook senders need: the spool, the resolver, the verified TLS.
-    pub fn webhook_parts(&self) -> (Vec<Arc<crate::webhook::Webhook>>, Arc<dyn Resolve>, tokio_rustls::TlsConnector) {
-        (self.cfg().webhooks.clone(), self.dns.clone(), self.tls.verified.clone())
+    pub fn webhook_parts(
+        &self,
+    ) -> (
+        Vec<Arc<crate::webhook::Webhook>>,
+        Arc<dyn Resolve>,
+        tokio_rustls::TlsConnector,
+    ) {
+        (
+            self.cfg().webhooks.clone(),
+            self.dns.clone(),
+            self.tls.verified.clone(),
+        )
     }
 
     pub fn reconfigure(&self, cfg: DeliverConfig) {
