@@ -325,7 +325,13 @@ fn send_error(e: SendError) -> ApiError {
         }
         SendError::Intake(_) => bad("bad_message", e.to_string()),
         SendError::Spool(s) => s.into(),
-        e => ApiError::internal(e.to_string()),
+        // The message names the suppressed recipient (and how to remove it).
+        SendError::Suppressed { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "suppressed",
+            e.to_string(),
+        ),
+        SendError::NoInput { .. } => ApiError::internal(e.to_string()),
     }
 }
 

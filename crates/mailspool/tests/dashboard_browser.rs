@@ -285,6 +285,51 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
         "the message page is wider than a phone"
     );
 
+    // Its history: accepted over HTTP, then deferred by the greylisting.
+    let kinds = event_types(&c).await;
+    assert!(
+        kinds.starts_with(&["accepted".to_owned(), "deferred".to_owned()]),
+        "{kinds:?}"
+    );
+
+    // A delivered message is gone from the queue but not from the history: the search
+    // finds its events, and its page says what happened.
+    c.set_window_size(1280, 1500).await.unwrap();
+    c.goto(&format!("{base}/?q=customer3%40shop.example"))
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#history"))
+        .await
+        .unwrap();
+    assert!(
+        c.find(Locator::Css("#no-results")).await.is_ok(),
+        "nothing queued matches"
+    );
+    let delivered = c
+        .find(Locator::Css("#events tr[data-type=delivered]"))
+        .await
+        .unwrap();
+    let said = delivered.text().await.unwrap();
+    assert!(
+        said.contains("customer3@shop.example") && said.contains("250"),
+        "{said}"
+    );
+    delivered
+        .find(Locator::Css("a.mono"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#gone"))
+        .await
+        .unwrap();
+    assert_eq!(event_types(&c).await, ["accepted", "delivered"]);
+
     // Signing out ends the session: the login form again.
     c.find(Locator::Css("header button"))
         .await
@@ -299,6 +344,15 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
         .unwrap();
     c.close().await.unwrap();
     drop(sink);
+}
+
+/// The event types the page's history table shows, in order.
+async fn event_types(c: &fantoccini::Client) -> Vec<String> {
+    let mut out = Vec::new();
+    for row in c.find_all(Locator::Css("#events tbody tr")).await.unwrap() {
+        out.push(row.attr("data-type").await.unwrap().unwrap_or_default());
+    }
+    out
 }
 
 /// Whether nothing makes the page scroll sideways (tables scroll in their own boxes).

@@ -677,3 +677,101 @@ fn idle_connections_cannot_lock_out_the_api() {
         .count();
     assert!(closed >= 1, "an idle connection was closed to make room");
 }
+
+#[test]
+fn the_history_and_the_suppression_list_over_http() {
+    let api = start();
+    let r = api.post_json("/v1/messages", &api.inject, &message("bob@example.org"));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    // A message's events, by its id.
+    let r = api.get(&format!("/v1/messages/{id}/events"), Some(&api.read));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = r.json()["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "accepted");
+    assert_eq!(events[0]["source"], "http");
+    assert!(
+        events[0]["submitter"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP API token ")
+    );
+    assert!(events[0]["message_id"].as_str().unwrap().starts_with('<'));
+    // ... and by its Message-ID.
+    let mid = events[0]["message_id"].as_str().unwrap();
+    let r = api.get(
+        &format!("/v1/messages/{}/events", percent(mid)),
+        Some(&api.read),
+    );
+    assert_eq!(r.json()["events"][0]["message"], id.as_str());
+    assert_eq!(
+        api.get("/v1/messages/nope/events", Some(&api.read)).status,
+        404
+    );
+    // Every event, a page at a time; the cursor at the end waits for what comes next.
+    api.post_json("/v1/messages", &api.inject, &message("carol@example.org"));
+    let r = api.get("/v1/events?type=accepted&limit=1", Some(&api.read));
+    let page = r.json();
+    assert_eq!(
+        (
+            page["events"].as_array().unwrap().len(),
+            page["more"].as_bool()
+        ),
+        (1, Some(true))
+    );
+    let next = page["next"].as_str().unwrap().to_owned();
+    let r = api.get(
+        &format!("/v1/events?limit=10&cursor={}", percent(&next)),
+        Some(&api.read),
+    );
+    let page = r.json();
+    assert_eq!(page["events"][0]["recipient"], "carol@example.org");
+    assert_eq!(page["more"], false);
+    let end = page["next"].as_str().unwrap().to_owned();
+    api.post_json("/v1/messages", &api.inject, &message("dave@example.org"));
+    let r = api.get(
+        &format!("/v1/events?cursor={}", percent(&end)),
+        Some(&api.read),
+    );
+    assert_eq!(r.json()["events"][0]["recipient"], "dave@example.org");
+    let r = api.get("/v1/events?type=nonsense", Some(&api.read));
+    assert_eq!((r.status, r.code()), (400, "bad_type".into()));
+    assert_eq!(api.get("/v1/events", Some(&api.inject)).status, 403);
+
+    // Suppression: an admin adds, intake refuses with the recipient named, list, remove.
+    let body = json!({"address": "Gone@Example.org", "reason": "left the company"});
+    assert_eq!(
+        api.post_json("/v1/suppressions", &api.read, &body).status,
+        403
+    );
+    let r = api.post_json("/v1/suppressions", &api.admin, &body);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["address"], "gone@example.org");
+    let r = api.post_json("/v1/messages", &api.inject, &message("gone@example.org"));
+    assert_eq!((r.status, r.code()), (422, "suppressed".into()));
+    assert!(r.body.contains("gone@example.org"), "{}", r.body);
+    let r = api.get("/v1/suppressions", Some(&api.read));
+    assert_eq!(r.json()["suppressions"][0]["reason"], "left the company");
+    assert_eq!(
+        api.delete("/v1/suppressions/gone@example.org", &api.admin)
+            .status,
+        204
+    );
+    assert_eq!(
+        api.delete("/v1/suppressions/gone@example.org", &api.admin)
+            .status,
+        404
+    );
+    let r = api.post_json("/v1/messages", &api.inject, &message("gone@example.org"));
+    assert_eq!(r.status, 201);
+}
+
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

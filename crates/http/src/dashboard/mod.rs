@@ -4,6 +4,7 @@
 //! are form posts carrying the session's anti-forgery token. A strict
 //! Content-Security-Policy allows only our own style sheet and script.
 
+mod history;
 mod page;
 
 use std::sync::Arc;
@@ -98,15 +99,25 @@ async fn home(
     };
     let flash = session_cookie(&headers).and_then(|id| state.sessions.take_flash(id));
     let search = q.q.clone().filter(|s| !s.trim().is_empty());
-    let results = match &search {
+    let (results, history) = match &search {
         Some(text) => {
             let st = state.clone();
             let filter = search_filter(text);
-            tokio::task::spawn_blocking(move || search_spool(&st, &filter))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()))
+            let key = text.trim().to_owned();
+            tokio::task::spawn_blocking(move || {
+                let found = search_spool(&st, &filter);
+                // A domain is not a history key; an id, Message-ID or address is.
+                let events =
+                    match !key.starts_with('@') && (key.contains('@') || !key.contains('.')) {
+                        true => history::find(st.ms.spool(), &key),
+                        false => Vec::new(),
+                    };
+                (found, events)
+            })
+            .await
+            .unwrap_or_else(|e| (Err(e.to_string()), Vec::new()))
         }
-        None => Ok((Vec::new(), false)),
+        None => (Ok((Vec::new(), false)), Vec::new()),
     };
     let view = page::View {
         hostname: &state.ms.config().hostname,
@@ -115,6 +126,7 @@ async fn home(
         hour: mailspool_metrics::global().last_hour(),
         search: search.as_deref(),
         results,
+        history,
         done: flash.as_ref().filter(|f| f.0).map(|f| f.1.as_str()),
         error: flash.as_ref().filter(|f| !f.0).map(|f| f.1.as_str()),
     };
@@ -134,20 +146,24 @@ async fn message_page(
     let flash = session_cookie(&headers).and_then(|s| state.sessions.take_flash(s));
     let st = state.clone();
     let key = id.clone();
-    let detail = tokio::task::spawn_blocking(move || {
+    let found = tokio::task::spawn_blocking(move || {
         let spool = st.ms.spool();
-        let nodes = admin::select(spool, &key, None).map_err(|e| match e {
-            admin::SelectError::NotFound(_) => {
-                "Not queued (any more): delivered, bounced or deleted; its log lines say which."
-                    .to_owned()
-            }
-            e => e.to_string(),
-        })?;
-        admin::detail(spool, &nodes).map_err(|e| e.to_string())
+        let events = history::find(spool, &key);
+        let detail = admin::select(spool, &key, None)
+            .map_err(|e| match e {
+                admin::SelectError::NotFound(_) => {
+                    "Not queued (any more): what happened to it is below, for as long as \
+                     the history keeps it."
+                        .to_owned()
+                }
+                e => e.to_string(),
+            })
+            .and_then(|nodes| admin::detail(spool, &nodes).map_err(|e| e.to_string()));
+        (detail, events)
     })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
-    let status = if detail.is_ok() {
+    .await;
+    let (detail, events) = found.unwrap_or_else(|e| (Err(e.to_string()), Vec::new()));
+    let status = if detail.is_ok() || !events.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::NOT_FOUND
@@ -156,6 +172,7 @@ async fn message_page(
         hostname: &state.ms.config().hostname,
         caller: &caller,
         detail,
+        events,
         id: &id,
         done: flash.as_ref().filter(|f| f.0).map(|f| f.1.as_str()),
         error: flash.as_ref().filter(|f| !f.0).map(|f| f.1.as_str()),

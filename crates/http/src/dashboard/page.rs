@@ -19,6 +19,8 @@ pub struct View<'a> {
     pub search: Option<&'a str>,
     /// Search results (node JSON) and whether there were more, or why it failed.
     pub results: Result<(Vec<serde_json::Value>, bool), String>,
+    /// Events the search found in the history.
+    pub history: Vec<mailspool_events::Event>,
     pub done: Option<&'a str>,
     pub error: Option<&'a str>,
 }
@@ -132,7 +134,7 @@ fn action_buttons(
 }
 
 /// A message id as a link to its page.
-fn message_link(id: &str) -> String {
+pub(super) fn message_link(id: &str) -> String {
     format!(
         "<a class=\"mono\" href=\"/ui/message/{}\">{}</a>",
         esc(&percent(id)),
@@ -159,6 +161,8 @@ pub struct MessageView<'a> {
     pub hostname: &'a str,
     pub caller: &'a Caller,
     pub detail: Result<crate::admin::MessageDetail, String>,
+    /// Its events (also once it is no longer queued).
+    pub events: Vec<mailspool_events::Event>,
     pub id: &'a str,
     pub done: Option<&'a str>,
     pub error: Option<&'a str>,
@@ -176,11 +180,12 @@ pub fn message(v: &MessageView) -> String {
             let _ = write!(
                 s,
                 "<section class=\"wide\"><h2>Message <span class=\"mono\">{}</span></h2>\
-                 <p id=\"gone\">{}</p><p><a href=\"/\">Back to the dashboard</a></p></section>\
-                 </main></body></html>",
+                 <p id=\"gone\">{}</p><p><a href=\"/\">Back to the dashboard</a></p></section>",
                 esc(v.id),
                 esc(e)
             );
+            super::history::section(&mut s, "What happened", &v.events, false);
+            s.push_str("</main></body></html>");
             return s;
         }
     };
@@ -246,6 +251,7 @@ pub fn message(v: &MessageView) -> String {
         }
         s.push_str("</section>");
     }
+    super::history::section(&mut s, "What happened", &v.events, false);
     s.push_str("<section class=\"wide\"><h2>Headers</h2><pre class=\"headers\">");
     for h in &d.headers {
         s.push_str(&esc(h));
@@ -474,6 +480,9 @@ pub fn dashboard(v: &View) -> String {
         }
     }
     s.push_str("</section>");
+    if v.search.is_some() && !v.history.is_empty() {
+        super::history::section(&mut s, "History", &v.history, true);
+    }
     // Throughput.
     s.push_str("<section class=\"wide\"><h2>Last hour</h2>");
     chart(&mut s, &v.hour);
