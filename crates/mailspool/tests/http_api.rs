@@ -682,7 +682,7 @@ fn idle_connections_cannot_lock_out_the_api() {
 fn the_history_and_the_suppression_list_over_http() {
     let api = start();
     let r = api.post_json("/v1/messages", &api.inject, &message("bob@example.org"));
-    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.status, 202, "{}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_owned();
     // A message's events, by its id.
     let r = api.get(&format!("/v1/messages/{id}/events"), Some(&api.read));
@@ -764,7 +764,7 @@ fn the_history_and_the_suppression_list_over_http() {
         404
     );
     let r = api.post_json("/v1/messages", &api.inject, &message("gone@example.org"));
-    assert_eq!(r.status, 201);
+    assert_eq!(r.status, 202);
 }
 
 fn percent(text: &str) -> String {
