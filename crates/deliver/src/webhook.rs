@@ -314,10 +314,8 @@ impl Sender {
                     continue;
                 }
             };
-            if !page.events.is_empty() {
-                if !self.deliver(&page.events).await {
-                    return;
-                }
+            if !page.events.is_empty() && !self.deliver(&page.events).await {
+                return;
             }
             if page.next.is_some() && page.next != cursor {
                 let (job, next) = (self.job(), page.next.clone().unwrap_or_default());

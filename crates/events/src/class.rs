@@ -215,7 +215,6 @@ impl Rules {
 /// The enhanced status code of a reply (`550 5.1.1 ...` gives 5.1.1).
 pub fn enhanced_status(reply: &str) -> Option<String> {
     let word = reply.split_whitespace().nth(1)?;
-    let word = word.trim_start_matches(|c| c == '-');
     let parts: Vec<&str> = word.split('.').collect();
     (parts.len() == 3
         && matches!(parts[0], "2" | "4" | "5")

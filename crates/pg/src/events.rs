@@ -34,18 +34,18 @@ impl PgSpool {
         if events.is_empty() || !self.inner.config.events {
             return Ok(());
         }
-        let rows: Vec<(i64, String, String, Option<String>, String, String)> = events
+        // One column each, for one INSERT ... SELECT FROM unnest(...).
+        let times: Vec<i64> = events.iter().map(|e| e.time as i64).collect();
+        let kinds: Vec<String> = events.iter().map(|e| e.kind.as_str().to_owned()).collect();
+        let messages: Vec<String> = events.iter().map(|e| e.message.clone()).collect();
+        let ids: Vec<Option<String>> = events
             .iter()
-            .map(|e| {
-                (
-                    e.time as i64,
-                    e.kind.as_str().to_owned(),
-                    e.message.clone(),
-                    e.message_id.as_deref().map(|m| bare(m).to_owned()),
-                    e.recipient.to_lowercase(),
-                    e.to_line().trim_end().to_owned(),
-                )
-            })
+            .map(|e| e.message_id.as_deref().map(|m| bare(m).to_owned()))
+            .collect();
+        let rcpts: Vec<String> = events.iter().map(|e| e.recipient.to_lowercase()).collect();
+        let json: Vec<String> = events
+            .iter()
+            .map(|e| e.to_line().trim_end().to_owned())
             .collect();
         self.run(move |inner| async move {
             // A delivery's event must survive what its node's removal survives.
@@ -54,22 +54,10 @@ impl PgSpool {
                 false => inner.pool.settling().await,
             }
             .map_err(|e| db("connect", e))?;
-            let col = |f: fn(&(i64, String, String, Option<String>, String, String)) -> String| {
-                rows.iter().map(f).collect::<Vec<String>>()
-            };
-            let times: Vec<i64> = rows.iter().map(|r| r.0).collect();
-            let ids: Vec<Option<String>> = rows.iter().map(|r| r.3.clone()).collect();
             c.execute(
                 "INSERT INTO mailspool_events (time, kind, message, message_id, recipient, event)
                  SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])",
-                &[
-                    &times,
-                    &col(|r| r.1.clone()),
-                    &col(|r| r.2.clone()),
-                    &ids,
-                    &col(|r| r.4.clone()),
-                    &col(|r| r.5.clone()),
-                ],
+                &[&times, &kinds, &messages, &ids, &rcpts, &json],
             )
             .await
             .map(|_| ())
