@@ -10,11 +10,14 @@
 
 mod class;
 mod query;
+pub mod report;
 mod suppress;
+mod verp;
 
 pub use class::{Class, RuleError, Rules, enhanced_status};
 pub use query::{MAX_PAGE, Query, is_address, is_message_id};
 pub use suppress::{Policy, Scope, Suppression, domain_of, hard_bounce};
+pub use verp::ReturnPath;
 
 use serde::{Deserialize, Serialize};
 
