@@ -120,6 +120,8 @@ pub struct DeliverConfig {
     pub suppression: mailspool_events::Policy,
     /// Where events are POSTed (`[[webhook]]`; the daemon sends).
     pub webhooks: Vec<std::sync::Arc<crate::webhook::Webhook>>,
+    /// The envelope sender of outgoing mail, signed per message (`[return_path]`).
+    pub return_path: Option<std::sync::Arc<mailspool_events::ReturnPath>>,
 }
 
 impl Default for DeliverConfig {
@@ -153,6 +155,7 @@ impl Default for DeliverConfig {
             rules: Default::default(),
             suppression: Default::default(),
             webhooks: Vec::new(),
+            return_path: None,
         }
     }
 }

@@ -174,15 +174,20 @@ fn delivery_status(body: &[u8]) -> Vec<Report> {
                 .or_else(|| value(b, "original-recipient"))
                 .and_then(|v| typed_address(&v));
             let diagnostic = value(b, "diagnostic-code")
-                .map(|d| d.split_once(';').map_or(d.clone(), |(_, t)| t.trim().to_owned()))
+                .map(|d| {
+                    d.split_once(';')
+                        .map_or(d.clone(), |(_, t)| t.trim().to_owned())
+                })
                 .unwrap_or_else(|| format!("Action: {action}"));
             Some(Report {
                 kind: what,
                 recipient,
                 status: value(b, "status").and_then(|s| status_in(&s)),
                 diagnostic,
-                remote_mta: value(b, "remote-mta")
-                    .map(|m| m.split_once(';').map_or(m.clone(), |(_, h)| h.trim().to_owned())),
+                remote_mta: value(b, "remote-mta").map(|m| {
+                    m.split_once(';')
+                        .map_or(m.clone(), |(_, h)| h.trim().to_owned())
+                }),
             })
         })
         .collect()
@@ -196,8 +201,10 @@ fn feedback(body: &[u8]) -> Report {
         recipient: value(&b, "original-rcpt-to").and_then(|v| typed_address(&v)),
         status: None,
         diagnostic: value(&b, "feedback-type").unwrap_or_else(|| "abuse".into()),
-        remote_mta: value(&b, "reporting-mta")
-            .map(|m| m.split_once(';').map_or(m.clone(), |(_, h)| h.trim().to_owned())),
+        remote_mta: value(&b, "reporting-mta").map(|m| {
+            m.split_once(';')
+                .map_or(m.clone(), |(_, h)| h.trim().to_owned())
+        }),
     }
 }
 
@@ -209,21 +216,37 @@ fn plain_text(msg: &mail_parser::Message<'_>) -> Vec<Report> {
         .collect::<Vec<_>>()
         .join("\n");
     let lower = text.to_ascii_lowercase();
-    let looks_like_bounce = ["undeliver", "delivery has failed", "could not be delivered", "failure notice", "returned mail", "delivery status notification", "permanent error", "permanent fatal errors"]
-        .iter()
-        .any(|w| lower.contains(w))
-        || msg
-            .subject()
-            .is_some_and(|s| ["undeliver", "failure", "returned mail", "delivery status"].iter().any(|w| s.to_ascii_lowercase().contains(w)));
+    let looks_like_bounce = [
+        "undeliver",
+        "delivery has failed",
+        "could not be delivered",
+        "failure notice",
+        "returned mail",
+        "delivery status notification",
+        "permanent error",
+        "permanent fatal errors",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+        || msg.subject().is_some_and(|s| {
+            ["undeliver", "failure", "returned mail", "delivery status"]
+                .iter()
+                .any(|w| s.to_ascii_lowercase().contains(w))
+        });
     if !looks_like_bounce {
         return Vec::new();
     }
     // Stop at the quoted original: its To and From are not what bounced.
-    let cut = ["------ this is a copy of the message", "--- below this line is a copy of the message", "original message follows", "----- original message -----"]
-        .iter()
-        .filter_map(|m| lower.find(m))
-        .min()
-        .unwrap_or(text.len());
+    let cut = [
+        "------ this is a copy of the message",
+        "--- below this line is a copy of the message",
+        "original message follows",
+        "----- original message -----",
+    ]
+    .iter()
+    .filter_map(|m| lower.find(m))
+    .min()
+    .unwrap_or(text.len());
     let text = &text[..cut];
     let mut out: Vec<Report> = Vec::new();
     let lines: Vec<&str> = text.lines().collect();
@@ -240,8 +263,15 @@ fn plain_text(msg: &mail_parser::Message<'_>) -> Vec<Report> {
             .split_whitespace()
             .collect::<Vec<_>>()
             .windows(2)
-            .position(|w| w[0].len() == 3 && w[0].starts_with('5') && w[0].bytes().all(|b| b.is_ascii_digit()))
-            .map(|p| near.split_whitespace().skip(p).collect::<Vec<_>>().join(" "));
+            .position(|w| {
+                w[0].len() == 3 && w[0].starts_with('5') && w[0].bytes().all(|b| b.is_ascii_digit())
+            })
+            .map(|p| {
+                near.split_whitespace()
+                    .skip(p)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            });
         let status = status_in(&near).filter(|s| s.starts_with('5'));
         if reply.is_none() && status.is_none() {
             continue;
@@ -250,7 +280,11 @@ fn plain_text(msg: &mail_parser::Message<'_>) -> Vec<Report> {
             kind: ReportKind::Failed,
             recipient: Some(addr),
             status,
-            diagnostic: reply.unwrap_or_else(|| line.trim().to_owned()).chars().take(crate::MAX_REPLY).collect(),
+            diagnostic: reply
+                .unwrap_or_else(|| line.trim().to_owned())
+                .chars()
+                .take(crate::MAX_REPLY)
+                .collect(),
             remote_mta: None,
         });
     }
@@ -309,7 +343,10 @@ To: gone@example.net\r\n\
         assert_eq!(r[0].status.as_deref(), Some("5.1.1"));
         assert_eq!(r[0].diagnostic, "unknown user: \"gone\"");
         assert_eq!(r[0].remote_mta.as_deref(), Some("mailbox.example.net"));
-        assert_eq!((r[1].kind, r[1].recipient.as_deref()), (ReportKind::Delayed, Some("full@example.net")));
+        assert_eq!(
+            (r[1].kind, r[1].recipient.as_deref()),
+            (ReportKind::Delayed, Some("full@example.net"))
+        );
     }
 
     #[test]

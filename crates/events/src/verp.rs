@@ -45,7 +45,10 @@ impl ReturnPath {
 
     fn sig(&self, id: &str) -> String {
         let tag = ring::hmac::sign(&self.key, id.as_bytes());
-        tag.as_ref()[..SIG / 2].iter().map(|b| format!("{b:02x}")).collect()
+        tag.as_ref()[..SIG / 2]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The envelope sender for message `id`.
@@ -65,16 +68,18 @@ impl ReturnPath {
             .filter(|l| l.eq_ignore_ascii_case(&self.local))
             .and_then(|_| local[self.local.len()..].strip_prefix('+'))?;
         let (id, sig) = token.rsplit_once('.')?;
-        [id.to_owned(), id.to_ascii_uppercase()].into_iter().find(|id| {
-            let want = self.sig(id);
-            // Constant time: a guess learns nothing from how long the compare took.
-            want.len() == sig.len()
-                && want
-                    .bytes()
-                    .zip(sig.bytes().map(|b| b.to_ascii_lowercase()))
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        })
+        [id.to_owned(), id.to_ascii_uppercase()]
+            .into_iter()
+            .find(|id| {
+                let want = self.sig(id);
+                // Constant time: a guess learns nothing from how long the compare took.
+                want.len() == sig.len()
+                    && want
+                        .bytes()
+                        .zip(sig.bytes().map(|b| b.to_ascii_lowercase()))
+                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                        == 0
+            })
     }
 
     /// Whether `rcpt` is at the return path's domain (then it is ours to take or refuse).
@@ -93,7 +98,10 @@ mod tests {
         let rp = ReturnPath::new("bounces@Bounce.Example.com", b"0123456789abcdef0123").unwrap();
         let id = "01M91STM6NY1S37TT7B209Z150";
         let sender = rp.sender(id);
-        assert!(sender.starts_with("bounces+01M91STM6NY1S37TT7B209Z150."), "{sender}");
+        assert!(
+            sender.starts_with("bounces+01M91STM6NY1S37TT7B209Z150."),
+            "{sender}"
+        );
         assert!(sender.ends_with("@bounce.example.com"));
         assert_eq!(rp.message_of(&sender).as_deref(), Some(id));
         // Case lost on the way back still names it.
@@ -105,7 +113,10 @@ mod tests {
         let other = ReturnPath::new("bounces@bounce.example.com", b"another secret key!!").unwrap();
         assert_eq!(other.message_of(&sender), None);
         assert_eq!(rp.message_of("bounces@bounce.example.com"), None);
-        assert_eq!(rp.message_of(&sender.replace("bounce.example.com", "x.example")), None);
+        assert_eq!(
+            rp.message_of(&sender.replace("bounce.example.com", "x.example")),
+            None
+        );
         assert!(rp.is_ours("anything@BOUNCE.example.com"));
         assert!(ReturnPath::new("b+x@d.example", b"0123456789abcdef").is_err());
         assert!(ReturnPath::new("b@d.example", b"short").is_err());

@@ -78,6 +78,17 @@ impl mailspool_spool::Intake for PgSpool {
     fn record_events(&self, events: &[mailspool_events::Event], durable: bool) -> Result<()> {
         self.insert_events(events, durable)
     }
+
+    fn read_events(
+        &self,
+        q: &mailspool_events::Query,
+    ) -> Result<mailspool_spool::events::EventPage> {
+        self.select_events(q)
+    }
+
+    fn suppress(&self, entry: &mailspool_events::Suppression) -> Result<()> {
+        self.upsert_suppression(entry)
+    }
 }
 
 impl Store for PgSpool {
@@ -472,13 +483,6 @@ impl Store for PgSpool {
         });
     }
 
-    fn read_events(
-        &self,
-        q: &mailspool_events::Query,
-    ) -> Result<mailspool_spool::events::EventPage> {
-        self.select_events(q)
-    }
-
     fn load_cursor(&self, name: &str) -> Option<String> {
         self.cursor(name)
     }
@@ -493,10 +497,6 @@ impl Store for PgSpool {
 
     fn suppressions(&self) -> Result<Vec<mailspool_events::Suppression>> {
         self.all_suppressions()
-    }
-
-    fn suppress(&self, entry: &mailspool_events::Suppression) -> Result<()> {
-        self.upsert_suppression(entry)
     }
 
     fn unsuppress(&self, address: &str, domain: &str) -> Result<bool> {

@@ -119,6 +119,13 @@ pub struct ServeConfig {
     /// Refuse recipients on the suppression list at RCPT (`[suppression] action =
     /// "refuse"` and the list enabled).
     pub refuse_suppressed: bool,
+    /// The return path: reports (bounces, complaints) to its domain are taken from
+    /// anyone, for messages it signed, and recorded as events.
+    pub return_path: Option<std::sync::Arc<mailspool_events::ReturnPath>>,
+    /// Failure classes, for the bounces that come back.
+    pub rules: std::sync::Arc<mailspool_events::Rules>,
+    /// What a hard bounce that comes back does to the suppression list.
+    pub suppression: mailspool_events::Policy,
     /// Each command (and each data read) must arrive within this (RFC 5321: 5 minutes).
     pub command_timeout: Duration,
     /// A whole session ends after this.
@@ -158,6 +165,9 @@ impl Default for ServeConfig {
             qualify_domain: None,
             max_recipients: 1000,
             refuse_suppressed: true,
+            return_path: None,
+            rules: Default::default(),
+            suppression: Default::default(),
             command_timeout: Duration::from_secs(300),
             session_timeout: Duration::from_secs(3600),
             max_connections: 1000,

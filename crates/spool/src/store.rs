@@ -47,6 +47,11 @@ pub trait Staged: Write + Send + std::fmt::Debug {
         let _ = replaced;
         Ok((self.commit(from, to)?, false))
     }
+    /// What was written, for a stage that only holds it in memory (a report that came
+    /// back to the return path: read, never queued); none for a spool's stage.
+    fn into_bytes(self: Box<Self>) -> Option<Vec<u8>> {
+        None
+    }
     /// The file spool's stage, for commits batched across messages; a back end that
     /// does not batch returns itself.
     fn into_file_stage(self: Box<Self>) -> std::result::Result<Stage<Arc<Spool>>, Box<dyn Staged>>;
@@ -113,6 +118,19 @@ pub trait Intake: Send + Sync {
     fn record_events(&self, events: &[Event], durable: bool) -> Result<()> {
         let _ = (events, durable);
         Ok(())
+    }
+    /// One page of the history (the cursor "" is its beginning); an empty one where
+    /// the history cannot be read (the drop).
+    fn read_events(&self, q: &Query) -> Result<EventPage> {
+        let _ = q;
+        Ok(EventPage::default())
+    }
+    /// Add or replace a suppression entry (refused where the list cannot be written).
+    fn suppress(&self, entry: &Suppression) -> Result<()> {
+        let _ = entry;
+        Err(crate::SpoolError::Config(
+            "this intake keeps no suppression list".into(),
+        ))
     }
 }
 
@@ -262,12 +280,8 @@ pub trait Store: Intake + std::fmt::Debug {
     fn claim_delay_warning(&self, node: &NodeName) -> Result<bool>;
     /// Give that right back (the warning could not be queued).
     fn release_delay_warning(&self, node: &NodeName);
-    /// One page of the history (the cursor "" is its beginning).
-    fn read_events(&self, q: &Query) -> Result<EventPage>;
     /// Every suppression entry (expired ones too, until removed).
     fn suppressions(&self) -> Result<Vec<Suppression>>;
-    /// Add or replace a suppression entry.
-    fn suppress(&self, entry: &Suppression) -> Result<()>;
     /// Remove the entry for `address` in scope `domain` ("" global); says whether
     /// there was one.
     fn unsuppress(&self, address: &str, domain: &str) -> Result<bool>;
@@ -331,6 +345,12 @@ impl Intake for Spool {
             true => self.events.append(events, durable),
             false => Ok(()),
         }
+    }
+    fn read_events(&self, q: &Query) -> Result<EventPage> {
+        self.events.read(q)
+    }
+    fn suppress(&self, entry: &Suppression) -> Result<()> {
+        self.suppressions.add(entry)
     }
 }
 
@@ -451,9 +471,6 @@ impl Store for Spool {
     fn release_delay_warning(&self, node: &NodeName) {
         Spool::release_delay_warning(self, node)
     }
-    fn read_events(&self, q: &Query) -> Result<EventPage> {
-        self.events.read(q)
-    }
     fn load_cursor(&self, name: &str) -> Option<String> {
         let f = crate::storage::os::open_read(&self.dir().join("cursors").join(name)).ok()?;
         let mut text = String::new();
@@ -473,9 +490,6 @@ impl Store for Spool {
         let mut all: Vec<Suppression> = self.suppressions.with(|m| m.values().cloned().collect());
         all.sort_by(|a, b| (&a.address, &a.domain).cmp(&(&b.address, &b.domain)));
         Ok(all)
-    }
-    fn suppress(&self, entry: &Suppression) -> Result<()> {
-        self.suppressions.add(entry)
     }
     fn unsuppress(&self, address: &str, domain: &str) -> Result<bool> {
         self.suppressions.remove(address, domain)

@@ -37,6 +37,18 @@ pub struct SuppressionFile {
     pub expire_days: Option<u64>,
 }
 
+/// `[return_path]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnPathFile {
+    /// `bounces@bounce.example.com`: mail goes out from `bounces+<id>.<sig>@...`, and
+    /// `serve` takes the reports that come back to that domain.
+    pub address: String,
+    /// The signing secret (at least 16 bytes), owned by the daemon's user, mode 0600;
+    /// relative to the configuration file's directory.
+    pub secret_file: PathBuf,
+}
+
 /// `[[webhook]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,6 +130,24 @@ fn webhook_settings(w: &WebhookFile) -> Result<WebhookSettings, ConfigError> {
     })
 }
 
+/// Read the return path's secret (the daemon and `serve`).
+pub(super) fn load_return_path(c: &mut Config) -> Result<(), ConfigError> {
+    let Some((address, file)) = c.return_path.clone() else {
+        return Ok(());
+    };
+    let secret = std::fs::read(&file).map_err(|source| ConfigError::Read {
+        path: file.clone(),
+        source,
+    })?;
+    let secret = secret.trim_ascii();
+    let rp = mailspool_events::ReturnPath::new(&address, secret)
+        .map_err(|e| ConfigError::Invalid(format!("[return_path] {e}")))?;
+    let rp = std::sync::Arc::new(rp);
+    c.deliver.return_path = Some(rp.clone());
+    c.serve.return_path = Some(rp);
+    Ok(())
+}
+
 /// Read the webhooks' secrets (what delivers: the daemon).
 pub(super) fn load_webhooks(c: &mut Config) -> Result<(), ConfigError> {
     c.deliver.webhooks = c
@@ -155,7 +185,14 @@ pub(super) fn events_settings(
     events: Option<&EventsFile>,
     suppression: Option<&SuppressionFile>,
     webhooks: Option<&Vec<WebhookFile>>,
+    return_path: Option<&ReturnPathFile>,
 ) -> Result<(), ConfigError> {
+    if let Some(rp) = return_path {
+        // Checked now; its secret is read by what signs and takes reports.
+        mailspool_events::ReturnPath::new(&rp.address, &[0; 16])
+            .map_err(|e| ConfigError::Invalid(format!("[return_path] {e}")))?;
+        c.return_path = Some((rp.address.clone(), rp.secret_file.clone()));
+    }
     c.webhooks = webhooks
         .into_iter()
         .flatten()
@@ -226,5 +263,6 @@ pub(super) fn load_rules(c: &mut Config) -> Result<(), ConfigError> {
     let rules = mailspool_events::Rules::load(path.as_deref())
         .map_err(|e| ConfigError::Invalid(format!("[events] bounce_rules: {e}")))?;
     c.deliver.rules = std::sync::Arc::new(rules);
+    c.serve.rules = c.deliver.rules.clone();
     Ok(())
 }

@@ -115,6 +115,8 @@ pub struct ConfigFile {
     pub suppression: Option<super::SuppressionFile>,
     /// Where events are POSTed (`[[webhook]]`, several).
     pub webhook: Option<Vec<super::WebhookFile>>,
+    /// The signed envelope sender bounces come back to (`[return_path]`).
+    pub return_path: Option<super::ReturnPathFile>,
     /// Traffic shaping: per-destination limits and cooling after throttling.
     pub shaping: Option<ShapingFile>,
     /// The spool: a directory (as `dequeue_dir`) or a PostgreSQL URL

@@ -26,7 +26,7 @@ mod http;
 mod serve;
 
 use deliver::deliver_settings;
-pub use events::{EventsFile, SuppressionFile, WebhookFile, WebhookSettings};
+pub use events::{EventsFile, ReturnPathFile, SuppressionFile, WebhookFile, WebhookSettings};
 pub use file::{
     ConfigFile, DestinationFile, DkimFile, ListenFile, OneOrMany, RelayFile, ServeFile,
     ShapingFile, TimeoutsFile,
@@ -45,6 +45,8 @@ pub const DEFAULT_MAX_HEADER_SIZE: usize = 1024 * 1024;
 /// Everything mailspool needs to run, with defaults filled in.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `[return_path]`: the address and the secret's file (read by `load_return_path`).
+    pub return_path: Option<(String, PathBuf)>,
     /// `[[webhook]]`, checked (their secrets are read by `load_secrets`).
     pub webhooks: Vec<WebhookSettings>,
     /// `[events] bounce_rules` as written (read into `deliver.rules`).
@@ -146,6 +148,7 @@ impl Default for Config {
             config_dir: None,
             bounce_rules: None,
             webhooks: Vec::new(),
+            return_path: None,
             log_json: false,
             http: None,
         }
@@ -304,6 +307,9 @@ impl Config {
             for w in &mut config.webhooks {
                 w.secret_file = dir.join(&w.secret_file);
             }
+            if let Some((_, file)) = &mut config.return_path {
+                *file = dir.join(&file);
+            }
         }
         events::load_rules(&mut config)?;
         Ok(config)
@@ -404,7 +410,10 @@ impl Config {
             file.events.as_ref(),
             file.suppression.as_ref(),
             file.webhook.as_ref(),
+            file.return_path.as_ref(),
         )?;
+        c.serve.rules = c.deliver.rules.clone();
+        c.serve.suppression = c.deliver.suppression.clone();
         c.serve.refuse_suppressed = c.deliver.suppression.enabled && c.deliver.suppression.refuse;
         c.log_json = match file.log_format.as_deref() {
             None | Some("text") => false,
@@ -424,7 +433,13 @@ impl Config {
     /// calls this: `sendmail`, `mailq` and `send` never read a secret.
     pub fn load_secrets(&mut self) -> Result<(), ConfigError> {
         events::load_webhooks(self)?;
+        events::load_return_path(self)?;
         deliver::load_secrets(self)
+    }
+
+    /// Read the return path's secret (`serve` takes the reports that come back to it).
+    pub fn load_return_path(&mut self) -> Result<(), ConfigError> {
+        events::load_return_path(self)
     }
 
     /// The spool's database URL, when the spool is a database rather than a directory.

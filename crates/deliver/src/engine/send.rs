@@ -33,8 +33,14 @@ impl Engine {
             Ok(v) => v,
             Err(reply) => return temporary_all(nodes, reply),
         };
+        // With a return path, bounces that come back later name this message (VERP);
+        // the null sender stays null (a bounce is never bounced).
+        let from = match &cfg.return_path {
+            Some(rp) if !first.name.envelope_from().is_empty() => rp.sender(&first.name.id),
+            _ => first.name.envelope_from().to_owned(),
+        };
         let env = Envelope {
-            from: first.name.envelope_from().to_owned(),
+            from,
             to: nodes
                 .iter()
                 .map(|(n, _)| n.name.envelope_to().to_owned())

@@ -36,6 +36,12 @@ pub fn run(config: &Config) -> CliResult {
             })?;
         }
     }
+    // The return path's secret: the reports that come back are checked against it.
+    let mut config = config.clone();
+    config
+        .load_return_path()
+        .map_err(|e| Failure::new(sysexits::CONFIG, e.to_string()))?;
+    let config = &config;
     let spool = mailspool::open_store_waiting(config, true)?;
     let users = users(config)?;
     runtime()?.block_on(async {

@@ -20,6 +20,7 @@ use crate::users::Users;
 
 mod auth;
 mod policy;
+mod report;
 mod transfer;
 
 /// Longest command line with its CRLF (RFC 5321 §4.5.3.1.4).
@@ -90,6 +91,9 @@ struct Tx {
     bdat: Option<(Box<dyn Staged>, DataReader)>,
     /// BDAT that already failed: the reply to give at LAST.
     bdat_failed: Option<&'static str>,
+    /// A report (a bounce or a complaint) coming back to the return path, about this
+    /// message id of ours: read, recorded as events, never queued.
+    report_for: Option<String>,
 }
 
 struct Session {

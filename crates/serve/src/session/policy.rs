@@ -97,6 +97,7 @@ impl Session {
             bdat: None,
             bdat_failed: None,
             smtputf8: from.flags & smtp_proto::MAIL_SMTPUTF8 != 0,
+            report_for: None,
         });
         self.reply("250 2.1.0 Ok").await
     }
@@ -143,6 +144,19 @@ impl Session {
         if !address.is_ascii() && !smtputf8 {
             return self
                 .refuse("553 5.6.7 Non-ASCII recipient needs SMTPUTF8")
+                .await;
+        }
+        // The return path's domain takes reports from anyone, for messages it signed;
+        // one message's reports per transaction, and nothing else with them.
+        if let Some(rp) = self.ctx.cfg.return_path.clone()
+            && !postmaster
+            && rp.is_ours(&address)
+        {
+            return self.report_rcpt(&rp, address).await;
+        }
+        if self.tx.as_ref().is_some_and(|t| t.report_for.is_some()) {
+            return self
+                .refuse("452 4.5.3 A report goes alone: send this in another transaction")
                 .await;
         }
         // Every SMTP server takes mail for <postmaster>; everything else is relaying.

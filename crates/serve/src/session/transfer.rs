@@ -26,6 +26,9 @@ fn io_reply(e: &std::io::Error) -> &'static str {
 impl Session {
     /// A stage for the transaction, with the Received header already in it.
     fn open_stage(&self, tx: &Tx) -> Result<Box<dyn Staged>, &'static str> {
+        if tx.report_for.is_some() {
+            return Ok(Box::new(super::report::ReportStage::new(&tx.id)));
+        }
         let mut stage = self.ctx.spool.clone().stage(&tx.id).map_err(|e| {
             tracing::error!(error = %e, "cannot stage a message");
             storage_reply(&e)
@@ -159,6 +162,9 @@ impl Session {
         if let Some(reply) = failed {
             drop(stage);
             return self.refuse(reply).await;
+        }
+        if let Some(id) = tx.report_for.clone() {
+            return self.take_report(id, stage).await;
         }
         let (from, rcpts) = (tx.from.clone(), tx.rcpts.clone());
         let commit = move || {
