@@ -109,8 +109,14 @@ impl Engine {
             })
             .collect();
         // A failure to store them is logged by `emit`; the outcome is acted on anyway
-        // (a delivered node kept for want of a history line would be sent again).
-        let _ = emit(&*self.spool, &events, true);
+        // (a delivered node kept for want of a history line would be sent again). The
+        // sync waits (for its group's fdatasync): off the runtime's worker, so the other
+        // deliveries' I/O goes on meanwhile.
+        let store = || emit(&*self.spool, &events, true);
+        let _ = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(store),
+            _ => store(),
+        };
         let m = mailspool_metrics::global();
         for e in &events {
             if let (Kind::Bounced | Kind::Expired, Some(class)) = (e.kind, e.class) {

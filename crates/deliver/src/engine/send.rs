@@ -142,9 +142,11 @@ impl Engine {
                             .get_or_create(&mailspool_metrics::PolicyLabel { policy })
                             .inc();
                         self.put_back(pool_key, session, dest).await;
+                        // A throttling reply, or a refusal the rules class as a
+                        // reputation block or a rate limit: the destination cools.
                         let throttling = (0..nodes.len())
                             .map(|i| outcome.result(i).to_string())
-                            .find(|r| is_throttling(r));
+                            .find(|r| is_throttling(r) || slows_down(&cfg.rules, r));
                         match &throttling {
                             Some(reply) => self.cool(dest, &target.host, reply),
                             None => dest.succeeded(),
@@ -497,4 +499,14 @@ fn failure_text(target: &Target, e: &SmtpError) -> String {
         "mta-sts" if tls => format!("4.7.5 MTA-STS (enforce): {}: {e}", target.host),
         _ => e.to_string(),
     }
+}
+
+/// Whether a failure says the receiver wants less of us: its class is a reputation
+/// block or a rate limit (a provider's words, matched by the bounce rules).
+fn slows_down(rules: &mailspool_events::Rules, reply: &str) -> bool {
+    matches!(reply.as_bytes().first(), Some(b'4' | b'5'))
+        && matches!(
+            rules.classify(reply, None),
+            mailspool_events::Class::ReputationBlock | mailspool_events::Class::RateLimit
+        )
 }
