@@ -16,7 +16,9 @@ mod verp;
 
 pub use class::{Class, RuleError, Rules, enhanced_status};
 pub use query::{MAX_PAGE, Query, is_address, is_message_id};
-pub use suppress::{Policy, Scope, Suppression, domain_of, hard_bounce};
+pub use suppress::{
+    Policy, Scope, Suppression, domain_of, hard_bounce, is_soft_bounce, soft_bounce,
+};
 pub use verp::ReturnPath;
 
 use serde::{Deserialize, Serialize};

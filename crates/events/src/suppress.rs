@@ -47,6 +47,11 @@ pub struct Policy {
     pub refuse: bool,
     /// Entries added by a bounce expire after this many days (none: never).
     pub expire_days: Option<u64>,
+    /// Soft bounces (a full mailbox, an expiry, ...) in a row, with no delivery between,
+    /// that suppress a recipient (0: never).
+    pub soft_bounces: u32,
+    /// Over how many days they are counted.
+    pub soft_bounce_days: u64,
 }
 
 impl Default for Policy {
@@ -56,6 +61,8 @@ impl Default for Policy {
             per_domain: false,
             refuse: true,
             expire_days: None,
+            soft_bounces: 0,
+            soft_bounce_days: 7,
         }
     }
 }
@@ -149,6 +156,55 @@ pub fn hard_bounce(event: &Event, policy: &Policy) -> Option<Suppression> {
     Some(s)
 }
 
+/// Whether `event` is a soft bounce: a failure that ends a message's tries without
+/// saying the recipient does not exist (a full mailbox, an expiry, a block).
+pub fn is_soft_bounce(event: &Event) -> bool {
+    matches!(event.kind, Kind::Bounced | Kind::Expired)
+        && hard_bounce(event, &Policy::default()).is_none()
+}
+
+/// The suppression that `policy`'s soft-bounce rule calls for after `event`, given the
+/// recipient's `history` (its events of the last `soft_bounce_days`, oldest first, this
+/// one included): `soft_bounces` soft bounces with no delivery after the first of them.
+pub fn soft_bounce(event: &Event, policy: &Policy, history: &[Event]) -> Option<Suppression> {
+    if !policy.enabled || policy.soft_bounces == 0 || !is_soft_bounce(event) {
+        return None;
+    }
+    let since = event
+        .time
+        .saturating_sub(policy.soft_bounce_days.saturating_mul(86_400));
+    let mut in_a_row = 0u32;
+    for e in history
+        .iter()
+        .filter(|e| e.time >= since && e.recipient.eq_ignore_ascii_case(&event.recipient))
+    {
+        match e.kind {
+            Kind::Delivered => in_a_row = 0,
+            _ if is_soft_bounce(e) => in_a_row += 1,
+            _ => {}
+        }
+    }
+    if in_a_row < policy.soft_bounces {
+        return None;
+    }
+    let scope = match policy.per_domain && !domain_of(&event.from).is_empty() {
+        true => Scope::Domain(domain_of(&event.from).to_ascii_lowercase()),
+        false => Scope::Global,
+    };
+    let reason = format!(
+        "{} soft bounces in a row ({})",
+        in_a_row,
+        event.class.map_or("other", |c| c.as_str())
+    );
+    let mut s = Suppression::new(&event.recipient, &scope, &reason, event.time);
+    s.expires = policy
+        .expire_days
+        .map(|d| event.time.saturating_add(d.saturating_mul(86_400)));
+    s.source = Some(event.event_id.clone());
+    s.detail = event.reply.clone();
+    Some(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +250,46 @@ mod tests {
             hard_bounce(&complaint, &global).unwrap().reason,
             "complaint"
         );
+    }
+
+    #[test]
+    fn soft_bounces_suppress_only_in_a_row_within_the_window() {
+        let policy = Policy {
+            soft_bounces: 3,
+            soft_bounce_days: 7,
+            ..Policy::default()
+        };
+        let ev = |kind, t: u64| {
+            let mut e = Event::new(kind, "M", "a@shop.example", "full@example.net")
+                .with_reply("552 5.2.2 Mailbox full");
+            e.class = Some(Class::MailboxFull);
+            e.time = t;
+            e
+        };
+        let day = 86_400;
+        let h = vec![
+            ev(Kind::Bounced, 10 * day),
+            ev(Kind::Expired, 11 * day),
+            ev(Kind::Bounced, 12 * day),
+        ];
+        let s = soft_bounce(&h[2], &policy, &h).unwrap();
+        assert_eq!(s.reason, "3 soft bounces in a row (mailbox_full)");
+        // A delivery between them starts the count again.
+        let mut broken = h.clone();
+        broken.insert(1, ev(Kind::Delivered, 10 * day + 5));
+        assert!(soft_bounce(&broken[3], &policy, &broken).is_none());
+        // Older than the window: not counted.
+        let old = vec![
+            ev(Kind::Bounced, 0),
+            ev(Kind::Bounced, 11 * day),
+            ev(Kind::Bounced, 12 * day),
+        ];
+        assert!(soft_bounce(&old[2], &policy, &old).is_none());
+        // Off by default; a hard bounce is not a soft one.
+        assert!(soft_bounce(&h[2], &Policy::default(), &h).is_none());
+        let mut hard = ev(Kind::Bounced, 12 * day).with_reply("550 5.1.1 unknown");
+        hard.class = Some(Class::InvalidRecipient);
+        assert!(!is_soft_bounce(&hard));
     }
 
     #[test]

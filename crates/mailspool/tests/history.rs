@@ -242,3 +242,38 @@ async fn with_action_drop_a_suppressed_recipient_is_taken_and_dropped_before_sen
     assert_eq!(kinds, ["accepted", "held", "deleted"]);
     assert!(events[1]["by"].as_str().unwrap().contains("uid"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_bounces_in_a_row_suppress_when_configured() {
+    let mut script = Script::default();
+    script
+        .rcpt
+        .insert("full@one.test".into(), "452 4.2.2 Mailbox full".into());
+    let sink = Sink::start(script).await;
+    // One tier: a temporary failure there ends the schedule (an expiry).
+    let env = Env::new(
+        &sink,
+        "dequeue_periods = [0]\n[suppression]\nsoft_bounces = 2\nsoft_bounce_days = 7\n",
+    );
+    for round in 1..=2 {
+        tokio::task::block_in_place(|| {
+            env.ok(&["send", "full@one.test"], Some(MSG));
+            env.ok(&["queue", "run"], None);
+        });
+        let list = tokio::task::block_in_place(|| env.ok(&["suppress", "list"], None));
+        assert_eq!(
+            list.contains("full@one.test"),
+            round == 2,
+            "round {round}: {list}"
+        );
+    }
+    let list = tokio::task::block_in_place(|| env.ok(&["suppress", "list"], None));
+    assert!(
+        list.contains("2 soft bounces in a row (mailbox_full)"),
+        "{list}"
+    );
+    let expired = tokio::task::block_in_place(|| env.events("full@one.test"));
+    assert_eq!(expired.iter().filter(|e| e["type"] == "expired").count(), 2);
+    let out = tokio::task::block_in_place(|| env.run(&["send", "full@one.test"], Some(MSG)));
+    assert_eq!(out.status.code(), Some(65));
+}

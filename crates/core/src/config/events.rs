@@ -35,6 +35,11 @@ pub struct SuppressionFile {
     pub action: Option<String>,
     /// Days after which an entry a bounce added expires (none: never).
     pub expire_days: Option<u64>,
+    /// Soft bounces (a full mailbox, an expiry) in a row, with no delivery between,
+    /// that suppress a recipient (0, the default: never).
+    pub soft_bounces: Option<u32>,
+    /// Days over which they are counted (7).
+    pub soft_bounce_days: Option<u64>,
 }
 
 /// `[return_path]`.
@@ -249,6 +254,17 @@ pub(super) fn events_settings(
             ));
         }
         p.expire_days = s.expire_days;
+        if let Some(n) = s.soft_bounces {
+            p.soft_bounces = n;
+        }
+        if let Some(d) = s.soft_bounce_days {
+            if d == 0 {
+                return Err(ConfigError::Invalid(
+                    "[suppression] soft_bounce_days must be 1 or more".into(),
+                ));
+            }
+            p.soft_bounce_days = d;
+        }
     }
     Ok(())
 }

@@ -123,7 +123,11 @@ impl Engine {
                 m.bounce(class.as_str());
             }
             // An interactive caller was told the refusal itself, and decides.
-            if let Some(entry) = hard_bounce(e, &cfg.suppression).filter(|_| !interactive) {
+            let entry = match interactive {
+                true => None,
+                false => hard_bounce(e, &cfg.suppression).or_else(|| self.soft_bounced(cfg, e)),
+            };
+            if let Some(entry) = entry {
                 match self.spool.suppress(&entry) {
                     Ok(()) => {
                         tracing::info!(to = %escape(&entry.address), reason = %entry.reason, domain = %escape(&entry.domain), "suppressed after a hard bounce")
@@ -134,6 +138,39 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The suppression `[suppression] soft_bounces` calls for after the soft bounce `e`,
+    /// from the recipient's recent history.
+    fn soft_bounced(
+        &self,
+        cfg: &DeliverConfig,
+        e: &Event,
+    ) -> Option<mailspool_events::Suppression> {
+        let p = &cfg.suppression;
+        if p.soft_bounces == 0 || !mailspool_events::is_soft_bounce(e) {
+            return None;
+        }
+        let mut q = mailspool_events::Query {
+            recipient: Some(e.recipient.clone()),
+            since: Some(
+                e.time
+                    .saturating_sub(p.soft_bounce_days.saturating_mul(86_400)),
+            ),
+            limit: mailspool_events::MAX_PAGE,
+            ..Default::default()
+        };
+        let mut history = Vec::new();
+        // Bounded: a recipient with more events than this in the window is not counted.
+        for _ in 0..10 {
+            let page = self.spool.read_events(&q).ok()?;
+            history.extend(page.events);
+            if !page.more {
+                return mailspool_events::soft_bounce(e, p, &history);
+            }
+            q.cursor = page.next;
+        }
+        None
     }
 
     /// Take the claim's suppressed recipients out of it: each is removed from the spool
