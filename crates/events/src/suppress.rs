@@ -123,12 +123,10 @@ pub fn domain_of(address: &str) -> &str {
 
 /// The suppression a failure event calls for, if any: a permanent refusal saying the
 /// recipient does not exist (5.1.1 unknown user, 5.1.10 null MX, ...) or a complaint.
-/// `per_domain`: the entry applies to the sender's domain only.
 pub fn hard_bounce(event: &Event, policy: &Policy) -> Option<Suppression> {
     if !policy.enabled {
         return None;
     }
-    let per_domain = policy.per_domain;
     let reason = match (event.kind, event.class) {
         (Kind::Complained, _) => "complaint",
         (Kind::Bounced, Some(Class::InvalidRecipient))
@@ -141,11 +139,15 @@ pub fn hard_bounce(event: &Event, policy: &Policy) -> Option<Suppression> {
     if event.recipient.is_empty() {
         return None;
     }
-    let scope = match per_domain {
-        true if !domain_of(&event.from).is_empty() => {
-            Scope::Domain(domain_of(&event.from).to_ascii_lowercase())
-        }
-        _ => Scope::Global,
+    Some(entry_for(event, policy, reason))
+}
+
+/// The entry `event` makes under `policy`: its recipient, in the sender's domain or
+/// for everyone, expiring as configured, tied to the event.
+fn entry_for(event: &Event, policy: &Policy, reason: &str) -> Suppression {
+    let scope = match policy.per_domain && !domain_of(&event.from).is_empty() {
+        true => Scope::Domain(domain_of(&event.from).to_ascii_lowercase()),
+        false => Scope::Global,
     };
     let mut s = Suppression::new(&event.recipient, &scope, reason, event.time);
     s.expires = policy
@@ -153,7 +155,7 @@ pub fn hard_bounce(event: &Event, policy: &Policy) -> Option<Suppression> {
         .map(|d| event.time.saturating_add(d.saturating_mul(86_400)));
     s.source = Some(event.event_id.clone());
     s.detail = event.reply.clone();
-    Some(s)
+    s
 }
 
 /// Whether `event` is a soft bounce: a failure that ends a message's tries without
@@ -187,22 +189,12 @@ pub fn soft_bounce(event: &Event, policy: &Policy, history: &[Event]) -> Option<
     if in_a_row < policy.soft_bounces {
         return None;
     }
-    let scope = match policy.per_domain && !domain_of(&event.from).is_empty() {
-        true => Scope::Domain(domain_of(&event.from).to_ascii_lowercase()),
-        false => Scope::Global,
-    };
     let reason = format!(
         "{} soft bounces in a row ({})",
         in_a_row,
         event.class.map_or("other", |c| c.as_str())
     );
-    let mut s = Suppression::new(&event.recipient, &scope, &reason, event.time);
-    s.expires = policy
-        .expire_days
-        .map(|d| event.time.saturating_add(d.saturating_mul(86_400)));
-    s.source = Some(event.event_id.clone());
-    s.detail = event.reply.clone();
-    Some(s)
+    Some(entry_for(event, policy, &reason))
 }
 
 #[cfg(test)]
