@@ -70,15 +70,43 @@ pub fn parse(raw: &[u8]) -> Vec<Report> {
             _ => {}
         }
     }
+    // The human part says why when the fields do not (Exim: "gone@x\n    Unrouteable
+    // address", with Status 5.0.0 and no Diagnostic-Code).
+    let human: String = (0..msg.text_body.len())
+        .filter_map(|i| msg.body_text(i))
+        .collect::<Vec<_>>()
+        .join("\n");
     for r in &mut out {
         if r.kind == ReportKind::Complaint && r.recipient.is_none() {
             r.recipient = embedded_to.clone();
+        }
+        if r.diagnostic.starts_with("Action: ")
+            && let Some(why) = r
+                .recipient
+                .as_deref()
+                .and_then(|to| reason_near(&human, to))
+        {
+            r.diagnostic = why;
         }
     }
     if out.is_empty() {
         out.extend(plain_text(&msg));
     }
     out
+}
+
+/// The line after the one naming `to` in a bounce's text, when it says something.
+fn reason_near(text: &str, to: &str) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.to_ascii_lowercase().contains(&to.to_ascii_lowercase()))?;
+    lines[at + 1..]
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty())
+        .filter(|l| !l.contains('@') && l.len() <= crate::MAX_REPLY)
+        .map(str::to_owned)
 }
 
 /// Blocks of header-syntax fields separated by blank lines, each as (lowercased name,
@@ -346,6 +374,30 @@ To: gone@example.net\r\n\
         assert_eq!(
             (r[1].kind, r[1].recipient.as_deref()),
             (ReportKind::Delayed, Some("full@example.net"))
+        );
+    }
+
+    #[test]
+    fn an_exim_dsn_without_a_diagnostic_takes_the_reason_from_its_text() {
+        let exim = "From: Mail Delivery System <Mailer-Daemon@vm>\r\nTo: x@bounce.test\r\n\
+Subject: Mail delivery failed: returning message to sender\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=E\r\n\r\n\
+--E\r\nContent-type: text/plain; charset=us-ascii\r\n\r\n\
+This message was created automatically by mail delivery software.\r\n\r\n\
+A message that you sent could not be delivered to one or more of its\r\n\
+recipients. This is a permanent error. The following address(es) failed:\r\n\r\n\
+  gone@one.test\r\n    Unrouteable address\r\n\r\n\
+--E\r\nContent-type: message/delivery-status\r\n\r\n\
+Reporting-MTA: dns; vm\r\n\r\nAction: failed\r\nFinal-Recipient: rfc822;gone@one.test\r\n\
+Status: 5.0.0\r\n\r\n--E--\r\n";
+        let r = parse(exim.as_bytes());
+        assert_eq!(r.len(), 1, "{r:#?}");
+        assert_eq!(r[0].diagnostic, "Unrouteable address");
+        assert_eq!(r[0].status.as_deref(), Some("5.0.0"));
+        let rules = crate::Rules::default();
+        assert_eq!(
+            rules.classify("5.0.0 Unrouteable address", Some("5.0.0")),
+            crate::Class::InvalidRecipient
         );
     }
 
