@@ -127,7 +127,87 @@ both!(
     the_http_batch_commits_each_message,
     two_hosts_deliver_each_message_once,
     a_big_message_is_stored_and_sent_whole,
+    history_suppressions_cursors_and_jobs,
 );
+
+/// The history, the suppression list, readers' cursors and job leases behave the same
+/// on both back ends.
+async fn history_suppressions_cursors_and_jobs(b: Back) {
+    use mailspool_events::{Event, Kind, Query, Scope, Suppression};
+    let store = b.open();
+    let ms = Mailspool::with_store(b.config(), store.clone());
+    let sent = send(
+        &ms,
+        "From: app@example.com\nTo: a@example.org, B@Example.org\nMessage-ID: <h1@example.com>\n\nhi\n",
+    );
+    let page = store
+        .read_events(&Query {
+            key: Some(sent.id.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.events.len(), 2);
+    assert!(
+        page.events
+            .iter()
+            .all(|e| e.kind == Kind::Accepted && e.source.as_deref() == Some("library"))
+    );
+    let by_mid = store
+        .read_events(&Query {
+            key: Some("<h1@example.com>".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(by_mid.events.len(), 2);
+    let by_rcpt = store
+        .read_events(&Query {
+            recipient: Some("b@example.org".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(by_rcpt.events.len(), 1);
+    // A reader placed at the end sees only what comes after.
+    let mut end = Query {
+        since: Some(mailspool_spool::now()),
+        ..Default::default()
+    };
+    let mut at = store.read_events(&end).unwrap();
+    while at.more {
+        end.cursor = at.next.clone();
+        at = store.read_events(&end).unwrap();
+    }
+    let later = Event::new(Kind::Held, &sent.id, "app@example.com", "a@example.org");
+    store
+        .record_events(std::slice::from_ref(&later), true)
+        .unwrap();
+    let after = store
+        .read_events(&Query {
+            cursor: at.next.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(after.events, vec![later]);
+    // Cursors and jobs.
+    assert_eq!(store.load_cursor("webhook.t"), None);
+    store.save_cursor("webhook.t", "x").unwrap();
+    assert_eq!(store.load_cursor("webhook.t").as_deref(), Some("x"));
+    assert!(store.take_job("webhook.t") && store.take_job("webhook.t"));
+    // The suppression list.
+    let s = Suppression::new("Gone@Example.org", &Scope::Global, "manual", 1);
+    store.suppress(&s).unwrap();
+    assert!(
+        store
+            .suppressed("x@example.com", "gone@example.org")
+            .is_some()
+    );
+    assert_eq!(store.suppressions().unwrap().len(), 1);
+    assert!(store.unsuppress("gone@example.org", "").unwrap());
+    assert!(
+        store
+            .suppressed("x@example.com", "gone@example.org")
+            .is_none()
+    );
+}
 
 async fn send_mail_stores_one_node_per_recipient_without_bcc(b: Back) {
     let store = b.open();

@@ -77,8 +77,15 @@ impl PgSpool {
         let kinds: Vec<String> = q.kinds.iter().map(|k| k.as_str().to_owned()).collect();
         let key = q.key.clone();
         let recipient = q.recipient.as_deref().map(str::to_lowercase);
-        let rows = self.run(move |inner| async move {
+        let (rows, end) = self.run(move |inner| async move {
             let mut c = inner.pool.settling().await.map_err(|e| db("connect", e))?;
+            // Where the history ends now: a reader placed at the end (a new webhook)
+            // starts after every row already there, not at the first.
+            let end: i64 = c
+                .query_one("SELECT coalesce(max(seq), 0) FROM mailspool_events", &[])
+                .await
+                .map_err(|e| db("read events", e))?
+                .get(0);
             // Each filter is a sargable OR on its own index; the key is one of a message
             // id, a Message-ID or a recipient.
             c.query(
@@ -93,6 +100,7 @@ impl PgSpool {
                 &[&after, &since, &kinds, &key, &recipient, &(limit as i64)],
             )
             .await
+            .map(|rows| (rows, end))
             .map_err(|e| db("read events", e))
         })?;
         let mut page = EventPage::default();
@@ -106,8 +114,9 @@ impl PgSpool {
                 page.events.push(e);
             }
         }
-        page.next = Some(last.to_string());
         page.more = rows.len() >= limit;
+        // Read to the end: the next page starts after every row there was.
+        page.next = Some(if page.more { last } else { last.max(end) }.to_string());
         Ok(page)
     }
 
