@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use mailspool::{Config, Mailspool, MessageSource, SendMail};
 
+mod history;
 mod http_load;
 mod smtp_load;
 
@@ -179,6 +180,7 @@ fn main() {
         Some("cert") => return smtp_load::cert(),
         Some("http") => return http_load::post(),
         Some("http-get") => return http_load::get(),
+        Some("history") => return history::run(),
         _ => {}
     }
     let a = parse_args();
