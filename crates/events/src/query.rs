@@ -49,21 +49,30 @@ impl Query {
     /// event it holds cannot pass (it lacks the key's or recipient's text, compared
     /// without regard to ASCII case, as addresses are).
     pub fn may_match_line(&self, line: &[u8]) -> bool {
+        self.needle().is_none_or(|n| {
+            let n = n.as_bytes();
+            line.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+        })
+    }
+
+    /// The text (lower-cased) every stored line of a matching event contains, when
+    /// there is one: a reader looks for it in the lower-cased line before parsing.
+    pub fn needle(&self) -> Option<String> {
         let plain = |s: &&str| {
             !s.is_empty()
                 && s.bytes()
                     .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
         };
-        let needle = self.recipient.as_deref().filter(plain).or_else(|| {
-            self.key
-                .as_deref()
-                .map(|k| k.trim_start_matches('<').trim_end_matches('>'))
-                .filter(plain)
-        });
-        needle.is_none_or(|n| {
-            let n = n.as_bytes();
-            line.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
-        })
+        self.recipient
+            .as_deref()
+            .filter(plain)
+            .or_else(|| {
+                self.key
+                    .as_deref()
+                    .map(|k| k.trim_start_matches('<').trim_end_matches('>'))
+                    .filter(plain)
+            })
+            .map(|n| n.to_ascii_lowercase())
     }
 }
 

@@ -181,6 +181,13 @@ impl EventLog {
         };
         let mut page = EventPage::default();
         let mut budget = SCAN_BUDGET;
+        // Lines that cannot match are skipped unparsed: a search in the lower-cased
+        // line for the key's text (memchr's SIMD substring search).
+        let needle = q.needle();
+        let finder = needle
+            .as_deref()
+            .map(|n| memchr::memmem::Finder::new(n.as_bytes()));
+        let mut lower = Vec::new();
         let start = day;
         for d in self.days().into_iter().filter(|&d| d >= start) {
             if d > day {
@@ -222,8 +229,12 @@ impl EventLog {
                 }
                 offset += n as u64;
                 budget = budget.saturating_sub(n as u64);
-                if !q.may_match_line(&line) {
-                    continue;
+                if let Some(f) = &finder {
+                    lower.clear();
+                    lower.extend(line.iter().map(u8::to_ascii_lowercase));
+                    if f.find(&lower).is_none() {
+                        continue;
+                    }
                 }
                 if let Ok(e) = serde_json::from_slice::<Event>(&line)
                     && q.matches(&e)
