@@ -18,9 +18,9 @@ fn flag(name: &str) -> Option<String> {
 
 /// The event `i` of `n` (the same shape `bench/history` writes with SQL).
 pub fn event(i: u64, n: u64, now: u64) -> Event {
-    let kind = if i % 100 == 0 {
+    let kind = if i.is_multiple_of(100) {
         Kind::Bounced
-    } else if i % 3 == 0 {
+    } else if i.is_multiple_of(3) {
         Kind::Accepted
     } else {
         Kind::Delivered
