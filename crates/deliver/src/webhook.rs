@@ -269,13 +269,15 @@ impl Sender {
         tracing::info!(webhook = %name, url = %self.hook.url, "webhook sender started");
         let mut cursor: Option<String> = None;
         let mut holding = false;
-        let mut lease_checked = Instant::now() - Duration::from_secs(3600);
+        // None: never checked (an Instant an hour back would not exist on a host up for
+        // less than that: the monotonic clock starts at boot).
+        let mut lease_checked: Option<Instant> = None;
         loop {
             // One sender per webhook in a cluster: the others wait for its lease.
-            if lease_checked.elapsed() >= Duration::from_secs(10) {
+            if lease_checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                 let job = self.job();
                 let held = self.blocking(move |s| s.take_job(&job)).await;
-                lease_checked = Instant::now();
+                lease_checked = Some(Instant::now());
                 if held != holding {
                     tracing::info!(webhook = %name, sending = held, "webhook lease {}", if held { "taken" } else { "held elsewhere" });
                     holding = held;
