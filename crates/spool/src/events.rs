@@ -136,9 +136,12 @@ impl EventLog {
         let (file, sync) = self
             .day_file(day_of(now))
             .map_err(|e| SpoolError::io("open", &self.dir, e))?;
-        (&*file)
-            .write_all(buf.as_bytes())
-            .map_err(|e| SpoolError::io("append to", &self.dir, e))?;
+        if let Err(e) = (&*file).write_all(buf.as_bytes()) {
+            // A full disk may have taken part of the batch: end the torn line, so the
+            // next append starts a line of its own instead of spoiling it too.
+            let _ = (&*file).write_all(b"\n");
+            return Err(SpoolError::io("append to", &self.dir, e));
+        }
         if durable {
             sync.sync(|_| file.sync_data())
                 .map_err(|e| SpoolError::io("sync", &self.dir, e))?;

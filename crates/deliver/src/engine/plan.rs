@@ -107,12 +107,7 @@ impl Engine {
                 // Planned nodes count as in flight until their group is done, so a
                 // later pass does not plan them again.
                 in_flight.insert(n.path.clone());
-                let key = (n.name.id.clone(), n.name.from.clone(), n.domain());
-                let entry = groups.entry(key.clone()).or_default();
-                if entry.is_empty() {
-                    order.push(key);
-                }
-                entry.push(n);
+                add_to_group(&mut groups, &mut order, n);
                 if !completing {
                     taken += 1;
                 }
@@ -185,12 +180,7 @@ impl Engine {
         let mut order = Vec::new();
         for n in claimed {
             in_flight.insert(n.path.clone());
-            let key = (n.name.id.clone(), n.name.from.clone(), n.domain());
-            let entry = groups.entry(key.clone()).or_default();
-            if entry.is_empty() {
-                order.push(key);
-            }
-            entry.push(n);
+            add_to_group(&mut groups, &mut order, n);
         }
         let groups: Vec<Group> = order
             .into_iter()
@@ -206,4 +196,21 @@ impl Engine {
             tiers,
         }))
     }
+}
+
+/// One message's nodes at one domain, by (id, sender, domain), in first-seen order.
+type GroupKey = (String, String, String);
+
+/// Add node `n` to its group, remembering the order groups were first seen in.
+fn add_to_group(
+    groups: &mut HashMap<GroupKey, Vec<NodeEntry>>,
+    order: &mut Vec<GroupKey>,
+    n: NodeEntry,
+) {
+    let key = (n.name.id.clone(), n.name.from.clone(), n.domain());
+    let entry = groups.entry(key.clone()).or_default();
+    if entry.is_empty() {
+        order.push(key);
+    }
+    entry.push(n);
 }
