@@ -154,6 +154,11 @@ impl Group {
         &self.domain
     }
 
+    /// The nodes planned.
+    pub fn nodes(&self) -> &[NodeEntry] {
+        &self.nodes
+    }
+
     /// A group of no nodes, for tests of what schedules groups.
     #[cfg(test)]
     pub(crate) fn empty(domain: &str) -> Group {
@@ -631,41 +636,4 @@ fn split_into_messages(opened: Vec<(NodeEntry, NodeLock, NodeFile)>) -> Vec<Clai
         }
     }
     merged
-}
-
-/// Tier-0 inodes whose scan saw fewer names than the inode has, changed in the last two
-/// seconds: a commit was still linking the message's recipients while the directory was
-/// read. Planned now, the names seen would go in one transaction and the rest in
-/// another; left for the next scan (which counts in-flight names too), they go in one.
-/// An older inode with more names has them elsewhere (another tier, held, or being
-/// delivered) and goes as it is.
-fn incomplete_messages(
-    groups: &HashMap<(String, String, String), Vec<NodeEntry>>,
-    names_seen: &HashMap<u64, u64>,
-) -> HashSet<u64> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let mut checked = HashSet::new();
-    let mut incomplete = HashSet::new();
-    for n in groups.values().flatten().filter(|n| n.tier == 0 && !n.held) {
-        if !checked.insert(n.ino) {
-            continue;
-        }
-        let seen = names_seen.get(&n.ino).copied().unwrap_or(0);
-        // Stat'ed again, not the plan's first look: a commit may have linked more names
-        // (and the scan seen them) since. Never through a symlink; a name gone since the
-        // scan is the delivery's to see.
-        let Ok(meta) = std::fs::symlink_metadata(&n.path) else {
-            continue;
-        };
-        if meta.ino() == n.ino && meta.nlink() > seen {
-            if now - meta.ctime() < 2 {
-                incomplete.insert(n.ino);
-            } else {
-                tracing::debug!(id = %n.name.id, nlink = meta.nlink(), seen, "planned with names this scan did not see (not a fresh commit)");
-            }
-        }
-    }
-    incomplete
 }
