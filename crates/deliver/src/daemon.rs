@@ -312,6 +312,10 @@ pub async fn run(
     // Planned groups wait here; at most `task_cap` run as tasks at once.
     let mut backlog = Backlog::default();
     tracing::info!(spool = %engine.spool().location(), tick = ?opts.tick, "daemon started");
+    if let Some(files) = engine.spool().as_files() {
+        // How commits here (the pickup's, the bounces') make their names durable.
+        tracing::info!(durability = %files.durability(), "spool file system");
+    }
     // A plan that stopped at its chunk limit is continued as soon as the backlog is empty.
     let mut more: Option<PassOptions> = None;
     loop {

@@ -30,6 +30,9 @@ pub struct DropConfig {
     /// `qualify_domain`, else `hostname` (for checking bare names' lengths; the pickup
     /// completes them itself).
     pub qualify_domain: Option<String>,
+    /// `fsync_directories`: whether the file's own fsync makes its name durable is
+    /// asked of the file system (`auto`) or overridden.
+    pub fsync_directories: mailspool_spool::durability::Setting,
 }
 
 impl DropConfig {
@@ -48,6 +51,7 @@ impl DropConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             min_free_space: None,
             qualify_domain: None,
+            fsync_directories: Default::default(),
         };
         if let Some(path) = file {
             match std::fs::read_to_string(&path) {
@@ -107,6 +111,13 @@ impl DropConfig {
                             .map_err(|_| format!("min_free_space = {value}: not a number"))?,
                     );
                 }
+                "fsync_directories" => {
+                    let v = toml_string(value)?;
+                    self.fsync_directories = mailspool_spool::durability::Setting::parse(&v)
+                        .ok_or_else(|| {
+                            format!("fsync_directories = {value}: expected \"auto\", \"always\" or \"never\"")
+                        })?;
+                }
                 _ => {}
             }
         }
@@ -151,6 +162,7 @@ mod tests {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             min_free_space: None,
             qualify_domain: None,
+            fsync_directories: Default::default(),
         };
         c.apply(
             "# comment\ndequeue_dir = \"/srv/mail spool\"   # here\nmax_message_size = 1_000\nhostname = \"x\"\n[relay]\ndequeue_dir = \"/not/this\"\n",

@@ -71,6 +71,7 @@ fn run(prog: &str, argv: &[OsString]) -> Result<(), (u8, String)> {
         max_message_size: config.max_message_size,
         max_header_size: 1024 * 1024,
         min_free_space: config.reserve(),
+        fsync_directories: config.fsync_directories,
         // The node name's length is what is checked: the kernel's name stands in for a
         // qualify_domain the configuration does not give.
         qualify_domain: config.qualify_domain.clone().unwrap_or_else(|| {

@@ -28,6 +28,8 @@ pub struct Submission {
     pub min_free_space: u64,
     /// What completes a bare name for the checks (the pickup completes it for real).
     pub qualify_domain: String,
+    /// `fsync_directories` (see `mailspool_spool::durability`).
+    pub fsync_directories: mailspool_spool::durability::Setting,
 }
 
 /// Why a message was not dropped; nothing of it is left behind.
@@ -313,50 +315,10 @@ fn write_all(
     // Without a journal (ext2, ext4 made without one) a file's fsync does not carry its
     // new directory entry, and the drop cannot fsync maildrop/ (it may write there, not
     // read it): the whole file system is synced instead.
-    if !journals_new_names(&file) {
+    if !mailspool_spool::durability::detect(&file, sub.fsync_directories).created_names_with_file {
         rustix::fs::syncfs(&file).map_err(|e| w(e.into()))?;
     }
     Ok(())
-}
-
-/// Whether the file system under `file` makes a new file's name durable with the
-/// file's own fsync: XFS and btrfs always, ext4 when it has a journal. When unsure, no.
-#[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
-fn journals_new_names(file: &File) -> bool {
-    const EXT4: i64 = 0xEF53;
-    const XFS: i64 = 0x5846_5342;
-    const BTRFS: i64 = 0x9123_683E;
-    match rustix::fs::fstatfs(file).map(|s| s.f_type as i64) {
-        Ok(XFS | BTRFS) => true,
-        Ok(EXT4) => ext4_has_journal(file),
-        _ => false,
-    }
-}
-
-/// An ext4 file system has a journal when jbd2 lists its device (`/proc/fs/jbd2/vda-8`).
-fn ext4_has_journal(file: &File) -> bool {
-    let Ok(st) = rustix::fs::fstat(file) else {
-        return false;
-    };
-    let dev = format!(
-        "/sys/dev/block/{}:{}",
-        rustix::fs::major(st.st_dev),
-        rustix::fs::minor(st.st_dev)
-    );
-    let Some(name) = std::fs::read_link(dev)
-        .ok()
-        .and_then(|t| t.file_name().and_then(|n| n.to_str()).map(str::to_owned))
-    else {
-        return false;
-    };
-    std::fs::read_dir("/proc/fs/jbd2").is_ok_and(|d| {
-        d.flatten().any(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix(name.as_str()))
-                .is_some_and(|rest| rest.starts_with('-'))
-        })
-    })
 }
 
 /// The mode of a drop file whose writer finished: the pickup takes only these.
@@ -380,6 +342,7 @@ mod tests {
             max_header_size: 4096,
             min_free_space: 0,
             qualify_domain: "host.test".into(),
+            fsync_directories: Default::default(),
         }
     }
 

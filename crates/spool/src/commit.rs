@@ -5,6 +5,11 @@
 //! 3. One hard link per recipient into tier 0, named `<time>-<id>-<to>-<from>`: one
 //!    inode, N names, no copy per recipient. `link` never replaces an existing name.
 //! 4. fsync tier 0 (grouped: concurrent commits in this process share one fsync).
+//!
+//! Where the file system journals a link with its inode (see [`crate::durability`]),
+//! steps 2 and 4 become one journal commit: the stage is written out (its blocks
+//! allocated, no commit) before the links, and the file's own `fsync` after them makes
+//! data, size and names durable together.
 //! 5. Unlink the stage, append the usage line, and only then report success.
 //!
 //! A failure at any step removes what the commit made. A crash leaves only whole nodes
@@ -17,6 +22,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
+use crate::durability::NameSync;
 use crate::name::{NODE_NAME_MAX, NodeName, is_valid_id};
 use crate::{Result, Spool, SpoolError, now};
 
@@ -162,18 +168,38 @@ impl<S: Deref<Target = Spool>> Stage<S> {
 
     fn try_commit(&mut self, from: &str, to: &[String]) -> Result<Committed> {
         let file = self.written_file()?;
-        self.spool
-            .storage
-            .sync_file(&file)
-            .map_err(|e| SpoolError::io("fsync", &self.path, e))?;
+        let journaled = self.spool.durability().links == NameSync::FileFsync;
+        // The data is on disk before any name points to it: fdatasync'd, or (where a
+        // journal will commit names and data together) written out and allocated.
+        let storage = &self.spool.storage;
+        if journaled {
+            storage.write_out(&file)
+        } else {
+            storage.sync_file(&file)
+        }
+        .map_err(|e| SpoolError::io("fsync", &self.path, e))?;
         // `file` stays open, and its flock held, until the commit is over: a dequeuer
         // that finds one of the new nodes sees the lock on their shared inode and waits
         // for the rest of the message (see `Spool::commit_in_progress`).
         let mut nodes = self.link_nodes(from, to)?;
         let spool: &Spool = &self.spool;
-        if let Err(e) = spool.tier0_sync.sync(|dir| spool.storage.sync_dir(dir)) {
+        let synced = if journaled {
+            // One journal commit for data, size and every link (concurrent commits
+            // share it: jbd2 and XFS's log batch them).
+            let at = nodes.first().unwrap_or(&self.path);
+            spool
+                .storage
+                .sync_inode(&file)
+                .map_err(|e| SpoolError::io("fsync", at, e))
+        } else {
+            spool
+                .tier0_sync
+                .sync(|dir| spool.storage.sync_dir(dir))
+                .map_err(|e| SpoolError::io("fsync", spool.tier_dir(0), e))
+        };
+        if let Err(e) = synced {
             remove_all(spool, &mut nodes);
-            return Err(SpoolError::io("fsync", spool.tier_dir(0), e));
+            return Err(e);
         }
         self.finish(nodes, file)
     }

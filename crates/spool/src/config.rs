@@ -33,6 +33,9 @@ pub struct SpoolConfig {
     pub events: bool,
     /// Days the history keeps events (`[events] retention_days`).
     pub event_retention_days: u64,
+    /// Whether a commit fsyncs tier 0 after linking (`fsync_directories`: `auto` asks
+    /// the file system, see [`crate::durability`]).
+    pub fsync_directories: crate::durability::Setting,
 }
 
 impl Default for SpoolConfig {
@@ -48,6 +51,7 @@ impl Default for SpoolConfig {
             shared: false,
             events: true,
             event_retention_days: 30,
+            fsync_directories: crate::durability::Setting::Auto,
         }
     }
 }

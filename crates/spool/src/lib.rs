@@ -20,6 +20,7 @@
 
 mod commit;
 pub mod config;
+pub mod durability;
 mod error;
 pub mod events;
 pub mod fsck;
@@ -129,6 +130,8 @@ pub struct Spool {
     suppressions: events::SuppressionFile,
     /// Jobs this process holds (`jobs/`).
     jobs: events::Jobs,
+    /// What the file system guarantees for new names: found at the first commit.
+    durability: std::sync::OnceLock<durability::Durability>,
 }
 
 /// Whether a spool directory may be used by us: not writable by others (they could
@@ -201,6 +204,7 @@ impl Spool {
             events,
             suppressions,
             jobs: Default::default(),
+            durability: Default::default(),
         })
     }
 
@@ -263,6 +267,20 @@ impl Spool {
     /// The settings in force.
     pub fn config(&self) -> &SpoolConfig {
         &self.config
+    }
+
+    /// What the file system under tier 0 guarantees for new names, and so how commits
+    /// make theirs durable (found once, at the first call; see [`durability`]).
+    pub fn durability(&self) -> &durability::Durability {
+        self.durability.get_or_init(|| {
+            let setting = self.config.fsync_directories;
+            durability::detect_path(&self.tier_dir(0), setting).unwrap_or_else(|e| {
+                let mut d = durability::detect_path(&self.dir, setting)
+                    .unwrap_or_else(|_| durability::unknown(setting));
+                d.reason = format!("{}; tier 0: {e}", d.reason);
+                d
+            })
+        })
     }
 
     /// Directory of tier `tier`.

@@ -26,6 +26,17 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn sync_file(&self, file: &File) -> io::Result<()> {
         file.sync_data()
     }
+    /// Write the file's data out and wait for it, without a journal commit: its blocks
+    /// are allocated (and its size recorded) before any name is linked to it, so no
+    /// journal commit can carry a name to data that is not on disk yet.
+    fn write_out(&self, file: &File) -> io::Result<()> {
+        os::write_out(file)
+    }
+    /// `fsync` (not `fdatasync`): on a journaling file system it commits the
+    /// transaction that last changed the inode, links included.
+    fn sync_inode(&self, file: &File) -> io::Result<()> {
+        file.sync_all()
+    }
     /// Make everything written to the file system holding `dir` durable (a batch
     /// commit: one flush for many messages instead of one each).
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {
@@ -102,6 +113,20 @@ pub mod os {
             .open(path)?;
         exact_mode(&f, mode)?;
         Ok(f)
+    }
+
+    /// `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` over the whole file.
+    pub fn write_out(file: &File) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: a plain system call on an open descriptor.
+        if unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// fsync a directory.
@@ -280,6 +305,14 @@ impl Storage for FaultyStorage {
     fn sync_file(&self, file: &File) -> io::Result<()> {
         self.step("sync_file")?;
         file.sync_data()
+    }
+    fn write_out(&self, file: &File) -> io::Result<()> {
+        self.step("write_out")?;
+        os::write_out(file)
+    }
+    fn sync_inode(&self, file: &File) -> io::Result<()> {
+        self.step("sync_inode")?;
+        file.sync_all()
     }
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {
         self.step("sync_fs")?;

@@ -103,6 +103,10 @@ pub struct ConfigFile {
     /// The spool is shared on purpose (several hosts over NFS, the 0.50 multi-host
     /// case): accept a group-writable spool or one another user owns.
     pub shared_spool: Option<bool>,
+    /// Whether a commit fsyncs the directory its names go in: "auto" (default: not
+    /// where the file system's journal commits them with the file, journaled ext4 and
+    /// XFS), "always", or "never" (the administrator vouches for the file system).
+    pub fsync_directories: Option<String>,
     /// Log lines: "text" (default) or "json" (one object per event).
     pub log_format: Option<String>,
     /// The HTTP API, metrics and dashboard (off unless present).

@@ -8,6 +8,7 @@
 //! max_dequeue_processes = 20              # deliveries at once
 //! max_connection_time = 600               # seconds one delivery may take
 //! usage_log = true                        # write usage/raw
+//! fsync_directories = "auto"              # auto | always | never (see docs/design.md)
 //! max_message_size = 52428800             # bytes
 //! hostname = "mail.example.com"           # for Message-ID, default sender; default: this host
 //! ```
@@ -378,6 +379,14 @@ impl Config {
         }
         if let Some(shared) = file.shared_spool {
             c.spool.shared = shared;
+        }
+        if let Some(f) = &file.fsync_directories {
+            c.spool.fsync_directories =
+                mailspool_spool::durability::Setting::parse(f).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "fsync_directories = {f:?}: expected \"auto\", \"always\" or \"never\""
+                    ))
+                })?;
         }
         if let Some(m) = file.max_message_size {
             c.max_message_size = positive("max_message_size", m)?;

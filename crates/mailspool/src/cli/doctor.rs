@@ -114,6 +114,7 @@ pub fn run(config: &Config) -> CliResult {
             meta.mode() & 0o7777
         ));
     }
+    check_durability(&mut r, config, spool);
     if owner == 0 {
         r.warn("the spool belongs to root: run the daemon as a dedicated user (the package's `mailspool`)");
     }
@@ -143,6 +144,24 @@ pub fn run(config: &Config) -> CliResult {
         ));
     }
     finish(r)
+}
+
+/// What the file system under tier 0 guarantees, and so whether commits fsync it.
+fn check_durability(r: &mut Report, config: &Config, spool: &Path) {
+    use mailspool_spool::durability::{NameSync, Setting, detect_path};
+    let tier0 = spool.join("0");
+    let at = if tier0.is_dir() {
+        tier0
+    } else {
+        spool.to_owned()
+    };
+    match detect_path(&at, config.spool.fsync_directories) {
+        Ok(d) if d.links == NameSync::FileFsync && d.setting == Setting::Never => r.warn(&format!(
+            "file system: {d}; a crash may lose acknowledged mail if it is wrong"
+        )),
+        Ok(d) => r.ok(&format!("file system: {d}")),
+        Err(e) => r.warn(&format!("file system under {}: {e}", at.display())),
+    }
 }
 
 /// Whatever was set aside in corrupt/ waits for a person: say so until it is gone.

@@ -51,6 +51,10 @@ pub fn run(config: &Config) -> CliResult {
         for addr in bound.local_addrs() {
             eprintln!("mailspool: listening on {addr}");
         }
+        if let Some(files) = spool.as_files() {
+            // What a 250 rests on: how commits make their names durable here.
+            tracing::info!(durability = %files.durability(), "spool file system");
+        }
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let mut http_task = None;
         if let Some(http) = config.http.clone()
