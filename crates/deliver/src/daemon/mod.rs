@@ -16,10 +16,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::DeliverConfig;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 
-use crate::engine::{Engine, Group, NodeResult, PLAN_CHUNK, PassOptions};
+use crate::engine::{Engine, NodeResult, PLAN_CHUNK, PassOptions};
+
+mod backlog;
+use backlog::{BACKLOG_NODES, Backlog, DOMAIN_WINDOW};
+use std::collections::HashSet;
 
 /// Daemon settings.
 #[derive(Debug, Clone)]
@@ -101,124 +103,62 @@ fn new_node_among(events: &[u8]) -> bool {
     false
 }
 
-/// Planned groups, queued per recipient domain and started round-robin, at most
-/// `per_domain` tasks per domain at once: a domain with a deep queue, or one whose
-/// receiver throttles us (its tasks wait at its gate), cannot take the task slots that
-/// every other domain's mail needs (Postfix's queue manager keeps per-destination
-/// queues for the same reason).
-#[derive(Default)]
-struct Backlog {
-    queues: HashMap<String, VecDeque<Group>>,
-    /// Domains with queued groups, in turn.
-    order: VecDeque<String>,
-    len: usize,
-    /// Tasks running per domain (decremented by the task itself, even if it panics).
-    running: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-/// Counts a running task of its domain while it lives.
-struct Running(Arc<Mutex<HashMap<String, usize>>>, String);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = running.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                running.remove(&self.1);
-            }
-        }
-    }
-}
-
-impl Backlog {
-    fn extend(&mut self, groups: Vec<Group>) {
-        for g in groups {
-            let q = self.queues.entry(g.domain().to_owned()).or_default();
-            if q.is_empty() {
-                self.order.push_back(g.domain().to_owned());
-            }
-            q.push_back(g);
-            self.len += 1;
-        }
-    }
-
-    /// Everything still waiting, in no particular order.
-    fn drain(&mut self) -> Vec<Group> {
-        self.order.clear();
-        self.len = 0;
-        self.queues.drain().flat_map(|(_, q)| q).collect()
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The next group whose domain has room, round-robin, with its running-task guard.
-    fn next(&mut self, per_domain: usize) -> Option<(Group, Running)> {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..self.order.len() {
-            let domain = self.order.pop_front()?;
-            if running.get(&domain).copied().unwrap_or(0) >= per_domain {
-                self.order.push_back(domain);
-                continue;
-            }
-            let q = self
-                .queues
-                .get_mut(&domain)
-                .expect("a queued domain has a queue");
-            let g = q.pop_front().expect("queues in the order are not empty");
-            if q.is_empty() {
-                self.queues.remove(&domain);
-            } else {
-                self.order.push_back(domain.clone());
-            }
-            self.len -= 1;
-            *running.entry(domain.clone()).or_default() += 1;
-            return Some((g, Running(self.running.clone(), domain)));
-        }
-        None
-    }
-
-    /// Whether some queued group could start now.
-    fn has_startable(&self, per_domain: usize) -> bool {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        self.order
-            .iter()
-            .any(|d| running.get(d).copied().unwrap_or(0) < per_domain)
-    }
-}
-
 /// Tasks one domain may run at once: a quarter of the slots.
 fn per_domain(engine: &Engine) -> usize {
     (engine.task_cap() / 4).max(1)
 }
 
-/// Groups held in the backlog at most before planning waits (a deep queue for one
-/// throttled domain is not read into memory whole).
-const BACKLOG_CAP: usize = 4 * PLAN_CHUNK;
+/// Where planning goes on: `limited` when a chunk hit its limit (continued as soon as
+/// the backlog runs low), `windowed` when a domain's window was full (continued when
+/// half of that domain's planned mail has started).
+#[derive(Default)]
+struct Continue {
+    limited: Option<PassOptions>,
+    windowed: Option<(PassOptions, HashSet<String>)>,
+}
 
-/// Plan a pass (off the async threads) into the backlog, at most one chunk; note in
-/// `more` how to continue when the chunk limit was hit.
+impl Continue {
+    /// The windowed continuation, if one of its domains has room again.
+    fn windowed_ready(&mut self, backlog: &Backlog) -> Option<PassOptions> {
+        let (_, full) = self.windowed.as_ref()?;
+        let room = full
+            .iter()
+            .any(|d| backlog.domain_nodes(d) < DOMAIN_WINDOW / 2);
+        if room && backlog.nodes() < BACKLOG_NODES {
+            self.windowed.take().map(|(pass, _)| pass)
+        } else {
+            None
+        }
+    }
+}
+
+/// Plan a pass (off the async threads) into the backlog, at most one chunk and each
+/// domain up to its window; note in `more` how to continue.
 async fn plan_into(
     engine: &Arc<Engine>,
     mut pass: PassOptions,
     backlog: &mut Backlog,
-    more: &mut Option<PassOptions>,
+    more: &mut Continue,
 ) {
     pass.limit = Some(PLAN_CHUNK);
     let planner = engine.clone();
     let p = pass.clone();
-    match tokio::task::spawn_blocking(move || planner.plan(&p)).await {
-        Ok(Ok(plan)) => {
+    let window = backlog.window();
+    let planned = tokio::task::spawn_blocking(move || {
+        let window = std::cell::RefCell::new(window);
+        let plan = planner.plan_except(&p, &|n| window.borrow_mut().leaves(n));
+        plan.map(|plan| (plan, window.into_inner().into_full()))
+    })
+    .await;
+    match planned {
+        Ok(Ok((plan, full))) => {
+            pass.tiers = Some(plan.tiers.clone());
+            pass.use_priority = false;
             if plan.truncated {
-                pass.tiers = Some(plan.tiers.clone());
-                pass.use_priority = false;
-                *more = Some(pass);
+                more.limited = Some(pass.clone());
+            }
+            if !full.is_empty() {
+                more.windowed = Some((pass, full));
             }
             backlog.extend(plan.groups);
         }
@@ -316,14 +256,16 @@ pub async fn run(
         // How commits here (the pickup's, the bounces') make their names durable.
         tracing::info!(durability = %files.durability(), "spool file system");
     }
-    // A plan that stopped at its chunk limit is continued as soon as the backlog is empty.
-    let mut more: Option<PassOptions> = None;
+    // A plan that stopped at its chunk limit is continued as soon as the backlog is
+    // empty; one that left a domain's mail for later, when that domain has room.
+    let mut more = Continue::default();
     loop {
-        if !backlog.has_startable(per_domain(&engine))
-            && backlog.len() < BACKLOG_CAP
-            && deliveries.len() < engine.task_cap() / 2
-            && let Some(pass) = more.take()
-        {
+        let limited = (!backlog.has_startable(per_domain(&engine))
+            && backlog.nodes() < BACKLOG_NODES
+            && deliveries.len() < engine.task_cap() / 2)
+            .then(|| more.limited.take())
+            .flatten();
+        if let Some(pass) = limited.or_else(|| more.windowed_ready(&backlog)) {
             plan_into(&engine, pass, &mut backlog, &mut more).await;
             fill(&engine, &mut deliveries, &mut backlog);
             continue;
@@ -367,9 +309,9 @@ pub async fn run(
         // skip it. What it would have found is planned when the backlog is done. (Work
         // that waits only for its domain's turn does not stop a scan: other domains'
         // mail must not wait behind it.)
-        if backlog.has_startable(per_domain(&engine)) || backlog.len() >= BACKLOG_CAP {
-            if more.is_none() {
-                more = Some(PassOptions {
+        if backlog.has_startable(per_domain(&engine)) || backlog.nodes() >= BACKLOG_NODES {
+            if more.limited.is_none() {
+                more.limited = Some(PassOptions {
                     limit: Some(PLAN_CHUNK),
                     ..Default::default()
                 });
@@ -442,33 +384,5 @@ mod tests {
             !new_node_among(&with_node[..20]),
             "a torn buffer reads safely"
         );
-    }
-}
-
-#[cfg(test)]
-mod backlog_tests {
-    use super::*;
-
-    #[test]
-    fn the_backlog_takes_domains_in_turn_and_caps_each() {
-        let mut b = Backlog::default();
-        b.extend((0..6).map(|_| Group::empty("deep.test")).collect());
-        b.extend(vec![Group::empty("a.test"), Group::empty("b.test")]);
-        let mut started = Vec::new();
-        let mut guards = Vec::new();
-        while let Some((g, r)) = b.next(2) {
-            started.push(g.domain().to_owned());
-            guards.push(r);
-        }
-        // Round-robin, and the deep domain stops at its two tasks.
-        assert_eq!(started, ["deep.test", "a.test", "b.test", "deep.test"]);
-        assert_eq!(b.len(), 4);
-        assert!(!b.has_startable(2), "only the capped domain is left");
-        // A task of the deep domain ends (its guard drops): one more may start.
-        guards.remove(0);
-        assert!(b.has_startable(2));
-        let (g, _running) = b.next(2).unwrap();
-        assert_eq!(g.domain(), "deep.test");
-        assert!(b.next(2).is_none());
     }
 }
