@@ -816,3 +816,35 @@ fn mailq_help_and_the_listing_filters() {
         .assert()
         .code(64);
 }
+
+/// `doctor` says what the spool's file system guarantees for new names, and a bad
+/// `fsync_directories` is a configuration error naming the choices.
+#[test]
+fn doctor_shows_the_file_systems_durability_and_its_override() {
+    let env = Env::new();
+    env.mailspool()
+        .args(["send", "--file", "/dev/null", "a@example.org"])
+        .assert()
+        .success();
+    let out = env.mailspool().arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("file system: "), "{text}");
+    assert!(
+        text.contains("makes its new names durable") || text.contains("directory fsync"),
+        "{text}"
+    );
+    fs::write(env.config_path(), "fsync_directories = \"always\"\n").unwrap();
+    let out = env.mailspool().arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(
+            "new names are made durable by a directory fsync (fsync_directories = \"always\""
+        ),
+        "{text}"
+    );
+    fs::write(env.config_path(), "fsync_directories = \"sometimes\"\n").unwrap();
+    let out = env.mailspool().arg("doctor").output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"auto\", \"always\" or \"never\""), "{err}");
+}

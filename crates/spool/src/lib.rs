@@ -86,6 +86,22 @@ pub fn unique_token() -> String {
     ulid::Ulid::generate().to_string()
 }
 
+/// Keep glibc to one malloc arena. By default it gives every thread that allocates
+/// while another holds an arena one of its own, up to eight per core; a daemon whose
+/// blocking threads (fsync waits, signing, planning) come and go then holds a heap per
+/// thread, each with its own free pages: draining a 200,000-node backlog peaked at
+/// 145 MiB PSS with the default. With one arena (each thread keeps glibc's tcache for
+/// its small allocations, so they rarely take the arena's lock) the drain ran as fast on
+/// two cores. Call it first thing in a long-running process (an embedding program keeps
+/// its own allocator settings).
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes two integers; M_ARENA_MAX only bounds future arenas.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Give freed memory back to the system once a burst is over (glibc keeps it in its
 /// arenas otherwise: the listener's PSS stayed at twice its idle figure after a load).
 /// Cheap when there is little to return; call it when work has drained, not per message.

@@ -154,20 +154,29 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    /// Whether the plan should leave node `n` in the spool for now.
+    /// Whether the plan should leave node `n` in the spool for now. A message is
+    /// charged all its names when its first is taken (names come in hash order: by the
+    /// time a window's worth of names was seen, as many messages may have been started).
     pub(crate) fn leaves(&mut self, n: &NodeEntry) -> bool {
-        let domain = n.domain();
-        let key = (n.name.id.clone(), n.name.from.clone(), domain);
-        if !self.admitted.contains(&key) {
-            if self.queued.get(&key.2).copied().unwrap_or(0) >= DOMAIN_WINDOW {
-                self.full.insert(key.2);
-                return true;
-            }
-            *self.queued.entry(key.2.clone()).or_default() += 1;
-            self.admitted.insert(key);
+        self.leaves_charging(n, |n| {
+            std::fs::symlink_metadata(&n.path).map_or(1, |m| {
+                use std::os::unix::fs::MetadataExt;
+                m.nlink().max(1) as usize
+            })
+        })
+    }
+
+    fn leaves_charging(&mut self, n: &NodeEntry, names: impl Fn(&NodeEntry) -> usize) -> bool {
+        let key = (n.name.id.clone(), n.name.from.clone(), n.domain());
+        if self.admitted.contains(&key) {
             return false;
         }
-        *self.queued.entry(key.2).or_default() += 1;
+        if self.queued.get(&key.2).copied().unwrap_or(0) >= DOMAIN_WINDOW {
+            self.full.insert(key.2);
+            return true;
+        }
+        *self.queued.entry(key.2.clone()).or_default() += names(n);
+        self.admitted.insert(key);
         false
     }
 
@@ -228,19 +237,37 @@ mod tests {
             admitted: HashSet::new(),
             full: HashSet::new(),
         };
+        let three = |_: &NodeEntry| 3;
         // The first message fits (one node under the window): all its names are taken,
-        // past the window too.
+        // charged at once, past the window too.
         for r in 0..3 {
-            assert!(!w.leaves(&node("M1", &format!("r{r}@deep.test"))));
+            assert!(!w.leaves_charging(&node("M1", &format!("r{r}@deep.test")), three));
         }
+        assert_eq!(w.queued["deep.test"], DOMAIN_WINDOW + 2);
         // The next one does not start: every name of it stays.
         for r in 0..3 {
-            assert!(w.leaves(&node("M2", &format!("r{r}@deep.test"))));
+            assert!(w.leaves_charging(&node("M2", &format!("r{r}@deep.test")), three));
         }
         assert!(
-            !w.leaves(&node("M3", "x@other.test")),
+            !w.leaves_charging(&node("M3", "x@other.test"), three),
             "other domains go on"
         );
         assert_eq!(w.into_full(), HashSet::from(["deep.test".to_owned()]));
+    }
+
+    #[test]
+    fn the_window_counts_whole_messages_not_first_names() {
+        // Names in hash order: a window's worth of first names must not start a
+        // window's worth of ten-recipient messages.
+        let mut w = Window {
+            queued: HashMap::new(),
+            admitted: HashSet::new(),
+            full: HashSet::new(),
+        };
+        let ten = |_: &NodeEntry| 10;
+        let taken = (0..DOMAIN_WINDOW)
+            .filter(|m| !w.leaves_charging(&node(&format!("M{m}"), "r@d.test"), ten))
+            .count();
+        assert_eq!(taken, DOMAIN_WINDOW / 10);
     }
 }

@@ -147,6 +147,9 @@ async fn plan_into(
     let planned = tokio::task::spawn_blocking(move || {
         let window = std::cell::RefCell::new(window);
         let plan = planner.plan_except(&p, &|n| window.borrow_mut().leaves(n));
+        // A scan parses every name of the tier and keeps a window of them: what it let
+        // go is given back now, or a deep queue's scans leave the heap at their peak.
+        mailspool_spool::return_free_memory();
         plan.map(|plan| (plan, window.into_inner().into_full()))
     })
     .await;
@@ -160,7 +163,15 @@ async fn plan_into(
             if !full.is_empty() {
                 more.windowed = Some((pass, full));
             }
+            let planned: usize = plan.groups.iter().map(|g| g.nodes().len()).sum();
             backlog.extend(plan.groups);
+            tracing::debug!(
+                planned,
+                backlog = backlog.nodes(),
+                truncated = plan.truncated,
+                windowed = more.windowed.is_some(),
+                "planned"
+            );
         }
         Ok(Err(e)) => tracing::error!(error = %e, "cannot scan the spool"),
         Err(e) => tracing::error!(error = %e, "scan task failed"),

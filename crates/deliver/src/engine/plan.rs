@@ -66,9 +66,16 @@ impl Engine {
                     }
                 };
                 let key = message_key(&n);
-                let seen = names_seen.entry(key).or_default();
-                *seen += 1;
-                let seen = *seen;
+                // Counted only where a count is used: names of a commit that may still
+                // be linking (tier 0, named in the last few seconds) and of messages
+                // already planned. A deep queue of older mail keeps no count per name.
+                let seen = if planned.contains(&key) || (tier == 0 && n.name.time + FRESH >= now) {
+                    let seen = names_seen.entry(key).or_default();
+                    *seen += 1;
+                    *seen
+                } else {
+                    names_seen.get(&key).copied().unwrap_or(0) + 1
+                };
                 if let Some(left) = unseen.get_mut(&key) {
                     *left -= 1;
                     if *left == 0 {
@@ -96,6 +103,7 @@ impl Engine {
                     };
                 }
                 if planned.insert(key) {
+                    names_seen.insert(key, seen);
                     // How many of its names are still to come (never through a symlink;
                     // a name gone meanwhile is the delivery's to see).
                     if let Ok(meta) = std::fs::symlink_metadata(&n.path) {
@@ -206,6 +214,10 @@ impl Engine {
 /// and it went in two transactions (bench/load `-r 10`: 9 to 13 extra per 20,000
 /// messages). The id is hashed, not cloned: a scan of 200,000 names keeps no strings.
 pub(super) type MessageKey = (u64, u64);
+
+/// Seconds a tier-0 name counts as fresh: its commit may still be linking names (the
+/// commit takes its time once, before its first link).
+const FRESH: u64 = 5;
 
 pub(super) fn message_key(n: &NodeEntry) -> MessageKey {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};

@@ -13,6 +13,7 @@ pub fn run(
     spool: Option<PathBuf>,
     _verbose: u8,
 ) -> CliResult {
+    mailspool_spool::limit_malloc_arenas();
     let ms = std::sync::Arc::new(Mailspool::open_waiting(config.clone())?);
     // Users' dropped messages (mailspool-drop) become queued mail: new nodes in tier 0,
     // which wake the delivery loop below.

@@ -42,6 +42,7 @@ pub fn run(config: &Config) -> CliResult {
         .load_return_path()
         .map_err(|e| Failure::new(sysexits::CONFIG, e.to_string()))?;
     let config = &config;
+    mailspool_spool::limit_malloc_arenas();
     let spool = mailspool::open_store_waiting(config, true)?;
     let users = users(config)?;
     runtime()?.block_on(async {
