@@ -48,11 +48,16 @@ fs_bind() {
     fs_binds+=("$dir")
 }
 
-fs_teardown() {
-    [ "$BENCH_FS" = root ] && return 0
+# fs_unbind: give the bound directories back (before whatever removes them).
+fs_unbind() {
     local d
     for d in "${fs_binds[@]}"; do umount "$d" 2>/dev/null || umount -l "$d" 2>/dev/null || true; done
     fs_binds=()
+}
+
+fs_teardown() {
+    [ "$BENCH_FS" = root ] && return 0
+    fs_unbind
     if [ -n "$fs_mnt" ]; then
         mountpoint -q "$fs_mnt" && { umount "$fs_mnt" 2>/dev/null || umount -l "$fs_mnt"; }
         rm -f "$fs_mnt.img"

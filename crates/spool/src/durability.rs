@@ -96,8 +96,15 @@ pub fn detect(fd: impl AsFd, setting: Setting) -> Durability {
     let dev = rustix::fs::fstat(fd)
         .ok()
         .map(|st| (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev)));
-    let mount = dev.and_then(|(major, minor)| {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // Only ext4 has options that matter (`data=`); the drop asks once per message, so
+    // the table is read only then, into a buffer sized for it (proc files report no
+    // size, and growing from nothing takes a read per doubling).
+    let mount = dev.filter(|_| magic == Some(EXT4_MAGIC)).and_then(|(major, minor)| {
+        use std::io::Read;
+        let mut info = String::with_capacity(16 * 1024);
+        std::fs::File::open("/proc/self/mountinfo")
+            .and_then(|mut f| f.read_to_string(&mut info))
+            .ok()?;
         mount_of(&info, major, minor)
     });
     let device = dev.and_then(|(major, minor)| block_device_name(major, minor));
