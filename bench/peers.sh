@@ -4,6 +4,14 @@
 # sink, with defaults otherwise. Source it; PEERS lists them.
 
 PEERS="exim opensmtpd nullmailer dma"
+# KumoMTA (built from source: docs/benchmarks.md says how, and why it was not built
+# here) joins when its binary is present: $KUMOD, or kumod on the PATH.
+KUMOD="${KUMOD:-$(command -v kumod || true)}"
+[ -n "$KUMOD" ] && [ -x "$KUMOD" ] && PEERS="$PEERS kumomta"
+# Its spools go where the file system under test is ($KUMO_DIR), flushed on every
+# write (define_spool's flush = true: its strongest durability, the counterpart of
+# mailspool's fsyncs; its default, false, does not flush at all).
+KUMO_DIR="${KUMO_DIR:-/var/tmp/kumomta-bench}"
 
 peer_package() {
     case "$1" in
@@ -11,12 +19,13 @@ peer_package() {
         opensmtpd) echo opensmtpd ;;
         nullmailer) echo nullmailer ;;
         dma) echo dma ;;
+        kumomta) echo "" ;;
         *) echo "unknown peer $1 (one of: $PEERS)" >&2; exit 2 ;;
     esac
 }
 
 # Peers with an SMTP listener; nullmailer and dma are command-line intake only.
-peer_has_smtp() { [ "$1" = exim ] || [ "$1" = opensmtpd ]; }
+peer_has_smtp() { [ "$1" = exim ] || [ "$1" = opensmtpd ] || [ "$1" = kumomta ]; }
 
 # The processes that make up the peer, for PSS.
 peer_pids() {
@@ -25,6 +34,7 @@ peer_pids() {
         opensmtpd) pgrep -x smtpd ;;
         nullmailer) pgrep -f '^/usr/sbin/nullmailer' ;;
         dma) pgrep -x dma ;;
+        kumomta) pgrep -x kumod ;;
     esac | tr '\n' ' '
 }
 
@@ -33,12 +43,14 @@ stop_all_mtas() {
     pkill -x exim4 2>/dev/null || true
     pkill -x smtpd 2>/dev/null || true
     pkill -f '^/usr/sbin/nullmailer-send' 2>/dev/null || true
+    pkill -x kumod 2>/dev/null || true
     sleep 0.5
 }
 
 peer_install() {
     stop_all_mtas
     local pkg; pkg=$(peer_package "$1")
+    [ -z "$pkg" ] && return 0
     if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null 2>&1; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
@@ -92,6 +104,26 @@ CONF
             runuser -u mail -- /usr/sbin/nullmailer-send >/dev/null 2>&1 & ;;
         dma)
             printf 'SMARTHOST 127.0.0.1\nPORT %s\nMAILNAME bench.test\n' "$2" > /etc/dma/dma.conf ;;
+        kumomta)
+            rm -rf "$KUMO_DIR"; mkdir -p "$KUMO_DIR"
+            cat > "$KUMO_DIR/init.lua" <<LUA
+local kumo = require 'kumo'
+kumo.on('init', function()
+  kumo.start_esmtp_listener { listen = '127.0.0.1:25', relay_hosts = { '127.0.0.1' } }
+  kumo.configure_local_logs { log_dir = '$KUMO_DIR/logs' }
+  kumo.define_spool { name = 'data', path = '$KUMO_DIR/data', flush = true }
+  kumo.define_spool { name = 'meta', path = '$KUMO_DIR/meta', flush = true }
+end)
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config { protocol = { smtp = { mx_list = { '127.0.0.1:$2' } } } }
+end)
+kumo.on('get_egress_path_config', function(domain, source_name, site_name)
+  -- Postfix's and mailspool's 20 connections per destination.
+  return kumo.make_egress_path { enable_tls = 'Disabled', connection_limit = 20, prohibited_hosts = {} }
+end)
+LUA
+            "$KUMOD" --policy "$KUMO_DIR/init.lua" --user root >"$KUMO_DIR/kumod.log" 2>&1 &
+            sleep 2 ;;
     esac
     sleep 1
 }
@@ -106,6 +138,7 @@ peers_purge() {
     stop_all_mtas
     rm -f /etc/exim4/exim4.conf
     local p pkgs=()
-    for p in $PEERS; do pkgs+=("$(peer_package "$p")"); done
+    for p in $PEERS; do [ -n "$(peer_package "$p")" ] && pkgs+=("$(peer_package "$p")"); done
+    rm -rf "$KUMO_DIR"
     DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq "${pkgs[@]}" exim4-base exim4-config opensmtpd-extras >/dev/null 2>&1 || true
 }

@@ -60,6 +60,11 @@ struct DayFile {
 pub struct EventLog {
     dir: PathBuf,
     today: Mutex<Option<DayFile>>,
+    /// `fsync_directories`, for the question below.
+    setting: crate::durability::Setting,
+    /// Whether this file system's journal orders an append before any later change
+    /// (asked at the first durable append; see [`EventLog::append`]).
+    journaled: std::sync::OnceLock<bool>,
 }
 
 fn day_of(unix: u64) -> u64 {
@@ -93,10 +98,24 @@ fn parse_day(name: &str) -> Option<u64> {
 impl EventLog {
     /// The history kept in `dir` (created when the first event is written).
     pub fn new(dir: PathBuf) -> EventLog {
+        EventLog::with_setting(dir, Default::default())
+    }
+
+    /// [`EventLog::new`] with the spool's `fsync_directories`.
+    pub fn with_setting(dir: PathBuf, setting: crate::durability::Setting) -> EventLog {
         EventLog {
             dir,
             today: Mutex::new(None),
+            setting,
+            journaled: Default::default(),
         }
+    }
+
+    fn journaled(&self, file: &File) -> bool {
+        *self.journaled.get_or_init(|| {
+            crate::durability::detect(file, self.setting).links
+                == crate::durability::NameSync::FileFsync
+        })
     }
 
     /// Where it is.
@@ -143,8 +162,20 @@ impl EventLog {
             return Err(SpoolError::io("append to", &self.dir, e));
         }
         if durable {
-            sync.sync(|_| file.sync_data())
-                .map_err(|e| SpoolError::io("sync", &self.dir, e))?;
+            // "Durable" means: on disk before anything the caller does next (the engine
+            // removes the delivered node). Where a journal orders metadata (the file
+            // systems whose fsync carries a link, crate::durability), writing the
+            // append out is enough: its blocks and the file's new size go into a
+            // journal transaction now, and the node's unlink into the same or a later
+            // one, which cannot be recovered without them. Elsewhere, fdatasync, shared.
+            // Either is shared by the appends made while one runs (a group commit).
+            if self.journaled(&file) {
+                sync.sync(|_| os::write_out(&file))
+                    .map_err(|e| SpoolError::io("sync", &self.dir, e))?;
+            } else {
+                sync.sync(|_| file.sync_data())
+                    .map_err(|e| SpoolError::io("sync", &self.dir, e))?;
+            }
         }
         Ok(())
     }

@@ -205,7 +205,7 @@ impl Spool {
         os::set_shared(config.shared);
         let group = config.shared.then_some(meta.gid());
         let usage = config.usage_log && dir.join("usage").is_dir();
-        let events = events::EventLog::new(dir.join("events"));
+        let events = events::EventLog::with_setting(dir.join("events"), config.fsync_directories);
         let suppressions = events::SuppressionFile::new(dir.join("suppress").join("list.jsonl"));
         Ok(Spool {
             tier0_sync: GroupSync::new(dir.join("0")),
