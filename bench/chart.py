@@ -19,9 +19,16 @@ def number(cell):
 
 
 def rows():
+    """Table rows, each with the file system its section names ("### file system: X",
+    bench/filesystems' runs) or "" for the earlier runs on the root disk."""
+    fs = ""
     for line in text.splitlines():
-        if line.startswith("|") and not line.startswith("| ---"):
-            yield [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("## "):
+            fs = ""
+        elif line.startswith("### file system: "):
+            fs = line[len("### file system: "):].strip()
+        elif line.startswith("|") and not line.startswith("| ---"):
+            yield fs, [c.strip() for c in line.strip("|").split("|")]
 
 
 PEERS = ("exim", "opensmtpd", "nullmailer", "dma")
@@ -36,9 +43,10 @@ PEER_MEASURES = {
 # the label names another.
 bars = []
 table = list(rows())
-for i, r in enumerate(table):
+for i, (fs, r) in enumerate(table):
+    start = len(bars)
     if r[0].startswith("`mailspool send -t -i`"):
-        postfix = next(x for x in table[i:] if x[0].startswith("Postfix `sendmail"))
+        postfix = next(x for _, x in table[i:] if x[0].startswith("Postfix `sendmail"))
         bars.append(("intake: send vs sendmail (msgs/s)", number(r[1]), number(postfix[1]), True))
     elif r[0].startswith("end to end,") and len(r) >= 3 and number(r[2]):
         bars.append(("deliver: end to end (msgs/s)", number(r[1]), number(r[2]), True))
@@ -66,6 +74,16 @@ for i, r in enumerate(table):
             label, up = PEER_MEASURES[kind]
             mean = sum(before_after) / len(before_after)
             bars.append((f"{r[0]}: {label}", mean, number(r[3]), up))
+    elif r[0].startswith("user's `sendmail -t -i` through") and len(r) >= 3:
+        peer = next(x for _, x in table[i:] if x[0].startswith("user's Postfix"))
+        bars.append(("drop: user's sendmail -t -i (msgs/s)", number(r[1]), number(peer[1]), True))
+    elif r[0].startswith("root's `sendmail -t -i` through") and len(r) >= 3:
+        peer = next(x for _, x in table[i:] if x[0].startswith("root's Postfix"))
+        bars.append(("drop: root's sendmail -t -i (msgs/s)", number(r[1]), number(peer[1]), True))
+    elif r[0].startswith("peak PSS while draining") and len(r) >= 3:
+        bars.append(("backlog: peak PSS draining (less is better)", number(r[1]), number(r[2]), False))
+    if fs:
+        bars[start:] = [(f"{b[0]} [{fs}]",) + b[1:] for b in bars[start:]]
 
 if not bars:
     sys.exit("no benchmark rows found in docs/benchmarks.md")

@@ -35,7 +35,8 @@ machine_line() {
     # The file system shapes the figures (an ext4 without a journal pays for every
     # inode allocated after many were freed, and needs the directory fsyncs).
     local dev; dev=$(df "${1:-/}" | awk 'NR==2 {print $1}')
-    local jbd="no journal"; ls /proc/fs/jbd2 2>/dev/null | grep -q "$(basename "$dev")" && jbd="journal"
+    local jbd="no journal"; ls /proc/fs/jbd2 2>/dev/null | grep -q "^$(basename "$dev")-" && jbd="journal"
+    [ "$(findmnt -no FSTYPE --target "${1:-/}" 2>/dev/null | head -1)" = xfs ] && jbd="XFS log"
     echo "file system: $(findmnt -no FSTYPE,OPTIONS --target "${1:-/}" 2>/dev/null | head -1) ($jbd)"
     echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 }

@@ -99,14 +99,16 @@ pub fn detect(fd: impl AsFd, setting: Setting) -> Durability {
     // Only ext4 has options that matter (`data=`); the drop asks once per message, so
     // the table is read only then, into a buffer sized for it (proc files report no
     // size, and growing from nothing takes a read per doubling).
-    let mount = dev.filter(|_| magic == Some(EXT4_MAGIC)).and_then(|(major, minor)| {
-        use std::io::Read;
-        let mut info = String::with_capacity(16 * 1024);
-        std::fs::File::open("/proc/self/mountinfo")
-            .and_then(|mut f| f.read_to_string(&mut info))
-            .ok()?;
-        mount_of(&info, major, minor)
-    });
+    let mount = dev
+        .filter(|_| magic == Some(EXT4_MAGIC))
+        .and_then(|(major, minor)| {
+            use std::io::Read;
+            let mut info = String::with_capacity(16 * 1024);
+            std::fs::File::open("/proc/self/mountinfo")
+                .and_then(|mut f| f.read_to_string(&mut info))
+                .ok()?;
+            mount_of(&info, major, minor)
+        });
     let device = dev.and_then(|(major, minor)| block_device_name(major, minor));
     let fs = mount.as_ref().map(|m| m.fs.clone()).unwrap_or_else(|| {
         match magic {

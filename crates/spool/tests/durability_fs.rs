@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use mailspool_events::{Event, Kind, Query};
 use mailspool_spool::durability::{NameSync, Setting, detect_path};
+use mailspool_spool::events::EventLog;
 use mailspool_spool::{FaultMode, FaultyStorage, Spool, SpoolConfig};
 
 /// A mounted loop image, unmounted and removed when dropped.
@@ -80,6 +82,16 @@ fn missing() -> Option<String> {
     None
 }
 
+/// One file system: what it is, how to make and mount it, what must be found.
+type Case = (
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+    &'static str,
+    Option<bool>,
+    NameSync,
+);
+
 /// The flush steps a commit on `dir` takes.
 fn commit_flushes(dir: &Path) -> Vec<&'static str> {
     let probe = Arc::new(FaultyStorage::new(usize::MAX, FaultMode::FailOnce, 28));
@@ -108,7 +120,7 @@ fn each_file_system_says_what_makes_a_name_durable_and_commits_accordingly() {
         eprintln!("skipped: {why}");
         return;
     }
-    let cases: [(&str, &[&str], &str, &str, Option<bool>, NameSync); 5] = [
+    let cases: [Case; 5] = [
         (
             "journaled ext4",
             &["mkfs.ext4", "-q", "-F"],
@@ -166,6 +178,18 @@ fn each_file_system_says_what_makes_a_name_durable_and_commits_accordingly() {
             NameSync::DirectoryFsync => &["sync_file", "sync_dir"],
         };
         assert_eq!(flushes, expected, "{what}: {d}");
+        // The history's durable appends take the same road (written out where the
+        // journal orders them, fdatasync'd elsewhere), and read back.
+        let log = EventLog::with_setting(m.dir.join("events"), Setting::Auto);
+        let event = Event::new(Kind::Delivered, "FSTEST", "a@x.org", "b@y.org");
+        log.append(std::slice::from_ref(&event), true).unwrap();
+        let page = log
+            .read(&Query {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(page.events.len(), 1, "{what}");
         // The override wins either way, and says what auto would have done.
         let always = detect_path(&m.dir, Setting::Always).unwrap();
         assert_eq!(always.links, NameSync::DirectoryFsync, "{what}");
