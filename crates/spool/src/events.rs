@@ -7,6 +7,9 @@
 //! records a delivery's event, durably, before it removes the node, so a crash never
 //! loses the event of a delivery that happened (it may repeat one: the delivery is then
 //! repeated too). An `fdatasync` also carries every earlier append of any process.
+//! Where the file system's journal orders metadata (journaled ext4, XFS: see
+//! [`crate::durability`]) a durable append is written out instead, without a journal
+//! commit of its own: the node's removal that follows cannot be recovered without it.
 //!
 //! A cursor is `DAY:OFFSET`, the start of the next line to read. A page reads at most
 //! [`SCAN_BUDGET`] bytes, so one page costs bounded time however much is stored; a

@@ -28,7 +28,8 @@ impl Engine {
         let mut order = Vec::new();
         let mut plan = Plan::default();
         let mut taken = 0usize;
-        // Names of each inode this scan saw, planned or not (see `incomplete_messages`).
+        // Names this scan saw of each planned message and each fresh tier-0 one (see
+        // `incomplete_messages`).
         let mut names_seen: HashMap<MessageKey, u64> = HashMap::new();
         let mut planned: HashSet<MessageKey> = HashSet::new();
         // Planned inodes with names this scan has not reached yet: past the limit, the
