@@ -44,6 +44,7 @@ fs_bind() {
     name=$(echo "$dir" | tr / _)
     mkdir -p "$fs_mnt/$name" "$dir"
     cp -a "$dir/." "$fs_mnt/$name/"
+    chown --reference="$dir" "$fs_mnt/$name"; chmod --reference="$dir" "$fs_mnt/$name"
     mount --bind "$fs_mnt/$name" "$dir"
     fs_binds+=("$dir")
 }

@@ -149,7 +149,8 @@ impl Backlog {
 /// message, one transaction).
 pub(crate) struct Window {
     queued: HashMap<String, usize>,
-    admitted: HashSet<(String, String, String)>,
+    /// Messages (id, sender, domain) taken, by hash.
+    admitted: HashSet<u64>,
     full: HashSet<String>,
 }
 
@@ -167,15 +168,23 @@ impl Window {
     }
 
     fn leaves_charging(&mut self, n: &NodeEntry, names: impl Fn(&NodeEntry) -> usize) -> bool {
-        let key = (n.name.id.clone(), n.name.from.clone(), n.domain());
+        // Called for every name a scan reads: one string (the domain) per name, the
+        // message itself by a hash of its group key, not three copies.
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let domain = n.domain();
+        let key = BuildHasherDefault::<DefaultHasher>::default().hash_one((
+            n.name.id.as_str(),
+            n.name.from.as_str(),
+            domain.as_str(),
+        ));
         if self.admitted.contains(&key) {
             return false;
         }
-        if self.queued.get(&key.2).copied().unwrap_or(0) >= DOMAIN_WINDOW {
-            self.full.insert(key.2);
+        if self.queued.get(&domain).copied().unwrap_or(0) >= DOMAIN_WINDOW {
+            self.full.insert(domain);
             return true;
         }
-        *self.queued.entry(key.2.clone()).or_default() += names(n);
+        *self.queued.entry(domain).or_default() += names(n);
         self.admitted.insert(key);
         false
     }

@@ -147,10 +147,14 @@ async fn plan_into(
     let planned = tokio::task::spawn_blocking(move || {
         let window = std::cell::RefCell::new(window);
         let plan = planner.plan_except(&p, &|n| window.borrow_mut().leaves(n));
-        // A scan parses every name of the tier and keeps a window of them: what it let
-        // go is given back now, or a deep queue's scans leave the heap at their peak.
-        mailspool_spool::return_free_memory();
-        plan.map(|plan| (plan, window.into_inner().into_full()))
+        let full = window.into_inner().into_full();
+        // A scan of a deep queue parses every name and keeps a window of them: what it
+        // let go is given back, or its scans leave the heap at their peak. (Not after
+        // every small plan: a wake-up per commit would pay a heap walk each.)
+        if plan.as_ref().is_ok_and(|p| p.truncated) || !full.is_empty() {
+            mailspool_spool::return_free_memory();
+        }
+        plan.map(|plan| (plan, full))
     })
     .await;
     match planned {
