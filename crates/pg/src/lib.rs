@@ -24,6 +24,7 @@ mod pool;
 mod queue;
 mod read;
 mod schema;
+mod shared;
 mod stage;
 #[doc(hidden)]
 pub mod testing;
@@ -34,6 +35,7 @@ use std::time::Duration;
 use mailspool_spool::{SpoolConfig, SpoolError};
 
 pub use schema::{SCHEMA_VERSION, migrate, schema_version};
+pub use shared::SLOT_LEASE;
 
 use pool::{Driver, Pool};
 
@@ -131,6 +133,7 @@ pub struct PgSpool {
     location: String,
     ids: Mutex<ulid::Generator>,
     suppressions: Mutex<events::SuppressionCache>,
+    pub(crate) shared: Arc<shared::PgShared>,
 }
 
 impl std::fmt::Debug for PgSpool {
@@ -217,6 +220,7 @@ impl PgSpool {
             sent: Mutex::new((0, 0)),
         });
         let spool = PgSpool {
+            shared: shared::PgShared::start(inner.clone(), driver.handle()),
             inner,
             driver,
             location: redact(url),

@@ -253,25 +253,38 @@ impl Driver {
     /// `block_in_place`, so its other tasks move on while the database answers: a
     /// round trip must not hold up a delivery thread.
     pub fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.rt().spawn(async move {
-            let _ = tx.send(f.await);
-        });
-        let wait = || {
-            rx.recv()
-                .expect("the database runtime runs until the spool is dropped")
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait)
-            }
-            _ => wait(),
-        }
+        run_on(self.rt().handle(), f)
+    }
+
+    /// A handle to the runtime, for parts that outlive a borrow of the spool.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.rt().handle().clone()
     }
 
     /// Start `f` and do not wait (usage counts, giving back claims).
     pub fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
         self.rt().spawn(f);
+    }
+}
+
+/// [`Driver::run`] on a runtime's handle.
+pub fn run_on<T: Send + 'static>(
+    rt: &tokio::runtime::Handle,
+    f: impl Future<Output = T> + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rt.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    let wait = || {
+        rx.recv()
+            .expect("the database runtime runs until the spool is dropped")
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
     }
 }
 

@@ -503,6 +503,10 @@ impl Store for PgSpool {
         self.delete_suppression(address, domain)
     }
 
+    fn shared_limits(&self) -> Option<Arc<dyn mailspool_spool::shared::SharedLimits>> {
+        Some(self.shared.clone())
+    }
+
     fn sweep(&self, max_age: std::time::Duration) -> usize {
         let pruned = self.prune_events();
         if pruned > 0 {

@@ -5,12 +5,13 @@ use mailspool_spool::SpoolError;
 use crate::db;
 
 /// The schema this mailspool reads and writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Each version's SQL, in order: version i+1 is `MIGRATIONS[i]`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_spool.sql"),
     include_str!("../migrations/0002_events.sql"),
+    include_str!("../migrations/0003_shared.sql"),
 ];
 
 /// Key of the advisory lock that keeps two `db migrate` runs from racing.

@@ -29,6 +29,7 @@ pub mod lock;
 pub mod name;
 mod page;
 mod queue;
+pub mod shared;
 pub mod side;
 pub mod storage;
 pub mod store;

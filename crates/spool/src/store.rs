@@ -295,6 +295,11 @@ pub trait Store: Intake + std::fmt::Debug {
     fn take_job(&self, name: &str) -> bool;
     /// Hourly housekeeping: expired side data, signatures, claims.
     fn sweep(&self, max_age: std::time::Duration) -> usize;
+    /// Limits held with the other hosts on this store (`None`: this host's own, as on
+    /// a spool directory). See [`crate::shared`].
+    fn shared_limits(&self) -> Option<Arc<dyn crate::shared::SharedLimits>> {
+        None
+    }
 
     // --- administration ---
 

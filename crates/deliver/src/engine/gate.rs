@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use mailspool_spool::shared::SharedLimits;
+
+use super::shared::{SharedBucket, Sharing, TokenCheck};
 use crate::shaping::{Limits, Rate};
 
 /// A token bucket: `count` tokens per `per`, at most `count` saved.
@@ -67,7 +70,55 @@ struct State {
     /// grows 16 times slower (TCP's slow-start threshold, for connections).
     ceiling: Option<f64>,
     messages: Option<Bucket>,
+    /// The message rate held with the other hosts (instead of `messages`).
+    shared_messages: Option<SharedBucket>,
     connections: Option<Bucket>,
+}
+
+/// Where the message rate stands for one delivery.
+enum RateNow {
+    Go,
+    Wait(Duration),
+    /// Fetch a batch of shared tokens: (want, fill, burst).
+    Fetch(u32, f64, f64),
+}
+
+impl State {
+    fn rate_now(&mut self, now: Instant, window_open: bool) -> RateNow {
+        if let Some(b) = self.shared_messages.as_mut() {
+            // Tokens fetched while the window is full would only run out unused.
+            if !window_open {
+                return RateNow::Wait(Duration::ZERO);
+            }
+            return match b.check(now) {
+                TokenCheck::Ready => RateNow::Go,
+                TokenCheck::Wait(w) => RateNow::Wait(w),
+                TokenCheck::Fetch { want, fill, burst } => RateNow::Fetch(want, fill, burst),
+            };
+        }
+        match self
+            .messages
+            .as_mut()
+            .map_or(Duration::ZERO, |b| b.wait(now))
+        {
+            w if w.is_zero() => RateNow::Go,
+            w => RateNow::Wait(w),
+        }
+    }
+
+    fn take_token(&mut self) {
+        if let Some(b) = self.shared_messages.as_mut() {
+            b.take();
+        } else if let Some(b) = self.messages.as_mut() {
+            b.take();
+        }
+    }
+}
+
+/// What `enter` does after looking.
+enum Step {
+    Sleep(Duration),
+    Fetch(u32, f64, f64),
 }
 
 /// One destination's gate.
@@ -79,6 +130,8 @@ pub(crate) struct Destination {
     freed: Notify,
     /// Connections deliveries are using (receivers count these plus the idle ones).
     in_use: std::sync::atomic::AtomicUsize,
+    /// Limits held with the other hosts on the store, when it keeps them.
+    pub sharing: Option<Arc<Sharing>>,
 }
 
 /// A connection in use by a delivery to a destination.
@@ -116,10 +169,15 @@ impl Drop for Pass {
 const SHORT_WAIT: Duration = Duration::from_millis(1500);
 
 impl Destination {
-    fn new(key: String, limits: Limits) -> Destination {
+    fn new(key: String, limits: Limits, shared: Option<Arc<dyn SharedLimits>>) -> Destination {
         // Postfix starts a destination at 5 at once and adapts from there.
         let window = limits.max_connections.clamp(1, 5) as f64;
+        let shared_rate = shared
+            .is_some()
+            .then_some(limits.max_message_rate)
+            .flatten();
         Destination {
+            sharing: shared.map(|l| Arc::new(Sharing::new(l, key.clone(), limits.max_connections))),
             state: Mutex::new(State {
                 active: 0,
                 waiting: 0,
@@ -127,7 +185,11 @@ impl Destination {
                 cooling_until: None,
                 strikes: 0,
                 ceiling: None,
-                messages: limits.max_message_rate.map(Bucket::new),
+                messages: limits
+                    .max_message_rate
+                    .filter(|_| shared_rate.is_none())
+                    .map(Bucket::new),
+                shared_messages: shared_rate.map(SharedBucket::new),
                 connections: limits.connection_rate.map(Bucket::new),
             }),
             key,
@@ -161,11 +223,12 @@ impl Destination {
     /// Enter for one message: wait for a place (at most `max_waiting` deliveries wait
     /// here at once; the rest are told to come back), or briefly for a rate token.
     pub async fn enter(self: &Arc<Self>, max_waiting: usize) -> Result<Pass, NotNow> {
+        self.exchange_if_due();
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let sleep_for = {
+            let step = {
                 let mut s = self.lock();
                 let now = Instant::now();
                 if let Some(until) = s.cooling_until {
@@ -182,38 +245,97 @@ impl Destination {
                     s.cooling_until = None;
                 }
                 let allowed = (s.window as usize).max(1);
-                let rate_wait = s.messages.as_mut().map_or(Duration::ZERO, |b| b.wait(now));
-                if s.active < allowed && rate_wait.is_zero() {
-                    s.active += 1;
-                    if let Some(b) = s.messages.as_mut() {
-                        b.take();
+                let open = s.active < allowed;
+                match s.rate_now(now, open) {
+                    RateNow::Fetch(want, fill, burst) => Step::Fetch(want, fill, burst),
+                    RateNow::Go if open => {
+                        s.active += 1;
+                        s.take_token();
+                        return Ok(Pass { dest: self.clone() });
                     }
-                    return Ok(Pass { dest: self.clone() });
+                    rate => {
+                        let rate_wait = match rate {
+                            RateNow::Wait(w) => w,
+                            _ => Duration::ZERO,
+                        };
+                        if rate_wait > SHORT_WAIT {
+                            return Err(NotNow {
+                                reason: format!("{}: message rate reached", self.key),
+                                after: rate_wait,
+                            });
+                        }
+                        // Waiters beyond the bound are turned away: they would only
+                        // hold task slots other destinations could use.
+                        if s.waiting >= max_waiting.max(allowed) {
+                            return Err(NotNow {
+                                reason: format!(
+                                    "{}: {} deliveries at once already",
+                                    self.key, s.active
+                                ),
+                                after: Duration::from_secs(1),
+                            });
+                        }
+                        s.waiting += 1;
+                        Step::Sleep(rate_wait)
+                    }
                 }
-                if rate_wait > SHORT_WAIT {
-                    return Err(NotNow {
-                        reason: format!("{}: message rate reached", self.key),
-                        after: rate_wait,
-                    });
-                }
-                // Waiters beyond the bound are turned away: they would only hold task
-                // slots other destinations could use.
-                if s.waiting >= max_waiting.max(allowed) {
-                    return Err(NotNow {
-                        reason: format!("{}: {} deliveries at once already", self.key, s.active),
-                        after: Duration::from_secs(1),
-                    });
-                }
-                s.waiting += 1;
-                rate_wait
             };
-            if sleep_for.is_zero() {
-                freed.await;
-            } else {
-                tokio::time::sleep(sleep_for).await;
+            match step {
+                Step::Fetch(want, fill, burst) => {
+                    let granted = self.fetch_tokens(want, fill, burst);
+                    if let Some(b) = self.lock().shared_messages.as_mut() {
+                        b.granted(granted);
+                    }
+                    self.freed.notify_waiters();
+                }
+                Step::Sleep(sleep_for) => {
+                    if sleep_for.is_zero() {
+                        freed.await;
+                    } else {
+                        tokio::time::sleep(sleep_for).await;
+                    }
+                    self.lock().waiting -= 1;
+                }
             }
-            self.lock().waiting -= 1;
         }
+    }
+
+    /// Take a batch of the message rate shared with the other hosts (a database round
+    /// trip, waited for off the async threads); none on an error.
+    fn fetch_tokens(&self, want: u32, fill: f64, burst: f64) -> u32 {
+        let Some(sharing) = &self.sharing else {
+            return want;
+        };
+        sharing
+            .limits
+            .take_tokens(&self.key, want, fill, burst)
+            .unwrap_or_else(|e| {
+                tracing::warn!(destination = %mailspool_spool::escape(&self.key), error = %e, "cannot take from the message rate shared with the other hosts");
+                0
+            })
+    }
+
+    /// About once a second, tell the other hosts this one's successes and hear of a
+    /// cooling one of them started.
+    fn exchange_if_due(self: &Arc<Self>) {
+        let Some(sharing) = &self.sharing else {
+            return;
+        };
+        if !sharing.due(Instant::now()) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let Some(sharing) = &me.sharing else { return };
+            if let Some(cooling) = sharing.exchange() {
+                let until = Instant::now() + cooling;
+                let mut s = me.lock();
+                if s.cooling_until.is_none_or(|u| u < until) {
+                    s.cooling_until = Some(until);
+                    tracing::info!(destination = %mailspool_spool::escape(&me.key), cooling = cooling.as_secs(), "another host was throttled; this destination's mail waits here too");
+                }
+            }
+        });
     }
 
     /// Whether a new connection may be opened now (the connection rate); takes a token.
@@ -234,6 +356,9 @@ impl Destination {
     /// window's worth of successes), up to `max_connections`; above the window the
     /// receiver last throttled us at, 16 times slower (probing, not charging).
     pub fn succeeded(&self) {
+        if let Some(sharing) = &self.sharing {
+            sharing.succeeded();
+        }
         let mut s = self.lock();
         s.strikes = 0;
         let max = self.limits.max_connections.max(1) as f64;
@@ -268,6 +393,9 @@ impl Destination {
         s.strikes = s.strikes.saturating_add(1);
         s.cooling_until = Some(now + period);
         self.freed.notify_waiters();
+        if let Some(sharing) = &self.sharing {
+            sharing.throttled(period);
+        }
         period
     }
 }
@@ -284,7 +412,12 @@ const MAX_DESTINATIONS: usize = 10_000;
 impl Destinations {
     /// The gate of `key`, made with `limits` the first time (and again when the
     /// configuration changed them).
-    pub fn get(&self, key: &str, limits: &Limits) -> Arc<Destination> {
+    pub fn get(
+        &self,
+        key: &str,
+        limits: &Limits,
+        shared: Option<Arc<dyn SharedLimits>>,
+    ) -> Arc<Destination> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = map.get(key)
             && d.limits == *limits
@@ -297,7 +430,7 @@ impl Destinations {
                 s.active > 0 || s.waiting > 0 || s.cooling_until.is_some()
             });
         }
-        let d = Arc::new(Destination::new(key.to_owned(), limits.clone()));
+        let d = Arc::new(Destination::new(key.to_owned(), limits.clone(), shared));
         map.insert(key.to_owned(), d.clone());
         d
     }
@@ -316,7 +449,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_window_grows_on_success_and_halves_on_throttling() {
-        let d = Arc::new(Destination::new("d".into(), limits(20)));
+        let d = Arc::new(Destination::new("d".into(), limits(20), None));
         assert_eq!(d.window(), 5);
         for _ in 0..40 {
             d.succeeded();
@@ -354,7 +487,7 @@ mod tests {
 
     #[tokio::test]
     async fn places_are_limited_and_excess_waiters_are_turned_away() {
-        let d = Arc::new(Destination::new("d".into(), limits(2)));
+        let d = Arc::new(Destination::new("d".into(), limits(2), None));
         let a = d.enter(2).await.unwrap();
         let _b = d.enter(2).await.unwrap();
         // One may wait (the window's worth), the next is told to come back.
@@ -380,6 +513,7 @@ mod tests {
                 max_message_rate: Some(Rate::parse("2/min").unwrap()),
                 ..limits(5)
             },
+            None,
         ));
         drop(d.enter(2).await.unwrap());
         drop(d.enter(2).await.unwrap());

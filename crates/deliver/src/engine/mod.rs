@@ -44,6 +44,7 @@ mod policy;
 mod record;
 mod send;
 mod settle;
+mod shared;
 mod sign;
 mod wire;
 
@@ -189,7 +190,9 @@ pub struct Engine {
     tls: TlsConnectors,
     global: Arc<Semaphore>,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
-    pool: Mutex<HashMap<String, Vec<Session>>>,
+    /// Idle connections, each with the cluster's connection slot it holds (when the
+    /// store shares limits across hosts).
+    pool: Mutex<HashMap<String, Vec<(Session, Option<shared::SlotGuard>)>>>,
     in_flight: Mutex<HashSet<PathBuf>>,
     stopping: AtomicBool,
     /// The daemon's wake-up, to look at tier 0 again soon (a node found mid-commit).
@@ -434,7 +437,8 @@ impl Engine {
                 &send::host_key(t),
                 &cfg.default_limits(),
             );
-            self.destinations.get(&key, &limits)
+            self.destinations
+                .get(&key, &limits, self.spool.shared_limits())
         });
         let _pass = match &dest {
             // The daemon starts at most a quarter of its task slots per domain; a

@@ -10,6 +10,7 @@ use mailspool_spool::{NodeEntry, NodeLock, escape, now};
 use tokio::sync::Semaphore;
 
 use super::gate::Destination;
+use super::shared::SlotGuard;
 use super::wire::transmit;
 use super::{Claim, Engine, Verdict};
 use crate::bounce::Failure;
@@ -68,7 +69,10 @@ impl Engine {
                 // Sessions are shared only under the same policy: one authenticated
                 // by DANE is not one checked against the web PKI, nor the reverse.
                 let pool_key = format!("{addr}/{}/{:?}/{}", target.host, target.tls, target.policy);
-                let pooled = self.pooled(&pool_key);
+                let (pooled, slot) = match self.pooled(&pool_key) {
+                    Some((session, slot)) => (Some(session), slot),
+                    None => (None, None),
+                };
                 if pooled.is_none() && !self.connection_allowed(dest).await {
                     let reply = format!(
                         "4.4.5 {}: our connection_rate is reached; waiting",
@@ -82,6 +86,24 @@ impl Engine {
                         })
                         .collect();
                 }
+                // A new connection takes one of the destination's slots held across
+                // the hosts sharing the spool, for as long as it stays open.
+                let slot = match (&dest.sharing, pooled.is_none()) {
+                    (Some(sharing), true) => match sharing.slot().await {
+                        Ok(slot) => Some(slot),
+                        Err(why) => {
+                            let reply = format!("4.4.5 {}: {why}; waiting", escape(&dest.key));
+                            return nodes
+                                .iter()
+                                .map(|_| Verdict::Throttled {
+                                    host: target.host.clone(),
+                                    reply: reply.clone(),
+                                })
+                                .collect();
+                        }
+                    },
+                    _ => slot,
+                };
                 let connected = match pooled {
                     Some(s) => Ok(s),
                     None => self.connect(&target.addrs[ai..], target, cfg).await,
@@ -141,7 +163,7 @@ impl Engine {
                         m.outbound_policy
                             .get_or_create(&mailspool_metrics::PolicyLabel { policy })
                             .inc();
-                        self.put_back(pool_key, session, dest).await;
+                        self.put_back(pool_key, session, slot, dest).await;
                         // A throttling reply, or a refusal the rules class as a
                         // reputation block or a rate limit: the destination cools.
                         let throttling = (0..nodes.len())
@@ -204,7 +226,7 @@ impl Engine {
                                 | SmtpError::NeedsSmtpUtf8
                                 | SmtpError::TooLarge { .. }
                         ) {
-                            self.put_back(pool_key, session, dest).await;
+                            self.put_back(pool_key, session, slot, dest).await;
                         }
                         return nodes
                             .iter()
@@ -237,7 +259,7 @@ impl Engine {
                                 ..
                             }
                         ) {
-                            self.put_back(pool_key, session, dest).await;
+                            self.put_back(pool_key, session, slot, dest).await;
                             break;
                         }
                     }
@@ -279,9 +301,9 @@ impl Engine {
     }
 
     /// A pooled session for `key` that is still good for another transaction.
-    fn pooled(&self, key: &str) -> Option<Session> {
+    fn pooled(&self, key: &str) -> Option<(Session, Option<SlotGuard>)> {
         loop {
-            let mut s = self
+            let (mut s, slot) = self
                 .pool
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -289,7 +311,7 @@ impl Engine {
                 .and_then(Vec::pop)?;
             if !s.expired() {
                 s.reset_before_next();
-                return Some(s);
+                return Some((s, slot));
             }
         }
     }
@@ -430,7 +452,13 @@ impl Engine {
     /// count idle connections too, so deliveries under way plus idle connections stay
     /// within the window. One not kept is closed (QUIT answered) before this delivery
     /// frees its place, so a new connection never overlaps the old one's goodbye.
-    async fn put_back(&self, key: String, session: Session, dest: &Destination) {
+    async fn put_back(
+        &self,
+        key: String,
+        session: Session,
+        slot: Option<SlotGuard>,
+        dest: &Destination,
+    ) {
         let session = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             let idle = pool.entry(key).or_default();
@@ -440,25 +468,28 @@ impl Engine {
                 && session.transactions < dest.limits.max_messages_per_connection
                 && idle.len() + dest.sessions_in_use() <= dest.window()
             {
-                idle.push(session);
+                idle.push((session, slot));
                 return;
             }
             session
         };
         session.quit().await;
+        // The slot goes back once the receiver has seen the connection close.
+        drop(slot);
     }
 
     /// QUIT every idle session.
     pub async fn close_idle(&self) {
-        let sessions: Vec<Session> = self
+        let sessions: Vec<(Session, Option<SlotGuard>)> = self
             .pool
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
             .flat_map(|(_, v)| v)
             .collect();
-        for s in sessions {
+        for (s, slot) in sessions {
             s.quit().await;
+            drop(slot);
         }
     }
 }
