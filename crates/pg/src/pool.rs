@@ -9,6 +9,7 @@ use std::time::Duration;
 use std::collections::HashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Error, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -18,7 +19,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open clients, up to `max` at once.
 pub struct Pool {
     config: tokio_postgres::Config,
-    tls: MakeRustlsConnect,
+    tls: Tls,
     /// Idle connections: [durable, settling] (see [`Pool::settling`]).
     idle: Mutex<[Vec<Conn>; 2]>,
     permits: Arc<Semaphore>,
@@ -133,7 +134,7 @@ impl Drop for Pooled<'_> {
 impl Pool {
     /// A pool for `config` (several hosts and `target_session_attrs=read-write` are
     /// tokio-postgres's: a failover to a promoted standby is followed on reconnect).
-    pub fn new(mut config: tokio_postgres::Config, max: usize, tls: MakeRustlsConnect) -> Pool {
+    pub fn new(mut config: tokio_postgres::Config, max: usize, tls: Tls) -> Pool {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -147,7 +148,7 @@ impl Pool {
     }
 
     /// The connection settings and TLS (for a connection of its own: LISTEN).
-    pub fn settings(&self) -> (tokio_postgres::Config, MakeRustlsConnect) {
+    pub fn settings(&self) -> (tokio_postgres::Config, Tls) {
         (self.config.clone(), self.tls.clone())
     }
 
@@ -267,6 +268,26 @@ impl Driver {
     }
 }
 
+/// rustls for the database's connections. A Unix socket has no host name to give
+/// rustls (tokio-postgres passes ""), which it refuses as a server name even though
+/// no TLS is spoken there (the server offers none on a socket): it gets a placeholder.
+#[derive(Clone)]
+pub struct Tls(MakeRustlsConnect);
+
+impl<S> MakeTlsConnect<S> for Tls
+where
+    MakeRustlsConnect: MakeTlsConnect<S>,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, host: &str) -> Result<Self::TlsConnect, Self::Error> {
+        let host = if host.is_empty() { "localhost" } else { host };
+        MakeTlsConnect::<S>::make_tls_connect(&mut self.0, host)
+    }
+}
+
 /// [`Driver::run`] on a runtime's handle.
 pub fn run_on<T: Send + 'static>(
     rt: &tokio::runtime::Handle,
@@ -296,7 +317,7 @@ pub fn run_on<T: Send + 'static>(
 pub fn settings(
     url: &str,
     ca_file: Option<&std::path::Path>,
-) -> Result<(tokio_postgres::Config, MakeRustlsConnect), String> {
+) -> Result<(tokio_postgres::Config, Tls), String> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
     if !url.contains("sslmode=") {
         config.ssl_mode(tokio_postgres::config::SslMode::Disable);
@@ -324,5 +345,5 @@ pub fn settings(
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    Ok((config, MakeRustlsConnect::new(tls)))
+    Ok((config, Tls(MakeRustlsConnect::new(tls))))
 }

@@ -45,10 +45,7 @@ pub(crate) fn pk(entry: &NodeEntry) -> Result<i64> {
 
 /// LISTEN for commits on a connection of its own until it ends.
 async fn listen(
-    (config, tls): &(
-        tokio_postgres::Config,
-        tokio_postgres_rustls::MakeRustlsConnect,
-    ),
+    (config, tls): &(tokio_postgres::Config, crate::pool::Tls),
     wake: &Arc<dyn Fn() + Send + Sync>,
 ) -> Result<()> {
     let (client, mut connection) = config

@@ -13,9 +13,25 @@ use std::process::Command;
 pub struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
-    /// Its port on 127.0.0.1.
+    /// Its port on 127.0.0.1 (or on `listen`).
     pub port: u16,
     as_postgres: bool,
+    /// The command its programs run under (`ip netns exec NS`: a host of its own).
+    wrap: Vec<String>,
+}
+
+/// Where and how a cluster runs, beyond [`Cluster::start`]'s defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Place {
+    /// Run its programs under this command (`["ip", "netns", "exec", "db1"]`).
+    pub wrap: Vec<String>,
+    /// Listen on this address instead of 127.0.0.1 (clients in other namespaces);
+    /// connections from 198.18.0.0/15 are trusted.
+    pub listen: Option<String>,
+    /// More `postgresql.conf` lines.
+    pub conf: String,
+    /// This port rather than a free one (a namespace of its own has them all).
+    pub port: Option<u16>,
 }
 
 /// A database for one test.
@@ -76,6 +92,10 @@ impl Cluster {
 
     /// [`Cluster::start`], serving TLS with this certificate and key (PEM) when given.
     pub fn start_with(fast: bool, tls: Option<(&str, &str)>) -> Result<Cluster, String> {
+        Cluster::start_at(fast, tls, Place::default())
+    }
+
+    fn empty(place: &Place) -> Result<Cluster, String> {
         let bin = bin_dir().ok_or("no PostgreSQL server programs (initdb) found")?;
         let as_postgres = rustix::process::geteuid().is_root();
         let dir = tempfile::Builder::new()
@@ -92,12 +112,22 @@ impl Cluster {
                 return Err("cannot chown the cluster directory to postgres".into());
             }
         }
-        let cluster = Cluster {
+        Ok(Cluster {
             dir,
             bin,
-            port: free_port(),
+            port: place.port.unwrap_or_else(free_port),
             as_postgres,
-        };
+            wrap: place.wrap.clone(),
+        })
+    }
+
+    /// [`Cluster::start_with`], at `place`.
+    pub fn start_at(
+        fast: bool,
+        tls: Option<(&str, &str)>,
+        place: Place,
+    ) -> Result<Cluster, String> {
+        let cluster = Cluster::empty(&place)?;
         let data = cluster.data();
         cluster.run(
             "initdb",
@@ -113,11 +143,16 @@ impl Cluster {
             ],
         )?;
         let mut conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
-             max_connections = 300\nshared_buffers = 128MB\n",
+            "listen_addresses = '{}'\nport = {}\nunix_socket_directories = '{}'\n\
+             max_connections = 300\nshared_buffers = 128MB\n{}",
+            place.listen.as_deref().unwrap_or("127.0.0.1"),
             cluster.port,
-            cluster.dir.path().display()
+            cluster.dir.path().display(),
+            place.conf,
         );
+        if place.listen.is_some() {
+            cluster.trust_test_network()?;
+        }
         if fast {
             conf.push_str("fsync = off\nfull_page_writes = off\n");
         }
@@ -147,15 +182,114 @@ impl Cluster {
         self.dir.path().join("data")
     }
 
+    /// Trust clients (and standbys) on the tests' own network, 198.18.0.0/15.
+    fn trust_test_network(&self) -> Result<(), String> {
+        let hba = self.data().join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
+        if !text.contains("198.18.0.0/15") {
+            text.push_str(
+                "host all all 198.18.0.0/15 trust\nhost replication all 198.18.0.0/15 trust\n",
+            );
+            std::fs::write(&hba, text).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// A streaming standby of `primary`, at `place`: a base backup taken over the
+    /// primary's socket, started in recovery. Once promoted it has no synchronous
+    /// standby of its own (`synchronous_standby_names = ''`), or it would wait forever.
+    pub fn standby_of(primary: &Cluster, place: Place) -> Result<Cluster, String> {
+        let cluster = Cluster::empty(&place)?;
+        let data = cluster.data();
+        let source = format!(
+            "host={} port={} user=postgres application_name=standby",
+            primary.dir.path().display(),
+            primary.port
+        );
+        cluster.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-d",
+                &source,
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        )?;
+        // Later lines win: the backup brought the primary's own settings.
+        let auto = data.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&auto).map_err(|e| e.to_string())?;
+        conf.push_str(&format!(
+            "\nlisten_addresses = '{}'\nport = {}\nunix_socket_directories = '{}'\n\
+             synchronous_standby_names = ''\n{}",
+            place.listen.as_deref().unwrap_or("127.0.0.1"),
+            cluster.port,
+            cluster.dir.path().display(),
+            place.conf,
+        ));
+        std::fs::write(&auto, conf).map_err(|e| e.to_string())?;
+        cluster.trust_test_network()?;
+        cluster.ctl("start")?;
+        Ok(cluster)
+    }
+
+    /// Promote a standby to primary (and wait until it takes writes).
+    pub fn promote(&self) -> Result<(), String> {
+        let data = self.data();
+        self.run(
+            "pg_ctl",
+            &["promote", "-w", "-D", data.to_str().unwrap_or_default()],
+        )
+    }
+
+    /// Stop it the way a crash does: no checkpoint, sessions cut (`-m immediate`).
+    pub fn kill(&self) -> Result<(), String> {
+        let data = self.data();
+        self.run(
+            "pg_ctl",
+            &[
+                "stop",
+                "-m",
+                "immediate",
+                "-w",
+                "-D",
+                data.to_str().unwrap_or_default(),
+            ],
+        )
+    }
+
+    /// Connection settings for database `db` over its Unix socket (reachable from any
+    /// network namespace), in the key=value form.
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.dir.path().display(),
+            self.port
+        )
+    }
+
     fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
         let path = self.bin.join(program);
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&path);
-            c
-        } else {
-            Command::new(&path)
+        let mut cmd = match self.wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest);
+                c
+            }
+            None if self.as_postgres => Command::new("runuser"),
+            None => Command::new(&path),
         };
+        if self.as_postgres {
+            if !self.wrap.is_empty() {
+                cmd.arg("runuser");
+            }
+            cmd.args(["-u", "postgres", "--"]).arg(&path);
+        } else if !self.wrap.is_empty() {
+            cmd.arg(&path);
+        }
         let out = cmd
             .args(args)
             .current_dir(self.dir.path())

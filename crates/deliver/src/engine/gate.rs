@@ -90,7 +90,7 @@ impl State {
             if !window_open {
                 return RateNow::Wait(Duration::ZERO);
             }
-            return match b.check(now) {
+            return match b.check(now, self.waiting + 1) {
                 TokenCheck::Ready => RateNow::Go,
                 TokenCheck::Wait(w) => RateNow::Wait(w),
                 TokenCheck::Fetch { want, fill, burst } => RateNow::Fetch(want, fill, burst),

@@ -64,7 +64,9 @@ impl SharedBucket {
         }
     }
 
-    pub fn check(&mut self, now: Instant) -> TokenCheck {
+    /// `demand`: deliveries waiting for a token here, this one included (a host asks
+    /// for no more than it can use before the batch is dropped).
+    pub fn check(&mut self, now: Instant, demand: usize) -> TokenCheck {
         // A batch not used soon is dropped: a host must not save tokens and spend them
         // in a burst later, on top of the other hosts' share.
         if self.tokens > 0 && now.duration_since(self.granted_at) > TOKEN_LIFETIME {
@@ -81,7 +83,7 @@ impl SharedBucket {
         }
         self.fetching = true;
         TokenCheck::Fetch {
-            want: self.burst.ceil().max(1.0) as u32,
+            want: (demand as f64).clamp(1.0, self.burst.ceil().max(1.0)) as u32,
             fill: self.fill,
             burst: self.burst,
         }

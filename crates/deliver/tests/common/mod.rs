@@ -55,6 +55,8 @@ pub struct Script {
     /// Answer MAIL with `421 4.7.28` (and close) once this many messages were
     /// accepted within the period.
     pub throttle_rate: Option<(usize, Duration)>,
+    /// Wait this long before each reply (a distant MX, not CPU-bound).
+    pub delay: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -74,6 +76,28 @@ pub struct SinkState {
     pub throttled: AtomicUsize,
     /// When each message was taken (MAIL accepted), for the rate limit.
     pub taken: Mutex<VecDeque<std::time::Instant>>,
+    /// When each message was taken, all of them (for the most in any period).
+    pub taken_at: Mutex<Vec<std::time::Instant>>,
+    /// Connections greeted with 421 for being over `throttle_connections`.
+    pub refused_connections: AtomicUsize,
+    /// MAILs answered 421 for being over `throttle_rate`.
+    pub refused_rate: AtomicUsize,
+}
+
+impl SinkState {
+    /// The most messages taken within any `period`.
+    pub fn most_in(&self, period: Duration) -> usize {
+        let mut at = self.taken_at.lock().unwrap().clone();
+        at.sort();
+        let (mut most, mut first) = (0, 0);
+        for last in 0..at.len() {
+            while at[last] - at[first] >= period {
+                first += 1;
+            }
+            most = most.max(last + 1 - first);
+        }
+        most
+    }
 }
 
 /// Counts a session open while it lives.
@@ -99,7 +123,11 @@ impl Sink {
 
     /// A sink on `bind` (another loopback address, a port another sink has there).
     pub async fn start_on(bind: SocketAddr, script: Script) -> std::io::Result<Sink> {
-        let listener = TcpListener::bind(bind).await?;
+        Sink::start_listening(TcpListener::bind(bind).await?, script)
+    }
+
+    /// A sink on a listener made elsewhere (in another network namespace).
+    pub fn start_listening(listener: TcpListener, script: Script) -> std::io::Result<Sink> {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(SinkState::default());
         *state.script.lock().unwrap() = script;
@@ -144,6 +172,7 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
     let _open = OpenGuard(st.clone());
     if script.throttle_connections.is_some_and(|n| open > n) {
         st.throttled.fetch_add(1, Ordering::SeqCst);
+        st.refused_connections.fetch_add(1, Ordering::SeqCst);
         let mut sock = sock;
         sock.write_all(b"421 4.7.28 too many connections from your IP, try later\r\n")
             .await?;
@@ -259,6 +288,9 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
                     if !refuse {
                         taken.push_back(now);
                     }
+                    if refuse {
+                        st.refused_rate.fetch_add(1, Ordering::SeqCst);
+                    }
                     refuse
                 };
                 if refuse {
@@ -269,6 +301,7 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
                     return Ok(());
                 }
             }
+            st.taken_at.lock().unwrap().push(std::time::Instant::now());
             from = extract(&line);
             mail_params = line
                 .split_once('>')
@@ -343,6 +376,9 @@ async fn session(sock: TcpStream, st: Arc<SinkState>) -> std::io::Result<()> {
         } else {
             "502 5.5.2 unknown command".into()
         };
+        if let Some(d) = script.delay {
+            tokio::time::sleep(d).await;
+        }
         io.get_mut()
             .write_all(format!("{reply}\r\n").as_bytes())
             .await?;

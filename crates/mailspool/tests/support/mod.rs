@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test file uses its own part of these
 
 pub mod api;
+pub mod netns;
 
 use std::fs;
 use std::io::{BufRead, BufReader};

@@ -177,6 +177,21 @@ impl Session {
         Session::start(tcp, peer, host, settings, tls).await
     }
 
+    /// [`Session::connect`] on a TCP connection made elsewhere (from another network
+    /// namespace, say).
+    pub async fn connect_on(
+        tcp: TcpStream,
+        host: &str,
+        settings: &ClientSettings,
+        tls: &TlsConnectors,
+    ) -> Result<Session, SmtpError> {
+        let peer = tcp.peer_addr().map_err(|source| SmtpError::Io {
+            phase: Phase::Connect,
+            source,
+        })?;
+        Session::start(tcp, peer, host, settings, tls).await
+    }
+
     async fn start(
         tcp: TcpStream,
         peer: SocketAddr,
