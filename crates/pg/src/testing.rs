@@ -216,6 +216,9 @@ impl Cluster {
                 "-R",
                 "-X",
                 "stream",
+                // An immediate checkpoint, not the next timed one (minutes away).
+                "-c",
+                "fast",
                 "--no-sync",
             ],
         )?;

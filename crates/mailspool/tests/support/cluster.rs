@@ -159,7 +159,16 @@ pub fn cannot(why: &str) -> Option<World> {
     None
 }
 
-fn pg_place(member: &Member, sync: bool) -> Place {
+/// Make `primary` wait for a standby's flush before a commit returns.
+pub fn synchronous(primary: &Cluster) {
+    // Two statements: ALTER SYSTEM may not run inside the transaction of a batch.
+    let url = primary.socket_url("postgres");
+    admin_sql(&url, "ALTER SYSTEM SET synchronous_standby_names = '*'").unwrap();
+    admin_sql(&url, "SELECT pg_reload_conf()").unwrap();
+}
+
+/// Where a database host's cluster runs (in its namespace, on its address).
+pub fn pg_place(member: &Member) -> Place {
     Place {
         wrap: vec![
             "ip".into(),
@@ -169,10 +178,7 @@ fn pg_place(member: &Member, sync: bool) -> Place {
         ],
         listen: Some(member.addr.to_string()),
         port: Some(PG_PORT),
-        conf: format!(
-            "synchronous_standby_names = '{}'\nwal_sender_timeout = 5s\nwal_receiver_status_interval = 1s\n",
-            if sync { "*" } else { "" }
-        ),
+        conf: "wal_sender_timeout = 5s\nwal_receiver_status_interval = 1s\n".into(),
     }
 }
 
@@ -185,9 +191,10 @@ impl World {
             Err(e) => return cannot(&e),
         };
         let db1 = net.add("db1", 2).ok()?;
-        let sync = matches!(database, Database::Replicated { sync: true });
         // Durable, as a real one: fsync on (the failover test counts what survives).
-        let primary = match Cluster::start_at(false, None, pg_place(&db1, sync)) {
+        // Synchronous replication is turned on once the standby is there: before, every
+        // commit would wait for it.
+        let primary = match Cluster::start_at(false, None, pg_place(&db1)) {
             Ok(c) => c,
             Err(e) => return cannot(&e),
         };
@@ -213,8 +220,11 @@ impl World {
         }];
         if let Database::Replicated { sync } = database {
             let db2 = net.add("db2", 3).unwrap();
-            let standby =
-                Cluster::standby_of(dbs[0].pg.as_ref().unwrap(), pg_place(&db2, sync)).unwrap();
+            let primary = dbs[0].pg.as_ref().unwrap();
+            let standby = Cluster::standby_of(primary, pg_place(&db2)).unwrap();
+            if sync {
+                synchronous(primary);
+            }
             dbs.push(DbHost {
                 member: db2,
                 pg: Some(standby),
@@ -314,6 +324,54 @@ impl World {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+impl World {
+    /// What is queued, by tier, claim and due time, for a failure's message.
+    pub fn queue_summary(&self) -> String {
+        let sql = "SELECT string_agg(format('tier %s, claimed by %s (%s s left), due in %s s, \
+                   %s attempts, last %s: %s', tier, coalesce(lease_host, 'none'), \
+                   coalesce(extract(epoch from lease_until - now())::int, 0), \
+                   due - extract(epoch from now())::bigint, attempts, last_reply, n), '; ') \
+                   FROM (SELECT tier, lease_host, max(lease_until) AS lease_until, min(due) AS due, \
+                   max(attempts) AS attempts, max(last_reply) AS last_reply, count(*) AS n \
+                   FROM mailspool_nodes GROUP BY 1, 2) g";
+        query_text(&self.primary_url(), sql).unwrap_or_else(|| "(cannot ask)".into())
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Keep the hosts' logs (h*.daemon.log) for whoever reads the failure.
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+            eprintln!(
+                "cluster: the hosts' configurations and logs are kept in {}",
+                kept.display()
+            );
+        }
+    }
+}
+
+/// One text from the database at `url`.
+pub fn query_text(url: &str, sql: &str) -> Option<String> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            c.query_one(&sql, &[]).await.ok().and_then(|r| r.get(0))
+        })
+    })
+    .join()
+    .ok()
+    .flatten()
 }
 
 /// One number from the database at `url` (None: it cannot be asked now).
