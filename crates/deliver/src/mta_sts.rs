@@ -18,6 +18,8 @@ use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio_rustls::TlsConnector;
 
+use mailspool_spool::shared::SharedRecords;
+
 use crate::dns::{LookupError, Resolve};
 
 /// What a policy asks.
@@ -150,9 +152,15 @@ pub struct MtaSts {
     cache: Mutex<HashMap<String, Policy>>,
     refreshing: Mutex<HashSet<String>>,
     dir: Option<PathBuf>,
+    /// Where every host of a database spool keeps them (instead of `dir`): one fetch
+    /// serves the cluster, and every host applies the same policy.
+    records: Option<Arc<dyn SharedRecords>>,
     port: u16,
     tls: TlsConnector,
 }
+
+/// The kind of the shared records that hold policies.
+const RECORD_KIND: &str = "mta-sts";
 
 impl std::fmt::Debug for MtaSts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,12 +172,19 @@ impl std::fmt::Debug for MtaSts {
 const MAX_CACHED: usize = 10_000;
 
 impl MtaSts {
-    /// Policies fetched with `tls` (verifying) on `port` (443), kept under `dir`.
-    pub fn new(dir: Option<PathBuf>, port: u16, tls: TlsConnector) -> MtaSts {
+    /// Policies fetched with `tls` (verifying) on `port` (443), kept under `dir`, or
+    /// in the store's shared `records` when it has them.
+    pub fn new(
+        dir: Option<PathBuf>,
+        records: Option<Arc<dyn SharedRecords>>,
+        port: u16,
+        tls: TlsConnector,
+    ) -> MtaSts {
         MtaSts {
             cache: Mutex::new(HashMap::new()),
             refreshing: Mutex::new(HashSet::new()),
-            dir,
+            dir: if records.is_some() { None } else { dir },
+            records,
             port,
             tls,
         }
@@ -197,12 +212,23 @@ impl MtaSts {
         {
             return Some(p.clone());
         }
-        let path = self.file(domain)?;
-        let file = mailspool_spool::storage::os::open_read(&path).ok()?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_POLICY as u64), &mut text)
+        let p: Policy = if let Some(records) = &self.records {
+            let bytes = records.get(RECORD_KIND, domain).ok()??;
+            if bytes.len() > MAX_POLICY {
+                return None;
+            }
+            serde_json::from_slice(&bytes).ok()?
+        } else {
+            let path = self.file(domain)?;
+            let file = mailspool_spool::storage::os::open_read(&path).ok()?;
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(file, MAX_POLICY as u64),
+                &mut text,
+            )
             .ok()?;
-        let p: Policy = serde_json::from_str(&text).ok()?;
+            serde_json::from_str(&text).ok()?
+        };
         self.remember(domain, &p, false);
         Some(p)
     }
@@ -215,8 +241,18 @@ impl MtaSts {
             }
             cache.insert(domain.to_owned(), p.clone());
         }
-        if persist && let Some(path) = self.file(domain) {
-            let _ = write_file(&path, &serde_json::to_vec(p).expect("policy serializes"));
+        if !persist {
+            return;
+        }
+        let json = serde_json::to_vec(p).expect("policy serializes");
+        if let Some(records) = &self.records {
+            // Kept as long as the policy may be cached, counted from its fetch.
+            let keep = (p.fetched + p.max_age).saturating_sub(mailspool_spool::now());
+            if let Err(e) = records.put(RECORD_KIND, domain, &json, Duration::from_secs(keep)) {
+                tracing::warn!(domain = %mailspool_spool::escape(domain), error = %e, "cannot share an MTA-STS policy with the other hosts");
+            }
+        } else if let Some(path) = self.file(domain) {
+            let _ = write_file(&path, &json);
         }
     }
 
@@ -225,6 +261,9 @@ impl MtaSts {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(domain);
+        if let Some(records) = &self.records {
+            let _ = records.remove(RECORD_KIND, domain);
+        }
         if let Some(path) = self.file(domain) {
             let _ = std::fs::remove_file(path);
         }

@@ -4,6 +4,11 @@
 //! keyed by a hash of the token's name and the key, kept 24 hours, so they survive a
 //! restart of the daemon. Requests with one key run one at a time.
 //!
+//! With a database spool the results are records in the database instead
+//! ([`mailspool_spool::shared::SharedRecords`]), so a retry that a load balancer sends
+//! to another host is recognised there too, and two hosts given the same key at once
+//! run it once: the first claims the key, the other waits for its result.
+//!
 //! What is kept: the request body's hash (the same key with another body is a client
 //! bug, refused with 422) and the reply. Only successes are kept: a failed request
 //! queued nothing, and its retry should run again.
@@ -16,6 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+
+use mailspool_spool::shared::SharedRecords;
 
 use super::error::ApiError;
 use super::tokens::{hex, sha256};
@@ -35,14 +42,32 @@ struct Stored {
 /// The store of one spool.
 pub struct Store {
     dir: PathBuf,
+    /// The spool's shared records, when it is a database (then `dir` is unused).
+    records: Option<Arc<dyn SharedRecords>>,
     inflight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// The kind of the shared records that hold results.
+const RECORD_KIND: &str = "idempotency";
+
+/// How long another host's request with the same key is waited for.
+const WAIT_FOR_OTHER: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Store {
     /// The store under `spool_dir`.
     pub fn new(spool_dir: &Path) -> Store {
         Store {
             dir: spool_dir.join("http-idempotency"),
+            records: None,
+            inflight: Mutex::default(),
+        }
+    }
+
+    /// The store in a database spool's shared records.
+    pub fn shared(records: Arc<dyn SharedRecords>) -> Store {
+        Store {
+            dir: PathBuf::new(),
+            records: Some(records),
             inflight: Mutex::default(),
         }
     }
@@ -105,17 +130,12 @@ impl Store {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
     {
+        if let Some(records) = &self.records {
+            return self.run_shared(records, &hex(id), request, work).await;
+        }
         let path = self.dir.join(hex(id));
         if let Some(stored) = self.read(&path) {
-            if stored.request != request {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used for a different request body",
-                ));
-            }
-            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-            return Ok((status, stored.response, true));
+            return replay(stored, request);
         }
         let (status, response) = work().await?;
         if status.is_success() {
@@ -129,6 +149,72 @@ impl Store {
             }
         }
         Ok((status, response, false))
+    }
+
+    /// `run_locked` on the database's records: the first host to claim the key runs
+    /// the request; one that finds it claimed waits for the result (the claim runs out
+    /// if its host dies, and the key may be claimed again).
+    async fn run_shared<F, Fut>(
+        &self,
+        records: &Arc<dyn SharedRecords>,
+        key: &str,
+        request: &str,
+        work: F,
+    ) -> Result<(StatusCode, serde_json::Value, bool), ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+    {
+        let unavailable = |e: mailspool_spool::SpoolError| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "spool_unavailable",
+                format!("cannot check the Idempotency-Key: {e}"),
+            )
+        };
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(bytes) = records.get(RECORD_KIND, key).map_err(unavailable)? {
+                let Ok(stored) = serde_json::from_slice::<Stored>(&bytes) else {
+                    break;
+                };
+                return replay(stored, request);
+            }
+            if records
+                .claim(RECORD_KIND, key, WAIT_FOR_OTHER)
+                .map_err(unavailable)?
+            {
+                break;
+            }
+            if started.elapsed() > WAIT_FOR_OTHER {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_use",
+                    "a request with this Idempotency-Key is still being processed",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let result = work().await;
+        match &result {
+            Ok((status, response)) if status.is_success() => {
+                let stored = Stored {
+                    request: request.to_owned(),
+                    status: status.as_u16(),
+                    response: response.clone(),
+                };
+                let bytes = serde_json::to_vec(&stored).unwrap_or_default();
+                let keep = std::time::Duration::from_secs(KEEP_SECONDS);
+                if let Err(e) = records.put(RECORD_KIND, key, &bytes, keep) {
+                    tracing::warn!(error = %e, "cannot keep an Idempotency-Key's result");
+                }
+            }
+            // Nothing was queued: the key is free for the retry.
+            _ => {
+                let _ = records.remove(RECORD_KIND, key);
+            }
+        }
+        result.map(|(s, v)| (s, v, false))
     }
 
     /// A stored result still in force; never through a symlink, never another user's.
@@ -173,7 +259,7 @@ impl Store {
         result
     }
 
-    /// Remove results older than a day (called by the sampler now and then).
+    /// Remove results older than a day (the database sweeps its own records) (called by the sampler now and then).
     pub fn sweep(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -187,4 +273,20 @@ impl Store {
             }
         }
     }
+}
+
+/// The first result again, unless the same key came with another body.
+fn replay(
+    stored: Stored,
+    request: &str,
+) -> Result<(StatusCode, serde_json::Value, bool), ApiError> {
+    if stored.request != request {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request body",
+        ));
+    }
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    Ok((status, stored.response, true))
 }

@@ -56,21 +56,16 @@ impl AppState {
     /// now, not a lock-out later).
     pub fn new(ms: Arc<Mailspool>, http: HttpConfig) -> Result<AppState, String> {
         let tokens = tokens::TokenCache::new(&http.tokens_file).map_err(|e| e.to_string())?;
-        // Kept beside a file spool; with a database, in this host's state directory (a
-        // retried request must come back to the same host to be recognised).
-        let idempotency = match ms
-            .spool()
-            .cache_dir()
-            .map(std::path::Path::to_path_buf)
-            .or_else(crate::config::local_state_dir)
-        {
-            Some(dir) => idempotency::Store::new(&dir),
-            None => {
-                return Err(
-                    "no directory for HTTP idempotency records: the spool is a database and \
-                     neither HOME nor XDG_STATE_HOME is set"
-                        .into(),
-                );
+        // Kept beside a file spool; with a database, in the database, where every
+        // host sees them.
+        let idempotency = match (
+            ms.spool().records(),
+            ms.spool().cache_dir().map(std::path::Path::to_path_buf),
+        ) {
+            (Some(records), _) => idempotency::Store::shared(records),
+            (None, Some(dir)) => idempotency::Store::new(&dir),
+            (None, None) => {
+                return Err("the spool keeps no HTTP idempotency records".into());
             }
         };
         Ok(AppState {

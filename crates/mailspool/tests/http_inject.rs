@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::api::{message, start, start_with};
+use support::api::{self, message, start, start_with};
 
 #[test]
 fn json_injection_builds_mime_commits_and_keeps_bcc_out_of_the_message() {
@@ -304,6 +304,61 @@ fn an_idempotent_retry_returns_the_first_result_and_queues_once() {
         }
     });
     assert_eq!(api.nodes().len(), 4);
+}
+
+/// Behind a load balancer a retry may reach another host: with a database spool the
+/// first result is in the database, so it is replayed there too, and the same key
+/// sent to two hosts at once queues once.
+#[test]
+fn an_idempotent_retry_to_another_host_of_a_database_spool_queues_once() {
+    let Some(db) = mailspool_pg::testing::TestDb::new() else {
+        return;
+    };
+    let a = api::start_on(Some(&db.url), None, |_| {});
+    let b = api::start_on(Some(&db.url), Some(&a), |_| {});
+    let body = message("once@example.org").to_string();
+    let post = |api: &api::Api, key: &str| {
+        api.send(
+            "POST",
+            "/v1/messages",
+            Some(&api.inject),
+            "application/json",
+            body.as_bytes(),
+            &[("Idempotency-Key", key)],
+        )
+    };
+    let first = post(&a, "order-1");
+    assert_eq!(first.status, 202);
+    let again = post(&b, "order-1");
+    assert_eq!(again.status, 202);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(first.json()["id"], again.json()["id"]);
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let (post, api) = (&post, if i % 2 == 0 { &a } else { &b });
+            s.spawn(move || assert_eq!(post(api, "race").status, 202));
+        }
+    });
+    let url = db.url.clone();
+    let queued: i64 = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                c.query_one("SELECT count(*) FROM mailspool_nodes", &[])
+                    .await
+                    .unwrap()
+                    .get(0)
+            })
+    })
+    .join()
+    .unwrap();
+    assert_eq!(queued, 2, "one message per key, whichever host took it");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 -- Limits held across the hosts that share this database (mailspool_spool::shared):
 -- per destination, the adaptive window, the cooling period and a message-rate bucket;
--- its connection slots, each a lease that runs out with its holder.
+-- its connection slots, each a lease that runs out with its holder; and small records
+-- every host sees the same (MTA-STS policies, HTTP idempotency results).
 
 CREATE TABLE mailspool_destinations (
     destination   text PRIMARY KEY,
@@ -18,3 +19,12 @@ CREATE TABLE mailspool_slots (
     PRIMARY KEY (destination, slot)
 );
 CREATE INDEX mailspool_slots_holder ON mailspool_slots (holder) WHERE holder IS NOT NULL;
+
+CREATE TABLE mailspool_records (
+    kind    text  NOT NULL,               -- 'mta-sts', 'idempotency'
+    key     text  NOT NULL,
+    value   bytea,                        -- NULL: claimed, its work under way
+    expires timestamptz NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE INDEX mailspool_records_expires ON mailspool_records (expires);

@@ -507,6 +507,10 @@ impl Store for PgSpool {
         Some(self.shared.clone())
     }
 
+    fn records(&self) -> Option<Arc<dyn mailspool_spool::shared::SharedRecords>> {
+        Some(self.shared.clone())
+    }
+
     fn sweep(&self, max_age: std::time::Duration) -> usize {
         let pruned = self.prune_events();
         if pruned > 0 {
@@ -525,7 +529,8 @@ impl Store for PgSpool {
                  DELETE FROM mailspool_chunks c
                    WHERE NOT EXISTS (SELECT 1 FROM mailspool_messages m WHERE m.pk = c.message);
                  DELETE FROM mailspool_attempts a
-                   WHERE NOT EXISTS (SELECT 1 FROM mailspool_nodes n WHERE n.pk = a.node);",
+                   WHERE NOT EXISTS (SELECT 1 FROM mailspool_nodes n WHERE n.pk = a.node);
+                 DELETE FROM mailspool_records WHERE expires < now();",
             )
             .await
             .map(|()| 0u64)

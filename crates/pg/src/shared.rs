@@ -1,13 +1,14 @@
 //! Limits held across the hosts on this database ([`mailspool_spool::shared`]):
 //! connection slots as leases, a message-rate bucket taken from in batches, and the
 //! shared cooling period and adaptive window, in `mailspool_destinations` and
-//! `mailspool_slots` (migration 3).
+//! `mailspool_slots`; and records every host sees the same, in `mailspool_records`
+//! (migration 3).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailspool_spool::shared::{SharedLimits, SharedState};
+use mailspool_spool::shared::{SharedLimits, SharedRecords, SharedState};
 use mailspool_spool::{Result, SpoolError};
 
 use crate::{Inner, db};
@@ -273,6 +274,80 @@ impl SharedLimits for PgShared {
                 window: row.get(0),
                 cooling: Duration::from_secs_f64(cooling.unwrap_or(0.0)),
             })
+        })
+    }
+}
+
+impl SharedRecords for PgShared {
+    fn get(&self, kind: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let inner = self.inner.clone();
+        let (kind, key) = (kind.to_owned(), key.to_owned());
+        self.call(async move {
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            let row = c
+                .query_opt(
+                    "SELECT value FROM mailspool_records
+                      WHERE kind = $1 AND key = $2 AND expires > now() AND value IS NOT NULL",
+                    &[&kind, &key],
+                )
+                .await
+                .map_err(|e| db("read a shared record", e))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn put(&self, kind: &str, key: &str, value: &[u8], keep: Duration) -> Result<()> {
+        let inner = self.inner.clone();
+        let (kind, key, value) = (kind.to_owned(), key.to_owned(), value.to_vec());
+        self.call(async move {
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            c.execute(
+                "INSERT INTO mailspool_records (kind, key, value, expires)
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+                 ON CONFLICT (kind, key)
+                 DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires",
+                &[&kind, &key, &value, &keep.as_secs_f64()],
+            )
+            .await
+            .map_err(|e| db("keep a shared record", e))?;
+            Ok(())
+        })
+    }
+
+    fn claim(&self, kind: &str, key: &str, hold: Duration) -> Result<bool> {
+        let inner = self.inner.clone();
+        let (kind, key) = (kind.to_owned(), key.to_owned());
+        self.call(async move {
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            // Made here, or taken over from one that expired (its claimer died).
+            let row = c
+                .query_opt(
+                    "INSERT INTO mailspool_records (kind, key, value, expires)
+                     VALUES ($1, $2, NULL, now() + make_interval(secs => $3))
+                     ON CONFLICT (kind, key) DO UPDATE
+                        SET value = NULL, expires = EXCLUDED.expires
+                      WHERE mailspool_records.expires <= now()
+                     RETURNING 1",
+                    &[&kind, &key, &hold.as_secs_f64()],
+                )
+                .await
+                .map_err(|e| db("claim a shared record", e))?;
+            Ok(row.is_some())
+        })
+    }
+
+    fn remove(&self, kind: &str, key: &str) -> Result<()> {
+        let inner = self.inner.clone();
+        let (kind, key) = (kind.to_owned(), key.to_owned());
+        self.call(async move {
+            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+            c.execute(
+                "DELETE FROM mailspool_records WHERE kind = $1 AND key = $2",
+                &[&kind, &key],
+            )
+            .await
+            .map_err(|e| db("remove a shared record", e))?;
+            Ok(())
         })
     }
 }

@@ -186,3 +186,54 @@ fn a_throttling_cools_every_host_and_halves_the_window_once() {
         .count();
     assert_eq!(slots, 4);
 }
+
+#[test]
+fn records_are_seen_by_every_host_and_claimed_once() {
+    let Some(db) = TestDb::new() else { return };
+    let (ha, hb) = (host(&db, "a"), host(&db, "b"));
+    let (a, b) = (ha.records().unwrap(), hb.records().unwrap());
+    let day = Duration::from_secs(86400);
+    // One host claims a key: the other cannot while the claim lives, and sees no value.
+    assert!(
+        a.claim("idempotency", "k1", Duration::from_secs(30))
+            .unwrap()
+    );
+    assert!(
+        !b.claim("idempotency", "k1", Duration::from_secs(30))
+            .unwrap()
+    );
+    assert_eq!(b.get("idempotency", "k1").unwrap(), None);
+    // Its result is then everyone's.
+    a.put("idempotency", "k1", b"result", day).unwrap();
+    assert_eq!(
+        b.get("idempotency", "k1").unwrap().as_deref(),
+        Some(&b"result"[..])
+    );
+    assert!(
+        !b.claim("idempotency", "k1", Duration::from_secs(30))
+            .unwrap()
+    );
+    // A claim whose host died runs out, and may be taken.
+    assert!(
+        a.claim("idempotency", "k2", Duration::from_millis(200))
+            .unwrap()
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        b.claim("idempotency", "k2", Duration::from_secs(30))
+            .unwrap()
+    );
+    // A failed request's claim is removed: the retry may claim it at once.
+    b.remove("idempotency", "k2").unwrap();
+    assert!(
+        a.claim("idempotency", "k2", Duration::from_secs(30))
+            .unwrap()
+    );
+    // Kinds are apart; an expired value is gone.
+    assert_eq!(a.get("mta-sts", "k1").unwrap(), None);
+    a.put("mta-sts", "example.com", b"{}", Duration::from_millis(100))
+        .unwrap();
+    assert!(b.get("mta-sts", "example.com").unwrap().is_some());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(b.get("mta-sts", "example.com").unwrap(), None);
+}

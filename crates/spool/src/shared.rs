@@ -55,6 +55,22 @@ pub trait SharedLimits: Send + Sync + std::fmt::Debug {
     ) -> Result<SharedState>;
 }
 
+/// Small records every host of a store sees the same, each kept until it expires:
+/// MTA-STS policies (one fetch serves the cluster) and HTTP idempotency results (a
+/// retried request may land on another host). A spool directory has none
+/// ([`crate::Store::records`] is `None`): those stay in files beside it.
+pub trait SharedRecords: Send + Sync + std::fmt::Debug {
+    /// The value of (`kind`, `key`), unless absent, expired or claimed without one yet.
+    fn get(&self, kind: &str, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Set the value, kept for `keep`.
+    fn put(&self, kind: &str, key: &str, value: &[u8], keep: Duration) -> Result<()>;
+    /// Make an empty record for `hold` unless a live one exists: true when this caller
+    /// made it (and so does the work the record stands for).
+    fn claim(&self, kind: &str, key: &str, hold: Duration) -> Result<bool>;
+    /// Remove it (the work failed: the next caller may claim it).
+    fn remove(&self, kind: &str, key: &str) -> Result<()>;
+}
+
 /// How a rate held across hosts is turned into a bucket: what is sent in any one period
 /// must stay at or under the rate, although a host uses a batch up to
 /// [`TOKEN_LIFETIME`] after it was granted and the receiver counts a message up to

@@ -300,6 +300,11 @@ pub trait Store: Intake + std::fmt::Debug {
     fn shared_limits(&self) -> Option<Arc<dyn crate::shared::SharedLimits>> {
         None
     }
+    /// Records shared with the other hosts on this store (`None`: files beside the
+    /// spool are used instead). See [`crate::shared::SharedRecords`].
+    fn records(&self) -> Option<Arc<dyn crate::shared::SharedRecords>> {
+        None
+    }
 
     // --- administration ---
 

@@ -188,16 +188,6 @@ fn state_home() -> Option<PathBuf> {
         })
 }
 
-/// This host's own state directory when the spool is a database (HTTP idempotency
-/// records): `/var/lib/mailspool` for root, else `$XDG_STATE_HOME/mailspool-local`;
-/// none without a home (never a shared fallback such as `/tmp`).
-pub fn local_state_dir() -> Option<PathBuf> {
-    if is_root() {
-        return Some(PathBuf::from("/var/lib/mailspool"));
-    }
-    Some(state_home()?.join("mailspool-local"))
-}
-
 /// Whether `dir` is a user's own default spool (not a configured or system one).
 pub fn is_personal_default(dir: &Path) -> bool {
     !is_root() && default_spool_dir().is_some_and(|d| d == dir) && dir != Path::new(SYSTEM_SPOOL)

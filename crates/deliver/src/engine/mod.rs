@@ -244,6 +244,7 @@ impl Engine {
         let tls = TlsConnectors::new(cfg.tls_ca_file.as_deref())?;
         let mta_sts = Arc::new(crate::mta_sts::MtaSts::new(
             spool.cache_dir().map(|d| d.join("mta-sts")),
+            spool.records(),
             cfg.mta_sts_port,
             tls.verified.clone(),
         ));

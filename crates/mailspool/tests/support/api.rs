@@ -46,14 +46,38 @@ impl Reply {
 }
 
 pub fn start_with(tune: impl FnOnce(&mut mailspool::HttpConfig)) -> Api {
+    start_on(None, None, tune)
+}
+
+/// An API server on `spool` (a database URL; else a spool directory of its own), with
+/// the tokens of `twin` when given (another host of one cluster).
+pub fn start_on(
+    spool: Option<&str>,
+    twin: Option<&Api>,
+    tune: impl FnOnce(&mut mailspool::HttpConfig),
+) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let tokens_file = dir.path().join("tokens");
-    let mut tokens = Tokens::load(&tokens_file).unwrap();
-    let admin = tokens.add("ops", Scope::Admin, None).unwrap();
-    let read = tokens.add("grafana", Scope::Read, None).unwrap();
-    let inject = tokens.add("app", Scope::Inject, None).unwrap();
-    let expired = tokens.add("old", Scope::Admin, Some(1)).unwrap();
-    tokens.save(None).unwrap();
+    let (admin, read, inject, expired) = match twin {
+        Some(t) => {
+            std::fs::copy(t.dir.path().join("tokens"), &tokens_file).unwrap();
+            (
+                t.admin.clone(),
+                t.read.clone(),
+                t.inject.clone(),
+                t.expired.clone(),
+            )
+        }
+        None => {
+            let mut tokens = Tokens::load(&tokens_file).unwrap();
+            let admin = tokens.add("ops", Scope::Admin, None).unwrap();
+            let read = tokens.add("grafana", Scope::Read, None).unwrap();
+            let inject = tokens.add("app", Scope::Inject, None).unwrap();
+            let expired = tokens.add("old", Scope::Admin, Some(1)).unwrap();
+            tokens.save(None).unwrap();
+            (admin, read, inject, expired)
+        }
+    };
     let mut http = mailspool::HttpConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         serve_listen: None,
@@ -67,7 +91,7 @@ pub fn start_with(tune: impl FnOnce(&mut mailspool::HttpConfig)) -> Api {
     };
     tune(&mut http);
     let config = Config {
-        spool_dir: dir.path().join("spool"),
+        spool_dir: spool.map_or_else(|| dir.path().join("spool"), PathBuf::from),
         max_message_size: 128 * 1024,
         hostname: "mx.example.test".into(),
         http: Some(http.clone()),
