@@ -163,3 +163,119 @@ async fn three_hosts_hold_a_destinations_caps_together() {
     // At most the killed host's claims delivered twice.
     assert!(duplicates <= 10, "{duplicates} duplicates");
 }
+
+/// `bench/cluster`: drain a queued backlog with 1, 2 and 4 hosts, against a sink that
+/// answers each command 100 ms late (a distant MX: latency-bound) and one that answers
+/// at once (CPU-bound), and count what each message costs the database. Prints a
+/// table; asserts only that everything was delivered. Run by `bench/cluster` (root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a benchmark: bench/cluster runs it"]
+async fn bench_scale() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let latency_messages = env("MAILSPOOL_BENCH_LATENCY_MESSAGES", 2000);
+    let cpu_messages = env("MAILSPOOL_BENCH_CPU_MESSAGES", 5000);
+    // A big destination: the hosts' own concurrency is what is measured.
+    let shaping = "[[shaping.destination]]\nname = \"dest\"\ndomains = [\"dest.test\"]\n\
+                   max_connections = 400\nmax_messages_per_connection = 1000\n";
+    println!(
+        "| sink | hosts | messages | intake msg/s | drain msg/s | per host | speed-up | \
+         db transactions/msg | WAL bytes/msg | host CPU s/1000 msgs |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (label, delay, messages) in [
+        (
+            "100 ms late",
+            Some(Duration::from_millis(100)),
+            latency_messages,
+        ),
+        ("at once", None, cpu_messages),
+    ] {
+        let mut one_host = None;
+        for hosts in [1usize, 2, 4] {
+            let extra = format!("max_dequeue_processes = 100\n{shaping}");
+            let Some(mut world) = World::new(Database::Single, hosts, &extra) else {
+                return;
+            };
+            let sink = world.start_sink(Script {
+                delay,
+                ..Default::default()
+            });
+            for h in &mut world.hosts {
+                h.start_serve();
+            }
+            let acks = Arc::new(Acks::default());
+            let serial = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let targets: Vec<_> = world.hosts.iter().map(|h| h.smtp()).collect();
+            let intake_started = Instant::now();
+            let loads: Vec<_> = (0..8)
+                .map(|_| {
+                    tokio::spawn(smtp_load(
+                        world.client.clone(),
+                        targets.clone(),
+                        100,
+                        messages,
+                        stop.clone(),
+                        serial.clone(),
+                        acks.clone(),
+                    ))
+                })
+                .collect();
+            for l in loads {
+                l.await.unwrap();
+            }
+            let intake = messages as f64 / intake_started.elapsed().as_secs_f64();
+            let url = world.primary_url();
+            let xacts = "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \
+                         WHERE datname = 'cluster'";
+            let wal = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint";
+            let (x0, w0) = (query_i64(&url, xacts), query_i64(&url, wal));
+            let started = Instant::now();
+            for h in &mut world.hosts {
+                h.start_daemon();
+            }
+            let left = world.drain(Duration::from_secs(600)).await;
+            let secs = started.elapsed().as_secs_f64();
+            let (x1, w1) = (query_i64(&url, xacts), query_i64(&url, wal));
+            let cpu: f64 = world
+                .hosts
+                .iter()
+                .filter_map(|h| h.daemon.as_ref().map(|c| c.id()))
+                .map(process_cpu_seconds)
+                .sum();
+            assert_eq!(left, Some(0));
+            let (lost, _) = lost_and_duplicates(&acks.acked.lock().unwrap(), &sink);
+            assert!(lost.is_empty(), "{} lost", lost.len());
+            let rate = messages as f64 / secs;
+            let base = *one_host.get_or_insert(rate);
+            let per_msg = |a: Option<i64>, b: Option<i64>| {
+                (b.unwrap_or(0) - a.unwrap_or(0)) as f64 / messages as f64
+            };
+            println!(
+                "| {label} | {hosts} | {messages} | {intake:.0} | {rate:.0} | {:.0} | {:.2}× | \
+                 {:.1} | {:.0} | {:.2} |",
+                rate / hosts as f64,
+                rate / base,
+                per_msg(x0, x1),
+                per_msg(w0, w1),
+                cpu * 1000.0 / messages as f64,
+            );
+        }
+    }
+}
+
+/// User and system CPU seconds a process has used (from /proc).
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces, inside parentheses).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}

@@ -146,6 +146,13 @@ async fn run(sync: bool) -> Option<Outcome> {
     if left != Some(0) {
         eprintln!("failover: still queued: {}", world.queue_summary());
     }
+    let stopped: Vec<usize> = (0..world.hosts.len())
+        .filter(|&i| !world.hosts[i].running())
+        .collect();
+    assert!(
+        stopped.is_empty(),
+        "hosts whose serve or daemon exited: {stopped:?}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acked = acks.acked.lock().unwrap().clone();
     let (lost, duplicates) = lost_and_duplicates(&acked, &sink);

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test uses its own part of the harness
 //! A small real cluster on one machine, for `tests/cluster.rs` and `bench/cluster`:
 //! PostgreSQL (one cluster, or a primary and a streaming standby) in namespaces of
 //! their own, N mailspool hosts each in its own namespace with its own address,
@@ -114,6 +115,13 @@ impl Host {
         self.serve = Some(child);
     }
 
+    /// Whether its `serve` and daemon still run (neither gave up on the database).
+    pub fn running(&mut self) -> bool {
+        [&mut self.serve, &mut self.daemon]
+            .into_iter()
+            .all(|c| c.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))))
+    }
+
     /// SIGKILL its daemon (a host dying under load).
     pub fn kill_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
@@ -185,7 +193,7 @@ pub fn pg_place(member: &Member) -> Place {
 impl World {
     /// A network, its database(s), a sink host and a client host, and `hosts`
     /// mailspool hosts (configured, not started). `None`: it cannot run here (skipped).
-    pub fn new(database: Database, hosts: usize, shaping: &str) -> Option<World> {
+    pub fn new(database: Database, hosts: usize, extra: &str) -> Option<World> {
         let mut net = match Net::new() {
             Ok(n) => n,
             Err(e) => return cannot(&e),
@@ -243,7 +251,7 @@ impl World {
             net,
         };
         for i in 0..hosts {
-            world.add_host(i, shaping);
+            world.add_host(i, extra);
         }
         Some(world)
     }
@@ -261,7 +269,8 @@ impl World {
         )
     }
 
-    fn add_host(&mut self, i: usize, shaping: &str) {
+    /// `extra`: more configuration, top-level keys first (it goes before the tables).
+    fn add_host(&mut self, i: usize, extra: &str) {
         let n = i + 1;
         let member = self.net.add(&format!("h{n}"), 20 + n as u8).unwrap();
         let config = self.dir.path().join(format!("h{n}.toml"));
@@ -270,10 +279,10 @@ impl World {
             format!(
                 "spool = \"{url}\"\nspool_lease = 10\nhostname = \"h{n}.cluster.test\"\n\
                  bind_address = \"{addr}\"\ndequeue_timeout = 1\ntls = \"none\"\n\
-                 relay_networks = [\"198.18.0.0/15\"]\n\
+                 relay_networks = [\"198.18.0.0/15\"]\n{extra}\n\
                  [[listen]]\naddress = \"{addr}:25\"\n\
                  [routes]\n\"dest.test\" = \"198.18.0.10:25\"\n\
-                 [timeouts]\nconnect = 2\ncommand = 10\n{shaping}\n",
+                 [timeouts]\nconnect = 2\ncommand = 10\n",
                 url = self.spool_url(),
                 addr = member.addr,
             ),
