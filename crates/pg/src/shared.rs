@@ -93,12 +93,26 @@ impl PgShared {
         }
     }
 
+    /// Renew the slots this process holds now, and only those: one it gave back while
+    /// the database could not be told (a failover) keeps this holder's name there, and
+    /// renewing by name would keep it taken for ever; unrenewed, it runs out.
     async fn renew(&self) -> Result<u64> {
+        let (destinations, slots): (Vec<String>, Vec<i32>) = self
+            .held()
+            .iter()
+            .map(|(d, n)| (d.clone(), *n as i32))
+            .unzip();
         let mut c = self.inner.pool.get().await.map_err(|e| db("connect", e))?;
         c.execute(
-            "UPDATE mailspool_slots SET expires = now() + make_interval(secs => $2)
-             WHERE holder = $1",
-            &[&self.holder(), &SLOT_LEASE.as_secs_f64()],
+            "UPDATE mailspool_slots s SET expires = now() + make_interval(secs => $2)
+               FROM unnest($3::text[], $4::int[]) AS h(destination, slot)
+              WHERE s.holder = $1 AND s.destination = h.destination AND s.slot = h.slot",
+            &[
+                &self.holder(),
+                &SLOT_LEASE.as_secs_f64(),
+                &destinations,
+                &slots,
+            ],
         )
         .await
         .map_err(|e| db("renew connection slots", e))

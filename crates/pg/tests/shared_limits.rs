@@ -237,3 +237,38 @@ fn records_are_seen_by_every_host_and_claimed_once() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(b.get("mta-sts", "example.com").unwrap(), None);
 }
+
+#[test]
+fn a_slot_given_back_while_the_database_was_away_is_not_renewed() {
+    let Some(db) = TestDb::new() else { return };
+    let a = host(&db, "a");
+    let la = limits(&a);
+    let kept = la.take_slot("dest", 2).unwrap().unwrap();
+    let lost = la.take_slot("dest", 2).unwrap().unwrap();
+    // Given back, but the database never heard (as in a failover): undo the give-back.
+    la.give_slot("dest", lost);
+    std::thread::sleep(Duration::from_millis(300));
+    admin_sql(
+        &db.url,
+        &format!(
+            "UPDATE mailspool_slots SET holder = (SELECT holder FROM mailspool_slots \
+             WHERE destination = 'dest' AND slot = {kept}), \
+             expires = now() + interval '2 seconds' WHERE destination = 'dest' AND slot = {lost}"
+        ),
+    )
+    .unwrap();
+    // Renewal (every 5 s) keeps the slot still held, and lets the other run out.
+    std::thread::sleep(mailspool_pg::SLOT_LEASE / 3 + Duration::from_secs(1));
+    let b = host(&db, "b");
+    let lb = limits(&b);
+    assert_eq!(
+        lb.take_slot("dest", 2).unwrap(),
+        Some(lost),
+        "the lost slot came back"
+    );
+    assert_eq!(
+        lb.take_slot("dest", 2).unwrap(),
+        None,
+        "the held one is still held"
+    );
+}

@@ -280,6 +280,52 @@ fn has_jbd2_journal(device: &str) -> bool {
     })
 }
 
+/// Whether the file system under `dir` keeps hard links' identity: a second name of a
+/// file shows the same inode number, and the file a link count of 2. The spool rests on
+/// it (a message is one inode linked once per recipient; its nodes are counted by
+/// their link count; File::NFSLock checks a lock by its link count). Local file
+/// systems and NFS keep it; sshfs does not (SFTP carries neither inode numbers nor link
+/// counts: every name is a file of its own with one link), and there a shared spool
+/// could deliver a message twice or split it. Probed with two names in `dir`.
+/// An error means the spool cannot work there; `Ok(false)`: the probe could not be
+/// made (no write access to `dir`), nothing is known.
+pub fn check_hard_links(dir: &std::path::Path) -> Result<bool, String> {
+    use std::os::unix::fs::MetadataExt;
+    let first = dir.join(format!(".mailspool-link-probe-{}", crate::unique_token()));
+    let mut second = first.clone().into_os_string();
+    second.push(".link");
+    let second = std::path::PathBuf::from(second);
+    if crate::storage::os::create_new(&first).is_err() {
+        return Ok(false);
+    }
+    let result = (|| {
+        std::fs::hard_link(&first, &second)
+            .map_err(|e| format!("{}: hard links are not supported here: {e}", dir.display()))?;
+        let (a, b) = (
+            std::fs::symlink_metadata(&first).map_err(|e| e.to_string())?,
+            std::fs::symlink_metadata(&second).map_err(|e| e.to_string())?,
+        );
+        if (a.dev(), a.ino()) != (b.dev(), b.ino()) || a.nlink() != 2 {
+            return Err(format!(
+                "{} is on a file system that does not keep hard links' identity (two \
+                 names of one file show inodes {} and {} with {} and {} links; sshfs does \
+                 this): the spool's messages, nodes and NFS locks depend on it. Put the \
+                 spool on a local file system or NFS, or use a PostgreSQL spool to share \
+                 it between hosts",
+                dir.display(),
+                a.ino(),
+                b.ino(),
+                a.nlink(),
+                b.nlink()
+            ));
+        }
+        Ok(true)
+    })();
+    let _ = std::fs::remove_file(&second);
+    let _ = std::fs::remove_file(&first);
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +359,17 @@ mod tests {
         let never = detect_path(dir.path(), Setting::Never).unwrap();
         assert_eq!(never.links, NameSync::FileFsync);
         assert!(never.created_names_with_file);
+    }
+
+    #[test]
+    fn a_local_file_system_keeps_hard_links_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(check_hard_links(dir.path()), Ok(true));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing left"
+        );
+        assert_eq!(check_hard_links(&dir.path().join("missing")), Ok(false));
     }
 }

@@ -15,6 +15,12 @@ pub fn run(
 ) -> CliResult {
     mailspool_spool::limit_malloc_arenas();
     let ms = std::sync::Arc::new(Mailspool::open_waiting(config.clone())?);
+    if let Some(files) = ms.spool().as_files() {
+        // A spool shared over a file system that loses hard links' identity (sshfs)
+        // would split and repeat messages: refuse before delivering anything.
+        mailspool_spool::durability::check_hard_links(files.dir())
+            .map_err(|e| Failure::new(sysexits::CONFIG, e))?;
+    }
     // Users' dropped messages (mailspool-drop) become queued mail: new nodes in tier 0,
     // which wake the delivery loop below.
     mailspool::pickup::spawn(ms.clone(), config.dequeue_timeout)

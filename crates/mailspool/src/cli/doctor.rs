@@ -162,6 +162,14 @@ fn check_durability(r: &mut Report, config: &Config, spool: &Path) {
         Ok(d) => r.ok(&format!("file system: {d}")),
         Err(e) => r.warn(&format!("file system under {}: {e}", at.display())),
     }
+    if spool.is_dir()
+        && let Err(e) = mailspool_spool::durability::check_hard_links(spool)
+    {
+        r.fix(
+            &e,
+            "move the spool to a local file system or NFS (mailspool migrate --from OLD --to NEW)",
+        );
+    }
 }
 
 /// Whatever was set aside in corrupt/ waits for a person: say so until it is gone.

@@ -55,6 +55,8 @@ pub fn run(config: &Config) -> CliResult {
         if let Some(files) = spool.as_files() {
             // What a 250 rests on: how commits make their names durable here.
             tracing::info!(durability = %files.durability(), "spool file system");
+            mailspool_spool::durability::check_hard_links(files.dir())
+                .map_err(|e| Failure::new(sysexits::CONFIG, e))?;
         }
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let mut http_task = None;
