@@ -78,7 +78,11 @@ async fn wait_for_standby(primary: &Cluster, sync: bool) {
 }
 
 async fn run(sync: bool) -> Option<Outcome> {
-    let mut world = World::new(Database::Replicated { sync }, 2, "")?;
+    // The destination takes 20 connections from the cluster (the default,
+    // `max_host_connections`, is 5 for all hosts together).
+    let shaping = "[[shaping.destination]]\nname = \"dest\"\ndomains = [\"dest.test\"]\n\
+                   max_connections = 20\n";
+    let mut world = World::new(Database::Replicated { sync }, 2, shaping)?;
     let sink = world.start_sink(Script {
         delay: Some(Duration::from_millis(2)),
         ..Default::default()
@@ -99,6 +103,7 @@ async fn run(sync: bool) -> Option<Outcome> {
                 targets.clone(),
                 20,
                 usize::MAX,
+                1,
                 stop.clone(),
                 serial.clone(),
                 acks.clone(),
@@ -142,9 +147,11 @@ async fn run(sync: bool) -> Option<Outcome> {
     for l in loads {
         l.await.unwrap();
     }
-    let left = world.drain(Duration::from_secs(90)).await;
+    let backlog = acks.acked.lock().unwrap().len() as u64;
+    let left = world.drain(Duration::from_secs(90.max(backlog / 50))).await;
     if left != Some(0) {
         eprintln!("failover: still queued: {}", world.queue_summary());
+        world.keep_logs();
     }
     let stopped: Vec<usize> = (0..world.hosts.len())
         .filter(|&i| !world.hosts[i].running())

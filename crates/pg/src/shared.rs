@@ -189,13 +189,15 @@ impl SharedLimits for PgShared {
             Ok(row.map(|r| r.get::<_, i32>(0) as u32))
         })?;
         if let Some(n) = slot {
-            self.held().insert((destination.to_owned(), n));
+            let fresh = self.held().insert((destination.to_owned(), n));
+            tracing::debug!(destination = %mailspool_spool::escape(destination), slot = n, fresh, "connection slot taken");
         }
         Ok(slot)
     }
 
     fn give_slot(&self, destination: &str, slot: u32) {
-        self.held().remove(&(destination.to_owned(), slot));
+        let was = self.held().remove(&(destination.to_owned(), slot));
+        tracing::debug!(destination = %mailspool_spool::escape(destination), slot, was, "connection slot given back");
         let inner = self.inner.clone();
         let (d, holder) = (destination.to_owned(), self.holder());
         // Not waited for: if it fails, the lease runs out instead.

@@ -27,6 +27,9 @@ use mailspool_pg::testing::{Cluster, Place, admin_sql};
 use crate::common::{Script, Sink};
 use crate::support::netns::{Member, Net};
 
+/// Destination domains routed to the sink besides `dest.test`: `d0.dest.test` ...
+pub const MAX_DOMAINS: usize = 64;
+
 /// PostgreSQL's port in its namespace (each database host has the port to itself).
 pub const PG_PORT: u16 = 5432;
 /// The database the hosts share.
@@ -281,10 +284,13 @@ impl World {
                  bind_address = \"{addr}\"\ndequeue_timeout = 1\ntls = \"none\"\n\
                  relay_networks = [\"198.18.0.0/15\"]\n{extra}\n\
                  [[listen]]\naddress = \"{addr}:25\"\n\
-                 [routes]\n\"dest.test\" = \"198.18.0.10:25\"\n\
+                 [routes]\n\"dest.test\" = \"198.18.0.10:25\"\n{more_routes}\
                  [timeouts]\nconnect = 2\ncommand = 10\n",
                 url = self.spool_url(),
                 addr = member.addr,
+                more_routes = (0..MAX_DOMAINS)
+                    .map(|d| format!("\"d{d}.dest.test\" = \"198.18.0.10:25\"\n"))
+                    .collect::<String>(),
             ),
         )
         .unwrap();
@@ -345,19 +351,50 @@ impl World {
                    FROM (SELECT tier, lease_host, max(lease_until) AS lease_until, min(due) AS due, \
                    max(attempts) AS attempts, max(last_reply) AS last_reply, count(*) AS n \
                    FROM mailspool_nodes GROUP BY 1, 2) g";
-        query_text(&self.primary_url(), sql).unwrap_or_else(|| "(cannot ask)".into())
+        let slots = "SELECT string_agg(format('%s slot %s: %s, %s s left', destination, slot, \
+                     coalesce(holder, 'free'), coalesce(extract(epoch from expires - now())::int, 0)), '; ') \
+                     FROM mailspool_slots";
+        let window = "SELECT string_agg(format('%s: window %s, cooling %s', destination, \
+                      conn_window, cooling_until), '; ') FROM mailspool_destinations";
+        let url = self.primary_url();
+        [sql, slots, window]
+            .iter()
+            .map(|q| query_text(&url, q).unwrap_or_else(|| "(cannot ask)".into()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl World {
+    /// Keep the hosts' configurations and logs (h*.daemon.log) after the test, and
+    /// say where, with each host's process ids.
+    pub fn keep_logs(&mut self) {
+        let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+        let id = |c: &Option<Child>| c.as_ref().map_or(0, Child::id);
+        let pids: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "{}: serve {} daemon {}",
+                    h.member.addr,
+                    id(&h.serve),
+                    id(&h.daemon)
+                )
+            })
+            .collect();
+        eprintln!(
+            "cluster: the hosts' configurations and logs are kept in {} ({})",
+            kept.display(),
+            pids.join(", ")
+        );
     }
 }
 
 impl Drop for World {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // Keep the hosts' logs (h*.daemon.log) for whoever reads the failure.
-            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
-            eprintln!(
-                "cluster: the hosts' configurations and logs are kept in {}",
-                kept.display()
-            );
+            self.keep_logs();
         }
     }
 }
@@ -417,12 +454,15 @@ pub struct Acks {
 
 /// Send mail from the client host into the hosts' `serve`s, `per_session` messages a
 /// connection, round robin, until `stop` (or `limit` messages). Each message carries a
-/// unique token; those answered 250 are in `acks`.
+/// unique token; those answered 250 are in `acks`. Recipients are at `dest.test`, or
+/// spread over `d0.dest.test` .. when `domains` > 1.
+#[allow(clippy::too_many_arguments)]
 pub async fn smtp_load(
     client: Member,
     targets: Vec<SocketAddr>,
     per_session: usize,
     limit: usize,
+    domains: usize,
     stop: Arc<AtomicBool>,
     serial: Arc<AtomicUsize>,
     acks: Arc<Acks>,
@@ -471,7 +511,11 @@ pub async fn smtp_load(
             }
             let env = mailspool_smtp::Envelope {
                 from: "sender@client.test".into(),
-                to: vec!["rcpt@dest.test".into()],
+                to: vec![if domains > 1 {
+                    format!("rcpt@d{}.dest.test", n % domains.min(MAX_DOMAINS))
+                } else {
+                    "rcpt@dest.test".into()
+                }],
                 size: body.len() as u64,
                 eight_bit: false,
                 utf8_headers: false,
