@@ -189,7 +189,9 @@ pub fn pg_place(member: &Member) -> Place {
         ],
         listen: Some(member.addr.to_string()),
         port: Some(PG_PORT),
-        conf: "wal_sender_timeout = 5s\nwal_receiver_status_interval = 1s\n".into(),
+        // Each host's serve and daemon open up to max_dequeue_processes + 5 each.
+        conf: "wal_sender_timeout = 5s\nwal_receiver_status_interval = 1s\nmax_connections = 800\n"
+            .into(),
     }
 }
 
