@@ -182,6 +182,9 @@ pub(super) struct Claim {
 /// Unparsable names remembered (more: forgotten and said again, memory bounded).
 const MAX_WARNED_NAMES: usize = 10_000;
 
+/// An idle connection, with the cluster's connection slot it holds.
+type Idle = (Session, Option<shared::SlotGuard>);
+
 /// The engine; share it in an `Arc`.
 pub struct Engine {
     spool: Arc<dyn Store>,
@@ -192,7 +195,7 @@ pub struct Engine {
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Idle connections, each with the cluster's connection slot it holds (when the
     /// store shares limits across hosts).
-    pool: Mutex<HashMap<String, Vec<(Session, Option<shared::SlotGuard>)>>>,
+    pool: Mutex<HashMap<String, Vec<Idle>>>,
     in_flight: Mutex<HashSet<PathBuf>>,
     stopping: AtomicBool,
     /// The daemon's wake-up, to look at tier 0 again soon (a node found mid-commit).

@@ -480,7 +480,7 @@ impl Engine {
 
     /// QUIT every idle session.
     pub async fn close_idle(&self) {
-        let sessions: Vec<(Session, Option<SlotGuard>)> = self
+        let sessions: Vec<super::Idle> = self
             .pool
             .lock()
             .unwrap_or_else(|e| e.into_inner())
