@@ -17,11 +17,10 @@ mod cluster;
 mod common;
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cluster::{Acks, Database, World, lost_and_duplicates, query_i64, smtp_load};
+use cluster::{Database, World, lost_and_duplicates, query_i64};
 use common::Script;
 
 const SHAPING: &str = "[[shaping.destination]]\nname = \"dest\"\ndomains = [\"dest.test\"]\n\
@@ -47,27 +46,7 @@ async fn three_hosts_hold_a_destinations_caps_together() {
     for h in &mut world.hosts {
         h.start_serve();
     }
-    let acks = Arc::new(Acks::default());
-    let serial = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let targets: Vec<_> = world.hosts.iter().map(|h| h.smtp()).collect();
-    let loads: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(smtp_load(
-                world.client.clone(),
-                targets.clone(),
-                50,
-                messages,
-                1,
-                stop.clone(),
-                serial.clone(),
-                acks.clone(),
-            ))
-        })
-        .collect();
-    for l in loads {
-        l.await.unwrap();
-    }
+    let acks = world.load(4, 50, messages, 1).finish().await;
     let acked = acks.acked.lock().unwrap().clone();
     assert_eq!(
         acked.len(),
@@ -80,10 +59,10 @@ async fn three_hosts_hold_a_destinations_caps_together() {
         h.start_daemon();
     }
 
-    // SIGKILL one host mid-run: its connections die with it, its slots are held until
+    // SIGKILL one host half way: its connections die with it, its slots are held until
     // their lease runs out, then the others may use them.
     let started = Instant::now();
-    while sink.state.taken_at.lock().unwrap().len() < messages / 4 {
+    while sink.state.taken_at.lock().unwrap().len() < messages / 2 {
         assert!(started.elapsed() < Duration::from_secs(60), "no delivery");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -107,13 +86,15 @@ async fn three_hosts_hold_a_destinations_caps_together() {
     let st = &sink.state;
     let (lost, duplicates) = lost_and_duplicates(&acked, &sink);
     let most_per_second = st.most_in(Duration::from_secs(1));
-    // Flow over ten seconds of the run's middle, where the backlog is deep.
+    // Flow while all three hosts deliver and the backlog is deep: from a second after
+    // the first message to the kill. (After it, the dead host's claimed mail waits out
+    // its claim lease, which is not the limits' doing.)
     let flow = {
         let mut at = st.taken_at.lock().unwrap().clone();
         at.sort();
         let from = at[0] + Duration::from_secs(1);
-        let to = from + Duration::from_secs(10);
-        at.iter().filter(|t| **t >= from && **t < to).count() as f64 / 10.0
+        let n = at.iter().filter(|t| **t >= from && **t < killed).count();
+        n as f64 / killed.duration_since(from).as_secs_f64()
     };
     let per_second = {
         let mut at = st.taken_at.lock().unwrap().clone();
@@ -218,28 +199,8 @@ async fn bench_scale() {
             for h in &mut world.hosts {
                 h.start_serve();
             }
-            let acks = Arc::new(Acks::default());
-            let serial = Arc::new(AtomicUsize::new(0));
-            let stop = Arc::new(AtomicBool::new(false));
-            let targets: Vec<_> = world.hosts.iter().map(|h| h.smtp()).collect();
             let intake_started = Instant::now();
-            let loads: Vec<_> = (0..8)
-                .map(|_| {
-                    tokio::spawn(smtp_load(
-                        world.client.clone(),
-                        targets.clone(),
-                        100,
-                        messages,
-                        domains,
-                        stop.clone(),
-                        serial.clone(),
-                        acks.clone(),
-                    ))
-                })
-                .collect();
-            for l in loads {
-                l.await.unwrap();
-            }
+            let acks = world.load(8, 100, messages, domains).finish().await;
             let intake = messages as f64 / intake_started.elapsed().as_secs_f64();
             let url = world.primary_url();
             let xacts = "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \

@@ -19,11 +19,10 @@ mod cluster;
 mod common;
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cluster::{Acks, Database, World, lost_and_duplicates, query_i64, smtp_load};
+use cluster::{Database, World, lost_and_duplicates, query_i64};
 use common::Script;
 use mailspool_pg::testing::Cluster;
 
@@ -92,24 +91,8 @@ async fn run(sync: bool) -> Option<Outcome> {
         h.start_daemon();
     }
     wait_for_standby(world.dbs[0].pg.as_ref().unwrap(), sync).await;
-    let acks = Arc::new(Acks::default());
-    let serial = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let targets: Vec<_> = world.hosts.iter().map(|h| h.smtp()).collect();
-    let loads: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(smtp_load(
-                world.client.clone(),
-                targets.clone(),
-                20,
-                usize::MAX,
-                1,
-                stop.clone(),
-                serial.clone(),
-                acks.clone(),
-            ))
-        })
-        .collect();
+    let load = world.load(4, 20, usize::MAX, 1);
+    let acks = load.acks.clone();
 
     let n = failovers();
     let mut outages = Vec::new();
@@ -143,10 +126,7 @@ async fn run(sync: bool) -> Option<Outcome> {
         wait_for_standby(primary, sync).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::SeqCst);
-    for l in loads {
-        l.await.unwrap();
-    }
+    load.stop().await;
     let backlog = acks.acked.lock().unwrap().len() as u64;
     let left = world.drain(Duration::from_secs(90.max(backlog / 50))).await;
     if left != Some(0) {

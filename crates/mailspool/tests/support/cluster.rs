@@ -401,8 +401,12 @@ impl Drop for World {
     }
 }
 
-/// One text from the database at `url`.
-pub fn query_text(url: &str, sql: &str) -> Option<String> {
+/// The one value `sql` returns from the database at `url` (None: it cannot be asked
+/// now, or the value is NULL), asked on a thread of its own.
+fn query_value<T>(url: &str, sql: &str) -> Option<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a> + Send + 'static,
+{
     let (url, sql) = (url.to_owned(), sql.to_owned());
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -414,7 +418,8 @@ pub fn query_text(url: &str, sql: &str) -> Option<String> {
                 .await
                 .ok()?;
             tokio::spawn(conn);
-            c.query_one(&sql, &[]).await.ok().and_then(|r| r.get(0))
+            let row = c.query_one(&sql, &[]).await.ok()?;
+            row.try_get::<_, Option<T>>(0).ok().flatten()
         })
     })
     .join()
@@ -422,25 +427,14 @@ pub fn query_text(url: &str, sql: &str) -> Option<String> {
     .flatten()
 }
 
+/// One text from the database at `url`.
+pub fn query_text(url: &str, sql: &str) -> Option<String> {
+    query_value(url, sql)
+}
+
 /// One number from the database at `url` (None: it cannot be asked now).
 pub fn query_i64(url: &str, sql: &str) -> Option<i64> {
-    let (url, sql) = (url.to_owned(), sql.to_owned());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
-        rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .ok()?;
-            tokio::spawn(conn);
-            c.query_one(&sql, &[]).await.ok().map(|r| r.get(0))
-        })
-    })
-    .join()
-    .ok()
-    .flatten()
+    query_value(url, sql)
 }
 
 /// What a load run saw.
@@ -536,6 +530,55 @@ pub async fn smtp_load(
             }
         }
         s.quit().await;
+    }
+}
+
+/// Senders at work from the client host (see [`World::load`]).
+pub struct Load {
+    pub acks: Arc<Acks>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Wait until the senders are done (their `limit` reached, or stopped).
+    pub async fn finish(self) -> Arc<Acks> {
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.acks
+    }
+
+    /// Stop the senders and wait for them.
+    pub async fn stop(self) -> Arc<Acks> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.finish().await
+    }
+}
+
+impl World {
+    /// `senders` SMTP senders from the client host into every host's `serve` (see
+    /// [`smtp_load`]), `limit` messages in all.
+    pub fn load(&self, senders: usize, per_session: usize, limit: usize, domains: usize) -> Load {
+        let acks = Arc::new(Acks::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let serial = Arc::new(AtomicUsize::new(0));
+        let targets: Vec<SocketAddr> = self.hosts.iter().map(Host::smtp).collect();
+        let tasks = (0..senders)
+            .map(|_| {
+                tokio::spawn(smtp_load(
+                    self.client.clone(),
+                    targets.clone(),
+                    per_session,
+                    limit,
+                    domains,
+                    stop.clone(),
+                    serial.clone(),
+                    acks.clone(),
+                ))
+            })
+            .collect();
+        Load { acks, stop, tasks }
     }
 }
 
