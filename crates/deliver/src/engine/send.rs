@@ -78,13 +78,7 @@ impl Engine {
                         "4.4.5 {}: our connection_rate is reached; waiting",
                         dest.key
                     );
-                    return nodes
-                        .iter()
-                        .map(|_| Verdict::Throttled {
-                            host: target.host.clone(),
-                            reply: reply.clone(),
-                        })
-                        .collect();
+                    return held_back(nodes, &target.host, &reply);
                 }
                 // A new connection takes one of the destination's slots held across
                 // the hosts sharing the spool, for as long as it stays open.
@@ -93,13 +87,7 @@ impl Engine {
                         Ok(slot) => Some(slot),
                         Err(why) => {
                             let reply = format!("4.4.5 {}: {why}; waiting", escape(&dest.key));
-                            return nodes
-                                .iter()
-                                .map(|_| Verdict::Throttled {
-                                    host: target.host.clone(),
-                                    reply: reply.clone(),
-                                })
-                                .collect();
+                            return held_back(nodes, &target.host, &reply);
                         }
                     },
                     _ => slot,
@@ -341,15 +329,7 @@ impl Engine {
             return None;
         }
         self.cool(dest, host, &reply);
-        Some(
-            nodes
-                .iter()
-                .map(|_| Verdict::Throttled {
-                    host: host.to_owned(),
-                    reply: reply.clone(),
-                })
-                .collect(),
-        )
+        Some(held_back(nodes, host, &reply))
     }
 
     /// Start (or lengthen) a destination's cooling period after a throttling reply.
@@ -492,6 +472,17 @@ impl Engine {
             drop(slot);
         }
     }
+}
+
+/// Every node held in its tier (the destination cools, or may take no more now).
+fn held_back(nodes: &[(NodeEntry, NodeLock)], host: &str, reply: &str) -> Vec<Verdict> {
+    nodes
+        .iter()
+        .map(|_| Verdict::Throttled {
+            host: host.to_owned(),
+            reply: reply.to_owned(),
+        })
+        .collect()
 }
 
 pub(super) fn temporary_all(nodes: &[(NodeEntry, NodeLock)], reply: String) -> Vec<Verdict> {
