@@ -18,7 +18,8 @@ use crate::{Inner, db};
 pub const SLOT_LEASE: Duration = Duration::from_secs(15);
 
 /// A destination starts at this many connections at once across the cluster (as one
-/// host's gate does), or its cap if lower.
+/// host's gate does); its cap, whoever asks, is applied on top (`LEAST`): the row may be
+/// made by a rate's first take, which knows no cap.
 const START_WINDOW: f64 = 5.0;
 
 /// The shared limits of one process: its slots are leased under its claim token.
@@ -124,7 +125,7 @@ impl PgShared {
         c.execute(
             "INSERT INTO mailspool_destinations (destination, conn_window) VALUES ($1, $2)
              ON CONFLICT DO NOTHING",
-            &[&destination, &START_WINDOW.min(f64::from(cap.max(1)))],
+            &[&destination, &START_WINDOW],
         )
         .await
         .map_err(|e| db("add a destination", e))?;
@@ -271,7 +272,7 @@ impl SharedLimits for PgShared {
                         conn_window = CASE
                             WHEN $4::float8 IS NOT NULL
                                  AND (cooling_until IS NULL OR cooling_until <= now())
-                            THEN GREATEST(1, conn_window / 2)
+                            THEN GREATEST(1, LEAST($2::float8, conn_window) / 2)
                             ELSE LEAST($2::float8, conn_window + $3::float8 / conn_window) END,
                         cooling_until = CASE
                             WHEN $4::float8 IS NOT NULL

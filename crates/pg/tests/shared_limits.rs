@@ -272,3 +272,20 @@ fn a_slot_given_back_while_the_database_was_away_is_not_renewed() {
         "the held one is still held"
     );
 }
+
+#[test]
+fn a_rate_taken_first_does_not_shrink_the_window_it_starts_with() {
+    let Some(db) = TestDb::new() else { return };
+    let h = host(&db, "a");
+    let l = limits(&h);
+    // The first thing asked of a destination with a rate is its tokens (the gate's
+    // rate comes before a connection); its window still starts at 5.
+    l.take_tokens("dest", 1, 100.0, 5.0).unwrap();
+    let slots = (0..8)
+        .filter(|_| l.take_slot("dest", 20).unwrap().is_some())
+        .count();
+    assert_eq!(slots, 5);
+    // A cap under the window is kept, and a throttling halves what the cap allows.
+    let state = l.sync("dest", 2, 0, Some(Duration::from_secs(30))).unwrap();
+    assert!((state.window - 1.0).abs() < 1e-9, "{state:?}");
+}
