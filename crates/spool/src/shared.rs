@@ -76,7 +76,7 @@ pub trait SharedRecords: Send + Sync + std::fmt::Debug {
 /// [`TOKEN_LIFETIME`] after it was granted and the receiver counts a message up to
 /// [`RECEIVER_JITTER`] later than another. So the bucket holds a small burst and fills
 /// at what is left: burst + fill × (period + lifetime + jitter) ≤ rate. For 100/s that
-/// is a burst of 2.5 and a fill of 90.7/s; for 600/min, 1 and 9.98/s.
+/// is a burst of 2.5 and a fill of 90.7/s; for 600/min, 1 and 9.97/s.
 pub fn shared_bucket(count: u32, per: Duration) -> (f64, f64) {
     let period = per.as_secs_f64().max(0.001);
     let per_sec = f64::from(count) / period;
