@@ -10,17 +10,24 @@
 //!   says what to do) instead of splitting and repeating messages. The test also
 //!   records what sshfs does keep: `link` answers EEXIST for a name that exists, and
 //!   `O_EXCL` creation is exclusive across hosts; `flock` is not shared.
-//! - **NFS**: two mounts (`nosharecache`) of one export, a daemon on each, mail in
-//!   through both, daemons SIGKILLed: exactly once. Runs where the kernel has an NFS
-//!   client and server (`nfs` and `nfsd` in /proc/filesystems) and `exportfs`; skipped
-//!   elsewhere, saying why.
+//! - **GlusterFS** (a network file system this machine can serve and mount whole): a
+//!   server host serves a volume, two hosts mount it (FUSE), each runs a daemon, a
+//!   0.50-style dequeue loop takes nodes beside them, daemons are SIGKILLed: exactly
+//!   once, locks held across hosts, a dead host's stale locks broken
+//!   (`support/shared_spool.rs`). It keeps what sshfs loses: one inode and a true link
+//!   count per name.
+//! - **NFS**: the same run over two mounts (`nosharecache`) of one export, where the
+//!   kernel has an NFS client and server (`nfs` and `nfsd` in /proc/filesystems) and
+//!   `exportfs`; skipped elsewhere, saying why.
 
 #[path = "../../deliver/tests/common/mod.rs"]
 mod common;
+#[path = "support/glusterfs.rs"]
+mod glusterfs;
+#[path = "support/shared_spool.rs"]
+mod shared_spool;
 mod support;
 
-use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -300,89 +307,32 @@ async fn a_spool_shared_over_nfs_delivers_exactly_once_through_kills() {
             return;
         }
     };
-    let sink = common::Sink::start(common::Script::default()).await;
-    let configs: Vec<PathBuf> = (0..2)
-        .map(|i| {
-            let path = nfs.dir.path().join(format!("h{i}.toml"));
-            std::fs::write(
-                &path,
-                format!(
-                    "spool = \"{}\"\nhostname = \"h{i}.nfs.test\"\ndequeue_timeout = 1\n\
-                     tls = \"none\"\n[routes]\n\"nfs.test\" = \"{}\"\n",
-                    nfs.mounts[i].join("spool").display(),
-                    sink.addr
-                ),
-            )
-            .unwrap();
-            path
-        })
-        .collect();
-    let mailspool = |config: &Path| {
-        let mut c = Command::new(assert_cmd::cargo::cargo_bin!("mailspool"));
-        c.env("MAILSPOOL_CONFIG", config)
-            .env_remove("MAILSPOOL_SPOOL")
-            .env("MAILSPOOL_LOG", "warn");
-        c
+    shared_spool::exactly_once_through_kills("nfs", &nfs.mounts, nfs.dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spool_shared_over_glusterfs_delivers_exactly_once_through_kills() {
+    let fs = match glusterfs::Gluster::start(2) {
+        Ok(fs) => fs,
+        Err(e) => return skip_or_fail(&format!("GlusterFS: {e}")),
     };
-    let daemon = |config: &Path| {
-        mailspool(config)
-            .arg("daemon")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut daemons: Vec<Child> = configs.iter().map(|c| daemon(c)).collect();
-    let total = 2000;
-    let mut acked = Vec::new();
-    for n in 0..total {
-        let token = format!("nfs-{n}");
-        let mut child = mailspool(&configs[n % 2])
-            .args(["send", "-i", "rcpt@nfs.test"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("Subject: nfs\n\ntoken: {token}\n").as_bytes())
-            .unwrap();
-        if child.wait().unwrap().success() {
-            acked.push(token);
-        }
-        if n % 400 == 399 {
-            let victim = (n / 400) % 2;
-            let _ = daemons[victim].kill();
-            let _ = daemons[victim].wait();
-            daemons[victim] = daemon(&configs[victim]);
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while sink.received().len() < acked.len() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for d in &mut daemons {
-        let _ = d.kill();
-        let _ = d.wait();
-    }
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for r in sink.received() {
-        let text = String::from_utf8_lossy(&r.data).to_string();
-        if let Some(t) = text.lines().find_map(|l| l.strip_prefix("token: ")) {
-            *seen.entry(t.to_owned()).or_default() += 1;
-        }
-    }
-    let lost: Vec<_> = acked.iter().filter(|t| !seen.contains_key(*t)).collect();
-    let duplicates: usize = seen.values().map(|n| n - 1).sum();
-    eprintln!(
-        "nfs: {} acknowledged, {} lost, {duplicates} duplicates",
-        acked.len(),
-        lost.len()
+    // What GlusterFS keeps that sshfs loses: one inode and a true link count for every
+    // name, seen alike from both hosts.
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (&fs.mounts[0], &fs.mounts[1]);
+    std::fs::write(a.join("f"), "x").unwrap();
+    std::fs::hard_link(a.join("f"), a.join("f2")).unwrap();
+    let (m1, m2) = (
+        std::fs::metadata(a.join("f")).unwrap(),
+        std::fs::metadata(b.join("f2")).unwrap(),
     );
-    assert_eq!(acked.len(), total);
-    assert!(lost.is_empty(), "lost: {lost:?}");
-    assert!(duplicates <= 5, "{duplicates} duplicates for 5 kills");
+    assert_eq!((m1.ino(), m1.nlink()), (m2.ino(), 2));
+    assert_eq!(
+        std::fs::hard_link(b.join("f"), b.join("f2"))
+            .unwrap_err()
+            .kind(),
+        std::io::ErrorKind::AlreadyExists
+    );
+    mailspool_spool::durability::check_hard_links(b).unwrap();
+    shared_spool::exactly_once_through_kills("gluster", &fs.mounts, fs.dir.path()).await;
 }
