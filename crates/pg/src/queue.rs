@@ -533,6 +533,23 @@ impl Store for PgSpool {
                  DELETE FROM mailspool_records WHERE expires < now();",
             )
             .await
+            .map_err(|e| db("sweep", e))?;
+            // Shared limits of destinations nobody has used for a day: no slot held or
+            // used since, no token taken since, not cooling.
+            let idle = crate::shared::IDLE_DESTINATION;
+            c.batch_execute(&format!(
+                "DELETE FROM mailspool_destinations d
+                   WHERE d.tokens_at < now() - interval '{idle}'
+                     AND (d.cooling_until IS NULL OR d.cooling_until < now())
+                     AND NOT EXISTS (SELECT 1 FROM mailspool_slots s
+                                      WHERE s.destination = d.destination
+                                        AND (s.holder IS NOT NULL
+                                             OR s.expires >= now() - interval '{idle}'));
+                 DELETE FROM mailspool_slots s
+                   WHERE NOT EXISTS (SELECT 1 FROM mailspool_destinations d
+                                      WHERE d.destination = s.destination);"
+            ))
+            .await
             .map(|()| 0u64)
             .map_err(|e| db("sweep", e))
         })

@@ -4,9 +4,9 @@
 //! `mailspool_slots`; and records every host sees the same, in `mailspool_records`
 //! (migration 3).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mailspool_spool::shared::{SharedLimits, SharedRecords, SharedState};
 use mailspool_spool::{Result, SpoolError};
@@ -22,14 +22,26 @@ pub const SLOT_LEASE: Duration = Duration::from_secs(15);
 /// made by a rate's first take, which knows no cap.
 const START_WINDOW: f64 = 5.0;
 
+/// Most destinations remembered as having their rows made (see `PgShared::ready`).
+const READY_MEMO: usize = 10_000;
+
+/// How long "this destination's rows exist" is believed before they are made again.
+/// Far below [`IDLE_DESTINATION`]: a row the sweep removed was unused for longer than any
+/// process remembers it, so whoever uses it next makes it again.
+const READY_FOR: Duration = Duration::from_secs(3600);
+
+/// A destination nobody has taken a slot or a token of for this long is removed by the
+/// sweep (it starts again at the starting window when next used).
+pub(crate) const IDLE_DESTINATION: &str = "1 day";
+
 /// The shared limits of one process: its slots are leased under its claim token.
 pub(crate) struct PgShared {
     inner: Arc<Inner>,
     rt: tokio::runtime::Handle,
     /// Slots this process holds, renewed together.
     held: Arc<Mutex<HashSet<(String, u32)>>>,
-    /// Destinations whose rows (and slots up to this cap) exist.
-    ready: Mutex<HashSet<(String, u32)>>,
+    /// Destinations whose rows (and slots up to this cap) were made, and when.
+    ready: Mutex<HashMap<(String, u32), Instant>>,
 }
 
 impl std::fmt::Debug for PgShared {
@@ -145,33 +157,64 @@ impl PgShared {
             .ready
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&key)
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < READY_FOR)
         {
             return Ok(());
         }
         let inner = self.inner.clone();
         let d = destination.to_owned();
         self.call(async move { Self::ensure(&inner, &d, cap).await })?;
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        // A memo, not a registry: making a row again is harmless, so a daemon that has
+        // met more destinations than this forgets them rather than growing for ever.
+        if ready.len() >= READY_MEMO {
+            ready.clear();
+        }
+        ready.insert(key, Instant::now());
+        Ok(())
+    }
+
+    /// Run `op` once the destination's rows exist; `op` says `None` when they do not
+    /// (the sweep removed them after this process last made them): they are made
+    /// again and `op` runs once more.
+    fn on_rows<T>(
+        &self,
+        destination: &str,
+        cap: u32,
+        op: impl Fn() -> Result<Option<T>>,
+    ) -> Result<T> {
+        self.ready(destination, cap)?;
+        if let Some(done) = op()? {
+            return Ok(done);
+        }
         self.ready
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key);
-        Ok(())
+            .remove(&(destination.to_owned(), cap));
+        self.ready(destination, cap)?;
+        op()?.ok_or_else(|| {
+            SpoolError::Database(format!(
+                "the shared limits of {} vanished as they were made",
+                mailspool_spool::escape(destination)
+            ))
+        })
     }
 }
 
 impl SharedLimits for PgShared {
     fn take_slot(&self, destination: &str, cap: u32) -> Result<Option<u32>> {
-        self.ready(destination, cap)?;
-        let inner = self.inner.clone();
-        let (d, holder) = (destination.to_owned(), self.holder());
-        let slot = self.call(async move {
-            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            // A free slot (never held, given back, or its holder's lease ran out) below
-            // the cap and the shared window; SKIP LOCKED: two hosts never get one slot.
-            let row = c
-                .query_opt(
-                    "UPDATE mailspool_slots s
+        let slot = self.on_rows(destination, cap, || {
+            let inner = self.inner.clone();
+            let (d, holder) = (destination.to_owned(), self.holder());
+            self.call(async move {
+                let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+                // A free slot (never held, given back, or its holder's lease ran out) below
+                // the cap and the shared window; SKIP LOCKED: two hosts never get one slot.
+                // The second column says whether the destination's row exists at all.
+                let row = c
+                    .query_one(
+                        "WITH t AS (UPDATE mailspool_slots s
                         SET holder = $3, expires = now() + make_interval(secs => $4)
                       WHERE (s.destination, s.slot) = (
                             SELECT f.destination, f.slot FROM mailspool_slots f
@@ -182,12 +225,16 @@ impl SharedLimits for PgShared {
                                AND (f.holder IS NULL OR f.expires < now())
                              ORDER BY f.slot LIMIT 1
                              FOR UPDATE SKIP LOCKED)
-                  RETURNING s.slot",
-                    &[&d, &(cap as i32), &holder, &SLOT_LEASE.as_secs_f64()],
-                )
-                .await
-                .map_err(|e| db("take a connection slot", e))?;
-            Ok(row.map(|r| r.get::<_, i32>(0) as u32))
+                  RETURNING s.slot)
+                     SELECT (SELECT slot FROM t),
+                            EXISTS (SELECT 1 FROM mailspool_destinations WHERE destination = $1)",
+                        &[&d, &(cap as i32), &holder, &SLOT_LEASE.as_secs_f64()],
+                    )
+                    .await
+                    .map_err(|e| db("take a connection slot", e))?;
+                let slot: Option<i32> = row.get(0);
+                Ok(row.get::<_, bool>(1).then_some(slot.map(|n| n as u32)))
+            })
         })?;
         if let Some(n) = slot {
             let fresh = self.held().insert((destination.to_owned(), n));
@@ -206,7 +253,8 @@ impl SharedLimits for PgShared {
             let given = async {
                 let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
                 c.execute(
-                    "UPDATE mailspool_slots SET holder = NULL, expires = NULL
+                    // A free slot's `expires` says when it was last used (the sweep).
+                    "UPDATE mailspool_slots SET holder = NULL, expires = now()
                       WHERE destination = $1 AND slot = $2 AND holder = $3",
                     &[&d, &(slot as i32), &holder],
                 )
@@ -220,7 +268,7 @@ impl SharedLimits for PgShared {
     }
 
     fn take_tokens(&self, destination: &str, want: u32, per_sec: f64, burst: f64) -> Result<u32> {
-        self.ready(destination, 1)?;
+        self.on_rows(destination, 1, || {
         let inner = self.inner.clone();
         let d = destination.to_owned();
         self.call(async move {
@@ -229,7 +277,7 @@ impl SharedLimits for PgShared {
             // waited for the row's lock may read a clock older than that take: it adds
             // nothing then, and leaves the newer time in place (no interval counted twice).
             let row = c
-                .query_one(
+                .query_opt(
                     "WITH t AS (SELECT clock_timestamp() AS at),
                           b AS (SELECT d.destination, t.at, d.tokens_at,
                                        LEAST($4::float8, d.tokens + GREATEST(0,
@@ -246,7 +294,8 @@ impl SharedLimits for PgShared {
                 )
                 .await
                 .map_err(|e| db("take message tokens", e))?;
-            Ok(row.get::<_, f64>(0) as u32)
+            Ok(row.map(|r| r.get::<_, f64>(0) as u32))
+        })
         })
     }
 
@@ -257,18 +306,18 @@ impl SharedLimits for PgShared {
         successes: u32,
         throttled: Option<Duration>,
     ) -> Result<SharedState> {
-        self.ready(destination, cap)?;
-        let inner = self.inner.clone();
-        let d = destination.to_owned();
-        let cooling = throttled.map(|p| p.as_secs_f64());
-        self.call(async move {
-            let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
-            // Growth as one host's gate grows: +1/window per success. A throttling
-            // halves it and starts the cooling, once per period: the refusals of the
-            // deliveries under way when it began (on any host) are the same one.
-            let row = c
-                .query_one(
-                    "UPDATE mailspool_destinations SET
+        self.on_rows(destination, cap, || {
+            let inner = self.inner.clone();
+            let d = destination.to_owned();
+            let cooling = throttled.map(|p| p.as_secs_f64());
+            self.call(async move {
+                let mut c = inner.pool.get().await.map_err(|e| db("connect", e))?;
+                // Growth as one host's gate grows: +1/window per success. A throttling
+                // halves it and starts the cooling, once per period: the refusals of the
+                // deliveries under way when it began (on any host) are the same one.
+                let row = c
+                    .query_opt(
+                        "UPDATE mailspool_destinations SET
                         conn_window = CASE
                             WHEN $4::float8 IS NOT NULL
                                  AND (cooling_until IS NULL OR cooling_until <= now())
@@ -282,14 +331,17 @@ impl SharedLimits for PgShared {
                       WHERE destination = $1
                   RETURNING conn_window,
                             GREATEST(0, EXTRACT(EPOCH FROM cooling_until - now()))::float8",
-                    &[&d, &f64::from(cap.max(1)), &f64::from(successes), &cooling],
-                )
-                .await
-                .map_err(|e| db("share a destination's state", e))?;
-            let cooling: Option<f64> = row.get(1);
-            Ok(SharedState {
-                window: row.get(0),
-                cooling: Duration::from_secs_f64(cooling.unwrap_or(0.0)),
+                        &[&d, &f64::from(cap.max(1)), &f64::from(successes), &cooling],
+                    )
+                    .await
+                    .map_err(|e| db("share a destination's state", e))?;
+                Ok(row.map(|row| {
+                    let cooling: Option<f64> = row.get(1);
+                    SharedState {
+                        window: row.get(0),
+                        cooling: Duration::from_secs_f64(cooling.unwrap_or(0.0)),
+                    }
+                }))
             })
         })
     }

@@ -289,3 +289,65 @@ fn a_rate_taken_first_does_not_shrink_the_window_it_starts_with() {
     let state = l.sync("dest", 2, 0, Some(Duration::from_secs(30))).unwrap();
     assert!((state.window - 1.0).abs() < 1e-9, "{state:?}");
 }
+
+/// Fails unless `sql` (a count) is `n`.
+fn assert_count(db: &TestDb, sql: &str, n: i64) {
+    admin_sql(
+        &db.url,
+        &format!(
+            "DO $$ DECLARE c bigint; BEGIN c := ({sql}); \
+             IF c <> {n} THEN RAISE EXCEPTION 'count % for %', c, {sql:?}; END IF; END $$"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_destination_unused_for_a_day_is_swept_and_made_again_by_its_next_use() {
+    let Some(db) = TestDb::new() else { return };
+    let a = host(&db, "a");
+    let la = limits(&a);
+    let idle = la.take_slot("idle", 3).unwrap().unwrap();
+    la.take_tokens("idle", 1, 10.0, 10.0).unwrap();
+    la.give_slot("idle", idle);
+    eventually("the slot is given back", || {
+        admin_sql(
+            &db.url,
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM mailspool_slots WHERE holder IS NOT NULL \
+             AND destination = 'idle') THEN RAISE EXCEPTION 'held'; END IF; END $$",
+        )
+        .is_ok()
+    });
+    // "busy" is as old, but one of its slots is held.
+    assert!(la.take_slot("busy", 3).unwrap().is_some());
+    admin_sql(
+        &db.url,
+        "UPDATE mailspool_destinations SET tokens_at = now() - interval '2 days'; \
+         UPDATE mailspool_slots SET expires = now() - interval '2 days' WHERE holder IS NULL",
+    )
+    .unwrap();
+    a.sweep(Duration::ZERO);
+    let rows = |d: &str| {
+        format!(
+            "SELECT (SELECT count(*) FROM mailspool_destinations WHERE destination = '{d}') \
+             + (SELECT count(*) FROM mailspool_slots WHERE destination = '{d}')"
+        )
+    };
+    assert_count(&db, &rows("idle"), 0);
+    assert_count(&db, &rows("busy"), 4);
+    // This process still remembers making "idle"'s rows; each use makes them again.
+    assert!(la.take_slot("idle", 3).unwrap().is_some());
+    assert_count(&db, &rows("idle"), 4);
+    admin_sql(
+        &db.url,
+        "DELETE FROM mailspool_destinations WHERE destination = 'idle'",
+    )
+    .unwrap();
+    assert!(la.take_tokens("idle", 1, 10.0, 10.0).is_ok());
+    admin_sql(
+        &db.url,
+        "DELETE FROM mailspool_destinations WHERE destination = 'idle'",
+    )
+    .unwrap();
+    assert!(la.sync("idle", 3, 1, None).unwrap().window >= 1.0);
+}
