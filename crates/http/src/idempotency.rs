@@ -39,6 +39,17 @@ struct Stored {
     response: serde_json::Value,
 }
 
+impl Stored {
+    /// What a successful request leaves for its retries.
+    fn of(request: &str, status: StatusCode, response: &serde_json::Value) -> Stored {
+        Stored {
+            request: request.to_owned(),
+            status: status.as_u16(),
+            response: response.clone(),
+        }
+    }
+}
+
 /// The store of one spool.
 pub struct Store {
     dir: PathBuf,
@@ -139,11 +150,7 @@ impl Store {
         }
         let (status, response) = work().await?;
         if status.is_success() {
-            let stored = Stored {
-                request: request.to_owned(),
-                status: status.as_u16(),
-                response: response.clone(),
-            };
+            let stored = Stored::of(request, status, &response);
             if let Err(e) = self.write(&path, &stored) {
                 tracing::warn!(error = %e, "cannot keep an Idempotency-Key's result");
             }
@@ -198,11 +205,7 @@ impl Store {
         let result = work().await;
         match &result {
             Ok((status, response)) if status.is_success() => {
-                let stored = Stored {
-                    request: request.to_owned(),
-                    status: status.as_u16(),
-                    response: response.clone(),
-                };
+                let stored = Stored::of(request, *status, response);
                 let bytes = serde_json::to_vec(&stored).unwrap_or_default();
                 let keep = std::time::Duration::from_secs(KEEP_SECONDS);
                 if let Err(e) = records.put(RECORD_KIND, key, &bytes, keep) {
