@@ -115,7 +115,8 @@ kumo.on('init', function()
   kumo.define_spool { name = 'meta', path = '$KUMO_DIR/meta', flush = true }
 end)
 kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
-  return kumo.make_queue_config { protocol = { smtp = { mx_list = { '127.0.0.1:$2' } } } }
+  -- An IP address in brackets (otherwise a name to resolve), the sink's port after it.
+  return kumo.make_queue_config { protocol = { smtp = { mx_list = { '[127.0.0.1]:$2' } } } }
 end)
 kumo.on('get_egress_path_config', function(domain, source_name, site_name)
   -- Postfix's and mailspool's 20 connections per destination.
