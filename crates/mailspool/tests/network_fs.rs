@@ -32,18 +32,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::have;
 use support::netns::{Member, Net};
 
 fn under_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| v == "true")
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// An SFTP server in its own namespace and a mount of its directory from a host.

@@ -14,7 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::have;
 use crate::support::netns::{Member, Net};
+
+const GLUSTERD: &str = "/usr/sbin/glusterd";
+const GLUSTERFS: &str = "/usr/sbin/glusterfs";
+const GLUSTER: &str = "/usr/sbin/gluster";
 
 pub struct Gluster {
     pub dir: tempfile::TempDir,
@@ -22,14 +27,6 @@ pub struct Gluster {
     volume: String,
     glusterd: Child,
     _net: Net,
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// `program` with only its network namespace set to `member`'s (mounts stay the
@@ -65,7 +62,8 @@ impl Gluster {
     /// A volume served from 198.18.0.30 and mounted from `hosts` hosts (198.18.0.40+),
     /// or why not here.
     pub fn start(hosts: usize) -> Result<Gluster, String> {
-        for p in ["glusterd", "glusterfs", "gluster", "nsenter"] {
+        // Full paths: root's PATH may lack /usr/sbin.
+        for p in [GLUSTERD, GLUSTERFS, GLUSTER, "nsenter"] {
             if !have(p) {
                 return Err(format!(
                     "{p} is not installed (apt install glusterfs-server glusterfs-client)"
@@ -95,7 +93,7 @@ impl Gluster {
         )
         .unwrap();
         let socket = d.join("glusterd.sock");
-        let glusterd = in_net(&server, "glusterd")
+        let glusterd = in_net(&server, GLUSTERD)
             .arg("-N")
             .arg(format!("--volfile={}", d.join("glusterd.vol").display()))
             .arg(format!(
@@ -116,7 +114,7 @@ impl Gluster {
         };
         let cli = |args: &[&str]| {
             output(
-                Command::new("gluster")
+                Command::new(GLUSTER)
                     .arg(format!("--glusterd-sock={}", socket.display()))
                     .arg("--mode=script")
                     .args(args),
@@ -138,7 +136,7 @@ impl Gluster {
             let mount = d.join(format!("mount{i}"));
             std::fs::create_dir(&mount).unwrap();
             output(
-                in_net(&host, "glusterfs")
+                in_net(&host, GLUSTERFS)
                     .arg(format!("--volfile-server={}", server.addr))
                     .arg(format!("--volfile-id={}", fs.volume))
                     .arg(format!(

@@ -132,3 +132,12 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Whether `program` is on the PATH (a test that needs it says why it skips).
+pub fn have(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
