@@ -96,29 +96,33 @@ pub fn detect(fd: impl AsFd, setting: Setting) -> Durability {
     let dev = rustix::fs::fstat(fd)
         .ok()
         .map(|st| (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev)));
-    // Only ext4 has options that matter (`data=`); the drop asks once per message, so
-    // the table is read only then, into a buffer sized for it (proc files report no
-    // size, and growing from nothing takes a read per doubling).
-    let mount = dev
-        .filter(|_| magic == Some(EXT4_MAGIC))
-        .and_then(|(major, minor)| {
-            use std::io::Read;
-            let mut info = String::with_capacity(16 * 1024);
-            std::fs::File::open("/proc/self/mountinfo")
-                .and_then(|mut f| f.read_to_string(&mut info))
-                .ok()?;
-            mount_of(&info, major, minor)
-        });
-    let device = dev.and_then(|(major, minor)| block_device_name(major, minor));
-    let fs = mount.as_ref().map(|m| m.fs.clone()).unwrap_or_else(|| {
-        match magic {
-            Some(EXT4_MAGIC) => "ext4",
-            Some(XFS_MAGIC) => "xfs",
-            Some(BTRFS_MAGIC) => "btrfs",
-            _ => "unknown",
-        }
-        .to_owned()
+    // Only ext4 has options that matter (`data=`), and a file system the magic does
+    // not name needs its name (`nfs4`, `fuse.glusterfs`) for people; the drop asks once
+    // per message, so the table is read only then, into a buffer sized for it (proc
+    // files report no size, and growing from nothing takes a read per doubling).
+    let named = matches!(magic, Some(XFS_MAGIC | BTRFS_MAGIC));
+    let mount = dev.filter(|_| !named).and_then(|(major, minor)| {
+        use std::io::Read;
+        let mut info = String::with_capacity(16 * 1024);
+        std::fs::File::open("/proc/self/mountinfo")
+            .and_then(|mut f| f.read_to_string(&mut info))
+            .ok()?;
+        mount_of(&info, major, minor)
     });
+    let device = dev.and_then(|(major, minor)| block_device_name(major, minor));
+    // Escaped: a FUSE mount's subtype is whatever its mounter chose.
+    let fs = mount
+        .as_ref()
+        .map(|m| crate::escape(&m.fs).into_owned())
+        .unwrap_or_else(|| {
+            match magic {
+                Some(EXT4_MAGIC) => "ext4",
+                Some(XFS_MAGIC) => "xfs",
+                Some(BTRFS_MAGIC) => "btrfs",
+                _ => "unknown",
+            }
+            .to_owned()
+        });
     let (journal, data_mode) = if magic == Some(EXT4_MAGIC) {
         let journal = device.as_deref().map(has_jbd2_journal);
         let data = mount
@@ -335,6 +339,18 @@ mod tests {
 45 27 7:0 / /mnt/j rw,relatime - ext4 /dev/loop0 rw,data=journal
 46 27 7:1 / /mnt/x rw,relatime shared:9 - xfs /dev/loop1 rw,inode64,logbufs=8,logbsize=32k,noquota
 ";
+
+    #[test]
+    fn a_file_system_the_magic_does_not_name_is_named_from_the_mount_table() {
+        // /dev/shm is tmpfs on Linux machines that have it: not ext4, XFS or btrfs.
+        let Ok(dir) = std::fs::File::open("/dev/shm") else {
+            return;
+        };
+        let found = detect(&dir, Setting::Auto);
+        assert_eq!(found.fs, "tmpfs");
+        assert_eq!(found.links, NameSync::DirectoryFsync);
+        assert!(found.reason.starts_with("tmpfs: "), "{}", found.reason);
+    }
 
     #[test]
     fn mountinfo_gives_type_and_super_options_by_device() {
