@@ -247,7 +247,10 @@ impl MtaSts {
         let json = serde_json::to_vec(p).expect("policy serializes");
         if let Some(records) = &self.records {
             // Kept as long as the policy may be cached, counted from its fetch.
-            let keep = (p.fetched + p.max_age).saturating_sub(mailspool_spool::now());
+            let keep = p
+                .fetched
+                .saturating_add(p.max_age)
+                .saturating_sub(mailspool_spool::now());
             if let Err(e) = records.put(RECORD_KIND, domain, &json, Duration::from_secs(keep)) {
                 tracing::warn!(domain = %mailspool_spool::escape(domain), error = %e, "cannot share an MTA-STS policy with the other hosts");
             }
@@ -321,7 +324,7 @@ impl MtaSts {
         // has passed, to keep it from expiring while the domain still publishes it.
         if cached
             .as_ref()
-            .is_some_and(|p| p.id == id && now < p.fetched + p.max_age / 2)
+            .is_some_and(|p| p.id == id && now < p.fetched.saturating_add(p.max_age / 2))
         {
             return;
         }

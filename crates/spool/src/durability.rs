@@ -302,21 +302,21 @@ pub fn check_hard_links(dir: &std::path::Path) -> Result<bool, String> {
     if crate::storage::os::create_new(&first).is_err() {
         return Ok(false);
     }
+    let shown = crate::escape(&dir.display().to_string()).into_owned();
     let result = (|| {
         std::fs::hard_link(&first, &second)
-            .map_err(|e| format!("{}: hard links are not supported here: {e}", dir.display()))?;
+            .map_err(|e| format!("{shown}: hard links are not supported here: {e}"))?;
         let (a, b) = (
             std::fs::symlink_metadata(&first).map_err(|e| e.to_string())?,
             std::fs::symlink_metadata(&second).map_err(|e| e.to_string())?,
         );
         if (a.dev(), a.ino()) != (b.dev(), b.ino()) || a.nlink() != 2 {
             return Err(format!(
-                "{} is on a file system that does not keep hard links' identity (two \
+                "{shown} is on a file system that does not keep hard links' identity (two \
                  names of one file show inodes {} and {} with {} and {} links; sshfs does \
                  this): the spool's messages, nodes and NFS locks depend on it. Put the \
-                 spool on a local file system or NFS, or use a PostgreSQL spool to share \
-                 it between hosts",
-                dir.display(),
+                 spool on a local file system, NFS or GlusterFS, or use a PostgreSQL spool \
+                 to share it between hosts",
                 a.ino(),
                 b.ino(),
                 a.nlink(),

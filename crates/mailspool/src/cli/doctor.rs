@@ -167,7 +167,7 @@ fn check_durability(r: &mut Report, config: &Config, spool: &Path) {
     {
         r.fix(
             &e,
-            "move the spool to a local file system or NFS (mailspool migrate --from OLD --to NEW)",
+            "move the spool to a local file system, NFS or GlusterFS (mailspool migrate --from OLD --to NEW)",
         );
     }
 }
