@@ -162,13 +162,7 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
     c.goto(&base).await.unwrap();
     let field = c.find(Locator::Css("#token")).await.unwrap();
     field.send_keys(&format!("{admin}\u{E007}")).await.unwrap();
-    let total = c
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#queue-total"))
-        .await
-        .unwrap();
-    let text = total.text().await.unwrap();
+    let text = text_once_it_says(&c, "#queue-total", "node(s) of").await;
     assert!(text.starts_with("4 node(s) of 4 message(s)"), "{text}");
     let page = c.source().await.unwrap();
     assert!(page.contains("signed in as ops-dashboard (admin)"));
@@ -184,13 +178,7 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
         .send_keys("user2@slow.example\u{E007}")
         .await
         .unwrap();
-    let row = c
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#results tbody tr"))
-        .await
-        .unwrap();
-    let row_text = row.text().await.unwrap();
+    let row_text = text_once_it_says(&c, "#results tbody tr", "user2@slow.example").await;
     assert!(row_text.contains("user2@slow.example"), "{row_text}");
     let rows = c.find_all(Locator::Css("#results tbody tr")).await.unwrap();
     assert_eq!(rows.len(), 1);
@@ -211,13 +199,7 @@ async fn sign_in_find_hold_release_retry_and_screenshot() {
             .unwrap();
         button.click().await.unwrap();
         c.accept_alert().await.unwrap();
-        let shown = c
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css("#flash"))
-            .await
-            .unwrap();
-        let said = shown.text().await.unwrap();
+        let said = text_once_it_says(&c, "#flash", flash).await;
         assert!(said.contains(flash), "{action}: {said}");
         assert_eq!(in_hold(&spool), held_after, "{action}");
         // The search is kept: the message is still in view.
@@ -363,4 +345,24 @@ async fn fits_the_window(c: &fantoccini::Client) -> serde_json::Value {
     )
     .await
     .unwrap()
+}
+
+/// The text of `css` once it contains `wanted`, or what it said last after 10 s. The page
+/// redraws the element after an action, so one found a moment ago may be gone (a stale
+/// reference): look again rather than fail on the redraw.
+async fn text_once_it_says(c: &fantoccini::Client, css: &str, wanted: &str) -> String {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    while std::time::Instant::now() < until {
+        if let Ok(element) = c.find(Locator::Css(css)).await {
+            if let Ok(text) = element.text().await {
+                if text.contains(wanted) {
+                    return text;
+                }
+                last = text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
 }
