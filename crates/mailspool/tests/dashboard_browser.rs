@@ -354,13 +354,13 @@ async fn text_once_it_says(c: &fantoccini::Client, css: &str, wanted: &str) -> S
     let until = std::time::Instant::now() + Duration::from_secs(10);
     let mut last = String::new();
     while std::time::Instant::now() < until {
-        if let Ok(element) = c.find(Locator::Css(css)).await {
-            if let Ok(text) = element.text().await {
-                if text.contains(wanted) {
-                    return text;
-                }
-                last = text;
+        if let Ok(element) = c.find(Locator::Css(css)).await
+            && let Ok(text) = element.text().await
+        {
+            if text.contains(wanted) {
+                return text;
             }
+            last = text;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
