@@ -545,3 +545,56 @@ async fn a_reused_inode_number_does_not_make_part_of_a_message_look_whole() {
     assert_eq!(got.len(), 1, "one message, one transaction: {got:?}");
     assert_eq!(got[0].to.len(), 3);
 }
+
+/// A daemon killed after the receiver's 250 and the `delivered` event, but before the
+/// node's unlink: the next engine removes that node instead of sending it twice. The
+/// match is by id, recipient and the stored message's inode, since ids repeat: a
+/// delivery recorded for the same id and recipient of another message sends nothing
+/// less.
+#[tokio::test]
+async fn a_delivery_a_killed_daemon_recorded_is_not_sent_again() {
+    use mailspool_events::{Event, Kind};
+    use mailspool_spool::Intake;
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    let first = queue(
+        &spool,
+        "a@corp.test",
+        &["x@one.test", "y@one.test"],
+        "Subject: one\n\nhi\n",
+    );
+    let other = queue(
+        &spool,
+        "a@corp.test",
+        &["z@one.test"],
+        "Subject: two\n\nhi\n",
+    );
+    let nodes = spool.find(&first).unwrap();
+    let x = nodes.iter().find(|n| n.name.to == "x@one.test").unwrap();
+    let z = spool.find(&other).unwrap().remove(0);
+    // What the killed daemon wrote: x of the first message delivered; and a delivery to
+    // z under z's id of a message that is not z's (another inode).
+    let delivered = |id: &str, to: &str, ino: u64| {
+        let mut e = Event::new(Kind::Delivered, id, "a@corp.test", to).with_reply("250 ok");
+        e.node = Some(ino);
+        e
+    };
+    spool
+        .record_events(
+            &[
+                delivered(&first, "x@one.test", x.ino),
+                delivered(&other, "z@one.test", z.ino + 1),
+            ],
+            true,
+        )
+        .unwrap();
+
+    let engine = engine(spool.clone(), config(&[("one.test", sink.addr)]));
+    let report = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(report.count(Outcome::Delivered), 3, "{report:?}");
+    let mut sent: Vec<String> = sink.received().into_iter().flat_map(|r| r.to).collect();
+    sent.sort();
+    assert_eq!(sent, ["y@one.test", "z@one.test"], "x was delivered before");
+    assert!(queued(&spool).is_empty());
+}

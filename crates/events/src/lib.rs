@@ -162,6 +162,11 @@ pub struct Event {
     /// Who did it (`held`, `released`, `deleted`, `suppressed` by hand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// The stored message's inode (`delivered`): what identifies the message while it
+    /// is queued, since ids repeat. With the id and the recipient it lets a restarted
+    /// daemon know a node it finds was delivered by a process killed before removing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u64>,
 }
 
 /// Longest reply an event keeps: a server's multi-line reply is cut here.
@@ -195,6 +200,7 @@ impl Event {
             tier: None,
             class: None,
             by: None,
+            node: None,
         }
     }
 

@@ -42,6 +42,7 @@ mod local;
 mod plan;
 mod policy;
 mod record;
+mod restart;
 mod send;
 mod settle;
 mod shared;
@@ -213,6 +214,9 @@ pub struct Engine {
     next_look: Mutex<Option<std::time::Instant>>,
     /// EHLO names found from source addresses' PTR records, and until when.
     ehlo_names: Mutex<HashMap<std::net::IpAddr, (String, std::time::Instant)>>,
+    /// Deliveries made before this engine's first pass over the queue (a killed
+    /// process's last ones), read then.
+    delivered_before: std::sync::OnceLock<restart::DeliveredBefore>,
 }
 
 /// How one node ends, before we act on it.
@@ -252,6 +256,7 @@ impl Engine {
             tls.verified.clone(),
         ));
         Ok(Arc::new(Engine {
+            delivered_before: Default::default(),
             mta_sts,
             aliases: Default::default(),
             warned_names: Default::default(),
@@ -536,6 +541,7 @@ impl Engine {
             results.push(skipped_for_now(&n, "its commit is still under way".into()));
         }
         for mut claim in split_into_messages(opened) {
+            results.extend(self.drop_delivered_before(&mut claim));
             results.extend(self.drop_suppressed(&cfg, &mut claim));
             if claim.nodes.is_empty() {
                 continue;

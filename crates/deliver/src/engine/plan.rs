@@ -17,6 +17,12 @@ impl Engine {
         opts: &PassOptions,
         skip: &dyn Fn(&NodeEntry) -> bool,
     ) -> Result<Plan, SpoolError> {
+        // A pass over the queue may meet nodes a killed process delivered: read the
+        // recent deliveries once (a pass over the nodes just committed cannot).
+        if !matches!(opts.selection, Selection::Nodes(_)) {
+            self.delivered_before
+                .get_or_init(|| restart::DeliveredBefore::read(&*self.spool));
+        }
         if let Some(plan) = self.plan_claims(opts, skip) {
             return plan;
         }

@@ -43,6 +43,7 @@ impl Engine {
         match v {
             Verdict::Delivered { reply, via } => {
                 let mut e = new(Kind::Delivered).with_reply(reply);
+                e.node = Some(n.ino);
                 if let Some(via) = via {
                     e.mx = Some(via.host.clone());
                     e.address = (!via.addr.is_empty()).then(|| via.addr.clone());

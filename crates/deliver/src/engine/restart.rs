@@ -1,0 +1,135 @@
+//! Deliveries a killed process finished but did not settle: the receiver said 250 and
+//! the `delivered` event was written (it is, before the node goes), then the process
+//! died before it removed the node. Sent again, the recipient would get it twice. So
+//! an engine reads the recent history once, at its first pass over the queue, and
+//! removes such nodes instead of sending them: the window for a duplicate shrinks from the event log's
+//! flush to the few instructions between the 250 and the event's write.
+//!
+//! A node is matched by its id, its recipient and its stored message's inode: ids
+//! repeat (0.50 gives one id to a process's messages within a second), an inode is
+//! reused only once its message is gone.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mailspool_events::{Kind, MAX_PAGE, Query};
+use mailspool_spool::{NodeEntry, NodeLock, Store, escape, now};
+
+use super::{Claim, Engine, NodeResult, Outcome};
+
+/// How far back the history is read: a daemon restarted by its supervisor, or a
+/// host rebooted, comes back well within it.
+const LOOKBACK: u64 = 15 * 60;
+/// Most deliveries remembered (the newest are kept): about 10 MB.
+const MAX_REMEMBERED: usize = 100_000;
+/// Longest the first pass waits for that reading.
+const MAX_READING: Duration = Duration::from_secs(5);
+/// How long after they are read they are consulted: past it, every node the killed
+/// process held has been taken up again (its locks are stale long before).
+const CONSULTED_FOR: Duration = Duration::from_secs(3600);
+
+type Key = (String, String, u64);
+
+/// The deliveries of the last minutes before this engine's first pass.
+pub(super) struct DeliveredBefore {
+    keys: Mutex<HashSet<Key>>,
+    until: Instant,
+}
+
+impl DeliveredBefore {
+    /// Read from `spool`'s history (nothing where it keeps none).
+    pub(super) fn read(spool: &dyn Store) -> DeliveredBefore {
+        let started = Instant::now();
+        let mut newest: VecDeque<Key> = VecDeque::new();
+        let mut q = Query {
+            since: Some(now().saturating_sub(LOOKBACK)),
+            kinds: vec![Kind::Delivered],
+            limit: MAX_PAGE,
+            ..Query::default()
+        };
+        loop {
+            let page = match spool.read_events(&q) {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the recent deliveries: a delivery cut short by a kill may be sent twice");
+                    break;
+                }
+            };
+            for e in page.events {
+                if let Some(ino) = e.node {
+                    newest.push_back((e.message, e.recipient, ino));
+                    if newest.len() > MAX_REMEMBERED {
+                        newest.pop_front();
+                    }
+                }
+            }
+            if !page.more || page.next.is_none() {
+                break;
+            }
+            if started.elapsed() > MAX_READING {
+                tracing::warn!(
+                    seconds = MAX_READING.as_secs(),
+                    "the recent history is too long to read at the start: only its first part was"
+                );
+                break;
+            }
+            q.cursor = page.next;
+        }
+        tracing::debug!(
+            deliveries = newest.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "read the recent deliveries"
+        );
+        DeliveredBefore {
+            keys: Mutex::new(newest.into_iter().collect()),
+            until: Instant::now() + CONSULTED_FOR,
+        }
+    }
+
+    /// Whether `n` was delivered before (forgotten once said).
+    fn take(&self, n: &NodeEntry) -> bool {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.is_empty() {
+            return false;
+        }
+        if Instant::now() > self.until {
+            *keys = HashSet::new();
+            return false;
+        }
+        keys.remove(&(n.name.id.clone(), n.name.to.clone(), n.ino))
+    }
+}
+
+impl Engine {
+    /// Remove from `claim` (and from the spool) the nodes already delivered by a
+    /// process that died before removing them.
+    pub(super) fn drop_delivered_before(&self, claim: &mut Claim) -> Vec<NodeResult> {
+        let Some(before) = self.delivered_before.get() else {
+            return Vec::new();
+        };
+        let nodes = std::mem::take(&mut claim.nodes);
+        let (mut keep, mut done): (Vec<(NodeEntry, NodeLock)>, Vec<_>) = (Vec::new(), Vec::new());
+        for (n, lock) in nodes {
+            match before.take(&n) {
+                true => done.push((n, lock)),
+                false => keep.push((n, lock)),
+            }
+        }
+        claim.nodes = keep;
+        done.into_iter()
+            .map(|(n, _lock)| {
+                if let Err(e) = self.spool.delete_locked(&n) {
+                    tracing::error!(node = %escape(&n.path.display().to_string()), error = %e, "cannot remove a delivered node");
+                }
+                tracing::info!(event = "delivered before", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), "not sent again: delivered before the last restart (the history says so)");
+                NodeResult {
+                    id: n.name.id.clone(),
+                    to: n.name.to.clone(),
+                    outcome: Outcome::Delivered,
+                    reply: "delivered before the last restart".into(),
+                }
+            })
+            .collect()
+    }
+}
