@@ -598,3 +598,48 @@ async fn a_delivery_a_killed_daemon_recorded_is_not_sent_again() {
     assert_eq!(sent, ["y@one.test", "z@one.test"], "x was delivered before");
     assert!(queued(&spool).is_empty());
 }
+
+/// A daemon of another host sharing the spool died after delivering a node and before
+/// removing it: this engine, long started, breaks the dead holder's stale lock, finds
+/// the delivery in the history and removes the node instead of sending it. A node
+/// whose stale lock hides no delivery is sent.
+#[tokio::test]
+async fn a_node_delivered_by_a_dead_hosts_daemon_is_not_sent_again() {
+    use mailspool_events::{Event, Kind};
+    use mailspool_spool::Intake;
+    let sink = Sink::start(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(dir.path());
+    let engine = engine(spool.clone(), config(&[("one.test", sink.addr)]));
+    // Started before anything was delivered: its first pass finds no history.
+    engine.run_pass(&all()).await.unwrap();
+
+    let id = queue(
+        &spool,
+        "a@corp.test",
+        &["x@one.test", "y@one.test"],
+        "Subject: one\n\nhi\n",
+    );
+    let nodes = spool.find(&id).unwrap();
+    let x = nodes.iter().find(|n| n.name.to == "x@one.test").unwrap();
+    let mut e = Event::new(Kind::Delivered, &id, "a@corp.test", "x@one.test").with_reply("250 ok");
+    e.node = Some(x.ino);
+    spool.record_events(&[e], true).unwrap();
+    // Both nodes locked by a dead host's mailspool, unrefreshed for 10 minutes.
+    for n in &nodes {
+        let lock = format!("{}.NFSLock", n.path.display());
+        fs::write(&lock, "gone.test 4242 1700000000 1 mailspool\n").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&lock)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(600))
+            .unwrap();
+    }
+
+    let report = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(report.count(Outcome::Delivered), 2, "{report:?}");
+    let sent: Vec<String> = sink.received().into_iter().flat_map(|r| r.to).collect();
+    assert_eq!(sent, ["y@one.test"], "x was delivered by the dead host");
+    assert!(queued(&spool).is_empty());
+}

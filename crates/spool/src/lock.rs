@@ -63,6 +63,8 @@ pub struct NodeLock {
     lock_path: PathBuf,
     line: String,
     released: bool,
+    /// The holder whose stale lock this one replaced, if one was broken to take it.
+    broke: Option<LockHolder>,
 }
 
 /// Who holds a lock, as its file says, and whether it may be broken.
@@ -140,6 +142,7 @@ impl NodeLock {
             lock_path: PathBuf::new(),
             line: String::new(),
             released: true,
+            broke: None,
         }
     }
 
@@ -168,45 +171,62 @@ impl NodeLock {
         let result = if claimed {
             Self::link_lock(&temp, &lock_path, policy)
         } else {
-            Ok(false)
+            Ok(None)
         };
         temp::put_back(dir, temp);
-        if !matches!(result, Ok(true)) {
-            if claimed {
-                held()
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&lock_path);
+        let broke = match result {
+            Ok(Some(broke)) => broke,
+            other => {
+                if claimed {
+                    held()
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&lock_path);
+                }
+                return other.map(|_| None);
             }
-            return result.map(|_| None);
-        }
+        };
         start_refresher();
         Ok(Some(NodeLock {
             lock_path,
             line,
             released: false,
+            broke,
         }))
     }
 
-    fn link_lock(temp: &temp::Temp, lock: &Path, policy: &LockPolicy) -> io::Result<bool> {
+    /// Link the lock: `Some` when taken, with the holder of a stale lock broken first.
+    fn link_lock(
+        temp: &temp::Temp,
+        lock: &Path,
+        policy: &LockPolicy,
+    ) -> io::Result<Option<Option<LockHolder>>> {
+        let mut broke = None;
         for _ in 0..2 {
             match fs::hard_link(&temp.path, lock) {
                 // Our name, to our temp (checked to hold its line when taken).
-                Ok(()) => return Ok(true),
+                Ok(()) => return Ok(Some(broke)),
                 // Over NFS, a link whose reply was lost reports EEXIST after it
                 // succeeded: the lock is ours if it holds our temp's line.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     if read_line(lock).is_ok_and(|l| l == temp.line) {
-                        return Ok(true);
+                        return Ok(Some(broke));
                     }
                 }
                 Err(e) => return Err(e),
             }
-            if !break_if_stale(lock, policy)? {
-                return Ok(false);
+            match break_if_stale(lock, policy)? {
+                Judged::Stands => return Ok(None),
+                Judged::Gone(holder) => broke = holder.or(broke),
             }
         }
-        Ok(false)
+        Ok(None)
+    }
+
+    /// The holder whose stale lock was broken to take this one: a process that died
+    /// holding the node, perhaps after delivering it.
+    pub fn broke(&self) -> Option<&LockHolder> {
+        self.broke.as_ref()
     }
 
     /// Release the lock (also done on drop).
@@ -410,33 +430,44 @@ pub fn judge_lock(lock: &Path, policy: &LockPolicy) -> Option<LockHolder> {
     Some(judge(&text, &meta, policy))
 }
 
-/// Break `lock` if its holder is gone. Returns whether it is gone.
+/// What [`break_if_stale`] found.
+enum Judged {
+    /// A live holder's lock, or one that cannot be judged: it stands.
+    Stands,
+    /// No lock there any more; the holder whose stale lock was broken, if there was one.
+    Gone(Option<LockHolder>),
+}
+
+/// Break `lock` if its holder is gone.
 ///
 /// Two breakers racing must not remove a fresh lock that the other just took: we move
 /// the lock aside under a unique name, and if what we moved is not the inode we judged
 /// stale, we link it back.
-fn break_if_stale(lock: &Path, policy: &LockPolicy) -> io::Result<bool> {
+fn break_if_stale(lock: &Path, policy: &LockPolicy) -> io::Result<Judged> {
     let meta = match fs::symlink_metadata(lock) {
         Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Judged::Gone(None)),
         Err(e) => return Err(e),
     };
     let Some(h) = judge_lock(lock, policy) else {
         // A regular file we cannot read: we cannot judge it, so it stands. Anything
         // else (a symlink, a FIFO) is nobody's lock: File::NFSLock only links files.
         if meta.file_type().is_file() {
-            return Ok(false);
+            return Ok(Judged::Stands);
         }
-        return move_aside_and_drop(lock, &meta);
+        return Ok(match move_aside_and_drop(lock, &meta)? {
+            true => Judged::Gone(None),
+            false => Judged::Stands,
+        });
     };
     if !h.stale {
-        return Ok(false);
+        return Ok(Judged::Stands);
     }
-    let gone = move_aside_and_drop(lock, &meta)?;
-    if gone {
-        tracing::warn!(lock = %crate::escape(&lock.display().to_string()), holder = %h, "broke a stale node lock");
+    if !move_aside_and_drop(lock, &meta)? {
+        return Ok(Judged::Stands);
     }
-    Ok(gone)
+    tracing::warn!(lock = %crate::escape(&lock.display().to_string()), holder = %h, "broke a stale node lock");
+    Ok(Judged::Gone(Some(h)))
 }
 
 fn move_aside_and_drop(lock: &Path, meta: &fs::Metadata) -> io::Result<bool> {

@@ -5,6 +5,11 @@
 //! removes such nodes instead of sending them: the window for a duplicate shrinks from the event log's
 //! flush to the few instructions between the 250 and the event's write.
 //!
+//! Another host's daemon that dies holding nodes of a shared spool does not restart
+//! here: the node's lock tells. When taking a node means breaking the stale lock of a
+//! mailspool process, the history of that node since shortly before the lock's last
+//! refresh is asked the same question.
+//!
 //! A node is matched by its id, its recipient and its stored message's inode: ids
 //! repeat (0.50 gives one id to a process's messages within a second), an inode is
 //! reused only once its message is gone.
@@ -14,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mailspool_events::{Kind, MAX_PAGE, Query};
-use mailspool_spool::{NodeEntry, NodeLock, Store, escape, now};
+use mailspool_spool::{LockHolder, NodeEntry, NodeLock, Store, escape, now};
 
 use super::{Claim, Engine, NodeResult, Outcome};
 
@@ -105,13 +110,15 @@ impl Engine {
     /// Remove from `claim` (and from the spool) the nodes already delivered by a
     /// process that died before removing them.
     pub(super) fn drop_delivered_before(&self, claim: &mut Claim) -> Vec<NodeResult> {
-        let Some(before) = self.delivered_before.get() else {
-            return Vec::new();
-        };
+        let before = self.delivered_before.get();
         let nodes = std::mem::take(&mut claim.nodes);
         let (mut keep, mut done): (Vec<(NodeEntry, NodeLock)>, Vec<_>) = (Vec::new(), Vec::new());
         for (n, lock) in nodes {
-            match before.take(&n) {
+            let delivered = before.is_some_and(|b| b.take(&n))
+                || lock
+                    .broke()
+                    .is_some_and(|h| h.ours && self.delivered_while_held(&n, h));
+            match delivered {
                 true => done.push((n, lock)),
                 false => keep.push((n, lock)),
             }
@@ -122,14 +129,51 @@ impl Engine {
                 if let Err(e) = self.spool.delete_locked(&n) {
                     tracing::error!(node = %escape(&n.path.display().to_string()), error = %e, "cannot remove a delivered node");
                 }
-                tracing::info!(event = "delivered before", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), "not sent again: delivered before the last restart (the history says so)");
+                tracing::info!(event = "delivered before", id = %n.name.id, to = %escape(&n.name.to), from = %escape(&n.name.from), "not sent again: delivered by a process that died before removing it (the history says so)");
                 NodeResult {
                     id: n.name.id.clone(),
                     to: n.name.to.clone(),
                     outcome: Outcome::Delivered,
-                    reply: "delivered before the last restart".into(),
+                    reply: "delivered before, by a process that died before removing it".into(),
                 }
             })
             .collect()
+    }
+
+    /// Whether the history says `n` was delivered by `holder`, the mailspool process
+    /// that died holding it (its lock was stale and broken to take the node).
+    fn delivered_while_held(&self, n: &NodeEntry, holder: &LockHolder) -> bool {
+        let ask = || {
+            let started = Instant::now();
+            let mut q = Query {
+                // The holder refreshed its lock until it died, and wrote the event
+                // before it would have removed the node.
+                since: Some(holder.since.saturating_sub(LOOKBACK)),
+                kinds: vec![Kind::Delivered],
+                key: Some(n.name.id.clone()),
+                recipient: Some(n.name.to.clone()),
+                limit: MAX_PAGE,
+                ..Query::default()
+            };
+            loop {
+                let Ok(page) = self.spool.read_events(&q) else {
+                    return false;
+                };
+                if page.events.iter().any(|e| {
+                    e.message == n.name.id && e.recipient == n.name.to && e.node == Some(n.ino)
+                }) {
+                    return true;
+                }
+                if !page.more || page.next.is_none() || started.elapsed() > MAX_READING {
+                    return false;
+                }
+                q.cursor = page.next;
+            }
+        };
+        // A search of the history is file reading: off the runtime's workers.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(ask),
+            _ => ask(),
+        }
     }
 }
