@@ -2,8 +2,8 @@
 //! the `delivered` event was written (it is, before the node goes), then the process
 //! died before it removed the node. Sent again, the recipient would get it twice. So
 //! an engine reads the recent history once, at its first pass over the queue, and
-//! removes such nodes instead of sending them: the window for a duplicate shrinks from the event log's
-//! flush to the few instructions between the 250 and the event's write.
+//! removes such nodes instead of sending them: the window for a duplicate shrinks from
+//! the event log's flush to the few instructions between the 250 and the event's write.
 //!
 //! Another host's daemon that dies holding nodes of a shared spool does not restart
 //! here: the node's lock tells. When taking a node means breaking the stale lock of a
