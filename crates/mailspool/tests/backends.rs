@@ -128,7 +128,60 @@ both!(
     two_hosts_deliver_each_message_once,
     a_big_message_is_stored_and_sent_whole,
     history_suppressions_cursors_and_jobs,
+    a_node_a_dead_host_delivered_is_not_sent_again,
 );
+
+/// A host died after delivering a node but before removing it. The host that takes the
+/// node over (breaking the dead host's stale lock, or claiming it once the dead host's
+/// lease ran out), running since before that delivery, finds it in the history and
+/// removes the node; the node the dead host had not delivered is sent.
+async fn a_node_a_dead_host_delivered_is_not_sent_again(b: Back) {
+    use mailspool_events::{Event, Kind};
+    let sink = Sink::start(Script::default()).await;
+    let survivor = b.open();
+    let engine = engine(survivor.clone(), &sink);
+    engine.run_pass(&all()).await.unwrap(); // started: nothing in the history yet
+    let ms = Mailspool::with_store(b.config(), b.open());
+    let sent = send(
+        &ms,
+        "From: app@example.com\nTo: x@example.org, y@example.org\n\nhi\n",
+    );
+    let queued = nodes(&*survivor);
+    let x = &queued[0];
+    assert_eq!(x.name.to, "x@example.org");
+    let mut e =
+        Event::new(Kind::Delivered, &sent.id, &x.name.from, &x.name.to).with_reply("250 ok");
+    e.node = Some(x.ino);
+    survivor.record_events(&[e], true).unwrap();
+    match &b {
+        // Its locks on both nodes, unrefreshed for 10 minutes.
+        Back::File(_) => {
+            for n in &queued {
+                let lock = format!("{}.NFSLock", n.path.display());
+                std::fs::write(&lock, "gone.test 4242 1700000000 1 mailspool\n").unwrap();
+                std::fs::File::options()
+                    .write(true)
+                    .open(&lock)
+                    .unwrap()
+                    .set_modified(std::time::SystemTime::now() - Duration::from_secs(600))
+                    .unwrap();
+            }
+        }
+        // Its claims on both nodes, their lease run out a second ago.
+        Back::Pg(db) => mailspool_pg::testing::admin_sql(
+            &db.url,
+            "UPDATE mailspool_nodes SET lease_host = 'gone.test', lease_pid = 4242,
+               lease_token = 'gone', lease_until = now() - interval '1 second'",
+        )
+        .unwrap(),
+    }
+
+    let report = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(report.count(Outcome::Delivered), 2, "{:?}", report.results);
+    let to: Vec<String> = sink.received().into_iter().flat_map(|r| r.to).collect();
+    assert_eq!(to, ["y@example.org"], "x was delivered by the dead host");
+    assert!(nodes(&*survivor).is_empty());
+}
 
 /// The history, the suppression list, readers' cursors and job leases behave the same
 /// on both back ends.

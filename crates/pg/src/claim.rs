@@ -1,7 +1,7 @@
 //! Claims: nodes taken with `FOR UPDATE SKIP LOCKED` and leased to this process,
 //! renewed while it lives, given back when it is done with them.
 
-use mailspool_spool::{NodeEntry, NodeLock, Result, SpoolError, Wanted, now};
+use mailspool_spool::{LockHolder, NodeEntry, NodeLock, Result, SpoolError, Wanted, now};
 
 use crate::read::{NODE_COLUMNS, node_entry, pk};
 use crate::stage::row;
@@ -61,8 +61,14 @@ pub(crate) const FREE: &str =
 impl PgSpool {
     pub(crate) fn forget_claims(&self, pks: &[i64]) {
         let mut claims = self.inner.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken_over = self
+            .inner
+            .taken_over
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for p in pks {
             claims.remove(p);
+            taken_over.remove(p);
         }
     }
 
@@ -115,7 +121,9 @@ impl PgSpool {
                 .query(
                     &format!(
                         "WITH c AS (
-                           SELECT pk FROM mailspool_nodes
+                           SELECT pk, lease_host AS was_host, lease_pid AS was_pid,
+                             extract(epoch FROM lease_until)::bigint AS was_until
+                           FROM mailspool_nodes
                            WHERE NOT held AND tier = ANY($1) AND due <= $2
                              AND ($3::bigint[] IS NULL OR pk = ANY($3))
                              AND (lease_until IS NULL OR lease_until < now())
@@ -124,8 +132,10 @@ impl PgSpool {
                          n AS (
                            UPDATE mailspool_nodes n SET lease_host = $5, lease_pid = $6,
                              lease_token = $7, lease_until = now() + make_interval(secs => $8)
-                           FROM c WHERE n.pk = c.pk RETURNING n.*)
-                         SELECT {NODE_COLUMNS} FROM n JOIN mailspool_messages m ON m.pk = n.message
+                           FROM c WHERE n.pk = c.pk
+                           RETURNING n.*, c.was_host, c.was_pid, c.was_until)
+                         SELECT {NODE_COLUMNS}, n.was_host, n.was_pid, n.was_until
+                         FROM n JOIN mailspool_messages m ON m.pk = n.message
                          ORDER BY n.message, n.pk"
                     ),
                     &[
@@ -144,6 +154,12 @@ impl PgSpool {
             let entries: Vec<NodeEntry> = rows.iter().map(node_entry).collect();
             let mut claims = inner.claims.lock().unwrap_or_else(|e| e.into_inner());
             claims.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+            let mut taken_over = inner.taken_over.lock().unwrap_or_else(|e| e.into_inner());
+            taken_over.extend(
+                rows.iter().filter_map(|r| {
+                    previous_holder(r, inner.lease).map(|h| (r.get::<_, i64>(0), h))
+                }),
+            );
             Ok(entries)
         })
     }
@@ -207,7 +223,13 @@ impl PgSpool {
             .unwrap_or_else(|e| e.into_inner())
             .contains(&pk)
         {
-            return Ok(NodeLock::claimed());
+            let broke = self
+                .inner
+                .taken_over
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&pk);
+            return Ok(NodeLock::claimed_after(broke));
         }
         // Not claimed by a plan (an operator's change, a migration): claim it alone.
         let e = entry.clone();
@@ -237,4 +259,20 @@ impl PgSpool {
             Ok(NodeLock::claimed())
         })
     }
+}
+
+/// Who held a node just claimed, from the claim's last columns (after the node's): a
+/// holder whose lease ran out rather than one that gave the node back (a node given
+/// back or settled has no lease time).
+fn previous_holder(r: &tokio_postgres::Row, lease: std::time::Duration) -> Option<LockHolder> {
+    let until: i64 = r.get::<_, Option<i64>>(10)?;
+    Some(LockHolder {
+        host: r.get::<_, Option<String>>(8).unwrap_or_default(),
+        pid: r.get::<_, Option<i32>>(9).map_or(0, |p| p.max(0) as u32),
+        // When it last renewed: the lease's end, less a lease.
+        since: (until.max(0) as u64).saturating_sub(lease.as_secs()),
+        ours: true,
+        stale: true,
+        why: "its lease ran out",
+    })
 }

@@ -90,6 +90,9 @@ pub(crate) struct Inner {
     pub lease: Duration,
     /// Nodes this process has claimed and not yet settled or given back.
     pub claims: Mutex<std::collections::HashSet<i64>>,
+    /// Of those, the ones whose last holder's lease ran out (it died, or lost the
+    /// database for a lease): that holder, for the engine to ask the history about.
+    pub taken_over: Mutex<std::collections::HashMap<i64, mailspool_spool::LockHolder>>,
     /// Bytes and nodes delivered and not yet counted in `mailspool_usage`.
     pub sent: Mutex<(u64, u64)>,
 }
@@ -217,6 +220,7 @@ impl PgSpool {
             },
             lease: options.lease,
             claims: Mutex::new(Default::default()),
+            taken_over: Mutex::new(Default::default()),
             sent: Mutex::new((0, 0)),
         });
         let spool = PgSpool {

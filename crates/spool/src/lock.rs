@@ -138,11 +138,16 @@ impl NodeLock {
     /// A lock that is not a file: the node is held by a back end's own claim (a
     /// database row's lease), which that back end checks and gives back itself.
     pub fn claimed() -> NodeLock {
+        NodeLock::claimed_after(None)
+    }
+
+    /// [`NodeLock::claimed`], taken over from `broke`: a holder whose claim ran out.
+    pub fn claimed_after(broke: Option<LockHolder>) -> NodeLock {
         NodeLock {
             lock_path: PathBuf::new(),
             line: String::new(),
             released: true,
-            broke: None,
+            broke,
         }
     }
 
