@@ -33,6 +33,7 @@ pub mod shared;
 pub mod side;
 pub mod storage;
 pub mod store;
+pub mod suppress;
 pub mod time;
 pub mod usage;
 
@@ -144,7 +145,7 @@ pub struct Spool {
     /// What happened to each message (`events/`).
     events: events::EventLog,
     /// Recipients mail is not sent to (`suppress/list.jsonl`).
-    suppressions: events::SuppressionFile,
+    suppressions: suppress::SuppressionFile,
     /// Jobs this process holds (`jobs/`).
     jobs: events::Jobs,
     /// What the file system guarantees for new names: found at the first commit.
@@ -207,7 +208,7 @@ impl Spool {
         let group = config.shared.then_some(meta.gid());
         let usage = config.usage_log && dir.join("usage").is_dir();
         let events = events::EventLog::with_setting(dir.join("events"), config.fsync_directories);
-        let suppressions = events::SuppressionFile::new(dir.join("suppress").join("list.jsonl"));
+        let suppressions = suppress::SuppressionFile::new(dir.join("suppress").join("list.jsonl"));
         Ok(Spool {
             tier0_sync: GroupSync::new(dir.join("0")),
             fs_sync: GroupSync::new(dir.join("tmp")),
