@@ -553,7 +553,6 @@ async fn a_reused_inode_number_does_not_make_part_of_a_message_look_whole() {
 /// less.
 #[tokio::test]
 async fn a_delivery_a_killed_daemon_recorded_is_not_sent_again() {
-    use mailspool_events::{Event, Kind};
     use mailspool_spool::Intake;
     let sink = Sink::start(Script::default()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -575,19 +574,10 @@ async fn a_delivery_a_killed_daemon_recorded_is_not_sent_again() {
     let z = spool.find(&other).unwrap().remove(0);
     // What the killed daemon wrote: x of the first message delivered; and a delivery to
     // z under z's id of a message that is not z's (another inode).
-    let delivered = |id: &str, to: &str, ino: u64| {
-        let mut e = Event::new(Kind::Delivered, id, "a@corp.test", to).with_reply("250 ok");
-        e.node = Some(ino);
-        e
-    };
+    let mut not_z = delivered_event(&z);
+    not_z.node = Some(z.ino + 1);
     spool
-        .record_events(
-            &[
-                delivered(&first, "x@one.test", x.ino),
-                delivered(&other, "z@one.test", z.ino + 1),
-            ],
-            true,
-        )
+        .record_events(&[delivered_event(x), not_z], true)
         .unwrap();
 
     let engine = engine(spool.clone(), config(&[("one.test", sink.addr)]));
@@ -605,7 +595,6 @@ async fn a_delivery_a_killed_daemon_recorded_is_not_sent_again() {
 /// whose stale lock hides no delivery is sent.
 #[tokio::test]
 async fn a_node_delivered_by_a_dead_hosts_daemon_is_not_sent_again() {
-    use mailspool_events::{Event, Kind};
     use mailspool_spool::Intake;
     let sink = Sink::start(Script::default()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -622,19 +611,10 @@ async fn a_node_delivered_by_a_dead_hosts_daemon_is_not_sent_again() {
     );
     let nodes = spool.find(&id).unwrap();
     let x = nodes.iter().find(|n| n.name.to == "x@one.test").unwrap();
-    let mut e = Event::new(Kind::Delivered, &id, "a@corp.test", "x@one.test").with_reply("250 ok");
-    e.node = Some(x.ino);
-    spool.record_events(&[e], true).unwrap();
-    // Both nodes locked by a dead host's mailspool, unrefreshed for 10 minutes.
+    spool.record_events(&[delivered_event(x)], true).unwrap();
+    // Both nodes locked by a dead host's mailspool.
     for n in &nodes {
-        let lock = format!("{}.NFSLock", n.path.display());
-        fs::write(&lock, "gone.test 4242 1700000000 1 mailspool\n").unwrap();
-        fs::File::options()
-            .write(true)
-            .open(&lock)
-            .unwrap()
-            .set_modified(SystemTime::now() - Duration::from_secs(600))
-            .unwrap();
+        plant_dead_hosts_lock(&n.path);
     }
 
     let report = engine.run_pass(&all()).await.unwrap();

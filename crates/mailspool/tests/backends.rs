@@ -136,7 +136,6 @@ both!(
 /// lease ran out), running since before that delivery, finds it in the history and
 /// removes the node; the node the dead host had not delivered is sent.
 async fn a_node_a_dead_host_delivered_is_not_sent_again(b: Back) {
-    use mailspool_events::{Event, Kind};
     let sink = Sink::start(Script::default()).await;
     let survivor = b.open();
     let engine = engine(survivor.clone(), &sink);
@@ -149,22 +148,15 @@ async fn a_node_a_dead_host_delivered_is_not_sent_again(b: Back) {
     let queued = nodes(&*survivor);
     let x = &queued[0];
     assert_eq!(x.name.to, "x@example.org");
-    let mut e =
-        Event::new(Kind::Delivered, &sent.id, &x.name.from, &x.name.to).with_reply("250 ok");
-    e.node = Some(x.ino);
-    survivor.record_events(&[e], true).unwrap();
+    assert_eq!(x.name.id, sent.id);
+    survivor
+        .record_events(&[common::delivered_event(x)], true)
+        .unwrap();
     match &b {
-        // Its locks on both nodes, unrefreshed for 10 minutes.
+        // Its locks on both nodes.
         Back::File(_) => {
             for n in &queued {
-                let lock = format!("{}.NFSLock", n.path.display());
-                std::fs::write(&lock, "gone.test 4242 1700000000 1 mailspool\n").unwrap();
-                std::fs::File::options()
-                    .write(true)
-                    .open(&lock)
-                    .unwrap()
-                    .set_modified(std::time::SystemTime::now() - Duration::from_secs(600))
-                    .unwrap();
+                common::plant_dead_hosts_lock(&n.path);
             }
         }
         // Its claims on both nodes, their lease run out a second ago.

@@ -784,3 +784,30 @@ impl Logs {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
+
+/// The `delivered` event a daemon writes for node `n` (its id, recipient and stored
+/// message's inode) after the receiver's 250 and before it removes the node.
+pub fn delivered_event(n: &mailspool_spool::NodeEntry) -> mailspool_events::Event {
+    let mut e = mailspool_events::Event::new(
+        mailspool_events::Kind::Delivered,
+        &n.name.id,
+        &n.name.from,
+        &n.name.to,
+    )
+    .with_reply("250 ok");
+    e.node = Some(n.ino);
+    e
+}
+
+/// Lock `node` as a dead host's mailspool leaves it: its lock, unrefreshed for 10
+/// minutes (stale after 5).
+pub fn plant_dead_hosts_lock(node: &std::path::Path) {
+    let lock = format!("{}.NFSLock", node.display());
+    std::fs::write(&lock, "gone.test 4242 1700000000 1 mailspool\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&lock)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(600))
+        .unwrap();
+}
