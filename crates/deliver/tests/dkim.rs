@@ -629,3 +629,39 @@ async fn an_rsa_and_an_ed25519_key_for_one_domain_both_sign() {
         Ok(true)
     );
 }
+
+/// A message whose last node goes without a send (a dead host's daemon had delivered
+/// it) takes its kept signature with it, as a delivery does.
+#[tokio::test]
+async fn a_signature_goes_with_a_node_removed_unsent() {
+    use mailspool_spool::Intake;
+    let sink = Sink::start(Script::default()).await;
+    sink.script()
+        .rcpt
+        .insert("later@slow.test".into(), "451 4.7.1 greylisted".into());
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir.path().join("spool"));
+    let mut cfg = config(&[("slow.test", sink.addr)]);
+    cfg.dkim = vec![key(dir.path(), "example.org", "s", Algorithm::Ed25519)];
+    queue(&spool, "ann@example.org", &["later@slow.test"], MESSAGE);
+    let engine = engine(spool.clone(), cfg);
+    engine.run_pass(&all()).await.unwrap();
+    let kept = || {
+        std::fs::read_dir(dir.path().join("spool/dkim"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(kept(), 1, "deferred: its signature is kept");
+    // Another host's daemon took it, delivered it and died before removing it.
+    let node = spool.scan().unwrap().nodes.remove(0);
+    spool
+        .record_events(&[delivered_event(&node)], true)
+        .unwrap();
+    plant_dead_hosts_lock(&node.path);
+    sink.script().rcpt.clear();
+    let report = engine.run_pass(&all()).await.unwrap();
+    assert_eq!(report.count(Outcome::Delivered), 1, "{report:?}");
+    assert!(queued(&spool).is_empty());
+    assert!(sink.received().is_empty(), "not sent again");
+    assert_eq!(kept(), 0, "the signature went with the message's last name");
+}

@@ -145,9 +145,15 @@ impl Engine {
             results.push(skipped_for_now(&n, "its commit is still under way".into()));
         }
         for mut claim in split_into_messages(opened) {
+            let id = claim.nodes[0].0.name.id.clone(); // a claim has a node at least
             results.extend(self.drop_delivered_before(&mut claim));
             results.extend(self.drop_suppressed(&cfg, &mut claim));
             if claim.nodes.is_empty() {
+                // Every name went unsent: a signature kept for the message goes with
+                // its last name, as after a send.
+                if !cfg.dkim.is_empty() {
+                    self.settle_signature(&claim.file.file, claim.file.ino, &id, None);
+                }
                 continue;
             }
             let verdicts = match &routed {
@@ -191,7 +197,7 @@ impl Engine {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .take();
-                    (f, claim.file.ino, claim.nodes[0].0.name.id.clone(), unsaved)
+                    (f, claim.file.ino, id, unsaved)
                 });
             results.extend(self.settle(&cfg, claim, verdicts, interactive));
             if let Some((file, ino, id, unsaved)) = signed {

@@ -14,7 +14,7 @@
 //! repeat (0.50 gives one id to a process's messages within a second), an inode is
 //! reused only once its message is gone.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,11 +34,16 @@ const MAX_READING: Duration = Duration::from_secs(5);
 /// process held has been taken up again (its locks are stale long before).
 const CONSULTED_FOR: Duration = Duration::from_secs(3600);
 
+/// Furthest back a dead holder's history is searched, however old its lock says it is
+/// (a lock's time is whatever its file says).
+const MAX_BACK: u64 = 24 * 3600;
+
 type Key = (String, String, u64);
 
-/// The deliveries of the last minutes before this engine's first pass.
+/// The deliveries of the last minutes before this engine's first pass: (id, recipient)
+/// by inode, so that looking a node up allocates nothing.
 pub(super) struct DeliveredBefore {
-    keys: Mutex<HashSet<Key>>,
+    by_inode: Mutex<HashMap<u64, Vec<(String, String)>>>,
     until: Instant,
 }
 
@@ -86,23 +91,40 @@ impl DeliveredBefore {
             ms = started.elapsed().as_millis() as u64,
             "read the recent deliveries"
         );
+        let mut by_inode: HashMap<u64, Vec<(String, String)>> = HashMap::new();
+        for (id, to, ino) in newest {
+            by_inode.entry(ino).or_default().push((id, to));
+        }
         DeliveredBefore {
-            keys: Mutex::new(newest.into_iter().collect()),
+            by_inode: Mutex::new(by_inode),
             until: Instant::now() + CONSULTED_FOR,
         }
     }
 
     /// Whether `n` was delivered before (forgotten once said).
     fn take(&self, n: &NodeEntry) -> bool {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        if keys.is_empty() {
+        let mut by_inode = self.by_inode.lock().unwrap_or_else(|e| e.into_inner());
+        if by_inode.is_empty() {
             return false;
         }
         if Instant::now() > self.until {
-            *keys = HashSet::new();
+            *by_inode = HashMap::new();
             return false;
         }
-        keys.remove(&(n.name.id.clone(), n.name.to.clone(), n.ino))
+        let Some(delivered) = by_inode.get_mut(&n.ino) else {
+            return false;
+        };
+        let Some(i) = delivered
+            .iter()
+            .position(|(id, to)| *id == n.name.id && *to == n.name.to)
+        else {
+            return false;
+        };
+        delivered.swap_remove(i);
+        if delivered.is_empty() {
+            by_inode.remove(&n.ino);
+        }
+        true
     }
 }
 
@@ -148,7 +170,12 @@ impl Engine {
             let mut q = Query {
                 // The holder refreshed its lock until it died, and wrote the event
                 // before it would have removed the node.
-                since: Some(holder.since.saturating_sub(LOOKBACK)),
+                since: Some(
+                    holder
+                        .since
+                        .saturating_sub(LOOKBACK)
+                        .max(now().saturating_sub(MAX_BACK)),
+                ),
                 kinds: vec![Kind::Delivered],
                 key: Some(n.name.id.clone()),
                 recipient: Some(n.name.to.clone()),
